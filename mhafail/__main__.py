@@ -1,0 +1,7 @@
+"""``python -m mhafail`` runs the ``mhafail`` command."""
+
+import sys
+
+from mhafail.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""The exceptions mhafail raises.
+
+Every error mhafail raises derives from :class:`MhafailError`; errors caused
+by bad input also derive from :class:`ValueError` (as attrs does), so callers
+that already catch ``ValueError`` keep working. No kazoo, pyroute2 or
+GitPython exception ever reaches a caller: the adapters translate them.
+
+::
+
+    MhafailError
+    ├── InvalidArgument (ValueError)        bad input: names, hosts strings, specs
+    ├── CoordinationError                   ZooKeeper-related
+    │   ├── CoordinationUnavailable         cannot reach ZooKeeper: the answer is unknown
+    │   ├── SessionLost                     the session expired while an operation ran
+    │   ├── NodeNameTaken                   another live process holds this node name
+    │   └── AccessDenied                    ZooKeeper ACLs refused the operation
+    ├── TestingError                        the testing kit could not set something up
+    │   └── ZooKeeperNotInstalled           no ZooKeeper jar found; says what to install
+    ├── JlogError                           jlog journals (mhafail.jlog)
+    │   ├── JlogInvalidArgument (ValueError)
+    │   └── JlogCorrupt                     on-disk data does not parse; run repair()
+    └── AuditError                          audit series and CIDR queries (mhafail.audit)
+        ├── AuditInvalidArgument (ValueError)
+        ├── QuerySyntaxError (ValueError)   names the position and what was expected
+        └── UnknownSeries (LookupError)
+
+Components that arrive later add their own subtree here, next to the
+others, and extend this drawing.
+"""
+
+from __future__ import annotations
+
+
+class MhafailError(Exception):
+    """Root of every exception mhafail raises."""
+
+
+class InvalidArgument(MhafailError, ValueError):
+    """An argument was refused; the message names the argument and the rule."""
+
+
+# --- coordination -----------------------------------------------------------
+
+
+class CoordinationError(MhafailError):
+    """Something went wrong talking to ZooKeeper."""
+
+
+class CoordinationUnavailable(CoordinationError):
+    """ZooKeeper cannot be reached now, so the answer is not known.
+
+    "No" answers are never expressed with this exception: a method that can
+    say no returns ``False`` (STYLE.md 6).
+    """
+
+
+class SessionLost(CoordinationError):
+    """The ZooKeeper session expired; ephemeral state held in it is gone."""
+
+
+class NodeNameTaken(CoordinationError):
+    """Another live process is registered under the same node name."""
+
+
+class AccessDenied(CoordinationError):
+    """ZooKeeper's ACLs refused the operation (wrong or missing credentials)."""
+
+
+# --- testing kit ------------------------------------------------------------
+
+
+class TestingError(MhafailError):
+    """The testing kit could not set up a server, host or fault."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+
+class ZooKeeperNotInstalled(TestingError):
+    """No ZooKeeper jar was found; the message says what to install."""
+
+
+# --- jlog -------------------------------------------------------------------
+
+
+class JlogError(MhafailError):
+    """A jlog journal operation failed."""
+
+
+class JlogInvalidArgument(JlogError, ValueError):
+    """A jlog argument was refused (bad subscriber name, existing jlog, ...)."""
+
+
+class JlogCorrupt(JlogError):
+    """A jlog's on-disk data does not parse; ``repair()`` can fix it."""
+
+
+# --- audit ------------------------------------------------------------------
+
+
+class AuditError(MhafailError):
+    """An audit series or CIDR query operation failed."""
+
+
+class AuditInvalidArgument(AuditError, ValueError):
+    """An audit argument was refused (malformed CIDR, bad window, ...)."""
+
+
+class QuerySyntaxError(AuditError, ValueError):
+    """A CIDR query does not parse.
+
+    Attributes:
+        position: 0-based character offset where parsing failed.
+        expected: what the parser expected there.
+    """
+
+    def __init__(self, message: str, *, position: int, expected: str) -> None:
+        super().__init__(f"{message} at position {position}: expected {expected}")
+        self.position = position
+        self.expected = expected
+
+
+class UnknownSeries(AuditError, LookupError):
+    """A query named an audit series that does not exist."""
