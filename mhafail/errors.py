@@ -11,13 +11,17 @@ GitPython exception ever reaches a caller: the adapters translate them.
     ├── InvalidArgument (ValueError)        bad input: names, hosts strings, specs
     ├── CoordinationError                   ZooKeeper-related
     │   ├── CoordinationUnavailable         cannot reach ZooKeeper: the answer is unknown
-    │   ├── SessionLost                     the session expired while an operation ran
+    │   │   └── SessionLost                 the session is not live (expired or not yet new)
     │   ├── NodeNameTaken                   another live process holds this node name
     │   └── AccessDenied                    ZooKeeper ACLs refused the operation
     ├── TestingError                        the testing kit could not set something up
     │   └── ZooKeeperNotInstalled           no ZooKeeper jar found; says what to install
     ├── JlogError                           jlog journals (mhafail.jlog)
     │   ├── JlogInvalidArgument (ValueError)
+    │   │   ├── JlogExists                  creating a jlog over an existing path
+    │   │   ├── JlogSubscriberExists        adding a subscriber that already exists
+    │   │   └── JlogUnknownSubscriber       naming a subscriber that does not exist
+    │   ├── JlogClosed                      using a writer or reader after close()
     │   └── JlogCorrupt                     on-disk data does not parse; run repair()
     └── AuditError                          audit series and CIDR queries (mhafail.audit)
         ├── AuditInvalidArgument (ValueError)
@@ -54,7 +58,7 @@ class CoordinationUnavailable(CoordinationError):
     """
 
 
-class SessionLost(CoordinationError):
+class SessionLost(CoordinationUnavailable):
     """The ZooKeeper session expired; ephemeral state held in it is gone."""
 
 
@@ -92,6 +96,22 @@ class JlogInvalidArgument(JlogError, ValueError):
 
 class JlogCorrupt(JlogError):
     """A jlog's on-disk data does not parse; ``repair()`` can fix it."""
+
+
+class JlogExists(JlogInvalidArgument):
+    """``create()`` was pointed at a path that already exists (it never resets one)."""
+
+
+class JlogSubscriberExists(JlogInvalidArgument):
+    """A subscriber of that name already has a checkpoint in this jlog."""
+
+
+class JlogUnknownSubscriber(JlogInvalidArgument):
+    """No subscriber of that name exists in this jlog."""
+
+
+class JlogClosed(JlogError):
+    """A jlog writer or reader was used after ``close()``."""
 
 
 # --- audit ------------------------------------------------------------------

@@ -1,0 +1,144 @@
+"""One window of an audit series: counts per key and per prefix (pure).
+
+A window keeps one dict per *level*: the exact keys (a /32 or /128) and a
+few coarser prefix lengths (/8, /16, /24 for IPv4; /32, /48, /64 for IPv6).
+Counting a prefix at a level is one dict lookup; a length between levels
+probes the next finer level, ``min(2**gap, len(level))`` steps at most.
+
+Every level holds at most ``max_keys`` entries. When a level is full, new
+entries at *that level only* are dropped and tallied in ``dropped``; the
+coarser levels and the window total stay exact, so a flood of distinct
+addresses costs bounded memory and degrades only the finest counts
+(:meth:`AuditSeries.stats` reports it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from mhafail.audit._keys import KeyFamily
+
+__all__ = ["LEVELS", "Window", "group_levels"]
+
+Key = int | str
+
+# Prefix lengths kept per window, coarse to fine; the last is the exact key.
+LEVELS: dict[KeyFamily, tuple[int, ...]] = {
+    KeyFamily.IPV4: (8, 16, 24, 32),
+    KeyFamily.IPV6: (32, 48, 64, 128),
+    KeyFamily.STRING: (0,),
+}
+
+
+def group_levels(exact: dict[Key, int], lengths: tuple[int, ...]) -> list[dict[Key, int]]:
+    """Return ``exact`` regrouped at every level, coarse to fine.
+
+    Each coarser level is built from the next finer one, so the big loop
+    runs once over the exact keys and the others over far fewer buckets.
+
+    Args:
+        exact: increments per exact key (kept as the finest level, not copied).
+        lengths: the level prefix lengths, coarse to fine.
+
+    Returns:
+        One dict per level; the last one is ``exact`` itself.
+    """
+    out: list[dict[Key, int]] = [exact]
+    finer: dict[Key, int] = exact
+    for i in range(len(lengths) - 2, -1, -1):
+        shift = lengths[i + 1] - lengths[i]
+        grouped: dict[Key, int] = {}
+        get = grouped.get
+        for key, n in finer.items():
+            bucket = key >> shift  # type: ignore[operator]
+            grouped[bucket] = get(bucket, 0) + n
+        out.append(grouped)
+        finer = grouped
+    out.reverse()
+    return out
+
+
+class Window:
+    """The counts of one series window. Not thread-safe: the series locks.
+
+    Attributes:
+        start: epoch second the window starts at.
+        levels: one dict per level, coarse to fine.
+        dropped: per level, increments not stored there because it was full.
+        total: every increment in the window (never dropped).
+    """
+
+    __slots__ = ("dropped", "levels", "start", "total")
+
+    def __init__(self, start: int, nlevels: int) -> None:
+        self.start = start
+        self.levels: list[dict[Key, int]] = [{} for _ in range(nlevels)]
+        self.dropped = [0] * nlevels
+        self.total = 0
+
+    def fold(self, deltas: list[dict[Key, int]], max_keys: int, *, owned: bool) -> None:
+        """Add per-level increments (from :func:`group_levels`).
+
+        Args:
+            deltas: increments per level, coarse to fine.
+            max_keys: the per-level entry cap.
+            owned: the caller hands the delta dicts over, so an empty level
+                may adopt one instead of copying it.
+        """
+        self.total += sum(deltas[-1].values())
+        for i, delta in enumerate(deltas):
+            level = self.levels[i]
+            if not level and len(delta) <= max_keys:
+                self.levels[i] = delta if owned else dict(delta)
+                continue
+            self.dropped[i] += merge_capped(level, delta, max_keys)
+
+    def count(self, bucket: Key, level: int, gap: int) -> int:
+        """Return the count of one prefix.
+
+        Args:
+            bucket: the prefix's number at its own length
+                (``value >> (width - length)``), or the key itself.
+            level: index of the first level at least as long as the prefix.
+            gap: that level's length minus the prefix length.
+
+        Returns:
+            The count (a lower bound if ``dropped[level]`` is non-zero).
+        """
+        counts = self.levels[level]
+        if not gap:
+            return counts.get(bucket, 0)
+        span = 1 << gap
+        if span <= len(counts):
+            get = counts.get
+            base = bucket << gap  # type: ignore[operator]
+            return sum(get(b, 0) for b in range(base, base + span))
+        return sum(n for key, n in counts.items() if key >> gap == bucket)  # type: ignore[operator]
+
+
+def merge_capped(into: dict[Key, int], delta: Mapping[Key, int], max_keys: int) -> int:
+    """Add ``delta`` into ``into`` without growing it past ``max_keys`` entries.
+
+    Args:
+        into: the counts to update.
+        delta: the increments.
+        max_keys: the entry cap.
+
+    Returns:
+        The sum of increments that were dropped because ``into`` was full.
+    """
+    get = into.get
+    if len(into) + len(delta) <= max_keys:
+        for key, n in delta.items():
+            into[key] = get(key, 0) + n
+        return 0
+    dropped = 0
+    for key, n in delta.items():
+        old = get(key)
+        if old is not None:
+            into[key] = old + n
+        elif len(into) < max_keys:
+            into[key] = n
+        else:
+            dropped += n
+    return dropped

@@ -1,0 +1,42 @@
+"""Coordination through ZooKeeper: the session, its fencing lease, membership.
+
+The only subpackage that talks to kazoo. Components receive a started
+:class:`Coordinator` and use its :attr:`~Coordinator.znodes`, state, lease
+and listeners; a :class:`Membership` registers the node and tracks the view.
+"""
+
+from mhafail.coordination._coordinator import Coordinator as Coordinator
+from mhafail.coordination._dispatch import in_loop as in_loop
+from mhafail.coordination._faults import expire_session as expire_session
+from mhafail.coordination._lease import Lease as Lease
+from mhafail.coordination._lease import default_margin as default_margin
+from mhafail.coordination._loop import ConvergeLoop as ConvergeLoop
+from mhafail.coordination._members import ClusterView as ClusterView
+from mhafail.coordination._members import NodeInfo as NodeInfo
+from mhafail.coordination._membership import Membership as Membership
+from mhafail.coordination._names import check_name as check_name
+from mhafail.coordination._names import parse_hosts as parse_hosts
+from mhafail.coordination._state import ConnectionState as ConnectionState
+from mhafail.coordination._state import LeaseState as LeaseState
+from mhafail.coordination._store import Watch as Watch
+from mhafail.coordination._store import Znode as Znode
+from mhafail.coordination._store import Znodes as Znodes
+
+__all__ = [
+    "ClusterView",
+    "ConnectionState",
+    "ConvergeLoop",
+    "Coordinator",
+    "Lease",
+    "LeaseState",
+    "Membership",
+    "NodeInfo",
+    "Watch",
+    "Znode",
+    "Znodes",
+    "check_name",
+    "default_margin",
+    "expire_session",
+    "in_loop",
+    "parse_hosts",
+]

@@ -1,0 +1,440 @@
+"""The Coordinator: one ZooKeeper session per process, with a fencing lease.
+
+Concurrency: kazoo runs a connection thread and an event thread. The
+coordinator adds two threads of its own:
+
+* the *keeper* turns kazoo's state changes and heartbeat replies into the
+  connection state, the session id and the lease, and notices when the
+  lease runs out (it waits on a condition with the deadline as timeout);
+* the *dispatcher* runs every listener, in order, so that no application
+  code ever runs on kazoo's threads (DESIGN.md, "Threads and asyncio").
+
+Listeners must not block: a slow listener delays the ones behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import attrs
+from kazoo.client import KazooClient, KazooState
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.retry import KazooRetry
+from kazoo.security import make_acl, make_digest_acl
+
+from mhafail.coordination._dispatch import Dispatcher
+from mhafail.coordination._kazoo import translated
+from mhafail.coordination._lease import Lease, default_margin
+from mhafail.coordination._names import check_name, format_hosts, parse_hosts
+from mhafail.coordination._state import ConnectionState, LeaseState
+from mhafail.coordination._store import Znodes
+from mhafail.errors import CoordinationError, CoordinationUnavailable, InvalidArgument
+
+logger = logging.getLogger(__name__)
+
+ROOT = "/mhafail"
+
+_KAZOO_STATES = {
+    KazooState.CONNECTED: ConnectionState.CONNECTED,
+    KazooState.SUSPENDED: ConnectionState.SUSPENDED,
+    KazooState.LOST: ConnectionState.LOST,
+}
+
+Listener = Callable[[Any], None]
+
+
+@attrs.define(kw_only=True, eq=False)
+class Coordinator:
+    """One ZooKeeper session for this process, rooted at ``/mhafail/<cluster>``.
+
+    Start it with :meth:`start` (or ``with Coordinator(...) as c:``) before
+    handing it to components; stop it last.
+
+    Args:
+        hosts: ZooKeeper connection string ``host:port[,host:port...]``.
+        cluster: cluster name; everything lives under ``/mhafail/<cluster>``.
+        session_timeout: requested session timeout in seconds. The server
+            may negotiate it into ``[2, 20] x tickTime``; the lease uses the
+            smaller of requested and negotiated.
+        credentials: optional ``(user, password)``; when given, the session
+            authenticates with digest auth and every znode mhafail creates
+            under the cluster root is readable and writable only with them.
+        lease_margin: safety margin subtracted from the lease (seconds);
+            default :func:`~mhafail.coordination._lease.default_margin`.
+        connect_timeout: how long :meth:`start` waits for a first session.
+        monotonic: the clock for the lease (injectable for tests).
+
+    Raises (from :meth:`start`):
+        InvalidArgument: malformed hosts, cluster name or timeouts.
+        CoordinationUnavailable: no session within ``connect_timeout``.
+        AccessDenied: the cluster root exists with other credentials.
+    """
+
+    hosts: str
+    cluster: str
+    session_timeout: float = 10.0
+    credentials: tuple[str, str] | None = None
+    lease_margin: float | None = None
+    connect_timeout: float = 15.0
+    monotonic: Callable[[], float] = time.monotonic
+
+    _hosts_parsed: tuple[tuple[str, int], ...] = attrs.field(init=False)
+    _client: Any = attrs.field(init=False, default=None)
+    _znodes: Znodes | None = attrs.field(init=False, default=None)
+    _dispatcher: Dispatcher | None = attrs.field(init=False, default=None)
+    _lease_dispatcher: Dispatcher | None = attrs.field(init=False, default=None)
+    _keeper: threading.Thread | None = attrs.field(init=False, default=None)
+    _cond: threading.Condition = attrs.field(init=False, factory=threading.Condition)
+    _lease: Lease = attrs.field(init=False)
+    _lease_announced: LeaseState = attrs.field(init=False, default=LeaseState.EXPIRED)
+    _state: ConnectionState = attrs.field(init=False, default=ConnectionState.LOST)
+    _session_id: int | None = attrs.field(init=False, default=None)
+    _kazoo_events: list[ConnectionState] = attrs.field(init=False, factory=list)
+    _replies: list[tuple[float, int, bool]] = attrs.field(init=False, factory=list)
+    _stopping: bool = attrs.field(init=False, default=False)
+    _had_session: bool = attrs.field(init=False, default=False)
+    _state_listeners: list[Listener] = attrs.field(init=False, factory=list)
+    _lease_listeners: list[Listener] = attrs.field(init=False, factory=list)
+    _session_listeners: list[Listener] = attrs.field(init=False, factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        self._hosts_parsed = parse_hosts(self.hosts)
+        check_name("cluster name", self.cluster)
+        if not 0.2 <= self.session_timeout <= 600:
+            raise InvalidArgument(
+                f"invalid session_timeout {self.session_timeout!r}: use 0.2 to 600 seconds"
+            )
+        if self.connect_timeout <= 0:
+            raise InvalidArgument(f"invalid connect_timeout {self.connect_timeout!r}: must be > 0")
+        margin = self.lease_margin
+        if margin is None:
+            margin = default_margin(self.session_timeout)
+        elif not 0 <= margin < self.session_timeout / 2:
+            raise InvalidArgument(
+                f"invalid lease_margin {margin!r}: use 0 to half the session timeout"
+            )
+        self._lease = Lease(timeout=self.session_timeout, margin=margin)
+        if self.credentials is not None:
+            user, password = self.credentials
+            if not user or ":" in user or not password:
+                raise InvalidArgument("invalid credentials: need a user without ':' and a password")
+
+    # --- life cycle ---------------------------------------------------------
+
+    def start(self) -> Coordinator:
+        """Connect, create the cluster root and establish the lease.
+
+        Returns self, so ``c = Coordinator(...).start()`` reads naturally.
+        When it returns, the state is CONNECTED and the lease is VALID.
+        """
+        if self._client is not None:
+            raise CoordinationError("coordinator already started")
+        self._dispatcher = Dispatcher(f"mhafail-dispatch-{self.cluster}")
+        # Lease events get a thread of their own so that no slow state or
+        # watch listener can delay a release (DESIGN.md rule 1).
+        self._lease_dispatcher = Dispatcher(f"mhafail-lease-events-{self.cluster}")
+        self._client = self._make_client()
+        self._client.add_listener(self._on_kazoo_state)
+        try:
+            self._client.start(timeout=self.connect_timeout)
+        except KazooTimeoutError as exc:
+            self._teardown_client()
+            raise CoordinationUnavailable(
+                f"cannot reach ZooKeeper at {format_hosts(self._hosts_parsed)} "
+                f"within {self.connect_timeout:g} s"
+            ) from exc
+        try:
+            self._ensure_root()
+        except Exception:
+            self._teardown_client()
+            raise
+        self._znodes = Znodes(self._client, f"{ROOT}/{self.cluster}", self._dispatcher)
+        self._keeper = threading.Thread(
+            target=self._keep, name=f"mhafail-lease-{self.cluster}", daemon=True
+        )
+        self._keeper.start()
+        if not self.wait_for_lease(self.connect_timeout):
+            self.stop()
+            raise CoordinationUnavailable("connected, but no heartbeat was answered in time")
+        return self
+
+    def stop(self) -> None:
+        """Close the session (its ephemeral znodes vanish at once) and end threads.
+
+        Lease listeners hear EXPIRED first if the lease was valid. Idempotent.
+        """
+        with self._cond:
+            if self._stopping or self._client is None:
+                return
+            self._stopping = True
+            self._cond.notify_all()
+        if self._keeper is not None:
+            self._keeper.join()
+        if self._lease_announced is LeaseState.VALID:
+            self._announce_lease(LeaseState.EXPIRED)
+        self._teardown_client()
+
+    def __enter__(self) -> Coordinator:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- what components read -----------------------------------------------
+
+    @property
+    def znodes(self) -> Znodes:
+        """Znode operations under the cluster root (started coordinator only)."""
+        if self._znodes is None:
+            raise CoordinationError("coordinator not started")
+        return self._znodes
+
+    @property
+    def state(self) -> ConnectionState:
+        """The current connection state."""
+        with self._cond:
+            return self._state
+
+    @property
+    def session_id(self) -> int | None:
+        """The current session id, or None between sessions."""
+        with self._cond:
+            return self._session_id
+
+    @property
+    def effective_timeout(self) -> float:
+        """The session timeout the lease is computed with (seconds)."""
+        with self._cond:
+            return self._lease.timeout
+
+    def lease_deadline(self) -> float | None:
+        """Monotonic time the lease runs out, or None when there is no lease."""
+        with self._cond:
+            return self._lease.deadline if self._session_id is not None else None
+
+    def lease_remaining(self) -> float:
+        """Seconds before the lease runs out (0 when expired)."""
+        with self._cond:
+            return self._lease.remaining(self.monotonic())
+
+    def lease_valid(self) -> bool:
+        """True when the session provably has not expired on the server.
+
+        Check it immediately before any action that is safe only while the
+        session lives (a gratuitous ARP, a write to a fenced spool).
+        """
+        with self._cond:
+            return self._lease.valid(self.monotonic())
+
+    def wait_for_lease(self, timeout: float) -> bool:
+        """Block until the lease is valid; False if ``timeout`` passed first."""
+        end = self.monotonic() + timeout
+        with self._cond:
+            while not self._lease.valid(self.monotonic()):
+                left = end - self.monotonic()
+                if left <= 0 or self._stopping:
+                    return False
+                self._cond.wait(min(left, 0.05))
+        return True
+
+    def client_id(self) -> tuple[int, bytes] | None:
+        """The (session id, password) pair; for fault injection in tests."""
+        cid = self._client.client_id if self._client is not None else None
+        return None if cid is None else (int(cid[0]), bytes(cid[1]))
+
+    # --- listeners ------------------------------------------------------------
+
+    def add_state_listener(self, listener: Callable[[ConnectionState], None]) -> None:
+        """Call ``listener(state)`` on every connection state change (dispatcher thread)."""
+        self._state_listeners.append(listener)
+
+    def add_lease_listener(self, listener: Callable[[LeaseState], None]) -> None:
+        """Call ``listener(LeaseState)`` when the lease expires or becomes valid again.
+
+        EXPIRED is delivered when the deadline passes (or the session is
+        lost or closed), before the server can have expired the session.
+        """
+        self._lease_listeners.append(listener)
+
+    def add_session_listener(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(session_id)`` each time a *new* session starts after the first.
+
+        Ephemeral znodes of the old session are gone: re-create them.
+        """
+        self._session_listeners.append(listener)
+
+    # --- internals --------------------------------------------------------------
+
+    def _make_client(self) -> Any:
+        acl = None
+        auth = None
+        if self.credentials is not None:
+            user, password = self.credentials
+            acl = [make_digest_acl(user, password, all=True)]
+            auth = [("digest", f"{user}:{password}")]
+        retry = KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=1.0, max_jitter=0.2)
+        return KazooClient(
+            hosts=format_hosts(self._hosts_parsed),
+            timeout=self.session_timeout,
+            connection_retry=retry,
+            default_acl=acl,
+            auth_data=auth,
+            logger=logging.getLogger("mhafail.coordination.kazoo"),
+        )
+
+    def _ensure_root(self) -> None:
+        # /mhafail is shared by all clusters on an ensemble: anyone may read it
+        # and create a cluster under it; the cluster root carries the ACL.
+        from kazoo import exceptions as kex
+
+        open_acl = [make_acl("world", "anyone", read=True, create=True)]
+        with translated(f"create {ROOT}"):
+            try:
+                self._client.create(ROOT, b"", acl=open_acl)
+            except kex.NodeExistsError:
+                pass
+        with translated(f"create {ROOT}/{self.cluster}"):
+            try:
+                self._client.create(f"{ROOT}/{self.cluster}", b"")
+            except kex.NodeExistsError:
+                pass
+            # Reading the root proves the credentials (or their absence) fit.
+            self._client.get_children(f"{ROOT}/{self.cluster}")
+
+    def _teardown_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.stop()
+                client.close()
+            except Exception:  # closing a broken client must not mask the real error
+                logger.debug("error while closing kazoo client", exc_info=True)
+        for dispatcher in (self._dispatcher, self._lease_dispatcher):
+            if dispatcher is not None:
+                dispatcher.stop()
+
+    def _on_kazoo_state(self, kstate: str) -> None:
+        # Runs on kazoo's thread: record and wake the keeper, nothing more.
+        with self._cond:
+            self._kazoo_events.append(_KAZOO_STATES[kstate])
+            self._cond.notify_all()
+
+    def _on_reply(self, sent_at: float, session_id: int, result: Any) -> None:
+        # Runs on kazoo's completion thread: record and wake the keeper.
+        with self._cond:
+            self._replies.append((sent_at, session_id, result.exception is None))
+            self._cond.notify_all()
+
+    def _keep(self) -> None:
+        """The keeper thread: state, session id, heartbeats and lease expiry."""
+        interval = max(0.02, self.session_timeout / 8)
+        in_flight_since: float | None = None
+        next_beat = 0.0
+        with self._cond:
+            while not self._stopping:
+                now = self.monotonic()
+                for state in self._drain(self._kazoo_events):
+                    self._apply_state(state)
+                for sent_at, session_id, ok in self._drain(self._replies):
+                    in_flight_since = None
+                    if ok and session_id == self._session_id:
+                        self._lease.confirm(sent_at)
+                if self._lease.valid(now):
+                    if self._lease_announced is LeaseState.EXPIRED:
+                        self._announce_lease(LeaseState.VALID)
+                elif self._lease_announced is LeaseState.VALID:
+                    self._announce_lease(LeaseState.EXPIRED)
+                # A heartbeat lost in a dropped connection is failed by kazoo;
+                # the age check only guards against a reply that never comes.
+                stuck = in_flight_since is not None and now - in_flight_since > self._lease.timeout
+                if self._state is ConnectionState.CONNECTED and now >= next_beat:
+                    if in_flight_since is None or stuck:
+                        in_flight_since = now
+                        next_beat = now + interval
+                        self._send_heartbeat(now)
+                waits = [interval]
+                if self._state is ConnectionState.CONNECTED:
+                    waits.append(next_beat - now)
+                deadline = self._lease.deadline
+                if self._lease_announced is LeaseState.VALID and deadline is not None:
+                    waits.append(deadline - now)
+                self._cond.wait(max(0.0, min(waits)))
+
+    @staticmethod
+    def _drain(items: list[Any]) -> list[Any]:
+        taken = list(items)
+        items.clear()
+        return taken
+
+    def _apply_state(self, state: ConnectionState) -> None:
+        """Handle one kazoo state change (keeper thread, lock held)."""
+        if state is ConnectionState.LOST:
+            self._session_id = None
+            self._lease.reset()
+            if self._lease_announced is LeaseState.VALID:
+                self._announce_lease(LeaseState.EXPIRED)
+        elif state is ConnectionState.CONNECTED:
+            cid = self._client.client_id if self._client is not None else None
+            session_id = None if cid is None else int(cid[0])
+            if session_id != self._session_id:
+                if self._session_id is not None:
+                    # The old session ended without a LOST we saw: its proof
+                    # says nothing about the new one.
+                    self._lease.reset()
+                    if self._lease_announced is LeaseState.VALID:
+                        self._announce_lease(LeaseState.EXPIRED)
+                first = self._session_id is None and not self._had_session
+                self._session_id = session_id
+                self._had_session = True
+                self._update_timeout()
+                if not first and session_id is not None:
+                    logger.warning(
+                        "cluster %s: new ZooKeeper session %#x", self.cluster, session_id
+                    )
+                    self._post(self._session_listeners, session_id)
+        self._state = state
+        logger.info("cluster %s: connection %s", self.cluster, state.value)
+        self._post(self._state_listeners, state)
+
+    def _update_timeout(self) -> None:
+        # kazoo keeps the negotiated timeout (ms) in a private attribute; we
+        # only read it, and fall back to the requested value, which is the
+        # safe choice when the server negotiated it *up*.
+        negotiated = getattr(self._client, "_session_timeout", None)
+        timeout = self.session_timeout
+        if isinstance(negotiated, int | float) and negotiated > 0:
+            timeout = min(timeout, negotiated / 1000.0)
+        if timeout != self._lease.timeout:
+            margin = min(self._lease.margin, timeout / 4)
+            self._lease = Lease(timeout=timeout, margin=margin)
+
+    def _send_heartbeat(self, sent_at: float) -> None:
+        session_id = self._session_id
+        if self._client is None or session_id is None:
+            return
+        try:
+            result = self._client.exists_async("/")
+        except Exception:  # the client is closing; the lease simply is not renewed
+            logger.debug("heartbeat not sent", exc_info=True)
+            return
+        result.rawlink(lambda r: self._on_reply(sent_at, session_id, r))
+
+    def _announce_lease(self, state: LeaseState) -> None:
+        self._lease_announced = state
+        logger.info("cluster %s: lease %s", self.cluster, state.value)
+        self._post(self._lease_listeners, state, self._lease_dispatcher)
+
+    def _post(
+        self, listeners: list[Listener], value: object, dispatcher: Dispatcher | None = None
+    ) -> None:
+        dispatcher = dispatcher or self._dispatcher
+        if dispatcher is not None:
+            for listener in list(listeners):
+                dispatcher.post(listener, value)

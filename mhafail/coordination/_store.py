@@ -1,0 +1,210 @@
+"""Typed access to the znodes under one cluster's root.
+
+Components never touch kazoo: they read and write znodes through
+:class:`Znodes`, with paths relative to the cluster root
+``/mhafail/<cluster>``. "No" answers (absent node, version mismatch,
+already exists) are return values; "don't know" answers (no connection)
+are :class:`~mhafail.errors.CoordinationUnavailable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from kazoo import exceptions as kex
+from kazoo.recipe.watchers import ChildrenWatch, DataWatch
+
+from mhafail.coordination._dispatch import Dispatcher
+from mhafail.coordination._kazoo import translated
+from mhafail.errors import InvalidArgument
+
+
+@attrs.frozen
+class Znode:
+    """One znode's data and the parts of its stat that components use.
+
+    Attributes:
+        path: path relative to the cluster root (``members/n1``).
+        data: the znode's bytes.
+        version: data version, for compare-and-set.
+        ephemeral_owner: session id owning an ephemeral znode, else 0.
+        created_zxid: zxid of the create; distinguishes incarnations.
+        modified_ms: wall-clock time of the last change (server clock, ms).
+    """
+
+    path: str
+    data: bytes
+    version: int
+    ephemeral_owner: int
+    created_zxid: int
+    modified_ms: int
+
+
+@attrs.define
+class Watch:
+    """A registered watch; :meth:`cancel` stops further callbacks."""
+
+    _cancelled: bool = False
+
+    @property
+    def cancelled(self) -> bool:
+        """True once :meth:`cancel` was called."""
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Stop delivering changes (kazoo's watcher ends at its next event)."""
+        self._cancelled = True
+
+
+class Znodes:
+    """Znode operations under ``root``; obtained from ``Coordinator.znodes``.
+
+    All methods are thread-safe (kazoo serialises requests) and block until
+    ZooKeeper answers or the connection drops.
+    """
+
+    def __init__(self, client: Any, root: str, dispatcher: Dispatcher) -> None:
+        self._client = client
+        self._root = root
+        self._dispatcher = dispatcher
+
+    @property
+    def root(self) -> str:
+        """The absolute path of the cluster root."""
+        return self._root
+
+    def _abs(self, path: str) -> str:
+        if path.startswith("/") or ".." in path.split("/") or "//" in path:
+            raise InvalidArgument(f"invalid znode path {path!r}: must be relative, without '..'")
+        return f"{self._root}/{path}" if path else self._root
+
+    def create(
+        self,
+        path: str,
+        data: bytes = b"",
+        *,
+        ephemeral: bool = False,
+        sequence: bool = False,
+        makepath: bool = False,
+    ) -> str | None:
+        """Create a znode.
+
+        Returns:
+            The created path relative to the root (with the sequence suffix),
+            or None when the znode already exists.
+
+        Raises:
+            CoordinationUnavailable: ZooKeeper could not be asked.
+            CoordinationError: the parent is missing and ``makepath`` is False.
+        """
+        abs_path = self._abs(path)
+        with translated(f"create {path}"):
+            try:
+                created: str = self._client.create(
+                    abs_path, data, ephemeral=ephemeral, sequence=sequence, makepath=makepath
+                )
+            except kex.NodeExistsError:
+                return None
+        return created[len(self._root) + 1 :]
+
+    def ensure(self, path: str) -> None:
+        """Create ``path`` and its parents as empty persistent znodes if missing."""
+        with translated(f"ensure {path}"):
+            self._client.ensure_path(self._abs(path))
+
+    def get(self, path: str) -> Znode | None:
+        """Return the znode at ``path``, or None when it does not exist."""
+        with translated(f"get {path}"):
+            try:
+                data, stat = self._client.get(self._abs(path))
+            except kex.NoNodeError:
+                return None
+        return _znode(path, data, stat)
+
+    def children(self, path: str) -> list[str] | None:
+        """Return the sorted child names of ``path``, or None when it does not exist."""
+        with translated(f"children {path}"):
+            try:
+                names: list[str] = self._client.get_children(self._abs(path))
+            except kex.NoNodeError:
+                return None
+        return sorted(names)
+
+    def set(self, path: str, data: bytes, *, version: int = -1) -> Znode | None:
+        """Replace the data of ``path`` if its version is ``version`` (-1: any).
+
+        Returns:
+            The new znode, or None when it does not exist or its version
+            differs (compare-and-set lost).
+        """
+        with translated(f"set {path}"):
+            try:
+                stat = self._client.set(self._abs(path), data, version=version)
+            except (kex.NoNodeError, kex.BadVersionError):
+                return None
+        return _znode(path, data, stat)
+
+    def delete(self, path: str, *, version: int = -1, recursive: bool = False) -> bool:
+        """Delete ``path`` if its version is ``version`` (-1: any).
+
+        Returns:
+            True when deleted, False when absent or the version differs.
+        """
+        with translated(f"delete {path}"):
+            try:
+                self._client.delete(self._abs(path), version=version, recursive=recursive)
+            except (kex.NoNodeError, kex.BadVersionError):
+                return False
+        return True
+
+    def watch_children(self, path: str, callback: Callable[[list[str]], None]) -> Watch:
+        """Call ``callback(sorted_children)`` now and after every change of ``path``.
+
+        The callback runs on the coordinator's dispatcher thread, never on
+        kazoo's. It gets ``[]`` while ``path`` does not exist. kazoo re-arms
+        the watch across reconnects; components still re-read on reconnect
+        (DESIGN.md rule 2) because a change can fall between two watches.
+        """
+        watch = Watch()
+        self.ensure(path)
+
+        def on_children(children: list[str]) -> bool | None:
+            if watch.cancelled:
+                return False
+            self._dispatcher.post(callback, sorted(children))
+            return None
+
+        with translated(f"watch children {path}"):
+            ChildrenWatch(self._client, self._abs(path), on_children)
+        return watch
+
+    def watch_data(self, path: str, callback: Callable[[Znode | None], None]) -> Watch:
+        """Call ``callback(znode_or_None)`` now and after every change of ``path``.
+
+        Runs on the dispatcher thread; None means the znode does not exist.
+        """
+        watch = Watch()
+
+        def on_data(data: bytes | None, stat: Any) -> bool | None:
+            if watch.cancelled:
+                return False
+            node = None if stat is None else _znode(path, data or b"", stat)
+            self._dispatcher.post(callback, node)
+            return None
+
+        with translated(f"watch data {path}"):
+            DataWatch(self._client, self._abs(path), on_data)
+        return watch
+
+
+def _znode(path: str, data: bytes, stat: Any) -> Znode:
+    return Znode(
+        path=path,
+        data=data,
+        version=stat.version,
+        ephemeral_owner=stat.ephemeralOwner,
+        created_zxid=stat.czxid,
+        modified_ms=stat.mtime,
+    )
