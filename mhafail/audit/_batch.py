@@ -116,9 +116,11 @@ class IncrementBatch:
             key_type: type = str if family is KeyFamily.STRING else int
             windows: dict[int, dict[Key, int]] = {}
             for start, pairs in data["windows"]:
-                counts: dict[Key, int] = {}
-                for key, n in pairs:
-                    if type(key) is not key_type or type(n) is not int or n < 1:
+                counts: dict[Any, int] = {}
+                for pair in pairs:
+                    key: Any = pair[0]
+                    n: Any = pair[1]
+                    if len(pair) != 2 or type(key) is not key_type or type(n) is not int or n < 1:
                         raise AuditInvalidArgument(f"bad increment {key!r}: {n!r}")
                     counts[key] = counts.get(key, 0) + n
                 windows[_int(start, "window start")] = counts
@@ -149,7 +151,7 @@ class MergeStatus(enum.Enum):
     APPLIED = "applied"
     """The batch was new; its live increments were counted."""
     DUPLICATE = "duplicate"
-    """The origin's batch with this sequence (or a later one) was already applied; nothing changed."""
+    """This sequence (or a later one) from the origin was already applied; nothing changed."""
 
 
 @attrs.frozen

@@ -15,12 +15,14 @@ addresses costs bounded memory and degrades only the finest counts
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from mhafail.audit._keys import KeyFamily
 
 __all__ = ["LEVELS", "Window", "group_levels"]
 
-Key = int | str
+# Keys are int addresses or str keys, per series; Any keeps the shift arithmetic typed simply.
+Counts = dict[Any, int]
 
 # Prefix lengths kept per window, coarse to fine; the last is the exact key.
 LEVELS: dict[KeyFamily, tuple[int, ...]] = {
@@ -30,7 +32,7 @@ LEVELS: dict[KeyFamily, tuple[int, ...]] = {
 }
 
 
-def group_levels(exact: dict[Key, int], lengths: tuple[int, ...]) -> list[dict[Key, int]]:
+def group_levels(exact: Counts, lengths: tuple[int, ...]) -> list[Counts]:
     """Return ``exact`` regrouped at every level, coarse to fine.
 
     Each coarser level is built from the next finer one, so the big loop
@@ -43,14 +45,14 @@ def group_levels(exact: dict[Key, int], lengths: tuple[int, ...]) -> list[dict[K
     Returns:
         One dict per level; the last one is ``exact`` itself.
     """
-    out: list[dict[Key, int]] = [exact]
-    finer: dict[Key, int] = exact
+    out: list[Counts] = [exact]
+    finer: Counts = exact
     for i in range(len(lengths) - 2, -1, -1):
         shift = lengths[i + 1] - lengths[i]
-        grouped: dict[Key, int] = {}
+        grouped: Counts = {}
         get = grouped.get
         for key, n in finer.items():
-            bucket = key >> shift  # type: ignore[operator]
+            bucket = key >> shift
             grouped[bucket] = get(bucket, 0) + n
         out.append(grouped)
         finer = grouped
@@ -72,11 +74,11 @@ class Window:
 
     def __init__(self, start: int, nlevels: int) -> None:
         self.start = start
-        self.levels: list[dict[Key, int]] = [{} for _ in range(nlevels)]
+        self.levels: list[Counts] = [{} for _ in range(nlevels)]
         self.dropped = [0] * nlevels
         self.total = 0
 
-    def fold(self, deltas: list[dict[Key, int]], max_keys: int, *, owned: bool) -> None:
+    def fold(self, deltas: list[Counts], max_keys: int, *, owned: bool) -> None:
         """Add per-level increments (from :func:`group_levels`).
 
         Args:
@@ -93,7 +95,7 @@ class Window:
                 continue
             self.dropped[i] += merge_capped(level, delta, max_keys)
 
-    def count(self, bucket: Key, level: int, gap: int) -> int:
+    def count(self, bucket: Any, level: int, gap: int) -> int:
         """Return the count of one prefix.
 
         Args:
@@ -111,12 +113,12 @@ class Window:
         span = 1 << gap
         if span <= len(counts):
             get = counts.get
-            base = bucket << gap  # type: ignore[operator]
+            base = bucket << gap
             return sum(get(b, 0) for b in range(base, base + span))
-        return sum(n for key, n in counts.items() if key >> gap == bucket)  # type: ignore[operator]
+        return sum(n for key, n in counts.items() if key >> gap == bucket)
 
 
-def merge_capped(into: dict[Key, int], delta: Mapping[Key, int], max_keys: int) -> int:
+def merge_capped(into: Counts, delta: Mapping[Any, int], max_keys: int) -> int:
     """Add ``delta`` into ``into`` without growing it past ``max_keys`` entries.
 
     Args:
@@ -127,6 +129,9 @@ def merge_capped(into: dict[Key, int], delta: Mapping[Key, int], max_keys: int) 
     Returns:
         The sum of increments that were dropped because ``into`` was full.
     """
+    if not into and len(delta) <= max_keys:
+        into.update(delta)  # C speed: the common case of a fresh interval or outbox
+        return 0
     get = into.get
     if len(into) + len(delta) <= max_keys:
         for key, n in delta.items():

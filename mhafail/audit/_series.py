@@ -1,0 +1,559 @@
+"""``AuditSeries``: rolling per-key counts that answer CIDR sums (pure: no I/O).
+
+Time is cut into windows of ``window_seconds`` aligned to the epoch; the
+series keeps the current window (window 0) and the ``windows - 1`` before
+it. ``add`` goes to a small pending dict (one C-speed dict update), which is
+folded into the window's per-level dicts (see ``_window``) before anything
+reads it, so a burst of adds costs one fold, not one per level per add.
+
+Memory: each live window holds at most ``max_keys`` entries per level (four
+levels for addresses); measured cost is about 100 bytes per distinct IPv4
+address per window (docs/benchmarks.md). Past the cap, only the finest
+counts degrade, and :meth:`AuditSeries.stats` says so.
+
+Thread safety: every public method takes the series' lock, so ``add`` on an
+event loop, ``take_interval`` on an as_logger thread and ``merge`` on a
+transport thread can run concurrently.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from mhafail.audit._batch import IncrementBatch, MergeOutcome, MergeStatus, Origin
+from mhafail.audit._clock import Clock, SystemClock
+from mhafail.audit._keys import KeyFamily, Prefix, parse_address, parse_prefix
+from mhafail.audit._window import LEVELS, Window, group_levels, merge_capped
+from mhafail.errors import AuditError, AuditInvalidArgument
+
+__all__ = ["AuditSeries", "IntervalCounts", "SeriesStats"]
+
+Key = int | str
+Target = Key | Prefix
+
+SERIES_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+# Pending adds are folded once this many distinct keys wait, which bounds
+# the pending dict even if nothing reads the series for a whole window.
+_FOLD_AT = 1 << 16
+_CACHE_SIZE = 4096
+
+
+def _check_name(_inst: object, _attr: object, value: Any) -> None:
+    if not isinstance(value, str) or not SERIES_NAME.fullmatch(value):
+        raise AuditInvalidArgument(
+            f"series name {value!r} must be 1-64 letters, digits, '_' or '-' "
+            "(no '.': it separates the snapshot timestamp)"
+        )
+
+
+def _check_positive(_inst: object, attr: attrs.Attribute[int], value: Any) -> None:
+    if type(value) is not int or value < 1:
+        raise AuditInvalidArgument(f"{attr.name} must be a positive integer, not {value!r}")
+
+
+def _to_family(value: KeyFamily | str) -> KeyFamily:
+    try:
+        return KeyFamily(value)
+    except ValueError:
+        raise AuditInvalidArgument(f"family must be ipv4, ipv6 or string, not {value!r}") from None
+
+
+@attrs.frozen
+class IntervalCounts:
+    """The counts one series gathered between two as_logger snapshots.
+
+    Attributes:
+        series: the series name.
+        family: its key family.
+        start: epoch seconds the interval started.
+        end: epoch seconds it ended (when it was taken).
+        counts: increments per exact key.
+        dropped: increments not in ``counts`` because ``max_keys`` was hit.
+    """
+
+    series: str
+    family: KeyFamily
+    start: float
+    end: float
+    counts: Mapping[Key, int]
+    dropped: int = 0
+
+    def total(self) -> int:
+        """Return the sum of ``counts`` (``dropped`` excluded)."""
+        return sum(self.counts.values())
+
+
+@attrs.frozen
+class SeriesStats:
+    """Size and health of a series, for monitoring and capacity planning.
+
+    Attributes:
+        name: the series name.
+        family: its key family.
+        current_start: epoch second window 0 started.
+        keys: distinct exact keys per window, window 0 first.
+        dropped: per window, increments whose exact key was not stored
+            because ``max_keys`` was reached (counts of long prefixes in
+            that window are lower bounds; totals stay exact).
+        origins: remote origins whose batches are remembered.
+    """
+
+    name: str
+    family: KeyFamily
+    current_start: int
+    keys: tuple[int, ...]
+    dropped: tuple[int, ...]
+    origins: int
+
+
+@attrs.define
+class _OriginState:
+    last_seq: int
+    newest_window: int
+
+
+@attrs.define
+class AuditSeries:
+    """Counts of keys (IP addresses or strings) over rolling windows.
+
+    Momentum's default shape is six windows of 300 s, which is the default
+    here. ``add`` counts a key in window 0; ``count`` sums any prefix over
+    any range of windows.
+
+    Args:
+        name: series name: letters, digits, ``_`` and ``-``.
+        window_seconds: length of a window; windows start at multiples of
+            it since the epoch.
+        windows: how many windows are kept (window 0 is the current one).
+        family: ``"ipv4"``, ``"ipv6"`` or ``"string"`` (or a ``KeyFamily``).
+        clock: where the time comes from (inject a ``ManualClock`` in tests).
+        max_keys: entry cap per level per window (and for the interval and
+            outbox dicts); bounds memory under a flood of distinct keys.
+        track_intervals: keep counts since the last :meth:`take_interval`
+            (what an as_logger writes).
+        export_increments: keep local increments for :meth:`take_batch`
+            (cluster-wide series).
+
+    Raises:
+        AuditInvalidArgument: a bad name, size or family.
+    """
+
+    name: str = attrs.field(validator=_check_name)
+    window_seconds: int = attrs.field(default=300, validator=_check_positive)
+    windows: int = attrs.field(default=6, validator=_check_positive)
+    family: KeyFamily = attrs.field(default=KeyFamily.IPV4, converter=_to_family)
+    clock: Clock = attrs.field(factory=SystemClock, kw_only=True)
+    max_keys: int = attrs.field(default=1 << 20, kw_only=True, validator=_check_positive)
+    track_intervals: bool = attrs.field(default=False, kw_only=True)
+    export_increments: bool = attrs.field(default=False, kw_only=True)
+
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
+    _lengths: tuple[int, ...] = attrs.field(init=False, repr=False)
+    _max_value: int = attrs.field(init=False, repr=False)
+    _pending: dict[Key, int] = attrs.field(factory=dict, init=False, repr=False)
+    _current_start: int = attrs.field(init=False, repr=False)
+    _window_end: float = attrs.field(init=False, repr=False)
+    _ring: dict[int, Window] = attrs.field(factory=dict, init=False, repr=False)
+    _interval: dict[Key, int] = attrs.field(factory=dict, init=False, repr=False)
+    _interval_start: float = attrs.field(init=False, repr=False)
+    _interval_dropped: int = attrs.field(default=0, init=False, repr=False)
+    _outbox: dict[int, dict[Key, int]] = attrs.field(factory=dict, init=False, repr=False)
+    _seq: int = attrs.field(default=0, init=False, repr=False)
+    _origins: dict[Origin, _OriginState] = attrs.field(factory=dict, init=False, repr=False)
+    _targets: dict[str, tuple[int, Key, int]] = attrs.field(factory=dict, init=False, repr=False)
+    _time: Callable[[], float] = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._time = self.clock.time  # bound once: add() is the hot path
+        self._lengths = LEVELS[self.family]
+        width = self.family.width
+        # -1 makes every int key out of range for string series.
+        self._max_value = (1 << width) - 1 if width else -1
+        now = self._time()
+        start = int(now // self.window_seconds) * self.window_seconds
+        self._current_start = start
+        self._window_end = start + self.window_seconds
+        self._ring[start] = Window(start, len(self._lengths))
+        self._interval_start = now
+
+    # --- adding -------------------------------------------------------------
+
+    def add(self, key: Key, n: int = 1) -> None:
+        """Count ``key`` ``n`` times in the current window.
+
+        Args:
+            key: an address as text or as an int (pre-parsed keys are about
+                3x faster), or a string for ``string`` series.
+            n: how many times, at least 1.
+
+        Raises:
+            AuditInvalidArgument: the key does not fit the series' family or
+                ``n`` is not a positive integer. Nothing is counted.
+        """
+        if type(key) is not int or key < 0 or key > self._max_value:
+            key = self._coerce(key)
+        if n != 1 and (type(n) is not int or n < 1):
+            raise AuditInvalidArgument(f"n must be a positive integer, not {n!r}")
+        with self._lock:
+            if self._time() >= self._window_end:
+                self._roll_locked()
+            pending = self._pending
+            pending[key] = pending.get(key, 0) + n
+            if len(pending) >= _FOLD_AT:
+                self._fold_pending_locked()
+
+    def add_many(self, keys: Iterable[Key]) -> int:
+        """Count every key in ``keys`` once (repeats count again).
+
+        This is the fast path: the keys are tallied with ``collections.Counter``
+        at C speed, each distinct text key is parsed once, and the lock is
+        taken once.
+
+        Args:
+            keys: addresses (text or int) or strings, per the family.
+
+        Returns:
+            How many increments were counted.
+
+        Raises:
+            AuditInvalidArgument: some key does not fit; nothing is counted.
+        """
+        counts = Counter(keys)
+        if not counts:
+            return 0
+        types = set(map(type, counts))
+        delta: dict[Key, int]
+        plain_ints = types == {int} and min(counts) >= 0 and max(counts) <= self._max_value  # type: ignore[operator]
+        plain_strs = types == {str} and self.family is KeyFamily.STRING
+        if plain_ints or plain_strs:
+            delta = dict(counts)
+        else:
+            delta = {}
+            for key, n in counts.items():
+                parsed = self._coerce(key)
+                delta[parsed] = delta.get(parsed, 0) + n
+        with self._lock:
+            if self._time() >= self._window_end:
+                self._roll_locked()
+            if self._pending:
+                merge_capped(self._pending, delta, len(self._pending) + len(delta))
+            else:
+                self._pending = delta
+            if len(self._pending) >= _FOLD_AT:
+                self._fold_pending_locked()
+        return counts.total()
+
+    def _coerce(self, key: object) -> Key:
+        family = self.family
+        if family is KeyFamily.STRING:
+            if isinstance(key, str):
+                return key
+            raise AuditInvalidArgument(
+                f"series {self.name!r} counts strings, not {type(key).__name__}"
+            )
+        if isinstance(key, str):
+            return parse_address(key, family)
+        if type(key) is int:
+            raise AuditInvalidArgument(
+                f"{key} is not a {family.width}-bit {family.value} address value"
+            )
+        raise AuditInvalidArgument(
+            f"series {self.name!r} counts {family.value} addresses, not {type(key).__name__}"
+        )
+
+    # --- counting -----------------------------------------------------------
+
+    def count(self, target: Target, windows: int | range | None = None) -> int:
+        """Sum the counts of a key or CIDR prefix over some windows.
+
+        Args:
+            target: a CIDR (``"198.18.0.0/15"``), a bare address or int key
+                (its exact count), a :class:`Prefix`, or a string key.
+            windows: ``None`` for every window, ``k`` for the ``k`` most
+                recent (windows ``0..k-1``), or a ``range`` of window indexes
+                (0 is the current window).
+
+        Returns:
+            The sum. If :meth:`stats` reports ``dropped`` for a window, the
+            count of a long prefix there is a lower bound.
+
+        Raises:
+            AuditInvalidArgument: malformed target, wrong family, or window
+                indexes outside ``0..windows-1``.
+        """
+        level, bucket, gap = self._locate(target)
+        indexes = self._indexes(windows)
+        with self._lock:
+            if self._time() >= self._window_end:
+                self._roll_locked()
+            if self._pending:
+                self._fold_pending_locked()
+            ring = self._ring
+            start = self._current_start
+            step = self.window_seconds
+            total = 0
+            for i in indexes:
+                window = ring.get(start - i * step)
+                if window is not None:
+                    total += window.total if level < 0 else window.count(bucket, level, gap)
+            return total
+
+    def _locate(self, target: Target) -> tuple[int, Key, int]:
+        # Returns (level index or -1 for the total, bucket, gap); see Window.count.
+        if type(target) is int:
+            if not 0 <= target <= self._max_value:
+                self._coerce(target)
+            return len(self._lengths) - 1, target, 0
+        if isinstance(target, str):
+            if self.family is KeyFamily.STRING:
+                return 0, target, 0
+            hit = self._targets.get(target)
+            if hit is None:
+                hit = self._locate_prefix(parse_prefix(target, self.family))
+                if len(self._targets) >= _CACHE_SIZE:
+                    self._targets.clear()
+                self._targets[target] = hit
+            return hit
+        if isinstance(target, Prefix):
+            if target.family is not self.family:
+                raise AuditInvalidArgument(f"{target} is not a {self.family.value} prefix")
+            return self._locate_prefix(target)
+        raise AuditInvalidArgument(f"cannot count {type(target).__name__} {target!r}")
+
+    def _locate_prefix(self, prefix: Prefix) -> tuple[int, Key, int]:
+        if prefix.length == 0:
+            return -1, 0, 0
+        lengths = self._lengths
+        level = next(i for i, length in enumerate(lengths) if length >= prefix.length)
+        bucket = prefix.value >> (self.family.width - prefix.length)
+        return level, bucket, lengths[level] - prefix.length
+
+    def _indexes(self, windows: int | range | None) -> range:
+        if windows is None:
+            return range(self.windows)
+        if type(windows) is int:
+            if not 0 <= windows <= self.windows:
+                raise AuditInvalidArgument(f"windows={windows} is outside 0..{self.windows}")
+            return range(windows)
+        if isinstance(windows, range):
+            if len(windows) and (min(windows) < 0 or max(windows) >= self.windows):
+                raise AuditInvalidArgument(
+                    f"window indexes {windows} are outside 0..{self.windows - 1}"
+                )
+            return windows
+        raise AuditInvalidArgument(f"windows must be None, an int or a range, not {windows!r}")
+
+    # --- rolling and folding ---------------------------------------------------
+
+    def _roll_locked(self) -> None:
+        if self._pending:
+            self._fold_pending_locked()
+        step = self.window_seconds
+        start = int(self._time() // step) * step
+        self._current_start = start
+        self._window_end = start + step
+        if start not in self._ring:
+            self._ring[start] = Window(start, len(self._lengths))
+        oldest = start - (self.windows - 1) * step
+        for old in [s for s in self._ring if s < oldest]:
+            del self._ring[old]
+        for old in [s for s in self._outbox if s < oldest]:
+            # Receivers would drop these as stale anyway; do not let a
+            # stalled transport grow the outbox without bound.
+            del self._outbox[old]
+        for origin in [o for o, st in self._origins.items() if st.newest_window < oldest]:
+            del self._origins[origin]
+
+    def _fold_pending_locked(self) -> None:
+        delta, self._pending = self._pending, {}
+        self._apply_locked(self._ring[self._current_start], delta, local=True)
+
+    def _apply_locked(self, window: Window, delta: dict[Key, int], *, local: bool) -> None:
+        cap = self.max_keys
+        if self.track_intervals:
+            self._interval_dropped += merge_capped(self._interval, delta, cap)
+        if local and self.export_increments:
+            merge_capped(self._outbox.setdefault(window.start, {}), delta, cap)
+        window.fold(group_levels(delta, self._lengths), cap, owned=True)
+
+    # --- as_logger and cluster hooks --------------------------------------------
+
+    def take_interval(self) -> IntervalCounts:
+        """Return the counts since the previous call and start a new interval.
+
+        Returns:
+            The interval's counts (local adds and merged remote batches).
+
+        Raises:
+            AuditError: the series was created without ``track_intervals``.
+        """
+        if not self.track_intervals:
+            raise AuditError(f"series {self.name!r} was created without track_intervals=True")
+        with self._lock:
+            if self._time() >= self._window_end:
+                self._roll_locked()
+            if self._pending:
+                self._fold_pending_locked()
+            now = self._time()
+            taken = IntervalCounts(
+                series=self.name,
+                family=self.family,
+                start=self._interval_start,
+                end=max(now, self._interval_start),
+                counts=self._interval,
+                dropped=self._interval_dropped,
+            )
+            self._interval = {}
+            self._interval_dropped = 0
+            self._interval_start = taken.end
+            return taken
+
+    def take_batch(self, origin: Origin) -> IncrementBatch | None:
+        """Hand out the local increments counted since the previous batch.
+
+        The caller sends the batch to other nodes, which pass it to their
+        :meth:`merge`; re-sending the same batch is safe. Increments merged
+        from other nodes are never exported again.
+
+        Args:
+            origin: this process's node name and incarnation.
+
+        Returns:
+            The batch, or ``None`` if nothing was counted since the last one.
+
+        Raises:
+            AuditError: the series was created without ``export_increments``.
+        """
+        if not self.export_increments:
+            raise AuditError(f"series {self.name!r} was created without export_increments=True")
+        with self._lock:
+            if self._time() >= self._window_end:
+                self._roll_locked()
+            if self._pending:
+                self._fold_pending_locked()
+            if not self._outbox:
+                return None
+            windows, self._outbox = self._outbox, {}
+            self._seq += 1
+            seq = self._seq
+        return IncrementBatch(
+            series=self.name,
+            family=self.family,
+            window_seconds=self.window_seconds,
+            origin=origin,
+            seq=seq,
+            windows=windows,
+        )
+
+    def merge(self, batch: IncrementBatch) -> MergeOutcome:
+        """Count another node's increments in the matching windows here.
+
+        A batch whose sequence is at or below the last one applied from the
+        same origin is a duplicate and changes nothing. Windows that already
+        aged out here, or that start more than one window in the future, are
+        skipped and reported. Never pass this series' own batches back in.
+
+        Args:
+            batch: from another node's :meth:`take_batch`.
+
+        Returns:
+            What was applied, skipped, or recognised as a duplicate.
+
+        Raises:
+            AuditInvalidArgument: the batch is for another series, family or
+                window length, or holds malformed keys; nothing is applied.
+        """
+        self._check_batch(batch)
+        step = self.window_seconds
+        with self._lock:
+            if self._time() >= self._window_end:
+                self._roll_locked()
+            state = self._origins.get(batch.origin)
+            if state is not None and batch.seq <= state.last_seq:
+                return MergeOutcome(MergeStatus.DUPLICATE)
+            gap = state is not None and batch.seq != state.last_seq + 1
+            oldest = self._current_start - (self.windows - 1) * step
+            newest = self._current_start + step
+            applied = stale = too_new = 0
+            for start, counts in batch.windows.items():
+                n = sum(counts.values())
+                if start < oldest:
+                    stale += n
+                    continue
+                if start > newest:
+                    too_new += n
+                    continue
+                window = self._ring.get(start)
+                if window is None:
+                    window = self._ring[start] = Window(start, len(self._lengths))
+                self._apply_locked(window, dict(counts), local=False)
+                applied += n
+            newest_seen = max(batch.windows, default=oldest - step)
+            if state is None:
+                self._origins[batch.origin] = _OriginState(batch.seq, newest_seen)
+            else:
+                state.last_seq = batch.seq
+                state.newest_window = max(state.newest_window, newest_seen)
+            return MergeOutcome(
+                MergeStatus.APPLIED,
+                applied=applied,
+                stale=stale,
+                too_new=too_new,
+                gap=gap,
+            )
+
+    def _check_batch(self, batch: IncrementBatch) -> None:
+        if batch.series != self.name or batch.family is not self.family:
+            raise AuditInvalidArgument(
+                f"batch for {batch.family.value} series {batch.series!r} cannot merge into "
+                f"{self.family.value} series {self.name!r}"
+            )
+        if batch.window_seconds != self.window_seconds:
+            raise AuditInvalidArgument(
+                f"batch windows of {batch.window_seconds} s do not line up with "
+                f"{self.window_seconds} s windows"
+            )
+        if batch.seq < 1:
+            raise AuditInvalidArgument(f"batch sequence {batch.seq} must be at least 1")
+        for start, counts in batch.windows.items():
+            if type(start) is not int or start % self.window_seconds:
+                raise AuditInvalidArgument(f"batch window start {start!r} is not a window boundary")
+            for key, n in counts.items():
+                if type(n) is not int or n < 1:
+                    raise AuditInvalidArgument(f"batch increment {n!r} for {key!r} is not positive")
+                if type(key) is not int or not 0 <= key <= self._max_value:
+                    self._coerce_exact(key)
+
+    def _coerce_exact(self, key: object) -> None:
+        # Batches carry parsed keys only: a str in an address batch is an error.
+        if self.family is KeyFamily.STRING and isinstance(key, str):
+            return
+        raise AuditInvalidArgument(f"batch key {key!r} is not a {self.family.value} key")
+
+    def stats(self) -> SeriesStats:
+        """Return the size of every live window and what was dropped."""
+        with self._lock:
+            if self._time() >= self._window_end:
+                self._roll_locked()
+            if self._pending:
+                self._fold_pending_locked()
+            keys = []
+            dropped = []
+            for i in range(self.windows):
+                window = self._ring.get(self._current_start - i * self.window_seconds)
+                keys.append(len(window.levels[-1]) if window else 0)
+                dropped.append(max(window.dropped) if window else 0)
+            return SeriesStats(
+                name=self.name,
+                family=self.family,
+                current_start=self._current_start,
+                keys=tuple(keys),
+                dropped=tuple(dropped),
+                origins=len(self._origins),
+            )
