@@ -35,3 +35,8 @@ def unique_suffix() -> str:
 
 
 unique_suffix.counter = 0  # type: ignore[attr-defined]
+
+
+def in_ci() -> bool:
+    """True when running under CI (``CI=true``), where skipped tests count as failures."""
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")

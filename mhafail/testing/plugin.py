@@ -1,0 +1,167 @@
+"""The pytest plugin (entry point ``pytest11: mhafail``): fixtures and markers.
+
+Fixtures:
+    zookeeper: a session-wide standalone ZooKeeper server (tickTime 100 ms,
+        so session timeouts from 0.2 s to 2 s are allowed).
+    zk_cluster: a fresh cluster name per test, i.e. a fresh chroot
+        ``/mhafail/<name>``.
+    coordinator_factory: ``make(**kwargs)`` returns a started Coordinator on
+        that server and cluster; all are stopped after the test.
+    zk_ensemble: a 3-server ensemble for one test.
+    tcp_proxy_factory: ``make(target_address)`` returns a TcpProxy.
+    netns_lab_factory: ``make(hosts=3, client=False)`` returns a started
+        NetnsLab (root only); closed after the test.
+
+Markers ``zookeeper`` and ``root`` skip a test whose needs are not met,
+with the reason. When ``CI=true`` a skip for these reasons is a failure
+instead: CI must run everything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from mhafail.coordination import Coordinator
+from mhafail.testing._netns import NetnsLab
+from mhafail.testing._ports import in_ci, unique_suffix
+from mhafail.testing._proxy import TcpProxy
+from mhafail.testing._zookeeper import (
+    INSTALL_HINT,
+    ZooKeeperEnsemble,
+    ZooKeeperServer,
+    zookeeper_available,
+)
+
+_servers: list[ZooKeeperServer] = []
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the current test, or fail it under CI."""
+    if in_ci():
+        pytest.fail(f"CI must run this test, but: {reason}")
+    pytest.skip(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers (also for projects that use the plugin)."""
+    config.addinivalue_line("markers", "zookeeper: needs a real ZooKeeper server")
+    config.addinivalue_line("markers", "root: needs root (network namespaces, raw sockets)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip (or, under CI, fail) tests whose environment is missing."""
+    if item.get_closest_marker("root") and os.geteuid() != 0:
+        skip_or_fail("needs root for network namespaces; run as root")
+    if item.get_closest_marker("zookeeper") and not zookeeper_available():
+        skip_or_fail(INSTALL_HINT)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Attach the tail of every running ZooKeeper server's log to a failed test."""
+    report = yield
+    if report.failed:
+        for server in _servers:
+            report.sections.append((f"zookeeper {server.address} log", server.log_tail(30)))
+    return report
+
+
+def _start(server: ZooKeeperServer) -> ZooKeeperServer:
+    if not zookeeper_available():
+        skip_or_fail(INSTALL_HINT)
+    _servers.append(server)
+    return server.start()
+
+
+def _forget(server: ZooKeeperServer) -> None:
+    server.cleanup()
+    if server in _servers:
+        _servers.remove(server)
+
+
+@pytest.fixture(scope="session")
+def zookeeper() -> Iterator[ZooKeeperServer]:
+    """A standalone ZooKeeper server shared by the whole test session."""
+    server = _start(ZooKeeperServer(tick_time=100))
+    yield server
+    _forget(server)
+
+
+@pytest.fixture
+def zk_cluster() -> str:
+    """A cluster name no other test uses (a fresh chroot)."""
+    return f"t{unique_suffix()}"
+
+
+@pytest.fixture
+def coordinator_factory(
+    zookeeper: ZooKeeperServer, zk_cluster: str
+) -> Iterator[Callable[..., Coordinator]]:
+    """Make started coordinators on the session server; stopped after the test."""
+    made: list[Coordinator] = []
+
+    def make(**kwargs: Any) -> Coordinator:
+        kwargs.setdefault("hosts", zookeeper.address)
+        kwargs.setdefault("cluster", zk_cluster)
+        kwargs.setdefault("session_timeout", 2.0)
+        coordinator = Coordinator(**kwargs)
+        made.append(coordinator)
+        return coordinator.start()
+
+    yield make
+    for coordinator in reversed(made):
+        coordinator.stop()
+
+
+@pytest.fixture
+def zk_ensemble() -> Iterator[ZooKeeperEnsemble]:
+    """A started 3-server ZooKeeper ensemble for one test."""
+    if not zookeeper_available():
+        skip_or_fail(INSTALL_HINT)
+    ensemble = ZooKeeperEnsemble(size=3, tick_time=100)
+    _servers.extend(ensemble.servers)
+    try:
+        yield ensemble.start()
+    finally:
+        for server in ensemble.servers:
+            _forget(server)
+        ensemble.cleanup()
+
+
+@pytest.fixture
+def tcp_proxy_factory() -> Iterator[Callable[[str], TcpProxy]]:
+    """Make loopback TCP proxies (``make("127.0.0.1:2181")``); closed after the test."""
+    made: list[TcpProxy] = []
+
+    def make(target: str) -> TcpProxy:
+        host, port = target.rsplit(":", 1)
+        proxy = TcpProxy((host, int(port)))
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
+@pytest.fixture
+def netns_lab_factory() -> Iterator[Callable[..., NetnsLab]]:
+    """Make started network-namespace labs (root only); always removed after the test."""
+    if os.geteuid() != 0:
+        skip_or_fail("needs root for network namespaces; run as root")
+    made: list[NetnsLab] = []
+
+    def make(**kwargs: Any) -> NetnsLab:
+        lab = NetnsLab(**kwargs)
+        made.append(lab)
+        return lab.start()
+
+    try:
+        yield make
+    finally:
+        for lab in made:
+            lab.close()
