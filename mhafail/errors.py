@@ -26,7 +26,8 @@ GitPython exception ever reaches a caller: the adapters translate them.
     └── AuditError                          audit series and CIDR queries (mhafail.audit)
         ├── AuditInvalidArgument (ValueError)
         ├── QuerySyntaxError (ValueError)   names the position and what was expected
-        └── UnknownSeries (LookupError)
+        ├── UnknownSeries (LookupError)
+        └── SnapshotCorrupt                 a snapshot file does not verify (magic, version, size, CRC)
 
 Components that arrive later add their own subtree here, next to the
 others, and extend this drawing.
@@ -141,3 +142,7 @@ class QuerySyntaxError(AuditError, ValueError):
 
 class UnknownSeries(AuditError, LookupError):
     """A query named an audit series that does not exist."""
+
+
+class SnapshotCorrupt(AuditError):
+    """An audit snapshot file does not verify: bad magic, version, size or checksum."""
