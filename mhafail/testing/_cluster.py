@@ -48,6 +48,7 @@ class NodeProcess:
         self._new: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
 
     @property
     def pid(self) -> int:
@@ -75,7 +76,8 @@ class NodeProcess:
         with self._cond:
             self.events = []
         self._proc = spawn(argv, stdout=subprocess.PIPE)
-        threading.Thread(target=self._read, args=(self._proc,), daemon=True).start()
+        self._reader = threading.Thread(target=self._read, args=(self._proc,), daemon=True)
+        self._reader.start()
         if wait:
             self.wait_event(lambda e: e["event"] == "ready", timeout)
         return self
@@ -90,6 +92,7 @@ class NodeProcess:
             with self._cond:
                 self.events.append(event)
                 self._cond.notify_all()
+        proc.stdout.close()
 
     def wait_event(self, predicate: Callable[[Event], bool], timeout: float) -> Event:
         """Return the first event (old or new) matching ``predicate``.
@@ -132,10 +135,20 @@ class NodeProcess:
         """SIGKILL the member, as a crash would (its session lingers until timeout)."""
         if self._proc is not None:
             reap(self._proc, signal.SIGKILL)
+            self._join_reader()
 
     def terminate(self) -> int:
         """SIGTERM the member (it leaves cleanly) and return its exit status."""
-        return reap(self._proc) if self._proc is not None else 0
+        if self._proc is None:
+            return 0
+        status = reap(self._proc)
+        self._join_reader()
+        return status
+
+    def _join_reader(self) -> None:
+        # The reader closes the pipe at EOF, which follows the process's exit.
+        if self._reader is not None:
+            self._reader.join(5)
 
     def pause(self) -> None:
         """SIGSTOP the member."""

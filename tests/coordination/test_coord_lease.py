@@ -1,0 +1,86 @@
+"""Unit tests for the fencing lease arithmetic and the dispatch helpers."""
+
+import asyncio
+import threading
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mhafail.coordination import ConvergeLoop, Lease, default_margin, in_loop
+
+
+def test_lease_has_no_deadline_before_any_proof() -> None:
+    """A fresh lease is invalid and has no deadline."""
+    lease = Lease(timeout=3.0, margin=0.1)
+    assert lease.deadline is None
+    assert not lease.valid(0.0)
+    assert lease.remaining(0.0) == 0.0
+
+
+def test_deadline_is_send_time_plus_timeout_minus_margin() -> None:
+    """An answered request sent at s proves the session until s + T - m."""
+    lease = Lease(timeout=3.0, margin=0.25)
+    lease.confirm(10.0)
+    assert lease.deadline == 12.75
+    assert lease.valid(12.7)
+    assert not lease.valid(12.75)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e6), min_size=1, max_size=20))
+def test_deadline_follows_the_latest_send_time(sends: list[float]) -> None:
+    """Replies arriving out of order never move the deadline backwards."""
+    lease = Lease(timeout=2.0, margin=0.1)
+    for s in sends:
+        lease.confirm(s)
+    assert lease.deadline == max(sends) + 1.9
+
+
+def test_reset_forgets_the_proof() -> None:
+    """After a session ends the lease is invalid until a new proof arrives."""
+    lease = Lease(timeout=2.0, margin=0.1)
+    lease.confirm(5.0)
+    lease.reset()
+    assert not lease.valid(5.0)
+
+
+def test_default_margin_is_bounded() -> None:
+    """The default margin is 5 % of T, clamped to 50-500 ms."""
+    assert default_margin(0.5) == 0.05
+    assert default_margin(3.0) == 0.15000000000000002
+    assert default_margin(60.0) == 0.5
+
+
+def test_in_loop_runs_the_callback_on_the_event_loop() -> None:
+    """A listener wrapped with in_loop runs on the asyncio loop's thread."""
+
+    async def main() -> int | None:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[int | None] = loop.create_future()
+        wrapper = in_loop(loop, lambda: got.set_result(threading.get_ident()))
+        threading.Thread(target=wrapper).start()
+        return await asyncio.wait_for(got, 5)
+
+    assert asyncio.run(main()) == threading.main_thread().ident
+
+
+def test_converge_loop_coalesces_kicks_and_survives_errors() -> None:
+    """Kicks during a pass lead to one more pass; a failing pass is retried."""
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def converge() -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            gate.wait(5)
+        if len(calls) == 2:
+            raise RuntimeError("transient")
+
+    loop = ConvergeLoop("test-loop", converge, retry=0.01)
+    loop.start()
+    for _ in range(5):
+        loop.kick()
+    gate.set()
+    assert loop.wait_passes(3, 5)
+    loop.stop()
+    # pass 1 (blocked), pass 2 for the five coalesced kicks (fails), pass 3 the retry
+    assert len(calls) == 3

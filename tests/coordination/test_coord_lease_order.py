@@ -1,0 +1,58 @@
+"""The safety ordering of the fencing lease (DESIGN.md rule 1)."""
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from mhafail.coordination import Coordinator, LeaseState
+from mhafail.testing import TcpProxy, ZooKeeperServer
+
+pytestmark = pytest.mark.zookeeper
+
+
+@pytest.mark.parametrize("trial", range(4))
+def test_lease_expires_before_anyone_sees_the_ephemeral_vanish(
+    trial: int,
+    zookeeper: ZooKeeperServer,
+    zk_cluster: str,
+    tcp_proxy_factory: Callable[[str], TcpProxy],
+) -> None:
+    """A client cut off from ZooKeeper hears 'lease expired' before another client
+    can observe its ephemeral znode disappear (an ordering check, repeated)."""
+    proxy = tcp_proxy_factory(zookeeper.address)
+    victim = Coordinator(hosts=proxy.address, cluster=zk_cluster, session_timeout=0.6 + trial * 0.3)
+    observer = Coordinator(hosts=zookeeper.address, cluster=zk_cluster)
+    victim.start()
+    observer.start()
+    try:
+        expired_at: list[float] = []
+        victim.add_lease_listener(
+            lambda s: s is LeaseState.EXPIRED and expired_at.append(time.monotonic())
+        )
+        victim.znodes.create("probe", b"", ephemeral=True)
+        gone_at: list[float] = []
+        stop = threading.Event()
+
+        def poll() -> None:
+            # Tight polling from a client with a healthy connection: the
+            # earliest moment anyone could act on the victim's departure.
+            while not stop.is_set():
+                if observer.znodes.get("probe") is None:
+                    gone_at.append(time.monotonic())
+                    return
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        time.sleep(0.05 * trial)  # vary the phase against the heartbeat schedule
+        proxy.cut()
+        poller.join(15)
+        stop.set()
+        assert gone_at, "the server never expired the cut-off session"
+        assert expired_at, "the victim never heard that its lease expired"
+        assert expired_at[0] < gone_at[0]
+    finally:
+        proxy.restore()
+        victim.stop()
+        observer.stop()
