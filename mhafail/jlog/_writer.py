@@ -1,0 +1,460 @@
+"""Appending to a jlog: :class:`JlogWriter` and its :class:`Durability` policy.
+
+Concurrency: every append takes the segment's exclusive lock (an OFD lock,
+which conflicts with libjlog's POSIX locks), measures the file and writes
+whole records at its end with one ``pwrite``, so several writer processes
+(C or Python) interleave whole records. A thread lock serializes the
+threads sharing one :class:`JlogWriter`.
+
+Crash safety: when a write returns, its records are in the kernel's page
+cache, so they survive the crash of this process; what survives a power
+loss is the :class:`Durability` policy's business. A process killed in the
+middle of a ``pwrite`` can leave a torn record at the end of the segment;
+the next append by any mhafail writer finds it under the segment lock
+(no writer can be mid-write then) and cuts it off before appending, so no
+reader ever sees a partial record and the log goes on.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+import attrs
+
+from mhafail.errors import JlogClosed, JlogCorrupt, JlogInvalidArgument
+
+from . import _format as fmt
+from ._files import (
+    file_size,
+    fsync_dir,
+    list_segments,
+    open_rw,
+    pread_all,
+    pwrite_all,
+    read_meta_fd,
+    write_meta_fd,
+)
+from ._lock import lock, locked, unlock
+
+log_ = logging.getLogger(__name__)
+
+
+class DurabilityMode(enum.Enum):
+    """How a writer syncs segment data to disk."""
+
+    NONE = "none"
+    FSYNC = "fsync"
+    GROUP = "group"
+
+
+@attrs.frozen
+class Durability:
+    """What a caller can rely on once ``write()``/``write_many()`` returns.
+
+    - :meth:`none`: records are in the OS page cache. They survive a crash
+      of the writing process, not a power loss or kernel crash (data is
+      synced at rollover and close only, like libjlog in every safety mode).
+    - :meth:`fsync`: every call ends with ``fdatasync``: the records also
+      survive a power loss. Slowest; ``write_many`` pays it once per batch.
+    - :meth:`group`: ``fdatasync`` once ``max_records`` records are unsynced
+      and/or ``max_delay`` seconds after the oldest unsynced write (a
+      background thread enforces the delay even when writes stop). A
+      process crash loses nothing; a power loss loses at most the last
+      ``max_records`` records or ``max_delay`` seconds of writes.
+
+    Attributes:
+        mode: the policy.
+        max_records: group commit: sync after this many unsynced records.
+        max_delay: group commit: sync at most this many seconds after a write.
+    """
+
+    mode: DurabilityMode = DurabilityMode.NONE
+    max_records: int | None = None
+    max_delay: float | None = None
+
+    @classmethod
+    def none(cls) -> Durability:
+        """No fsync by the writer: survives process crashes only."""
+        return cls(DurabilityMode.NONE)
+
+    @classmethod
+    def fsync(cls) -> Durability:
+        """``fdatasync`` before every write returns: survives power loss."""
+        return cls(DurabilityMode.FSYNC)
+
+    @classmethod
+    def group(cls, *, max_records: int | None = None, max_delay: float | None = None) -> Durability:
+        """Group commit by record count and/or delay.
+
+        Raises:
+            JlogInvalidArgument: neither bound given, or one is not positive.
+        """
+        if max_records is None and max_delay is None:
+            raise JlogInvalidArgument("group commit needs max_records and/or max_delay")
+        if max_records is not None and max_records < 1:
+            raise JlogInvalidArgument("group commit max_records must be >= 1")
+        if max_delay is not None and not max_delay > 0:
+            raise JlogInvalidArgument("group commit max_delay must be > 0 seconds")
+        return cls(DurabilityMode.GROUP, max_records, max_delay)
+
+
+class _CorruptTail(Exception):
+    """The open segment ends in bytes that are not a torn write: leave it to repair."""
+
+
+class JlogWriter:
+    """Appends records to a jlog; safe to share between threads.
+
+    Opening a writer flushes records a crashed C writer left in
+    ``pre_commit`` into the current segment first (keeping their order).
+    mhafail never uses ``pre_commit`` itself: records go straight to the
+    segment. Do not run an mhafail writer next to a live C writer that has
+    a pre-commit buffer configured: its buffered records would be flushed
+    twice.
+
+    Args:
+        path: the jlog directory.
+        durability: the fsync policy (default :meth:`Durability.none`).
+
+    Raises:
+        JlogCorrupt: the metastore is invalid, or segments past
+            ``storage_log`` hold data (run ``repair()``).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, durability: Durability | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.durability = durability if durability is not None else Durability.none()
+        self._tlock = threading.Lock()
+        self._closed = False
+        self._seg_fd = -1
+        self._known_end: int | None = None
+        self._unsynced = 0
+        self._first_unsynced = 0.0
+        self.truncated_bytes = 0
+        """Bytes of torn records this writer cut off the end of segments."""
+        self.pre_commit_records = 0
+        """Records this writer flushed from a crashed writer's ``pre_commit``."""
+        self._meta_fd = open_rw(self.path / fmt.METASTORE)
+        try:
+            with locked(self._meta_fd):
+                meta = read_meta_fd(self._meta_fd)
+                above = [
+                    s
+                    for s in list_segments(self.path)
+                    if s > meta.storage_log and os.stat(self.path / fmt.segment_name(s)).st_size
+                ]
+                if above:
+                    raise JlogCorrupt(
+                        f"segment {above[-1]:08x} holds data past storage_log "
+                        f"{meta.storage_log:08x}: the metastore is stale; run repair()"
+                    )
+                self._log = meta.storage_log
+                self._seg_fd = open_rw(self.path / fmt.segment_name(self._log), create=True)
+            self.meta = meta
+            self._codec = fmt.RecordCodec(meta.hdr_magic)
+            self._limit = meta.unit_limit
+            self._magic_bytes = fmt.U32.pack(meta.hdr_magic)
+            self._durable = self.durability.mode is not DurabilityMode.NONE
+            if self._durable:
+                fsync_dir(self.path)
+            self._flush_pre_commit()
+        except BaseException:
+            self._close_fds()
+            raise
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if self.durability.mode is DurabilityMode.GROUP and self.durability.max_delay is not None:
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name=f"jlog-flush {self.path.name}", daemon=True
+            )
+            self._flusher.start()
+
+    # --- public ------------------------------------------------------------------
+
+    def write(self, payload: bytes) -> None:
+        """Append one record.
+
+        Args:
+            payload: the message bytes (may be empty).
+
+        Raises:
+            JlogInvalidArgument: ``payload`` is a ``str`` (encode it first).
+            JlogClosed: the writer is closed.
+            JlogError: the file system refused the write.
+        """
+        if isinstance(payload, str):
+            raise JlogInvalidArgument("jlog payloads are bytes; encode the str first")
+        sec, nsec = divmod(time.time_ns(), 1_000_000_000)
+        record = self._codec.encode(payload, sec, nsec // 1000)
+        with self._tlock:
+            if self._closed:
+                raise JlogClosed("write() on a closed JlogWriter")
+            self._append([record])
+            self._after_write(1)
+
+    def write_many(self, payloads: list[bytes] | tuple[bytes, ...]) -> None:
+        """Append several records in order, with as few system calls as the format allows.
+
+        The records are written together (one ``pwrite`` per segment they
+        land in) and share one timestamp; the durability policy is applied
+        once for the batch. A crash in the middle can persist a prefix of
+        the batch, never a partial record.
+
+        Args:
+            payloads: the message bytes, in order.
+
+        Raises:
+            JlogInvalidArgument: a payload is a ``str``.
+            JlogClosed: the writer is closed.
+        """
+        if not payloads:
+            return
+        for payload in payloads:
+            if isinstance(payload, str):
+                raise JlogInvalidArgument("jlog payloads are bytes; encode the str first")
+        sec, nsec = divmod(time.time_ns(), 1_000_000_000)
+        records = self._codec.encode_many(payloads, sec, nsec // 1000)
+        with self._tlock:
+            if self._closed:
+                raise JlogClosed("write_many() on a closed JlogWriter")
+            self._append(records)
+            self._after_write(len(records))
+
+    def sync(self) -> None:
+        """``fdatasync`` the current segment now, whatever the policy."""
+        with self._tlock:
+            if self._closed:
+                raise JlogClosed("sync() on a closed JlogWriter")
+            self._sync()
+
+    @property
+    def current_log(self) -> int:
+        """The segment this writer appends to now."""
+        return self._log
+
+    def close(self) -> None:
+        """Sync and close; idempotent. Stops the group-commit thread."""
+        with self._tlock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._seg_fd >= 0:
+                os.fdatasync(self._seg_fd)
+            self._close_fds()
+        if self._flusher is not None:
+            self._stop.set()
+            self._flusher.join()
+
+    def __enter__(self) -> JlogWriter:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # --- appending -------------------------------------------------------------
+
+    def _append(self, records: list[bytes]) -> None:
+        """Append ``records``, rolling over as often as the unit limit says (tlock held)."""
+        limit = self._limit
+        i, n = 0, len(records)
+        while i < n:
+            fd = self._seg_fd
+            roll = corrupt = False
+            lock(fd)
+            try:
+                size = file_size(fd)
+                if size != self._known_end:
+                    size = self._check_tail(fd, size)
+                if size >= limit:
+                    roll = True
+                else:
+                    # Take records while the segment is below the limit: the
+                    # record that crosses it is the last one (libjlog never
+                    # appends to a segment already at or over the limit).
+                    j, end = i, size
+                    while j < n and end < limit:
+                        end += len(records[j])
+                        j += 1
+                    pwrite_all(fd, records[i] if j == i + 1 else b"".join(records[i:j]), size)
+                    self._known_end = end
+                    i = j
+                    roll = end >= limit
+            except _CorruptTail as exc:
+                log_.error("jlog %s: %s; rolling over to a new segment", self.path, exc)
+                corrupt = True
+            finally:
+                unlock(fd)
+            if roll or corrupt:
+                self._rollover()
+
+    def _tail_hint(self, size: int) -> int:
+        """Where to start checking a segment's tail: its last indexed record, or 0."""
+        try:
+            idx_fd = open_rw(self.path / fmt.index_name(self._log))
+        except FileNotFoundError:
+            return 0
+        try:
+            idx_len = file_size(idx_fd)
+            if idx_len < 8 or idx_len % 8:
+                return 0
+            raw = pread_all(idx_fd, 16 if idx_len >= 16 else 8, idx_len - min(idx_len, 16))
+        finally:
+            os.close(idx_fd)
+        entries = [fmt.U64.unpack_from(raw, k)[0] for k in range(0, len(raw), 8)]
+        candidates = [e for e in entries if e < size]
+        return int(candidates[-1]) if candidates else 0
+
+    def _check_tail(self, fd: int, size: int) -> int:
+        """Make sure the segment ends on a record boundary (segment lock held).
+
+        Returns:
+            The segment size after cutting off a torn record, if any.
+
+        Raises:
+            _CorruptTail: the tail holds bytes that are not records.
+        """
+        known = self._known_end
+        start = known if known is not None and known <= size else self._tail_hint(size)
+        buf = pread_all(fd, size - start, start)
+        walk = fmt.walk_records(buf, self.meta.hdr_magic)
+        if walk.stop is fmt.WalkStop.BAD_MAGIC and walk.end == 0 and start > 0:
+            start, buf = 0, pread_all(fd, size, 0)
+            walk = fmt.walk_records(buf, self.meta.hdr_magic)
+        if walk.stop is fmt.WalkStop.END:
+            self._known_end = size
+            return size
+        good = start + walk.end
+        # A torn write is one record cut short at the very end. More record
+        # magic further on means a damaged length field in the middle of
+        # real data: cutting there would destroy records, so leave it.
+        if walk.stop is fmt.WalkStop.INCOMPLETE and self._magic_bytes not in buf[walk.end + 4 :]:
+            os.ftruncate(fd, good)
+            self.truncated_bytes += size - good
+            log_.warning(
+                "jlog %s: cut a torn record of %d bytes at %08x offset %d (a writer crashed "
+                "mid-write)",
+                self.path,
+                size - good,
+                self._log,
+                good,
+            )
+            self._known_end = good
+            return good
+        raise _CorruptTail(f"segment {self._log:08x} is corrupt after offset {good}")
+
+    def _rollover(self) -> None:
+        """Sync and close the segment, then move to ``storage_log + 1`` or adopt a newer one."""
+        os.fdatasync(self._seg_fd)
+        os.close(self._seg_fd)
+        self._seg_fd = -1
+        self._unsynced = 0
+        with locked(self._meta_fd):
+            meta = read_meta_fd(self._meta_fd)
+            if meta.storage_log == self._log:
+                new = self._log + 1
+                fd = open_rw(self.path / fmt.segment_name(new), create=True)
+                meta = attrs.evolve(meta, storage_log=new)
+                write_meta_fd(
+                    self._meta_fd, meta, sync=self._durable or meta.safety is fmt.Safety.SAFE
+                )
+                if self._durable:
+                    fsync_dir(self.path)
+            else:
+                new = meta.storage_log
+                fd = open_rw(self.path / fmt.segment_name(new), create=True)
+        self._log = new
+        self._seg_fd = fd
+        self._known_end = None
+
+    # --- durability ------------------------------------------------------------
+
+    def _sync(self) -> None:
+        os.fdatasync(self._seg_fd)
+        self._unsynced = 0
+
+    def _after_write(self, count: int) -> None:
+        mode = self.durability.mode
+        if mode is DurabilityMode.NONE:
+            return
+        if mode is DurabilityMode.FSYNC:
+            self._sync()
+            return
+        if not self._unsynced:
+            self._first_unsynced = time.monotonic()
+        self._unsynced += count
+        max_records, max_delay = self.durability.max_records, self.durability.max_delay
+        if (max_records is not None and self._unsynced >= max_records) or (
+            max_delay is not None and time.monotonic() - self._first_unsynced >= max_delay
+        ):
+            self._sync()
+
+    def _flush_loop(self) -> None:
+        delay = self.durability.max_delay
+        assert delay is not None
+        while not self._stop.wait(delay / 4):
+            with self._tlock:
+                if self._closed:
+                    return
+                if self._unsynced and time.monotonic() - self._first_unsynced >= delay:
+                    self._sync()
+
+    # --- opening ---------------------------------------------------------------
+
+    def _flush_pre_commit(self) -> None:
+        """Append the records a crashed writer left in ``pre_commit``, then clear it."""
+        fd = open_rw(self.path / fmt.PRE_COMMIT, create=True)
+        try:
+            with locked(fd):
+                size = file_size(fd)
+                if size < fmt.U32.size:
+                    pwrite_all(fd, bytes(fmt.U32.size), 0)
+                    return
+                pending = fmt.decode_pre_commit(pread_all(fd, size, 0))
+                if not pending:
+                    return
+                walk = fmt.walk_records(pending, self.meta.hdr_magic)
+                if walk.stop is not fmt.WalkStop.END:
+                    log_.error(
+                        "jlog %s: pre_commit holds %d bytes that are not whole records after "
+                        "offset %d; they are dropped",
+                        self.path,
+                        len(pending) - walk.end,
+                        walk.end,
+                    )
+                records = [
+                    pending[a:b]
+                    for a, b in zip(walk.offsets, [*walk.offsets[1:], walk.end], strict=True)
+                ]
+                with self._tlock:
+                    self._append(records)
+                    # The records must be on disk before pre_commit forgets
+                    # them: a crash in between duplicates, never loses.
+                    self._sync()
+                pwrite_all(fd, bytes(fmt.U32.size), 0)
+                os.fsync(fd)
+                self.pre_commit_records = len(records)
+                log_.warning(
+                    "jlog %s: flushed %d records a crashed writer left in pre_commit",
+                    self.path,
+                    len(records),
+                )
+        finally:
+            os.close(fd)
+
+    def _close_fds(self) -> None:
+        if self._seg_fd >= 0:
+            os.close(self._seg_fd)
+            self._seg_fd = -1
+        if self._meta_fd >= 0:
+            os.close(self._meta_fd)
+            self._meta_fd = -1
