@@ -14,6 +14,7 @@ Listeners must not block: a slow listener delays the ones behind it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -295,16 +296,11 @@ class Coordinator:
         from kazoo import exceptions as kex
 
         open_acl = [make_acl("world", "anyone", read=True, create=True)]
-        with translated(f"create {ROOT}"):
-            try:
-                self._client.create(ROOT, b"", acl=open_acl)
-            except kex.NodeExistsError:
-                pass
+        with translated(f"create {ROOT}"), contextlib.suppress(kex.NodeExistsError):
+            self._client.create(ROOT, b"", acl=open_acl)
         with translated(f"create {ROOT}/{self.cluster}"):
-            try:
+            with contextlib.suppress(kex.NodeExistsError):
                 self._client.create(f"{ROOT}/{self.cluster}", b"")
-            except kex.NodeExistsError:
-                pass
             # Reading the root proves the credentials (or their absence) fit.
             self._client.get_children(f"{ROOT}/{self.cluster}")
 
@@ -353,12 +349,11 @@ class Coordinator:
                     self._announce_lease(LeaseState.EXPIRED)
                 # A heartbeat lost in a dropped connection is failed by kazoo;
                 # the age check only guards against a reply that never comes.
-                stuck = in_flight_since is not None and now - in_flight_since > self._lease.timeout
-                if self._state is ConnectionState.CONNECTED and now >= next_beat:
-                    if in_flight_since is None or stuck:
-                        in_flight_since = now
-                        next_beat = now + interval
-                        self._send_heartbeat(now)
+                idle = in_flight_since is None or now - in_flight_since > self._lease.timeout
+                if self._state is ConnectionState.CONNECTED and now >= next_beat and idle:
+                    in_flight_since = now
+                    next_beat = now + interval
+                    self._send_heartbeat(now)
                 waits = [interval]
                 if self._state is ConnectionState.CONNECTED:
                     waits.append(next_beat - now)

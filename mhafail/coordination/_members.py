@@ -16,6 +16,14 @@ def _str_tuple(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+def _sorted_dict(value: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(sorted(value.items()))
+
+
+def _valid_node_name(_: object, __: object, value: str) -> None:
+    check_name("node name", value)
+
+
 @attrs.frozen
 class NodeInfo:
     """What a node tells the cluster about itself (``members/<name>``).
@@ -33,7 +41,7 @@ class NodeInfo:
         endpoints: named service endpoints ("git" -> "198.18.0.11:9418").
     """
 
-    name: str = attrs.field(validator=lambda _, __, v: check_name("node name", v))
+    name: str = attrs.field(validator=_valid_node_name)
     addresses: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     interfaces: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     roles: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
@@ -41,9 +49,7 @@ class NodeInfo:
     started_at: float = 0.0
     host: str = ""
     pid: int = 0
-    endpoints: Mapping[str, str] = attrs.field(
-        factory=dict, converter=lambda d: dict(sorted(d.items()))
-    )
+    endpoints: Mapping[str, str] = attrs.field(factory=dict, converter=_sorted_dict)
 
     def to_json(self) -> bytes:
         """Encode for the member znode."""
@@ -73,9 +79,7 @@ class ClusterView:
         generation: increases by one with every change this process saw.
     """
 
-    members: Mapping[str, NodeInfo] = attrs.field(
-        factory=dict, converter=lambda d: dict(sorted(d.items()))
-    )
+    members: Mapping[str, NodeInfo] = attrs.field(factory=dict, converter=_sorted_dict)
     generation: int = 0
 
     @property

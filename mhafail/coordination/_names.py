@@ -57,8 +57,8 @@ def parse_hosts(hosts: str) -> tuple[tuple[str, int], ...]:
             "mhafail keeps everything under /mhafail/<cluster> itself"
         )
     result: list[tuple[str, int]] = []
-    for entry in hosts.split(","):
-        entry = entry.strip()
+    for raw in hosts.split(","):
+        entry = raw.strip()
         if not entry:
             raise InvalidArgument(f"invalid ZooKeeper hosts {hosts!r}: empty entry")
         host, port = _split_host_port(entry, hosts)

@@ -14,8 +14,8 @@ from mhafail.testing._faults import resume_process as resume_process
 from mhafail.testing._netns import Host as Host
 from mhafail.testing._netns import NetnsLab as NetnsLab
 from mhafail.testing._netns import remove_stale_namespaces as remove_stale_namespaces
-from mhafail.testing._ports import in_ci as in_ci
 from mhafail.testing._ports import free_port as free_port
+from mhafail.testing._ports import in_ci as in_ci
 from mhafail.testing._proxy import TcpProxy as TcpProxy
 from mhafail.testing._zookeeper import ZooKeeperEnsemble as ZooKeeperEnsemble
 from mhafail.testing._zookeeper import ZooKeeperServer as ZooKeeperServer

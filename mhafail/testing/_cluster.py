@@ -128,7 +128,9 @@ class NodeProcess:
                     return views[-1]
                 left = end - time.monotonic()
                 if left <= 0:
-                    raise TestingError(f"{self.node}: view {self.latest_view()} never became {want}")
+                    raise TestingError(
+                        f"{self.node}: view {self.latest_view()} never became {want}"
+                    )
                 self._cond.wait(left)
 
     def kill(self) -> None:

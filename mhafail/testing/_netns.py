@@ -154,7 +154,20 @@ class NetnsLab:
     def _add_host(self, name: str, octet: int) -> Host:
         ns = f"mha-{self.id}-{name}"
         _ip("netns", "add", ns)
-        _ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", name, "netns", self.lan)
+        _ip(
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            name,
+            "netns",
+            self.lan,
+        )
         _ip("-n", self.lan, "link", "set", name, "master", "br0")
         _ip("-n", self.lan, "link", "set", name, "up")
         mac = f"02:18:00:00:00:{octet:02x}"

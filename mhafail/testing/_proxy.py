@@ -44,7 +44,9 @@ class TcpProxy:
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._stopping = False
         self._restored: threading.Event | None = None
-        self._thread = threading.Thread(target=self._run, name=f"mha-proxy-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"mha-proxy-{self.port}", daemon=True
+        )
         self._thread.start()
 
     @property

@@ -1,0 +1,26 @@
+"""Each package's __all__ lists exactly its public names (STYLE.md 1)."""
+
+import importlib
+
+import pytest
+
+import mhafail
+
+PACKAGES = ["mhafail", "mhafail.coordination", "mhafail.testing"]
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_all_equals_the_public_names(name: str) -> None:
+    """__all__ matches the names not starting with an underscore (modules aside)."""
+    module = importlib.import_module(name)
+    public = {
+        n for n, v in vars(module).items() if not n.startswith("_") and type(v).__name__ != "module"
+    }
+    assert set(module.__all__) == public | ({"__version__"} & set(module.__all__))
+
+
+def test_version_comes_from_package_metadata() -> None:
+    """__version__ is the installed distribution's version."""
+    from importlib.metadata import version
+
+    assert mhafail.__version__ == version("mhafail")
