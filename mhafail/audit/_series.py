@@ -259,6 +259,8 @@ class AuditSeries:
             )
         if isinstance(key, str):
             return parse_address(key, family)
+        if type(key) is int and 0 <= key <= self._max_value:
+            return key
         if type(key) is int:
             raise AuditInvalidArgument(
                 f"{key} is not a {family.width}-bit {family.value} address value"
