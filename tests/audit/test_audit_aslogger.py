@@ -138,7 +138,7 @@ def test_late_raw_file_is_added_to_existing_rollups(tmp_path: Path) -> None:
 
 def test_retention_deletes_old_files_only(tmp_path: Path) -> None:
     """Files older than the retention period are deleted; newer ones stay."""
-    store, clock = _fill(tmp_path, [(0, [1]), (2 * 24 * 60, [2])])
+    _fill(tmp_path, [(0, [1]), (2 * 24 * 60, [2])])
     store = SnapshotStore(root=tmp_path, retention_seconds=86400 + 3600)
     report = store.maintain(T0 + 3 * 86400 + 3600)
     assert {p.name for p in report.expired} == {"conn.20240601T000000"}

@@ -51,7 +51,7 @@ def test_resent_batch_is_counted_once() -> None:
 
 
 def test_restarted_node_is_a_new_origin_and_never_double_counts() -> None:
-    """After a restart the new incarnation's batches add only new increments; the old ones stay deduplicated."""
+    """A restarted node's new incarnation adds only new counts; old batches stay deduplicated."""
     clock = ManualClock(T0)
     manager = AuditSeries("conn", clock=clock)
     old = _node(clock)
@@ -69,7 +69,7 @@ def test_restarted_node_is_a_new_origin_and_never_double_counts() -> None:
 
 
 def test_dead_node_ages_out_and_a_late_resend_adds_nothing() -> None:
-    """A dead node's counts leave with their windows; its re-sent batch then finds only stale windows."""
+    """A dead node's counts age out; a later re-send of its batch finds only stale windows."""
     clock = ManualClock(T0)
     manager = AuditSeries("conn", windows=3, clock=clock)
     node = _node(clock, windows=3)
@@ -103,7 +103,7 @@ def test_lost_batches_are_reported_as_a_gap() -> None:
 
 
 def test_future_windows_wait_and_far_future_ones_are_refused() -> None:
-    """A sender one window ahead is kept for when this clock catches up; further ahead is refused."""
+    """A window one ahead waits until this clock catches up; further ahead is refused."""
     sender_clock, receiver_clock = ManualClock(T0 + 300), ManualClock(T0 + 299)
     node, manager = _node(sender_clock), AuditSeries("conn", clock=receiver_clock)
     node.add(V4, 2)
@@ -153,7 +153,7 @@ def test_merged_increments_reach_the_as_logger_interval() -> None:
 def test_cluster_sum_equals_sum_of_nodes_whatever_is_resent(
     plan: list[tuple[int, int, int, bool]], resend: list[int]
 ) -> None:
-    """Merging every node's batches, in any re-sent order, gives the sum of the nodes' own counts."""
+    """Merging every node's batches, re-sent at will, gives the sum of the nodes' counts."""
     clock = ManualClock(T0)
     nodes = [_node(clock) for _ in range(3)]
     manager = AuditSeries("conn", clock=clock)

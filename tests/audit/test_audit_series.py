@@ -43,7 +43,7 @@ def test_ipv4_counts_equal_brute_force(
     queries: list[tuple[tuple[int, int], int, int]],
     use_batch: bool,
 ) -> None:
-    """count(prefix, windows=range) equals a brute-force sum for any prefix length and window range."""
+    """count(prefix, windows=range) equals brute force for any prefix length and window range."""
     clock = ManualClock(T0)
     series = AuditSeries("conn", window_seconds=300, windows=6, clock=clock)
     log: list[tuple[int, int, int]] = []
@@ -141,7 +141,7 @@ def test_string_series_count_exact_keys() -> None:
 
 
 def test_max_keys_bounds_memory_and_keeps_coarse_counts_exact() -> None:
-    """Past max_keys new exact keys are dropped (and reported) while totals and /24 counts stay exact."""
+    """Past max_keys new exact keys are dropped and reported; totals and /24 counts stay exact."""
     series = AuditSeries("conn", clock=ManualClock(T0), max_keys=10)
     keys = [V4_BASE + i for i in range(25)]  # one /24, 25 addresses
     series.add_many(keys)
@@ -211,7 +211,7 @@ def test_bad_series_arguments_are_refused() -> None:
 
 
 def test_take_interval_returns_and_resets_interval_counts() -> None:
-    """take_interval hands out the counts since the last call, across window rolls, then starts afresh."""
+    """take_interval returns the counts since the last call, across window rolls, and resets."""
     clock = ManualClock(T0)
     series = AuditSeries("conn", clock=clock, track_intervals=True)
     series.add("198.18.0.1", 2)
