@@ -118,7 +118,7 @@ def add(path: Path, meta: fmt.Meta, name: str, whence: fmt.Whence) -> fmt.Messag
         # Write the content first and link it into place: the checkpoint
         # appears atomically, exclusively (link fails on EEXIST) and never
         # empty to a concurrent reader, unlike libjlog's create-then-write.
-        tmp = path / f".{filename}.{uuid.uuid4().hex}.tmp"
+        tmp = path / f".cp-new.{uuid.uuid4().hex}.tmp"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
             pwrite_all(fd, fmt.encode_checkpoint(position), 0)
