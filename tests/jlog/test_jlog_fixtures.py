@@ -101,7 +101,7 @@ def test_end_subscriber_added_by_mhafail_sees_only_new_messages(
 def test_precommit_crash_is_flushed_by_the_next_writer(
     c_jlog: Callable[[str], Path], manifest: dict[str, Any]
 ) -> None:
-    """Readers see the 2 flushed records until a writer opens and appends the 3 pending ones in order."""
+    """Readers see 2 records until a writer opens and appends the 3 pending ones in order."""
     path = c_jlog("c-precommit-crash")
     spec = manifest["c-precommit-crash"]
     jlog = Jlog.open(path)

@@ -13,7 +13,9 @@ magics = st.sampled_from([fmt.PLAIN_MAGIC, fmt.LZ4_MAGIC])
 
 
 @given(payloads, magics, st.integers(0, 2**32 - 1), st.integers(0, 999_999))
-def test_encoded_records_walk_and_decode_back(items: list[bytes], magic: int, sec: int, usec: int) -> None:
+def test_encoded_records_walk_and_decode_back(
+    items: list[bytes], magic: int, sec: int, usec: int
+) -> None:
     """Concatenated records walk to exactly their offsets and decode to the payloads."""
     codec = fmt.RecordCodec(magic)
     records = codec.encode_many(items, sec, usec)
@@ -34,7 +36,9 @@ def test_encoded_records_walk_and_decode_back(items: list[bytes], magic: int, se
 
 
 @given(payloads.filter(bool), magics, st.data())
-def test_a_cut_segment_never_yields_a_partial_record(items: list[bytes], magic: int, data: st.DataObject) -> None:
+def test_a_cut_segment_never_yields_a_partial_record(
+    items: list[bytes], magic: int, data: st.DataObject
+) -> None:
     """Truncating segment bytes anywhere yields only whole records and reports the cut tail."""
     records = fmt.RecordCodec(magic).encode_many(items, 1, 2)
     blob = b"".join(records)
@@ -79,7 +83,7 @@ logs = st.integers(0, 40)
 def test_release_never_deletes_data_a_checkpoint_needs(
     old: int, new: int, others: list[int], storage_log: int
 ) -> None:
-    """A checkpoint move frees only segments below every checkpoint and the segment being written."""
+    """A checkpoint move frees only segments below every checkpoint and below storage_log."""
     checkpoint_logs = [*others, new]
     freed = retention.releasable(old, new, checkpoint_logs, storage_log)
     for log in freed:
@@ -87,7 +91,11 @@ def test_release_never_deletes_data_a_checkpoint_needs(
         assert log < storage_log
         assert all(log < c for c in checkpoint_logs)
     # Maximal: every segment in [old, new) below all checkpoints and storage_log is freed.
-    expected = [log for log in range(old, new) if log < storage_log and all(log < c for c in checkpoint_logs)]
+    expected = [
+        log
+        for log in range(old, new)
+        if log < storage_log and all(log < c for c in checkpoint_logs)
+    ]
     assert freed == expected
 
 
@@ -96,7 +104,7 @@ def test_release_never_deletes_data_a_checkpoint_needs(
 def test_clean_keeps_unread_data_and_the_written_segment(
     segments: list[int], checkpoint_logs: list[int], storage_log: int
 ) -> None:
-    """clean deletes only segments below every checkpoint and storage_log; nothing without subscribers."""
+    """clean deletes only segments below every checkpoint and storage_log; none if no subscriber."""
     deleted = retention.cleanable(segments, checkpoint_logs, storage_log)
     if not checkpoint_logs:
         assert deleted == []
