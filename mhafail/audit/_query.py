@@ -175,17 +175,20 @@ class _Parser:
             raise self.fail(expected, tok, f"{tok.text} is not a valid date ({exc})") from None
         return int(when.timestamp()), match[4] is None, tok
 
-    def series_name(self) -> str:
+    def series_name(self, seen: list[str]) -> str:
         tok = self.take("a series name")
         if tok.quoted or not SERIES_NAME.fullmatch(tok.text):
             raise self.fail("a series name (letters, digits, '_', '-')", tok)
+        if tok.text in seen:
+            raise self.fail("distinct series names", tok, f"series {tok.text!r} is named twice")
         return tok.text
 
     def series_list(self) -> tuple[str, ...]:
-        names = [self.series_name()]
-        while self.peek() is not None and self.peek().text == ",":  # type: ignore[union-attr]
+        names: list[str] = []
+        names.append(self.series_name(names))
+        while (tok := self.peek()) is not None and tok.text == "," and not tok.quoted:
             self.i += 1
-            names.append(self.series_name())
+            names.append(self.series_name(names))
         return tuple(names)
 
     def parse(self) -> Query:
@@ -218,10 +221,6 @@ class _Parser:
             union = True
         else:
             names = self.series_list()
-        if len(set(names)) != len(names):
-            raise self.fail(
-                "distinct series names", self.tokens[self.i - 1], "a series is named twice"
-            )
         return self._clauses(CountQuery(target=target, series=names, union=union))
 
     def _clauses(self, query: CountQuery) -> CountQuery:
