@@ -295,7 +295,7 @@ def test_show_available_lists_series(tmp_path: Path) -> None:
 
 
 def test_unknown_series_and_wrong_family_are_named(tmp_path: Path) -> None:
-    """Unknown series raise UnknownSeries listing what exists; IPv6 CIDRs on IPv4 data are refused."""
+    """Unknown series raise UnknownSeries listing what exists; IPv6 CIDRs on IPv4 data fail."""
     store = SnapshotStore(root=tmp_path)
     _write(store, [("a", T0, {V4: 1})], KeyFamily.IPV4)
     engine = QueryEngine(store=store)
