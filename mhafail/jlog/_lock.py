@@ -24,9 +24,9 @@ from mhafail.errors import JlogError
 # struct flock on LP64 Linux: short l_type, short l_whence, (pad), off_t
 # l_start, off_t l_len, pid_t l_pid, (pad). l_pid must be 0 for OFD locks.
 _FLOCK: Final = struct.Struct("hh4xqqi4x")
-_OFD_SETLKW: Final[int | None] = getattr(fcntl, "F_OFD_SETLKW", None)
-_LOCK: Final = _FLOCK.pack(fcntl.F_WRLCK, 0, 0, 0, 0)
-_UNLOCK: Final = _FLOCK.pack(fcntl.F_UNLCK, 0, 0, 0, 0)
+OFD_SETLKW: Final[int | None] = getattr(fcntl, "F_OFD_SETLKW", None)
+LOCK_BYTES: Final = _FLOCK.pack(fcntl.F_WRLCK, 0, 0, 0, 0)
+UNLOCK_BYTES: Final = _FLOCK.pack(fcntl.F_UNLCK, 0, 0, 0, 0)
 
 
 def lock(fd: int) -> None:
@@ -36,8 +36,8 @@ def lock(fd: int) -> None:
         JlogError: the kernel refused the lock (e.g. a file system without locks).
     """
     try:
-        if _OFD_SETLKW is not None:
-            fcntl.fcntl(fd, _OFD_SETLKW, _LOCK)
+        if OFD_SETLKW is not None:
+            fcntl.fcntl(fd, OFD_SETLKW, LOCK_BYTES)
         else:  # pragma: no cover - non-Linux fallback: classic POSIX record lock
             fcntl.lockf(fd, fcntl.LOCK_EX)
     except OSError as exc:
@@ -46,8 +46,8 @@ def lock(fd: int) -> None:
 
 def unlock(fd: int) -> None:
     """Release the lock :func:`lock` took on ``fd``."""
-    if _OFD_SETLKW is not None:
-        fcntl.fcntl(fd, _OFD_SETLKW, _UNLOCK)
+    if OFD_SETLKW is not None:
+        fcntl.fcntl(fd, OFD_SETLKW, UNLOCK_BYTES)
     else:  # pragma: no cover - non-Linux fallback
         fcntl.lockf(fd, fcntl.LOCK_UN)
 

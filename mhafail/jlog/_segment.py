@@ -231,10 +231,14 @@ class SegmentView:
         out: list[fmt.Message] = []
         append = out.append
         pos = start - base
+        # tuple.__new__ skips the NamedTuple constructors' argument handling:
+        # this loop runs once per message read.
+        new = tuple.__new__
+        message_cls, id_cls = fmt.Message, fmt.MessageId
         if self.compressed:
             for marker in range(first, first + count):
                 sec, usec, payload, pos = fmt.decode_payload(buf, pos, magic)
-                append(fmt.Message(fmt.MessageId(log, marker), sec, usec, payload))
+                append(new(message_cls, (new(id_cls, (log, marker)), sec, usec, payload)))
         else:
             unpack = self.header.unpack_from
             hsize = self.header.size
@@ -246,8 +250,9 @@ class SegmentView:
                         "run repair()"
                     )
                 pos += hsize
-                append(fmt.Message(fmt.MessageId(log, marker), sec, usec, buf[pos : pos + length]))
-                pos += length
+                end = pos + length
+                append(new(message_cls, (new(id_cls, (log, marker)), sec, usec, buf[pos:end])))
+                pos = end
         if base + pos != stop:
             raise JlogCorrupt(f"segment {self.log:08x} does not match its index; run repair()")
         return out

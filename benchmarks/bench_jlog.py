@@ -1,0 +1,118 @@
+"""Benchmark mhafail.jlog: write, write_many, read, and the cost of each durability policy.
+
+Run ``python benchmarks/bench_jlog.py`` (``--quick`` for a short smoke run).
+Each figure uses a fresh jlog in a temporary directory on the local disk
+with the default 4 MiB segments; reads go through ``read_batch`` with a
+checkpoint after every batch, like a real consumer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mhafail.jlog import Durability, Jlog
+
+
+def _fresh(root: Path, name: str) -> Jlog:
+    path = root / name
+    if path.exists():
+        shutil.rmtree(path)
+    jlog = Jlog.create(path)
+    jlog.add_subscriber("bench")
+    return jlog
+
+
+def bench_write(jlog: Jlog, payload: bytes, count: int, durability: Durability) -> float:
+    """Return msg/s for ``count`` single ``write()`` calls."""
+    with jlog.writer(durability=durability) as writer:
+        write = writer.write
+        start = time.perf_counter()
+        for _ in range(count):
+            write(payload)
+        elapsed = time.perf_counter() - start
+    return count / elapsed
+
+
+def bench_write_many(jlog: Jlog, payload: bytes, count: int, batch: int) -> float:
+    """Return msg/s for ``write_many()`` in batches of ``batch``."""
+    items = [payload] * batch
+    with jlog.writer() as writer:
+        start = time.perf_counter()
+        for _ in range(count // batch):
+            writer.write_many(items)
+        elapsed = time.perf_counter() - start
+    return (count // batch * batch) / elapsed
+
+
+def bench_read(jlog: Jlog, expected: int) -> float:
+    """Return msg/s reading everything with a checkpoint per batch."""
+    with jlog.reader("bench") as reader:
+        start = time.perf_counter()
+        got = 0
+        while True:
+            batch = reader.read_batch(4096)
+            if not batch:
+                break
+            got += len(batch)
+            reader.checkpoint(batch[-1].id)
+        elapsed = time.perf_counter() - start
+    if got != expected:
+        raise SystemExit(f"read {got} messages, expected {expected}")
+    return got / elapsed
+
+
+def _best(runs: int, fn: Callable[[], float]) -> float:
+    return max(fn() for _ in range(runs))
+
+
+def main() -> None:
+    """Run the benchmark and print one line per figure."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small counts, one run each")
+    args = parser.parse_args()
+    count = 20_000 if args.quick else 200_000
+    fsync_count = 200 if args.quick else 2_000
+    runs = 1 if args.quick else 3
+    print(f"# mhafail.jlog benchmark, Python {platform.python_version()}, {platform.machine()}")
+    print(f"# {count} messages per figure (fsync policy: {fsync_count}); best of {runs} runs")
+    with tempfile.TemporaryDirectory(prefix="bench-jlog-") as tmp:
+        root = Path(tmp)
+        for size in (100, 1024):
+            payload = b"x" * size
+            rate = _best(
+                runs,
+                lambda p=payload: bench_write(_fresh(root, "w"), p, count, Durability.none()),
+            )
+            print(f"write       {size:>5} B  {rate:>12,.0f} msg/s")
+            rate = _best(
+                runs, lambda p=payload: bench_write_many(_fresh(root, "m"), p, count, 1000)
+            )
+            print(f"write_many  {size:>5} B  {rate:>12,.0f} msg/s  (batches of 1000)")
+
+            def read_once(p: bytes = payload) -> float:
+                jlog = _fresh(root, "r")
+                bench_write_many(jlog, p, count, 1000)
+                return bench_read(jlog, count)
+
+            rate = _best(runs, read_once)
+            print(f"read        {size:>5} B  {rate:>12,.0f} msg/s  (read_batch + checkpoint)")
+        payload = b"x" * 100
+        policies = [
+            ("none", Durability.none(), count),
+            ("group(max_records=100)", Durability.group(max_records=100), count // 4),
+            ("group(max_delay=0.01)", Durability.group(max_delay=0.01), count // 4),
+            ("fsync", Durability.fsync(), fsync_count),
+        ]
+        for label, policy, n in policies:
+            rate = _best(runs, lambda p=policy, n=n: bench_write(_fresh(root, "d"), payload, n, p))
+            print(f"durability  {label:<24} write() 100 B  {rate:>12,.0f} msg/s")
+
+
+if __name__ == "__main__":
+    main()
