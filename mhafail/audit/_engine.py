@@ -16,7 +16,7 @@ import attrs
 
 from mhafail.audit._keys import KeyFamily, Prefix
 from mhafail.audit._query import CountQuery, ShowAvailable, family_of, parse_query
-from mhafail.audit._store import DAY, SnapshotStore
+from mhafail.audit._store import DAY, SnapshotRef, SnapshotStore
 from mhafail.errors import AuditInvalidArgument, UnknownSeries
 
 __all__ = ["QueryEngine", "QueryResult", "Row"]
@@ -133,13 +133,14 @@ class QueryEngine:
 
     def execute(self, query: CountQuery) -> QueryResult:
         """Answer a parsed ``show count`` query (see :meth:`run`)."""
-        known = set(self.store.series_names())
+        index = self.store.index()
+        known = set(index)
         for name in query.series:
             if name not in known:
                 listing = ", ".join(sorted(known)) or "none"
                 raise UnknownSeries(f"no snapshots for series {name!r} (available: {listing})")
         # per series: {day or None: {key or prefix-bucket: count}}
-        per_series = [self._gather(query, name) for name in query.series]
+        per_series = [self._gather(query, name, index) for name in query.series]
         if query.union:
             columns: tuple[str, ...] = ("union(" + ",".join(query.series) + ")",)
             merged: dict[int | None, dict[Any, int]] = {}
@@ -159,11 +160,13 @@ class QueryEngine:
             rows.extend(self._rows(query, [groups.get(day, {}) for groups in per_series], day))
         return QueryResult(kind="count", columns=columns, rows=tuple(rows), daily=query.daily)
 
-    def _gather(self, query: CountQuery, name: str) -> dict[int | None, dict[Any, int]]:
+    def _gather(
+        self, query: CountQuery, name: str, index: dict[str, dict[str, list[SnapshotRef]]]
+    ) -> dict[int | None, dict[Any, int]]:
         family = family_of(query)
         target = query.target
         groups: dict[int | None, dict[Any, int]] = {}
-        for ref in self.store.plan(name, query.start, query.end):
+        for ref in self.store.plan(name, query.start, query.end, index):
             snap = self.store.read(ref)
             if snap.family is not family:
                 what = (

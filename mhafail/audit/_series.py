@@ -42,6 +42,7 @@ SERIES_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 # the pending dict even if nothing reads the series for a whole window.
 _FOLD_AT = 1 << 16
 _CACHE_SIZE = 4096
+_SMALL_FOLD = 32
 
 
 def _check_name(_inst: object, _attr: object, value: Any) -> None:
@@ -168,11 +169,19 @@ class AuditSeries:
     _origins: dict[Origin, _OriginState] = attrs.field(factory=dict, init=False, repr=False)
     _targets: dict[str, tuple[int, Key, int]] = attrs.field(factory=dict, init=False, repr=False)
     _time: Callable[[], float] = attrs.field(init=False, repr=False)
+    _shifts: tuple[int, ...] = attrs.field(init=False, repr=False)
+    _level_of: list[tuple[int, int]] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._time = self.clock.time  # bound once: add() is the hot path
         self._lengths = LEVELS[self.family]
         width = self.family.width
+        self._shifts = tuple(width - length for length in self._lengths)
+        # For each prefix length: the first level at least that long, and the gap to it.
+        self._level_of = [
+            next(((i, lv - length) for i, lv in enumerate(self._lengths) if lv >= length), (0, 0))
+            for length in range(width + 1)
+        ]
         # -1 makes every int key out of range for string series.
         self._max_value = (1 << width) - 1 if width else -1
         now = self._time()
@@ -329,12 +338,11 @@ class AuditSeries:
         raise AuditInvalidArgument(f"cannot count {type(target).__name__} {target!r}")
 
     def _locate_prefix(self, prefix: Prefix) -> tuple[int, Key, int]:
-        if prefix.length == 0:
+        length = prefix.length
+        if length == 0:
             return -1, 0, 0
-        lengths = self._lengths
-        level = next(i for i, length in enumerate(lengths) if length >= prefix.length)
-        bucket = prefix.value >> (self.family.width - prefix.length)
-        return level, bucket, lengths[level] - prefix.length
+        level, gap = self._level_of[length]
+        return level, prefix.value >> (self.family.width - length), gap
 
     def _indexes(self, windows: int | range | None) -> range:
         if windows is None:
@@ -382,7 +390,12 @@ class AuditSeries:
             self._interval_dropped += merge_capped(self._interval, delta, cap)
         if local and self.export_increments:
             merge_capped(self._outbox.setdefault(window.start, {}), delta, cap)
-        window.fold(group_levels(delta, self._lengths), cap, owned=True)
+        if len(delta) <= _SMALL_FOLD:
+            # The per-connection pattern (add, then count) folds one key at a
+            # time; building per-level dicts for it would cost more than the add.
+            window.fold_small(delta, self._shifts, cap)
+        else:
+            window.fold(group_levels(delta, self._lengths), cap, owned=True)
 
     # --- as_logger and cluster hooks --------------------------------------------
 

@@ -95,6 +95,30 @@ class Window:
                 continue
             self.dropped[i] += merge_capped(level, delta, max_keys)
 
+    def fold_small(self, delta: Mapping[Any, int], shifts: tuple[int, ...], max_keys: int) -> None:
+        """Add a few exact-key increments straight into every level.
+
+        Args:
+            delta: increments per exact key.
+            shifts: per level, how far to shift a key to get its bucket
+                (ignored for string keys, which have a single level).
+            max_keys: the per-level entry cap.
+        """
+        levels = self.levels
+        dropped = self.dropped
+        string_keys = len(levels) == 1
+        for key, n in delta.items():
+            self.total += n
+            for i, level in enumerate(levels):
+                bucket = key if string_keys else key >> shifts[i]
+                old = level.get(bucket)
+                if old is not None:
+                    level[bucket] = old + n
+                elif len(level) < max_keys:
+                    level[bucket] = n
+                else:
+                    dropped[i] += n
+
     def count(self, bucket: Any, level: int, gap: int) -> int:
         """Return the count of one prefix.
 
