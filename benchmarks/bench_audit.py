@@ -87,7 +87,8 @@ def bench_add(n_events: int, distinct: list[int]) -> None:
     t = timed(lambda: [add(k) for k in events])
     t_fold = timed(lambda: series.count(BASE))
     print(
-        f"AuditSeries.add(int)            {rate(n_events, t)}  (+ fold {t_fold * 1e3:.0f} ms before the first count)"
+        f"AuditSeries.add(int)            {rate(n_events, t)}"
+        f"  (+ fold {t_fold * 1e3:.0f} ms before the first count)"
     )
     series = AuditSeries("bench", clock=clock)
     add = series.add
@@ -96,7 +97,8 @@ def bench_add(n_events: int, distinct: list[int]) -> None:
     series = AuditSeries("bench", clock=clock)
     t = timed(lambda: (series.add_many(events), series.count(BASE)))
     print(
-        f"AuditSeries.add_many(ints)      {rate(n_events, t)}  (including the fold, counts queryable)"
+        f"AuditSeries.add_many(ints)      {rate(n_events, t)}"
+        "  (including the fold, counts queryable)"
     )
     series = AuditSeries("bench", clock=clock)
     t = timed(lambda: (series.add_many(texts), series.count(BASE)))
@@ -152,7 +154,8 @@ def bench_count(distinct: list[int]) -> None:
     ):
         us = per_call_us(lambda target=target: series.count(target), 20_000)
         print(
-            f"AuditSeries.count {label:26} {us:7.2f} us  (6 windows summed) = {series.count(target)}"
+            f"AuditSeries.count {label:26} {us:7.2f} us"
+            f"  (6 windows summed) = {series.count(target)}"
         )
     clock.advance(1)
 
@@ -186,7 +189,8 @@ def bench_count(distinct: list[int]) -> None:
 def bench_query(days: int, per_file: int) -> None:
     minutes = days * 24 * 60
     print(
-        f"\n## query over {days} days of 1-minute snapshots ({minutes:,} raw files, {per_file} addresses each)"
+        f"\n## query over {days} days of 1-minute snapshots"
+        f" ({minutes:,} raw files, {per_file} addresses each)"
     )
     root = Path(tempfile.mkdtemp(prefix="bench-audit-"))
     try:
@@ -215,7 +219,8 @@ def bench_query(days: int, per_file: int) -> None:
         assert engine.run(query).rows == raw_answer, "roll-ups changed the answer"
         breakdown = query + " cidrsize 24 order by count limit 10"
         print(
-            f"with roll-ups, cidrsize 24 order by count limit 10: {timed(lambda: engine.run(breakdown)):.3f} s"
+            "with roll-ups, cidrsize 24 order by count limit 10:"
+            f" {timed(lambda: engine.run(breakdown)):.3f} s"
         )
     finally:
         shutil.rmtree(root)
