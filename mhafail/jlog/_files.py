@@ -7,11 +7,13 @@ into :class:`mhafail.errors.JlogError` where the caller cannot do better.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, ParamSpec, TypeVar
 
-from mhafail.errors import JlogCorrupt, JlogError
+from mhafail.errors import JlogCorrupt, JlogError, JlogInvalidArgument
 
 from . import _format as fmt
 from ._lock import lock, locked, unlock
@@ -165,17 +167,37 @@ def ensure_dir(path: Path) -> None:
     Raises:
         JlogInvalidArgument: ``path`` is missing, not a directory, or has no metastore.
     """
-    from mhafail.errors import JlogInvalidArgument
-
     if not path.is_dir():
         raise JlogInvalidArgument(f"{path} is not a directory, so not a jlog")
     if not (path / fmt.METASTORE).is_file():
         raise JlogInvalidArgument(f"{path} has no metastore: not a jlog directory")
 
 
-def oserror(what: str, exc: OSError) -> JlogError:
-    """Wrap an ``OSError`` into a :class:`JlogError` that names the operation."""
-    return JlogError(f"{what}: {exc}")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def os_errors(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorate a public method so an ``OSError`` reaches callers as :class:`JlogError`.
+
+    Callers catch one exception root (``MhafailError``); the original error
+    stays attached as ``__cause__``.
+
+    Args:
+        what: the operation, for the message ("reading jlog", ...).
+    """
+
+    def decorate(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(fn)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return fn(*args, **kwargs)
+            except OSError as exc:
+                raise JlogError(f"{what}: {exc}") from exc
+
+        return wrapper
+
+    return decorate
 
 
 class MetaLock:

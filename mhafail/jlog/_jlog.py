@@ -20,6 +20,7 @@ from ._files import (
     fsync_dir,
     list_segments,
     open_rw,
+    os_errors,
     pwrite_all,
     read_meta_fd,
 )
@@ -64,6 +65,7 @@ class Jlog:
     meta: fmt.Meta
 
     @classmethod
+    @os_errors("jlog")
     def create(
         cls,
         path: str | os.PathLike[str],
@@ -119,12 +121,13 @@ class Jlog:
         return cls(path, meta)
 
     @classmethod
+    @os_errors("jlog")
     def open(cls, path: str | os.PathLike[str]) -> Jlog:
         """Open an existing jlog directory.
 
         Raises:
             JlogInvalidArgument: ``path`` is not a jlog directory.
-            JlogCorrupt: its metastore is invalid (``Jlog.repair_path`` fixes it).
+            JlogCorrupt: its metastore is invalid (``mhafail.jlog.repair(path)`` fixes it).
         """
         path = Path(path)
         ensure_dir(path)
@@ -139,6 +142,7 @@ class Jlog:
         finally:
             os.close(fd)
 
+    @os_errors("jlog")
     def read_meta(self) -> fmt.Meta:
         """Return the metastore as it is now (``storage_log`` moves as writers roll over)."""
         return self._load_meta(self.path)
@@ -159,6 +163,7 @@ class Jlog:
 
     # --- subscribers -----------------------------------------------------------
 
+    @os_errors("jlog")
     def add_subscriber(self, name: str, whence: fmt.Whence = fmt.Whence.BEGIN) -> fmt.MessageId:
         """Add a subscriber at the oldest data (``BEGIN``) or the current end (``END``).
 
@@ -171,6 +176,7 @@ class Jlog:
         """
         return subs.add(self.path, self.meta, name, whence)
 
+    @os_errors("jlog")
     def remove_subscriber(self, name: str) -> list[int]:
         """Remove a subscriber and free the segments only it held.
 
@@ -182,14 +188,17 @@ class Jlog:
         """
         return subs.remove(self.path, name)
 
+    @os_errors("jlog")
     def subscribers(self) -> list[subs.SubscriberInfo]:
         """List subscribers with their checkpoint and pending message count."""
         return subs.list_all(self.path, self.meta)
 
+    @os_errors("jlog")
     def checkpoint(self, name: str) -> fmt.MessageId:
         """Return subscriber ``name``'s checkpoint (last message consumed)."""
         return subs.get(self.path, name)
 
+    @os_errors("jlog")
     def set_checkpoint(self, name: str, position: fmt.MessageId) -> list[int]:
         """Move a subscriber's checkpoint forward or back to data that still exists.
 
@@ -202,12 +211,14 @@ class Jlog:
         """
         return subs.set_position(self.path, self.meta, name, position)
 
+    @os_errors("jlog")
     def clean(self) -> list[int]:
         """Delete segments every subscriber has moved past; returns their ids."""
         return subs.clean(self.path)
 
     # --- data ------------------------------------------------------------------
 
+    @os_errors("jlog")
     def segments(self) -> list[SegmentInfo]:
         """Describe every segment present (indexing it as a reader would)."""
         storage_log = self.read_meta().storage_log
@@ -223,6 +234,7 @@ class Jlog:
                 view.close()
         return out
 
+    @os_errors("jlog")
     def last_id(self) -> fmt.MessageId:
         """Return the id of the newest message (marker 0: its segment is empty)."""
         cursor = Cursor(self.path, self.meta.hdr_magic)
@@ -231,10 +243,12 @@ class Jlog:
         finally:
             cursor.close()
 
+    @os_errors("jlog")
     def inspect(self) -> InspectReport:
         """Check everything without changing anything; see :func:`inspect`."""
         return inspect(self.path)
 
+    @os_errors("jlog")
     def repair(self) -> RepairReport:
         """Fix what :meth:`inspect` finds; see :func:`repair`."""
         report = repair(self.path)

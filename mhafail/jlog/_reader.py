@@ -32,7 +32,7 @@ from mhafail.errors import JlogClosed, JlogInvalidArgument, JlogUnknownSubscribe
 from . import _format as fmt
 from . import _subscribers as subs
 from ._cursor import Cursor
-from ._files import open_rw, pread_all, pwrite_all, read_meta_fd
+from ._files import open_rw, os_errors, pread_all, pwrite_all, read_meta_fd
 from ._lock import locked
 
 
@@ -72,6 +72,7 @@ class JlogReader:
         JlogCorrupt: the metastore is invalid.
     """
 
+    @os_errors("cannot open jlog reader")
     def __init__(self, path: str | os.PathLike[str], subscriber: str) -> None:
         self.path = Path(path)
         self.subscriber = subscriber
@@ -108,12 +109,14 @@ class JlogReader:
 
     # --- libjlog-style API -------------------------------------------------
 
+    @os_errors("cannot read jlog")
     def checkpoint_position(self) -> fmt.MessageId:
         """Return the stored checkpoint (the last message consumed)."""
         with self._tlock:
             self._check_open()
             return self._read_cp()
 
+    @os_errors("cannot read jlog")
     def read_interval(self) -> Interval:
         """libjlog's ``jlog_ctx_read_interval``: what follows the checkpoint.
 
@@ -137,6 +140,7 @@ class JlogReader:
             first = fmt.MessageId(start.log, start.marker + 1) if available else start
             return Interval(first, finish, available)
 
+    @os_errors("cannot read jlog")
     def read_messages(self, start: fmt.MessageId, count: int) -> list[fmt.Message]:
         """Read ``count`` messages from ``start`` on, inside one segment.
 
@@ -162,6 +166,7 @@ class JlogReader:
 
     # --- batches, iteration, checkpoints ---------------------------------------
 
+    @os_errors("cannot read jlog")
     def read_batch(self, max_messages: int = 4096) -> list[fmt.Message]:
         """Return up to ``max_messages`` messages after the reader's cursor.
 
@@ -212,6 +217,7 @@ class JlogReader:
             else:
                 time.sleep(poll_interval)
 
+    @os_errors("cannot read jlog")
     def checkpoint(self, message_id: fmt.MessageId) -> None:
         """Record ``message_id`` as the last message processed.
 
@@ -247,6 +253,7 @@ class JlogReader:
         if start.log > old.log:
             subs.release(self.path, old.log, start.log)
 
+    @os_errors("cannot read jlog")
     def close(self) -> None:
         """Close the reader's files; idempotent."""
         with self._tlock:
@@ -276,6 +283,7 @@ class JlogTail:
             messages already written (within the newest segment).
     """
 
+    @os_errors("cannot open jlog tail")
     def __init__(
         self, path: str | os.PathLike[str], *, start: fmt.Whence = fmt.Whence.END, back: int = 0
     ) -> None:
@@ -290,6 +298,7 @@ class JlogTail:
             last = self._cursor.last_id()
             self.position = fmt.MessageId(last.log, max(0, last.marker - max(0, back)))
 
+    @os_errors("cannot read jlog")
     def read_batch(self, max_messages: int = 4096) -> list[fmt.Message]:
         """Return up to ``max_messages`` messages after :attr:`position` and advance it."""
         with self._tlock:
@@ -325,6 +334,7 @@ class JlogTail:
             else:
                 time.sleep(poll_interval)
 
+    @os_errors("cannot read jlog")
     def close(self) -> None:
         """Close the tail's files; idempotent."""
         with self._tlock:

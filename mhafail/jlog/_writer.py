@@ -28,7 +28,7 @@ from types import TracebackType
 
 import attrs
 
-from mhafail.errors import JlogClosed, JlogCorrupt, JlogInvalidArgument
+from mhafail.errors import JlogClosed, JlogCorrupt, JlogError, JlogInvalidArgument
 
 from . import _format as fmt
 from ._files import (
@@ -36,6 +36,7 @@ from ._files import (
     fsync_dir,
     list_segments,
     open_rw,
+    os_errors,
     pread_all,
     pwrite_all,
     read_meta_fd,
@@ -205,11 +206,15 @@ class JlogWriter:
         with self._tlock:
             if self._closed:
                 raise JlogClosed("write() on a closed JlogWriter")
-            if not self._append_one(record):
-                self._append([record])
-            if self._policy is not DurabilityMode.NONE:
-                self._after_write(1)
+            try:
+                if not self._append_one(record):
+                    self._append([record])
+                if self._policy is not DurabilityMode.NONE:
+                    self._after_write(1)
+            except OSError as exc:
+                raise JlogError(f"cannot append to jlog {self.path}: {exc}") from exc
 
+    @os_errors("cannot append to jlog")
     def write_many(self, payloads: list[bytes] | tuple[bytes, ...]) -> None:
         """Append several records in order, with as few system calls as the format allows.
 
@@ -238,6 +243,7 @@ class JlogWriter:
             self._append(records)
             self._after_write(len(records))
 
+    @os_errors("cannot sync jlog")
     def sync(self) -> None:
         """``fdatasync`` the current segment now, whatever the policy."""
         with self._tlock:
@@ -250,6 +256,7 @@ class JlogWriter:
         """The segment this writer appends to now."""
         return self._log
 
+    @os_errors("cannot close jlog writer")
     def close(self) -> None:
         """Sync and close; idempotent. Stops the group-commit thread."""
         with self._tlock:
