@@ -17,6 +17,7 @@ that lies wholly inside the requested time range.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import operator
 import os
@@ -50,6 +51,7 @@ def format_stamp(epoch: float) -> str:
     return dt.datetime.fromtimestamp(int(epoch), dt.UTC).strftime("%Y%m%dT%H%M%S")
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def parse_stamp(stamp: str) -> int:
     """Return the epoch second of a ``YYYYMMDDTHHMMSS`` UTC stamp.
 
@@ -82,13 +84,18 @@ class SnapshotRef:
         start: epoch second in the name.
         series: series name.
         resolution: ``"raw"``, ``"hour"`` or ``"day"``.
-        path: where it is.
+        directory: the directory it is in.
     """
 
     start: int
     series: str
     resolution: str
-    path: Path = attrs.field(order=False)
+    directory: Path = attrs.field(order=False, eq=False, repr=False)
+
+    @property
+    def path(self) -> Path:
+        """Where the file is (built on demand: listings stay cheap)."""
+        return self.directory / f"{self.series}.{format_stamp(self.start)}"
 
 
 @attrs.frozen
@@ -153,7 +160,7 @@ class SnapshotStore:
                     start = parse_stamp(match[2])
                 except AuditInvalidArgument:
                     continue
-                out.append(SnapshotRef(start, match[1], resolution, Path(entry.path)))
+                out.append(SnapshotRef(start, match[1], resolution, directory))
         out.sort(key=_BY_TIME)
         return out
 
@@ -166,7 +173,10 @@ class SnapshotStore:
         out: dict[str, dict[str, list[SnapshotRef]]] = {}
         for resolution in _SUBDIRS:
             for ref in self.refs(resolution):
-                out.setdefault(ref.series, {r: [] for r in _SUBDIRS})[resolution].append(ref)
+                files = out.get(ref.series)
+                if files is None:
+                    files = out[ref.series] = {r: [] for r in _SUBDIRS}
+                files[resolution].append(ref)
         return out
 
     def series_names(self) -> list[str]:
