@@ -14,7 +14,8 @@ import argparse
 import base64
 import struct
 import sys
-import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -221,38 +222,48 @@ def _sub_set(args: argparse.Namespace) -> int:
     return 0
 
 
-def _payloads(stream: BinaryIO, length_prefixed: bool) -> list[bytes]:
-    raw = stream.read()
+def _payloads(stream: BinaryIO, length_prefixed: bool) -> Iterator[bytes]:
+    """Yield the payloads on ``stream`` without reading it all into memory."""
     if not length_prefixed:
-        if not raw:
-            return []
-        lines = raw.split(b"\n")
-        if lines[-1] == b"":
-            lines.pop()
-        return lines
-    out, pos = [], 0
-    while pos < len(raw):
-        if pos + _LENGTH.size > len(raw):
-            raise JlogInvalidArgument(f"stdin ends inside a length prefix at byte {pos}")
-        (length,) = _LENGTH.unpack_from(raw, pos)
-        pos += _LENGTH.size
-        if pos + length > len(raw):
-            raise JlogInvalidArgument(f"stdin ends inside a {length}-byte payload at byte {pos}")
-        out.append(raw[pos : pos + length])
-        pos += length
-    return out
+        for line in stream:
+            yield line[:-1] if line.endswith(b"\n") else line
+        return
+    offset = 0
+    while True:
+        prefix = stream.read(_LENGTH.size)
+        if not prefix:
+            return
+        if len(prefix) < _LENGTH.size:
+            raise JlogInvalidArgument(f"stdin ends inside a length prefix at byte {offset}")
+        (length,) = _LENGTH.unpack(prefix)
+        payload = stream.read(length)
+        offset += _LENGTH.size
+        if len(payload) < length:
+            raise JlogInvalidArgument(f"stdin ends inside a {length}-byte payload at byte {offset}")
+        offset += length
+        yield payload
 
 
 def _write(args: argparse.Namespace) -> int:
     from mhafail.jlog import Durability
 
-    payloads = _payloads(sys.stdin.buffer, args.length_prefixed)
     jlog = _open(args.path)
     durability = Durability.fsync() if args.fsync else Durability.none()
+    written = 0
     with jlog.writer(durability=durability) as writer:
-        for start in range(0, len(payloads), 4096):
-            writer.write_many(payloads[start : start + 4096])
-    emit(args, {"written": len(payloads)}, lambda _d: "")
+        batch: list[bytes] = []
+        try:
+            for payload in _payloads(sys.stdin.buffer, args.length_prefixed):
+                batch.append(payload)
+                if len(batch) == 4096:
+                    writer.write_many(batch)
+                    written += len(batch)
+                    batch = []
+        finally:
+            # Whole payloads read before bad input are still written.
+            writer.write_many(batch)
+            written += len(batch)
+    emit(args, {"written": written}, lambda _d: "")
     return 0
 
 
@@ -281,19 +292,26 @@ def _print_messages(args: argparse.Namespace, messages: list[Any]) -> None:
 
 def _read(args: argparse.Namespace) -> int:
     limit = args.max
-    messages: list[Any] = []
+    collected: list[Any] = []
+    read = 0
     with _open(args.path).reader(args.subscriber) as reader:
-        while limit is None or len(messages) < limit:
-            want = 4096 if limit is None else min(4096, limit - len(messages))
-            batch = reader.read_batch(want)
+        while limit is None or read < limit:
+            batch = reader.read_batch(4096 if limit is None else min(4096, limit - read))
             if not batch:
                 break
-            messages.extend(batch)
-        # Print first, checkpoint after: a crash in between re-delivers
-        # (at-least-once), it never loses.
-        _print_messages(args, messages)
-        if messages and not args.no_commit:
-            reader.checkpoint(messages[-1].id)
+            read += len(batch)
+            if args.json:
+                collected.extend(batch)
+                continue
+            # Print first, checkpoint after: a crash in between re-delivers
+            # (at-least-once), it never loses.
+            _print_messages(args, batch)
+            if not args.no_commit:
+                reader.checkpoint(batch[-1].id)
+        if args.json:
+            _print_messages(args, collected)
+            if collected and not args.no_commit:
+                reader.checkpoint(collected[-1].id)
     return 0
 
 
@@ -303,16 +321,13 @@ def _tail(args: argparse.Namespace) -> int:
     jlog = _open(args.path)
     with jlog.tail(start=Whence.BEGIN if args.begin else Whence.END, back=args.n) as tail:
         _print_messages(args, list(tail))
-        if not args.follow:
-            return 0
-        stop = threading.Event()
         try:
-            while not stop.is_set():
+            while args.follow:
                 batch = tail.read_batch()
                 if batch:
                     _print_messages(args, batch)
                 else:
-                    stop.wait(args.poll)
+                    time.sleep(args.poll)
         except KeyboardInterrupt:
             return 0
     return 0

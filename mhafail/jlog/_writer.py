@@ -129,6 +129,7 @@ class JlogWriter:
             ``storage_log`` hold data (run ``repair()``).
     """
 
+    @os_errors("cannot open jlog writer")
     def __init__(
         self, path: str | os.PathLike[str], *, durability: Durability | None = None
     ) -> None:

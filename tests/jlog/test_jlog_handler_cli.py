@@ -128,3 +128,55 @@ def test_cli_repair_and_inspect_report_damage(
     status, out = _cli(capsys, "repair", str(path), "--json")
     report = json.loads(out)
     assert status == 0 and report["cuts"] == [{"log": "00000000", "offset": 0, "length": 20}]
+
+
+def test_cli_read_prints_lines_and_commits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """read prints one payload per line, checkpoints them, and a second read prints nothing."""
+    path = tmp_path / "j"
+    jlog = Jlog.create(path)
+    jlog.add_subscriber("s")
+    with jlog.writer() as writer:
+        writer.write_many([b"first", b"second"])
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out))
+    assert main(["jlog", "read", str(path), "-s", "s"]) == 0
+    sys.stdout.flush()
+    assert out.getvalue() == b"first\nsecond\n"
+    assert jlog.checkpoint("s").marker == 2
+    assert main(["jlog", "read", str(path), "-s", "s"]) == 0
+    sys.stdout.flush()
+    assert out.getvalue() == b"first\nsecond\n"
+
+
+def test_os_errors_reach_callers_as_jlog_errors(tmp_path: Path) -> None:
+    """A file system error while opening a writer is raised as JlogError, not OSError."""
+    from mhafail.errors import JlogError
+
+    jlog = Jlog.create(tmp_path / "j")
+    (jlog.path / "00000000").mkdir()
+    with pytest.raises(JlogError) as info:
+        jlog.writer()
+    assert not isinstance(info.value, OSError)
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_docs_snippet_runs(tmp_path: Path) -> None:
+    """The Python example in docs/jlog.md runs as written."""
+    import re
+    import subprocess
+
+    doc = Path(__file__).parents[2] / "docs" / "jlog.md"
+    code = re.search(r"```python\n(.*?)```", doc.read_text(), re.S)
+    assert code is not None
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code.group(1)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "shipper 00000000:00000004 0 pending" in result.stdout
