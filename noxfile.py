@@ -22,8 +22,16 @@ def tests(session: nox.Session) -> None:
     # Run from tests/ so the source tree is not importable: the installed
     # package is what gets tested.
     session.chdir("tests")
-    args = session.posargs or ["-p", "no:cacheprovider", "--durations=15"]
-    session.run("pytest", "-c", "../pyproject.toml", "--rootdir", "..", *args, ".")
+    args = session.posargs or ["-p", "no:cacheprovider", "--durations=15", "."]
+    session.run(
+        "pytest",
+        "-c",
+        "../pyproject.toml",
+        "--rootdir",
+        "..",
+        *args,
+        env={"MHAFAIL_EXPECT_INSTALLED": "1"},
+    )
 
 
 @nox.session(python=PYTHON)

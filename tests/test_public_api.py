@@ -24,3 +24,12 @@ def test_version_comes_from_package_metadata() -> None:
     from importlib.metadata import version
 
     assert mhafail.__version__ == version("mhafail")
+
+
+def test_tests_run_against_the_installed_package() -> None:
+    """Under nox the package comes from site-packages, not from the source tree."""
+    import os
+
+    if os.environ.get("MHAFAIL_EXPECT_INSTALLED") != "1":
+        pytest.skip("only meaningful in the nox tests session")
+    assert "site-packages" in mhafail.__file__

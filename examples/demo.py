@@ -1,0 +1,86 @@
+"""The mhafail demo: a local ZooKeeper, three nodes, a crash and a rejoin.
+
+Run it with ``bash scripts/bootstrap demo`` (or ``python examples/demo.py``
+once mhafail is installed). It needs nothing running: it starts its own
+ZooKeeper from Debian's package and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+from mhafail.coordination import ClusterView, Coordinator, Membership, NodeInfo
+from mhafail.errors import MhafailError
+from mhafail.testing import NodeProcess, ZooKeeperServer
+
+CLUSTER = "demo"
+SESSION_TIMEOUT = 1.5
+START = time.monotonic()
+
+
+def say(text: str) -> None:
+    print(f"[{time.monotonic() - START:6.2f}s] {text}", flush=True)
+
+
+def main() -> int:
+    say("starting a local ZooKeeper (Debian's zookeeper.jar, run directly with java)")
+    with ZooKeeperServer(tick_time=100) as zk:
+        say(f"ZooKeeper serving on {zk.address}")
+        nodes = [
+            NodeProcess(zk=zk.address, cluster=CLUSTER, node=name, session_timeout=SESSION_TIMEOUT)
+            for name in ("mta1", "mta2", "mta3")
+        ]
+        with Coordinator(hosts=zk.address, cluster=CLUSTER) as coordinator:
+            observer = Membership(
+                coordinator=coordinator,
+                info=NodeInfo(
+                    name="observer", roles=("manager",), host=socket.gethostname(), pid=os.getpid()
+                ),
+            )
+
+            def show(view: ClusterView) -> None:
+                say(f"view {view.generation}: {', '.join(view.names)}")
+
+            observer.add_listener(show)
+            observer.start()
+            try:
+                for node in nodes:
+                    node.start()
+                    say(f"started {node.node} (pid {node.pid})")
+                everyone = ("mta1", "mta2", "mta3", "observer")
+                observer.wait_for(lambda v: v.names == everyone, 20)
+
+                victim = nodes[2]
+                say(f"SIGKILL {victim.node}: its session lingers until the timeout "
+                    f"({SESSION_TIMEOUT:g} s), then it leaves every view")
+                killed = time.monotonic()
+                victim.kill()
+                observer.wait_for(lambda v: victim.node not in v, 20)
+                say(f"{victim.node} left after {time.monotonic() - killed:.2f} s")
+                for node in nodes[:2]:
+                    node.wait_view(["mta1", "mta2", "observer"], 10)
+                say("the survivors agree: mta1, mta2, observer")
+
+                say(f"restarting {victim.node}")
+                victim.start()
+                observer.wait_for(lambda v: v.names == everyone, 20)
+                for node in nodes:
+                    node.wait_view(list(everyone), 10)
+                say("every node sees all four members again")
+            finally:
+                for node in nodes:
+                    node.terminate()
+                observer.stop()
+    say("stopped everything; bye")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except MhafailError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        sys.exit(1)
