@@ -135,3 +135,14 @@ def test_reader_index_matches_the_c_index(c_jlog: Callable[[str], Path], tmp_pat
     with jlog.reader("beta") as reader:
         reader.read_batch(1)
     assert (path / "00000000.idx").read_bytes() == c_index
+
+
+def test_repair_flushes_a_crashed_writers_pre_commit(
+    c_jlog: Callable[[str], Path], manifest: dict[str, Any]
+) -> None:
+    """repair() reports the pending pre_commit and flushes its 3 records through a writer."""
+    jlog = Jlog.open(c_jlog("c-precommit-crash"))
+    report = jlog.repair()
+    assert [p.kind.value for p in report.found] == ["pre_commit_pending"]
+    assert (report.pre_commit_records, report.remaining) == (3, [])
+    assert _read_all(jlog, "s") == _decode(manifest["c-precommit-crash"]["after_writer_open_close"])
