@@ -141,14 +141,6 @@ def read_checkpoint(path: Path, filename: str) -> fmt.MessageId | None:
     return fmt.decode_checkpoint(raw)
 
 
-def write_checkpoint_fd(fd: int, position: fmt.MessageId, *, sync: bool) -> None:
-    """Overwrite a checkpoint under its lock (the caller's descriptor)."""
-    with locked(fd):
-        pwrite_all(fd, fmt.encode_checkpoint(position), 0)
-        if sync:
-            os.fsync(fd)
-
-
 def unlink_segment(path: Path, log: int) -> bool:
     """Delete a segment and its index; return whether the segment existed."""
     existed = True

@@ -47,7 +47,6 @@ class SegmentView:
         self.idx_fd = idx_fd
         self.offsets: list[int] = []
         self.closed = False
-        self.rebuilt_index = False
         self._idx_len = 0
         self._end = 0
         self._buf = b""
@@ -99,7 +98,6 @@ class SegmentView:
         # what libjlog does for IDX_CORRUPT too.
         log_.warning("jlog %s: rebuilding index of %08x: %s", self.path, self.log, reason)
         os.ftruncate(self.idx_fd, 0)
-        self.rebuilt_index = True
         self._reset()
 
     def _load_index(self, idx_len: int, data_len: int) -> None:
