@@ -7,7 +7,7 @@ folded into the window's per-level dicts (see ``_window``) before anything
 reads it, so a burst of adds costs one fold, not one per level per add.
 
 Memory: each live window holds at most ``max_keys`` entries per level (four
-levels for addresses); measured cost is about 100 bytes per distinct IPv4
+levels for addresses); measured cost is 80 to 145 bytes per distinct IPv4
 address per window (docs/benchmarks.md). Past the cap, only the finest
 counts degrade, and :meth:`AuditSeries.stats` says so.
 
@@ -197,8 +197,8 @@ class AuditSeries:
         """Count ``key`` ``n`` times in the current window.
 
         Args:
-            key: an address as text or as an int (pre-parsed keys are about
-                3x faster), or a string for ``string`` series.
+            key: an address as text or as an int (pre-parsed keys are two
+                to three times faster), or a string for ``string`` series.
             n: how many times, at least 1.
 
         Raises:
