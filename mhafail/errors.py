@@ -23,11 +23,17 @@ GitPython exception ever reaches a caller: the adapters translate them.
     │   │   └── JlogUnknownSubscriber       naming a subscriber that does not exist
     │   ├── JlogClosed                      using a writer or reader after close()
     │   └── JlogCorrupt                     on-disk data does not parse; run repair()
-    └── AuditError                          audit series and CIDR queries (mhafail.audit)
-        ├── AuditInvalidArgument (ValueError)
-        ├── QuerySyntaxError (ValueError)   names the position and what was expected
-        ├── UnknownSeries (LookupError)
-        └── SnapshotCorrupt                 a snapshot file does not verify (magic, version, size, CRC)
+    ├── AuditError                          audit series and CIDR queries (mhafail.audit)
+    │   ├── AuditInvalidArgument (ValueError)
+    │   ├── QuerySyntaxError (ValueError)   names the position and what was expected
+    │   ├── UnknownSeries (LookupError)
+    │   └── SnapshotCorrupt             a snapshot file does not verify (magic, version, size, CRC)
+    └── ConfigError                         git-backed cluster configuration (mhafail.config)
+        ├── InvalidChange (ValueError)      a change set, path, sha or option is refused
+        ├── ValidationFailed (ValueError)   validators rejected a tree; ``problems`` lists why
+        ├── HeadConflict                    the published head moved; pull (or rebase) and retry
+        ├── FetchFailed                     no peer could provide a published commit
+        └── RepositoryError                 the local git repository failed (git's message inside)
 
 Components that arrive later add their own subtree here, next to the
 others, and extend this drawing.
@@ -146,3 +152,49 @@ class UnknownSeries(AuditError, LookupError):
 
 class SnapshotCorrupt(AuditError):
     """An audit snapshot file does not verify: bad magic, version, size or checksum."""
+
+
+# --- config -----------------------------------------------------------------
+
+
+class ConfigError(MhafailError):
+    """A config repository operation failed (mhafail.config)."""
+
+
+class InvalidChange(ConfigError, ValueError):
+    """A change set, path, sha or option was refused; the message names the rule."""
+
+
+class ValidationFailed(ConfigError, ValueError):
+    """Validators rejected a config tree; nothing was published or applied.
+
+    Attributes:
+        problems: one line per problem, ``path: what is wrong`` where a path is known.
+    """
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        detail = "; ".join(problems)
+        super().__init__(f"{message}: {detail}" if detail else message)
+        self.problems = problems
+
+
+class HeadConflict(ConfigError):
+    """The published head is not the commit this change was based on.
+
+    Attributes:
+        head: the sha currently published (None when nothing is).
+        paths: files changed on both sides, when a rebase was attempted.
+    """
+
+    def __init__(self, message: str, *, head: str | None, paths: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.head = head
+        self.paths = paths
+
+
+class FetchFailed(ConfigError):
+    """No peer could provide a published commit; the message lists each attempt."""
+
+
+class RepositoryError(ConfigError):
+    """The local git repository could not do what was asked (git's message inside)."""

@@ -1,0 +1,308 @@
+"""ConfigAgent: the per-node loop that fetches, validates and applies the head.
+
+Every pass re-reads the desired state (the head znode and the node's mode
+override) and converges on it (DESIGN.md rule 2): a watch on the head, a
+watch on the mode override, every reconnect, every membership change and a
+timer only *kick* the loop. Kicks during a pass coalesce, and each pass
+starts with a short debounce pause, so a burst of commits is applied once,
+at its last version.
+
+One pass: fetch the head's commit from a peer if it is not here, check it
+out into a new directory, run the node's validators there, switch
+``current`` atomically, move the working copy, call the reload hooks, and
+report ``config/<repo>/applied/<node>``. If the node's validators reject
+the version, the old one stays live and the node reports ``rejected``.
+
+Reload hooks run on the agent's own thread, never on kazoo's or the
+coordinator's; wrap an asyncio callback with
+:func:`mhafail.coordination.in_loop` to run it on an event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from mhafail.config._model import (
+    ApplyOutcome,
+    ApplyState,
+    Head,
+    NodeReport,
+    UpdateMode,
+    applied_path,
+    head_path,
+    mode_path,
+)
+from mhafail.config._repository import ConfigRepository
+from mhafail.config._serve import ENDPOINT, repo_url
+from mhafail.config._validate import Validator, run_validators, syntax_check
+from mhafail.config._view import ConfigView
+from mhafail.coordination import ConnectionState, ConvergeLoop, Membership, Watch
+from mhafail.errors import ConfigError, FetchFailed, InvalidChange, RepositoryError
+
+logger = logging.getLogger(__name__)
+
+ReloadHook = Callable[[ConfigView], object]
+
+
+@attrs.define(kw_only=True, eq=False)
+class ConfigAgent:
+    """Keeps one node's applied version of a repository on the published head.
+
+    Args:
+        repository: the node's repository, with a started coordinator.
+        membership: the node's started membership; its view lists the peers
+            to fetch from (None: read ``members/`` when a fetch is needed).
+        mode: the node's own update mode (an operator override in
+            ``config/<repo>/modes/<node>`` wins over it).
+        validators: node-local checks run on each checked-out version
+            before it goes live (default: :func:`syntax_check`).
+        debounce: seconds to wait at the start of a pass so a burst of
+            commits settles into one apply.
+        period: seconds between passes when nothing kicks (retries a stuck
+            fetch, repairs a missed watch).
+
+    Thread safety: :meth:`add_reload_hook` before :meth:`start`; the other
+    public methods may be called from any thread.
+    """
+
+    repository: ConfigRepository
+    membership: Membership | None = None
+    mode: UpdateMode = UpdateMode.ALWAYS
+    validators: Sequence[Validator] = (syntax_check,)
+    debounce: float = 0.02
+    period: float = 1.0
+
+    _hooks: list[ReloadHook] = attrs.field(init=False, factory=list)
+    _loop: ConvergeLoop | None = attrs.field(init=False, default=None)
+    _watches: list[Watch] = attrs.field(init=False, factory=list)
+    _cond: threading.Condition = attrs.field(init=False, factory=threading.Condition)
+    _outcome: ApplyOutcome | None = attrs.field(init=False, default=None)
+    _reported: bytes = attrs.field(init=False, default=b"")
+    _rejected: dict[str, str] = attrs.field(init=False, factory=dict)
+    _applies: int = attrs.field(init=False, default=0)
+
+    def add_reload_hook(self, hook: ReloadHook) -> None:
+        """Call ``hook(view)`` on the agent's thread after each new version goes live.
+
+        A hook that raises is logged; the version stays live (it already is)
+        and the error shows in the node's report.
+        """
+        self._hooks.append(hook)
+
+    @property
+    def outcome(self) -> ApplyOutcome | None:
+        """What the latest pass did (None before the first pass)."""
+        with self._cond:
+            return self._outcome
+
+    @property
+    def applies(self) -> int:
+        """How many times a new version went live in this process."""
+        with self._cond:
+            return self._applies
+
+    def start(self) -> ConfigAgent:
+        """Create the local repository if needed, watch the head and apply it.
+
+        Raises:
+            RepositoryError: the local repository cannot be created.
+            CoordinationUnavailable: ZooKeeper could not be asked.
+        """
+        if self._loop is not None:
+            raise ConfigError("agent already started")
+        repo = self.repository
+        repo.init()
+        coordinator = repo._coordinator()
+        coordinator.znodes.ensure(applied_path(repo.name))
+        self._loop = ConvergeLoop(
+            f"mhafail-config-{repo.name}", self._pass, period=self.period, retry=self.period
+        )
+        loop = self._loop
+        coordinator.add_state_listener(
+            lambda s: loop.kick() if s is ConnectionState.CONNECTED else None
+        )
+        coordinator.add_session_listener(loop.kick)
+        if self.membership is not None:
+            self.membership.add_listener(loop.kick)
+        self._watches.append(coordinator.znodes.watch_data(head_path(repo.name), loop.kick))
+        self._watches.append(
+            coordinator.znodes.watch_data(mode_path(repo.name, repo.node), loop.kick)
+        )
+        loop.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the loop (a pass in progress finishes first); idempotent."""
+        for watch in self._watches:
+            watch.cancel()
+        self._watches.clear()
+        if self._loop is not None:
+            self._loop.stop()
+
+    def _pass(self) -> None:
+        self.converge()
+
+    def kick(self) -> None:
+        """Ask for a pass now (e.g. after thawing the local mode)."""
+        if self._loop is not None:
+            self._loop.kick()
+
+    def wait_for(self, predicate: Callable[[ApplyOutcome], bool], timeout: float) -> ApplyOutcome:
+        """Block until a pass's outcome satisfies ``predicate``; return it.
+
+        Raises:
+            TimeoutError: it did not within ``timeout`` seconds.
+        """
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: self._outcome is not None and predicate(self._outcome), timeout
+            )
+            if not ok or self._outcome is None:
+                raise TimeoutError(f"config agent outcome is {self._outcome}")
+            return self._outcome
+
+    # --- one pass -------------------------------------------------------------------
+
+    def converge(self) -> ApplyOutcome:
+        """Run one pass now on the calling thread and return what it did.
+
+        The agent's loop calls this; tests and tools may call it directly
+        on an agent that was not started.
+
+        Raises:
+            CoordinationUnavailable: ZooKeeper could not be asked (the loop
+                retries; the live version is untouched).
+            RepositoryError: git failed locally.
+        """
+        if self.debounce > 0:
+            time.sleep(self.debounce)
+        repo = self.repository
+        head = repo.head()
+        mode = repo.mode_override() or self.mode
+        return self._finish(self._decide(head, mode), mode)
+
+    def _decide(self, head: Head | None, mode: UpdateMode) -> ApplyOutcome:
+        repo = self.repository
+        live = repo.checkouts.current()
+        if head is None:
+            return ApplyOutcome(state=ApplyState.PENDING, sha=live, target=None)
+        target = head.sha
+        if mode is UpdateMode.FROZEN:
+            return ApplyOutcome(state=ApplyState.HELD, sha=live, target=target, error="frozen")
+        if live == target:
+            self._follow_worktree(target, mode)
+            return ApplyOutcome(state=ApplyState.APPLIED, sha=live, target=target)
+        error = self._rejected.get(target)
+        if error is not None:
+            return ApplyOutcome(state=ApplyState.REJECTED, sha=live, target=target, error=error)
+        blocked = self._blocked(head, mode)
+        if blocked is not None:
+            return ApplyOutcome(state=blocked[0], sha=live, target=target, error=blocked[1])
+        return self._apply(live, target, mode)
+
+    def _blocked(self, head: Head, mode: UpdateMode) -> tuple[ApplyState, str] | None:
+        """Why the head cannot be applied now (pending fetch, held by edits), or None."""
+        repo = self.repository
+        try:
+            repo.ensure_commit(head.sha, origin=head.origin, peers=self._peers())
+        except FetchFailed as exc:
+            return ApplyState.PENDING, str(exc)
+        conflicts = repo.store.conflicts(head.sha) if mode is UpdateMode.IF_UNCHANGED else []
+        if conflicts:
+            return ApplyState.HELD, f"uncommitted edits in {repo.worktree}: " + ", ".join(
+                conflicts[:10]
+            )
+        return None
+
+    def _apply(self, live: str | None, target: str, mode: UpdateMode) -> ApplyOutcome:
+        repo = self.repository
+        checkouts = repo.checkouts
+        tmp = checkouts.prepare(repo.store, target)
+        problems = run_validators(self.validators, tmp)
+        if problems:
+            checkouts.discard(tmp)
+            error = "local validation failed: " + "; ".join(problems)
+            self._rejected[target] = error
+            logger.warning("%s: rejected %s: %s", repo.name, target[:12], error)
+            return ApplyOutcome(state=ApplyState.REJECTED, sha=live, target=target, error=error)
+        checkouts.install(tmp, target)
+        checkouts.switch(target)
+        logger.info("%s: %s is live", repo.name, target[:12])
+        with self._cond:
+            self._applies += 1
+        self._follow_worktree(target, mode)
+        view = ConfigView(root=checkouts.path(target), sha=target, node=repo.node)
+        hook_error = self._run_hooks(view)
+        checkouts.prune()
+        return ApplyOutcome(
+            state=ApplyState.APPLIED, sha=target, target=target, changed=True, error=hook_error
+        )
+
+    def _peers(self) -> list[tuple[str, str]] | None:
+        if self.membership is None:
+            return None
+        repo = self.repository
+        return [
+            (info.name, repo_url(info.endpoints[ENDPOINT], repo.name))
+            for info in self.membership.view
+            if info.name != repo.node and info.endpoints.get(ENDPOINT)
+        ]
+
+    def _follow_worktree(self, target: str, mode: UpdateMode) -> None:
+        store = self.repository.store
+        if store.main() == target:
+            return
+        try:
+            saved = store.advance(target, force=mode is UpdateMode.ALWAYS)
+        except (InvalidChange, RepositoryError) as exc:
+            # The applied version does not depend on the working copy.
+            logger.warning("%s: working copy not moved: %s", self.repository.name, exc)
+            return
+        if saved:
+            logger.warning(
+                "%s: uncommitted edits saved as stash %s before moving to %s",
+                self.repository.name,
+                saved[:12],
+                target[:12],
+            )
+
+    def _run_hooks(self, view: ConfigView) -> str:
+        errors = []
+        for hook in list(self._hooks):
+            try:
+                hook(view)
+            except Exception as exc:
+                logger.exception("reload hook %r failed", hook)
+                errors.append(f"reload hook {getattr(hook, '__name__', hook)!s} failed: {exc}")
+        return "; ".join(errors)
+
+    def _finish(self, outcome: ApplyOutcome, mode: UpdateMode) -> ApplyOutcome:
+        repo = self.repository
+        report = NodeReport(
+            node=repo.node,
+            sha=outcome.sha,
+            state=outcome.state,
+            target=outcome.target,
+            error=outcome.error,
+            mode=mode,
+            time=time.time(),
+        )
+        data = report.to_json()
+        # Rewrite only when something but the time changed: a timer pass
+        # must not turn into a ZooKeeper write every second on every node.
+        key = attrs.evolve(report, time=0.0).to_json()
+        if key != self._reported:
+            znodes = repo._coordinator().znodes
+            path = applied_path(repo.name, repo.node)
+            if znodes.set(path, data) is None:
+                znodes.create(path, data, makepath=True)
+            self._reported = key
+        with self._cond:
+            self._outcome = outcome
+            self._cond.notify_all()
+        return outcome

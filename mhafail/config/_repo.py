@@ -1,0 +1,533 @@
+"""The git adapter: the only module that touches GitPython or runs ``git``.
+
+Every git failure becomes a :class:`~mhafail.errors.RepositoryError` (or
+:class:`~mhafail.errors.InvalidChange` for refused input) carrying git's
+own message, so no ``git.exc`` type reaches a caller.
+
+Processes: GitPython's default object database keeps a ``git cat-file
+--batch`` process per repository alive until the repository is closed; a
+daemon that opens repositories in a loop leaks them. We therefore open
+GitPython repositories with the pure-Python ``GitDB`` object database and
+close them after each use, and run plumbing commands (``read-tree``,
+``commit-tree``, ``fetch``...) as one-shot ``git`` subprocesses that are
+always waited for.
+
+Concurrency: one repository may be used by several processes at once (the
+node's agent, an operator's CLI). Object writes are safe in git; ref moves
+go through ``update-ref`` with the expected old value; index operations
+retry while another process holds ``index.lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import git
+from git.db import GitDB
+
+from mhafail.config._model import LogEntry
+from mhafail.errors import InvalidChange, RepositoryError
+
+BRANCH = "refs/heads/main"
+FETCHED = "refs/mhafail/fetched"
+_AUTHOR = re.compile(r"^\s*([^<>\n]+?)\s*(?:<([^<>\s]*)>)?\s*$")
+_GIT_TIMEOUT = 120.0
+
+
+def parse_author(author: str) -> tuple[str, str]:
+    """Split ``Name <email>`` (email optional) into name and email.
+
+    Raises:
+        InvalidChange: empty, multi-line, or stray angle brackets.
+    """
+    match = _AUTHOR.match(author or "")
+    if match is None:
+        raise InvalidChange(f"invalid author {author!r}: use 'Name <email>'")
+    name, email = match.group(1), match.group(2) or ""
+    return name, email or f"{name.replace(' ', '.').lower()}@mhafail.invalid"
+
+
+class GitStore:
+    """One node's git repository: a working copy with its ``.git``.
+
+    Args:
+        path: the working copy directory (it holds ``.git``).
+
+    Not thread-safe by itself; each component serialises its own use.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    # --- life cycle ---------------------------------------------------------
+
+    @classmethod
+    def init(cls, path: Path) -> GitStore:
+        """Create (or adopt) the repository at ``path``; idempotent.
+
+        Raises:
+            RepositoryError: git could not create it.
+        """
+        path = Path(path)
+        try:
+            if not (path / ".git").is_dir():
+                path.mkdir(parents=True, exist_ok=True)
+                repo = git.Repo.init(path, odbt=GitDB, initial_branch="main")
+                repo.close()
+        except (git.exc.GitError, OSError) as exc:
+            raise RepositoryError(f"cannot create repository {path}: {exc}") from exc
+        store = cls(path)
+        # Peers fetch published commits by sha; a commit is published before
+        # any ref of ours points at it, so upload-pack must allow any sha.
+        store.git("config", "uploadpack.allowAnySHA1InWant", "true")
+        # An acknowledged commit must survive a power cut of its node.
+        store.git("config", "core.fsync", "committed")
+        store.git("config", "core.fsyncMethod", "batch")
+        store.git("config", "gc.auto", "0")
+        return store
+
+    @classmethod
+    def open(cls, path: Path) -> GitStore:
+        """Open an existing repository.
+
+        Raises:
+            RepositoryError: ``path`` is not a git working copy.
+        """
+        try:
+            with contextlib.closing(git.Repo(path, odbt=GitDB)):
+                pass
+        except (git.exc.GitError, OSError) as exc:
+            raise RepositoryError(f"{path} is not a config repository: {exc}") from exc
+        return cls(Path(path))
+
+    @contextlib.contextmanager
+    def _repo(self) -> Iterator[git.Repo]:
+        try:
+            repo = git.Repo(self.path, odbt=GitDB)
+        except (git.exc.GitError, OSError) as exc:
+            raise RepositoryError(f"{self.path} is not a config repository: {exc}") from exc
+        try:
+            yield repo
+        except (git.exc.GitError, ValueError) as exc:
+            raise RepositoryError(f"{self.path}: {exc}") from exc
+        finally:
+            repo.close()
+
+    # --- plumbing ---------------------------------------------------------------
+
+    def git(
+        self,
+        *args: str,
+        input: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = _GIT_TIMEOUT,
+        check: bool = True,
+    ) -> bytes:
+        """Run ``git args...`` in the repository and return its stdout.
+
+        Raises:
+            RepositoryError: git failed (its stderr is in the message) or
+                did not finish within ``timeout``.
+        """
+        full_env = {**os.environ, "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"}
+        for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+            full_env.pop(var, None)
+        full_env.update(env or {})
+        argv = ["git", "-C", str(self.path), *args]
+        for attempt in range(50):
+            try:
+                proc = subprocess.run(
+                    argv,
+                    input=input,
+                    env=full_env,
+                    capture_output=True,
+                    timeout=timeout,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise RepositoryError(f"git {args[0]} timed out after {timeout:g} s") from exc
+            except OSError as exc:
+                raise RepositoryError(f"cannot run git: {exc}") from exc
+            if proc.returncode == 0 or not check:
+                return proc.stdout
+            err = proc.stderr.decode(errors="replace").strip()
+            # Another process (agent or CLI) is updating the index: wait briefly.
+            if "index.lock" in err and attempt < 49:
+                time.sleep(0.02)
+                continue
+            raise RepositoryError(f"git {' '.join(args[:2])} failed: {err or proc.returncode}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def resolve(self, rev: str) -> str | None:
+        """The commit sha ``rev`` names, or None when it names no commit here."""
+        if rev.startswith("-"):
+            raise InvalidChange(f"invalid revision {rev!r}")
+        out = self.git("rev-parse", "--verify", "-q", f"{rev}^{{commit}}", check=False)
+        sha = out.decode().strip()
+        return sha or None
+
+    def has_commit(self, sha: str) -> bool:
+        """True when the commit ``sha`` and everything it needs is here."""
+        return self.resolve(sha) == sha
+
+    def main(self) -> str | None:
+        """The sha of the local branch (None in a fresh repository)."""
+        return self.resolve(BRANCH)
+
+    def update_ref(self, ref: str, new: str, old: str | None = None) -> bool:
+        """Move ``ref`` to ``new`` if it is at ``old``; False when it moved meanwhile."""
+        args = ["update-ref", ref, new]
+        if old is not None:
+            args.append(old)
+        try:
+            self.git(*args)
+        except RepositoryError:
+            if old is None:
+                raise
+            return False
+        return True
+
+    def files(self, sha: str | None) -> list[str]:
+        """All file paths in commit ``sha`` (empty for None)."""
+        if sha is None:
+            return []
+        out = self.git("ls-tree", "-r", "-z", "--name-only", sha)
+        return [p.decode() for p in out.split(b"\0") if p]
+
+    def changed_paths(self, old: str | None, new: str) -> list[str]:
+        """Paths that differ between commits ``old`` and ``new`` (all of ``new`` if None)."""
+        if old is None:
+            return self.files(new)
+        out = self.git("diff-tree", "-r", "-z", "--name-only", "--no-renames", old, new)
+        return sorted(p.decode() for p in out.split(b"\0") if p)
+
+    def read(self, sha: str, path: str) -> bytes | None:
+        """The content of ``path`` at ``sha``, or None when it is not a file there."""
+        out = self.git("cat-file", "-t", f"{sha}:{path}", check=False).strip()
+        if out != b"blob":
+            return None
+        return self.git("cat-file", "blob", f"{sha}:{path}")
+
+    # --- trees and commits ----------------------------------------------------
+
+    @contextlib.contextmanager
+    def _temp_index(self) -> Iterator[dict[str, str]]:
+        fd, name = tempfile.mkstemp(prefix="mhafail-index-", dir=self.path / ".git")
+        os.close(fd)
+        os.unlink(name)  # git wants to create it itself
+        try:
+            yield {"GIT_INDEX_FILE": name}
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
+    def checkout(self, sha: str | None, dest: Path) -> None:
+        """Write the files of commit ``sha`` into the new directory ``dest``.
+
+        Uses a private index, so the working copy and its index are untouched.
+        """
+        dest.mkdir(parents=True)
+        if sha is None:
+            return
+        with self._temp_index() as env:
+            self.git("read-tree", sha, env=env)
+            self.git("checkout-index", "-a", "-f", f"--prefix={dest}/", env=env)
+
+    def stage(self, parent: str | None, changes: Mapping[str, bytes | None], dest: Path) -> None:
+        """Check out ``parent`` into ``dest`` and apply ``changes`` there.
+
+        Raises:
+            InvalidChange: deleting a path that is not a file in ``parent``,
+                or a file/directory clash with the parent's tree.
+        """
+        existing = set(self.files(parent))
+        after = set(existing)
+        for path, data in changes.items():
+            if data is None:
+                if path not in existing:
+                    raise InvalidChange(f"{path}: cannot delete, it is not a file in the base")
+                after.discard(path)
+            else:
+                after.add(path)
+        dirs = {"/".join(p.split("/")[:i]) for p in after for i in range(1, p.count("/") + 1)}
+        clash = sorted(dirs & after)
+        if clash:
+            raise InvalidChange(f"{clash[0]}: is both a file and a directory in the new tree")
+        self.checkout(parent, dest)
+        for path, data in changes.items():
+            target = dest / path
+            if data is None:
+                target.unlink()
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+
+    def write_commit(
+        self,
+        *,
+        parent: str | None,
+        paths: Sequence[str],
+        staged: Path,
+        message: str,
+        author: str,
+        when: float,
+    ) -> str:
+        """Create the commit whose tree is ``parent`` with ``paths`` taken from ``staged``.
+
+        ``paths`` that no longer exist in ``staged`` are deleted. The commit
+        object is written but no ref points at it.
+
+        Returns:
+            The new commit's sha.
+
+        Raises:
+            InvalidChange: the result equals the parent's tree (nothing to commit).
+        """
+        name, email = parse_author(author)
+        present = [p for p in paths if (staged / p).is_file()]
+        with self._temp_index() as env:
+            if parent is not None:
+                self.git("read-tree", parent, env=env)
+            shas: list[str] = []
+            if present:
+                listing = "".join(f"{staged / p}\n" for p in present).encode()
+                out = self.git("hash-object", "-w", "--stdin-paths", "--no-filters", input=listing)
+                shas = out.decode().split()
+            info = [f"100644 {sha}\t{p}" for p, sha in zip(present, shas, strict=True)]
+            info += [f"0 {'0' * 40}\t{p}" for p in paths if p not in set(present)]
+            self.git(
+                "update-index", "--index-info", input=("\n".join(info) + "\n").encode(), env=env
+            )
+            tree = self.git("write-tree", env=env).decode().strip()
+        if parent is not None and tree == self._tree(parent):
+            raise InvalidChange("nothing to commit: the change set leaves the tree as it is")
+        return self._commit_tree(tree, parent, message, (name, email), when)
+
+    def commit_tree_of(
+        self, source: str, parent: str | None, message: str, author: str, when: float
+    ) -> str:
+        """Create a commit on ``parent`` whose tree is the tree of ``source`` (rollback)."""
+        name, email = parse_author(author)
+        tree = self.git("rev-parse", f"{source}^{{tree}}").decode().strip()
+        if parent is not None and tree == self._tree(parent):
+            raise InvalidChange(f"nothing to commit: the head already has the tree of {source}")
+        return self._commit_tree(tree, parent, message, (name, email), when)
+
+    def _tree(self, commit: str) -> str:
+        return self.git("rev-parse", f"{commit}^{{tree}}").decode().strip()
+
+    def _commit_tree(
+        self, tree: str, parent: str | None, message: str, who: tuple[str, str], when: float
+    ) -> str:
+        name, email = who
+        stamp = f"{int(when)} +0000"
+        env = {
+            "GIT_AUTHOR_NAME": name,
+            "GIT_AUTHOR_EMAIL": email,
+            "GIT_AUTHOR_DATE": stamp,
+            "GIT_COMMITTER_NAME": name,
+            "GIT_COMMITTER_EMAIL": email,
+            "GIT_COMMITTER_DATE": stamp,
+        }
+        args = ["commit-tree", tree]
+        if parent is not None:
+            args += ["-p", parent]
+        out = self.git(*args, input=message.encode(), env=env)
+        return out.decode().strip()
+
+    # --- fetch ------------------------------------------------------------------
+
+    def fetch(self, url: str, sha: str, timeout: float) -> None:
+        """Fetch exactly commit ``sha`` from ``url`` and keep it under a ref.
+
+        Raises:
+            RepositoryError: the peer is unreachable or does not have it, or
+                the commit is not complete here afterwards.
+        """
+        self.git(
+            "-c",
+            "protocol.version=2",
+            "fetch",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--quiet",
+            url,
+            sha,
+            timeout=timeout,
+        )
+        if not self.has_commit(sha):
+            raise RepositoryError(f"fetched {sha[:12]} from {url}, but it is not complete here")
+        self.git("update-ref", FETCHED, sha)
+
+    # --- working copy ---------------------------------------------------------
+
+    def read_many(self, specs: Sequence[str]) -> list[bytes | None]:
+        """Blob contents for ``sha:path`` specs in one ``git cat-file --batch`` run.
+
+        The process is one-shot and waited for (no persistent cat-file).
+        Specs that name no blob give None.
+        """
+        if not specs:
+            return []
+        out = self.git("cat-file", "--batch", input="".join(f"{s}\n" for s in specs).encode())
+        results: list[bytes | None] = []
+        pos = 0
+        for _ in specs:
+            eol = out.index(b"\n", pos)
+            header = out[pos:eol].split()
+            pos = eol + 1
+            if len(header) == 3 and header[1] == b"blob":
+                size = int(header[2])
+                results.append(out[pos : pos + size])
+                pos += size + 1
+            elif len(header) == 3:
+                pos += int(header[2]) + 1  # a tree or commit: not a file
+                results.append(None)
+            else:
+                results.append(None)  # "<spec> missing"
+        return results
+
+    def _worktree_file(self, path: str) -> bytes | None:
+        file = self.path / path
+        try:
+            return file.read_bytes() if file.is_file() and not file.is_symlink() else None
+        except OSError:
+            return None
+
+    def _plan(self, old: str | None, new: str) -> tuple[list[str], dict[str, bytes | None]]:
+        """Conflicting paths, and the files to write, to move the working copy old -> new."""
+        paths = self.changed_paths(old, new)
+        olds = self.read_many([f"{old}:{p}" for p in paths]) if old else [None] * len(paths)
+        news = self.read_many([f"{new}:{p}" for p in paths])
+        conflicts: list[str] = []
+        writes: dict[str, bytes | None] = {}
+        for path, before, after in zip(paths, olds, news, strict=True):
+            mine = self._worktree_file(path)
+            if mine == after:
+                continue
+            if mine == before:
+                writes[path] = after
+            else:
+                conflicts.append(path)
+        return conflicts, writes
+
+    def conflicts(self, target: str) -> list[str]:
+        """Uncommitted edits that moving the working copy to ``target`` would lose.
+
+        A path conflicts when ``target`` changes it and the working copy
+        holds neither the local branch's nor the target's content. Edits to
+        paths the update does not touch are not conflicts: they survive.
+        """
+        return self._plan(self.main(), target)[0]
+
+    def advance(self, target: str, *, force: bool = False) -> str | None:
+        """Move the local branch and the working copy to ``target``.
+
+        Files the update changes are rewritten only where the working copy
+        still holds the old content; other uncommitted edits survive.
+
+        Args:
+            target: the commit to move to.
+            force: on conflicting edits, save all edits as a stash entry
+                (``git stash list`` shows them) and reset hard to ``target``.
+
+        Returns:
+            The stash entry's sha when edits were saved, else None.
+
+        Raises:
+            InvalidChange: conflicting edits and not ``force`` (names the paths).
+        """
+        old = self.main()
+        if old == target:
+            return None
+        conflicts, writes = self._plan(old, target)
+        if conflicts:
+            if not force:
+                raise InvalidChange(
+                    "uncommitted edits would be overwritten: " + ", ".join(conflicts[:10])
+                )
+            return self._stash_and_reset(target)
+        for path, data in writes.items():
+            file = self.path / path
+            if data is None:
+                file.unlink(missing_ok=True)
+            else:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = file.with_name(f".{file.name}.mhafail-tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, file)
+        self.git("update-ref", BRANCH, target, old or "0" * 40)
+        self.git("reset", "-q")  # index := target; the working copy stays as written
+        return None
+
+    def _stash_and_reset(self, target: str) -> str | None:
+        saved = None
+        if self.main() is not None:
+            self.git("add", "-A")
+            stash = self.git("stash", "create", f"mhafail: local edits before {target[:12]}")
+            saved = stash.decode().strip() or None
+            if saved is not None:
+                self.git("stash", "store", "-m", f"mhafail: before {target[:12]}", saved)
+        self.git("reset", "-q", "--hard", target)
+        return saved
+
+    # --- history ------------------------------------------------------------------
+
+    def log(self, rev: str | None = None, limit: int = 20) -> list[LogEntry]:
+        """Up to ``limit`` commits reachable from ``rev`` (default: the local branch)."""
+        start = rev or self.main()
+        if start is None:
+            return []
+        with self._repo() as repo:
+            return [
+                LogEntry(
+                    sha=c.hexsha,
+                    parent=c.parents[0].hexsha if c.parents else None,
+                    author=f"{c.author.name} <{c.author.email}>",
+                    time=float(c.committed_date),
+                    message=str(c.message).strip(),
+                )
+                for c in repo.iter_commits(start, max_count=limit)
+            ]
+
+    def diff(self, old: str, new: str | None) -> str:
+        """A unified diff from ``old`` to ``new`` (None: the working copy)."""
+        args = ["diff", "--no-color", "--no-ext-diff", old]
+        if new is not None:
+            args.append(new)
+        return self.git(*args, "--").decode(errors="replace")
+
+    def worktree_changes(self, paths: Sequence[str] = ()) -> dict[str, bytes | None]:
+        """The uncommitted edits of the working copy as a change set.
+
+        Args:
+            paths: limit to these files or directories (empty: everything).
+        """
+        head = self.main()
+        with self._temp_index() as env:
+            # From the branch, not the index: what the operator staged with
+            # plain git must not sneak into a commit limited to ``paths``.
+            if head is not None:
+                self.git("read-tree", head, env=env)
+            self.git("add", "-A", "--", *(paths or ["."]), env=env)
+            worktree = self.git("write-tree", env=env).decode().strip()
+        names = self._diff_tree_names(head, worktree)
+        changes: dict[str, bytes | None] = {}
+        for name in names:
+            file = self.path / name
+            changes[name] = file.read_bytes() if file.is_file() else None
+        return changes
+
+    def _diff_tree_names(self, commitish: str | None, tree: str) -> list[str]:
+        if commitish is None:
+            out = self.git("ls-tree", "-r", "-z", "--name-only", tree)
+        else:
+            out = self.git("diff-tree", "-r", "-z", "--name-only", "--no-renames", commitish, tree)
+        return sorted(p.decode() for p in out.split(b"\0") if p)

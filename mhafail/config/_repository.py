@@ -1,0 +1,532 @@
+"""ConfigRepository: one node's copy of a config repository, and publication.
+
+Publication order (why nothing is ever half-done):
+
+1. The change set is checked (paths, sizes) and the head znode is read.
+   ZooKeeper unreachable here: nothing was written anywhere.
+2. The parent's tree plus the change set is staged in a temporary
+   directory and the validators run on it. A rejection publishes nothing.
+3. The commit object is written to the local repository; no ref points at
+   it yet. Should step 4 fail, it stays an unreferenced object: invisible
+   to every node, harmless, and eventually pruned by ``git gc``.
+4. The head znode moves by compare-and-set on its version. Losing the CAS
+   is a :class:`~mhafail.errors.HeadConflict`.
+5. Only then does the local branch move (and the working copy follow where
+   that loses no uncommitted edit). Peers fetch the commit by sha from any
+   node that has it.
+
+If the connection drops *during* step 4 the outcome is unknown (the server
+may have applied the write): the error says so, and the commit object
+stays available so that nodes can fetch it if it was published.
+
+Concurrency: methods are thread-safe (one lock per instance); several
+processes may share one repository directory (an agent and the CLI).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import attrs
+
+from mhafail.config._apply import Checkouts
+from mhafail.config._model import (
+    ApplyState,
+    ClusterStatus,
+    Commit,
+    Head,
+    LogEntry,
+    NodeReport,
+    UpdateMode,
+    applied_path,
+    head_path,
+    mode_path,
+)
+from mhafail.config._paths import Limits, check_changes, check_sha
+from mhafail.config._repo import GitStore, parse_author
+from mhafail.config._serve import ENDPOINT, repo_url
+from mhafail.config._validate import Validator, require_valid, syntax_check
+from mhafail.config._view import ConfigView
+from mhafail.coordination import Coordinator, NodeInfo, check_name
+from mhafail.errors import (
+    CoordinationUnavailable,
+    FetchFailed,
+    HeadConflict,
+    InvalidArgument,
+    InvalidChange,
+    RepositoryError,
+)
+
+logger = logging.getLogger(__name__)
+
+WORK = "work"
+_MAX_MESSAGE = 64 * 1024
+
+
+def _valid_name(what: str) -> Callable[[object, object, str], None]:
+    def check(_: object, __: object, value: str) -> None:
+        try:
+            check_name(what, value)
+        except InvalidArgument as exc:
+            raise InvalidChange(str(exc)) from exc
+
+    return check
+
+
+@attrs.define(kw_only=True, eq=False)
+class ConfigRepository:
+    """A node's copy of the config repository ``name`` and the ways to change it.
+
+    Args:
+        name: repository name (``config/<name>`` in ZooKeeper).
+        base: the node's config directory; the repository lives in
+            ``<base>/<name>/`` (``work/`` working copy with ``.git``,
+            ``versions/`` and ``current`` for applied versions).
+        node: this node's name (the folder resolved first, the origin of
+            its commits, and where its reports go).
+        coordinator: a started coordinator; needed by everything that
+            reads or moves the published head (None: local use only).
+        validators: run on every staged tree before publication
+            (default: :func:`syntax_check`).
+        limits: path and size limits for change sets.
+        fetch_timeout: seconds one fetch from one peer may take.
+        keep: versions kept besides the live one.
+    """
+
+    name: str = attrs.field(validator=_valid_name("repository name"))
+    base: Path = attrs.field(converter=Path)
+    node: str = attrs.field(validator=_valid_name("node name"))
+    coordinator: Coordinator | None = None
+    validators: Sequence[Validator] = (syntax_check,)
+    limits: Limits = attrs.field(factory=Limits)
+    fetch_timeout: float = 10.0
+    keep: int = 3
+    _lock: threading.RLock = attrs.field(init=False, factory=threading.RLock)
+
+    # --- local ----------------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        """``<base>/<name>``."""
+        return self.base / self.name
+
+    @property
+    def worktree(self) -> Path:
+        """The working copy operators edit (``<base>/<name>/work``)."""
+        return self.root / WORK
+
+    @property
+    def store(self) -> GitStore:
+        """The git adapter for the working copy."""
+        return GitStore(self.worktree)
+
+    @property
+    def checkouts(self) -> Checkouts:
+        """The applied versions and the ``current`` link."""
+        return Checkouts(root=self.root, keep=self.keep)
+
+    def init(self) -> ConfigRepository:
+        """Create the local repository if missing; idempotent. Returns self.
+
+        Raises:
+            RepositoryError: git could not create it.
+        """
+        GitStore.init(self.worktree)
+        (self.root / "versions").mkdir(exist_ok=True)
+        return self
+
+    def view(self) -> ConfigView | None:
+        """The live version as a :class:`ConfigView`, or None before the first apply."""
+        checkouts = self.checkouts
+        sha = checkouts.current()
+        return (
+            None if sha is None else ConfigView(root=checkouts.path(sha), sha=sha, node=self.node)
+        )
+
+    def log(self, limit: int = 20, rev: str | None = None) -> list[LogEntry]:
+        """The local history, newest first (default: from the local branch)."""
+        if limit < 1:
+            raise InvalidChange(f"invalid log limit {limit}")
+        return self.store.log(rev, limit)
+
+    def diff(self, old: str | None = None, new: str | None = None) -> str:
+        """A unified diff: ``old`` to ``new``; default the local branch to the working copy."""
+        store = self.store
+        start = old or store.main()
+        if start is None:
+            return ""
+        for rev in (start, new):
+            if rev is not None and store.resolve(rev) is None:
+                raise InvalidChange(f"unknown revision {rev!r}")
+        return store.diff(start, new)
+
+    # --- ZooKeeper --------------------------------------------------------------
+
+    def _coordinator(self) -> Coordinator:
+        if self.coordinator is None:
+            raise InvalidChange("this operation needs a coordinator (ZooKeeper)")
+        return self.coordinator
+
+    def _read_head(self) -> tuple[Head | None, int | None]:
+        node = self._coordinator().znodes.get(head_path(self.name))
+        if node is None:
+            return None, None
+        return Head.from_json(node.data), node.version
+
+    def head(self) -> Head | None:
+        """The published head, or None before the first commit.
+
+        Raises:
+            CoordinationUnavailable: ZooKeeper could not be asked.
+        """
+        return self._read_head()[0]
+
+    def peers(self) -> list[tuple[str, str]]:
+        """``(node, fetch URL)`` of every live member that serves git, self excluded."""
+        znodes = self._coordinator().znodes
+        result = []
+        for member in znodes.children("members") or []:
+            if member == self.node:
+                continue
+            znode = znodes.get(f"members/{member}")
+            if znode is None:
+                continue
+            try:
+                info = NodeInfo.from_json(znode.data)
+            except InvalidArgument:
+                continue
+            endpoint = info.endpoints.get(ENDPOINT)
+            if endpoint:
+                result.append((member, repo_url(endpoint, self.name)))
+        return result
+
+    def ensure_commit(
+        self, sha: str, *, origin: str = "", peers: Sequence[tuple[str, str]] | None = None
+    ) -> None:
+        """Make sure commit ``sha`` is in the local repository, fetching it if needed.
+
+        Peers are tried in order: ``origin`` (the node that published it)
+        first, then the others in random order, so that a burst of nodes
+        does not pile onto one peer.
+
+        Raises:
+            FetchFailed: no peer had it or none could be reached; the
+                message lists each attempt.
+            CoordinationUnavailable: the member list could not be read.
+        """
+        store = self.store
+        if store.has_commit(sha):
+            return
+        candidates = list(self.peers() if peers is None else peers)
+        random.shuffle(candidates)
+        candidates.sort(key=lambda p: p[0] != origin)
+        failures = []
+        for peer, url in candidates:
+            try:
+                store.fetch(url, sha, self.fetch_timeout)
+            except RepositoryError as exc:
+                failures.append(f"{peer}: {str(exc).splitlines()[-1]}")
+                continue
+            logger.info("%s: fetched %s from %s", self.name, sha[:12], peer)
+            return
+        tried = "; ".join(failures) if failures else "no peer serves this repository"
+        raise FetchFailed(f"cannot fetch {sha[:12]} of {self.name}: {tried}")
+
+    def _base(self, base: str | None) -> str | None:
+        if base is None:
+            return self.store.main()
+        sha = check_sha(base)
+        if not self.store.has_commit(sha):
+            raise InvalidChange(f"base {sha[:12]} is not in the local repository")
+        return sha
+
+    def commit(
+        self,
+        changes: Mapping[str, bytes | None],
+        *,
+        message: str,
+        author: str,
+        base: str | None = None,
+        rebase: bool = False,
+    ) -> Commit:
+        """Validate a change set, commit it and publish it as the new head.
+
+        Args:
+            changes: repository path -> new content, or None to delete it.
+            message: the commit message.
+            author: ``Name <email>``.
+            base: the commit the change was prepared against (default: the
+                local branch).
+            rebase: when the head moved past ``base``, commit on top of the
+                head anyway if no file of the change set changed since
+                ``base`` (retries up to 3 lost CAS races).
+
+        Returns:
+            The published :class:`Commit`.
+
+        Raises:
+            InvalidChange: bad path, size, author, message or base; nothing to commit.
+            ValidationFailed: a validator rejected the staged tree (nothing published).
+            HeadConflict: the head is not ``base`` (and could not be rebased),
+                or another commit won the CAS; pull and retry.
+            FetchFailed: rebase needed the head's commit and no peer had it.
+            CoordinationUnavailable: ZooKeeper unreachable; nothing was
+                published, unless the message says the outcome is unknown.
+        """
+        checked = check_changes(changes, self.limits)
+        message = self._check_message(message, author)
+        with self._lock:
+            base_sha = self._base(base)
+            for _ in range(3 if rebase else 1):
+                head, version = self._read_head()
+                parent, rebased = self._parent_for(head, base_sha, set(checked), rebase)
+                staged = self._stage_and_validate(parent, checked)
+                try:
+                    sha = self.store.write_commit(
+                        parent=parent,
+                        paths=list(checked),
+                        staged=staged,
+                        message=message,
+                        author=author,
+                        when=time.time(),
+                    )
+                finally:
+                    shutil.rmtree(staged.parent, ignore_errors=True)
+                result = self._publish(
+                    sha=sha,
+                    parent=parent,
+                    head=head,
+                    version=version,
+                    message=message,
+                    author=author,
+                )
+                if result is not None:
+                    self._after_publish(base_sha, sha)
+                    return Commit(
+                        sha=sha, parent=parent, paths=tuple(checked), rebased=rebased, head=result
+                    )
+            current = self.head()
+            raise HeadConflict(
+                f"another commit was published first (head is now "
+                f"{current.sha[:12] if current else 'gone'}); pull and retry",
+                head=current.sha if current else None,
+            )
+
+    def rollback(self, sha: str, *, author: str, message: str | None = None) -> Commit:
+        """Publish a new commit whose tree is the tree of ``sha`` (history is kept).
+
+        Raises:
+            InvalidChange: unknown sha, or the head already has that tree.
+            ValidationFailed: today's validators reject the old tree.
+            HeadConflict: another commit was published meanwhile; retry.
+            CoordinationUnavailable: as for :meth:`commit`.
+        """
+        target = check_sha(sha)
+        text = self._check_message(message or f"Roll back to {target[:12]}", author)
+        with self._lock:
+            head, version = self._read_head()
+            if head is not None:
+                self.ensure_commit(head.sha, origin=head.origin)
+            if not self.store.has_commit(target):
+                raise InvalidChange(f"unknown commit {target[:12]}: not in this repository")
+            tmp = Path(tempfile.mkdtemp(prefix=".stage-", dir=self.root))
+            try:
+                self.store.checkout(target, tmp / "tree")
+                require_valid(self.validators, tmp / "tree", (), f"rollback to {target[:12]}")
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            parent = head.sha if head else None
+            new = self.store.commit_tree_of(target, parent, text, author, time.time())
+            result = self._publish(
+                sha=new, parent=parent, head=head, version=version, message=text, author=author
+            )
+            if result is None:
+                raise HeadConflict("another commit was published first; retry", head=None)
+            self._after_publish(self.store.main(), new)
+            paths = tuple(self.store.changed_paths(parent, new))
+            return Commit(sha=new, parent=parent, paths=paths, rebased=False, head=result)
+
+    def _check_message(self, message: str, author: str) -> str:
+        parse_author(author)
+        text = (message or "").strip()
+        if not text:
+            raise InvalidChange("empty commit message")
+        if len(text.encode()) > _MAX_MESSAGE or "\0" in text:
+            raise InvalidChange("commit message too long or contains NUL")
+        return text + "\n"
+
+    def _parent_for(
+        self, head: Head | None, base: str | None, paths: set[str], rebase: bool
+    ) -> tuple[str | None, bool]:
+        head_sha = head.sha if head else None
+        if head is None or head_sha == base:
+            return base, False
+        if not rebase:
+            raise HeadConflict(
+                f"the published head is {head.sha[:12]} but this change is based on "
+                f"{base[:12] if base else 'nothing'}; pull and retry (or rebase)",
+                head=head.sha,
+            )
+        self.ensure_commit(head.sha, origin=head.origin)
+        if base is not None and not self.store.resolve(f"{base}") == base:
+            raise InvalidChange(f"base {base[:12]} is not in the local repository")
+        touched = sorted(paths & set(self.store.changed_paths(base, head.sha)))
+        if touched:
+            raise HeadConflict(
+                f"cannot rebase onto {head.sha[:12]}: it also changed " + ", ".join(touched),
+                head=head.sha,
+                paths=tuple(touched),
+            )
+        return head.sha, True
+
+    def _stage_and_validate(self, parent: str | None, changes: dict[str, bytes | None]) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".stage-", dir=self.root))
+        tree = tmp / "tree"
+        try:
+            self.store.stage(parent, changes, tree)
+            require_valid(self.validators, tree, changes, "commit")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return tree
+
+    def _publish(
+        self,
+        *,
+        sha: str,
+        parent: str | None,
+        head: Head | None,
+        version: int | None,
+        message: str,
+        author: str,
+    ) -> Head | None:
+        new = Head(
+            sha=sha,
+            author=author,
+            message=message.strip(),
+            time=time.time(),
+            parent=parent,
+            origin=self.node,
+        )
+        znodes = self._coordinator().znodes
+        try:
+            if version is None:
+                won = znodes.create(head_path(self.name), new.to_json(), makepath=True) is not None
+            else:
+                won = znodes.set(head_path(self.name), new.to_json(), version=version) is not None
+        except CoordinationUnavailable as exc:
+            raise CoordinationUnavailable(
+                f"publishing {sha[:12]} of {self.name}: outcome unknown, ZooKeeper "
+                f"connection lost during the compare-and-set ({exc}); check `config status`"
+            ) from exc
+        if not won:
+            logger.info("%s: lost the head CAS with %s", self.name, sha[:12])
+            return None
+        logger.info("%s: published %s (%s)", self.name, sha[:12], new.message.splitlines()[0])
+        return new
+
+    def _after_publish(self, base: str | None, sha: str) -> None:
+        # The working copy follows only if that loses no uncommitted edit;
+        # otherwise the agent (or `pull`) deals with it by its update mode.
+        store = self.store
+        if store.main() != base:
+            return
+        try:
+            store.advance(sha)
+        except (InvalidChange, RepositoryError) as exc:
+            logger.info("%s: working copy not moved to %s: %s", self.name, sha[:12], exc)
+
+    # --- cluster ------------------------------------------------------------------
+
+    def pull(self, *, force: bool = False) -> str | None:
+        """Fetch the published head and move the working copy to it.
+
+        Args:
+            force: save conflicting uncommitted edits as a stash entry and
+                overwrite them; otherwise they make the pull fail.
+
+        Returns:
+            The head sha now checked out (None when nothing is published).
+
+        Raises:
+            InvalidChange: uncommitted edits would be overwritten (not ``force``).
+            FetchFailed: no peer could provide the head.
+            CoordinationUnavailable: ZooKeeper could not be asked.
+        """
+        with self._lock:
+            head = self.head()
+            if head is None:
+                return None
+            self.ensure_commit(head.sha, origin=head.origin)
+            self.store.advance(head.sha, force=force)
+            return head.sha
+
+    def reports(self) -> dict[str, NodeReport]:
+        """Every node's latest report, by node name (malformed ones skipped)."""
+        znodes = self._coordinator().znodes
+        reports = {}
+        for node in znodes.children(applied_path(self.name)) or []:
+            znode = znodes.get(applied_path(self.name, node))
+            if znode is None:
+                continue
+            try:
+                reports[node] = NodeReport.from_json(node, znode.data)
+            except InvalidChange:
+                logger.warning("%s: ignoring malformed report of %s", self.name, node)
+        return reports
+
+    def status(self) -> ClusterStatus:
+        """The published head, every node's report, and which nodes drift.
+
+        Raises:
+            CoordinationUnavailable: ZooKeeper could not be asked.
+        """
+        head = self.head()
+        reports = self.reports()
+        drift = tuple(
+            name
+            for name, report in reports.items()
+            if report.state is not ApplyState.APPLIED or (head and report.sha != head.sha)
+        )
+        return ClusterStatus(head=head, nodes=reports, drift=drift)
+
+    def set_mode(self, node: str, mode: UpdateMode | None) -> None:
+        """Override ``node``'s update mode cluster-wide (None: back to its own).
+
+        ``freeze`` is ``set_mode(node, UpdateMode.FROZEN)``; ``thaw`` is
+        ``set_mode(node, None)``. The node's agent reacts within moments.
+
+        Raises:
+            InvalidChange: bad node name.
+            CoordinationUnavailable: ZooKeeper could not be asked.
+        """
+        try:
+            check_name("node name", node)
+        except InvalidArgument as exc:
+            raise InvalidChange(str(exc)) from exc
+        znodes = self._coordinator().znodes
+        path = mode_path(self.name, node)
+        if mode is None:
+            znodes.delete(path)
+            return
+        if znodes.set(path, mode.value.encode()) is None:
+            znodes.create(path, mode.value.encode(), makepath=True)
+
+    def mode_override(self, node: str | None = None) -> UpdateMode | None:
+        """The operator's override for ``node`` (default: this node), or None."""
+        znode = self._coordinator().znodes.get(mode_path(self.name, node or self.node))
+        if znode is None:
+            return None
+        try:
+            return UpdateMode(znode.data.decode())
+        except (ValueError, UnicodeDecodeError):
+            logger.warning("%s: ignoring malformed mode override %r", self.name, znode.data)
+            return None
