@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "mhafail.cli._members",
     "mhafail.cli._cidr",
     "mhafail.cli._jlog",
+    "mhafail.cli._config",
 )
 
 

@@ -189,11 +189,11 @@ class ConfigAgent:
     def _decide(self, head: Head | None, mode: UpdateMode) -> ApplyOutcome:
         repo = self.repository
         live = repo.checkouts.current()
-        if head is None:
-            return ApplyOutcome(state=ApplyState.PENDING, sha=live, target=None)
-        target = head.sha
+        target = None if head is None else head.sha
         if mode is UpdateMode.FROZEN:
             return ApplyOutcome(state=ApplyState.HELD, sha=live, target=target, error="frozen")
+        if head is None or target is None:
+            return ApplyOutcome(state=ApplyState.PENDING, sha=live, target=None)
         if live == target:
             self._follow_worktree(target, mode)
             return ApplyOutcome(state=ApplyState.APPLIED, sha=live, target=target)

@@ -39,6 +39,22 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child after fo
     os.setpgrp()
 
 
+def _daemon_program() -> str:
+    # Run git-daemon itself, not the `git daemon` wrapper: the wrapper forks
+    # it, and the parent-death signal does not survive a fork, so a SIGKILLed
+    # node would leave an orphan daemon serving its repository.
+    try:
+        out = subprocess.run(
+            ["git", "--exec-path"], capture_output=True, check=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RepositoryError(f"cannot find git: {exc}") from exc
+    program = Path(out.decode().strip()) / "git-daemon"
+    if not program.exists():
+        raise RepositoryError(f"git-daemon is not installed ({program} missing)")
+    return str(program)
+
+
 def repo_url(endpoint: str, repo: str) -> str:
     """The fetch URL of ``repo`` on a node whose git endpoint is ``host:port``."""
     return f"git://{endpoint}/{repo}/work"
@@ -97,8 +113,7 @@ class GitDaemon:
         if self.port == 0:
             self.port = _free_port(self.host)
         argv = [
-            "git",
-            "daemon",
+            _daemon_program(),
             "--export-all",
             "--reuseaddr",
             "--informative-errors",

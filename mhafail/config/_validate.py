@@ -79,6 +79,10 @@ def syntax_check(tree: Path, changed: frozenset[str]) -> list[str]:
     return problems
 
 
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class CheckCommand:
     """Run an external command on the staged tree; a non-zero exit rejects it.
@@ -92,7 +96,7 @@ class CheckCommand:
         timeout: seconds before the command is killed and the tree rejected.
     """
 
-    argv: tuple[str, ...] = attrs.field(converter=tuple)
+    argv: tuple[str, ...] = attrs.field(converter=_str_tuple)
     timeout: float = 30.0
 
     def __attrs_post_init__(self) -> None:
