@@ -4,13 +4,13 @@ Every git failure becomes a :class:`~mhafail.errors.RepositoryError` (or
 :class:`~mhafail.errors.InvalidChange` for refused input) carrying git's
 own message, so no ``git.exc`` type reaches a caller.
 
-Processes: GitPython's default object database keeps a ``git cat-file
---batch`` process per repository alive until the repository is closed; a
-daemon that opens repositories in a loop leaks them. We therefore open
-GitPython repositories with the pure-Python ``GitDB`` object database and
-close them after each use, and run plumbing commands (``read-tree``,
-``commit-tree``, ``fetch``...) as one-shot ``git`` subprocesses that are
-always waited for.
+Processes: GitPython keeps a persistent ``git cat-file --batch`` process
+per repository object once object data is read, until the repository is
+closed; a daemon that opens repositories in a loop would leak them. Every
+GitPython repository here is therefore opened for one operation and closed
+in a ``finally`` (``Repo.close()`` ends its cat-file processes), and
+plumbing commands (``read-tree``, ``commit-tree``, ``fetch``...) run as
+one-shot ``git`` subprocesses that are always waited for.
 
 Concurrency: one repository may be used by several processes at once (the
 node's agent, an operator's CLI). Object writes are safe in git; ref moves
@@ -30,7 +30,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import git
-from git.db import GitDB
 
 from mhafail.config._model import LogEntry
 from mhafail.errors import InvalidChange, RepositoryError
@@ -79,7 +78,7 @@ class GitStore:
         try:
             if not (path / ".git").is_dir():
                 path.mkdir(parents=True, exist_ok=True)
-                repo = git.Repo.init(path, odbt=GitDB, initial_branch="main")
+                repo = git.Repo.init(path, initial_branch="main")
                 repo.close()
         except (git.exc.GitError, OSError) as exc:
             raise RepositoryError(f"cannot create repository {path}: {exc}") from exc
@@ -101,7 +100,7 @@ class GitStore:
             RepositoryError: ``path`` is not a git working copy.
         """
         try:
-            with contextlib.closing(git.Repo(path, odbt=GitDB)):
+            with contextlib.closing(git.Repo(path)):
                 pass
         except (git.exc.GitError, OSError) as exc:
             raise RepositoryError(f"{path} is not a config repository: {exc}") from exc
@@ -110,7 +109,7 @@ class GitStore:
     @contextlib.contextmanager
     def _repo(self) -> Iterator[git.Repo]:
         try:
-            repo = git.Repo(self.path, odbt=GitDB)
+            repo = git.Repo(self.path)
         except (git.exc.GitError, OSError) as exc:
             raise RepositoryError(f"{self.path} is not a config repository: {exc}") from exc
         try:
@@ -327,7 +326,7 @@ class GitStore:
         self, tree: str, parent: str | None, message: str, who: tuple[str, str], when: float
     ) -> str:
         name, email = who
-        stamp = f"{int(when)} +0000"
+        stamp = f"@{int(when)} +0000"
         env = {
             "GIT_AUTHOR_NAME": name,
             "GIT_AUTHOR_EMAIL": email,
