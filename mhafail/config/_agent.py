@@ -222,8 +222,11 @@ class ConfigAgent:
     def _apply(self, live: str | None, target: str, mode: UpdateMode) -> ApplyOutcome:
         repo = self.repository
         checkouts = repo.checkouts
-        tmp = checkouts.prepare(repo.store, target)
-        problems = run_validators(self.validators, tmp)
+        tmp = checkouts.prepare(repo.store, target, base=live)
+        # Syntax checks need only the files that changed since the live
+        # version (the rest passed before); a check command still sees the tree.
+        changed = repo.store.changed_paths(live, target)
+        problems = run_validators(self.validators, tmp, changed)
         if problems:
             checkouts.discard(tmp)
             error = "local validation failed: " + "; ".join(problems)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import attrs
 
-from mhafail.config._repo import GitStore
+from mhafail.config._repo import GitStore, write_files
 from mhafail.errors import RepositoryError
 
 VERSIONS = "versions"
@@ -76,8 +76,13 @@ class Checkouts:
         """The directory of version ``sha``."""
         return self.versions / sha
 
-    def prepare(self, store: GitStore, sha: str) -> Path:
+    def prepare(self, store: GitStore, sha: str, base: str | None = None) -> Path:
         """Check out ``sha`` into a fresh temporary directory and return it.
+
+        With ``base`` (an installed version), unchanged files are hard links
+        to ``versions/<base>`` and only the files that differ are written:
+        much faster for large trees, and safe because version directories
+        are never modified after installation.
 
         Raises:
             RepositoryError: git could not check it out (the directory is removed).
@@ -85,7 +90,14 @@ class Checkouts:
         self.versions.mkdir(parents=True, exist_ok=True)
         tmp = self.versions / f".tmp-{sha[:12]}-{secrets.token_hex(4)}"
         try:
-            store.checkout(sha, tmp)
+            seed = self.path(base) if base is not None else None
+            if seed is not None and seed.is_dir():
+                paths = store.changed_paths(base, sha)
+                blobs = store.read_many([f"{sha}:{p}" for p in paths])
+                shutil.copytree(seed, tmp, copy_function=os.link, symlinks=True)
+                write_files(tmp, dict(zip(paths, blobs, strict=True)))
+            else:
+                store.checkout(sha, tmp)
         except BaseException:
             self.discard(tmp)
             raise

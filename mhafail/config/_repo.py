@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -38,6 +39,18 @@ BRANCH = "refs/heads/main"
 FETCHED = "refs/mhafail/fetched"
 _AUTHOR = re.compile(r"^\s*([^<>\n]+?)\s*(?:<([^<>\s]*)>)?\s*$")
 _GIT_TIMEOUT = 120.0
+
+
+def write_files(root: Path, changes: Mapping[str, bytes | None]) -> None:
+    """Apply a change set to the directory ``root``, never writing through a hard link."""
+    for path, data in changes.items():
+        target = root / path
+        # Unlink first: the file may be a hard link into a live version.
+        target.unlink(missing_ok=True)
+        if data is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            target.chmod(0o644)
 
 
 def parse_author(author: str) -> tuple[str, str]:
@@ -239,8 +252,20 @@ class GitStore:
             self.git("read-tree", sha, env=env)
             self.git("checkout-index", "-a", "-f", f"--prefix={dest}/", env=env)
 
-    def stage(self, parent: str | None, changes: Mapping[str, bytes | None], dest: Path) -> None:
+    def stage(
+        self,
+        parent: str | None,
+        changes: Mapping[str, bytes | None],
+        dest: Path,
+        seed: Path | None = None,
+    ) -> None:
         """Check out ``parent`` into ``dest`` and apply ``changes`` there.
+
+        Args:
+            seed: an existing checkout of ``parent`` (a version directory);
+                its files are hard-linked instead of written again, which
+                is much faster for large trees. Changed files are replaced,
+                never written through the links.
 
         Raises:
             InvalidChange: deleting a path that is not a file in ``parent``,
@@ -259,14 +284,11 @@ class GitStore:
         clash = sorted(dirs & after)
         if clash:
             raise InvalidChange(f"{clash[0]}: is both a file and a directory in the new tree")
-        self.checkout(parent, dest)
-        for path, data in changes.items():
-            target = dest / path
-            if data is None:
-                target.unlink()
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
+        if seed is not None and seed.is_dir():
+            shutil.copytree(seed, dest, copy_function=os.link, symlinks=True)
+        else:
+            self.checkout(parent, dest)
+        write_files(dest, changes)
 
     def write_commit(
         self,

@@ -391,7 +391,9 @@ class ConfigRepository:
         tmp = Path(tempfile.mkdtemp(prefix=".stage-", dir=self.root))
         tree = tmp / "tree"
         try:
-            self.store.stage(parent, changes, tree)
+            live = self.checkouts.current()
+            seed = self.checkouts.path(live) if live is not None and live == parent else None
+            self.store.stage(parent, changes, tree, seed=seed)
             require_valid(self.validators, tree, changes, "commit")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
