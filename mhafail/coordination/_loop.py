@@ -82,7 +82,8 @@ class ConvergeLoop:
     def _run(self) -> None:
         while True:
             with self._cond:
-                if not self._kicked:
+                # A stop() that came while the last pass ran must not wait a period.
+                if not self._kicked and not self._stopping:
                     self._cond.wait(self._period)
                 if self._stopping:
                     return

@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -32,7 +33,7 @@ def test_deadline_follows_the_latest_send_time(sends: list[float]) -> None:
     lease = Lease(timeout=2.0, margin=0.1)
     for s in sends:
         lease.confirm(s)
-    assert lease.deadline == max(sends) + 1.9
+    assert lease.deadline == max(sends) + 2.0 - 0.1
 
 
 def test_reset_forgets_the_proof() -> None:
@@ -84,3 +85,23 @@ def test_converge_loop_coalesces_kicks_and_survives_errors() -> None:
     loop.stop()
     # pass 1 (blocked), pass 2 for the five coalesced kicks (fails), pass 3 the retry
     assert len(calls) == 3
+
+
+def test_converge_loop_stops_promptly_after_a_pass() -> None:
+    """A stop() that arrives while a pass runs ends the thread when the pass ends."""
+    started, gate = threading.Event(), threading.Event()
+
+    def converge() -> None:
+        started.set()
+        gate.wait(5)
+
+    loop = ConvergeLoop("test-stop", converge, period=600)
+    loop.start()
+    assert started.wait(5)
+    stopper = threading.Thread(target=loop.stop)
+    stopper.start()
+    while not loop._stopping:
+        time.sleep(0.001)
+    gate.set()
+    stopper.join(3)
+    assert not stopper.is_alive(), "stop() waited for the period instead of returning"
