@@ -27,7 +27,8 @@ GitPython exception ever reaches a caller: the adapters translate them.
     │   ├── AuditInvalidArgument (ValueError)
     │   ├── QuerySyntaxError (ValueError)   names the position and what was expected
     │   ├── UnknownSeries (LookupError)
-    │   └── SnapshotCorrupt             a snapshot file does not verify (magic, version, size, CRC)
+    │   ├── SnapshotCorrupt             a snapshot file does not verify (magic, version, size, CRC)
+    │   └── AuditProtocolError          a cluster-series peer sent a malformed or refused message
     └── ConfigError                         git-backed cluster configuration (mhafail.config)
         ├── InvalidChange (ValueError)      a change set, path, sha or option is refused
         ├── ValidationFailed (ValueError)   validators rejected a tree; ``problems`` lists why
@@ -152,6 +153,10 @@ class UnknownSeries(AuditError, LookupError):
 
 class SnapshotCorrupt(AuditError):
     """An audit snapshot file does not verify: bad magic, version, size or checksum."""
+
+
+class AuditProtocolError(AuditError):
+    """A cluster-series peer sent a malformed frame or message, or refused ours."""
 
 
 # --- config -----------------------------------------------------------------
