@@ -14,6 +14,9 @@ GitPython exception ever reaches a caller: the adapters translate them.
     │   │   └── SessionLost                 the session is not live (expired or not yet new)
     │   ├── NodeNameTaken                   another live process holds this node name
     │   └── AccessDenied                    ZooKeeper ACLs refused the operation
+    ├── VipError                            VIP ownership (mhafail.vip)
+    │   ├── InvalidVipSpec (ValueError)     a VIP declaration or topology map is refused
+    │   └── PlumbingError                   the kernel refused an address or announcement
     ├── TestingError                        the testing kit could not set something up
     │   └── ZooKeeperNotInstalled           no ZooKeeper jar found; says what to install
     ├── JlogError                           jlog journals (mhafail.jlog)
@@ -29,12 +32,18 @@ GitPython exception ever reaches a caller: the adapters translate them.
     │   ├── UnknownSeries (LookupError)
     │   ├── SnapshotCorrupt             a snapshot file does not verify (magic, version, size, CRC)
     │   └── AuditProtocolError          a cluster-series peer sent a malformed or refused message
-    └── ConfigError                         git-backed cluster configuration (mhafail.config)
-        ├── InvalidChange (ValueError)      a change set, path, sha or option is refused
-        ├── ValidationFailed (ValueError)   validators rejected a tree; ``problems`` lists why
-        ├── HeadConflict                    the published head moved; pull (or rebase) and retry
-        ├── FetchFailed                     no peer could provide a published commit
-        └── RepositoryError                 the local git repository failed (git's message inside)
+    ├── ConfigError                         git-backed cluster configuration (mhafail.config)
+    │   ├── InvalidChange (ValueError)      a change set, path, sha or option is refused
+    │   ├── ValidationFailed (ValueError)   validators rejected a tree; ``problems`` lists why
+    │   ├── HeadConflict                    the published head moved; pull (or rebase) and retry
+    │   ├── FetchFailed                     no peer could provide a published commit
+    │   └── RepositoryError                 the local git repository failed (git's message inside)
+    └── LogsError                           log aggregation (mhafail.logs)
+        ├── LogsInvalidArgument (ValueError) a log name, pattern, address or option is refused
+        ├── ProtocolError                   a peer sent a malformed, oversized or unexpected frame
+        ├── AuthenticationFailed            the shared-secret challenge failed (either side)
+        ├── StreamRefused                   the node refused a request; ``reason`` says why
+        └── ManagerNameTaken                another live manager is registered under this name
 
 Components that arrive later add their own subtree here, next to the
 others, and extend this drawing.
@@ -76,6 +85,21 @@ class NodeNameTaken(CoordinationError):
 
 class AccessDenied(CoordinationError):
     """ZooKeeper's ACLs refused the operation (wrong or missing credentials)."""
+
+
+# --- vip --------------------------------------------------------------------
+
+
+class VipError(MhafailError):
+    """A VIP ownership operation failed."""
+
+
+class InvalidVipSpec(VipError, ValueError):
+    """A VIP declaration, topology map or operation is refused; the message says why."""
+
+
+class PlumbingError(VipError):
+    """The kernel refused to add or remove an address, or to send an announcement."""
 
 
 # --- testing kit ------------------------------------------------------------
@@ -203,3 +227,38 @@ class FetchFailed(ConfigError):
 
 class RepositoryError(ConfigError):
     """The local git repository could not do what was asked (git's message inside)."""
+
+
+# --- logs -------------------------------------------------------------------
+
+
+class LogsError(MhafailError):
+    """A log aggregation operation failed (mhafail.logs)."""
+
+
+class LogsInvalidArgument(LogsError, ValueError):
+    """A log aggregation argument was refused; the message names it and the rule."""
+
+
+class ProtocolError(LogsError):
+    """A peer broke the log protocol: malformed, oversized or unexpected frame."""
+
+
+class AuthenticationFailed(LogsError):
+    """The shared-secret challenge failed, or one side required auth the other lacks."""
+
+
+class StreamRefused(LogsError):
+    """A node refused a request (unknown log or subscriber, bad position, ...).
+
+    Attributes:
+        reason: the node's reason, as sent in its ERROR frame.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"node refused: {reason}")
+        self.reason = reason
+
+
+class ManagerNameTaken(LogsError):
+    """Another live process is registered under ``managers/<name>``."""

@@ -6,6 +6,7 @@ and listeners; a :class:`Membership` registers the node and tracks the view.
 """
 
 from mhafail.coordination._coordinator import Coordinator as Coordinator
+from mhafail.coordination._dispatch import Dispatcher as Dispatcher
 from mhafail.coordination._dispatch import in_loop as in_loop
 from mhafail.coordination._faults import expire_session as expire_session
 from mhafail.coordination._lease import Lease as Lease
@@ -27,6 +28,7 @@ __all__ = [
     "ConnectionState",
     "ConvergeLoop",
     "Coordinator",
+    "Dispatcher",
     "Lease",
     "LeaseState",
     "Membership",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from mhafail.errors import CoordinationUnavailable
@@ -44,6 +45,7 @@ class ConvergeLoop:
         self._kicked = False
         self._stopping = False
         self._passes = 0
+        self._wake_at: float | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     @property
@@ -66,6 +68,14 @@ class ConvergeLoop:
             self._kicked = True
             self._cond.notify_all()
 
+    def kick_after(self, delay: float) -> None:
+        """Ask for a pass in ``delay`` seconds (the earliest such request wins)."""
+        at = time.monotonic() + max(0.0, delay)
+        with self._cond:
+            if self._wake_at is None or at < self._wake_at:
+                self._wake_at = at
+                self._cond.notify_all()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the running pass, then end the thread."""
         with self._cond:
@@ -79,12 +89,21 @@ class ConvergeLoop:
         with self._cond:
             return self._cond.wait_for(lambda: self._passes >= count, timeout)
 
+    def _next_wait(self) -> float | None:
+        if self._wake_at is None:
+            return self._period
+        left = max(0.0, self._wake_at - time.monotonic())
+        return left if self._period is None else min(left, self._period)
+
     def _run(self) -> None:
         while True:
             with self._cond:
                 # A stop() that came while the last pass ran must not wait a period.
                 if not self._kicked and not self._stopping:
-                    self._cond.wait(self._period)
+                    self._cond.wait(self._next_wait())
+                if self._wake_at is not None and time.monotonic() >= self._wake_at:
+                    self._wake_at = None
+                    self._kicked = True
                 if self._stopping:
                     return
                 self._kicked = False

@@ -1,0 +1,68 @@
+"""Announcing a VIP's new home: gratuitous ARP and unsolicited neighbour advertisements.
+
+Both are built by hand on raw sockets (no external tool): an ARP request
+and an ARP reply broadcast on the interface (clients and switches update
+their caches from either), and an ICMPv6 neighbour advertisement to
+all-nodes with the Override flag, so neighbours replace a cached link-layer
+address at once (RFC 4861 7.2.6).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+ETH_P_ARP = 0x0806
+BROADCAST = b"\xff" * 6
+_ARP = struct.Struct("!HHBBH6s4s6s4s")
+ND_NEIGHBOR_ADVERT = 136
+NA_FLAG_OVERRIDE = 0x20000000
+ALL_NODES = "ff02::1"
+IPV6_MULTICAST_IF = 17
+IPV6_MULTICAST_HOPS = 18
+
+
+def arp_frames(mac: bytes, ip: str) -> list[bytes]:
+    """The two gratuitous ARP Ethernet frames (request, reply) for ``ip`` at ``mac``."""
+    addr = ipaddress.IPv4Address(ip).packed
+    header = BROADCAST + mac + struct.pack("!H", ETH_P_ARP)
+    request = _ARP.pack(1, 0x0800, 6, 4, 1, mac, addr, b"\x00" * 6, addr)
+    reply = _ARP.pack(1, 0x0800, 6, 4, 2, mac, addr, mac, addr)
+    return [header + request, header + reply]
+
+
+def na_message(mac: bytes, ip: str) -> bytes:
+    """An unsolicited NA for ``ip`` with Override set and the target link-layer option.
+
+    The checksum field is zero: the kernel fills it in for ICMPv6 raw sockets.
+    """
+    target = ipaddress.IPv6Address(ip).packed
+    option = struct.pack("!BB6s", 2, 1, mac)
+    return struct.pack("!BBHI16s", ND_NEIGHBOR_ADVERT, 0, 0, NA_FLAG_OVERRIDE, target) + option
+
+
+def interface_mac(interface: str) -> bytes:
+    """The interface's hardware address."""
+    with open(f"/sys/class/net/{interface}/address") as f:
+        return bytes.fromhex(f.read().strip().replace(":", ""))
+
+
+def send_gratuitous_arp(interface: str, ip: str) -> None:
+    """Broadcast a gratuitous ARP request and reply for ``ip`` on ``interface``."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
+        sock.bind((interface, 0))
+        mac = sock.getsockname()[4]
+        for frame in arp_frames(mac, ip):
+            sock.send(frame)
+
+
+def send_unsolicited_na(interface: str, index: int, ip: str) -> None:
+    """Send an unsolicited NA for ``ip`` to all nodes on ``interface``."""
+    mac = interface_mac(interface)
+    with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as sock:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MULTICAST_HOPS, 255)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MULTICAST_IF, index)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+        sock.bind((ip, 0, 0, index))
+        sock.sendto(na_message(mac, ip), (ALL_NODES, 0, 0, index))

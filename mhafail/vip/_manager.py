@@ -1,0 +1,549 @@
+"""VipManager: one owner per VIP, elected through ZooKeeper, plumbed by netlink.
+
+Safety (DESIGN.md rule 1), in the order things happen:
+
+* claim before plumb: an address is added only after this node created its
+  ephemeral claim ``vips/<address>/owner`` in the current session, and only
+  while the fencing lease is valid (checked under the kernel lock);
+* unplumb before release: a handover runs the ``pre_release`` hook, removes
+  the address, and only then deletes the claim;
+* the lease rules all: when it expires every address goes at once, before
+  the server can expire the session and a survivor can claim; announcements
+  check it immediately before they are sent; an optional fence process
+  removes the addresses even when this process is paused.
+
+Liveness (rule 2): watch events only update caches and kick the converge
+loop; every pass recomputes placement from the caches; a full re-read of
+ZooKeeper and a check of the kernel happen after every reconnect, every new
+session and every ``reconcile_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from mhafail.coordination import (
+    ClusterView,
+    ConnectionState,
+    ConvergeLoop,
+    Coordinator,
+    Dispatcher,
+    LeaseState,
+    Membership,
+    Znode,
+)
+from mhafail.errors import CoordinationError, InvalidVipSpec, VipError
+from mhafail.vip._fence import FenceProcess
+from mhafail.vip._kernel import Kernel
+from mhafail.vip._paths import (
+    Claim,
+    declared_path,
+    drained_path,
+    node_from_json,
+    owner_path,
+    target_path,
+)
+from mhafail.vip._placement import Action, Decision, PlacementInput, decide, rank
+from mhafail.vip._plumber import Plumber
+from mhafail.vip._policy import RebalancePolicy
+from mhafail.vip._spec import Vip, VipKind, validate_vips
+
+logger = logging.getLogger(__name__)
+
+VipCallback = Callable[[Vip], None]
+
+
+@attrs.frozen
+class PassResult:
+    """What one converge pass did (for tests, logs and ``vip show``)."""
+
+    decisions: tuple[Decision, ...] = ()
+    claimed: tuple[str, ...] = ()
+    released: tuple[str, ...] = ()
+    plumbed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
+
+
+@attrs.define
+class _Tally:
+    claimed: list[str] = attrs.field(factory=list)
+    released: list[str] = attrs.field(factory=list)
+    plumbed: list[str] = attrs.field(factory=list)
+
+
+@attrs.define(kw_only=True, eq=False)
+class VipManager:
+    """Owns this node's share of the cluster's VIPs.
+
+    Args:
+        coordinator: a started coordinator.
+        membership: this node's started membership (its name is the node name).
+        plumber: how addresses reach the kernel (``NetlinkPlumber``, or
+            ``mhafail.testing.FakePlumber`` in tests).
+        vips: the VIPs this node may carry (validated at start).
+        rebalance: when VIPs move back to a better-ranked node.
+        claim_step: seconds each rank waits behind the previous one before
+            claiming an unowned VIP.
+        drain_timeout: the longest a ``pre_release`` hook may run.
+        announce_schedule: seconds after plumbing at which to announce.
+        reconcile_interval: seconds between full re-reads and kernel checks.
+        fence: an optional fence process (see ``mhafail.vip.fence``).
+        validate_host: check the VIPs against the host's own addresses.
+
+    Callbacks (``on_acquire``, ``on_release``) run in order on the manager's
+    event thread; wrap them with ``mhafail.coordination.in_loop`` for asyncio.
+    """
+
+    coordinator: Coordinator
+    membership: Membership
+    plumber: Plumber
+    vips: Sequence[Vip]
+    rebalance: RebalancePolicy = attrs.field(factory=RebalancePolicy)
+    claim_step: float = 0.25
+    drain_timeout: float = 5.0
+    announce_schedule: Sequence[float] = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
+    reconcile_interval: float = 5.0
+    fence: FenceProcess | None = None
+    validate_host: bool = True
+
+    _me: str = attrs.field(init=False, default="")
+    _by_key: dict[str, Vip] = attrs.field(init=False, factory=dict)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _owners: dict[str, Claim | None] = attrs.field(init=False, factory=dict)
+    _owner_versions: dict[str, tuple[int, int]] = attrs.field(init=False, factory=dict)
+    _declared: dict[str, dict[str, Vip]] = attrs.field(init=False, factory=dict)
+    _targets: dict[str, str] = attrs.field(init=False, factory=dict)
+    _drained: frozenset[str] = attrs.field(init=False, default=frozenset())
+    _view_changed: float = attrs.field(init=False, factory=time.monotonic)
+    _full_read_due: bool = attrs.field(init=False, default=True)
+    _last_full: float = attrs.field(init=False, default=0.0)
+    _unclaimed_since: dict[str, float] = attrs.field(init=False, factory=dict)
+    _kernel: Kernel | None = attrs.field(init=False, default=None)
+    _loop: ConvergeLoop | None = attrs.field(init=False, default=None)
+    _events: Dispatcher | None = attrs.field(init=False, default=None)
+    _acquire: list[VipCallback] = attrs.field(init=False, factory=list)
+    _release: list[VipCallback] = attrs.field(init=False, factory=list)
+    _pre_release: list[VipCallback] = attrs.field(init=False, factory=list)
+    _last: PassResult = attrs.field(init=False, factory=PassResult)
+    _stopping: bool = attrs.field(init=False, default=False)
+
+    # --- application API ----------------------------------------------------------
+
+    def on_acquire(self, callback: VipCallback) -> None:
+        """Call ``callback(vip)`` after this node plumbed a VIP."""
+        self._acquire.append(callback)
+
+    def on_release(self, callback: VipCallback) -> None:
+        """Call ``callback(vip)`` after this node removed a VIP."""
+        self._release.append(callback)
+
+    def pre_release(self, hook: VipCallback) -> None:
+        """Run ``hook(vip)`` before a planned handover removes a VIP (drain connections).
+
+        Runs on the manager's thread, bounded by ``drain_timeout``; not run
+        when the lease expires (there is no time then).
+        """
+        self._pre_release.append(hook)
+
+    def owned(self) -> frozenset[Vip]:
+        """The VIPs this node holds now (claimed and plumbed)."""
+        if self._kernel is None:
+            return frozenset()
+        return frozenset(self._by_key[k] for k in self._kernel.plumbed() if k in self._by_key)
+
+    def owner_of(self, address: str) -> str | None:
+        """The node holding the claim for ``address`` as last seen, or None."""
+        with self._lock:
+            claim = self._owners.get(_key(address))
+        return None if claim is None else claim.node
+
+    def binding_address(self, name: str) -> str | None:
+        """The address of binding ``name`` if this node owns it now, else None.
+
+        An MTA sends from a binding only when this returns an address.
+        """
+        for vip in self.owned():
+            if vip.kind is VipKind.BINDING and vip.binding == name:
+                return vip.key
+        return None
+
+    @property
+    def last_pass(self) -> PassResult:
+        """What the latest converge pass did."""
+        return self._last
+
+    # --- life cycle ---------------------------------------------------------------
+
+    def start(self) -> VipManager:
+        """Validate, remove stale addresses (clean slate), declare, and join.
+
+        Raises:
+            InvalidVipSpec: a VIP is refused (nothing was changed).
+            CoordinationUnavailable: ZooKeeper could not be asked.
+        """
+        self._me = self.membership.info.name
+        host = self.plumber.interfaces() if self.validate_host else None
+        self._by_key = {v.key: v for v in validate_vips(list(self.vips), host_addresses=host)}
+        for vip in self._by_key.values():
+            self.plumber.ensure_absent(vip)  # clean slate: nothing is ours before we claim
+        self._kernel = Kernel(
+            self.plumber,
+            self.coordinator.lease_valid,
+            fence=self.fence,
+            announce_schedule=self.announce_schedule,
+        )
+        self._events = Dispatcher(f"mhafail-vip-events-{self._me}")
+        self.coordinator.add_lease_listener(self._on_lease)
+        self.coordinator.add_state_listener(self._on_state)
+        self.coordinator.add_session_listener(self._on_session)
+        self.membership.add_listener(self._on_view)
+        self._declare()
+        self._loop = ConvergeLoop(
+            f"mhafail-vip-{self._me}", self._converge, period=self.reconcile_interval, retry=0.2
+        )
+        self._watch()
+        self._loop.start()
+        return self
+
+    def stop(self, *, release: bool = True) -> None:
+        """Stop; with ``release`` hand every VIP over first (graceful shutdown).
+
+        A graceful release removes each address, then deletes its claim, so
+        the next owner can take it at once.
+        """
+        if self._loop is None or self._stopping:
+            return
+        self._stopping = True
+        self._loop.stop()
+        assert self._kernel is not None
+        if release:
+            for vip in sorted(self.owned(), key=lambda v: v.key):
+                try:
+                    self._handover(vip, "shutting down", run_hooks=True)
+                except (CoordinationError, VipError):
+                    logger.exception("release of %s failed; the lease will end it", vip.key)
+        for vip in self._kernel.remove_all():
+            self._emit(self._release, vip)
+        for key in self._by_key:
+            try:
+                node = self.coordinator.znodes.get(declared_path(key, self._me))
+                if node is not None and node.ephemeral_owner == self.coordinator.session_id:
+                    self.coordinator.znodes.delete(declared_path(key, self._me))
+            except CoordinationError:
+                break
+        self._kernel.stop()
+        if self.fence is not None:
+            self.fence.close()
+        if self._events is not None:
+            self._events.stop()
+
+    def reconcile_now(self, timeout: float = 10.0) -> PassResult:
+        """Force a full pass and wait for it; returns what it did (for tests and tools)."""
+        assert self._loop is not None
+        with self._lock:
+            self._full_read_due = True
+        done = self._loop.passes
+        self._loop.kick()
+        self._loop.wait_passes(done + 2, timeout)
+        return self._last
+
+    # --- event plumbing -------------------------------------------------------------
+
+    def _emit(self, callbacks: list[VipCallback], vip: Vip) -> None:
+        if self._events is not None:
+            for cb in list(callbacks):
+                self._events.post(cb, vip)
+
+    def _on_lease(self, state: LeaseState) -> None:
+        if state is LeaseState.EXPIRED and self._kernel is not None:
+            for vip in self._kernel.remove_all():
+                logger.warning("lease expired: removed %s", vip.key)
+                self._emit(self._release, vip)
+        if self._loop is not None:
+            self._loop.kick()
+
+    def _on_state(self, state: ConnectionState) -> None:
+        if state is ConnectionState.CONNECTED and self._loop is not None:
+            with self._lock:
+                self._full_read_due = True
+            self._loop.kick()
+
+    def _on_session(self, _session: int) -> None:
+        with self._lock:
+            self._full_read_due = True
+            self._owners = {k: None for k in self._owners}
+        if self._loop is not None:
+            self._loop.kick()
+
+    def _on_view(self, _view: ClusterView) -> None:
+        self._view_changed = time.monotonic()
+        if self._loop is not None:
+            self._loop.kick()
+
+    def _watch(self) -> None:
+        z = self.coordinator.znodes
+        assert self._loop is not None
+        kick = self._loop.kick
+        for key in self._by_key:
+
+            def on_owner(node: Znode | None, key: str = key) -> None:
+                with self._lock:
+                    self._owners[key] = _claim(node)
+                kick()
+
+            def on_target(node: Znode | None, key: str = key) -> None:
+                with self._lock:
+                    target = node_from_json(node.data) if node is not None else None
+                    if target is None:
+                        self._targets.pop(key, None)
+                    else:
+                        self._targets[key] = target
+                kick()
+
+            def on_declared(_names: list[str]) -> None:
+                with self._lock:
+                    self._full_read_due = True
+                kick()
+
+            z.watch_data(owner_path(key), on_owner)
+            z.watch_data(target_path(key), on_target)
+            z.watch_children(declared_path(key), on_declared)
+
+        def on_drained(names: list[str]) -> None:
+            with self._lock:
+                self._drained = frozenset(names)
+            kick()
+
+        z.watch_children(drained_path(), on_drained)
+
+    def _declare(self) -> None:
+        z = self.coordinator.znodes
+        for key, vip in self._by_key.items():
+            path = declared_path(key, self._me)
+            node = z.get(path)
+            if node is not None and node.ephemeral_owner != self.coordinator.session_id:
+                z.delete(path, version=node.version)  # a stale one from our old session
+                node = None
+            if node is None:
+                z.create(path, _vip_json(vip), ephemeral=True, makepath=True)
+
+    # --- the converge pass ------------------------------------------------------------
+
+    def _read_all(self) -> None:
+        z = self.coordinator.znodes
+        owners: dict[str, Claim | None] = {}
+        declared: dict[str, dict[str, Vip]] = {}
+        targets: dict[str, str] = {}
+        for key in self._by_key:
+            owners[key] = _claim(z.get(owner_path(key)))
+            declared[key] = {}
+            for node in z.children(declared_path(key)) or []:
+                znode = z.get(declared_path(key, node))
+                if znode is None:
+                    continue
+                try:
+                    declared[key][node] = Vip.from_dict(_json(znode.data))
+                except InvalidVipSpec:
+                    logger.warning("ignoring malformed declaration of %s by %s", key, node)
+            target = z.get(target_path(key))
+            if target is not None and (name := node_from_json(target.data)) is not None:
+                targets[key] = name
+        drained = frozenset(z.children(drained_path()) or [])
+        with self._lock:
+            self._owners, self._declared, self._targets = owners, declared, targets
+            self._drained = drained
+            self._full_read_due = False
+        self._last_full = time.monotonic()
+
+    def _snapshot(self) -> tuple[PlacementInput, tuple[str, ...]]:
+        live = frozenset(self.membership.view.names)
+        with self._lock:
+            vips: dict[str, Vip] = {}
+            declared_by: dict[str, frozenset[str]] = {}
+            contested: set[str] = set()
+            for key, mine in self._by_key.items():
+                decls = dict(self._declared.get(key, {}))
+                decls[self._me] = mine
+                prefs = {d.preference for d in decls.values() if d.preference is not None}
+                shapes = {(d.kind, d.binding, d.follow) for d in decls.values()}
+                if len(prefs) > 1 or len(shapes) > 1:
+                    contested.add(key)
+                preference = next(iter(prefs)) if len(prefs) == 1 else None
+                vips[key] = attrs.evolve(mine, preference=preference)
+                declared_by[key] = frozenset(decls)
+            owners = {k: c.node for k, c in self._owners.items() if c is not None}
+            inp = PlacementInput(
+                vips=vips,
+                declared_by=declared_by,
+                live=live | {self._me},
+                drained=self._drained,
+                targets=dict(self._targets),
+                owners=owners,
+                contested=frozenset(contested),
+            )
+        return inp, tuple(sorted(contested))
+
+    def _converge(self) -> None:
+        if self._stopping or self._kernel is None:
+            return
+        now = time.monotonic()
+        if self._full_read_due or now - self._last_full >= self.reconcile_interval:
+            self._declare()
+            self._read_all()
+            readded, stray = self._kernel.verify(list(self._by_key.values()))
+            for key in stray:
+                logger.warning("removed %s: present in the kernel but not owned here", key)
+        else:
+            readded, stray = [], []
+        inp, contested = self._snapshot()
+        stable_for = now - self._view_changed
+        rankings = rank(inp)
+        decisions = decide(
+            self._me,
+            inp,
+            rankings,
+            rebalance_allowed=self.rebalance.allows(stable_for),
+            claim_step=self.claim_step,
+        )
+        wait = self.rebalance.wait_left(stable_for)
+        if wait is not None and any(r and r[0] != inp.owners.get(a) for a, r in rankings.items()):
+            assert self._loop is not None
+            self._loop.kick_after(wait)
+        tally = _Tally(plumbed=list(readded))
+        for key, decision in decisions.items():
+            self._act(self._by_key[key], decision, now, tally)
+        self._last = PassResult(
+            decisions=tuple(decisions.values()),
+            claimed=tuple(tally.claimed),
+            released=tuple(tally.released),
+            plumbed=tuple(tally.plumbed),
+            removed=tuple(stray),
+            conflicts=contested,
+        )
+
+    def _act(self, vip: Vip, decision: Decision, now: float, tally: _Tally) -> None:
+        """Carry out one decision, recording what happened in ``tally``."""
+        assert self._kernel is not None and self._loop is not None
+        key, action = vip.key, decision.action
+        if action is not Action.WAIT:
+            self._unclaimed_since.pop(key, None)
+        if action is Action.WAIT:
+            since = self._unclaimed_since.setdefault(key, now)
+            if now - since < decision.delay:
+                self._loop.kick_after(since + decision.delay - now)
+                return
+            action = Action.CLAIM  # the better-ranked nodes had their turn
+        if action is Action.CLAIM:
+            if not self._claim(vip):
+                return
+            tally.claimed.append(key)
+            action = Action.HOLD
+        if action is Action.HOLD:
+            if self._plumb(vip):
+                tally.plumbed.append(key)
+        elif action is Action.RELEASE:
+            self._handover(vip, decision.reason, run_hooks=True)
+            tally.released.append(key)
+        elif self._kernel.remove(vip):
+            logger.warning("removed %s: %s", key, decision.reason)
+            self._emit(self._release, vip)
+
+    def _plumb(self, vip: Vip) -> bool:
+        """Plumb an owned VIP; True when it was newly added."""
+        assert self._kernel is not None
+        with self._lock:
+            claim = self._owners.get(vip.key)
+        if claim is None or claim.node != self._me or claim.session != self.coordinator.session_id:
+            return False
+        before = vip.key in self._kernel.plumbed()
+        if self._kernel.add(vip) and not before:
+            logger.info("acquired %s", vip.key)
+            self._emit(self._acquire, vip)
+            return True
+        return False
+
+    def _claim(self, vip: Vip) -> bool:
+        session = self.coordinator.session_id
+        if session is None or not self.coordinator.lease_valid():
+            return False
+        claim = Claim(node=self._me, session=session, since=time.time())
+        created = self.coordinator.znodes.create(
+            owner_path(vip.key), claim.to_json(), ephemeral=True, makepath=True
+        )
+        node = self.coordinator.znodes.get(owner_path(vip.key)) if created is None else None
+        if created is None and (node is None or node.ephemeral_owner != session):
+            return False
+        with self._lock:
+            self._owners[vip.key] = claim
+        logger.info("claimed %s", vip.key)
+        return True
+
+    def _handover(self, vip: Vip, reason: str, *, run_hooks: bool) -> None:
+        assert self._kernel is not None
+        logger.info("releasing %s: %s", vip.key, reason)
+        if run_hooks and vip.key in self._kernel.plumbed():
+            self._run_pre_release(vip)
+        if self._kernel.remove(vip):
+            self._emit(self._release, vip)
+        z = self.coordinator.znodes
+        node = z.get(owner_path(vip.key))
+        if node is not None and node.ephemeral_owner == self.coordinator.session_id:
+            z.delete(owner_path(vip.key), version=node.version)
+        with self._lock:
+            self._owners[vip.key] = None
+
+    def _run_pre_release(self, vip: Vip) -> None:
+        for hook in list(self._pre_release):
+            worker = threading.Thread(target=_guarded, args=(hook, vip), daemon=True)
+            worker.start()
+            worker.join(self.drain_timeout)
+            if worker.is_alive():
+                logger.warning(
+                    "pre_release hook %r for %s overran %.1f s", hook, vip.key, self.drain_timeout
+                )
+
+
+def _guarded(hook: VipCallback, vip: Vip) -> None:
+    try:
+        hook(vip)
+    except Exception:
+        logger.exception("pre_release hook failed for %s", vip.key)
+
+
+def _key(address: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
+
+
+def _claim(node: Znode | None) -> Claim | None:
+    if node is None:
+        return None
+    return Claim.from_json(node.data, node.ephemeral_owner)
+
+
+def _json(data: bytes) -> dict[str, object]:
+    import json
+
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise InvalidVipSpec(f"malformed declaration: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidVipSpec("malformed declaration: not an object")
+    return value
+
+
+def _vip_json(vip: Vip) -> bytes:
+    import json
+
+    return json.dumps(vip.to_dict(), sort_keys=True).encode()

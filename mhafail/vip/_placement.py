@@ -1,0 +1,222 @@
+"""Where each VIP should live, and what this node should do about it. Pure.
+
+Every node computes the same placement from the same inputs (declarations,
+live members, drained nodes, move targets, current owners), so they agree
+without talking. The ranking of a VIP lists its candidates best first:
+
+1. an explicit move target (``vip move``), if it is a candidate;
+2. else the preferred node, if it is a candidate and uncontested;
+3. else rendezvous (highest-random-weight) hashing with a load bound: each
+   node takes at most ``ceil(VIPs / nodes)`` independent VIPs, VIPs taken
+   in address order, each by its highest-scoring node with room left.
+
+Rendezvous hashing moves only the VIPs whose best node left or arrived, so
+a join or a failure moves about 1/N of them; the load bound keeps the
+spread even. A follower (a listener that follows a binding) ranks its
+binding's *current* owner first, so it goes wherever the binding goes.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from mhafail.vip._spec import Vip
+
+
+def score(node: str, address: str) -> int:
+    """The rendezvous weight of ``node`` for ``address`` (stable across processes)."""
+    digest = hashlib.blake2b(f"{node}|{address}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+@attrs.frozen
+class PlacementInput:
+    """Everything placement depends on (one consistent snapshot).
+
+    Attributes:
+        vips: address -> declaration (the agreed one; conflicts resolved by caller).
+        declared_by: address -> nodes that declared the VIP (live nodes only).
+        live: names of live members.
+        drained: nodes that give up their VIPs and take none.
+        targets: address -> node named by an explicit move.
+        owners: address -> node currently holding the claim.
+        contested: addresses whose declarations disagree on preference.
+    """
+
+    vips: Mapping[str, Vip]
+    declared_by: Mapping[str, frozenset[str]]
+    live: frozenset[str]
+    drained: frozenset[str] = frozenset()
+    targets: Mapping[str, str] = attrs.field(factory=dict)
+    owners: Mapping[str, str] = attrs.field(factory=dict)
+    contested: frozenset[str] = frozenset()
+
+
+def candidates(inp: PlacementInput, address: str) -> list[str]:
+    """Nodes that may own ``address``: live, declaring it, not drained; sorted."""
+    return sorted((inp.declared_by.get(address, frozenset()) & inp.live) - inp.drained)
+
+
+def rank(inp: PlacementInput) -> dict[str, tuple[str, ...]]:
+    """Return address -> candidate nodes, best first, for every declared VIP."""
+    rankings: dict[str, tuple[str, ...]] = {}
+    independent = sorted(a for a, v in inp.vips.items() if v.follow is None)
+    pool = sorted({n for a in independent for n in candidates(inp, a)})
+    cap = math.ceil(len(independent) / len(pool)) if pool else 0
+    load = dict.fromkeys(pool, 0)
+    pinned: dict[str, str] = {}
+    for address in independent:
+        first = _pinned(inp, address)
+        if first is not None:
+            pinned[address] = first
+            load[first] += 1
+    for address in independent:
+        by_score = sorted(candidates(inp, address), key=lambda n: score(n, address), reverse=True)
+        first = pinned.get(address)
+        if first is None:
+            roomy = [n for n in by_score if load[n] < cap]
+            first = roomy[0] if roomy else (by_score[0] if by_score else None)
+            if first is not None:
+                load[first] += 1
+        rankings[address] = _with_first(by_score, first)
+    for address, vip in sorted(inp.vips.items()):
+        if vip.follow is not None:
+            rankings[address] = _follower_ranking(inp, address, vip, rankings)
+    return rankings
+
+
+def _pinned(inp: PlacementInput, address: str) -> str | None:
+    cands = candidates(inp, address)
+    target = inp.targets.get(address)
+    if target in cands:
+        return target
+    preference = inp.vips[address].preference
+    if preference in cands and address not in inp.contested:
+        return preference
+    return None
+
+
+def _with_first(ordered: Sequence[str], first: str | None) -> tuple[str, ...]:
+    if first is None:
+        return tuple(ordered)
+    return (first, *(n for n in ordered if n != first))
+
+
+def _follower_ranking(
+    inp: PlacementInput, address: str, vip: Vip, rankings: Mapping[str, tuple[str, ...]]
+) -> tuple[str, ...]:
+    binding = _binding_address(inp, vip.follow or "")
+    cands = candidates(inp, address)
+    if binding is None:
+        return ()
+    owner = inp.owners.get(binding)
+    order = [n for n in rankings.get(binding, ()) if n in cands]
+    if owner is not None:
+        # Follow the binding's actual owner; nobody else may take the follower.
+        return (owner,) if owner in cands else ()
+    return tuple(order)
+
+
+def _binding_address(inp: PlacementInput, follow: str) -> str | None:
+    if follow in inp.vips:
+        return follow
+    for address, vip in inp.vips.items():
+        if vip.binding == follow:
+            return address
+    return None
+
+
+class Action(enum.Enum):
+    """What this node should do about one VIP now."""
+
+    HOLD = "hold"  # keep it plumbed
+    RELEASE = "release"  # hand it over: pre_release, unplumb, delete the claim
+    CLAIM = "claim"  # create the claim now, then plumb
+    WAIT = "wait"  # a better-ranked node should claim; try after ``delay``
+    NONE = "none"  # someone else's, or not ours to take: keep it unplumbed
+
+
+@attrs.frozen
+class Decision:
+    """One VIP's decision for one node, with the reason (for logs and tests)."""
+
+    address: str
+    action: Action
+    delay: float = 0.0
+    reason: str = ""
+
+
+def decide(
+    me: str,
+    inp: PlacementInput,
+    rankings: Mapping[str, tuple[str, ...]],
+    *,
+    rebalance_allowed: bool,
+    claim_step: float,
+) -> dict[str, Decision]:
+    """Decide, for node ``me``, what to do with every VIP it declared.
+
+    Args:
+        me: this node's name.
+        inp: the snapshot placement was computed from.
+        rankings: the output of :func:`rank` for ``inp``.
+        rebalance_allowed: whether planned moves to a better-ranked node
+            may happen now (the rebalance policy says so).
+        claim_step: seconds each rank waits behind the one before it when
+            a VIP is unclaimed.
+    """
+    out: dict[str, Decision] = {}
+    for address in sorted(a for a, nodes in inp.declared_by.items() if me in nodes):
+        if address not in inp.vips:
+            continue
+        ranking = rankings.get(address, ())
+        owner = inp.owners.get(address)
+        vip = inp.vips[address]
+        if owner == me:
+            out[address] = _as_owner(
+                me, address, vip=vip, inp=inp, ranking=ranking, rebalance_allowed=rebalance_allowed
+            )
+        elif owner is None:
+            if me not in ranking:
+                out[address] = Decision(address, Action.NONE, reason="not a candidate")
+            elif ranking[0] == me:
+                out[address] = Decision(address, Action.CLAIM, reason="ranked first")
+            else:
+                position = ranking.index(me)
+                out[address] = Decision(
+                    address,
+                    Action.WAIT,
+                    delay=position * claim_step,
+                    reason=f"ranked {position + 1}, after {ranking[0]}",
+                )
+        else:
+            out[address] = Decision(address, Action.NONE, reason=f"owned by {owner}")
+    return out
+
+
+def _as_owner(
+    me: str,
+    address: str,
+    *,
+    vip: Vip,
+    inp: PlacementInput,
+    ranking: Sequence[str],
+    rebalance_allowed: bool,
+) -> Decision:
+    if me in inp.drained:
+        return Decision(address, Action.RELEASE, reason="drained")
+    if me not in ranking:
+        return Decision(address, Action.RELEASE, reason="no longer a candidate")
+    target = inp.targets.get(address)
+    if target is not None and target != me and target in ranking:
+        return Decision(address, Action.RELEASE, reason=f"moved to {target}")
+    if vip.follow is not None and ranking[0] != me:
+        return Decision(address, Action.RELEASE, reason=f"following its binding to {ranking[0]}")
+    if ranking[0] != me and rebalance_allowed:
+        return Decision(address, Action.RELEASE, reason=f"rebalancing to {ranking[0]}")
+    return Decision(address, Action.HOLD)

@@ -1,0 +1,163 @@
+"""Plumbing VIPs into the kernel: the ``Plumber`` protocol and its netlink adapter.
+
+The only module (with ``_announce`` and ``fence``) that touches pyroute2.
+Operations are idempotent and converging (pyroute2's ``ensure`` style): an
+address that is already there counts as added, one that is already gone
+counts as removed.
+
+Addresses are always plumbed as host addresses (/32, /128) whatever the
+VIP's declared prefix, so no subnet route appears and the connected
+route's preferred source (the host's own address) stays the default source.
+IPv6 VIPs are added without duplicate address detection (usable at once)
+and deprecated (preferred lifetime 0), so source address selection never
+picks them for outgoing traffic (RFC 6724 rule 3) while they still accept
+connections and explicit binds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import threading
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
+from mhafail.errors import PlumbingError
+from mhafail.vip._announce import send_gratuitous_arp, send_unsolicited_na
+from mhafail.vip._spec import Vip
+
+LABEL_SUFFIX = ":mha"
+
+
+class Plumber(Protocol):
+    """Puts VIPs on interfaces and announces them. Implementations are thread-safe."""
+
+    def ensure_present(self, vip: Vip) -> bool:
+        """Make ``vip`` present on its interface; True if it was added now."""
+        ...
+
+    def ensure_absent(self, vip: Vip) -> bool:
+        """Make ``vip`` absent from its interface; True if it was removed now."""
+        ...
+
+    def announce(self, vip: Vip) -> None:
+        """Tell the LAN that this host now has ``vip`` (GARP or unsolicited NA)."""
+        ...
+
+    def addresses(self, interface: str) -> frozenset[str]:
+        """Every address on ``interface`` (compressed, without prefix)."""
+        ...
+
+    def interfaces(self) -> dict[str, list[str]]:
+        """The host's interfaces with their addresses as ``addr/prefix``."""
+        ...
+
+
+def _label(interface: str) -> str:
+    # IPv4 labels must start with the interface name and fit in 15 characters.
+    return (interface + LABEL_SUFFIX)[:15]
+
+
+class NetlinkPlumber:
+    """A :class:`Plumber` over rtnetlink (pyroute2), for the current network namespace."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ipr: Any = IPRoute()
+
+    def close(self) -> None:
+        """Close the netlink socket."""
+        with self._lock:
+            self._ipr.close()
+
+    @contextlib.contextmanager
+    def _netlink(self, what: str) -> Iterator[Any]:
+        with self._lock:
+            try:
+                yield self._ipr
+            except NetlinkError as exc:
+                raise PlumbingError(f"{what}: {exc.args[-1] if exc.args else exc}") from exc
+            except OSError as exc:
+                raise PlumbingError(f"{what}: {exc}") from exc
+
+    def _index(self, ipr: Any, interface: str) -> int:
+        found = ipr.link_lookup(ifname=interface)
+        if not found:
+            raise PlumbingError(f"interface {interface!r} does not exist")
+        return int(found[0])
+
+    def ensure_present(self, vip: Vip) -> bool:
+        """Add ``vip`` as a host address on its interface (see the module notes)."""
+        with self._netlink(f"add {vip.key} on {vip.interface}") as ipr:
+            index = self._index(ipr, vip.interface)
+            kwargs: dict[str, Any] = {
+                "index": index,
+                "address": vip.key,
+                "prefixlen": vip.address.max_prefixlen,
+            }
+            if vip.family == 4:
+                kwargs["label"] = _label(vip.interface)
+            else:
+                kwargs["flags"] = IFA_F_NODAD
+                kwargs["preferred_lft"] = 0
+            try:
+                ipr.addr("add", **kwargs)
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST:
+                    return False
+                raise
+            return True
+
+    def ensure_absent(self, vip: Vip) -> bool:
+        """Remove ``vip`` from its interface; a missing address or interface is success."""
+        with self._netlink(f"remove {vip.key} from {vip.interface}") as ipr:
+            found = ipr.link_lookup(ifname=vip.interface)
+            if not found:
+                return False  # the interface is gone, and the address with it
+            try:
+                ipr.addr(
+                    "del",
+                    index=int(found[0]),
+                    address=vip.key,
+                    prefixlen=vip.address.max_prefixlen,
+                )
+            except NetlinkError as exc:
+                if exc.code in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
+                    return False
+                raise
+            return True
+
+    def announce(self, vip: Vip) -> None:
+        """Send a gratuitous ARP (request and reply) or an unsolicited NA for ``vip``."""
+        try:
+            if vip.family == 4:
+                send_gratuitous_arp(vip.interface, vip.key)
+            else:
+                with self._netlink(f"index of {vip.interface}") as ipr:
+                    index = self._index(ipr, vip.interface)
+                send_unsolicited_na(vip.interface, index, vip.key)
+        except OSError as exc:
+            raise PlumbingError(f"announce {vip.key} on {vip.interface}: {exc}") from exc
+
+    def addresses(self, interface: str) -> frozenset[str]:
+        """Every address on ``interface``."""
+        with self._netlink(f"list {interface}") as ipr:
+            index = self._index(ipr, interface)
+            return frozenset(str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(index=index))
+
+    def interfaces(self) -> dict[str, list[str]]:
+        """Every interface with its addresses as ``addr/prefix``."""
+        with self._netlink("list interfaces") as ipr:
+            names = {
+                int(link["index"]): str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()
+            }
+            result: dict[str, list[str]] = {name: [] for name in names.values()}
+            for a in ipr.get_addr():
+                name = names.get(int(a["index"]))
+                if name is not None:
+                    result[name].append(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+            return result
