@@ -9,6 +9,8 @@ plugin (``mhafail.testing.plugin``) with the fixtures ``zookeeper``,
 
 from mhafail.coordination import expire_session as expire_session
 from mhafail.testing._cluster import NodeProcess as NodeProcess
+from mhafail.testing._fakes import FakeNetwork as FakeNetwork
+from mhafail.testing._fakes import FakePlumber as FakePlumber
 from mhafail.testing._faults import pause_process as pause_process
 from mhafail.testing._faults import resume_process as resume_process
 from mhafail.testing._netns import Host as Host
@@ -23,6 +25,8 @@ from mhafail.testing._zookeeper import find_classpath as find_classpath
 from mhafail.testing._zookeeper import zookeeper_available as zookeeper_available
 
 __all__ = [
+    "FakeNetwork",
+    "FakePlumber",
     "Host",
     "NetnsLab",
     "NodeProcess",
