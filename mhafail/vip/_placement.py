@@ -6,13 +6,14 @@ without talking. The ranking of a VIP lists its candidates best first:
 
 1. an explicit move target (``vip move``), if it is a candidate;
 2. else the preferred node, if it is a candidate and uncontested;
-3. else rendezvous (highest-random-weight) hashing with a load bound: each
-   node takes at most ``ceil(VIPs / nodes)`` independent VIPs, VIPs taken
-   in address order, each by its highest-scoring node with room left.
+3. else its current live owner, unless that owner holds more than its
+   share ``ceil(VIPs / nodes)`` and sheds it;
+4. else the highest-scoring candidate (rendezvous, highest-random-weight
+   hashing) with room below that share.
 
-Rendezvous hashing moves only the VIPs whose best node left or arrived, so
-a join or a failure moves about 1/N of them; the load bound keeps the
-spread even. A follower (a listener that follows a binding) ranks its
+So a failure moves only the failed node's VIPs, and a join moves only the
+excess of the loaded nodes (about 1/N of all VIPs) to the newcomer, while
+the spread stays even. A follower (a listener that follows a binding) ranks its
 binding's *current* owner first, so it goes wherever the binding goes.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import attrs
@@ -63,35 +65,53 @@ def candidates(inp: PlacementInput, address: str) -> list[str]:
 
 
 def rank(inp: PlacementInput) -> dict[str, tuple[str, ...]]:
-    """Return address -> candidate nodes, best first, for every declared VIP."""
-    rankings: dict[str, tuple[str, ...]] = {}
+    """Return address -> candidate nodes, best first, for every declared VIP.
+
+    Balanced with minimal movement: a VIP stays with its live owner unless
+    that owner holds more than its share (``ceil(VIPs / nodes)``), in which
+    case it sheds the VIPs it scores lowest on; VIPs without an owner (or
+    shed) go to the highest-scoring candidate with room.
+    """
     independent = sorted(a for a, v in inp.vips.items() if v.follow is None)
-    pool = sorted({n for a in independent for n in candidates(inp, a)})
+    cands = {a: candidates(inp, a) for a in inp.vips}
+    pool = sorted({n for a in independent for n in cands[a]})
     cap = math.ceil(len(independent) / len(pool)) if pool else 0
-    load = dict.fromkeys(pool, 0)
-    pinned: dict[str, str] = {}
+    first: dict[str, str] = {}
     for address in independent:
-        first = _pinned(inp, address)
-        if first is not None:
-            pinned[address] = first
-            load[first] += 1
+        pinned = _pinned(inp, address, cands[address])
+        owner = inp.owners.get(address)
+        if pinned is not None:
+            first[address] = pinned
+        elif owner in cands[address]:
+            first[address] = owner
+    pinned_set = {a for a in first if _pinned(inp, a, cands[a]) is not None}
+    load = Counter(first.values())
+    for node in pool:
+        excess = load[node] - cap
+        if excess <= 0:
+            continue
+        sheddable = sorted(
+            (a for a, n in first.items() if n == node and a not in pinned_set),
+            key=lambda a: (score(node, a), a),
+        )
+        for address in sheddable[:excess]:
+            del first[address]
+            load[node] -= 1
+    rankings: dict[str, tuple[str, ...]] = {}
     for address in independent:
-        by_score = sorted(candidates(inp, address), key=lambda n: score(n, address), reverse=True)
-        first = pinned.get(address)
-        if first is None:
+        by_score = sorted(cands[address], key=lambda n: (score(n, address), n), reverse=True)
+        if address not in first and by_score:
             roomy = [n for n in by_score if load[n] < cap]
-            first = roomy[0] if roomy else (by_score[0] if by_score else None)
-            if first is not None:
-                load[first] += 1
-        rankings[address] = _with_first(by_score, first)
+            first[address] = roomy[0] if roomy else by_score[0]
+            load[first[address]] += 1
+        rankings[address] = _with_first(by_score, first.get(address))
     for address, vip in sorted(inp.vips.items()):
         if vip.follow is not None:
-            rankings[address] = _follower_ranking(inp, address, vip, rankings)
+            rankings[address] = _follower_ranking(inp, vip, cands[address], rankings)
     return rankings
 
 
-def _pinned(inp: PlacementInput, address: str) -> str | None:
-    cands = candidates(inp, address)
+def _pinned(inp: PlacementInput, address: str, cands: Sequence[str]) -> str | None:
     target = inp.targets.get(address)
     if target in cands:
         return target
@@ -108,10 +128,9 @@ def _with_first(ordered: Sequence[str], first: str | None) -> tuple[str, ...]:
 
 
 def _follower_ranking(
-    inp: PlacementInput, address: str, vip: Vip, rankings: Mapping[str, tuple[str, ...]]
+    inp: PlacementInput, vip: Vip, cands: Sequence[str], rankings: Mapping[str, tuple[str, ...]]
 ) -> tuple[str, ...]:
     binding = _binding_address(inp, vip.follow or "")
-    cands = candidates(inp, address)
     if binding is None:
         return ()
     owner = inp.owners.get(binding)

@@ -179,9 +179,8 @@ def parse_topology(lines: Iterable[str] | Mapping[str, str]) -> dict[IPNetwork, 
             raise InvalidVipSpec(f"topology: invalid block {cidr!r}: {exc}") from exc
         if not _IFNAME_RE.fullmatch(iface):
             raise InvalidVipSpec(f"topology: invalid interface name {iface!r} for {cidr}")
-        for other in result:
-            if other.version == net.version and other.overlaps(net):
-                raise InvalidVipSpec(f"topology: block {net} overlaps {other}")
+        if net in result:
+            raise InvalidVipSpec(f"topology: block {net} is listed twice")
         result[net] = iface
     return result
 
@@ -261,6 +260,16 @@ def validate_vips(
             or topology block, a follower of an unknown binding, a listener
             following a binding on the same address, or no interface.
     """
+    for vip in vips:
+        for other in vips:
+            if (
+                vip.follow
+                and vip.follow in (other.binding, other.key)
+                and other.address == vip.address
+            ):
+                raise InvalidVipSpec(
+                    f"listener {vip.key} follows binding {vip.follow!r} on the same address"
+                )
     seen: dict[str, Vip] = {}
     bindings: dict[str, Vip] = {}
     for vip in vips:
