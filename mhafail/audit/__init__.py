@@ -9,7 +9,9 @@
 * :class:`QueryEngine` answers the cidr_cli language (:func:`parse_query`)
   over those files; :class:`CidrServer` serves it over HTTP.
 * :class:`IncrementBatch`, :meth:`AuditSeries.take_batch` and
-  :meth:`AuditSeries.merge` are the hook for cluster-wide series.
+  :meth:`AuditSeries.merge` are the hook for cluster-wide series;
+  :class:`ClusterAudit` moves the batches between the nodes of a cluster
+  (receivers found through ZooKeeper membership).
 
 See docs/audit.md.
 """
@@ -23,6 +25,10 @@ from mhafail.audit._batch import Origin as Origin
 from mhafail.audit._clock import Clock as Clock
 from mhafail.audit._clock import ManualClock as ManualClock
 from mhafail.audit._clock import SystemClock as SystemClock
+from mhafail.audit._cluster import ClusterAudit as ClusterAudit
+from mhafail.audit._cluster import ClusterStats as ClusterStats
+from mhafail.audit._cluster import PeerStatus as PeerStatus
+from mhafail.audit._cluster import ReceiverStats as ReceiverStats
 from mhafail.audit._engine import QueryEngine as QueryEngine
 from mhafail.audit._engine import QueryResult as QueryResult
 from mhafail.audit._engine import Row as Row
@@ -51,6 +57,8 @@ __all__ = [
     "AuditSeries",
     "CidrServer",
     "Clock",
+    "ClusterAudit",
+    "ClusterStats",
     "CondenseReport",
     "CountQuery",
     "IncrementBatch",
@@ -61,9 +69,11 @@ __all__ = [
     "MergeOutcome",
     "MergeStatus",
     "Origin",
+    "PeerStatus",
     "Prefix",
     "QueryEngine",
     "QueryResult",
+    "ReceiverStats",
     "Row",
     "SeriesStats",
     "ShowAvailable",

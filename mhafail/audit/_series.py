@@ -523,6 +523,26 @@ class AuditSeries:
                 gap=gap,
             )
 
+    def last_seq(self, origin: Origin) -> int:
+        """Return the highest batch sequence merged from ``origin``.
+
+        A transport asks this when a sender (re)connects, to resend only
+        what the series has not applied yet.
+
+        Args:
+            origin: a remote node's name and incarnation.
+
+        Returns:
+            The sequence, or 0 when the series remembers nothing from that
+            origin (never heard of it, or forgot it once every window it
+            contributed to aged out).
+        """
+        with self._lock:
+            if self._time() >= self._window_end:
+                self._roll_locked()
+            state = self._origins.get(origin)
+            return 0 if state is None else state.last_seq
+
     def _check_batch(self, batch: IncrementBatch) -> None:
         if batch.series != self.name or batch.family is not self.family:
             raise AuditInvalidArgument(

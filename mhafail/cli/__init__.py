@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "mhafail.cli._zk",
     "mhafail.cli._members",
     "mhafail.cli._cidr",
+    "mhafail.cli._audit",
     "mhafail.cli._jlog",
     "mhafail.cli._config",
 )

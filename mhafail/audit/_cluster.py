@@ -1,0 +1,962 @@
+"""``ClusterAudit``: cluster-wide audit series, moved between nodes over TCP.
+
+Every node runs one ``ClusterAudit`` over its series (each created with
+``export_increments=True``). Every ``interval`` seconds a sender thread
+takes each series' new local increments as an :class:`IncrementBatch` and
+one thread per *receiver* pushes them there. Receivers are the other
+members of the :class:`~mhafail.coordination.Membership` view that publish
+an ``"audit"`` endpoint: managers always do; an MTA node does when it
+wants cluster-wide counts itself (peer sharing). A receiver merges what it
+gets into its own series, so ``series.count()`` on a receiver is its own
+counts plus everything the other nodes counted: the same ``AuditSeries``
+call, at the same cost, as for a local series.
+
+Why nothing double-counts (``docs/audit.md``):
+
+* The receiver's series remembers per origin (node name + incarnation) the
+  highest batch sequence merged and ignores anything at or below it, so a
+  batch re-sent after a timeout or reconnect counts once.
+* On every connection the sender first asks how far the receiver got
+  (``hello``) and sends only the batches after that.
+* A receiver that knows nothing from this origin (it just started, or the
+  origin is new to it) gets one *snapshot*: the sender's whole local counts
+  of the live windows, stamped with the latest sequence. The receiver
+  applies a snapshot only while it still knows nothing from that origin,
+  under the same lock as every merge; so a restarted manager is refilled
+  with the counts of every live node, once.
+* A restarted node is a new origin starting from an empty series; what its
+  previous incarnation sent stays until those windows age out.
+
+Threads: one sender thread, one thread per receiver it pushes to, and, when
+listening, one accept thread plus one thread per incoming connection.
+Nothing here runs on the coordinator's dispatcher thread: the membership
+listener only sets an event.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ipaddress
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from mhafail.audit._batch import IncrementBatch, MergeOutcome, MergeStatus, Origin
+from mhafail.audit._series import AuditSeries
+from mhafail.audit._window import merge_capped
+from mhafail.audit._wire import DEFAULT_MAX_FRAME, PROTOCOL_VERSION, recv_frame, send_frame
+from mhafail.errors import AuditError, AuditInvalidArgument, AuditProtocolError
+
+if TYPE_CHECKING:
+    from mhafail.coordination import ClusterView, Membership
+
+__all__ = ["ClusterAudit", "ClusterStats", "PeerStatus", "ReceiverStats"]
+
+log = logging.getLogger(__name__)
+
+ENDPOINT = "audit"
+"""The ``NodeInfo.endpoints`` key a receiver publishes its ``host:port`` under."""
+
+Key = int | str
+
+_ITEMS_PER_PUSH = 64
+_MAX_BACKOFF = 5.0
+_IDLE_WAKE = 10.0
+_ACCEPT_POLL = 0.25
+# Same rule as cluster node names (mhafail.coordination), without importing kazoo.
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def parse_endpoint(text: object, *, what: str, listen: bool = False) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6) and check both parts.
+
+    Raises:
+        AuditInvalidArgument: not ``host:port``, or the port is out of range.
+    """
+    if not isinstance(text, str) or ":" not in text:
+        raise AuditInvalidArgument(f"{what} {text!r} must be host:port (IPv6: [addr]:port)")
+    host, _, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    low = 0 if listen else 1
+    if not host or not port_text.isdigit() or not low <= int(port_text) <= 65535:
+        raise AuditInvalidArgument(
+            f"{what} {text!r} must be host:port with a port in {low}..65535 (IPv6: [addr]:port)"
+        )
+    return host, int(port_text)
+
+
+def format_endpoint(host: str, port: int) -> str:
+    """Return ``host:port``, bracketing an IPv6 address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+@attrs.frozen
+class PeerStatus:
+    """How pushing to one receiver goes.
+
+    Attributes:
+        node: the receiver's node name.
+        endpoint: its ``host:port``.
+        connected: a connection is open and the receiver answered ``hello``.
+        acked: per series, the highest sequence the receiver confirmed.
+        refused: per series, why the receiver does not take it (it has no
+            such series, or its window length or family differs).
+        failures: connection or protocol failures so far (each is retried).
+        last_error: the latest failure, or None.
+        lost: batches the receiver never got because they had left the
+            backlog before it reconnected (its counts are low by them).
+    """
+
+    node: str
+    endpoint: str
+    connected: bool
+    acked: Mapping[str, int]
+    refused: Mapping[str, str]
+    failures: int
+    last_error: str | None
+    lost: int
+
+
+@attrs.frozen
+class ReceiverStats:
+    """What this node, as a receiver, did with incoming batches.
+
+    Attributes:
+        connections: connections accepted so far.
+        applied: batches merged (snapshots included).
+        duplicates: batches ignored because their sequence was already merged.
+        snapshots: snapshots merged (a sender refilling this receiver).
+        snapshots_skipped: snapshots ignored because the origin was known.
+        gaps: merged batches whose sequence jumped (counts are low).
+        stale: increments dropped because their window had aged out here.
+        too_new: increments dropped because their window lies too far ahead.
+        refused: batches refused (unknown series, mismatched or malformed).
+        bad_messages: connections closed because a frame or message was invalid.
+    """
+
+    connections: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    snapshots: int = 0
+    snapshots_skipped: int = 0
+    gaps: int = 0
+    stale: int = 0
+    too_new: int = 0
+    refused: int = 0
+    bad_messages: int = 0
+
+
+@attrs.frozen
+class ClusterStats:
+    """A snapshot of a :class:`ClusterAudit`'s state, for monitoring.
+
+    Attributes:
+        origin: this process's origin (node name and incarnation).
+        endpoint: the published receiver endpoint, or None when not receiving.
+        sequences: per series, the latest batch sequence taken.
+        backlog: per series, batches kept for receivers that fall behind.
+        peers: one entry per receiver currently pushed to.
+        received: what incoming batches did.
+    """
+
+    origin: Origin
+    endpoint: str | None
+    sequences: Mapping[str, int]
+    backlog: Mapping[str, int]
+    peers: tuple[PeerStatus, ...]
+    received: ReceiverStats
+
+
+class _Outgoing:
+    """One series' outgoing side: the backlog of batches and the local totals.
+
+    ``cumulative`` holds every local increment taken so far, per live
+    window; it is what a snapshot sends. ``backlog`` holds the most recent
+    batches, contiguous by sequence, for receivers that were briefly away.
+    """
+
+    def __init__(self, series: AuditSeries, origin: Origin, max_backlog: int) -> None:
+        self.series = series
+        self.origin = origin
+        self.max_backlog = max_backlog
+        self.lock = threading.Lock()
+        self.backlog: collections.deque[IncrementBatch] = collections.deque()
+        self.cumulative: dict[int, dict[Key, int]] = {}
+        self.last_seq = 0
+
+    def take(self) -> bool:
+        # Lock order: ours, then the series' (inside take_batch); never the reverse.
+        with self.lock:
+            batch = self.series.take_batch(self.origin)
+            self._prune_locked()
+            if batch is None:
+                return False
+            if batch.seq != self.last_seq + 1:
+                log.warning(
+                    "series %s: batch %d follows %d; was take_batch() called elsewhere?",
+                    self.series.name,
+                    batch.seq,
+                    self.last_seq,
+                )
+            self.last_seq = batch.seq
+            self.backlog.append(batch)
+            while len(self.backlog) > self.max_backlog:
+                self.backlog.popleft()
+            cap = self.series.max_keys
+            for start, counts in batch.windows.items():
+                merge_capped(self.cumulative.setdefault(start, {}), counts, cap)
+            return True
+
+    def _prune_locked(self) -> None:
+        step = self.series.window_seconds
+        now = self.series.clock.time()
+        oldest = int(now // step) * step - (self.series.windows - 1) * step
+        for start in [s for s in self.cumulative if s < oldest]:
+            del self.cumulative[start]
+
+    def items_after(self, acked: int) -> tuple[list[tuple[bool, IncrementBatch]], int]:
+        """Return what a receiver at ``acked`` still needs, and how many batches it lost."""
+        with self.lock:
+            if acked >= self.last_seq:
+                return [], 0
+            if acked == 0:
+                self._prune_locked()
+                snapshot = IncrementBatch(
+                    series=self.series.name,
+                    family=self.series.family,
+                    window_seconds=self.series.window_seconds,
+                    origin=self.origin,
+                    seq=self.last_seq,
+                    windows={start: dict(counts) for start, counts in self.cumulative.items()},
+                )
+                return [(True, snapshot)], 0
+            batches = [b for b in self.backlog if b.seq > acked][:_ITEMS_PER_PUSH]
+            lost = batches[0].seq - acked - 1 if batches else self.last_seq - acked
+            return [(False, b) for b in batches], lost
+
+    def trim(self, floor: int) -> None:
+        """Forget batches every current receiver has confirmed."""
+        with self.lock:
+            while self.backlog and self.backlog[0].seq <= floor:
+                self.backlog.popleft()
+
+
+class _Peer:
+    """Pushes to one receiver on its own thread, reconnecting as needed."""
+
+    def __init__(self, audit: ClusterAudit, node: str, endpoint: str) -> None:
+        self.audit = audit
+        self.node = node
+        self.endpoint = endpoint
+        self.host, self.port = parse_endpoint(endpoint, what=f"endpoint of {node}")
+        self.wake = threading.Event()
+        self.stopped = threading.Event()
+        self.sock: socket.socket | None = None
+        self.acked: dict[str, int] = {}
+        self.floor: dict[str, int] = {}
+        self.refused: dict[str, str] = {}
+        self.failures = 0
+        self.lost = 0
+        self.last_error: str | None = None
+        self.connected = False
+        self.thread = threading.Thread(
+            target=self._run, name=f"mhafail-audit-push-{node}", daemon=True
+        )
+
+    def start(self) -> None:
+        self.wake.set()
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end; it closes its own socket."""
+        self.stopped.set()
+        self.wake.set()
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def status(self) -> PeerStatus:
+        with self.audit._acks:
+            return PeerStatus(
+                node=self.node,
+                endpoint=self.endpoint,
+                connected=self.connected,
+                acked=dict(self.acked),
+                refused=dict(self.refused),
+                failures=self.failures,
+                last_error=self.last_error,
+                lost=self.lost,
+            )
+
+    def caught_up(self, targets: Mapping[str, int]) -> bool:
+        """True when the receiver confirmed every target sequence (audit._acks held)."""
+        for name, seq in targets.items():
+            if seq == 0 or name in self.refused:
+                continue
+            if not self.connected or self.acked.get(name, 0) < seq:
+                return False
+        return True
+
+    def _run(self) -> None:
+        backoff = 0.0
+        try:
+            while not self.stopped.is_set():
+                if backoff:
+                    self.stopped.wait(backoff)
+                else:
+                    self.wake.wait(_IDLE_WAKE)
+                if self.stopped.is_set():
+                    break
+                self.wake.clear()
+                try:
+                    self._sync()
+                    backoff = 0.0
+                except (OSError, AuditError) as exc:
+                    self._close()
+                    with self.audit._acks:
+                        self.failures += 1
+                        first = self.last_error is None
+                        self.last_error = f"{type(exc).__name__}: {exc}"
+                    level = logging.WARNING if first or backoff == 0 else logging.DEBUG
+                    if not self.stopped.is_set():
+                        log.log(
+                            level, "pushing to %s (%s) failed: %s", self.node, self.endpoint, exc
+                        )
+                    backoff = min(max(self.audit.interval, backoff * 2), _MAX_BACKOFF)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        sock, self.sock = self.sock, None
+        with self.audit._acks:
+            self.connected = False
+            self.acked = {}
+            self.audit._acks.notify_all()
+        if sock is not None:
+            sock.close()
+
+    def _request(self, message: dict[str, Any]) -> dict[str, Any]:
+        assert self.sock is not None
+        message = {"v": PROTOCOL_VERSION, "origin": _origin_json(self.audit.origin), **message}
+        send_frame(self.sock, message, self.audit.max_frame)
+        reply = recv_frame(self.sock, self.audit.max_frame)
+        if reply is None:
+            raise AuditProtocolError(f"{self.node} closed the connection without answering")
+        if reply.get("ok") is not True:
+            raise AuditProtocolError(f"{self.node} refused: {reply.get('error')!r}")
+        return reply
+
+    def _sync(self) -> None:
+        audit = self.audit
+        if self.sock is None:
+            sock = socket.create_connection((self.host, self.port), timeout=audit.timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock = sock
+            if self.stopped.is_set():  # stop() may have missed the socket
+                raise AuditError("stopping")
+            reply = self._request({"type": "hello", "series": sorted(audit._outgoing)})
+            with audit._acks:
+                self.refused = {}
+                self.connected = True
+            self._absorb(reply)
+        while not self.stopped.is_set():
+            items: list[tuple[bool, IncrementBatch]] = []
+            for name, out in audit._outgoing.items():
+                if name in self.refused:
+                    continue
+                wanted, lost = out.items_after(self.acked.get(name, 0))
+                if lost and wanted:
+                    log.warning(
+                        "series %s: %d batch(es) for %s left the backlog before it caught up",
+                        name,
+                        lost,
+                        self.node,
+                    )
+                    with audit._acks:
+                        self.lost += lost
+                items.extend(wanted)
+            if not items:
+                return
+            before = dict(self.acked)
+            reply = self._request(
+                {
+                    "type": "push",
+                    "items": [{"snapshot": snap, "batch": b.to_json()} for snap, b in items],
+                }
+            )
+            self._absorb(reply)
+            if self.acked == before:
+                return  # no progress (the receiver refused something); wait for the next wake
+
+    def _absorb(self, reply: Mapping[str, Any]) -> None:
+        series = reply.get("series")
+        if not isinstance(series, dict):
+            raise AuditProtocolError(f"{self.node} answered without series states")
+        with self.audit._acks:
+            for name, entry in series.items():
+                if name not in self.audit._outgoing or not isinstance(entry, dict):
+                    continue
+                seq = entry.get("last_seq")
+                if type(seq) is not int or seq < 0:
+                    raise AuditProtocolError(f"{self.node} sent a bad sequence {seq!r} for {name}")
+                self.acked[name] = seq
+                self.floor[name] = seq
+                error = entry.get("error")
+                if error is not None and name not in self.refused:
+                    self.refused[name] = str(error)
+                    log.warning("%s does not take series %s: %s", self.node, name, error)
+                out = self.audit._outgoing[name]
+                if seq > out.last_seq:
+                    log.error(
+                        "%s has merged batch %d of %s from origin %s, which only sent %d: "
+                        "two processes share one origin",
+                        self.node,
+                        seq,
+                        name,
+                        self.audit.origin,
+                        out.last_seq,
+                    )
+            self.audit._acks.notify_all()
+
+
+def _origin_json(origin: Origin) -> dict[str, Any]:
+    return {"node": origin.node, "incarnation": origin.incarnation}
+
+
+def _parse_origin(value: object) -> Origin:
+    if not isinstance(value, dict):
+        raise AuditProtocolError("message has no origin object")
+    node = value.get("node")
+    incarnation = value.get("incarnation")
+    if not isinstance(node, str) or not node or type(incarnation) is not int:
+        raise AuditProtocolError(f"malformed origin {value!r}")
+    return Origin(node, incarnation)
+
+
+def _check_series(value: object) -> tuple[AuditSeries, ...]:
+    if isinstance(value, AuditSeries | str | bytes) or not isinstance(value, Iterable):
+        raise AuditInvalidArgument("series must be a list of AuditSeries")
+    return tuple(value)
+
+
+def _within(low: float, high: float, *, integer: bool = False) -> Any:
+    def check(_inst: object, attr: attrs.Attribute[float], value: object) -> None:
+        kinds = int if integer else int | float
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            kind = "an integer" if integer else "a number"
+            raise AuditInvalidArgument(f"{attr.name} must be {kind}, not {value!r}")
+        if not low <= value <= high:
+            raise AuditInvalidArgument(f"{attr.name}={value!r} is outside {low:g}..{high:g}")
+
+    return check
+
+
+@attrs.define(kw_only=True, eq=False)
+class ClusterAudit:
+    """Makes audit series cluster-wide: pushes local increments, merges remote ones.
+
+    Typical wiring (see docs/audit.md, "Cluster-wide series")::
+
+        audit = ClusterAudit(node="mta1", series=[conn], listen="127.0.0.1:0").start()
+        info = NodeInfo(name="mta1", roles=("manager",), endpoints=audit.endpoints())
+        membership = Membership(coordinator=coordinator, info=info).start()
+        audit.follow(membership)
+
+    Args:
+        node: this node's name (as in its ``NodeInfo``).
+        series: the series to share; each needs ``export_increments=True``
+            and a distinct name. Do not call their ``take_batch`` elsewhere.
+        listen: ``host:port`` to receive on (port 0 picks one); None: this
+            node only sends, and its series count only its own increments.
+        advertise: the ``host:port`` other nodes connect to; defaults to the
+            bound address (required when listening on a wildcard address).
+        interval: seconds between batches (the propagation delay is at most
+            about this plus one round trip).
+        timeout: seconds a connect or a request may take before the
+            connection is dropped and retried.
+        max_backlog: batches kept per series for a receiver that was away
+            briefly; one that falls further behind loses the oldest (see
+            :class:`PeerStatus` ``lost``).
+        max_frame: the largest message sent or accepted, in bytes.
+        incarnation: this process's incarnation; default: the start time in
+            nanoseconds (must differ for every start of the node).
+
+    Raises:
+        AuditInvalidArgument: any argument above is malformed.
+    """
+
+    node: str
+    series: tuple[AuditSeries, ...] = attrs.field(converter=_check_series)
+    listen: str | None = None
+    advertise: str | None = None
+    interval: float = attrs.field(default=0.5, validator=_within(0.01, 60.0))
+    timeout: float = attrs.field(default=5.0, validator=_within(0.05, 600.0))
+    max_backlog: int = attrs.field(default=600, validator=_within(1, 1 << 20, integer=True))
+    max_frame: int = attrs.field(
+        default=DEFAULT_MAX_FRAME, validator=_within(1024, 1 << 31, integer=True)
+    )
+    incarnation: int = attrs.field(factory=time.time_ns)
+
+    _by_name: dict[str, AuditSeries] = attrs.field(init=False, factory=dict)
+    _outgoing: dict[str, _Outgoing] = attrs.field(init=False, factory=dict)
+    _listen_addr: tuple[str, int] | None = attrs.field(init=False, default=None)
+    _listener: socket.socket | None = attrs.field(init=False, default=None)
+    _endpoint: str | None = attrs.field(init=False, default=None)
+    _membership: Membership | None = attrs.field(init=False, default=None)
+    _peers: dict[tuple[str, str], _Peer] = attrs.field(init=False, factory=dict)
+    _retired: list[_Peer] = attrs.field(init=False, factory=list)
+    _peers_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _acks: threading.Condition = attrs.field(init=False, factory=threading.Condition)
+    _merge_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _wake: threading.Event = attrs.field(init=False, factory=threading.Event)
+    _stopping: threading.Event = attrs.field(init=False, factory=threading.Event)
+    _threads: list[threading.Thread] = attrs.field(init=False, factory=list)
+    _conns: dict[socket.socket, threading.Thread] = attrs.field(init=False, factory=dict)
+    _conns_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _received: dict[str, int] = attrs.field(init=False, factory=dict)
+    _started: bool = attrs.field(init=False, default=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.node, str) or not _NODE_NAME.fullmatch(self.node):
+            raise AuditInvalidArgument(
+                f"invalid node name {self.node!r}: use 1-63 characters from A-Z a-z 0-9 . _ -, "
+                "starting with a letter or digit"
+            )
+        if not self.series:
+            raise AuditInvalidArgument("a ClusterAudit needs at least one series")
+        for series in self.series:
+            if not isinstance(series, AuditSeries):
+                raise AuditInvalidArgument(f"{series!r} is not an AuditSeries")
+            if not series.export_increments:
+                raise AuditInvalidArgument(
+                    f"series {series.name!r} was created without export_increments=True"
+                )
+            if series.name in self._by_name:
+                raise AuditInvalidArgument(f"two series are named {series.name!r}")
+            self._by_name[series.name] = series
+        if type(self.incarnation) is not int:
+            raise AuditInvalidArgument(f"incarnation must be an int, not {self.incarnation!r}")
+        if self.listen is not None:
+            self._listen_addr = parse_endpoint(self.listen, what="listen", listen=True)
+            if self.advertise is None and _is_wildcard(self._listen_addr[0]):
+                raise AuditInvalidArgument(
+                    f"listening on {self.listen} needs advertise= (an address others can reach)"
+                )
+        if self.advertise is not None:
+            if self.listen is None:
+                raise AuditInvalidArgument("advertise= needs listen=")
+            parse_endpoint(self.advertise, what="advertise")
+        origin = self.origin
+        self._outgoing = {s.name: _Outgoing(s, origin, self.max_backlog) for s in self.series}
+        self._received = dict.fromkeys(attrs.fields_dict(ReceiverStats), 0)
+
+    # --- life cycle -------------------------------------------------------------
+
+    @property
+    def origin(self) -> Origin:
+        """This process's origin: the node name and its incarnation."""
+        return Origin(self.node, self.incarnation)
+
+    def start(self) -> ClusterAudit:
+        """Listen (if ``listen`` was given) and start sending.
+
+        Returns:
+            self.
+
+        Raises:
+            AuditError: the listen address cannot be bound, or already started.
+        """
+        if self._started:
+            raise AuditError("this ClusterAudit was already started")
+        self._started = True
+        if self._listen_addr is not None:
+            host, port = self._listen_addr
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            try:
+                listener = socket.create_server((host, port), family=family)
+            except OSError as exc:
+                raise AuditError(f"cannot listen on {self.listen}: {exc}") from exc
+            listener.settimeout(_ACCEPT_POLL)
+            self._listener = listener
+            bound = listener.getsockname()
+            self._endpoint = self.advertise or format_endpoint(host, int(bound[1]))
+            self._spawn(self._accept_loop, f"mhafail-audit-accept-{self.node}")
+        self._spawn(self._send_loop, f"mhafail-audit-send-{self.node}")
+        log.info("cluster series %s started as %s", ", ".join(self._by_name), self.origin)
+        return self
+
+    def endpoints(self) -> dict[str, str]:
+        """``{"audit": "host:port"}`` to merge into ``NodeInfo.endpoints``; ``{}`` if not receiving.
+
+        Raises:
+            AuditError: listening was asked for but :meth:`start` was not called yet.
+        """
+        if self._listen_addr is None:
+            return {}
+        if self._endpoint is None:
+            raise AuditError("start() the ClusterAudit before publishing its endpoint")
+        return {ENDPOINT: self._endpoint}
+
+    def follow(self, membership: Membership) -> None:
+        """Push to every other member of ``membership``'s view that publishes an endpoint.
+
+        Raises:
+            AuditError: already following a membership.
+        """
+        if self._membership is not None:
+            raise AuditError("this ClusterAudit already follows a membership")
+        self._membership = membership
+        membership.add_listener(self._on_view)
+        self._wake.set()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Send what was counted so far now, and wait until every receiver confirmed it.
+
+        Receivers that refused a series do not count. Useful before a clean
+        shutdown and in tests.
+
+        Args:
+            timeout: seconds to wait.
+
+        Returns:
+            True when every current receiver confirmed; False on timeout.
+
+        Raises:
+            AuditError: not started, or stopped.
+        """
+        if not self._started or self._stopping.is_set():
+            raise AuditError("flush() needs a started ClusterAudit")
+        self._take_all()
+        peers = self._reconcile()
+        targets = {name: out.last_seq for name, out in self._outgoing.items()}
+        for peer in peers:
+            peer.wake.set()
+        with self._acks:
+            return self._acks.wait_for(
+                lambda: all(peer.caught_up(targets) for peer in peers), timeout
+            )
+
+    def stop(self, flush_timeout: float = 1.0) -> None:
+        """Flush (best effort, up to ``flush_timeout`` s), close every connection, end threads.
+
+        Idempotent. Counts already in the series stay.
+        """
+        if not self._started or self._stopping.is_set():
+            return
+        if flush_timeout > 0:
+            try:
+                self.flush(flush_timeout)
+            except Exception:  # stopping must go on whatever the last flush did
+                log.exception("final flush failed")
+        self._stopping.set()
+        self._wake.set()
+        with self._peers_lock:
+            peers = [*self._peers.values(), *self._retired]
+            self._peers.clear()
+            self._retired.clear()
+        for peer in peers:
+            peer.stop()
+        for peer in peers:
+            if peer.thread.is_alive():
+                peer.thread.join()
+        with self._conns_lock:
+            conns = dict(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for thread in [*self._threads, *conns.values()]:
+            thread.join()
+        with self._conns_lock:
+            # Connections accepted after the copy above saw _stopping and closed themselves.
+            late = list(self._conns.values())
+        for thread in late:
+            thread.join()
+        log.info("cluster series of %s stopped", self.origin)
+
+    def __enter__(self) -> ClusterAudit:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stats(self) -> ClusterStats:
+        """Return sequences, backlogs, per-receiver and received-batch figures."""
+        with self._peers_lock:
+            peers = sorted(self._peers.values(), key=lambda p: (p.node, p.endpoint))
+        sequences: dict[str, int] = {}
+        backlog: dict[str, int] = {}
+        for name, out in self._outgoing.items():
+            with out.lock:
+                sequences[name] = out.last_seq
+                backlog[name] = len(out.backlog)
+        with self._merge_lock:
+            received = ReceiverStats(**self._received)
+        return ClusterStats(
+            origin=self.origin,
+            endpoint=self._endpoint,
+            sequences=sequences,
+            backlog=backlog,
+            peers=tuple(peer.status() for peer in peers),
+            received=received,
+        )
+
+    # --- sending ----------------------------------------------------------------
+
+    def _spawn(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _on_view(self, _view: ClusterView) -> None:
+        # Membership's thread: only wake the sender.
+        self._wake.set()
+
+    def _send_loop(self) -> None:
+        next_take = time.monotonic()
+        while not self._stopping.is_set():
+            self._wake.wait(max(0.0, next_take - time.monotonic()))
+            if self._stopping.is_set():
+                break
+            self._wake.clear()
+            try:
+                if time.monotonic() >= next_take:
+                    next_take = time.monotonic() + self.interval
+                    took = self._take_all()
+                else:
+                    took = False  # a view change: reconcile receivers now, take on time
+                peers = self._reconcile()
+                if took:
+                    for peer in peers:
+                        peer.wake.set()
+                self._trim(peers)
+            except Exception:
+                log.exception("cluster series sender pass failed")
+
+    def _take_all(self) -> bool:
+        took = False
+        for out in self._outgoing.values():
+            took = out.take() or took
+        return took
+
+    def _targets(self) -> dict[tuple[str, str], str]:
+        membership = self._membership
+        if membership is None:
+            return {}
+        wanted: dict[tuple[str, str], str] = {}
+        for info in membership.view:
+            endpoint = info.endpoints.get(ENDPOINT)
+            if endpoint is None or info.name == self.node:
+                continue
+            try:
+                parse_endpoint(endpoint, what="endpoint")
+            except AuditInvalidArgument as exc:
+                log.warning("ignoring receiver %s: %s", info.name, exc)
+                continue
+            wanted[(info.name, endpoint)] = info.name
+        return wanted
+
+    def _reconcile(self) -> list[_Peer]:
+        """Start pushers for new receivers and stop those that left the view."""
+        wanted = self._targets()
+        with self._peers_lock:
+            if self._stopping.is_set():
+                return []
+            for key in [k for k in self._peers if k not in wanted]:
+                peer = self._peers.pop(key)
+                log.info("no longer pushing to %s (%s)", peer.node, peer.endpoint)
+                peer.stop()
+                self._retired.append(peer)
+            for key, name in wanted.items():
+                if key not in self._peers:
+                    peer = _Peer(self, name, key[1])
+                    self._peers[key] = peer
+                    log.info("pushing cluster series to %s (%s)", name, key[1])
+                    peer.start()
+            self._retired = [p for p in self._retired if p.thread.is_alive()]
+            return list(self._peers.values())
+
+    def _trim(self, peers: list[_Peer]) -> None:
+        if not peers:
+            return  # keep the backlog for receivers that come back
+        with self._acks:
+            floors = {
+                name: min(p.floor.get(name, 0) for p in peers if name not in p.refused)
+                for name in self._outgoing
+                if any(name not in p.refused for p in peers)
+            }
+        for name, floor in floors.items():
+            self._outgoing[name].trim(floor)
+
+    # --- receiving --------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        try:
+            while not self._stopping.is_set():
+                try:
+                    conn, _addr = listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError as exc:
+                    if self._stopping.is_set():
+                        break
+                    log.warning("accept failed: %s", exc)
+                    time.sleep(_ACCEPT_POLL)
+                    continue
+                conn.settimeout(None)
+                _keepalive(conn)
+                thread = threading.Thread(
+                    target=self._serve, args=(conn,), name="mhafail-audit-recv", daemon=True
+                )
+                with self._conns_lock:
+                    if self._stopping.is_set():
+                        conn.close()
+                        break
+                    self._conns[conn] = thread
+                with self._merge_lock:
+                    self._received["connections"] += 1
+                thread.start()
+        finally:
+            listener.close()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    message = recv_frame(conn, self.max_frame)
+                    if message is None:
+                        return
+                    reply = self._answer(message)
+                except AuditProtocolError as exc:
+                    with self._merge_lock:
+                        self._received["bad_messages"] += 1
+                    log.warning("closing a cluster series connection: %s", exc)
+                    with contextlib.suppress(OSError, AuditError):
+                        send_frame(conn, {"ok": False, "error": str(exc)}, self.max_frame)
+                    return
+                send_frame(conn, reply, self.max_frame)
+        except OSError as exc:
+            if not self._stopping.is_set():
+                log.debug("cluster series connection ended: %s", exc)
+        finally:
+            conn.close()
+            with self._conns_lock:
+                self._conns.pop(conn, None)
+
+    def _answer(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        version = message.get("v")
+        if version != PROTOCOL_VERSION:
+            raise AuditProtocolError(
+                f"protocol version {version!r} is not supported (this node speaks "
+                f"{PROTOCOL_VERSION})"
+            )
+        origin = _parse_origin(message.get("origin"))
+        if origin == self.origin:
+            raise AuditProtocolError(f"{origin} is this process; a node never sends to itself")
+        kind = message.get("type")
+        states: dict[str, dict[str, Any]] = {}
+        if kind == "hello":
+            names = message.get("series")
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise AuditProtocolError("hello must list series names")
+            for name in names:
+                states[name] = self._state(name, origin)
+        elif kind == "push":
+            items = message.get("items")
+            if not isinstance(items, list):
+                raise AuditProtocolError("push must carry a list of items")
+            for item in items:
+                self._merge_item(item, origin, states)
+        else:
+            raise AuditProtocolError(f"unknown message type {kind!r}")
+        return {
+            "ok": True,
+            "receiver": _origin_json(self.origin),
+            "series": states,
+        }
+
+    def _state(self, name: str, origin: Origin, error: str | None = None) -> dict[str, Any]:
+        series = self._by_name.get(name)
+        if series is None:
+            return {"last_seq": 0, "error": f"{self.node} has no series {name!r}"}
+        state: dict[str, Any] = {"last_seq": series.last_seq(origin)}
+        if error is not None:
+            state["error"] = error
+        return state
+
+    def _merge_item(self, item: object, origin: Origin, states: dict[str, dict[str, Any]]) -> None:
+        if not isinstance(item, dict) or not isinstance(item.get("batch"), dict):
+            raise AuditProtocolError("push item must hold a batch object")
+        snapshot = item.get("snapshot", False)
+        if not isinstance(snapshot, bool):
+            raise AuditProtocolError("push item 'snapshot' must be true or false")
+        name = item["batch"].get("series")
+        if not isinstance(name, str):
+            raise AuditProtocolError("batch without a series name")
+        series = self._by_name.get(name)
+        if series is None:
+            with self._merge_lock:
+                self._received["refused"] += 1
+            states[name] = self._state(name, origin)
+            return
+        try:
+            batch = IncrementBatch.from_json(item["batch"])
+            if batch.origin != origin:
+                raise AuditInvalidArgument(
+                    f"batch from {batch.origin} arrived on {origin}'s connection"
+                )
+            with self._merge_lock:
+                if snapshot and series.last_seq(origin) != 0:
+                    # The origin's increments are here already: applying its
+                    # whole counts again would double them.
+                    self._received["snapshots_skipped"] += 1
+                else:
+                    outcome = series.merge(batch)
+                    self._count(snapshot, outcome)
+        except AuditInvalidArgument as exc:
+            with self._merge_lock:
+                self._received["refused"] += 1
+            log.warning("refused a batch of %s from %s: %s", name, origin, exc)
+            states[name] = self._state(name, origin, str(exc))
+            return
+        if "error" not in states.get(name, {}):
+            states[name] = self._state(name, origin)
+
+    def _count(self, snapshot: bool, outcome: MergeOutcome) -> None:
+        # _merge_lock held.
+        received = self._received
+        if outcome.status is MergeStatus.DUPLICATE:
+            received["duplicates"] += 1
+            return
+        received["applied"] += 1
+        received["snapshots"] += snapshot
+        received["gaps"] += outcome.gap
+        received["stale"] += outcome.stale
+        received["too_new"] += outcome.too_new
+
+
+def _keepalive(conn: socket.socket) -> None:
+    # A sender cut off by a partition never closes its connection: let TCP
+    # notice within about two minutes so its thread and socket go away.
+    with contextlib.suppress(OSError, AttributeError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
