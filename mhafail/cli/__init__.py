@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "mhafail.cli._audit",
     "mhafail.cli._jlog",
     "mhafail.cli._config",
+    "mhafail.cli._logs",
 )
 
 
