@@ -72,6 +72,9 @@ def register(subparsers: Any) -> None:
     )
     node.add_argument("--interval", type=float, default=0.5, help="seconds between batches")
     node.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds a push may take before a retry"
+    )
+    node.add_argument(
         "--session-timeout", type=float, default=10.0, help="ZooKeeper session timeout (s)"
     )
     node.add_argument("--log-dir", type=Path, help="also write as_logger snapshots here")
@@ -134,6 +137,7 @@ def _node(args: argparse.Namespace) -> int:
         listen=args.listen,
         advertise=args.advertise,
         interval=args.interval,
+        timeout=args.timeout,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
