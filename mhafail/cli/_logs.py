@@ -193,7 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
     from mhafail.logs import JlogService
     from mhafail.logs._client import split_endpoint
 
-    host, port = split_endpoint(args.listen)
+    host, port = split_endpoint(args.listen, any_port=True)
     stop = _stop_event()
     service = JlogService(
         node=args.node,

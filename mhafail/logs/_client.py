@@ -34,15 +34,16 @@ class Opened:
     accept: dict[str, Any]
 
 
-def split_endpoint(endpoint: str) -> tuple[str, int]:
-    """Split ``host:port`` (IPv6 in brackets).
+def split_endpoint(endpoint: str, *, any_port: bool = False) -> tuple[str, int]:
+    """Split ``host:port`` (IPv6 in brackets); ``any_port`` also accepts port 0.
 
     Raises:
         LogsInvalidArgument: it is not ``host:port`` with a valid port.
     """
     host, sep, port = endpoint.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    low = 0 if any_port else 1
+    if not sep or not host or not port.isdigit() or not low <= int(port) < 65536:
         raise LogsInvalidArgument(f"invalid endpoint {endpoint!r}: expected host:port")
     return host, int(port)
 

@@ -283,7 +283,7 @@ class Session:
             if frames:
                 last_recv = now
             elif now - last_recv > self.dead_after:
-                raise Refusal(f"peer silent for {now - last_recv:.1f} s; closing")
+                raise PeerClosed(f"{conn.peer} silent for {now - last_recv:.1f} s; closing")
             for frame in frames:
                 ack = self._handle(frame, reader)
                 if ack is None:
