@@ -1,6 +1,9 @@
-"""Benchmark mhafail.audit: add throughput, count latency, memory, 30-day snapshot query.
+"""Benchmark mhafail.audit: add throughput, count latency, memory, 30-day query, cluster series.
 
-Run:  .venv/bin/python benchmarks/bench_audit.py [--quick]
+Run:  .venv/bin/python benchmarks/bench_audit.py [--quick] [--cluster-only]
+
+The cluster section starts a ZooKeeper server (mhafail.testing) and runs a
+manager and four sender nodes in this process, over loopback TCP.
 
 Compares, in the same run, ``AuditSeries`` with a straightforward
 dict-per-prefix counter (one dict per prefix length 0..32, so any prefix
@@ -13,6 +16,7 @@ nothing is sent anywhere.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import statistics
@@ -233,10 +237,171 @@ def bench_query(days: int, per_file: int) -> None:
         shutil.rmtree(root)
 
 
+class ClusterNode:
+    """An in-process cluster node: a series, its ClusterAudit, coordinator and membership."""
+
+    def __init__(self, zk: str, name: str, *, listen: bool, interval: float) -> None:
+        from mhafail.audit import ClusterAudit
+        from mhafail.coordination import Coordinator, Membership, NodeInfo
+
+        self.series = AuditSeries("conn", window_seconds=300, windows=6, export_increments=True)
+        self.audit = ClusterAudit(
+            node=name,
+            series=[self.series],
+            listen="127.0.0.1:0" if listen else None,
+            interval=interval,
+        ).start()
+        self.coordinator = Coordinator(hosts=zk, cluster="bench-audit", session_timeout=2).start()
+        info = NodeInfo(name=name, endpoints=self.audit.endpoints())
+        self.membership = Membership(coordinator=self.coordinator, info=info).start()
+        self.audit.follow(self.membership)
+
+    def wait_members(self, n: int) -> None:
+        self.membership.wait_for(lambda view: len(view) == n, 30)
+
+    def stop(self) -> None:
+        self.audit.stop(flush_timeout=0)
+        self.membership.stop()
+        self.coordinator.stop()
+
+
+def start_cluster(zk: str, interval: float) -> list[ClusterNode]:
+    """A manager (first) and four senders, all in each other's view."""
+    nodes = [ClusterNode(zk, "m", listen=True, interval=interval)]
+    nodes += [ClusterNode(zk, f"n{i}", listen=False, interval=interval) for i in range(4)]
+    for node in nodes:
+        node.wait_members(5)
+    return nodes
+
+
+def bench_propagation(zk: str, interval: float, trials: int) -> None:
+    nodes = start_cluster(zk, interval)
+    manager, senders = nodes[0], nodes[1:]
+    try:
+        delays = []
+        rng = random.Random(2)
+        for trial in range(trials):
+            time.sleep(rng.uniform(0, interval))  # land anywhere in the batch cycle
+            key = BASE + trial
+            t0 = time.perf_counter()
+            senders[trial % 4].series.add(key)
+            while manager.series.count(key) == 0:
+                time.sleep(0.0005)
+            delays.append(time.perf_counter() - t0)
+        delays.sort()
+        print(
+            f"propagation add -> manager count, interval {interval} s: "
+            f"p50 {statistics.median(delays) * 1000:.0f} ms"
+            f"  p99 {delays[int(0.99 * (len(delays) - 1))] * 1000:.0f} ms"
+            f"  max {delays[-1] * 1000:.0f} ms  (n={trials})"
+        )
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def bench_manager(zk: str, per_node: int) -> None:
+    nodes = start_cluster(zk, 0.5)
+    manager, senders = nodes[0], nodes[1:]
+    try:
+        keys = random.Random(3).sample(range(BASE, BASE + (1 << 24)), per_node * 4)
+        t0 = time.perf_counter()
+        for i, sender in enumerate(senders):
+            sender.series.add_many(keys[i * per_node : (i + 1) * per_node])
+        for sender in senders:
+            assert sender.audit.flush(120)
+        spread = time.perf_counter() - t0
+        print(
+            f"4 nodes x {per_node:,} new addresses each -> manager, flushed: {spread:.2f} s"
+            f" ({len(keys) / spread / 1e3:.0f}k addresses/s end to end)"
+        )
+        local = AuditSeries("conn", window_seconds=300, windows=6)
+        local.add_many(keys)
+        total = local.count("0.0.0.0/0")
+        assert manager.series.count("0.0.0.0/0") == total
+        # On the manager the merged series is an ordinary AuditSeries: same cost as local.
+        probe = keys[5]
+        slash24 = format_address(probe >> 8 << 8, KeyFamily.IPV4) + "/24"
+        series = manager.series
+        us_merged = per_call_us(lambda: series.count(slash24), 20_000)
+        us_local = per_call_us(lambda: local.count(slash24), 20_000)
+        print(
+            f"manager count /24 over {len(keys):,} addresses from 4 nodes: "
+            f"{us_merged:.2f} us (a local series with the same data: {us_local:.2f} us)"
+        )
+        # A manager restart: every live node refills the new one with a snapshot.
+        manager.stop()
+        t0 = time.perf_counter()
+        nodes[0] = manager = ClusterNode(zk, "m", listen=True, interval=0.5)
+        while manager.series.count("0.0.0.0/0") < total:
+            time.sleep(0.005)
+        print(
+            f"manager restart -> refilled by 4 snapshots ({len(keys):,} addresses): "
+            f"{time.perf_counter() - t0:.2f} s (including its ZooKeeper join)"
+        )
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def bench_cluster(quick: bool) -> None:
+    from mhafail.testing import ZooKeeperServer
+
+    print("\n## cluster-wide series (1 manager + 4 sender nodes in one process, loopback TCP)")
+    zk = ZooKeeperServer(tick_time=100).start()
+    try:
+        for interval in (0.5, 0.1):
+            bench_propagation(zk.address, interval, 15 if quick else 60)
+        bench_manager(zk.address, 25_000 if quick else 100_000)
+        bench_batch_cost(quick)
+    finally:
+        zk.cleanup()
+
+
+def bench_batch_cost(quick: bool) -> None:
+    from mhafail.audit import IncrementBatch, Origin
+    from mhafail.audit._wire import encode_frame
+
+    n = 10_000
+    rng = random.Random(4)
+    keys = rng.sample(range(BASE, BASE + (1 << 24)), n)
+    rounds = 5 if quick else 20
+    encode = decode = merge = 0.0
+    size = 0
+    for r in range(rounds):
+        sender = AuditSeries("conn", export_increments=True)
+        receiver = AuditSeries("conn")
+        sender.add_many(keys)
+        batch = sender.take_batch(Origin("n0", r))
+        assert batch is not None
+        t0 = time.perf_counter()
+        frame = encode_frame({"items": [{"snapshot": False, "batch": batch.to_json()}]})
+        t1 = time.perf_counter()
+        wire = json.loads(frame[4:])["items"][0]["batch"]
+        decoded = IncrementBatch.from_json(wire)
+        t2 = time.perf_counter()
+        receiver.merge(decoded)
+        t3 = time.perf_counter()
+        encode += t1 - t0
+        decode += t2 - t1
+        merge += t3 - t2
+        size = len(frame)
+    per = 1e6 / (rounds * n)
+    print(
+        f"batch of {n:,} distinct addresses: {size / n:.1f} bytes/address on the wire; "
+        f"encode {encode * per:.2f} us, decode {decode * per:.2f} us, "
+        f"merge {merge * per:.2f} us per address"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--cluster-only", action="store_true", help="only the cluster section")
     args = parser.parse_args()
+    if args.cluster_only:
+        bench_cluster(args.quick)
+        return
     n_distinct = 200_000 if args.quick else 1_000_000
     rng = random.Random(0)
     distinct = rng.sample(range(BASE, BASE + (1 << 24)), n_distinct)
@@ -245,6 +410,7 @@ def main() -> None:
     bench_add(n_events, distinct[:10_000])  # repeat visitors, as an MTA mostly sees
     bench_count(distinct)
     bench_query(3 if args.quick else 30, 50 if args.quick else 200)
+    bench_cluster(args.quick)
 
 
 if __name__ == "__main__":
