@@ -91,4 +91,3 @@ def test_restart_cuts_an_unsaved_tail_and_ignores_a_lagging_checkpoint(lab: Lab)
     m1.start()
     expect_exact(base, lab.cluster, ["n1"], 1500, 30)
     assert "cut" in m1.output()
-
