@@ -254,6 +254,9 @@ def manager_settings(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("zk", "cluster", "name", "base"):
         if out[key] is None:
             raise LogsInvalidArgument(f"the manager needs {key} (flag --{key} or config file)")
+    from mhafail.logs import PathPattern
+
+    PathPattern(out["pattern"], out["cluster"])  # refuse a bad pattern before connecting
     for key in ("file_mode", "dir_mode"):
         try:
             out[key] = int(out[key], 8)

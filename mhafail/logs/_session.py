@@ -197,6 +197,7 @@ class Session:
             raise Refusal("back must be a non-negative integer")
         with jlog.tail(start=Whence.END, back=back) as tail:
             self._accept({"start": format_id(tail.position)})
+            logger.info("%s: tail of %s for %s", self.service.node, request["log"], self.conn.peer)
             self._pump(tail.read_batch, None)
 
     # --- stream ----------------------------------------------------------------------

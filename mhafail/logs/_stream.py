@@ -148,11 +148,13 @@ class Stream:
             except (PeerClosed, StreamRefused, ProtocolError, LogsError, OSError) as exc:
                 failures += 1
                 self.error = str(exc)
+                self._cut_back()
                 level = logging.INFO if isinstance(exc, PeerClosed) else logging.WARNING
                 logger.log(level, "%s/%s: stream stopped: %s", self.node, self.log, exc)
             except Exception as exc:
                 failures += 1
                 self.error = f"{type(exc).__name__}: {exc}"
+                self._cut_back()
                 logger.exception("%s/%s: stream failed", self.node, self.log)
             finally:
                 self.connected = False
@@ -161,6 +163,13 @@ class Stream:
                     self._conn = None
             delay = min(self.agg.retry * 2 ** max(0, failures - 1), self.agg.retry_max)
             self.stop_event.wait(delay)
+
+    def _cut_back(self) -> None:
+        """After a failure, drop unsaved bytes now (a full disk gets its space back)."""
+        try:
+            self._recover()
+        except (OSError, LogsError) as exc:
+            logger.warning("%s/%s: cannot cut back yet: %s", self.node, self.log, exc)
 
     def _recover(self) -> None:
         """Cut the current file back to the saved offset: drop what no state covers."""

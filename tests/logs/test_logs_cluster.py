@@ -24,7 +24,7 @@ def test_two_managers_each_get_every_record_through_crashes(lab: Lab) -> None:
     m1 = lab.manager("m1")
     config = lab.root / "m2.toml"
     config.write_text(f'name = "m2"\nbase = "{lab.base("m2")}"\ncommit_records = 500\n')
-    m2 = lab.manager("m2", "--config", str(config))
+    lab.manager("m2", "--config", str(config))
     total = 6000
     writer = Writer({n: lab.jlog(n) for n in NODES}, total, per_tick=15).start()
 

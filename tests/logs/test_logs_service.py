@@ -174,7 +174,7 @@ def test_wrong_or_missing_secret_is_refused(service: JlogService, tmp_path: Path
     ],
 )
 def test_malformed_frames_close_the_connection_only(service: JlogService, garbage: bytes) -> None:
-    """Garbage, oversized, incomplete or out-of-place frames end that connection, not the service."""
+    """Garbage, oversized, incomplete or misplaced frames end that connection, not the service."""
     port = int(service.endpoint.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(garbage)
