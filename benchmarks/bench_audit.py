@@ -260,8 +260,8 @@ class ClusterNode:
         self.membership.wait_for(lambda view: len(view) == n, 30)
 
     def stop(self) -> None:
-        self.audit.stop(flush_timeout=0)
         self.membership.stop()
+        self.audit.stop(flush_timeout=0)
         self.coordinator.stop()
 
 

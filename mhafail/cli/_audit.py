@@ -189,9 +189,10 @@ def _node(args: argparse.Namespace) -> int:
     finally:
         if logger is not None:
             logger.stop()
-        audit.stop()
+        # Leave the view first, so that senders stop pushing here before we close.
         if membership is not None:
             membership.stop()
+        audit.stop()
         if coordinator is not None:
             coordinator.stop()
     _emit("stopped", node=args.node)

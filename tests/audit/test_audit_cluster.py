@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -21,9 +26,10 @@ from mhafail.audit import (
     Origin,
     SystemClock,
 )
+from mhafail.cli import main
 from mhafail.coordination import Coordinator, Membership, NodeInfo
 from mhafail.errors import AuditError, AuditInvalidArgument
-from mhafail.testing import TcpProxy
+from mhafail.testing import TcpProxy, ZooKeeperServer
 
 pytestmark = pytest.mark.zookeeper
 
@@ -47,9 +53,9 @@ class Node:
     def stop(self) -> None:
         if not self.stopped:
             self.stopped = True
-            self.audit.stop(flush_timeout=0)
             if self.membership is not None:
                 self.membership.stop()
+            self.audit.stop(flush_timeout=0)
 
 
 MakeNode = Callable[..., Node]
@@ -448,3 +454,44 @@ def test_last_seq_reports_the_latest_merged_batch_per_origin() -> None:
     assert receiver.last_seq(Origin("a", 8)) == 0
     clock.advance(6 * 300)
     assert receiver.last_seq(origin) == 0
+
+
+def test_docs_snippet_runs(zookeeper: ZooKeeperServer, zk_cluster: str, tmp_path: Path) -> None:
+    """The Python example under "Cluster-wide series" in docs/audit.md runs as written."""
+    doc = (Path(__file__).parents[2] / "docs" / "audit.md").read_text()
+    section = doc[doc.index("## Cluster-wide series") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    env = {**os.environ, "MHAFAIL_ZK": zookeeper.address, "MHAFAIL_CLUSTER": zk_cluster}
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code.group(1)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["mgr1 sees 4", "mta1 sees 3"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("conn:ipv5", "family must be ipv4, ipv6 or string, not 'ipv5'"),
+        ("conn:ipv4:5m", "WINDOW_SECONDS '5m' is not a number"),
+        ("conn:ipv4:300:6:1", "must be NAME[:FAMILY[:WINDOW_SECONDS[:WINDOWS]]]"),
+        ("conn.x", "series name 'conn.x' must be"),
+        ("conn:ipv4:0", "window_seconds must be a positive integer"),
+    ],
+)
+def test_cli_refuses_bad_series_specs(
+    spec: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`mhafail audit node` with a malformed --series exits 2 with a one-line error."""
+    argv = ["audit", "node", "--zk", "127.0.0.1:9", "--cluster", "c", "--node", "n"]
+    assert main([*argv, "--series", spec]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1

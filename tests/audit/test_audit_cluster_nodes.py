@@ -117,6 +117,17 @@ class AuditNode:
         assert event["event"] != "error", event
         return event
 
+    def refused(self, text: str) -> str:
+        """Send a command that must fail and return the error it got."""
+        assert self._proc is not None and self._proc.stdin is not None
+        self._line += 1
+        line = self._line
+        self._proc.stdin.write(text.encode() + b"\n")
+        self._proc.stdin.flush()
+        event = self.wait_event(lambda e: e.get("line") == line)
+        assert event["event"] == "error", event
+        return str(event["error"])
+
     def count(self, target: str) -> int:
         return int(self.command(f"count conn {target}")["count"])
 
@@ -253,6 +264,9 @@ def test_a_paused_receiver_gets_every_batch_once(nodes: Callable[..., AuditNode]
     a.start()
     m.wait_ready()
     a.wait_ready()
+    assert "not an IPv4 address" in a.refused("add conn 198.18.0.300")
+    assert "no series 'rcpt' (this node has conn)" in a.refused("count rcpt 198.18.0.0/15")
+    assert "unknown command 'drop conn'" in a.refused("drop conn")
     a.command("add conn 198.18.0.1 1")
     m.wait_count("198.18.0.1", 1)
     m.pause()
