@@ -395,7 +395,12 @@ class Coordinator:
                     )
                     self._post(self._session_listeners, session_id)
         self._state = state
-        logger.info("cluster %s: connection %s", self.cluster, state.value)
+        logger.info(
+            "cluster %s session %s: connection %s",
+            self.cluster,
+            _hex(self._session_id),
+            state.value,
+        )
         self._post(self._state_listeners, state)
 
     def _update_timeout(self) -> None:
@@ -423,7 +428,9 @@ class Coordinator:
 
     def _announce_lease(self, state: LeaseState) -> None:
         self._lease_announced = state
-        logger.info("cluster %s: lease %s", self.cluster, state.value)
+        logger.info(
+            "cluster %s session %s: lease %s", self.cluster, _hex(self._session_id), state.value
+        )
         self._post(self._lease_listeners, state, self._lease_dispatcher)
 
     def _post(
@@ -433,3 +440,7 @@ class Coordinator:
         if dispatcher is not None:
             for listener in list(listeners):
                 dispatcher.post(listener, value)
+
+
+def _hex(session_id: int | None) -> str:
+    return "-" if session_id is None else f"{session_id:#x}"

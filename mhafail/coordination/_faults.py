@@ -18,7 +18,14 @@ def expire_session(coordinator: Coordinator, *, hosts: str | None = None) -> int
     A second client attaches to the same session (id and password) and
     closes it; the server then drops the session and every ephemeral znode
     in it, and the original client sees LOST when it next talks to the
-    server, exactly as after a long partition.
+    server, as after a long partition.
+
+    One difference matters: the server drops the session *at once*, not
+    after the session timeout, so the owner's fencing lease (which assumes
+    expiry by timeout) may still be valid when others see its ephemeral
+    znodes vanish. Use it to test re-registration and session handling; to
+    test ownership hand-offs, cut the client off (``TcpProxy.cut()``) for
+    longer than the session timeout instead.
 
     Args:
         coordinator: a started coordinator.

@@ -131,6 +131,8 @@ class VipManager:
     _release: list[VipCallback] = attrs.field(init=False, factory=list)
     _pre_release: list[VipCallback] = attrs.field(init=False, factory=list)
     _last: PassResult = attrs.field(init=False, factory=PassResult)
+    _last_full_result: PassResult = attrs.field(init=False, factory=PassResult)
+    _full_passes: int = attrs.field(init=False, default=0)
     _stopping: bool = attrs.field(init=False, default=False)
 
     # --- application API ----------------------------------------------------------
@@ -244,14 +246,27 @@ class VipManager:
             self._events.stop()
 
     def reconcile_now(self, timeout: float = 10.0) -> PassResult:
-        """Force a full pass and wait for it; returns what it did (for tests and tools)."""
+        """Force a full pass (re-read, kernel check) and return what it did.
+
+        Raises:
+            TimeoutError: no full pass completed within ``timeout``.
+        """
         assert self._loop is not None
         with self._lock:
+            wanted = self._full_passes + 1
             self._full_read_due = True
-        done = self._loop.passes
         self._loop.kick()
-        self._loop.wait_passes(done + 2, timeout)
-        return self._last
+        end = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                # A pass that started before our request may finish first: wait for the next.
+                if self._full_passes > wanted or (
+                    self._full_passes == wanted and not self._full_read_due
+                ):
+                    return self._last_full_result
+            if time.monotonic() > end:
+                raise TimeoutError("no full reconcile pass completed in time")
+            self._loop.wait_passes(self._loop.passes + 1, 0.05)
 
     # --- event plumbing -------------------------------------------------------------
 
@@ -263,7 +278,7 @@ class VipManager:
     def _on_lease(self, state: LeaseState) -> None:
         if state is LeaseState.EXPIRED and self._kernel is not None:
             for vip in self._kernel.remove_all():
-                logger.warning("lease expired: removed %s", vip.key)
+                logger.warning("%s: lease expired: removed %s", self._me, vip.key)
                 self._emit(self._release, vip)
         if self._loop is not None:
             self._loop.kick()
@@ -393,12 +408,15 @@ class VipManager:
         if self._stopping or self._kernel is None:
             return
         now = time.monotonic()
-        if self._full_read_due or now - self._last_full >= self.reconcile_interval:
+        full = self._full_read_due or now - self._last_full >= self.reconcile_interval
+        if full:
             self._declare()
             self._read_all()
             readded, stray = self._kernel.verify(list(self._by_key.values()))
             for key in stray:
-                logger.warning("removed %s: present in the kernel but not owned here", key)
+                logger.warning(
+                    "%s: removed %s: present in the kernel but not owned here", self._me, key
+                )
         else:
             readded, stray = [], []
         inp, contested = self._snapshot()
@@ -426,6 +444,10 @@ class VipManager:
             removed=tuple(stray),
             conflicts=contested,
         )
+        if full:
+            with self._lock:
+                self._last_full_result = self._last
+                self._full_passes += 1
 
     def _act(self, vip: Vip, decision: Decision, now: float, tally: _Tally) -> None:
         """Carry out one decision, recording what happened in ``tally``."""
@@ -451,7 +473,7 @@ class VipManager:
             self._handover(vip, decision.reason, run_hooks=True)
             tally.released.append(key)
         elif self._kernel.remove(vip):
-            logger.warning("removed %s: %s", key, decision.reason)
+            logger.warning("%s: removed %s: %s", self._me, key, decision.reason)
             self._emit(self._release, vip)
 
     def _plumb(self, vip: Vip) -> bool:
@@ -463,7 +485,7 @@ class VipManager:
             return False
         before = vip.key in self._kernel.plumbed()
         if self._kernel.add(vip) and not before:
-            logger.info("acquired %s", vip.key)
+            logger.info("%s: acquired %s", self._me, vip.key)
             self._emit(self._acquire, vip)
             return True
         return False
@@ -481,12 +503,12 @@ class VipManager:
             return False
         with self._lock:
             self._owners[vip.key] = claim
-        logger.info("claimed %s", vip.key)
+        logger.info("%s: claimed %s", self._me, vip.key)
         return True
 
     def _handover(self, vip: Vip, reason: str, *, run_hooks: bool) -> None:
         assert self._kernel is not None
-        logger.info("releasing %s: %s", vip.key, reason)
+        logger.info("%s: releasing %s: %s", self._me, vip.key, reason)
         if run_hooks and vip.key in self._kernel.plumbed():
             self._run_pre_release(vip)
         if self._kernel.remove(vip):

@@ -1,0 +1,289 @@
+"""VipManager against a real ZooKeeper, with the fake plumber (in-process nodes)."""
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import attrs
+import pytest
+
+from mhafail.coordination import Coordinator, Membership, NodeInfo
+from mhafail.errors import InvalidVipSpec
+from mhafail.testing import FakeNetwork, FakePlumber, TcpProxy, ZooKeeperServer
+from mhafail.vip import RebalancePolicy, VipManager, drain, move, parse_vip, show, undrain
+
+pytestmark = pytest.mark.zookeeper
+
+A = "198.18.0.200"
+B = "198.18.0.201"
+
+
+@attrs.define
+class Node:
+    name: str
+    coordinator: Coordinator
+    membership: Membership
+    plumber: FakePlumber
+    manager: VipManager
+    proxy: TcpProxy
+
+    def stop(self, release: bool = True) -> None:
+        self.manager.stop(release=release)
+        self.membership.stop()
+        self.coordinator.stop()
+
+
+@pytest.fixture
+def network() -> FakeNetwork:
+    return FakeNetwork()
+
+
+@pytest.fixture
+def cluster(
+    zookeeper: ZooKeeperServer,
+    zk_cluster: str,
+    network: FakeNetwork,
+    tcp_proxy_factory: Callable[[str], TcpProxy],
+) -> Iterator[Callable[..., Node]]:
+    made: list[Node] = []
+
+    def make(name: str, vips: list[str] = [A], **kw: object) -> Node:  # noqa: B006
+        proxy = tcp_proxy_factory(zookeeper.address)
+        c = Coordinator(hosts=proxy.address, cluster=zk_cluster, session_timeout=1.0).start()
+        m = Membership(coordinator=c, info=NodeInfo(name=name, pid=os.getpid(), host="t")).start()
+        plumber = FakePlumber(network, name, {"eth0": [f"198.18.0.{10 + len(made) + 1}/24"]})
+        kw.setdefault("rebalance", RebalancePolicy.immediate())
+        kw.setdefault("claim_step", 0.1)
+        kw.setdefault("reconcile_interval", 1.0)
+        kw.setdefault("announce_schedule", (0.0, 0.2))
+        manager = VipManager(
+            coordinator=c,
+            membership=m,
+            plumber=plumber,
+            vips=[parse_vip(f"{v}/24@eth0") if "@" not in v else parse_vip(v) for v in vips],
+            **kw,  # type: ignore[arg-type]
+        ).start()
+        node = Node(name, c, m, plumber, manager, proxy)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        try:
+            node.proxy.restore()
+            node.stop(release=False)
+        except Exception:  # noqa: S110 - best-effort teardown of nodes a test already broke
+            pass
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def holder(network: FakeNetwork, address: str) -> str | None:
+    holders = network.holders(address)
+    assert len(holders) <= 1, f"two owners of {address}: {holders}"
+    return next(iter(holders), None)
+
+
+def test_one_owner_is_elected_and_plumbs(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """Three nodes declaring a VIP elect exactly one owner, which plumbs and announces it."""
+    nodes = [cluster(n) for n in ("n1", "n2", "n3")]
+    wait_for(lambda: holder(network, A) is not None)
+    owner = holder(network, A)
+    time.sleep(0.5)
+    assert holder(network, A) == owner
+    assert all(n.manager.owner_of(A) == owner for n in nodes)
+    assert any(h == owner and a == A for _, h, a in network.announcements)
+    assert network.max_holders(A) == 1
+
+
+def test_cut_off_owner_drops_the_vip_before_a_survivor_takes_it(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """An owner cut off from ZooKeeper removes its VIP before anyone else adds it."""
+    nodes = {n: cluster(n) for n in ("n1", "n2", "n3")}
+    wait_for(lambda: holder(network, A) is not None)
+    old = holder(network, A)
+    assert old is not None
+    nodes[old].proxy.cut()
+    wait_for(lambda: holder(network, A) not in (None, old))
+    assert network.max_holders(A) == 1
+    removed = [t for t, h, op, a in network.history if h == old and op == "remove" and a == A]
+    added = [t for t, h, op, a in network.history if h != old and op == "add" and a == A]
+    assert removed and added and removed[0] < added[0]
+
+
+def test_session_expiry_moves_the_vip_and_the_old_owner_rejoins(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """After its session expires the owner drops the VIP; then exactly one node holds it.
+
+    The old owner rejoins with a new session at once, so it may win the new
+    election itself: what matters is that it let go first.
+    """
+    nodes = {n: cluster(n) for n in ("n1", "n2")}
+    wait_for(lambda: holder(network, A) is not None)
+    old = holder(network, A)
+    assert old is not None
+    old_session = nodes[old].coordinator.session_id
+    expired_at = time.monotonic()
+    # A real expiry: the server hears nothing for the session timeout. (The
+    # kit's expire_session closes a session at once, which no lease can
+    # anticipate; it is for membership tests, not for ownership.)
+    nodes[old].proxy.cut()
+    other = next(n for n in nodes if n != old)
+    wait_for(lambda: holder(network, A) == other)
+    nodes[old].proxy.restore()
+    wait_for(lambda: nodes[old].coordinator.session_id not in (None, old_session))
+    wait_for(
+        lambda: any(
+            t > expired_at and h == old and op == "remove" for t, h, op, _ in network.history
+        )
+    )
+    wait_for(lambda: holder(network, A) is not None)
+    new = holder(network, A)
+    wait_for(lambda: all(n.manager.owner_of(A) == new for n in nodes.values()))
+    assert network.max_holders(A) == 1
+
+
+def test_graceful_stop_hands_over_with_hooks(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """Stopping the owner runs pre_release, releases, and a survivor takes over at once."""
+    nodes = {n: cluster(n) for n in ("n1", "n2")}
+    wait_for(lambda: holder(network, A) is not None)
+    old = holder(network, A)
+    assert old is not None
+    events: list[tuple[str, str]] = []
+    done = threading.Event()
+    nodes[old].manager.pre_release(lambda v: events.append(("pre_release", v.key)))
+    nodes[old].manager.on_release(lambda v: (events.append(("release", v.key)), done.set()))
+    other = next(n for n in nodes if n != old)
+    acquired = threading.Event()
+    nodes[other].manager.on_acquire(lambda v: acquired.set())
+    nodes[old].stop(release=True)
+    assert done.wait(5)
+    assert events == [("pre_release", A), ("release", A)]
+    assert acquired.wait(5)
+    assert holder(network, A) == other
+    assert network.max_holders(A) == 1
+
+
+def test_rebalance_immediate_and_never(cluster: Callable[..., Node], network: FakeNetwork) -> None:
+    """With 'immediate' a returning node gets its share back; with 'never' it does not."""
+    n1 = cluster("n1", [A, B])
+    wait_for(lambda: holder(network, A) == "n1" and holder(network, B) == "n1")
+    cluster("n2", [A, B])
+    wait_for(lambda: {holder(network, A), holder(network, B)} == {"n1", "n2"})
+    assert network.max_holders(A) == network.max_holders(B) == 1
+    n1.stop(release=True)
+    wait_for(lambda: holder(network, A) == holder(network, B) == "n2")
+    n1 = cluster("n1", [A, B], rebalance=RebalancePolicy.never())
+    time.sleep(1.5)
+    # n2 (policy immediate) would hand over, but n2 only moves VIPs it owns and
+    # placement wants one of them on n1: so n2's policy decides, and it moves.
+    wait_for(lambda: {holder(network, A), holder(network, B)} == {"n1", "n2"})
+
+
+def test_rebalance_never_keeps_vips_on_the_survivor(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """With 'never' on the holder, a returning node waits for a failure or a move."""
+    cluster("n2", [A, B], rebalance=RebalancePolicy.never())
+    wait_for(lambda: holder(network, A) == holder(network, B) == "n2")
+    n1 = cluster("n1", [A, B])
+    n1.manager.reconcile_now()
+    time.sleep(1.0)
+    assert holder(network, A) == holder(network, B) == "n2"
+
+
+def test_rebalance_after_a_stable_period(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """With 'after N s' the holder hands over once membership was stable that long."""
+    cluster("n2", [A, B], rebalance=RebalancePolicy.after(1.0))
+    wait_for(lambda: holder(network, A) == holder(network, B) == "n2")
+    joined = time.monotonic()
+    cluster("n1", [A, B])
+    wait_for(lambda: {holder(network, A), holder(network, B)} == {"n1", "n2"})
+    moved_at = max(t for t, h, op, _ in network.history if h == "n1" and op == "add")
+    assert moved_at - joined >= 1.0
+
+
+def test_move_and_drain(cluster: Callable[..., Node], network: FakeNetwork) -> None:
+    """An explicit move and a drain hand the VIP over safely; undrain lets the node back."""
+    nodes = {n: cluster(n) for n in ("n1", "n2", "n3")}
+    wait_for(lambda: holder(network, A) is not None)
+    old = holder(network, A)
+    target = next(n for n in nodes if n != old)
+    ops = nodes[target].coordinator
+    move(ops, A, target)
+    wait_for(lambda: holder(network, A) == target)
+    drain(ops, target)
+    wait_for(lambda: holder(network, A) not in (None, target))
+    statuses = {s.address: s for s in show(ops)}
+    assert statuses[A].owner == holder(network, A)
+    assert undrain(ops, target)
+    wait_for(lambda: holder(network, A) == target)  # the move target still stands
+    assert network.max_holders(A) == 1
+
+
+def test_move_to_a_bad_node_changes_nothing(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """Moving to a node that is not live, or to an unknown VIP, is refused."""
+    node = cluster("n1")
+    wait_for(lambda: holder(network, A) == "n1")
+    with pytest.raises(InvalidVipSpec, match="not a live member"):
+        move(node.coordinator, A, "ghost")
+    with pytest.raises(InvalidVipSpec, match="unknown VIP"):
+        move(node.coordinator, "198.18.0.99", "n1")
+    with pytest.raises(InvalidVipSpec, match="invalid"):
+        move(node.coordinator, "not-an-address", "n1")
+    assert holder(network, A) == "n1"
+
+
+def test_kernel_drift_is_repaired(cluster: Callable[..., Node], network: FakeNetwork) -> None:
+    """A stray VIP on a non-owner is removed and a missing owned VIP is re-added."""
+    nodes = {n: cluster(n) for n in ("n1", "n2")}
+    wait_for(lambda: holder(network, A) is not None)
+    owner = holder(network, A)
+    assert owner is not None
+    other = next(n for n in nodes if n != owner)
+    nodes[other].plumber.inject("eth0", A)
+    result = nodes[other].manager.reconcile_now()
+    assert A in result.removed
+    assert network.holders(A) == {owner}
+    nodes[owner].plumber.ensure_absent(parse_vip(f"{A}@eth0"))
+    nodes[owner].manager.reconcile_now()
+    assert network.holders(A) == {owner}
+
+
+def test_invalid_vip_is_refused_and_changes_nothing(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """A VIP equal to the host's own address is refused before anything is declared."""
+    with pytest.raises(InvalidVipSpec, match="host's own address"):
+        cluster("n1", ["198.18.0.11"])
+    assert network.history == []
+
+
+def test_binding_address_is_given_only_to_its_owner(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """binding_address() returns the address only on the node that owns the binding."""
+    spec = [f"{B}@eth0,binding=out", f"{A}@eth0,follow=out"]
+    nodes = {n: cluster(n, spec) for n in ("n1", "n2")}
+    wait_for(lambda: holder(network, B) is not None and holder(network, A) is not None)
+    owner = holder(network, B)
+    assert holder(network, A) == owner  # the follower sits with its binding
+    for name, node in nodes.items():
+        assert node.manager.binding_address("out") == (B if name == owner else None)
