@@ -327,7 +327,7 @@ class _Peer:
                 try:
                     self._sync()
                     backoff = 0.0
-                except (OSError, AuditError) as exc:
+                except Exception as exc:  # OSError, AuditError expected; anything else too
                     self._close()
                     with self.audit._acks:
                         self.failures += 1
@@ -855,6 +855,8 @@ class ClusterAudit:
         except OSError as exc:
             if not self._stopping.is_set():
                 log.debug("cluster series connection ended: %s", exc)
+        except Exception:  # a connection thread must never die silently with its socket open
+            log.exception("cluster series connection failed")
         finally:
             conn.close()
             with self._conns_lock:

@@ -45,6 +45,7 @@ class Node:
     series: dict[str, AuditSeries]
     audit: ClusterAudit
     membership: Membership | None
+    coordinator: Coordinator
     stopped: bool = False
 
     def count(self, target: str, series: str = "conn") -> int:
@@ -99,7 +100,7 @@ def make_node(coordinator_factory: Callable[..., Coordinator]) -> Iterator[MakeN
         info = NodeInfo(name=name, roles=("manager",) if listen else ("mta",), endpoints=endpoints)
         membership = Membership(coordinator=coordinator, info=info).start()
         audit.follow(membership)
-        node = Node(name, made_series, audit, membership)
+        node = Node(name, made_series, audit, membership, coordinator)
         made.append(node)
         return node
 
@@ -128,8 +129,7 @@ def test_managers_count_the_sum_of_every_node(make_node: MakeNode) -> None:
     a, b = make_node("a", listen=False), make_node("b", listen=False)
     for node in (m1, m2, a, b):
         wait_view(node, 4)
-    for i in range(40):
-        a.series["conn"].add(f"198.18.{i % 4}.{i}")
+    a.series["conn"].add_many(f"198.18.{i % 4}.{i}" for i in range(40))  # one batch
     b.series["conn"].add("203.0.113.9", 25)
     m1.series["conn"].add("198.19.0.1", 3)
     for node in (a, b, m1, m2):
@@ -236,6 +236,31 @@ def test_a_partition_delays_counts_and_never_doubles_them(
     assert peer.failures >= 1
     assert peer.lost == 0
     assert m.audit.stats().received.gaps == 0
+
+
+def test_a_receiver_away_longer_than_the_backlog_undercounts_and_says_so(
+    make_node: MakeNode,
+) -> None:
+    """Batches that left a full backlog are lost to a returning receiver: low and reported."""
+    m = make_node("m")
+    a = make_node("a", listen=False, max_backlog=2)
+    wait_view(a, 2)
+    a.series["conn"].add("198.18.0.1")
+    assert a.audit.flush(10)
+    assert m.membership is not None
+    info = m.membership.info
+    m.membership.stop()  # m leaves the view but keeps running, and remembers a's batch 1
+    wait_view(a, 1)
+    for _ in range(5):
+        a.series["conn"].add("198.18.0.2")
+        assert a.audit.flush(10)  # one batch each; no receiver to wait for
+    assert a.audit.stats().backlog == {"conn": 2}
+    m.membership = Membership(coordinator=m.coordinator, info=info).start()
+    wait_view(a, 2)
+    assert a.audit.flush(10)
+    assert m.count("198.18.0.0/24") == 3  # batch 1, then 5 and 6; 2, 3 and 4 are lost
+    assert a.audit.stats().peers[0].lost == 3
+    assert m.audit.stats().received.gaps == 1
 
 
 def test_receiver_refuses_series_it_does_not_have_or_that_do_not_line_up(
