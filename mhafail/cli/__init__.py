@@ -20,6 +20,7 @@ from mhafail.errors import MhafailError
 _COMMAND_MODULES = (
     "mhafail.cli._zk",
     "mhafail.cli._members",
+    "mhafail.cli._vip",
     "mhafail.cli._cidr",
     "mhafail.cli._audit",
     "mhafail.cli._jlog",

@@ -16,6 +16,7 @@ from mhafail.testing._faults import resume_process as resume_process
 from mhafail.testing._netns import Host as Host
 from mhafail.testing._netns import NetnsLab as NetnsLab
 from mhafail.testing._netns import remove_stale_namespaces as remove_stale_namespaces
+from mhafail.testing._netns import run_in_netns as run_in_netns
 from mhafail.testing._ports import free_port as free_port
 from mhafail.testing._ports import in_ci as in_ci
 from mhafail.testing._proxy import TcpProxy as TcpProxy
@@ -40,5 +41,6 @@ __all__ = [
     "pause_process",
     "remove_stale_namespaces",
     "resume_process",
+    "run_in_netns",
     "zookeeper_available",
 ]

@@ -16,11 +16,16 @@ from mhafail.vip import Vip
 class FakeNetwork:
     """A shared record of which fake host holds which address, and when.
 
+    With ``path``, every change is also appended to that file (one line per
+    change, ``O_APPEND``), so several processes can share one record;
+    :meth:`load` reads it back.
+
     ``history`` lists ``(monotonic time, host, "add"|"remove", address)``;
     :meth:`max_holders` replays it to find the most hosts that ever held
     one address at once (the one-owner invariant says 1).
     """
 
+    path: str | None = None
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
     _holders: dict[str, set[str]] = attrs.field(factory=dict)
     history: list[tuple[float, str, str, str]] = attrs.field(factory=list)
@@ -34,7 +39,27 @@ class FakeNetwork:
                 holders.add(host)
             else:
                 holders.discard(host)
-            self.history.append((time.monotonic(), host, op, address))
+            now = time.monotonic()
+            self.history.append((now, host, op, address))
+            if self.path is not None:
+                with open(self.path, "a") as f:
+                    f.write(f"{now:.6f} {host} {op} {address}\n")
+
+    @classmethod
+    def load(cls, path: str) -> FakeNetwork:
+        """Rebuild a network's record from the file several processes appended to."""
+        network = cls()
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            t, host, op, address = line.split()
+            network.history.append((float(t), host, op, address))
+            holders = network._holders.setdefault(address, set())
+            (holders.add if op == "add" else holders.discard)(host)
+        return network
 
     def holders(self, address: str) -> frozenset[str]:
         """Hosts that hold ``address`` now."""

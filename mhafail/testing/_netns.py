@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
-from typing import IO, Any
+import threading
+from collections.abc import Callable, Sequence
+from typing import IO, Any, TypeVar
 
 import attrs
 
@@ -31,6 +33,7 @@ from mhafail.testing._children import reap, spawn
 from mhafail.testing._ports import unique_suffix
 
 _open_labs: list[NetnsLab] = []
+T = TypeVar("T")
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -111,11 +114,15 @@ class NetnsLab:
         hosts: how many hosts (``h1``...).
         client: also create a host ``c1`` (address .100) for clients.
         ipv6: add IPv6 addresses (without duplicate address detection).
+        bridge_address: an address for the bridge itself (``198.18.0.1/24``),
+            where lab-wide services such as ZooKeeper can listen
+            (``ZooKeeperServer(netns=lab.lan, host="198.18.0.1")``).
     """
 
     hosts: int = 3
     client: bool = False
     ipv6: bool = True
+    bridge_address: str | None = None
     id: str = attrs.field(factory=unique_suffix)
     members: dict[str, Host] = attrs.field(init=False, factory=dict)
     _closed: bool = attrs.field(init=False, default=False)
@@ -141,6 +148,9 @@ class NetnsLab:
             _ip("netns", "add", self.lan)
             _ip("-n", self.lan, "link", "add", "br0", "type", "bridge")
             _ip("-n", self.lan, "link", "set", "br0", "up")
+            _ip("-n", self.lan, "link", "set", "lo", "up")
+            if self.bridge_address:
+                _ip("-n", self.lan, "addr", "add", self.bridge_address, "dev", "br0")
             names = [(f"h{i}", 10 + i) for i in range(1, self.hosts + 1)]
             if self.client:
                 names.append(("c1", 100))
@@ -202,6 +212,39 @@ class NetnsLab:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def run_in_netns(netns: str, fn: Callable[..., T], *args: Any) -> T:
+    """Call ``fn(*args)`` on a thread that has entered network namespace ``netns``.
+
+    Sockets opened by ``fn`` live in that namespace; the rest of the
+    process is unaffected (``setns`` changes only the calling thread).
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, _CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as exc:  # handed back to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"netns-{netns}")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]  # type: ignore[no-any-return]
 
 
 def remove_stale_namespaces(prefix: str = "mha-") -> list[str]:

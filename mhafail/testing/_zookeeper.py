@@ -84,6 +84,8 @@ class ZooKeeperServer:
         workdir: where data, config and log go (default: a new temp dir,
             removed by :meth:`cleanup`).
         server_id, peers: set by :class:`ZooKeeperEnsemble`.
+        netns: run inside this network namespace (root; e.g. a lab's bridge
+            namespace, with ``host`` the bridge address).
     """
 
     tick_time: int = 100
@@ -92,6 +94,7 @@ class ZooKeeperServer:
     workdir: Path = attrs.field(factory=lambda: Path(tempfile.mkdtemp(prefix="mha-zk-")))
     server_id: int = 0
     peers: tuple[tuple[int, int, int], ...] = ()  # (id, quorum port, election port)
+    netns: str | None = None
     _proc: subprocess.Popen[bytes] | None = attrs.field(init=False, default=None)
     _owns_workdir: bool = attrs.field(init=False, default=True)
 
@@ -158,6 +161,8 @@ class ZooKeeperServer:
             "org.apache.zookeeper.server.quorum.QuorumPeerMain",
             str(cfg),
         ]
+        if self.netns is not None:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         with self.log_path.open("ab") as log:
             self._proc = spawn(argv, stdout=log, stderr=subprocess.STDOUT, cwd=str(self.workdir))
         if wait:
@@ -167,7 +172,12 @@ class ZooKeeperServer:
     def mode(self) -> str | None:
         """``standalone``, ``leader`` or ``follower``; None when not serving."""
         try:
-            answer = four_letter(self.host, self.port, "srvr")
+            if self.netns is None:
+                answer = four_letter(self.host, self.port, "srvr")
+            else:
+                from mhafail.testing._netns import run_in_netns
+
+                answer = run_in_netns(self.netns, four_letter, self.host, self.port, "srvr")
         except OSError:
             return None
         for line in answer.splitlines():

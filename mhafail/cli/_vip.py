@@ -1,0 +1,272 @@
+"""``mhafail vip ...`` (operations) and ``mhafail agent`` (the VIP daemon)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from mhafail.cli._members import add_zk_flags
+from mhafail.cli._output import add_json_flag, emit
+from mhafail.errors import InvalidArgument
+
+
+def register(subparsers: Any) -> None:
+    """Add ``vip show|move|drain|undrain`` and ``agent``."""
+    vip = subparsers.add_parser("vip", help="show and move VIPs (DuraVIP operations)")
+    sub = vip.add_subparsers(dest="vip_command", metavar="ACTION", required=True)
+    show = sub.add_parser("show", help="every VIP with owner, state and candidates")
+    add_zk_flags(show)
+    add_json_flag(show)
+    show.set_defaults(func=_show)
+    move = sub.add_parser("move", help="move a VIP to a node (safe planned handover)")
+    add_zk_flags(move)
+    move.add_argument("address")
+    move.add_argument("node", nargs="?", help="target node (omit with --clear)")
+    move.add_argument("--clear", action="store_true", help="forget the move target instead")
+    move.add_argument("--wait", type=float, default=0.0, help="wait up to S seconds for it")
+    move.set_defaults(func=_move)
+    for name, helptext in (
+        ("drain", "a node gives up its VIPs and takes none (maintenance)"),
+        ("undrain", "let a drained node take VIPs again"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        add_zk_flags(p)
+        p.add_argument("node")
+        p.set_defaults(func=_drain if name == "drain" else _undrain)
+
+    agent = subparsers.add_parser(
+        "agent",
+        help="run the VIP daemon: coordinator, membership and VIP manager",
+        description="Run mhafail's VIP daemon in the foreground. SIGTERM hands every "
+        "VIP over to the other nodes first, then exits.",
+    )
+    agent.add_argument("--config", type=Path, help="TOML file with the same keys as the flags")
+    agent.add_argument("--zk", metavar="HOSTS")
+    agent.add_argument("--cluster")
+    agent.add_argument("--node")
+    agent.add_argument(
+        "--vip",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="ADDRESS[/PREFIX][@IFACE][,prefer=NODE][,binding=NAME][,follow=NAME]",
+    )
+    agent.add_argument("--topology", action="append", default=[], metavar="CIDR=IFACE")
+    agent.add_argument("--session-timeout", type=float)
+    agent.add_argument("--rebalance", help="immediate | never | after:SECONDS (default after:30)")
+    agent.add_argument("--claim-step", type=float)
+    agent.add_argument(
+        "--plumber", default=None, help="netlink (default) or fake:PATH (tests, demos)"
+    )
+    agent.add_argument("--no-fence", action="store_true", help="run without the fence process")
+    agent.add_argument("--events", action="store_true", help="print JSON events on stdout")
+    agent.set_defaults(func=_agent)
+
+
+def _coordinator(args: argparse.Namespace) -> Any:
+    from mhafail.coordination import Coordinator
+
+    return Coordinator(hosts=args.zk, cluster=args.cluster, connect_timeout=args.connect_timeout)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from mhafail.vip import show
+
+    with _coordinator(args) as c:
+        rows = [s.to_dict() for s in show(c)]
+    emit(args, {"cluster": args.cluster, "vips": rows}, _show_text)
+    return 0
+
+
+def _show_text(data: dict[str, Any]) -> str:
+    if not data["vips"]:
+        return f"cluster {data['cluster']}: no VIPs declared"
+    lines = [f"{'VIP':<28} {'STATE':<9} {'OWNER':<12} {'SINCE':<20} {'PREFERRED':<10} LIVE"]
+    for v in data["vips"]:
+        since = (
+            datetime.datetime.fromtimestamp(v["since"]).strftime("%Y-%m-%d %H:%M:%S")
+            if v["since"]
+            else "-"
+        )
+        lines.append(
+            f"{v['address']:<28} {v['state']:<9} {v['owner'] or '-':<12} {since:<20} "
+            f"{v['preferred'] or '-':<10} {','.join(v['declared_by']) or '-'}"
+        )
+    return "\n".join(lines)
+
+
+def _move(args: argparse.Namespace) -> int:
+    from mhafail.vip import clear_move, move, wait_owner
+
+    with _coordinator(args) as c:
+        if args.clear:
+            cleared = clear_move(c, args.address)
+            print("move target cleared" if cleared else "no move target was set")
+            return 0
+        if not args.node:
+            raise InvalidArgument("vip move needs a NODE (or --clear)")
+        move(c, args.address, args.node)
+        if args.wait > 0 and not wait_owner(c, args.address, args.node, args.wait):
+            print(f"{args.address} not yet on {args.node} after {args.wait:g} s", file=sys.stderr)
+            return 1
+    print(f"{args.address} -> {args.node}")
+    return 0
+
+
+def _drain(args: argparse.Namespace) -> int:
+    from mhafail.vip import drain
+
+    with _coordinator(args) as c:
+        drain(c, args.node)
+    print(f"{args.node} drained")
+    return 0
+
+
+def _undrain(args: argparse.Namespace) -> int:
+    from mhafail.vip import undrain
+
+    with _coordinator(args) as c:
+        was = undrain(c, args.node)
+    print(f"{args.node} undrained" if was else f"{args.node} was not drained")
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Merge the TOML config (if any) with the flags; flags win."""
+    cfg: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            cfg = tomllib.loads(args.config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidArgument(f"--config {args.config}: {exc}") from exc
+    known = {
+        "zk",
+        "cluster",
+        "node",
+        "vips",
+        "topology",
+        "session_timeout",
+        "rebalance",
+        "claim_step",
+        "plumber",
+        "fence",
+    }
+    unknown = set(cfg) - known
+    if unknown:
+        raise InvalidArgument(f"--config {args.config}: unknown keys {sorted(unknown)}")
+    merged = dict(cfg)
+    for key in ("zk", "cluster", "node", "session_timeout", "rebalance", "claim_step", "plumber"):
+        value = getattr(args, key)
+        if value is not None:
+            merged[key] = value
+    if args.vip:
+        merged["vips"] = args.vip
+    topology = dict(cfg.get("topology", {}))
+    for entry in args.topology:
+        cidr, sep, iface = entry.partition("=")
+        if not sep:
+            raise InvalidArgument(f"--topology {entry!r}: expected CIDR=IFACE")
+        topology[cidr] = iface
+    merged["topology"] = topology
+    if args.no_fence:
+        merged["fence"] = False
+    for required in ("zk", "cluster", "node"):
+        if not merged.get(required):
+            raise InvalidArgument(f"agent needs --{required} (or '{required}' in --config)")
+    if not merged.get("vips"):
+        raise InvalidArgument("agent needs at least one --vip (or 'vips' in --config)")
+    return merged
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from mhafail.coordination import Coordinator, Membership, NodeInfo
+    from mhafail.vip import (
+        FenceProcess,
+        NetlinkPlumber,
+        RebalancePolicy,
+        VipManager,
+        parse_topology,
+        parse_vip,
+    )
+
+    s = _settings(args)
+    topology = parse_topology(s["topology"])
+    vips = [parse_vip(text, topology=topology) for text in s["vips"]]
+    policy = RebalancePolicy.parse(str(s.get("rebalance", "after:30")))
+    plumber_spec = str(s.get("plumber") or "netlink")
+    plumber: Any
+    if plumber_spec == "netlink":
+        plumber = NetlinkPlumber()
+    elif plumber_spec.startswith("fake:"):
+        from mhafail.testing import FakeNetwork, FakePlumber
+
+        ifaces = {v.interface: [f"{v.network.network_address}/{v.network.prefixlen}"] for v in vips}
+        plumber = FakePlumber(FakeNetwork(path=plumber_spec[5:]), s["node"], ifaces)
+    else:
+        raise InvalidArgument(f"--plumber {plumber_spec!r}: use netlink or fake:PATH")
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def event(kind: str, **fields: Any) -> None:
+        if args.events:
+            line = json.dumps({"event": kind, "t": time.monotonic(), **fields}, sort_keys=True)
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    coordinator = Coordinator(
+        hosts=s["zk"], cluster=s["cluster"], session_timeout=float(s.get("session_timeout", 3.0))
+    ).start()
+    info = NodeInfo(
+        name=s["node"],
+        interfaces=sorted({v.interface for v in vips}),
+        roles=("vip",),
+        started_at=time.time(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
+    membership = Membership(coordinator=coordinator, info=info).start()
+    use_fence = plumber_spec == "netlink" and s.get("fence", True)
+    fence = (
+        FenceProcess(coordinator.lease_deadline, interval=coordinator.effective_timeout / 8)
+        if use_fence
+        else None
+    )
+    manager = VipManager(
+        coordinator=coordinator,
+        membership=membership,
+        plumber=plumber,
+        vips=vips,
+        rebalance=policy,
+        claim_step=float(s.get("claim_step", 0.25)),
+        fence=fence,
+        validate_host=plumber_spec == "netlink",
+    )
+    manager.on_acquire(lambda v: event("acquire", address=v.key))
+    manager.on_release(lambda v: event("release", address=v.key))
+    try:
+        manager.start()
+    except Exception:
+        if fence is not None:
+            fence.close()
+        membership.stop()
+        coordinator.stop()
+        raise
+    event("ready", node=s["node"], pid=os.getpid())
+    stop.wait()
+    manager.stop(release=True)
+    membership.stop()
+    coordinator.stop()
+    event("stopped", node=s["node"])
+    return 0
