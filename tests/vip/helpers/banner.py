@@ -1,5 +1,6 @@
 """A banner server for the namespace tests: answers every connection with '220 <name>'."""
 
+import contextlib
 import socket
 import sys
 import threading
@@ -17,11 +18,8 @@ def serve(family: int, address: str) -> None:
     server.listen(512)
     while True:
         conn, _ = server.accept()
-        try:
+        with conn, contextlib.suppress(OSError):
             conn.sendall(f"220 {name}\r\n".encode())
-        except OSError:
-            pass
-        conn.close()
 
 
 threading.Thread(target=serve, args=(socket.AF_INET6, "::"), daemon=True).start()

@@ -47,7 +47,7 @@ def arp_watch() -> None:
     mac = sock.getsockname()[4]
     while True:
         frame = sock.recv(128)
-        op, sha, spa, _, tpa = struct.unpack("!6xH6s4s6s4s", frame[14:42])
+        op, sha, _, _, tpa = struct.unpack("!6xH6s4s6s4s", frame[14:42])
         if op == 1 and sha == mac:
             emit(arp_request=socket.inet_ntoa(tpa))
 

@@ -1,0 +1,225 @@
+"""`mhafail agent` processes with the fake plumber, and the vip CLI's bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mhafail.cli import main
+from mhafail.coordination import Coordinator, Membership, NodeInfo
+from mhafail.testing import FakeNetwork, FakePlumber, ZooKeeperEnsemble, ZooKeeperServer
+from mhafail.vip import RebalancePolicy, VipManager, parse_vip
+
+A = "198.18.0.200"
+
+
+class AgentProc:
+    def __init__(self, zk: str, cluster: str, node: str, record: Path) -> None:
+        self.argv = [
+            sys.executable, "-m", "mhafail", "agent", "--zk", zk, "--cluster", cluster,
+            "--node", node, "--vip", f"{A}/24@eth0", "--session-timeout", "1",
+            "--plumber", f"fake:{record}", "--claim-step", "0.05", "--events",
+        ]  # fmt: skip
+        self.events: list[dict[str, object]] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "AgentProc":
+        self.events = []
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, start_new_session=True)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        wait_for(lambda: any(e["event"] == "ready" for e in self.events), 20)
+        return self
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.events.append(json.loads(line))
+        proc.stdout.close()
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+        return self.proc.wait(30)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def agents(
+    zookeeper: ZooKeeperServer, zk_cluster: str, tmp_path: Path
+) -> Iterator[Callable[[str], AgentProc]]:
+    made: list[AgentProc] = []
+
+    def make(node: str) -> AgentProc:
+        agent = AgentProc(zookeeper.address, zk_cluster, node, tmp_path / "record")
+        made.append(agent)
+        return agent.start()
+
+    yield make
+    for agent in made:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.stop(signal.SIGKILL)
+
+
+def holders(path: Path) -> frozenset[str]:
+    return FakeNetwork.load(str(path)).holders(A)
+
+
+@pytest.mark.zookeeper
+def test_sigkilled_owner_is_replaced_and_returns_per_policy(
+    agents: Callable[[str], AgentProc], tmp_path: Path
+) -> None:
+    """A SIGKILLed agent's VIP goes to a survivor once its session expires; SIGTERM hands over."""
+    procs = {n: agents(n) for n in ("n1", "n2", "n3")}
+    record = tmp_path / "record"
+    wait_for(lambda: len(holders(record)) == 1)
+    old = next(iter(holders(record)))
+    procs[old].stop(signal.SIGKILL)
+    # The fake plumber cannot outlive its process: drop the dead node's address
+    # by hand, as the fence (or the dead host's reboot) would.
+    FakePlumber(FakeNetwork(path=str(record)), old, {"eth0": []}).network.record(old, "remove", A)
+    wait_for(lambda: len(holders(record) - {old}) == 1)
+    new = next(iter(holders(record)))
+    assert procs[new].stop(signal.SIGTERM) == 0
+    assert any(e["event"] == "release" for e in procs[new].events)
+    wait_for(lambda: len(holders(record)) == 1 and new not in holders(record))
+    assert FakeNetwork.load(str(record)).max_holders(A) == 1
+
+
+@pytest.mark.zookeeper
+@pytest.mark.slow
+def test_vip_survives_the_loss_of_the_zookeeper_leader(
+    zk_ensemble: ZooKeeperEnsemble, tmp_path: Path
+) -> None:
+    """Killing the ensemble leader never gives a VIP two owners, and it stays owned."""
+    network = FakeNetwork()
+    nodes = []
+    for name in ("n1", "n2"):
+        c = Coordinator(hosts=zk_ensemble.hosts, cluster="ens", session_timeout=4.0).start()
+        m = Membership(coordinator=c, info=NodeInfo(name=name, pid=os.getpid())).start()
+        plumber = FakePlumber(network, name, {"eth0": ["198.18.0.1/24"]})
+        manager = VipManager(
+            coordinator=c,
+            membership=m,
+            plumber=plumber,
+            vips=[parse_vip(f"{A}/24@eth0")],
+            rebalance=RebalancePolicy.never(),
+            reconcile_interval=1.0,
+        ).start()
+        nodes.append((c, m, manager))
+    try:
+        wait_for(lambda: len(network.holders(A)) == 1)
+        zk_ensemble.wait_leader().kill()
+        zk_ensemble.wait_leader(30)
+        time.sleep(5)
+        wait_for(lambda: len(network.holders(A)) == 1, 30)
+        assert network.max_holders(A) == 1
+    finally:
+        for c, m, manager in nodes:
+            manager.stop(release=False)
+            m.stop()
+            c.stop()
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["agent", "--zk", "127.0.0.1:1", "--cluster", "c", "--node", "n"], "at least one --vip"),
+        (["agent", "--zk", "127.0.0.1:1", "--cluster", "c", "--vip", A + "@eth0"], "needs --node"),
+        (
+            ["agent", "--zk", "127.0.0.1:1", "--cluster", "c", "--node", "n", "--vip", "300.1.1.1"],
+            "invalid VIP address",
+        ),
+        (
+            [
+                "agent",
+                "--zk",
+                "h:1",
+                "--cluster",
+                "c",
+                "--node",
+                "n",
+                "--vip",
+                A,
+                "--topology",
+                "x",
+            ],
+            "expected CIDR=IFACE",
+        ),
+        (
+            [
+                "agent",
+                "--zk",
+                "h:1",
+                "--cluster",
+                "c",
+                "--node",
+                "n",
+                "--vip",
+                A + "@eth0",
+                "--rebalance",
+                "sometimes",
+            ],
+            "invalid rebalance policy",
+        ),
+    ],
+)
+def test_agent_refuses_bad_flags(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad agent flags exit 2 with a message naming the problem, before anything starts."""
+    assert main(argv) == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_agent_refuses_a_bad_config_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Unknown keys and broken TOML in --config are refused with the file named."""
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('zk = "h:1"\ncolour = "red"\n')
+    assert main(["agent", "--config", str(cfg)]) == 2
+    assert "unknown keys ['colour']" in capsys.readouterr().err
+    cfg.write_text("zk = \n")
+    assert main(["agent", "--config", str(cfg)]) == 2
+    assert str(cfg) in capsys.readouterr().err
+
+
+@pytest.mark.zookeeper
+def test_vip_cli_show_move_drain(
+    agents: Callable[[str], AgentProc],
+    zookeeper: ZooKeeperServer,
+    zk_cluster: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """vip show lists the VIP; move names a bad node with exit 2; drain moves it away."""
+    agents("n1")
+    agents("n2")
+    record = tmp_path / "record"
+    wait_for(lambda: len(holders(record)) == 1)
+    zk = ["--zk", zookeeper.address, "--cluster", zk_cluster]
+    assert main(["vip", "show", *zk, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["vips"]
+    assert rows[0]["address"] == A and rows[0]["state"] == "owned"
+    owner = rows[0]["owner"]
+    assert main(["vip", "move", *zk, A, "nobody"]) == 2
+    assert "not a live member" in capsys.readouterr().err
+    assert main(["vip", "drain", *zk, owner]) == 0
+    wait_for(lambda: holders(record) and owner not in holders(record))
+    assert main(["vip", "undrain", *zk, owner]) == 0
+    assert FakeNetwork.load(str(record)).max_holders(A) == 1
