@@ -229,25 +229,57 @@ class _Outgoing:
         for start in [s for s in self.cumulative if s < oldest]:
             del self.cumulative[start]
 
-    def items_after(self, acked: int) -> tuple[list[tuple[bool, IncrementBatch]], int]:
-        """Return what a receiver at ``acked`` still needs, and how many batches it lost."""
+    def items_after(
+        self, acked: int, delivered: int
+    ) -> tuple[list[tuple[bool, IncrementBatch]], int]:
+        """Return what a receiver at ``acked`` still needs, and how many batches it lost.
+
+        ``delivered`` is the highest sequence an earlier incarnation of the
+        same receiver confirmed. A receiver that knows nothing from us
+        (``acked == 0``) gets a snapshot of the counts up to ``delivered``
+        (kept out of its as_logger interval: they were logged before) and
+        then the batches after it, which are logged; when the backlog no
+        longer reaches back that far, one snapshot of everything.
+        """
         with self.lock:
             if acked >= self.last_seq:
                 return [], 0
             if acked == 0:
-                self._prune_locked()
-                snapshot = IncrementBatch(
-                    series=self.series.name,
-                    family=self.series.family,
-                    window_seconds=self.series.window_seconds,
-                    origin=self.origin,
-                    seq=self.last_seq,
-                    windows={start: dict(counts) for start, counts in self.cumulative.items()},
-                )
-                return [(True, snapshot)], 0
+                first = self.backlog[0].seq if self.backlog else self.last_seq + 1
+                if delivered == 0 and first == 1:
+                    acked = 0  # a receiver new to us, and the whole history is at hand
+                elif delivered <= self.last_seq and first <= delivered + 1:
+                    later = [b for b in self.backlog if b.seq > delivered]
+                    return [(True, self._snapshot_locked(delivered, later))], 0
+                else:
+                    return [(True, self._snapshot_locked(self.last_seq, []))], 0
             batches = [b for b in self.backlog if b.seq > acked][:_ITEMS_PER_PUSH]
             lost = batches[0].seq - acked - 1 if batches else self.last_seq - acked
             return [(False, b) for b in batches], lost
+
+    def _snapshot_locked(self, seq: int, minus: list[IncrementBatch]) -> IncrementBatch:
+        """The local counts of the live windows up to ``seq``: everything minus later batches."""
+        self._prune_locked()
+        windows = {start: dict(counts) for start, counts in self.cumulative.items()}
+        for batch in minus:
+            for start, counts in batch.windows.items():
+                window = windows.get(start)
+                if window is None:
+                    continue  # aged out
+                for key, n in counts.items():
+                    left = window.get(key, 0) - n
+                    if left > 0:
+                        window[key] = left
+                    else:
+                        window.pop(key, None)
+        return IncrementBatch(
+            series=self.series.name,
+            family=self.series.family,
+            window_seconds=self.series.window_seconds,
+            origin=self.origin,
+            seq=seq,
+            windows={start: counts for start, counts in windows.items() if counts},
+        )
 
     def trim(self, floor: int) -> None:
         """Forget batches every current receiver has confirmed."""
@@ -380,7 +412,9 @@ class _Peer:
             for name, out in audit._outgoing.items():
                 if name in self.refused:
                     continue
-                wanted, lost = out.items_after(self.acked.get(name, 0))
+                with audit._acks:
+                    delivered = audit._delivered.get(self.node, {}).get(name, 0)
+                wanted, lost = out.items_after(self.acked.get(name, 0), delivered)
                 if lost and wanted:
                     log.warning(
                         "series %s: %d batch(es) for %s left the backlog before it caught up",
@@ -417,6 +451,8 @@ class _Peer:
                     raise AuditProtocolError(f"{self.node} sent a bad sequence {seq!r} for {name}")
                 self.acked[name] = seq
                 self.floor[name] = seq
+                delivered = self.audit._delivered.setdefault(self.node, {})
+                delivered[name] = max(delivered.get(name, 0), seq)
                 error = entry.get("error")
                 if error is not None and name not in self.refused:
                     self.refused[name] = str(error)
@@ -530,6 +566,8 @@ class ClusterAudit:
     _conns: dict[socket.socket, threading.Thread] = attrs.field(init=False, factory=dict)
     _conns_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _received: dict[str, int] = attrs.field(init=False, factory=dict)
+    # Per receiver node name and series: the highest sequence any incarnation confirmed.
+    _delivered: dict[str, dict[str, int]] = attrs.field(init=False, factory=dict)
     _started: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
@@ -930,7 +968,9 @@ class ClusterAudit:
                     # whole counts again would double them.
                     self._received["snapshots_skipped"] += 1
                 else:
-                    outcome = series.merge(batch)
+                    # A snapshot refills a restarted receiver: keep it out of the
+                    # as_logger interval, or those counts would be logged twice.
+                    outcome = series.merge(batch, track_interval=not snapshot)
                     self._count(snapshot, outcome)
         except AuditInvalidArgument as exc:
             with self._merge_lock:

@@ -384,9 +384,11 @@ class AuditSeries:
         delta, self._pending = self._pending, {}
         self._apply_locked(self._ring[self._current_start], delta, local=True)
 
-    def _apply_locked(self, window: Window, delta: dict[Key, int], *, local: bool) -> None:
+    def _apply_locked(
+        self, window: Window, delta: dict[Key, int], *, local: bool, interval: bool = True
+    ) -> None:
         cap = self.max_keys
-        if self.track_intervals:
+        if self.track_intervals and interval:
             self._interval_dropped += merge_capped(self._interval, delta, cap)
         if local and self.export_increments:
             merge_capped(self._outbox.setdefault(window.start, {}), delta, cap)
@@ -466,7 +468,7 @@ class AuditSeries:
             windows=windows,
         )
 
-    def merge(self, batch: IncrementBatch) -> MergeOutcome:
+    def merge(self, batch: IncrementBatch, *, track_interval: bool = True) -> MergeOutcome:
         """Count another node's increments in the matching windows here.
 
         A batch whose sequence is at or below the last one applied from the
@@ -476,6 +478,10 @@ class AuditSeries:
 
         Args:
             batch: from another node's :meth:`take_batch`.
+            track_interval: also count the increments in the as_logger
+                interval (``track_intervals``). A transport passes False
+                for a *snapshot* refilling a restarted receiver: those
+                increments were logged before (by its previous incarnation).
 
         Returns:
             What was applied, skipped, or recognised as a duplicate.
@@ -507,7 +513,7 @@ class AuditSeries:
                 window = self._ring.get(start)
                 if window is None:
                     window = self._ring[start] = Window(start, len(self._lengths))
-                self._apply_locked(window, dict(counts), local=False)
+                self._apply_locked(window, dict(counts), local=False, interval=track_interval)
                 applied += n
             newest_seen = max(batch.windows, default=oldest - step)
             if state is None:

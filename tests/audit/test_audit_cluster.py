@@ -73,6 +73,7 @@ def make_node(coordinator_factory: Callable[..., Coordinator]) -> Iterator[MakeN
         clock: Any = None,
         series: tuple[tuple[str, int], ...] = (("conn", 60),),
         advertise: Callable[[ClusterAudit], str] | None = None,
+        track_intervals: bool = False,
         **kwargs: Any,
     ) -> Node:
         made_series = {
@@ -82,6 +83,7 @@ def make_node(coordinator_factory: Callable[..., Coordinator]) -> Iterator[MakeN
                 windows=3,
                 clock=clock or SystemClock(),
                 export_increments=True,
+                track_intervals=track_intervals,
             )
             for sname, window in series
         }
@@ -145,7 +147,8 @@ def test_managers_count_the_sum_of_every_node(make_node: MakeNode) -> None:
     stats = a.audit.stats()
     assert {p.node for p in stats.peers} == {"m1", "m2"}
     assert all(p.acked == {"conn": 1} and p.connected for p in stats.peers)
-    assert m2.audit.stats().received.snapshots == 3  # a, b and m1 each sent one snapshot
+    # First contact with nodes whose whole history is in their backlog: plain batches.
+    assert m2.audit.stats().received.snapshots == 0
 
 
 def test_peer_sharing_gives_every_listening_node_the_cluster_sum(make_node: MakeNode) -> None:
@@ -196,15 +199,38 @@ def test_a_restarted_manager_is_refilled_once(make_node: MakeNode) -> None:
     assert m.count("198.18.0.0/24") == 10
     m.stop()
     wait_view(a, 1)
-    m2 = make_node("m")
+    a.series["conn"].add("198.18.0.4", 5)  # counted while no manager runs
+    assert a.audit.flush(10)
+    m2 = make_node("m", track_intervals=True)
     wait_view(a, 2)
-    wait_until(lambda: m2.count("198.18.0.0/24") == 10, "the new manager to be refilled")
+    wait_until(lambda: m2.count("198.18.0.0/24") == 15, "the new manager to be refilled")
     a.series["conn"].add("198.18.0.3", 4)
     assert a.audit.flush(10)
-    assert m2.count("198.18.0.0/24") == 14
+    assert m2.count("198.18.0.0/24") == 19
     assert m2.count("198.18.0.2") == 3
+    # What the old manager confirmed came as a snapshot, kept out of the new one's
+    # as_logger interval (it was logged before); what it never got came as batches.
+    assert m2.series["conn"].take_interval().counts == {V4 + 4: 5, V4 + 3: 4}
     received = m2.audit.stats().received
-    assert (received.snapshots, received.gaps) == (1, 0)
+    assert (received.snapshots, received.applied, received.gaps) == (1, 3, 0)
+
+
+def test_a_manager_joining_a_running_cluster_gets_a_snapshot(make_node: MakeNode) -> None:
+    """A new receiver gets a long-running node's live counts at once, kept out of its as_logger."""
+    a = make_node("a", listen=False, max_backlog=2)
+    for i in range(4):  # no receiver yet: the backlog keeps only batches 3 and 4
+        a.series["conn"].add(f"198.18.0.{i}", i + 1)
+        assert a.audit.flush(10)
+    m = make_node("m", track_intervals=True)
+    wait_view(a, 2)
+    assert a.audit.flush(10)
+    assert m.count("198.18.0.0/24") == 10
+    assert m.audit.stats().received.snapshots == 1
+    a.series["conn"].add("198.18.0.9")
+    assert a.audit.flush(10)
+    assert m.count("198.18.0.0/24") == 11
+    # Only what was counted after m joined belongs to m's current interval.
+    assert m.series["conn"].take_interval().counts == {V4 + 9: 1}
 
 
 def test_a_partition_delays_counts_and_never_doubles_them(
@@ -520,3 +546,18 @@ def test_cli_refuses_bad_series_specs(
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1
+
+
+def test_merge_can_keep_a_batch_out_of_the_interval() -> None:
+    """merge(track_interval=False) counts the batch but leaves the as_logger interval alone."""
+    clock = ManualClock(T0)
+    sender = AuditSeries("conn", clock=clock, export_increments=True)
+    receiver = AuditSeries("conn", clock=clock, track_intervals=True)
+    origin = Origin("a", 1)
+    for track in (False, True):
+        sender.add(V4 + track, 2)
+        batch = sender.take_batch(origin)
+        assert batch is not None
+        receiver.merge(batch, track_interval=track)
+    assert receiver.count("198.18.0.0/31") == 4
+    assert receiver.take_interval().counts == {V4 + 1: 2}

@@ -16,6 +16,8 @@ from typing import IO, Any
 
 import pytest
 
+from mhafail.audit import QueryEngine, SnapshotStore
+from mhafail.errors import UnknownSeries
 from mhafail.testing import ZooKeeperServer
 
 pytestmark = pytest.mark.zookeeper
@@ -27,7 +29,15 @@ class AuditNode:
     """One ``mhafail audit node`` process: commands go to its stdin, JSON events come back."""
 
     def __init__(
-        self, *, zk: str, cluster: str, name: str, listen: bool, logs: Path, **extra: str
+        self,
+        *,
+        zk: str,
+        cluster: str,
+        name: str,
+        listen: bool,
+        logs: Path,
+        timeout: str = "2",
+        args: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.argv = [
@@ -47,7 +57,7 @@ class AuditNode:
             "--interval",
             "0.1",
             "--timeout",
-            extra.get("timeout", "2"),
+            timeout,
             "--session-timeout",
             "2",
             "--role",
@@ -55,6 +65,7 @@ class AuditNode:
         ]
         if listen:
             self.argv += ["--listen", "127.0.0.1:0"]
+        self.argv += args
         self.logs = logs
         self.starts = 0
         self.events: list[Event] = []
@@ -183,7 +194,7 @@ def nodes(
 ) -> Iterator[Callable[..., AuditNode]]:
     made: list[AuditNode] = []
 
-    def make(name: str, *, listen: bool = False, **extra: str) -> AuditNode:
+    def make(name: str, *, listen: bool = False, **extra: Any) -> AuditNode:
         node = AuditNode(
             zk=zookeeper.address,
             cluster=zk_cluster,
@@ -256,9 +267,12 @@ def test_sums_are_right_and_restarts_never_double_count(
     assert m.events[-1]["event"] == "stopped"
 
 
-def test_a_paused_receiver_gets_every_batch_once(nodes: Callable[..., AuditNode]) -> None:
-    """Pushes that time out while the manager is stopped are resent after it resumes, once."""
-    m = nodes("m", listen=True)
+def test_a_paused_receiver_gets_every_batch_once(
+    nodes: Callable[..., AuditNode], tmp_path: Path
+) -> None:
+    """Pushes that time out while the manager is stopped arrive after it resumes, once."""
+    snapshots = tmp_path / "snapshots"
+    m = nodes("m", listen=True, args=("--log-dir", str(snapshots), "--log-interval", "0.2"))
     a = nodes("a", timeout="0.3")
     m.start()
     a.start()
@@ -283,3 +297,19 @@ def test_a_paused_receiver_gets_every_batch_once(nodes: Callable[..., AuditNode]
     assert [p["node"] for p in peers] == ["m"]
     assert peers[0]["failures"] >= 1  # the pause did cut pushes off
     assert peers[0]["lost"] == 0
+    # The manager's as_logger snapshots hold the cluster-wide counts, for mhafail cidr.
+    engine = QueryEngine(store=SnapshotStore(root=snapshots))
+    query = "show count for 198.18.0.0/24 in conn"
+    end = time.monotonic() + 20
+    while _logged(engine, query) != 37:
+        assert time.monotonic() < end, f"snapshots hold {_logged(engine, query)}, not 37"
+        time.sleep(0.1)
+
+
+def _logged(engine: QueryEngine, query: str) -> int:
+    """The count a query over the snapshot files answers (0 before the first file)."""
+    try:
+        rows = engine.run(query).to_json()["rows"]
+    except UnknownSeries:
+        return 0
+    return int(rows[0]["count"]) if rows else 0
