@@ -19,11 +19,13 @@ Why nothing double-counts (``docs/audit.md``):
 * On every connection the sender first asks how far the receiver got
   (``hello``) and sends only the batches after that.
 * A receiver that knows nothing from this origin (it just started, or the
-  origin is new to it) gets one *snapshot*: the sender's whole local counts
-  of the live windows, stamped with the latest sequence. The receiver
+  origin is new to it) gets the batches themselves if the sender still has
+  its whole history, else a *snapshot*: the sender's local counts of the
+  live windows up to a sequence (then the batches after it). The receiver
   applies a snapshot only while it still knows nothing from that origin,
   under the same lock as every merge; so a restarted manager is refilled
-  with the counts of every live node, once.
+  with the counts of every live node, once. Snapshots stay out of the
+  receiver's as_logger interval: they were logged before.
 * A restarted node is a new origin starting from an empty series; what its
   previous incarnation sent stays until those windows age out.
 
