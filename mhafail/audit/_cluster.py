@@ -72,6 +72,8 @@ _ITEMS_PER_PUSH = 64
 _MAX_BACKOFF = 5.0
 _IDLE_WAKE = 10.0
 _ACCEPT_POLL = 0.25
+# How long a receiver that left the view still holds the backlog for its return.
+_REMEMBER_DEPARTED = 300.0
 # Same rule as cluster node names (mhafail.coordination), without importing kazoo.
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
@@ -256,8 +258,21 @@ class _Outgoing:
                 else:
                     return [(True, self._snapshot_locked(self.last_seq, []))], 0
             batches = [b for b in self.backlog if b.seq > acked][:_ITEMS_PER_PUSH]
-            lost = batches[0].seq - acked - 1 if batches else self.last_seq - acked
-            return [(False, b) for b in batches], lost
+            if not batches:
+                # The backlog no longer reaches back: move the receiver on to our
+                # latest sequence with an empty batch (it reports the gap).
+                return [(False, self._empty_locked())], self.last_seq - acked
+            return [(False, b) for b in batches], batches[0].seq - acked - 1
+
+    def _empty_locked(self) -> IncrementBatch:
+        return IncrementBatch(
+            series=self.series.name,
+            family=self.series.family,
+            window_seconds=self.series.window_seconds,
+            origin=self.origin,
+            seq=self.last_seq,
+            windows={},
+        )
 
     def _snapshot_locked(self, seq: int, minus: list[IncrementBatch]) -> IncrementBatch:
         """The local counts of the live windows up to ``seq``: everything minus later batches."""
@@ -411,21 +426,15 @@ class _Peer:
             self._absorb(reply)
         while not self.stopped.is_set():
             items: list[tuple[bool, IncrementBatch]] = []
+            losses: dict[str, int] = {}
             for name, out in audit._outgoing.items():
                 if name in self.refused:
                     continue
                 with audit._acks:
                     delivered = audit._delivered.get(self.node, {}).get(name, 0)
                 wanted, lost = out.items_after(self.acked.get(name, 0), delivered)
-                if lost and wanted:
-                    log.warning(
-                        "series %s: %d batch(es) for %s left the backlog before it caught up",
-                        name,
-                        lost,
-                        self.node,
-                    )
-                    with audit._acks:
-                        self.lost += lost
+                if lost:
+                    losses[name] = lost
                 items.extend(wanted)
             if not items:
                 return
@@ -436,6 +445,15 @@ class _Peer:
                     "items": [{"snapshot": snap, "batch": b.to_json()} for snap, b in items],
                 }
             )
+            for name, lost in losses.items():  # counted once the receiver has the gap
+                log.warning(
+                    "series %s: %d batch(es) for %s left the backlog before it caught up",
+                    name,
+                    lost,
+                    self.node,
+                )
+                with audit._acks:
+                    self.lost += lost
             self._absorb(reply)
             if self.acked == before:
                 return  # no progress (the receiver refused something); wait for the next wake
@@ -570,6 +588,8 @@ class ClusterAudit:
     _received: dict[str, int] = attrs.field(init=False, factory=dict)
     # Per receiver node name and series: the highest sequence any incarnation confirmed.
     _delivered: dict[str, dict[str, int]] = attrs.field(init=False, factory=dict)
+    # Receiver names that left the view, and when (time.monotonic()).
+    _departed: dict[str, float] = attrs.field(init=False, factory=dict)
     _started: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
@@ -822,8 +842,10 @@ class ClusterAudit:
                 log.info("no longer pushing to %s (%s)", peer.node, peer.endpoint)
                 peer.stop()
                 self._retired.append(peer)
+                self._departed[peer.node] = time.monotonic()
             for key, name in wanted.items():
                 if key not in self._peers:
+                    self._departed.pop(name, None)
                     peer = _Peer(self, name, key[1])
                     self._peers[key] = peer
                     log.info("pushing cluster series to %s (%s)", name, key[1])
@@ -832,16 +854,24 @@ class ClusterAudit:
             return list(self._peers.values())
 
     def _trim(self, peers: list[_Peer]) -> None:
+        """Drop batches that every receiver confirmed, or may come back for."""
         if not peers:
             return  # keep the backlog for receivers that come back
+        now = time.monotonic()
+        with self._peers_lock:
+            for name in [n for n, t in self._departed.items() if now - t > _REMEMBER_DEPARTED]:
+                del self._departed[name]
+            departed = list(self._departed)
         with self._acks:
-            floors = {
-                name: min(p.floor.get(name, 0) for p in peers if name not in p.refused)
-                for name in self._outgoing
-                if any(name not in p.refused for p in peers)
-            }
-        for name, floor in floors.items():
-            self._outgoing[name].trim(floor)
+            for name in self._outgoing:
+                # A receiver that left the view briefly (a ZooKeeper blip) comes back
+                # knowing what it confirmed; keep what follows for it.
+                floors = [p.floor.get(name, 0) for p in peers if name not in p.refused]
+                floors += [
+                    self._delivered[d][name] for d in departed if name in self._delivered.get(d, {})
+                ]
+                if floors:
+                    self._outgoing[name].trim(min(floors))
 
     # --- receiving --------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import pytest
 
+import mhafail.audit._cluster
 from mhafail.audit import (
     AuditSeries,
     ClusterAudit,
@@ -287,6 +288,41 @@ def test_a_receiver_away_longer_than_the_backlog_undercounts_and_says_so(
     assert m.count("198.18.0.0/24") == 3  # batch 1, then 5 and 6; 2, 3 and 4 are lost
     assert a.audit.stats().peers[0].lost == 3
     assert m.audit.stats().received.gaps == 1
+
+
+@pytest.mark.parametrize("forgotten", [False, True])
+def test_a_receiver_back_from_a_blip_gets_what_others_already_confirmed(
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch, forgotten: bool
+) -> None:
+    """A manager back after a blip gets the batches others confirmed; long gone, it gets a gap."""
+    if forgotten:  # as if it had been away longer than a departed receiver is remembered
+        monkeypatch.setattr(mhafail.audit._cluster, "_REMEMBER_DEPARTED", -1.0)
+    m1, m2 = make_node("m1"), make_node("m2")
+    a = make_node("a", listen=False)
+    wait_view(a, 3)
+    a.series["conn"].add("198.18.0.1")
+    assert a.audit.flush(10)
+    assert m1.membership is not None
+    info = m1.membership.info
+    m1.membership.stop()  # a ZooKeeper blip: m1 runs on, but leaves the view
+    wait_view(a, 2)
+    for _ in range(3):
+        a.series["conn"].add("198.18.0.2")
+        assert a.audit.flush(10)  # m2 confirms every one
+    if forgotten:
+        wait_until(lambda: a.audit.stats().backlog == {"conn": 0}, "the backlog to be trimmed")
+    else:
+        time.sleep(0.3)  # several sender passes, each of which could trim the backlog
+        assert a.audit.stats().backlog == {"conn": 3}  # kept for m1
+    m1.membership = Membership(coordinator=m1.coordinator, info=info).start()
+    wait_view(a, 3)
+    assert a.audit.flush(10)  # when forgotten, an empty batch moves m1 on to the latest seq
+    a.series["conn"].add("198.18.0.3")
+    assert a.audit.flush(10)
+    assert m2.count("198.18.0.0/24") == 5
+    assert m1.count("198.18.0.0/24") == (2 if forgotten else 5)  # low, never high
+    assert [p.lost for p in a.audit.stats().peers] == [3 if forgotten else 0, 0]
+    assert m1.audit.stats().received.gaps == (1 if forgotten else 0)
 
 
 def test_receiver_refuses_series_it_does_not_have_or_that_do_not_line_up(
