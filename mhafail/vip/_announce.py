@@ -48,13 +48,28 @@ def interface_mac(interface: str) -> bytes:
         return bytes.fromhex(f.read().strip().replace(":", ""))
 
 
-def send_gratuitous_arp(interface: str, ip: str) -> None:
-    """Broadcast a gratuitous ARP request and reply for ``ip`` on ``interface``."""
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
+def packet_socket(interface: str) -> socket.socket:
+    """A raw packet socket bound to ``interface`` for sending whole Ethernet frames.
+
+    Bound with protocol 0 so that it receives nothing: creating, binding
+    and closing a receiving packet socket waits for an RCU grace period in
+    the kernel (tens of milliseconds), which is why callers keep this one
+    open and reuse it.
+    """
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
         sock.bind((interface, 0))
-        mac = sock.getsockname()[4]
-        for frame in arp_frames(mac, ip):
-            sock.send(frame)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def send_gratuitous_arp(sock: socket.socket, interface: str, ip: str) -> None:
+    """Broadcast a gratuitous ARP request and reply for ``ip`` through ``sock``."""
+    mac = interface_mac(interface)
+    for frame in arp_frames(mac, ip):
+        sock.send(frame)
 
 
 def send_unsolicited_na(interface: str, index: int, ip: str) -> None:

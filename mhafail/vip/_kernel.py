@@ -79,7 +79,12 @@ class Kernel:
             self._plumbed[vip.key] = vip
             generation = self._generation.get(vip.key, 0) + 1
             self._generation[vip.key] = generation
-        self._queue_announcements(vip.key, generation)
+            if self._schedule and self._schedule[0] <= 0:
+                # The first announcement goes out at once, from here: the lease
+                # was checked under this lock a moment ago, and a thread
+                # hand-off would only delay clients.
+                self._send(vip)
+        self._queue_announcements(vip.key, generation, skip_first=True)
         return True
 
     def remove(self, vip: Vip) -> bool:
@@ -139,10 +144,13 @@ class Kernel:
             self._cond.notify_all()
         self._thread.join(5)
 
-    def _queue_announcements(self, address: str, generation: int) -> None:
+    def _queue_announcements(self, address: str, generation: int, *, skip_first: bool) -> None:
         now = time.monotonic()
+        offsets = self._schedule
+        if skip_first and offsets and offsets[0] <= 0:
+            offsets = offsets[1:]
         with self._cond:
-            for offset in self._schedule:
+            for offset in offsets:
                 self._seq += 1
                 heapq.heappush(self._queue, (now + offset, self._seq, address, generation))
             self._cond.notify_all()
@@ -170,7 +178,11 @@ class Kernel:
                 return
             if not self._lease_valid():
                 return
-            try:
-                self.plumber.announce(vip)
-            except PlumbingError:
-                logger.exception("announcement of %s failed", address)
+            self._send(vip)
+
+    def _send(self, vip: Vip) -> None:
+        # Called with the lock held and the lease just checked.
+        try:
+            self.plumber.announce(vip)
+        except PlumbingError:
+            logger.exception("announcement of %s failed", vip.key)

@@ -225,6 +225,9 @@ class VipManager:
         self._loop.stop()
         assert self._kernel is not None
         if release:
+            # Withdraw first, so that no survivor ranks this node first and
+            # waits for it to claim again.
+            self._withdraw()
             for vip in sorted(self.owned(), key=lambda v: v.key):
                 try:
                     self._handover(vip, "shutting down", run_hooks=True)
@@ -232,18 +235,22 @@ class VipManager:
                     logger.exception("release of %s failed; the lease will end it", vip.key)
         for vip in self._kernel.remove_all():
             self._emit(self._release, vip)
+        self._withdraw()
+        self._kernel.stop()
+        if self.fence is not None:
+            self.fence.close()
+        if self._events is not None:
+            self._events.stop()
+
+    def _withdraw(self) -> None:
+        """Delete this node's declarations (it no longer offers to carry its VIPs)."""
         for key in self._by_key:
             try:
                 node = self.coordinator.znodes.get(declared_path(key, self._me))
                 if node is not None and node.ephemeral_owner == self.coordinator.session_id:
                     self.coordinator.znodes.delete(declared_path(key, self._me))
             except CoordinationError:
-                break
-        self._kernel.stop()
-        if self.fence is not None:
-            self.fence.close()
-        if self._events is not None:
-            self._events.stop()
+                return
 
     def reconcile_now(self, timeout: float = 10.0) -> PassResult:
         """Force a full pass (re-read, kernel check) and return what it did.
@@ -321,9 +328,13 @@ class VipManager:
                         self._targets[key] = target
                 kick()
 
-            def on_declared(_names: list[str]) -> None:
+            def on_declared(names: list[str], key: str = key) -> None:
                 with self._lock:
-                    self._full_read_due = True
+                    known = self._declared.setdefault(key, {})
+                    for gone in set(known) - set(names):
+                        del known[gone]  # a node withdrew: no read needed
+                    if set(names) - set(known) - {self._me}:
+                        self._full_read_due = True  # a new declaration: read it
                 kick()
 
             z.watch_data(owner_path(key), on_owner)
@@ -513,10 +524,19 @@ class VipManager:
             self._run_pre_release(vip)
         if self._kernel.remove(vip):
             self._emit(self._release, vip)
+        session = self.coordinator.session_id
+        with self._lock:
+            cached = self._owners.get(vip.key)
         z = self.coordinator.znodes
-        node = z.get(owner_path(vip.key))
-        if node is not None and node.ephemeral_owner == self.coordinator.session_id:
-            z.delete(owner_path(vip.key), version=node.version)
+        if cached is not None and cached.session == session:
+            # An ephemeral znode of our live session cannot belong to anyone
+            # else while it exists, and claims are never rewritten (version 0):
+            # one round trip instead of a read and a delete.
+            z.delete(owner_path(vip.key), version=0)
+        else:
+            node = z.get(owner_path(vip.key))
+            if node is not None and node.ephemeral_owner == session:
+                z.delete(owner_path(vip.key), version=node.version)
         with self._lock:
             self._owners[vip.key] = None
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from mhafail.errors import PlumbingError
-from mhafail.vip._announce import send_gratuitous_arp, send_unsolicited_na
+from mhafail.vip._announce import packet_socket, send_gratuitous_arp, send_unsolicited_na
 from mhafail.vip._spec import Vip
 
 LABEL_SUFFIX = ":mha"
@@ -68,11 +69,15 @@ class NetlinkPlumber:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ipr: Any = IPRoute()
+        self._packet: dict[str, socket.socket] = {}
 
     def close(self) -> None:
-        """Close the netlink socket."""
+        """Close the netlink and packet sockets."""
         with self._lock:
             self._ipr.close()
+            for sock in self._packet.values():
+                sock.close()
+            self._packet.clear()
 
     @contextlib.contextmanager
     def _netlink(self, what: str) -> Iterator[Any]:
@@ -135,13 +140,26 @@ class NetlinkPlumber:
         """Send a gratuitous ARP (request and reply) or an unsolicited NA for ``vip``."""
         try:
             if vip.family == 4:
-                send_gratuitous_arp(vip.interface, vip.key)
+                self._arp(vip)
             else:
                 with self._netlink(f"index of {vip.interface}") as ipr:
                     index = self._index(ipr, vip.interface)
                 send_unsolicited_na(vip.interface, index, vip.key)
         except OSError as exc:
             raise PlumbingError(f"announce {vip.key} on {vip.interface}: {exc}") from exc
+
+    def _arp(self, vip: Vip) -> None:
+        with self._lock:
+            sock = self._packet.get(vip.interface)
+            if sock is None:
+                sock = self._packet[vip.interface] = packet_socket(vip.interface)
+            try:
+                send_gratuitous_arp(sock, vip.interface, vip.key)
+            except OSError:
+                # The interface was re-created under us: bind a new socket once.
+                sock.close()
+                sock = self._packet[vip.interface] = packet_socket(vip.interface)
+                send_gratuitous_arp(sock, vip.interface, vip.key)
 
     def addresses(self, interface: str) -> frozenset[str]:
         """Every address on ``interface``."""
