@@ -54,8 +54,10 @@ def main() -> int:
                 observer.wait_for(lambda v: v.names == everyone, 20)
 
                 victim = nodes[2]
-                say(f"SIGKILL {victim.node}: its session lingers until the timeout "
-                    f"({SESSION_TIMEOUT:g} s), then it leaves every view")
+                say(
+                    f"SIGKILL {victim.node}: its session lingers until the timeout "
+                    f"({SESSION_TIMEOUT:g} s), then it leaves every view"
+                )
                 killed = time.monotonic()
                 victim.kill()
                 observer.wait_for(lambda v: victim.node not in v, 20)
