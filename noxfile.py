@@ -45,7 +45,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def mypy(session: nox.Session) -> None:
     """mypy --strict for the mhafail package."""
-    session.install(".", "mypy>=1.10", "types-setuptools")
+    session.install(".[test]", "mypy>=1.10")
     session.run("mypy")
 
 
