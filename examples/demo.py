@@ -1,4 +1,4 @@
-"""The mhafail demo: a local ZooKeeper, three nodes, a crash and a rejoin.
+"""The mhafail demo: membership with a crash and a rejoin, then VIP failover.
 
 Run it with ``bash scripts/bootstrap demo`` (or ``python examples/demo.py``
 once mhafail is installed). It needs nothing running: it starts its own
@@ -76,8 +76,10 @@ def main() -> int:
                 for node in nodes:
                     node.terminate()
                 observer.stop()
-    say("stopped everything; bye")
-    return 0
+    say("membership demo done")
+    from vip_demo import main as vip_main
+
+    return vip_main()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import pytest
 
 import mhafail
 
-PACKAGES = ["mhafail", "mhafail.coordination", "mhafail.testing"]
+PACKAGES = ["mhafail", "mhafail.coordination", "mhafail.testing", "mhafail.vip"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

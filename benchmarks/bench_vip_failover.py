@@ -1,0 +1,183 @@
+"""VIP failover side by side with keepalived, and the 300-VIP takeover time (root).
+
+    python benchmarks/bench_vip_failover.py [--trials 5] [--quick] [--harness DIR]
+
+Part 1 drives the peers' harness (``../shared/peers/failover_bench.py`` by
+default: network namespaces, a client probing the VIP every 10 ms) over, in
+one run: keepalived (advert_int 1) vs ``mhafail agent`` with a 3 s session
+(equal detection budgets: 3 x 1 s), keepalived-fast (advert_int 0.1) vs a
+0.5 s session, each for a crash and a graceful stop, and mhafail under a
+paused owner and a partitioned owner. Part 2 starts three agents with 300
+VIPs, crashes the node holding a third of them and times until every one
+answers from a survivor. Needs root, keepalived and nftables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mhafail.testing import NetnsLab, ZooKeeperServer, run_in_netns
+
+REPO = Path(__file__).resolve().parent.parent
+ZK_CMD = "{py} -m mhafail zk serve --host {bridge_addr} --port 2181 --tick-time 150"
+AGENT = (
+    "{py} -m mhafail agent --zk {dcs} --cluster bench --node {node} "
+    "--vip {vip}/{prefix}@{iface} --session-timeout %s --rebalance never"
+)
+
+
+def harness(
+    path: Path, peer: str, faults: str, trials: int, extra: list[str]
+) -> list[dict[str, object]]:
+    argv = [sys.executable, str(path / "failover_bench.py"), "--peer", peer, "--fault", faults,
+            "--trials", str(trials), *extra]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        print(out.stderr[-2000:], file=sys.stderr)
+        raise SystemExit(f"harness failed for {peer} {faults}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def mhafail_args(session: float) -> list[str]:
+    return [
+        "--node-cmd", AGENT % session, "--dcs", "cmd", "--dcs-cmd", ZK_CMD,
+        "--dcs-url", "198.18.0.1:2181", "--dcs-wait", "3", "--home", "", "--settle", "3",
+    ]  # fmt: skip
+
+
+def row(label: str, result: dict[str, object]) -> str:
+    w = result["window_ms"]
+    f = result.get("fault_to_first_new_ms", {})
+    dual = result["dual_owner"]
+    assert isinstance(w, dict) and isinstance(f, dict) and isinstance(dual, dict)
+    overlap_trials = dual.get(
+        "trials_with_overlap_during_failover", dual.get("trials_with_overlap", "?")
+    )
+    overlap_ms = dual.get("max_overlap_during_failover_ms", dual.get("max_overlap_ms", "?"))
+    return (
+        f"| {label} | {result['fault']} | {result['recovered']}/{result['trials']} | "
+        f"{w.get('min')} / {w.get('median')} / {w.get('max')} | {f.get('median', '-')} | "
+        f"{overlap_trials}, {overlap_ms} |"
+    )
+
+
+def side_by_side(path: Path, trials: int) -> None:
+    print("| peer | fault | trials ok | window ms min / median / max | fault -> new answers ms "
+          "(median) | dual owner (trials, max ms) |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    runs = [
+        ("keepalived advert_int 1", "keepalived", "crash,graceful", []),
+        ("mhafail session 3 s", "custom", "crash,graceful", mhafail_args(3)),
+        ("keepalived-fast advert_int 0.1", "keepalived-fast", "crash,graceful", []),
+        ("mhafail session 0.5 s", "custom", "crash,graceful", mhafail_args(0.5)),
+        ("mhafail session 3 s", "custom", "pause,partition",
+         [*mhafail_args(3), "--pause-seconds", "7", "--partition-seconds", "7"]),
+    ]  # fmt: skip
+    for label, peer, faults, extra in runs:
+        for result in harness(path, peer, faults, trials, extra):
+            print(row(label, result), flush=True)
+
+
+def scale(vips: int, session: float) -> None:
+    """Three agents, ``vips`` VIPs; crash the owner of a third; time until all answer."""
+    addresses = [f"198.18.{1 + i // 250}.{1 + i % 250}" for i in range(vips)]
+    with NetnsLab(hosts=3, client=True, bridge_address="198.18.0.1/24") as lab:
+        for name in ("h1", "h2", "h3", "c1"):
+            # VIPs live in 198.18.1.0/24 and up: reach them on-link from the client.
+            lab[name].run(["ip", "route", "add", "198.18.0.0/16", "dev", "eth0"])
+        zk_dir = Path(tempfile.mkdtemp(prefix="mha-bench-zk-"))
+        with ZooKeeperServer(host="198.18.0.1", netns=lab.lan, workdir=zk_dir, tick_time=150) as zk:
+            banner = (
+                "import socket,sys\ns=socket.socket()\n"
+                "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+                "s.bind(('0.0.0.0',2525)); s.listen(1024)\n"
+                "while True:\n c,_=s.accept(); c.sendall(sys.argv[1].encode()); c.close()\n"
+            )
+            config = Path(tempfile.mkdtemp(prefix="mha-bench-")) / "agent.toml"
+            specs = ", ".join(f'"{a}@eth0"' for a in addresses)
+            config.write_text(f"vips = [{specs}]\n")
+            agents = {}
+            for name in ("h1", "h2", "h3"):
+                lab[name].spawn([sys.executable, "-c", banner, name])
+                agents[name] = lab[name].spawn([
+                    sys.executable, "-m", "mhafail", "agent", "--config", str(config),
+                    "--zk", zk.address, "--cluster", "scale", "--node", name,
+                    "--session-timeout", str(session), "--rebalance", "never",
+                ])  # fmt: skip
+            client = lab["c1"].netns
+            owners = run_in_netns(client, _sweep, addresses, 60.0, set())
+            victim = max({"h1", "h2", "h3"}, key=lambda n: list(owners.values()).count(n))
+            mine = [a for a, n in owners.items() if n == victim]
+            os.killpg(agents[victim].pid, signal.SIGKILL)
+            lab[victim].link_down()
+            start = time.monotonic()
+            after = run_in_netns(client, _sweep, mine, 60.0, {victim})
+            took = time.monotonic() - start
+            print(f"300-VIP takeover: {len(mine)} VIPs of {victim} answered from survivors "
+                  f"({sorted(set(after.values()))}) {took * 1000:.0f} ms after the crash "
+                  f"(session timeout {session:g} s)")  # fmt: skip
+
+
+def _sweep(addresses: list[str], timeout: float, exclude: set[str]) -> dict[str, str]:
+    """Connect to every address until each answers from a node not in ``exclude``."""
+    answered: dict[str, str] = {}
+    end = time.monotonic() + timeout
+    while len(answered) < len(addresses) and time.monotonic() < end:
+        sel = selectors.DefaultSelector()
+        for address in addresses:
+            if address in answered:
+                continue
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex((address, 2525))
+            sel.register(sock, selectors.EVENT_READ, address)
+        deadline = time.monotonic() + 0.1
+        while sel.get_map() and time.monotonic() < deadline:
+            for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    node = sock.recv(16).decode()
+                except OSError:
+                    node = ""
+                if node and node not in exclude:
+                    answered[key.data] = node
+                sel.unregister(sock)
+                sock.close()
+        for key in list(sel.get_map().values()):
+            sel.unregister(key.fileobj)
+            key.fileobj.close()  # type: ignore[union-attr]
+        sel.close()
+    return answered
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="one trial each, 30 VIPs")
+    parser.add_argument("--harness", type=Path, default=REPO.parent / "shared" / "peers")
+    parser.add_argument("--skip-peers", action="store_true")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench_vip_failover needs root (network namespaces)")
+    trials = 1 if args.quick else args.trials
+    if not args.skip_peers:
+        if not (args.harness / "failover_bench.py").exists():
+            raise SystemExit(f"no harness at {args.harness} (use --harness or --skip-peers)")
+        side_by_side(args.harness, trials)
+    vips = 30 if args.quick else 300
+    scale(vips, 3.0)
+
+
+if __name__ == "__main__":
+    main()
