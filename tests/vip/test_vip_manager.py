@@ -287,3 +287,16 @@ def test_binding_address_is_given_only_to_its_owner(
     assert holder(network, A) == owner  # the follower sits with its binding
     for name, node in nodes.items():
         assert node.manager.binding_address("out") == (B if name == owner else None)
+
+
+def test_contested_preference_is_reported_and_ignored(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """Two nodes naming different preferred nodes: show says conflict, one owner is elected."""
+    n1 = cluster("n1", [f"{A}/24@eth0,prefer=n1"])
+    cluster("n2", [f"{A}/24@eth0,prefer=n2"])
+    wait_for(lambda: holder(network, A) is not None)
+    wait_for(lambda: n1.manager.reconcile_now().conflicts == (A,))
+    rows = {s.address: s for s in show(n1.coordinator)}
+    assert rows[A].state == "conflict" and rows[A].preferred is None
+    assert network.max_holders(A) == 1
