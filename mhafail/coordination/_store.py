@@ -9,7 +9,7 @@ are :class:`~mhafail.errors.CoordinationUnavailable`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -158,6 +158,64 @@ class Znodes:
             except (kex.NoNodeError, kex.BadVersionError):
                 return False
         return True
+
+    def get_many(self, paths: Sequence[str]) -> dict[str, Znode | None]:
+        """Read many znodes at once (requests pipelined on the session).
+
+        Returns:
+            path -> Znode, or None for paths that do not exist.
+        """
+        with translated(f"get {len(paths)} znodes"):
+            pending = [(p, self._client.get_async(self._abs(p))) for p in paths]
+            result: dict[str, Znode | None] = {}
+            for path, answer in pending:
+                try:
+                    data, stat = answer.get()
+                except kex.NoNodeError:
+                    result[path] = None
+                else:
+                    result[path] = _znode(path, data, stat)
+        return result
+
+    def children_many(self, paths: Sequence[str]) -> dict[str, list[str] | None]:
+        """List the children of many znodes at once (pipelined); None when absent."""
+        with translated(f"children of {len(paths)} znodes"):
+            pending = [(p, self._client.get_children_async(self._abs(p))) for p in paths]
+            result: dict[str, list[str] | None] = {}
+            for path, answer in pending:
+                try:
+                    result[path] = sorted(answer.get())
+                except kex.NoNodeError:
+                    result[path] = None
+        return result
+
+    def create_many(
+        self, items: Sequence[tuple[str, bytes]], *, ephemeral: bool = False, makepath: bool = False
+    ) -> dict[str, bool]:
+        """Create many znodes at once (pipelined, each on its own, not a transaction).
+
+        Returns:
+            path -> True if created, False if it already existed.
+        """
+        with translated(f"create {len(items)} znodes"):
+            pending = [
+                (
+                    p,
+                    self._client.create_async(
+                        self._abs(p), d, ephemeral=ephemeral, makepath=makepath
+                    ),
+                )
+                for p, d in items
+            ]
+            result: dict[str, bool] = {}
+            for path, answer in pending:
+                try:
+                    answer.get()
+                except kex.NodeExistsError:
+                    result[path] = False
+                else:
+                    result[path] = True
+        return result
 
     def watch_children(self, path: str, callback: Callable[[list[str]], None]) -> Watch:
         """Call ``callback(sorted_children)`` now and after every change of ``path``.

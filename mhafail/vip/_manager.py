@@ -349,37 +349,46 @@ class VipManager:
         z.watch_children(drained_path(), on_drained)
 
     def _declare(self) -> None:
+        """Make sure this node's declarations exist in its current session."""
         z = self.coordinator.znodes
-        for key, vip in self._by_key.items():
-            path = declared_path(key, self._me)
-            node = z.get(path)
-            if node is not None and node.ephemeral_owner != self.coordinator.session_id:
-                z.delete(path, version=node.version)  # a stale one from our old session
-                node = None
-            if node is None:
-                z.create(path, _vip_json(vip), ephemeral=True, makepath=True)
+        session = self.coordinator.session_id
+        paths = {declared_path(k, self._me): v for k, v in self._by_key.items()}
+        missing = []
+        for path, znode in z.get_many(list(paths)).items():
+            if znode is not None and znode.ephemeral_owner == session:
+                continue
+            if znode is not None:
+                z.delete(path, version=znode.version)  # a stale one from our old session
+            missing.append((path, _vip_json(paths[path])))
+        if missing:
+            z.create_many(missing, ephemeral=True, makepath=True)
 
     # --- the converge pass ------------------------------------------------------------
 
     def _read_all(self) -> None:
+        """Re-read every fact placement depends on (pipelined: a few round trips)."""
         z = self.coordinator.znodes
-        owners: dict[str, Claim | None] = {}
-        declared: dict[str, dict[str, Vip]] = {}
+        keys = list(self._by_key)
+        owner_nodes = z.get_many([owner_path(k) for k in keys])
+        target_nodes = z.get_many([target_path(k) for k in keys])
+        lists = z.children_many([declared_path(k) for k in keys])
+        decl_paths = [declared_path(k, n) for k in keys for n in lists[declared_path(k)] or []]
+        decl_nodes = z.get_many(decl_paths)
+        declared: dict[str, dict[str, Vip]] = {k: {} for k in keys}
+        for path, znode in decl_nodes.items():
+            if znode is None:
+                continue
+            key, node = path.split("/")[1], path.rsplit("/", 1)[1]
+            try:
+                declared[key][node] = Vip.from_dict(_json(znode.data))
+            except InvalidVipSpec:
+                logger.warning("ignoring malformed declaration of %s by %s", key, node)
+        owners = {k: _claim(owner_nodes[owner_path(k)]) for k in keys}
         targets: dict[str, str] = {}
-        for key in self._by_key:
-            owners[key] = _claim(z.get(owner_path(key)))
-            declared[key] = {}
-            for node in z.children(declared_path(key)) or []:
-                znode = z.get(declared_path(key, node))
-                if znode is None:
-                    continue
-                try:
-                    declared[key][node] = Vip.from_dict(_json(znode.data))
-                except InvalidVipSpec:
-                    logger.warning("ignoring malformed declaration of %s by %s", key, node)
-            target = z.get(target_path(key))
+        for k in keys:
+            target = target_nodes[target_path(k)]
             if target is not None and (name := node_from_json(target.data)) is not None:
-                targets[key] = name
+                targets[k] = name
         drained = frozenset(z.children(drained_path()) or [])
         with self._lock:
             self._owners, self._declared, self._targets = owners, declared, targets
@@ -445,8 +454,25 @@ class VipManager:
             assert self._loop is not None
             self._loop.kick_after(wait)
         tally = _Tally(plumbed=list(readded))
+        to_claim = []
         for key, decision in decisions.items():
-            self._act(self._by_key[key], decision, now, tally)
+            vip = self._by_key[key]
+            if decision.action not in (Action.WAIT, Action.CLAIM):
+                self._unclaimed_since.pop(key, None)
+                self._act(vip, decision, tally)
+                continue
+            if decision.action is Action.WAIT:
+                since = self._unclaimed_since.setdefault(key, now)
+                if now - since < decision.delay:
+                    assert self._loop is not None
+                    self._loop.kick_after(since + decision.delay - now)
+                    continue  # a better-ranked node has its turn first
+            self._unclaimed_since.pop(key, None)
+            to_claim.append(vip)
+        for vip in self._claim(to_claim):
+            tally.claimed.append(vip.key)
+            if self._plumb(vip):
+                tally.plumbed.append(vip.key)
         self._last = PassResult(
             decisions=tuple(decisions.values()),
             claimed=tuple(tally.claimed),
@@ -460,31 +486,17 @@ class VipManager:
                 self._last_full_result = self._last
                 self._full_passes += 1
 
-    def _act(self, vip: Vip, decision: Decision, now: float, tally: _Tally) -> None:
-        """Carry out one decision, recording what happened in ``tally``."""
-        assert self._kernel is not None and self._loop is not None
-        key, action = vip.key, decision.action
-        if action is not Action.WAIT:
-            self._unclaimed_since.pop(key, None)
-        if action is Action.WAIT:
-            since = self._unclaimed_since.setdefault(key, now)
-            if now - since < decision.delay:
-                self._loop.kick_after(since + decision.delay - now)
-                return
-            action = Action.CLAIM  # the better-ranked nodes had their turn
-        if action is Action.CLAIM:
-            if not self._claim(vip):
-                return
-            tally.claimed.append(key)
-            action = Action.HOLD
-        if action is Action.HOLD:
+    def _act(self, vip: Vip, decision: Decision, tally: _Tally) -> None:
+        """Carry out a HOLD, RELEASE or NONE decision, recording it in ``tally``."""
+        assert self._kernel is not None
+        if decision.action is Action.HOLD:
             if self._plumb(vip):
-                tally.plumbed.append(key)
-        elif action is Action.RELEASE:
+                tally.plumbed.append(vip.key)
+        elif decision.action is Action.RELEASE:
             self._handover(vip, decision.reason, run_hooks=True)
-            tally.released.append(key)
+            tally.released.append(vip.key)
         elif self._kernel.remove(vip):
-            logger.warning("%s: removed %s: %s", self._me, key, decision.reason)
+            logger.warning("%s: removed %s: %s", self._me, vip.key, decision.reason)
             self._emit(self._release, vip)
 
     def _plumb(self, vip: Vip) -> bool:
@@ -501,21 +513,31 @@ class VipManager:
             return True
         return False
 
-    def _claim(self, vip: Vip) -> bool:
+    def _claim(self, vips: list[Vip]) -> list[Vip]:
+        """Create the claims of ``vips`` (pipelined); return the ones this node now holds."""
         session = self.coordinator.session_id
-        if session is None or not self.coordinator.lease_valid():
-            return False
+        if not vips or session is None or not self.coordinator.lease_valid():
+            return []
+        z = self.coordinator.znodes
         claim = Claim(node=self._me, session=session, since=time.time())
-        created = self.coordinator.znodes.create(
-            owner_path(vip.key), claim.to_json(), ephemeral=True, makepath=True
+        created = z.create_many(
+            [(owner_path(v.key), claim.to_json()) for v in vips], ephemeral=True, makepath=True
         )
-        node = self.coordinator.znodes.get(owner_path(vip.key)) if created is None else None
-        if created is None and (node is None or node.ephemeral_owner != session):
-            return False
+        lost = [v for v in vips if not created[owner_path(v.key)]]
+        existing = z.get_many([owner_path(v.key) for v in lost]) if lost else {}
+        won = []
+        for vip in vips:
+            node = existing.get(owner_path(vip.key))
+            # Already ours (a retry after a reconnect in the same session) counts as won.
+            if created[owner_path(vip.key)] or (
+                node is not None and node.ephemeral_owner == session
+            ):
+                won.append(vip)
+                logger.info("%s: claimed %s", self._me, vip.key)
         with self._lock:
-            self._owners[vip.key] = claim
-        logger.info("%s: claimed %s", self._me, vip.key)
-        return True
+            for vip in won:
+                self._owners[vip.key] = claim
+        return won
 
     def _handover(self, vip: Vip, reason: str, *, run_hooks: bool) -> None:
         assert self._kernel is not None
