@@ -112,7 +112,7 @@ def scale(vips: int, session: float) -> None:
                 agents[name] = lab[name].spawn([
                     sys.executable, "-m", "mhafail", "agent", "--config", str(config),
                     "--zk", zk.address, "--cluster", "scale", "--node", name,
-                    "--session-timeout", str(session), "--rebalance", "never",
+                    "--session-timeout", str(session), "--rebalance", "immediate",
                 ])  # fmt: skip
             client = lab["c1"].netns
             owners = run_in_netns(client, _sweep, addresses, 60.0, set())
@@ -123,9 +123,11 @@ def scale(vips: int, session: float) -> None:
             start = time.monotonic()
             after = run_in_netns(client, _sweep, mine, 60.0, {victim})
             took = time.monotonic() - start
-            print(f"300-VIP takeover: {len(mine)} VIPs of {victim} answered from survivors "
+            print(f"{vips}-VIP takeover: {len(mine)} VIPs of {victim} answered from survivors "
                   f"({sorted(set(after.values()))}) {took * 1000:.0f} ms after the crash "
                   f"(session timeout {session:g} s)")  # fmt: skip
+            for name in ("h1", "h2", "h3"):
+                lab[name].stop_processes()  # agents first, while ZooKeeper still runs
 
 
 def _sweep(addresses: list[str], timeout: float, exclude: set[str]) -> dict[str, str]:

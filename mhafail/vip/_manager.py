@@ -124,6 +124,9 @@ class VipManager:
     _full_read_due: bool = attrs.field(init=False, default=True)
     _last_full: float = attrs.field(init=False, default=0.0)
     _unclaimed_since: dict[str, float] = attrs.field(init=False, factory=dict)
+    _dirty_owners: set[str] = attrs.field(init=False, factory=set)
+    _dirty_declared: set[str] = attrs.field(init=False, factory=set)
+    _rewatch: bool = attrs.field(init=False, default=False)
     _kernel: Kernel | None = attrs.field(init=False, default=None)
     _loop: ConvergeLoop | None = attrs.field(init=False, default=None)
     _events: Dispatcher | None = attrs.field(init=False, default=None)
@@ -301,23 +304,29 @@ class VipManager:
             self._full_read_due = True
             self._owners = {k: None for k in self._owners}
         if self._loop is not None:
+            self._rewatch = True  # raw watches died with the old session
             self._loop.kick()
 
-    def _on_view(self, _view: ClusterView) -> None:
+    def _on_view(self, view: ClusterView) -> None:
         self._view_changed = time.monotonic()
+        with self._lock:
+            # A member leaves when its session ends, and ZooKeeper deletes all
+            # of a session's ephemerals together: its claims are gone too. Act
+            # on that now instead of waiting for hundreds of watch events (a
+            # claim that still exists just makes our create fail: safe).
+            for key, claim in self._owners.items():
+                if claim is not None and claim.node not in view and claim.node != self._me:
+                    self._owners[key] = None
         if self._loop is not None:
             self._loop.kick()
 
     def _watch(self) -> None:
+        """Watch what placement depends on; events only mark keys dirty and kick."""
         z = self.coordinator.znodes
         assert self._loop is not None
         kick = self._loop.kick
+        self._watch_claims()
         for key in self._by_key:
-
-            def on_owner(node: Znode | None, key: str = key) -> None:
-                with self._lock:
-                    self._owners[key] = _claim(node)
-                kick()
 
             def on_target(node: Znode | None, key: str = key) -> None:
                 with self._lock:
@@ -328,18 +337,7 @@ class VipManager:
                         self._targets[key] = target
                 kick()
 
-            def on_declared(names: list[str], key: str = key) -> None:
-                with self._lock:
-                    known = self._declared.setdefault(key, {})
-                    for gone in set(known) - set(names):
-                        del known[gone]  # a node withdrew: no read needed
-                    if set(names) - set(known) - {self._me}:
-                        self._full_read_due = True  # a new declaration: read it
-                kick()
-
-            z.watch_data(owner_path(key), on_owner)
             z.watch_data(target_path(key), on_target)
-            z.watch_children(declared_path(key), on_declared)
 
         def on_drained(names: list[str]) -> None:
             with self._lock:
@@ -347,6 +345,62 @@ class VipManager:
             kick()
 
         z.watch_children(drained_path(), on_drained)
+
+    def _watch_claims(self) -> None:
+        """Light watches on every claim and declaration list (again after a new session).
+
+        A dead node's hundreds of claims and declarations vanish at once;
+        these watches only mark the keys dirty, and the next pass re-reads
+        all dirty keys in one pipelined round trip.
+        """
+        z = self.coordinator.znodes
+        assert self._loop is not None
+        kick = self._loop.kick
+        for key in self._by_key:
+
+            def on_owner(_path: str, key: str = key) -> None:
+                with self._lock:
+                    self._dirty_owners.add(key)
+                kick()
+
+            def on_declared(_path: str, key: str = key) -> None:
+                with self._lock:
+                    self._dirty_declared.add(key)
+                kick()
+
+            z.watch_changes(owner_path(key), on_owner)
+            z.watch_changes(declared_path(key), on_declared, children=True)
+
+    def _read_dirty(self) -> None:
+        """Re-read the claims and declaration lists whose watches fired."""
+        with self._lock:
+            owners, self._dirty_owners = self._dirty_owners, set()
+            declared, self._dirty_declared = self._dirty_declared, set()
+        z = self.coordinator.znodes
+        if owners:
+            fresh = z.get_many([owner_path(k) for k in owners])
+            with self._lock:
+                for k in owners:
+                    self._owners[k] = _claim(fresh[owner_path(k)])
+        if declared:
+            lists = z.children_many([declared_path(k) for k in declared])
+            with self._lock:
+                known = {k: dict(self._declared.get(k, {})) for k in declared}
+            wanted = []
+            for k in declared:
+                names = set(lists[declared_path(k)] or [])
+                for gone in set(known[k]) - names:
+                    del known[k][gone]  # a node withdrew: nothing to read
+                wanted += [declared_path(k, n) for n in names - set(known[k]) - {self._me}]
+            for path, znode in z.get_many(wanted).items():
+                if znode is not None:
+                    key, node = path.split("/")[1], path.rsplit("/", 1)[1]
+                    try:
+                        known[key][node] = Vip.from_dict(_json(znode.data))
+                    except InvalidVipSpec:
+                        logger.warning("ignoring malformed declaration of %s by %s", key, node)
+            with self._lock:
+                self._declared.update(known)
 
     def _declare(self) -> None:
         """Make sure this node's declarations exist in its current session."""
@@ -369,6 +423,9 @@ class VipManager:
         """Re-read every fact placement depends on (pipelined: a few round trips)."""
         z = self.coordinator.znodes
         keys = list(self._by_key)
+        with self._lock:  # this read supersedes what the watches marked
+            self._dirty_owners.clear()
+            self._dirty_declared.clear()
         owner_nodes = z.get_many([owner_path(k) for k in keys])
         target_nodes = z.get_many([target_path(k) for k in keys])
         lists = z.children_many([declared_path(k) for k in keys])
@@ -424,21 +481,35 @@ class VipManager:
             )
         return inp, tuple(sorted(contested))
 
+    def _refresh(self, full: bool) -> tuple[list[str], list[str]]:
+        """Bring the caches up to date; a full refresh also checks the kernel.
+
+        Returns:
+            (addresses re-added to the kernel, stray addresses removed).
+        """
+        assert self._kernel is not None
+        if self._rewatch:
+            self._rewatch = False
+            self._declare()  # the watches on declaration lists need them to exist
+            self._watch_claims()
+        if not full:
+            self._read_dirty()
+            return [], []
+        self._declare()
+        self._read_all()
+        readded, stray = self._kernel.verify(list(self._by_key.values()))
+        for key in stray:
+            logger.warning(
+                "%s: removed %s: present in the kernel but not owned here", self._me, key
+            )
+        return readded, stray
+
     def _converge(self) -> None:
         if self._stopping or self._kernel is None:
             return
         now = time.monotonic()
         full = self._full_read_due or now - self._last_full >= self.reconcile_interval
-        if full:
-            self._declare()
-            self._read_all()
-            readded, stray = self._kernel.verify(list(self._by_key.values()))
-            for key in stray:
-                logger.warning(
-                    "%s: removed %s: present in the kernel but not owned here", self._me, key
-                )
-        else:
-            readded, stray = [], []
+        readded, stray = self._refresh(full)
         inp, contested = self._snapshot()
         stable_for = now - self._view_changed
         rankings = rank(inp)
