@@ -8,6 +8,7 @@ plugin (``mhafail.testing.plugin``) with the fixtures ``zookeeper``,
 """
 
 from mhafail.coordination import expire_session as expire_session
+from mhafail.testing._cluster import EventProcess as EventProcess
 from mhafail.testing._cluster import NodeProcess as NodeProcess
 from mhafail.testing._fakes import FakeNetwork as FakeNetwork
 from mhafail.testing._fakes import FakePlumber as FakePlumber
@@ -26,6 +27,7 @@ from mhafail.testing._zookeeper import find_classpath as find_classpath
 from mhafail.testing._zookeeper import zookeeper_available as zookeeper_available
 
 __all__ = [
+    "EventProcess",
     "FakeNetwork",
     "FakePlumber",
     "Host",

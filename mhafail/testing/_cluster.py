@@ -1,9 +1,15 @@
-"""Simulated clusters: member processes driven from a test or the demo."""
+"""Processes that report JSON events on stdout, and simulated cluster members.
+
+Many mhafail commands (``mhafail agent --events``, ``python -m
+mhafail.testing.member``) print one JSON object per line for every event,
+each with a ``t`` from ``time.monotonic()`` (shared by all processes on one
+Linux host). :class:`EventProcess` runs such a command and lets a test wait
+for events; :class:`NodeProcess` is a cluster member built on it.
+"""
 
 from __future__ import annotations
 
 import json
-import queue
 import signal
 import subprocess
 import sys
@@ -19,67 +25,55 @@ from mhafail.testing._faults import pause_process, resume_process
 Event = dict[str, Any]
 
 
-class NodeProcess:
-    """One ``mhafail.testing.member`` process and the events it printed.
+def is_ready(event: Event) -> bool:
+    """The default start-up predicate: a ``ready`` event."""
+    return bool(event.get("event") == "ready")
+
+
+class EventProcess:
+    """A child process printing JSON events, one per line, and what it printed.
 
     Args:
-        zk: ZooKeeper hosts the member connects to.
-        cluster: cluster name.
-        node: node name.
-        session_timeout: the member's session timeout (seconds).
+        argv: the command.
+        name: a label for error messages.
         prefix: command prefix, e.g. ``["ip", "netns", "exec", ns]``.
+
+    ``events`` holds the current incarnation's events; :meth:`start` again
+    begins a new incarnation. Lines that are not JSON are ignored.
     """
 
-    def __init__(
-        self,
-        *,
-        zk: str,
-        cluster: str,
-        node: str,
-        session_timeout: float = 2.0,
-        prefix: Sequence[str] = (),
-    ) -> None:
-        self.zk = zk
-        self.cluster = cluster
-        self.node = node
-        self.session_timeout = session_timeout
+    def __init__(self, argv: Sequence[str], *, name: str = "", prefix: Sequence[str] = ()) -> None:
+        self.argv = list(argv)
+        self.name = name or self.argv[0]
         self.prefix = list(prefix)
         self.events: list[Event] = []
-        self._new: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
 
     @property
     def pid(self) -> int:
-        """The member's process id."""
+        """The process id of the current incarnation."""
         if self._proc is None:
-            raise TestingError(f"{self.node} is not started")
+            raise TestingError(f"{self.name} is not started")
         return self._proc.pid
 
-    def start(self, wait: bool = True, timeout: float = 30.0) -> NodeProcess:
-        """Start the process; with ``wait``, block until it reports ``ready``."""
-        argv = [
-            *self.prefix,
-            sys.executable,
-            "-m",
-            "mhafail.testing.member",
-            "--zk",
-            self.zk,
-            "--cluster",
-            self.cluster,
-            "--node",
-            self.node,
-            "--session-timeout",
-            str(self.session_timeout),
-        ]
+    @property
+    def running(self) -> bool:
+        """True while the current incarnation runs."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(
+        self, ready: Callable[[Event], bool] | None = is_ready, timeout: float = 30.0
+    ) -> EventProcess:
+        """Start (again); with ``ready``, block until an event satisfies it."""
         with self._cond:
             self.events = []
-        self._proc = spawn(argv, stdout=subprocess.PIPE)
+        self._proc = spawn([*self.prefix, *self.argv], stdout=subprocess.PIPE)
         self._reader = threading.Thread(target=self._read, args=(self._proc,), daemon=True)
         self._reader.start()
-        if wait:
-            self.wait_event(lambda e: e["event"] == "ready", timeout)
+        if ready is not None:
+            self.wait_event(ready, timeout)
         return self
 
     def _read(self, proc: subprocess.Popen[bytes]) -> None:
@@ -108,8 +102,73 @@ class NodeProcess:
                         return event
                 left = end - time.monotonic()
                 if left <= 0:
-                    raise TestingError(f"{self.node}: no matching event; saw {self.events[-5:]}")
+                    raise TestingError(f"{self.name}: no matching event; saw {self.events[-5:]}")
                 self._cond.wait(left)
+
+    def kill(self) -> None:
+        """SIGKILL the process group, as a crash would."""
+        if self._proc is not None:
+            reap(self._proc, signal.SIGKILL)
+            self._join_reader()
+
+    def terminate(self) -> int:
+        """SIGTERM the process group (a graceful stop) and return the exit status."""
+        if self._proc is None:
+            return 0
+        status = reap(self._proc)
+        self._join_reader()
+        return status
+
+    def pause(self) -> None:
+        """SIGSTOP the process group."""
+        pause_process(self.pid, group=True)
+
+    def resume(self) -> None:
+        """SIGCONT the process group."""
+        resume_process(self.pid, group=True)
+
+    def _join_reader(self) -> None:
+        # The reader closes the pipe at EOF, which follows the process's exit.
+        if self._reader is not None:
+            self._reader.join(5)
+
+
+class NodeProcess(EventProcess):
+    """One ``mhafail.testing.member`` process and the events it printed.
+
+    Args:
+        zk: ZooKeeper hosts the member connects to.
+        cluster: cluster name.
+        node: node name.
+        session_timeout: the member's session timeout (seconds).
+        prefix: command prefix, e.g. ``["ip", "netns", "exec", ns]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        zk: str,
+        cluster: str,
+        node: str,
+        session_timeout: float = 2.0,
+        prefix: Sequence[str] = (),
+    ) -> None:
+        argv = [
+            sys.executable, "-m", "mhafail.testing.member", "--zk", zk, "--cluster", cluster,
+            "--node", node, "--session-timeout", str(session_timeout),
+        ]  # fmt: skip
+        super().__init__(argv, name=node, prefix=prefix)
+        self.zk = zk
+        self.cluster = cluster
+        self.node = node
+        self.session_timeout = session_timeout
+
+    def start(
+        self, ready: Callable[[Event], bool] | None = is_ready, timeout: float = 30.0
+    ) -> NodeProcess:
+        """Start the member (again); with ``ready``, block until it reports ``ready``."""
+        super().start(ready, timeout)
+        return self
 
     def latest_view(self) -> list[str] | None:
         """Members in the most recent ``view`` event, or None."""
@@ -132,30 +191,3 @@ class NodeProcess:
                         f"{self.node}: view {self.latest_view()} never became {want}"
                     )
                 self._cond.wait(left)
-
-    def kill(self) -> None:
-        """SIGKILL the member, as a crash would (its session lingers until timeout)."""
-        if self._proc is not None:
-            reap(self._proc, signal.SIGKILL)
-            self._join_reader()
-
-    def terminate(self) -> int:
-        """SIGTERM the member (it leaves cleanly) and return its exit status."""
-        if self._proc is None:
-            return 0
-        status = reap(self._proc)
-        self._join_reader()
-        return status
-
-    def _join_reader(self) -> None:
-        # The reader closes the pipe at EOF, which follows the process's exit.
-        if self._reader is not None:
-            self._reader.join(5)
-
-    def pause(self) -> None:
-        """SIGSTOP the member."""
-        pause_process(self.pid)
-
-    def resume(self) -> None:
-        """SIGCONT the member."""
-        resume_process(self.pid)

@@ -2,10 +2,7 @@
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,40 +11,25 @@ import pytest
 
 from mhafail.cli import main
 from mhafail.coordination import Coordinator, Membership, NodeInfo
-from mhafail.testing import FakeNetwork, FakePlumber, ZooKeeperEnsemble, ZooKeeperServer
+from mhafail.testing import (
+    EventProcess,
+    FakeNetwork,
+    FakePlumber,
+    ZooKeeperEnsemble,
+    ZooKeeperServer,
+)
 from mhafail.vip import RebalancePolicy, VipManager, parse_vip
 
 A = "198.18.0.200"
 
 
-class AgentProc:
-    def __init__(self, zk: str, cluster: str, node: str, record: Path) -> None:
-        self.argv = [
-            sys.executable, "-m", "mhafail", "agent", "--zk", zk, "--cluster", cluster,
-            "--node", node, "--vip", f"{A}/24@eth0", "--session-timeout", "1",
-            "--plumber", f"fake:{record}", "--claim-step", "0.05", "--events",
-        ]  # fmt: skip
-        self.events: list[dict[str, object]] = []
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "AgentProc":
-        self.events = []
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, start_new_session=True)
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
-        wait_for(lambda: any(e["event"] == "ready" for e in self.events), 20)
-        return self
-
-    def _read(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self.events.append(json.loads(line))
-        proc.stdout.close()
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-        return self.proc.wait(30)
+def agent_process(zk: str, cluster: str, node: str, record: Path) -> EventProcess:
+    argv = [
+        sys.executable, "-m", "mhafail", "agent", "--zk", zk, "--cluster", cluster,
+        "--node", node, "--vip", f"{A}/24@eth0", "--session-timeout", "1",
+        "--plumber", f"fake:{record}", "--claim-step", "0.05", "--events",
+    ]  # fmt: skip
+    return EventProcess(argv, name=node)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -61,18 +43,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
 @pytest.fixture
 def agents(
     zookeeper: ZooKeeperServer, zk_cluster: str, tmp_path: Path
-) -> Iterator[Callable[[str], AgentProc]]:
-    made: list[AgentProc] = []
+) -> Iterator[Callable[[str], EventProcess]]:
+    made: list[EventProcess] = []
 
-    def make(node: str) -> AgentProc:
-        agent = AgentProc(zookeeper.address, zk_cluster, node, tmp_path / "record")
+    def make(node: str) -> EventProcess:
+        agent = agent_process(zookeeper.address, zk_cluster, node, tmp_path / "record")
         made.append(agent)
-        return agent.start()
+        return agent.start(timeout=20)
 
     yield make
     for agent in made:
-        if agent.proc is not None and agent.proc.poll() is None:
-            agent.stop(signal.SIGKILL)
+        agent.kill()
 
 
 def holders(path: Path) -> frozenset[str]:
@@ -81,20 +62,20 @@ def holders(path: Path) -> frozenset[str]:
 
 @pytest.mark.zookeeper
 def test_sigkilled_owner_is_replaced_and_returns_per_policy(
-    agents: Callable[[str], AgentProc], tmp_path: Path
+    agents: Callable[[str], EventProcess], tmp_path: Path
 ) -> None:
     """A SIGKILLed agent's VIP goes to a survivor once its session expires; SIGTERM hands over."""
     procs = {n: agents(n) for n in ("n1", "n2", "n3")}
     record = tmp_path / "record"
     wait_for(lambda: len(holders(record)) == 1)
     old = next(iter(holders(record)))
-    procs[old].stop(signal.SIGKILL)
+    procs[old].kill()
     # The fake plumber cannot outlive its process: drop the dead node's address
     # by hand, as the fence (or the dead host's reboot) would.
     FakePlumber(FakeNetwork(path=str(record)), old, {"eth0": []}).network.record(old, "remove", A)
     wait_for(lambda: len(holders(record) - {old}) == 1)
     new = next(iter(holders(record)))
-    assert procs[new].stop(signal.SIGTERM) == 0
+    assert procs[new].terminate() == 0
     assert any(e["event"] == "release" for e in procs[new].events)
     wait_for(lambda: len(holders(record)) == 1 and new not in holders(record))
     assert FakeNetwork.load(str(record)).max_holders(A) == 1
@@ -201,7 +182,7 @@ def test_agent_refuses_a_bad_config_file(
 
 @pytest.mark.zookeeper
 def test_vip_cli_show_move_drain(
-    agents: Callable[[str], AgentProc],
+    agents: Callable[[str], EventProcess],
     zookeeper: ZooKeeperServer,
     zk_cluster: str,
     tmp_path: Path,

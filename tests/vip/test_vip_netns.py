@@ -11,7 +11,6 @@ neighbour cache: it reaches a new owner only through the announcement.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
-from mhafail.testing import Host, NetnsLab, ZooKeeperServer, pause_process, resume_process
+from mhafail.testing import EventProcess, Host, NetnsLab, ZooKeeperServer
 
 pytestmark = [pytest.mark.root, pytest.mark.zookeeper, pytest.mark.slow]
 
@@ -116,45 +115,14 @@ class AddressMonitor:
             t.join(2)
 
 
-class Agent:
-    """One `mhafail agent` process in a host namespace, and its JSON events."""
-
-    def __init__(self, host: Host, zk: str, extra: list[str]) -> None:
-        self.host = host
-        self.zk = zk
-        self.extra = extra
-        self.events: list[dict[str, object]] = []
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Agent:
-        argv = [
-            sys.executable, "-m", "mhafail", "agent", "--zk", self.zk, "--cluster", "lab",
-            "--node", self.host.name, "--vip", f"{V4}/24@eth0", "--vip", f"{V6}/64@eth0",
-            "--session-timeout", str(TIMEOUT), "--claim-step", "0.05", "--events", *self.extra,
-        ]  # fmt: skip
-        self.events = []
-        self.proc = self.host.spawn(argv, stdout=subprocess.PIPE)
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
-        wait_for(lambda: any(e["event"] == "ready" for e in self.events), 30)
-        return self
-
-    def _read(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self.events.append(json.loads(line))
-        proc.stdout.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        import os
-
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def terminate(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(30)
+def agent(host: Host, zk: str) -> EventProcess:
+    """An `mhafail agent` in ``host``'s namespace with both VIPs."""
+    argv = [
+        sys.executable, "-m", "mhafail", "agent", "--zk", zk, "--cluster", "lab",
+        "--node", host.name, "--vip", f"{V4}/24@eth0", "--vip", f"{V6}/64@eth0",
+        "--session-timeout", str(TIMEOUT), "--claim-step", "0.05", "--events",
+    ]  # fmt: skip
+    return EventProcess(argv, name=host.name, prefix=["ip", "netns", "exec", host.netns])
 
 
 class Client:
@@ -206,7 +174,7 @@ class Lab:
         for name in self.names:
             lab[name].spawn([sys.executable, str(HELPERS / "banner.py"), name, str(PORT)])
         self.monitor = AddressMonitor(lab, self.names)
-        self.agents = {n: Agent(lab[n], zk.address, []).start() for n in self.names}
+        self.agents = {n: agent(lab[n], zk.address).start() for n in self.names}
         self.client = Client(lab["c1"])
 
     def owner(self, address: str) -> str:
@@ -238,10 +206,8 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
                 yield lab
             finally:
                 lab.monitor.close()
-                for agent in lab.agents.values():
-                    if agent.proc is not None and agent.proc.poll() is None:
-                        agent.proc.kill()
-                        agent.proc.wait()
+                for proc in lab.agents.values():
+                    proc.kill()
 
 
 def test_crash_fails_over_through_the_announcement_alone(lab: Lab) -> None:
@@ -266,15 +232,13 @@ def test_crash_fails_over_through_the_announcement_alone(lab: Lab) -> None:
 def test_paused_owner_is_fenced_before_its_session_expires(lab: Lab) -> None:
     """An agent paused past the session timeout is fenced before anyone else adds its VIPs."""
     old = lab.owner(V4)
-    agent = lab.agents[old]
-    assert agent.proc is not None
     fault = time.monotonic()
-    pause_process(agent.proc.pid, group=True)
+    lab.agents[old].pause()
     try:
         new = lab.new_owner(V4, old)
         time.sleep(TIMEOUT)
     finally:
-        resume_process(agent.proc.pid, group=True)
+        lab.agents[old].resume()
     lab.client_reaches(V4, new, fault)
     time.sleep(2 * TIMEOUT)  # the resumed agent must not take anything back wrongly
     lab.assert_one_owner()
