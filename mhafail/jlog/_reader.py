@@ -60,7 +60,35 @@ def _read_meta(path: Path) -> fmt.Meta:
         os.close(fd)
 
 
-class JlogReader:
+class _Batches:
+    """Iteration over anything with ``read_batch()`` (readers and tails)."""
+
+    def read_batch(self, max_messages: int = 4096) -> list[fmt.Message]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[fmt.Message]:
+        """Yield every message available now, batch by batch (readers: without checkpointing)."""
+        while True:
+            batch = self.read_batch()
+            if not batch:
+                return
+            yield from batch
+
+    def follow(
+        self, *, poll_interval: float = 0.1, stop: threading.Event | None = None
+    ) -> Iterator[fmt.Message]:
+        """Yield messages as they arrive until ``stop`` is set (polling when idle)."""
+        while stop is None or not stop.is_set():
+            batch = self.read_batch()
+            if batch:
+                yield from batch
+            elif stop is not None:
+                stop.wait(poll_interval)
+            else:
+                time.sleep(poll_interval)
+
+
+class JlogReader(_Batches):
     """Reads a jlog as subscriber ``subscriber``.
 
     Args:
@@ -196,27 +224,6 @@ class JlogReader:
             self._position = batch[-1].id
             return batch
 
-    def __iter__(self) -> Iterator[fmt.Message]:
-        """Yield every message available now, batch by batch, without checkpointing."""
-        while True:
-            batch = self.read_batch()
-            if not batch:
-                return
-            yield from batch
-
-    def follow(
-        self, *, poll_interval: float = 0.1, stop: threading.Event | None = None
-    ) -> Iterator[fmt.Message]:
-        """Yield messages as they arrive until ``stop`` is set (polling when idle)."""
-        while stop is None or not stop.is_set():
-            batch = self.read_batch()
-            if batch:
-                yield from batch
-            elif stop is not None:
-                stop.wait(poll_interval)
-            else:
-                time.sleep(poll_interval)
-
     @os_errors("cannot read jlog")
     def checkpoint(self, message_id: fmt.MessageId) -> None:
         """Record ``message_id`` as the last message processed.
@@ -272,7 +279,7 @@ class JlogReader:
         self.close()
 
 
-class JlogTail:
+class JlogTail(_Batches):
     """Follows a jlog without a checkpoint: holds no data back (like ``jlogtail``).
 
     Args:
@@ -312,27 +319,6 @@ class JlogTail:
             batch = view.read(start.marker + 1, count)
             self.position = batch[-1].id
             return batch
-
-    def __iter__(self) -> Iterator[fmt.Message]:
-        """Yield every message available now."""
-        while True:
-            batch = self.read_batch()
-            if not batch:
-                return
-            yield from batch
-
-    def follow(
-        self, *, poll_interval: float = 0.1, stop: threading.Event | None = None
-    ) -> Iterator[fmt.Message]:
-        """Yield messages as they arrive until ``stop`` is set (polling when idle)."""
-        while stop is None or not stop.is_set():
-            batch = self.read_batch()
-            if batch:
-                yield from batch
-            elif stop is not None:
-                stop.wait(poll_interval)
-            else:
-                time.sleep(poll_interval)
 
     @os_errors("cannot read jlog")
     def close(self) -> None:
