@@ -30,6 +30,7 @@ def spawn(
     stderr: IO[Any] | int | None = None,
     cwd: str | None = None,
     env: dict[str, str] | None = None,
+    stdin: int = subprocess.DEVNULL,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own process group, killed if this process dies.
 
@@ -41,7 +42,7 @@ def spawn(
         list(argv),
         stdout=stdout,
         stderr=stderr,
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         cwd=cwd,
         env=env,
         preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl must run in the child

@@ -9,6 +9,7 @@ for events; :class:`NodeProcess` is a cluster member built on it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -16,7 +17,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from mhafail.errors import TestingError
 from mhafail.testing._children import reap, spawn
@@ -37,19 +39,33 @@ class EventProcess:
         argv: the command.
         name: a label for error messages.
         prefix: command prefix, e.g. ``["ip", "netns", "exec", ns]``.
+        stdin: give the process a pipe on stdin for :meth:`send`.
+        log_dir: write each incarnation's stderr to ``<name>-<n>.log`` there.
 
     ``events`` holds the current incarnation's events; :meth:`start` again
     begins a new incarnation. Lines that are not JSON are ignored.
     """
 
-    def __init__(self, argv: Sequence[str], *, name: str = "", prefix: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        name: str = "",
+        prefix: Sequence[str] = (),
+        stdin: bool = False,
+        log_dir: Path | None = None,
+    ) -> None:
         self.argv = list(argv)
         self.name = name or self.argv[0]
         self.prefix = list(prefix)
+        self.stdin = stdin
+        self.log_dir = log_dir
+        self.starts = 0
         self.events: list[Event] = []
         self._cond = threading.Condition()
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
+        self._stderr: IO[bytes] | None = None
 
     @property
     def pid(self) -> int:
@@ -69,7 +85,15 @@ class EventProcess:
         """Start (again); with ``ready``, block until an event satisfies it."""
         with self._cond:
             self.events = []
-        self._proc = spawn([*self.prefix, *self.argv], stdout=subprocess.PIPE)
+        self.starts += 1
+        if self.log_dir is not None:
+            self._stderr = (self.log_dir / f"{self.name}-{self.starts}.log").open("wb")
+        self._proc = spawn(
+            [*self.prefix, *self.argv],
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
+        )
         self._reader = threading.Thread(target=self._read, args=(self._proc,), daemon=True)
         self._reader.start()
         if ready is not None:
@@ -105,18 +129,34 @@ class EventProcess:
                     raise TestingError(f"{self.name}: no matching event; saw {self.events[-5:]}")
                 self._cond.wait(left)
 
+    def send(self, line: str) -> None:
+        """Write one line to the process's stdin (needs ``stdin=True``)."""
+        if self._proc is None or self._proc.stdin is None:
+            raise TestingError(f"{self.name} has no stdin")
+        self._proc.stdin.write(line.encode() + b"\n")
+        self._proc.stdin.flush()
+
     def kill(self) -> None:
         """SIGKILL the process group, as a crash would."""
-        if self._proc is not None:
-            reap(self._proc, signal.SIGKILL)
-            self._join_reader()
+        self._end(signal.SIGKILL)
 
     def terminate(self) -> int:
         """SIGTERM the process group (a graceful stop) and return the exit status."""
+        return self._end(signal.SIGTERM)
+
+    def _end(self, sig: int) -> int:
         if self._proc is None:
             return 0
-        status = reap(self._proc)
-        self._join_reader()
+        status = reap(self._proc, sig)
+        if self._proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self._proc.stdin.close()
+        # The reader closes the pipe at EOF, which follows the process's exit.
+        if self._reader is not None:
+            self._reader.join(5)
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
         return status
 
     def pause(self) -> None:
@@ -126,11 +166,6 @@ class EventProcess:
     def resume(self) -> None:
         """SIGCONT the process group."""
         resume_process(self.pid, group=True)
-
-    def _join_reader(self) -> None:
-        # The reader closes the pipe at EOF, which follows the process's exit.
-        if self._reader is not None:
-            self._reader.join(5)
 
 
 class NodeProcess(EventProcess):

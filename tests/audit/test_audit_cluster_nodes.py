@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 from mhafail.audit import QueryEngine, SnapshotStore
 from mhafail.errors import UnknownSeries
-from mhafail.testing import ZooKeeperServer
+from mhafail.testing import EventProcess, ZooKeeperServer
 
 pytestmark = pytest.mark.zookeeper
 
 Event = dict[str, Any]
 
 
-class AuditNode:
+class AuditNode(EventProcess):
     """One ``mhafail audit node`` process: commands go to its stdin, JSON events come back."""
 
     def __init__(
@@ -39,103 +33,47 @@ class AuditNode:
         timeout: str = "2",
         args: tuple[str, ...] = (),
     ) -> None:
-        self.name = name
-        self.argv = [
-            sys.executable,
-            "-m",
-            "mhafail",
-            "audit",
-            "node",
-            "--zk",
-            zk,
-            "--cluster",
-            cluster,
-            "--node",
-            name,
-            "--series",
-            "conn:ipv4:60:6",
-            "--interval",
-            "0.1",
-            "--timeout",
-            timeout,
-            "--session-timeout",
-            "2",
-            "--role",
-            "manager" if listen else "mta",
-        ]
+        argv = [
+            sys.executable, "-m", "mhafail", "audit", "node", "--zk", zk, "--cluster", cluster,
+            "--node", name, "--series", "conn:ipv4:60:6", "--interval", "0.1",
+            "--timeout", timeout, "--session-timeout", "2",
+            "--role", "manager" if listen else "mta",
+        ]  # fmt: skip
         if listen:
-            self.argv += ["--listen", "127.0.0.1:0"]
-        self.argv += args
-        self.logs = logs
-        self.starts = 0
-        self.events: list[Event] = []
-        self._cond = threading.Condition()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
-        self._reader: threading.Thread | None = None
+            argv += ["--listen", "127.0.0.1:0"]
+        super().__init__([*argv, *args], name=name, stdin=True, log_dir=logs)
         self._line = 0
 
-    def start(self) -> AuditNode:
+    def start(
+        self, ready: Callable[[Event], bool] | None = None, timeout: float = 30.0
+    ) -> AuditNode:
         """Start the process (a new incarnation); wait_ready() waits for it."""
-        self.starts += 1
-        self._stderr = (self.logs / f"{self.name}-{self.starts}.log").open("wb")
-        with self._cond:
-            self.events = []
         self._line = 0
-        self._proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, args=(self._proc,), daemon=True)
-        self._reader.start()
+        super().start(ready, timeout)
         return self
-
-    def _read(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            with self._cond:
-                self.events.append(json.loads(raw))
-                self._cond.notify_all()
-        proc.stdout.close()
 
     def wait_event(self, predicate: Callable[[Event], bool], timeout: float = 30.0) -> Event:
         """Return the first event of this incarnation matching ``predicate``."""
-        with self._cond:
-            end = time.monotonic() + timeout
-            while True:
-                for event in self.events:
-                    if predicate(event):
-                        return event
-                left = end - time.monotonic()
-                if left <= 0:
-                    pytest.fail(f"{self.name}: no matching event; last ones {self.events[-3:]}")
-                self._cond.wait(left)
+        return super().wait_event(predicate, timeout)
 
     def wait_ready(self) -> Event:
         return self.wait_event(lambda e: e["event"] == "ready")
 
-    def command(self, text: str) -> Event:
-        """Send one command line and return the event answering it."""
-        assert self._proc is not None and self._proc.stdin is not None
+    def _ask(self, text: str) -> Event:
         self._line += 1
         line = self._line
-        self._proc.stdin.write(text.encode() + b"\n")
-        self._proc.stdin.flush()
-        event = self.wait_event(lambda e: e.get("line") == line)
+        self.send(text)
+        return self.wait_event(lambda e: e.get("line") == line)
+
+    def command(self, text: str) -> Event:
+        """Send one command line and return the event answering it."""
+        event = self._ask(text)
         assert event["event"] != "error", event
         return event
 
     def refused(self, text: str) -> str:
         """Send a command that must fail and return the error it got."""
-        assert self._proc is not None and self._proc.stdin is not None
-        self._line += 1
-        line = self._line
-        self._proc.stdin.write(text.encode() + b"\n")
-        self._proc.stdin.flush()
-        event = self.wait_event(lambda e: e.get("line") == line)
+        event = self._ask(text)
         assert event["event"] == "error", event
         return str(event["error"])
 
@@ -149,43 +87,6 @@ class AuditNode:
             if time.monotonic() > end:
                 pytest.fail(f"{self.name}: count {target} stayed {got}, expected {expected}")
             time.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL the process, as a crash would."""
-        self._end(signal.SIGKILL)
-
-    def terminate(self) -> int:
-        """SIGTERM the process (it leaves the cluster cleanly); return its exit status."""
-        return self._end(signal.SIGTERM)
-
-    def pause(self) -> None:
-        assert self._proc is not None
-        os.kill(self._proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self._proc is not None
-        os.kill(self._proc.pid, signal.SIGCONT)
-
-    def _end(self, sig: int) -> int:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return 0
-        if proc.poll() is None:
-            os.kill(proc.pid, sig)
-            os.kill(proc.pid, signal.SIGCONT)
-        try:
-            status = proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            status = proc.wait()
-        assert proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
-        if self._reader is not None:
-            self._reader.join(10)
-        if self._stderr is not None:
-            self._stderr.close()
-        return status
 
 
 @pytest.fixture
