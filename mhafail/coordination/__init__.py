@@ -10,6 +10,7 @@ from mhafail.coordination._dispatch import Dispatcher as Dispatcher
 from mhafail.coordination._dispatch import in_loop as in_loop
 from mhafail.coordination._faults import expire_session as expire_session
 from mhafail.coordination._lease import Lease as Lease
+from mhafail.coordination._lease import ProofChain as ProofChain
 from mhafail.coordination._lease import default_margin as default_margin
 from mhafail.coordination._loop import ConvergeLoop as ConvergeLoop
 from mhafail.coordination._members import ClusterView as ClusterView
@@ -33,6 +34,7 @@ __all__ = [
     "LeaseState",
     "Membership",
     "NodeInfo",
+    "ProofChain",
     "Watch",
     "Znode",
     "Znodes",

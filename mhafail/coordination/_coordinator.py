@@ -3,9 +3,10 @@
 Concurrency: kazoo runs a connection thread and an event thread. The
 coordinator adds two threads of its own:
 
-* the *keeper* turns kazoo's state changes and heartbeat replies into the
-  connection state, the session id and the lease, and notices when the
-  lease runs out (it waits on a condition with the deadline as timeout);
+* the *keeper* turns kazoo's state changes, the negotiated session timeout
+  and heartbeat replies into the connection state, the session id and the
+  lease, and notices when the lease runs out (it waits on a condition with
+  the deadline as timeout);
 * the *dispatcher* runs every listener, in order, so that no application
   code ever runs on kazoo's threads (DESIGN.md, "Threads and asyncio").
 
@@ -29,8 +30,9 @@ from kazoo.retry import KazooRetry
 from kazoo.security import make_acl, make_digest_acl
 
 from mhafail.coordination._dispatch import Dispatcher
+from mhafail.coordination._handshake import NegotiationHandler
 from mhafail.coordination._kazoo import translated
-from mhafail.coordination._lease import Lease, default_margin
+from mhafail.coordination._lease import Lease, ProofChain, default_margin
 from mhafail.coordination._names import check_name, format_hosts, parse_hosts
 from mhafail.coordination._state import ConnectionState, LeaseState
 from mhafail.coordination._store import Znodes
@@ -49,6 +51,25 @@ _KAZOO_STATES = {
 Listener = Callable[[Any], None]
 
 
+@attrs.frozen
+class _Negotiated:
+    """A connect response: the server's timeout (ms) and when the attempt began."""
+
+    timeout_ms: int
+    started: float
+
+
+@attrs.frozen
+class _Reply:
+    """A heartbeat (``sync``) outcome, tagged with the connection it was sent on."""
+
+    sent_at: float
+    replied_at: float
+    epoch: int
+    session_id: int
+    ok: bool
+
+
 @attrs.define(kw_only=True, eq=False)
 class Coordinator:
     """One ZooKeeper session for this process, rooted at ``/mhafail/<cluster>``.
@@ -61,14 +82,25 @@ class Coordinator:
         cluster: cluster name; everything lives under ``/mhafail/<cluster>``.
         session_timeout: requested session timeout in seconds. The server
             may negotiate it into ``[2, 20] x tickTime``; the lease uses the
-            smaller of requested and negotiated.
+            smallest of the requested and every negotiated value of the
+            session (read from the server's connect responses).
         credentials: optional ``(user, password)``; when given, the session
             authenticates with digest auth and every znode mhafail creates
             under the cluster root is readable and writable only with them.
         lease_margin: safety margin subtracted from the lease (seconds);
             default :func:`~mhafail.coordination._lease.default_margin`.
         connect_timeout: how long :meth:`start` waits for a first session.
+        server_tick: the servers' ``tickTime`` in seconds, if known. The
+            lease allows ``tickTime / 2`` for a follower to report session
+            activity to the leader; unknown, it assumes the largest tick the
+            negotiated timeout allows (``T / 2``, so ``T / 4``).
         monotonic: the clock for the lease (injectable for tests).
+
+    The lease rests only on facts the ZooKeeper leader vouches for (DESIGN.md
+    rule 6): heartbeats are ``sync`` requests, which a follower answers only
+    after the leader did, chained as :class:`ProofChain` explains, and
+    connect responses, which a server sends only after the leader created or
+    revalidated the session.
 
     Raises (from :meth:`start`):
         InvalidArgument: malformed hosts, cluster name or timeouts.
@@ -82,6 +114,7 @@ class Coordinator:
     credentials: tuple[str, str] | None = None
     lease_margin: float | None = None
     connect_timeout: float = 15.0
+    server_tick: float | None = None
     monotonic: Callable[[], float] = time.monotonic
 
     _hosts_parsed: tuple[tuple[str, int], ...] = attrs.field(init=False)
@@ -95,8 +128,12 @@ class Coordinator:
     _lease_announced: LeaseState = attrs.field(init=False, default=LeaseState.EXPIRED)
     _state: ConnectionState = attrs.field(init=False, default=ConnectionState.LOST)
     _session_id: int | None = attrs.field(init=False, default=None)
-    _kazoo_events: list[ConnectionState] = attrs.field(init=False, factory=list)
-    _replies: list[tuple[float, int, bool]] = attrs.field(init=False, factory=list)
+    _kazoo_events: list[ConnectionState | _Negotiated] = attrs.field(init=False, factory=list)
+    _replies: list[_Reply] = attrs.field(init=False, factory=list)
+    _chain: ProofChain = attrs.field(init=False)
+    _epoch: int = attrs.field(init=False, default=0)
+    _connect_proof: _Negotiated | None = attrs.field(init=False, default=None)
+    _session_timeout_ms: int | None = attrs.field(init=False, default=None)
     _stopping: bool = attrs.field(init=False, default=False)
     _had_session: bool = attrs.field(init=False, default=False)
     _state_listeners: list[Listener] = attrs.field(init=False, factory=list)
@@ -120,6 +157,11 @@ class Coordinator:
                 f"invalid lease_margin {margin!r}: use 0 to half the session timeout"
             )
         self._lease = Lease(timeout=self.session_timeout, margin=margin)
+        if self.server_tick is not None and not 0 < self.server_tick <= self.session_timeout:
+            raise InvalidArgument(
+                f"invalid server_tick {self.server_tick!r}: use a positive tickTime in seconds"
+            )
+        self._chain = ProofChain(report_lag=self._report_lag(self.session_timeout))
         if self.credentials is not None:
             user, password = self.credentials
             if not user or ":" in user or not password:
@@ -172,12 +214,14 @@ class Coordinator:
         with self._cond:
             if self._stopping or self._client is None:
                 return
+            # From here lease_valid() is False: nothing may be plumbed or
+            # announced on the strength of a session we are closing.
             self._stopping = True
+            if self._lease_announced is LeaseState.VALID:
+                self._announce_lease(LeaseState.EXPIRED)
             self._cond.notify_all()
         if self._keeper is not None:
             self._keeper.join()
-        if self._lease_announced is LeaseState.VALID:
-            self._announce_lease(LeaseState.EXPIRED)
         self._teardown_client()
 
     def __enter__(self) -> Coordinator:
@@ -218,12 +262,14 @@ class Coordinator:
     def lease_deadline(self) -> float | None:
         """Monotonic time the lease runs out, or None when there is no lease."""
         with self._cond:
-            return self._lease.deadline if self._session_id is not None else None
+            if self._stopping or self._session_id is None:
+                return None
+            return self._lease.deadline
 
     def lease_remaining(self) -> float:
         """Seconds before the lease runs out (0 when expired)."""
         with self._cond:
-            return self._lease.remaining(self.monotonic())
+            return 0.0 if self._stopping else self._lease.remaining(self.monotonic())
 
     def lease_valid(self) -> bool:
         """True when the session provably has not expired on the server.
@@ -232,7 +278,7 @@ class Coordinator:
         session lives (a gratuitous ARP, a write to a fenced spool).
         """
         with self._cond:
-            return self._lease.valid(self.monotonic())
+            return not self._stopping and self._lease.valid(self.monotonic())
 
     def wait_for_lease(self, timeout: float) -> bool:
         """Block until the lease is valid; False if ``timeout`` passed first."""
@@ -283,6 +329,7 @@ class Coordinator:
         retry = KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=1.0, max_jitter=0.2)
         return KazooClient(
             hosts=format_hosts(self._hosts_parsed),
+            handler=NegotiationHandler(self._on_negotiated),
             timeout=self.session_timeout,
             connection_retry=retry,
             default_acl=acl,
@@ -322,26 +369,42 @@ class Coordinator:
             self._kazoo_events.append(_KAZOO_STATES[kstate])
             self._cond.notify_all()
 
-    def _on_reply(self, sent_at: float, session_id: int, result: Any) -> None:
-        # Runs on kazoo's completion thread: record and wake the keeper.
+    def _on_negotiated(self, timeout_ms: int, started: float) -> None:
+        # Runs on kazoo's connection thread, before it reports CONNECTED.
         with self._cond:
-            self._replies.append((sent_at, session_id, result.exception is None))
+            self._kazoo_events.append(_Negotiated(timeout_ms, started))
             self._cond.notify_all()
+
+    def _on_reply(self, sent_at: float, epoch: int, session_id: int, result: Any) -> None:
+        # Runs on kazoo's completion thread: record and wake the keeper.
+        replied_at = self.monotonic()
+        with self._cond:
+            ok = result.exception is None
+            self._replies.append(_Reply(sent_at, replied_at, epoch, session_id, ok))
+            self._cond.notify_all()
+
+    def _report_lag(self, timeout: float) -> float:
+        """Upper bound on the leader's ping interval (``tickTime / 2``), with slack."""
+        tick = self.server_tick if self.server_tick is not None else timeout / 2
+        return tick / 2 + 0.01
 
     def _keep(self) -> None:
         """The keeper thread: state, session id, heartbeats and lease expiry."""
-        interval = max(0.02, self.session_timeout / 8)
+        interval = max(0.02, self.session_timeout / 16)
         in_flight_since: float | None = None
         next_beat = 0.0
         with self._cond:
             while not self._stopping:
                 now = self.monotonic()
-                for state in self._drain(self._kazoo_events):
-                    self._apply_state(state)
-                for sent_at, session_id, ok in self._drain(self._replies):
+                for event in self._drain(self._kazoo_events):
+                    if isinstance(event, _Negotiated):
+                        # A connect response comes just before its CONNECTED.
+                        self._connect_proof = event
+                    else:
+                        self._apply_state(event)
+                for reply in self._drain(self._replies):
                     in_flight_since = None
-                    if ok and session_id == self._session_id:
-                        self._lease.confirm(sent_at)
+                    self._apply_reply(reply)
                 if self._lease.valid(now):
                     if self._lease_announced is LeaseState.EXPIRED:
                         self._announce_lease(LeaseState.VALID)
@@ -349,6 +412,8 @@ class Coordinator:
                     self._announce_lease(LeaseState.EXPIRED)
                 # A heartbeat lost in a dropped connection is failed by kazoo;
                 # the age check only guards against a reply that never comes.
+                # One heartbeat in flight at a time: the proof chain needs
+                # each sync sent after the previous one was answered.
                 idle = in_flight_since is None or now - in_flight_since > self._lease.timeout
                 if self._state is ConnectionState.CONNECTED and now >= next_beat and idle:
                     in_flight_since = now
@@ -368,8 +433,23 @@ class Coordinator:
         items.clear()
         return taken
 
+    def _apply_reply(self, reply: _Reply) -> None:
+        """Turn an answered heartbeat into a proof (keeper thread, lock held)."""
+        if not reply.ok or reply.epoch != self._epoch or reply.session_id != self._session_id:
+            return  # failed, or sent on an earlier connection: proves nothing now
+        if self._session_timeout_ms is None:
+            return  # no negotiated timeout, no lease (DESIGN.md rule 6)
+        proof = self._chain.answered(reply.sent_at, reply.replied_at)
+        if proof is not None:
+            self._lease.confirm(proof)
+
     def _apply_state(self, state: ConnectionState) -> None:
         """Handle one kazoo state change (keeper thread, lock held)."""
+        # Every change of connection starts a new proof chain: a report from
+        # one follower says nothing about requests sent through another.
+        self._epoch += 1
+        self._chain.reset()
+        negotiated, self._connect_proof = self._connect_proof, None
         if state is ConnectionState.LOST:
             self._session_id = None
             self._lease.reset()
@@ -387,13 +467,14 @@ class Coordinator:
                         self._announce_lease(LeaseState.EXPIRED)
                 first = self._session_id is None and not self._had_session
                 self._session_id = session_id
+                self._session_timeout_ms = None
                 self._had_session = True
-                self._update_timeout()
                 if not first and session_id is not None:
                     logger.warning(
                         "cluster %s: new ZooKeeper session %#x", self.cluster, session_id
                     )
                     self._post(self._session_listeners, session_id)
+            self._apply_negotiated(negotiated)
         self._state = state
         logger.info(
             "cluster %s session %s: connection %s",
@@ -403,28 +484,48 @@ class Coordinator:
         )
         self._post(self._state_listeners, state)
 
-    def _update_timeout(self) -> None:
-        # kazoo keeps the negotiated timeout (ms) in a private attribute; we
-        # only read it, and fall back to the requested value, which is the
-        # safe choice when the server negotiated it *up*.
-        negotiated = getattr(self._client, "_session_timeout", None)
-        timeout = self.session_timeout
-        if isinstance(negotiated, int | float) and negotiated > 0:
-            timeout = min(timeout, negotiated / 1000.0)
-        if timeout != self._lease.timeout:
-            margin = min(self._lease.margin, timeout / 4)
-            self._lease = Lease(timeout=timeout, margin=margin)
+    def _apply_negotiated(self, negotiated: _Negotiated | None) -> None:
+        """Use a connect response: the timeout, and the proof it carries."""
+        if negotiated is None or negotiated.timeout_ms <= 0:
+            logger.error(
+                "cluster %s: no negotiated session timeout seen for this connection; "
+                "no lease until a connect response is read",
+                self.cluster,
+            )
+            return
+        ms = negotiated.timeout_ms
+        if self._session_timeout_ms is None or ms < self._session_timeout_ms:
+            self._session_timeout_ms = ms
+        # The smallest timeout any server granted this session, and never more
+        # than we asked for: a server that negotiated *up* still expires us
+        # by its own value, which is larger, so ours stays on the safe side.
+        timeout = min(self.session_timeout, self._session_timeout_ms / 1000.0)
+        if timeout < self._lease.timeout:
+            logger.warning(
+                "cluster %s: the server granted a %.3f s session timeout (asked %.3f s)",
+                self.cluster,
+                timeout,
+                self.session_timeout,
+            )
+            self._lease.shorten(timeout)
+        self._chain.report_lag = self._report_lag(self._lease.timeout)
+        # A server answers a connect only after the leader created the session
+        # (a committed proposal) or revalidated it (the leader touches it),
+        # both after the attempt began: the session lives until then + T.
+        self._lease.confirm(negotiated.started)
 
     def _send_heartbeat(self, sent_at: float) -> None:
         session_id = self._session_id
         if self._client is None or session_id is None:
             return
+        epoch = self._epoch
         try:
-            result = self._client.exists_async("/")
+            # sync, not a read: a follower answers it only after the leader.
+            result = self._client.sync_async("/")
         except Exception:  # the client is closing; the lease simply is not renewed
             logger.debug("heartbeat not sent", exc_info=True)
             return
-        result.rawlink(lambda r: self._on_reply(sent_at, session_id, r))
+        result.rawlink(lambda r: self._on_reply(sent_at, epoch, session_id, r))
 
     def _announce_lease(self, state: LeaseState) -> None:
         self._lease_announced = state

@@ -67,6 +67,12 @@ class Lease:
         """Forget every proof (the session ended; a new one needs new proof)."""
         self._proof = None
 
+    def shorten(self, timeout: float) -> None:
+        """Lower ``T`` (a server negotiated less than we assumed), keeping the proof."""
+        if timeout < self.timeout:
+            self.timeout = timeout
+            self.margin = min(self.margin, timeout / 4)
+
     def remaining(self, now: float) -> float:
         """Seconds left before the deadline at ``now`` (0 when expired or unproven)."""
         deadline = self.deadline
@@ -76,3 +82,65 @@ class Lease:
         """True when ``now`` is before the deadline."""
         deadline = self.deadline
         return deadline is not None and now < deadline
+
+
+@attrs.define
+class ProofChain:
+    """Turns answered ``sync`` round trips into lease proofs the leader vouches for.
+
+    A follower answers a ``sync`` only after the leader did, but the session
+    activity a request causes on a follower reaches the leader later: the
+    follower reports the sessions it saw in its answer to the leader's next
+    ping (sent every ``tickTime / 2``). If the follower is cut off from the
+    leader right after answering, that report never arrives, and the leader
+    expires the session counting from an *older* report.
+
+    So a reply alone proves nothing about the leader's clock. A chain does.
+    Let request ``k`` (sent at ``s_k``, answered at ``r_k``) reach the
+    follower at ``a_k`` (``s_k <= a_k <= r_k``). Let sync ``j'`` be answered
+    and sent at least ``report_lag`` after ``r_k``: the leader handled it at
+    ``b_j' > s_j' >= r_k + report_lag > a_k + report_lag``, so the leader
+    sent the follower a ping after ``a_k`` and before its reply to ``j'``
+    (pings go out every ``report_lag`` at most, on the same ordered stream
+    as the reply). The follower answers pings in the order it reads them,
+    so its report naming our session (touched at ``a_k``) left the follower
+    before the reply to ``j'`` reached us, hence before we sent any later
+    sync ``j``, which the follower forwards behind that report on the same
+    ordered stream. When ``j`` is answered the leader has therefore
+    processed a report sent after ``a_k``: it cannot expire the session
+    before ``a_k + T >= s_k + T``. One sync in flight at a time keeps
+    "sent after the previous reply" true.
+
+    The rule, then: when sync ``j`` is answered, the proof is the latest
+    ``s_k`` with ``r_k <= s_prev - report_lag``, where ``s_prev`` is the
+    send time of the previous answered sync on the same connection. The
+    chain must not span two connections (a report from another follower
+    says nothing), so it is reset on every reconnect.
+
+    Attributes:
+        report_lag: an upper bound on the leader's ping interval
+            (``tickTime / 2``), in seconds.
+    """
+
+    report_lag: float
+    _history: list[tuple[float, float]] = attrs.field(factory=list)  # (sent, replied)
+    _prev_sent: float | None = None
+
+    def answered(self, sent_at: float, replied_at: float) -> float | None:
+        """Record an answered sync; return the send time it proves, if any."""
+        proof = None
+        if self._prev_sent is not None:
+            threshold = self._prev_sent - self.report_lag
+            earlier = [s for s, r in self._history if r <= threshold]
+            if earlier:
+                proof = max(earlier)
+                # Entries older than the proof can never prove more than it.
+                self._history = [(s, r) for s, r in self._history if s >= proof]
+        self._history.append((sent_at, replied_at))
+        self._prev_sent = sent_at if self._prev_sent is None else max(self._prev_sent, sent_at)
+        return proof
+
+    def reset(self) -> None:
+        """Forget the chain (a new connection or a new session)."""
+        self._history.clear()
+        self._prev_sent = None

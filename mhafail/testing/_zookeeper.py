@@ -83,7 +83,9 @@ class ZooKeeperServer:
         port: client port (default: a free one).
         workdir: where data, config and log go (default: a new temp dir,
             removed by :meth:`cleanup`).
-        server_id, peers: set by :class:`ZooKeeperEnsemble`.
+        server_id, peers, peer_hosts: set by :class:`ZooKeeperEnsemble`
+            (``peer_hosts`` maps a server id to its address when the servers
+            do not share one).
         netns: run inside this network namespace (root; e.g. a lab's bridge
             namespace, with ``host`` the bridge address).
     """
@@ -94,6 +96,7 @@ class ZooKeeperServer:
     workdir: Path = attrs.field(factory=lambda: Path(tempfile.mkdtemp(prefix="mha-zk-")))
     server_id: int = 0
     peers: tuple[tuple[int, int, int], ...] = ()  # (id, quorum port, election port)
+    peer_hosts: dict[int, str] = attrs.field(factory=dict)
     netns: str | None = None
     _proc: subprocess.Popen[bytes] | None = attrs.field(init=False, default=None)
     _owns_workdir: bool = attrs.field(init=False, default=True)
@@ -138,7 +141,9 @@ class ZooKeeperServer:
                 f"initLimit={max(10, 5000 // self.tick_time)}",
                 f"syncLimit={max(5, 2000 // self.tick_time)}",
             ]
-            lines += [f"server.{i}={self.host}:{q}:{e}" for i, q, e in self.peers]
+            lines += [
+                f"server.{i}={self.peer_hosts.get(i, self.host)}:{q}:{e}" for i, q, e in self.peers
+            ]
             (data / "myid").write_text(f"{self.server_id}\n")
         cfg = self.workdir / "zoo.cfg"
         cfg.write_text("\n".join(lines) + "\n")
@@ -242,18 +247,37 @@ class ZooKeeperServer:
 
 @attrs.define(kw_only=True, eq=False)
 class ZooKeeperEnsemble:
-    """A quorum of ``size`` ZooKeeper servers on loopback (default 3)."""
+    """A quorum of ``size`` ZooKeeper servers, on loopback by default (3).
+
+    Args:
+        size: how many servers.
+        tick_time: their ``tickTime`` in ms.
+        placement: optional ``(netns, address)`` per server, to run each in a
+            network namespace of its own (``NetnsLab`` hosts), so that a test
+            can cut one server off from its peers while clients still reach it.
+    """
 
     size: int = 3
     tick_time: int = 100
+    placement: tuple[tuple[str | None, str], ...] = ()
     servers: list[ZooKeeperServer] = attrs.field(init=False, factory=list)
 
     def __attrs_post_init__(self) -> None:
+        if self.placement and len(self.placement) != self.size:
+            raise TestingError(f"placement names {len(self.placement)} servers, not {self.size}")
         base = Path(tempfile.mkdtemp(prefix="mha-zk-ensemble-"))
         peers = tuple((i, free_port(), free_port()) for i in range(1, self.size + 1))
+        where = self.placement or tuple((None, "127.0.0.1") for _ in peers)
+        hosts = {i: where[i - 1][1] for i, _, _ in peers}
         self.servers = [
             ZooKeeperServer(
-                tick_time=self.tick_time, workdir=base / f"s{i}", server_id=i, peers=peers
+                tick_time=self.tick_time,
+                workdir=base / f"s{i}",
+                server_id=i,
+                peers=peers,
+                peer_hosts=hosts,
+                host=hosts[i],
+                netns=where[i - 1][0],
             )
             for i, _, _ in peers
         ]

@@ -7,7 +7,7 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mhafail.coordination import ConvergeLoop, Lease, default_margin, in_loop
+from mhafail.coordination import ConvergeLoop, Lease, ProofChain, default_margin, in_loop
 
 
 def test_lease_has_no_deadline_before_any_proof() -> None:
@@ -105,3 +105,49 @@ def test_converge_loop_stops_promptly_after_a_pass() -> None:
     gate.set()
     stopper.join(3)
     assert not stopper.is_alive(), "stop() waited for the period instead of returning"
+
+
+def test_proof_chain_needs_a_later_sync_sent_a_report_lag_after_the_reply() -> None:
+    """A sync proves an earlier request only once a sync between them left report_lag later."""
+    chain = ProofChain(report_lag=0.25)
+    assert chain.answered(0.0, 0.01) is None  # nothing earlier to prove
+    assert chain.answered(0.1, 0.11) is None  # the previous sync left only 0.1 s after
+    assert chain.answered(0.3, 0.31) is None  # previous (0.1) - 0.25 < 0.01: still nothing
+    assert chain.answered(0.5, 0.51) == 0.0  # previous (0.3) - 0.25 >= 0.01: proves 0.0
+    assert chain.answered(0.7, 0.71) == 0.1  # previous (0.5) - 0.25 = 0.25 >= 0.11
+
+
+def test_proof_chain_reset_forgets_earlier_connections() -> None:
+    """After a reconnect no sync of the old connection is ever a proof."""
+    chain = ProofChain(report_lag=0.1)
+    chain.answered(0.0, 0.01)
+    chain.answered(0.5, 0.51)
+    chain.reset()
+    assert chain.answered(1.0, 1.01) is None
+    assert chain.answered(1.2, 1.21) is None
+    assert chain.answered(1.4, 1.41) == 1.0
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(min_value=0.001, max_value=0.5), st.floats(0.0, 0.2)),
+        min_size=1,
+        max_size=40,
+    ),
+    st.floats(min_value=0.01, max_value=1.0),
+)
+def test_proof_chain_never_proves_a_request_without_a_later_gap(
+    steps: list[tuple[float, float]], lag: float
+) -> None:
+    """Every proof is the send time of a sync answered before a later sync left lag after."""
+    chain = ProofChain(report_lag=lag)
+    now = 0.0
+    sent: list[tuple[float, float]] = []
+    for rtt, pause in steps:
+        s, r = now, now + rtt
+        proof = chain.answered(s, r)
+        if proof is not None:
+            prev = sent[-1][0]
+            assert any(ps == proof and pr <= prev - lag for ps, pr in sent)
+        sent.append((s, r))
+        now = r + pause
