@@ -188,11 +188,24 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return merged
 
 
+def _plumber(spec: str, node: str, vips: list[Any]) -> Any:
+    """The plumber named by ``--plumber``: netlink, or a fake for tests and demos."""
+    if spec == "netlink":
+        from mhafail.vip import NetlinkPlumber
+
+        return NetlinkPlumber()
+    if spec.startswith("fake:"):
+        from mhafail.testing import FakeNetwork, FakePlumber
+
+        ifaces = {v.interface: [f"{v.network.network_address}/{v.network.prefixlen}"] for v in vips}
+        return FakePlumber(FakeNetwork(path=spec[5:]), node, ifaces)
+    raise InvalidArgument(f"--plumber {spec!r}: use netlink or fake:PATH")
+
+
 def _agent(args: argparse.Namespace) -> int:
     from mhafail.coordination import Coordinator, Membership, NodeInfo
     from mhafail.vip import (
         FenceProcess,
-        NetlinkPlumber,
         RebalancePolicy,
         VipManager,
         parse_topology,
@@ -208,20 +221,19 @@ def _agent(args: argparse.Namespace) -> int:
     vips = [parse_vip(text, topology=topology) for text in s["vips"]]
     policy = RebalancePolicy.parse(str(s.get("rebalance", "after:30")))
     plumber_spec = str(s.get("plumber") or "netlink")
-    plumber: Any
-    if plumber_spec == "netlink":
-        plumber = NetlinkPlumber()
-    elif plumber_spec.startswith("fake:"):
-        from mhafail.testing import FakeNetwork, FakePlumber
-
-        ifaces = {v.interface: [f"{v.network.network_address}/{v.network.prefixlen}"] for v in vips}
-        plumber = FakePlumber(FakeNetwork(path=plumber_spec[5:]), s["node"], ifaces)
-    else:
-        raise InvalidArgument(f"--plumber {plumber_spec!r}: use netlink or fake:PATH")
+    plumber = _plumber(plumber_spec, s["node"], vips)
 
     stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        if stop.is_set():
+            # A second signal: the operator does not want to wait. The fence
+            # (and the kernel lifetimes) still remove the addresses.
+            os._exit(1)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
 
     def event(kind: str, **fields: Any) -> None:
         if args.events:
@@ -242,11 +254,20 @@ def _agent(args: argparse.Namespace) -> int:
     )
     membership = Membership(coordinator=coordinator, info=info).start()
     use_fence = plumber_spec == "netlink" and s.get("fence", True)
-    fence = (
-        FenceProcess(coordinator.lease_deadline, interval=coordinator.effective_timeout / 8)
-        if use_fence
-        else None
-    )
+    try:
+        fence = (
+            FenceProcess(
+                coordinator.lease_deadline,
+                interval=min(0.1, coordinator.effective_timeout / 8),
+                stall_limit=max(0.5, min(2.0, coordinator.effective_timeout / 2)),
+            )
+            if use_fence
+            else None
+        )
+    except Exception:
+        membership.stop()
+        coordinator.stop()
+        raise
     manager = VipManager(
         coordinator=coordinator,
         membership=membership,

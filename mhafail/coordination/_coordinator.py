@@ -94,6 +94,8 @@ class Coordinator:
             lease allows ``tickTime / 2`` for a follower to report session
             activity to the leader; unknown, it assumes the largest tick the
             negotiated timeout allows (``T / 2``, so ``T / 4``).
+        request_timeout: the longest a znode operation waits for an answer
+            before it raises ``CoordinationUnavailable``.
         monotonic: the clock for the lease (injectable for tests).
 
     The lease rests only on facts the ZooKeeper leader vouches for (DESIGN.md
@@ -115,6 +117,7 @@ class Coordinator:
     lease_margin: float | None = None
     connect_timeout: float = 15.0
     server_tick: float | None = None
+    request_timeout: float = 15.0
     monotonic: Callable[[], float] = time.monotonic
 
     _hosts_parsed: tuple[tuple[str, int], ...] = attrs.field(init=False)
@@ -147,6 +150,8 @@ class Coordinator:
             raise InvalidArgument(
                 f"invalid session_timeout {self.session_timeout!r}: use 0.2 to 600 seconds"
             )
+        if self.request_timeout <= 0:
+            raise InvalidArgument(f"invalid request_timeout {self.request_timeout!r}: must be > 0")
         if self.connect_timeout <= 0:
             raise InvalidArgument(f"invalid connect_timeout {self.connect_timeout!r}: must be > 0")
         margin = self.lease_margin
@@ -196,7 +201,12 @@ class Coordinator:
         except Exception:
             self._teardown_client()
             raise
-        self._znodes = Znodes(self._client, f"{ROOT}/{self.cluster}", self._dispatcher)
+        self._znodes = Znodes(
+            self._client,
+            f"{ROOT}/{self.cluster}",
+            self._dispatcher,
+            timeout=self.request_timeout,
+        )
         self._keeper = threading.Thread(
             target=self._keep, name=f"mhafail-lease-{self.cluster}", daemon=True
         )

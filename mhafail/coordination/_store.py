@@ -9,6 +9,7 @@ are :class:`~mhafail.errors.CoordinationUnavailable`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -62,18 +63,40 @@ class Znodes:
     """Znode operations under ``root``; obtained from ``Coordinator.znodes``.
 
     All methods are thread-safe (kazoo serialises requests) and block until
-    ZooKeeper answers or the connection drops.
+    ZooKeeper answers, the connection drops, or ``timeout`` seconds pass
+    (then :class:`~mhafail.errors.CoordinationUnavailable`): kazoo itself
+    waits without limit while the connection is down, which once made
+    ``VipManager.stop`` hang for minutes with ZooKeeper unreachable. A
+    request that timed out may still be carried out later, when the
+    connection returns: callers that must know use compare-and-set.
     """
 
-    def __init__(self, client: Any, root: str, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, client: Any, root: str, dispatcher: Dispatcher, *, timeout: float = 15.0
+    ) -> None:
         self._client = client
         self._root = root
         self._dispatcher = dispatcher
+        self._timeout = timeout
+
+    @property
+    def timeout(self) -> float:
+        """The longest any call waits (seconds)."""
+        return self._timeout
+
+    def bounded(self, timeout: float) -> Znodes:
+        """The same znodes, with calls that wait at most ``timeout`` seconds."""
+        return Znodes(self._client, self._root, self._dispatcher, timeout=timeout)
 
     @property
     def root(self) -> str:
         """The absolute path of the cluster root."""
         return self._root
+
+    @staticmethod
+    def _left(end: float) -> float:
+        # One deadline for a whole pipelined batch, not one per answer.
+        return max(0.0, end - time.monotonic())
 
     def _abs(self, path: str) -> str:
         if path.startswith("/") or ".." in path.split("/") or "//" in path:
@@ -102,9 +125,9 @@ class Znodes:
         abs_path = self._abs(path)
         with translated(f"create {path}"):
             try:
-                created: str = self._client.create(
+                created: str = self._client.create_async(
                     abs_path, data, ephemeral=ephemeral, sequence=sequence, makepath=makepath
-                )
+                ).get(timeout=self._timeout)
             except kex.NodeExistsError:
                 return None
         return created[len(self._root) + 1 :]
@@ -112,13 +135,13 @@ class Znodes:
     def ensure(self, path: str) -> None:
         """Create ``path`` and its parents as empty persistent znodes if missing."""
         with translated(f"ensure {path}"):
-            self._client.ensure_path(self._abs(path))
+            self._client.ensure_path_async(self._abs(path)).get(timeout=self._timeout)
 
     def get(self, path: str) -> Znode | None:
         """Return the znode at ``path``, or None when it does not exist."""
         with translated(f"get {path}"):
             try:
-                data, stat = self._client.get(self._abs(path))
+                data, stat = self._client.get_async(self._abs(path)).get(timeout=self._timeout)
             except kex.NoNodeError:
                 return None
         return _znode(path, data, stat)
@@ -127,7 +150,9 @@ class Znodes:
         """Return the sorted child names of ``path``, or None when it does not exist."""
         with translated(f"children {path}"):
             try:
-                names: list[str] = self._client.get_children(self._abs(path))
+                names: list[str] = self._client.get_children_async(self._abs(path)).get(
+                    timeout=self._timeout
+                )
             except kex.NoNodeError:
                 return None
         return sorted(names)
@@ -141,7 +166,9 @@ class Znodes:
         """
         with translated(f"set {path}"):
             try:
-                stat = self._client.set(self._abs(path), data, version=version)
+                stat = self._client.set_async(self._abs(path), data, version=version).get(
+                    timeout=self._timeout
+                )
             except (kex.NoNodeError, kex.BadVersionError):
                 return None
         return _znode(path, data, stat)
@@ -154,7 +181,12 @@ class Znodes:
         """
         with translated(f"delete {path}"):
             try:
-                self._client.delete(self._abs(path), version=version, recursive=recursive)
+                if recursive:  # kazoo has no asynchronous recursive delete
+                    self._client.delete(self._abs(path), version=version, recursive=True)
+                else:
+                    self._client.delete_async(self._abs(path), version=version).get(
+                        timeout=self._timeout
+                    )
             except (kex.NoNodeError, kex.BadVersionError):
                 return False
         return True
@@ -166,11 +198,12 @@ class Znodes:
             path -> Znode, or None for paths that do not exist.
         """
         with translated(f"get {len(paths)} znodes"):
+            end = time.monotonic() + self._timeout
             pending = [(p, self._client.get_async(self._abs(p))) for p in paths]
             result: dict[str, Znode | None] = {}
             for path, answer in pending:
                 try:
-                    data, stat = answer.get()
+                    data, stat = answer.get(timeout=self._left(end))
                 except kex.NoNodeError:
                     result[path] = None
                 else:
@@ -180,11 +213,12 @@ class Znodes:
     def children_many(self, paths: Sequence[str]) -> dict[str, list[str] | None]:
         """List the children of many znodes at once (pipelined); None when absent."""
         with translated(f"children of {len(paths)} znodes"):
+            end = time.monotonic() + self._timeout
             pending = [(p, self._client.get_children_async(self._abs(p))) for p in paths]
             result: dict[str, list[str] | None] = {}
             for path, answer in pending:
                 try:
-                    result[path] = sorted(answer.get())
+                    result[path] = sorted(answer.get(timeout=self._left(end)))
                 except kex.NoNodeError:
                     result[path] = None
         return result
@@ -198,6 +232,7 @@ class Znodes:
             path -> True if created, False if it already existed.
         """
         with translated(f"create {len(items)} znodes"):
+            end = time.monotonic() + self._timeout
             pending = [
                 (
                     p,
@@ -210,7 +245,7 @@ class Znodes:
             result: dict[str, bool] = {}
             for path, answer in pending:
                 try:
-                    answer.get()
+                    answer.get(timeout=self._left(end))
                 except kex.NodeExistsError:
                     result[path] = False
                 else:

@@ -21,29 +21,58 @@ class FakeNetwork:
     :meth:`load` reads it back.
 
     ``history`` lists ``(monotonic time, host, "add"|"remove", address)``;
-    :meth:`max_holders` replays it to find the most hosts that ever held
+    ``lifetimes`` lists ``(monotonic time, host, address, until)`` for every
+    lifetime set on an address. An address whose lifetime ran out counts as
+    gone from then on, as the fence and the kernel would remove it: a
+    SIGKILLed agent's addresses leave the record when its lease ends.
+    :meth:`max_holders` replays both to find the most hosts that ever held
     one address at once (the one-owner invariant says 1).
     """
 
     path: str | None = None
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
-    _holders: dict[str, set[str]] = attrs.field(factory=dict)
     history: list[tuple[float, str, str, str]] = attrs.field(factory=list)
+    lifetimes: list[tuple[float, str, str, float]] = attrs.field(factory=list)
     announcements: list[tuple[float, str, str]] = attrs.field(factory=list)
 
-    def record(self, host: str, op: str, address: str) -> None:
-        """Record a change (called by FakePlumber)."""
+    def record(self, host: str, op: str, address: str, until: float | None = None) -> None:
+        """Record a change (called by FakePlumber); ``until`` sets its lifetime."""
         with self._lock:
-            holders = self._holders.setdefault(address, set())
-            if op == "add":
-                holders.add(host)
-            else:
-                holders.discard(host)
             now = time.monotonic()
-            self.history.append((now, host, op, address))
-            if self.path is not None:
+            lines = []
+            if op in ("add", "remove"):
+                self.history.append((now, host, op, address))
+                lines.append(f"{now:.6f} {host} {op} {address}")
+            if until is not None and op != "remove":
+                self.lifetimes.append((now, host, address, until))
+                lines.append(f"{now:.6f} {host} until {address} {until:.6f}")
+            if self.path is not None and lines:
                 with open(self.path, "a") as f:
-                    f.write(f"{now:.6f} {host} {op} {address}\n")
+                    f.write("".join(line + "\n" for line in lines))
+
+    def spans(self, address: str) -> list[tuple[float, float, str]]:
+        """``(start, end, host)`` for every span a host held ``address``."""
+        with self._lock:
+            events = [(t, 0, h, op, 0.0) for t, h, op, a in self.history if a == address]
+            events += [(t, 1, h, "until", u) for t, h, a, u in self.lifetimes if a == address]
+        spans = []
+        held: dict[str, tuple[float, float]] = {}  # host -> (start, until)
+        for t, _, host, op, until in sorted(events):
+            current = held.get(host)
+            if current is not None and current[1] <= t:
+                spans.append((current[0], current[1], host))  # it ran out before now
+                current = None
+                del held[host]
+            if op == "add" and current is None:
+                held[host] = (t, float("inf"))
+            elif op == "remove" and current is not None:
+                spans.append((current[0], t, host))
+                del held[host]
+            elif op == "until":
+                # A renewal of an address that ran out re-adds it (netlink replace).
+                held[host] = (current[0] if current else t, until)
+        spans += [(start, until, host) for host, (start, until) in held.items()]
+        return spans
 
     @classmethod
     def load(cls, path: str) -> FakeNetwork:
@@ -55,29 +84,28 @@ class FakeNetwork:
         except FileNotFoundError:
             lines = []
         for line in lines:
-            t, host, op, address = line.split()
-            network.history.append((float(t), host, op, address))
-            holders = network._holders.setdefault(address, set())
-            (holders.add if op == "add" else holders.discard)(host)
+            fields = line.split()
+            if len(fields) == 5 and fields[2] == "until":
+                network.lifetimes.append((float(fields[0]), fields[1], fields[3], float(fields[4])))
+            elif len(fields) == 4:
+                network.history.append((float(fields[0]), fields[1], fields[2], fields[3]))
         return network
 
     def holders(self, address: str) -> frozenset[str]:
         """Hosts that hold ``address`` now."""
-        with self._lock:
-            return frozenset(self._holders.get(address, ()))
+        now = time.monotonic()
+        return frozenset(h for start, end, h in self.spans(address) if start <= now < end)
 
     def max_holders(self, address: str) -> int:
         """The most hosts that held ``address`` at the same time, ever."""
-        current: set[str] = set()
-        most = 0
-        with self._lock:
-            events = [e for e in self.history if e[3] == address]
-        for _, host, op, _ in events:
-            if op == "add":
-                current.add(host)
-            else:
-                current.discard(host)
-            most = max(most, len(current))
+        points = []
+        for start, end, _ in self.spans(address):
+            if end > start:
+                points += [(start, 1), (end, -1)]
+        most = current = 0
+        for _, delta in sorted(points):  # at equal times an end comes before a start
+            current += delta
+            most = max(most, current)
         return most
 
 
@@ -100,6 +128,7 @@ class FakePlumber:
         self.host = host
         self._own = {k: list(v) for k, v in (interfaces or {"eth0": ["198.18.0.1/24"]}).items()}
         self._vips: dict[str, set[str]] = {k: set() for k in self._own}
+        self._until: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def _iface(self, name: str) -> set[str]:
@@ -107,20 +136,50 @@ class FakePlumber:
             raise PlumbingError(f"interface {name!r} does not exist")
         return self._vips[name]
 
-    def ensure_present(self, vip: Vip) -> bool:
-        """Add ``vip`` to its interface's set."""
+    def ensure_present(self, vip: Vip, valid_for: float | None = None) -> bool:
+        """Add ``vip`` to its interface's set (with a lifetime, like the kernel)."""
+        until = None if valid_for is None else time.monotonic() + valid_for
         with self._lock:
             addrs = self._iface(vip.interface)
+            self._expire(vip.interface)
             if vip.key in addrs:
+                if until is not None:
+                    self._until[vip.key] = until
+                    self.network.record(self.host, "until", vip.key, until)
                 return False
             addrs.add(vip.key)
-            self.network.record(self.host, "add", vip.key)
+            if until is not None:
+                self._until[vip.key] = until
+            self.network.record(self.host, "add", vip.key, until)
             return True
+
+    def renew(self, vip: Vip, valid_for: float) -> None:
+        """Extend the lifetime of ``vip`` (re-adding it if it ran out, as netlink would)."""
+        until = time.monotonic() + valid_for
+        with self._lock:
+            addrs = self._iface(vip.interface)
+            self._expire(vip.interface)
+            self._until[vip.key] = until
+            if vip.key in addrs:
+                self.network.record(self.host, "until", vip.key, until)
+            else:
+                addrs.add(vip.key)
+                self.network.record(self.host, "add", vip.key, until)
+
+    def _expire(self, _interface: str) -> None:
+        """Drop addresses whose lifetime ran out (lock held)."""
+        now = time.monotonic()
+        for key in [k for k, u in self._until.items() if u <= now]:
+            del self._until[key]
+            for addrs in self._vips.values():
+                addrs.discard(key)
 
     def ensure_absent(self, vip: Vip) -> bool:
         """Remove ``vip`` from its interface's set."""
         with self._lock:
             addrs = self._vips.get(vip.interface, set())
+            self._expire(vip.interface)
+            self._until.pop(vip.key, None)
             if vip.key not in addrs:
                 return False
             addrs.discard(vip.key)
@@ -130,6 +189,7 @@ class FakePlumber:
     def announce(self, vip: Vip) -> None:
         """Record an announcement."""
         with self._lock:
+            self._expire(vip.interface)
             if vip.key not in self._iface(vip.interface):
                 raise PlumbingError(f"announce {vip.key}: not plumbed")
         self.network.announcements.append((time.monotonic(), self.host, vip.key))
@@ -137,6 +197,7 @@ class FakePlumber:
     def addresses(self, interface: str) -> frozenset[str]:
         """The interface's own addresses plus the plumbed VIPs."""
         with self._lock:
+            self._expire(interface)
             own = {a.split("/")[0] for a in self._own.get(interface, [])}
             return frozenset(own | self._iface(interface))
 

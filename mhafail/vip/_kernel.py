@@ -5,6 +5,13 @@ lease-expiry path (which removes everything) and the converge path (which
 adds what is owned) never interleave: an address is added only after the
 lease was checked under the same lock, and the expiry path takes that lock
 before removing.
+
+A check is only as good as the moment it was made: the process can stall
+between the check and the action (DESIGN.md rule 6). So the lease is
+checked again after every step that can stall: after the fence notice and
+the netlink call of an add (an add that finds the lease gone is undone at
+once), and immediately before every announcement. Addresses carry a kernel
+lifetime renewed from the lease, so even a frozen process loses them.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ class Kernel:
             lock right before every add and every announcement.
         fence: the fence process, told before every add and after every removal.
         announce_schedule: offsets in seconds after plumbing at which to announce.
+        lease_deadline: the coordinator's ``lease_deadline``; when given,
+            addresses carry a kernel lifetime that ends with the lease and
+            is renewed every ``renew_interval`` seconds.
     """
 
     def __init__(
@@ -41,9 +51,13 @@ class Kernel:
         *,
         fence: FenceProcess | None = None,
         announce_schedule: Sequence[float] = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0),
+        lease_deadline: Callable[[], float | None] | None = None,
+        renew_interval: float = 0.25,
     ) -> None:
         self.plumber = plumber
         self._lease_valid = lease_valid
+        self._lease_deadline = lease_deadline
+        self._renew_interval = renew_interval
         self._fence = fence
         self._schedule = tuple(sorted(announce_schedule))
         self._lock = threading.Lock()
@@ -57,6 +71,12 @@ class Kernel:
             target=self._announcer, name="mhafail-announce", daemon=True
         )
         self._thread.start()
+        self._renewer: threading.Thread | None = None
+        if lease_deadline is not None:
+            self._renewer = threading.Thread(
+                target=self._renew_loop, name="mhafail-vip-lifetimes", daemon=True
+            )
+            self._renewer.start()
 
     def plumbed(self) -> frozenset[str]:
         """Addresses currently plumbed by this manager."""
@@ -73,9 +93,21 @@ class Kernel:
                 return True
             if not self._lease_valid():
                 return False
-            if self._fence is not None:
-                self._fence.manage(vip)
-            self.plumber.ensure_present(vip)
+            if self._fence is not None and not self._fence.manage(vip):
+                logger.warning("not plumbing %s: the fence is not working", vip.key)
+                return False
+            valid_for = self._valid_for()
+            if self._lease_deadline is not None and valid_for is None:
+                return False  # the lease ended while the fence was told
+            self.plumber.ensure_present(vip, valid_for)
+            if not self._lease_valid():
+                # Stalled between the check and the add: the address may now
+                # outlive the session. Undo before anyone can see it used.
+                self.plumber.ensure_absent(vip)
+                if self._fence is not None:
+                    self._fence.unmanage(vip)
+                logger.warning("%s: the lease ended while plumbing; removed again", vip.key)
+                return False
             self._plumbed[vip.key] = vip
             generation = self._generation.get(vip.key, 0) + 1
             self._generation[vip.key] = generation
@@ -130,7 +162,10 @@ class Kernel:
             with self._lock:
                 ours = vip.key in self._plumbed
                 if ours and not present and self._lease_valid():
-                    self.plumber.ensure_present(vip)
+                    self.plumber.ensure_present(vip, self._valid_for())
+                    if not self._lease_valid():
+                        self.plumber.ensure_absent(vip)  # stalled past the lease: undo
+                        continue
                     readded.append(vip.key)
                 elif present and not ours:
                     self.plumber.ensure_absent(vip)
@@ -138,11 +173,56 @@ class Kernel:
         return readded, removed
 
     def stop(self) -> None:
-        """Stop the announcer thread."""
+        """Stop the announcer and lifetime threads."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join(5)
+        if self._renewer is not None:
+            self._renewer.join(5)
+
+    def _valid_for(self) -> float | None:
+        """Seconds of lease left for a kernel lifetime, or None (no lifetimes / no lease)."""
+        if self._lease_deadline is None:
+            return None
+        deadline = self._lease_deadline()
+        if deadline is None:
+            return None
+        left = deadline - time.monotonic()
+        return left if left > 0 else None
+
+    def renew_lifetimes(self) -> int:
+        """Set every plumbed address's kernel lifetime from the lease; return how many."""
+        renewed = 0
+        with self._lock:
+            for vip in list(self._plumbed.values()):
+                valid_for = self._valid_for()
+                if valid_for is None or not self._lease_valid():
+                    break  # the expiry path removes them
+                try:
+                    self.plumber.renew(vip, valid_for)
+                except PlumbingError:
+                    logger.exception("could not renew the lifetime of %s", vip.key)
+                    continue
+                renewed += 1
+            if renewed and not self._lease_valid():
+                # A stall during renewal: what was renewed may outlive the lease.
+                for vip in list(self._plumbed.values()):
+                    try:
+                        self.plumber.ensure_absent(vip)
+                    except PlumbingError:
+                        logger.exception("could not remove %s", vip.key)
+        return renewed
+
+    def _renew_loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                self._cond.wait(self._renew_interval)
+                if self._stopping:
+                    return
+            self.renew_lifetimes()
 
     def _queue_announcements(self, address: str, generation: int, *, skip_first: bool) -> None:
         now = time.monotonic()
@@ -181,7 +261,11 @@ class Kernel:
             self._send(vip)
 
     def _send(self, vip: Vip) -> None:
-        # Called with the lock held and the lease just checked.
+        # Called with the lock held. The lease is checked here, immediately
+        # before the packet: a stale announcement would pull clients to an
+        # address this node is about to lose (DESIGN.md rule 1).
+        if not self._lease_valid():
+            return
         try:
             self.plumber.announce(vip)
         except PlumbingError:

@@ -10,7 +10,12 @@ Safety (DESIGN.md rule 1), in the order things happen:
 * the lease rules all: when it expires every address goes at once, before
   the server can expire the session and a survivor can claim; announcements
   check it immediately before they are sent; an optional fence process
-  removes the addresses even when this process is paused.
+  removes the addresses even when this process is paused, and kernel
+  address lifetimes renewed from the lease remove them even when both are
+  frozen;
+* no VIP without a working fence: when the fence fails (exits, stops
+  answering) every address is removed and every claim released, the fence
+  is restarted, and only then does the node claim again.
 
 Liveness (rule 2): watch events only update caches and kick the converge
 loop; every pass recomputes placement from the caches; a full re-read of
@@ -36,6 +41,7 @@ from mhafail.coordination import (
     LeaseState,
     Membership,
     Znode,
+    Znodes,
 )
 from mhafail.errors import CoordinationError, InvalidVipSpec, VipError
 from mhafail.vip._fence import FenceProcess
@@ -95,6 +101,8 @@ class VipManager:
         reconcile_interval: seconds between full re-reads and kernel checks.
         fence: an optional fence process (see ``mhafail.vip.fence``).
         validate_host: check the VIPs against the host's own addresses.
+        kernel_lifetimes: plumb with kernel lifetimes renewed from the lease.
+        stop_timeout: the longest :meth:`stop` waits for ZooKeeper.
 
     Callbacks (``on_acquire``, ``on_release``) run in order on the manager's
     event thread; wrap them with ``mhafail.coordination.in_loop`` for asyncio.
@@ -111,6 +119,8 @@ class VipManager:
     reconcile_interval: float = 5.0
     fence: FenceProcess | None = None
     validate_host: bool = True
+    kernel_lifetimes: bool = True
+    stop_timeout: float = 3.0
 
     _me: str = attrs.field(init=False, default="")
     _by_key: dict[str, Vip] = attrs.field(init=False, factory=dict)
@@ -137,6 +147,7 @@ class VipManager:
     _last_full_result: PassResult = attrs.field(init=False, factory=PassResult)
     _full_passes: int = attrs.field(init=False, default=0)
     _stopping: bool = attrs.field(init=False, default=False)
+    _fence_failed: str | None = attrs.field(init=False, default=None)
 
     # --- application API ----------------------------------------------------------
 
@@ -193,6 +204,8 @@ class VipManager:
             CoordinationUnavailable: ZooKeeper could not be asked.
         """
         self._me = self.membership.info.name
+        # The plumber leaves out addresses it marked as its own (an earlier
+        # agent's leftovers): they are not the host's, and go just below.
         host = self.plumber.interfaces() if self.validate_host else None
         self._by_key = {v.key: v for v in validate_vips(list(self.vips), host_addresses=host)}
         for vip in self._by_key.values():
@@ -202,7 +215,10 @@ class VipManager:
             self.coordinator.lease_valid,
             fence=self.fence,
             announce_schedule=self.announce_schedule,
+            lease_deadline=self.coordinator.lease_deadline if self.kernel_lifetimes else None,
         )
+        if self.fence is not None:
+            self.fence.on_failure(self._on_fence_failure)
         self._events = Dispatcher(f"mhafail-vip-events-{self._me}")
         self.coordinator.add_lease_listener(self._on_lease)
         self.coordinator.add_state_listener(self._on_state)
@@ -227,33 +243,50 @@ class VipManager:
         self._stopping = True
         self._loop.stop()
         assert self._kernel is not None
-        if release:
+        # Every ZooKeeper call on the way out is bounded: with ZooKeeper
+        # unreachable, stop drops the addresses and gives up on the claims
+        # (the session's end removes them) instead of waiting for kazoo.
+        end = time.monotonic() + self.stop_timeout
+        if release and self._zk_usable():
             # Withdraw first, so that no survivor ranks this node first and
             # waits for it to claim again.
-            self._withdraw()
+            self._withdraw(end)
             for vip in sorted(self.owned(), key=lambda v: v.key):
                 try:
-                    self._handover(vip, "shutting down", run_hooks=True)
+                    self._handover(vip, "shutting down", run_hooks=True, end=end)
                 except (CoordinationError, VipError):
-                    logger.exception("release of %s failed; the lease will end it", vip.key)
+                    logger.warning("release of %s failed; the session's end will do it", vip.key)
+                    self._kernel.remove(vip)
         for vip in self._kernel.remove_all():
             self._emit(self._release, vip)
-        self._withdraw()
+        if self._zk_usable():
+            self._withdraw(end)
         self._kernel.stop()
         if self.fence is not None:
             self.fence.close()
         if self._events is not None:
             self._events.stop()
 
-    def _withdraw(self) -> None:
+    def _zk_usable(self) -> bool:
+        return self.coordinator.state is ConnectionState.CONNECTED and (
+            self.coordinator.session_id is not None
+        )
+
+    def _bounded(self, end: float | None) -> Znodes:
+        z = self.coordinator.znodes
+        return z if end is None else z.bounded(max(0.05, end - time.monotonic()))
+
+    def _withdraw(self, end: float | None = None) -> None:
         """Delete this node's declarations (it no longer offers to carry its VIPs)."""
-        for key in self._by_key:
-            try:
-                node = self.coordinator.znodes.get(declared_path(key, self._me))
-                if node is not None and node.ephemeral_owner == self.coordinator.session_id:
-                    self.coordinator.znodes.delete(declared_path(key, self._me))
-            except CoordinationError:
-                return
+        session = self.coordinator.session_id
+        try:
+            z = self._bounded(end)
+            paths = [declared_path(key, self._me) for key in self._by_key]
+            for path, node in z.get_many(paths).items():
+                if node is not None and node.ephemeral_owner == session:
+                    self._bounded(end).delete(path, version=node.version)
+        except CoordinationError:
+            return
 
     def reconcile_now(self, timeout: float = 10.0) -> PassResult:
         """Force a full pass (re-read, kernel check) and return what it did.
@@ -284,6 +317,40 @@ class VipManager:
         if self._events is not None:
             for cb in list(callbacks):
                 self._events.post(cb, vip)
+
+    def _on_fence_failure(self, reason: str) -> None:
+        """The fence failed (feed thread): drop every address now, recover in a pass."""
+        self._fence_failed = reason
+        if self._kernel is not None:
+            for vip in self._kernel.remove_all():
+                logger.error("%s: no working fence (%s): removed %s", self._me, reason, vip.key)
+                self._emit(self._release, vip)
+        if self._loop is not None:
+            self._loop.kick()
+
+    def _recover_fence(self) -> bool:
+        """Release everything, restart the fence; True when it works again."""
+        assert self._kernel is not None and self.fence is not None
+        for vip in self._kernel.remove_all():
+            self._emit(self._release, vip)
+        session = self.coordinator.session_id
+        with self._lock:
+            mine = [k for k, c in self._owners.items() if c is not None and c.session == session]
+        for key in mine:
+            # Claims go too: without a fence this node must not hold VIPs,
+            # and a survivor should not wait for it.
+            try:
+                self._handover(self._by_key[key], "the fence failed", run_hooks=False)
+            except CoordinationError:
+                logger.warning("%s: could not release the claim of %s", self._me, key)
+        try:
+            self.fence.restart()
+        except VipError as exc:
+            logger.error("%s: the fence did not restart: %s", self._me, exc)
+            return False
+        logger.warning("%s: fence restarted after: %s", self._me, self._fence_failed)
+        self._fence_failed = None
+        return True
 
     def _on_lease(self, state: LeaseState) -> None:
         if state is LeaseState.EXPIRED and self._kernel is not None:
@@ -507,6 +574,10 @@ class VipManager:
     def _converge(self) -> None:
         if self._stopping or self._kernel is None:
             return
+        if self.fence is not None and not self.fence.healthy() and not self._recover_fence():
+            assert self._loop is not None
+            self._loop.kick_after(1.0)
+            return
         now = time.monotonic()
         full = self._full_read_due or now - self._last_full >= self.reconcile_interval
         readded, stray = self._refresh(full)
@@ -589,6 +660,8 @@ class VipManager:
         session = self.coordinator.session_id
         if not vips or session is None or not self.coordinator.lease_valid():
             return []
+        if self.fence is not None and not self.fence.healthy():
+            return []  # no VIP without a working fence
         z = self.coordinator.znodes
         claim = Claim(node=self._me, session=session, since=time.time())
         created = z.create_many(
@@ -610,7 +683,9 @@ class VipManager:
                 self._owners[vip.key] = claim
         return won
 
-    def _handover(self, vip: Vip, reason: str, *, run_hooks: bool) -> None:
+    def _handover(
+        self, vip: Vip, reason: str, *, run_hooks: bool, end: float | None = None
+    ) -> None:
         assert self._kernel is not None
         logger.info("%s: releasing %s: %s", self._me, vip.key, reason)
         if run_hooks and vip.key in self._kernel.plumbed():
@@ -620,7 +695,7 @@ class VipManager:
         session = self.coordinator.session_id
         with self._lock:
             cached = self._owners.get(vip.key)
-        z = self.coordinator.znodes
+        z = self._bounded(end)
         if cached is not None and cached.session == session:
             # An ephemeral znode of our live session cannot belong to anyone
             # else while it exists, and claims are never rewritten (version 0):

@@ -12,12 +12,18 @@ IPv6 VIPs are added without duplicate address detection (usable at once)
 and deprecated (preferred lifetime 0), so source address selection never
 picks them for outgoing traffic (RFC 6724 rule 3) while they still accept
 connections and explicit binds.
+
+Addresses can carry a lifetime (``valid_for``): the kernel deletes an
+address on its own when its valid lifetime runs out, which is the last
+line of defence when the agent and its fence are frozen together
+(DESIGN.md rule 7). The kernel counts lifetimes in whole seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import socket
 import threading
 from collections.abc import Iterator
@@ -37,8 +43,16 @@ LABEL_SUFFIX = ":mha"
 class Plumber(Protocol):
     """Puts VIPs on interfaces and announces them. Implementations are thread-safe."""
 
-    def ensure_present(self, vip: Vip) -> bool:
-        """Make ``vip`` present on its interface; True if it was added now."""
+    def ensure_present(self, vip: Vip, valid_for: float | None = None) -> bool:
+        """Make ``vip`` present on its interface; True if it was added now.
+
+        With ``valid_for`` (seconds) the address disappears on its own after
+        that long unless :meth:`renew` extends it.
+        """
+        ...
+
+    def renew(self, vip: Vip, valid_for: float) -> None:
+        """Set the remaining lifetime of a present ``vip`` to ``valid_for`` seconds."""
         ...
 
     def ensure_absent(self, vip: Vip) -> bool:
@@ -54,8 +68,22 @@ class Plumber(Protocol):
         ...
 
     def interfaces(self) -> dict[str, list[str]]:
-        """The host's interfaces with their addresses as ``addr/prefix``."""
+        """The host's interfaces with their addresses as ``addr/prefix``.
+
+        Addresses that carry mhafail's own mark (left over by an agent that
+        died) are not the host's: they are left out.
+        """
         ...
+
+
+def kernel_lifetime(valid_for: float) -> int:
+    """Whole seconds of kernel lifetime for ``valid_for`` seconds of lease.
+
+    Rounded *down* so that the kernel drops the address no later than the
+    lease ends; at least 1 s, the kernel's smallest finite lifetime (so for
+    leases shorter than a second the kernel backstop can trail the lease).
+    """
+    return max(1, math.floor(valid_for))
 
 
 def _label(interface: str) -> str:
@@ -95,27 +123,43 @@ class NetlinkPlumber:
             raise PlumbingError(f"interface {interface!r} does not exist")
         return int(found[0])
 
-    def ensure_present(self, vip: Vip) -> bool:
+    def _kwargs(self, ipr: Any, vip: Vip, valid_for: float | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "index": self._index(ipr, vip.interface),
+            "address": vip.key,
+            "prefixlen": vip.address.max_prefixlen,
+        }
+        lifetime = None if valid_for is None else kernel_lifetime(valid_for)
+        if vip.family == 4:
+            kwargs["label"] = _label(vip.interface)
+            if lifetime is not None:
+                kwargs["valid_lft"] = lifetime
+                kwargs["preferred_lft"] = lifetime
+        else:
+            kwargs["flags"] = IFA_F_NODAD
+            kwargs["preferred_lft"] = 0
+            if lifetime is not None:
+                kwargs["valid_lft"] = lifetime
+        return kwargs
+
+    def ensure_present(self, vip: Vip, valid_for: float | None = None) -> bool:
         """Add ``vip`` as a host address on its interface (see the module notes)."""
         with self._netlink(f"add {vip.key} on {vip.interface}") as ipr:
-            index = self._index(ipr, vip.interface)
-            kwargs: dict[str, Any] = {
-                "index": index,
-                "address": vip.key,
-                "prefixlen": vip.address.max_prefixlen,
-            }
-            if vip.family == 4:
-                kwargs["label"] = _label(vip.interface)
-            else:
-                kwargs["flags"] = IFA_F_NODAD
-                kwargs["preferred_lft"] = 0
+            kwargs = self._kwargs(ipr, vip, valid_for)
             try:
                 ipr.addr("add", **kwargs)
             except NetlinkError as exc:
                 if exc.code == errno.EEXIST:
+                    if valid_for is not None:
+                        ipr.addr("replace", **kwargs)  # take over its lifetime too
                     return False
                 raise
             return True
+
+    def renew(self, vip: Vip, valid_for: float) -> None:
+        """Set the address's kernel lifetime (it is re-added if it vanished)."""
+        with self._netlink(f"renew {vip.key} on {vip.interface}") as ipr:
+            ipr.addr("replace", **self._kwargs(ipr, vip, valid_for))
 
     def ensure_absent(self, vip: Vip) -> bool:
         """Remove ``vip`` from its interface; a missing address or interface is success."""
@@ -176,6 +220,16 @@ class NetlinkPlumber:
             result: dict[str, list[str]] = {name: [] for name in names.values()}
             for a in ipr.get_addr():
                 name = names.get(int(a["index"]))
-                if name is not None:
+                if name is not None and not _ours(a, name):
                     result[name].append(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
             return result
+
+
+def _ours(msg: Any, interface: str) -> bool:
+    """True for an address mhafail plumbed (its label, or the IPv6 shape it uses)."""
+    if msg["family"] == socket.AF_INET:
+        return bool(msg.get_attr("IFA_LABEL") == _label(interface))
+    flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
+    cache = msg.get_attr("IFA_CACHEINFO")
+    deprecated = cache is not None and cache["ifa_preferred"] == 0
+    return bool(msg["prefixlen"] == 128 and flags & IFA_F_NODAD and deprecated)

@@ -5,7 +5,7 @@ addresses, yet ZooKeeper will expire its session and a survivor will take
 them over. This small separate process, in its own session (so a SIGSTOP
 or SIGKILL of the agent's process group does not reach it), holds the
 agent's latest lease deadline and the addresses it manages, and removes
-them all at the deadline unless a newer deadline arrives first.
+them at the deadline unless a newer deadline arrives first.
 
 Protocol: one line per message on stdin (``time.monotonic()`` readings,
 which all processes on a Linux host share)::
@@ -15,21 +15,48 @@ which all processes on a Linux host share)::
     unmanage <iface> <address>          address was removed by the agent
     exit                                graceful end: the agent released everything
 
-On end of input (the agent died) the fence waits for the last deadline,
-removes what it manages and exits. Run as ``python -m mhafail.vip.fence``.
+and on stdout: ``ready rt=<0|1> locked=<0|1>`` once started, then ``ok``
+after each batch of input it read (the agent's proof that the fence is
+alive and reading). Writes to stdout never block the fence: if the agent
+stops reading, acknowledgements are dropped.
+
+Rules (DESIGN.md rule 7):
+
+* past the deadline, every managed address is removed, and removed *again*
+  every few milliseconds for as long as the deadline stays past: an agent
+  that checked its lease, stalled, and plumbed after the deadline finds its
+  address gone at once; ``manage`` after the deadline removes at once;
+* on SIGTERM or SIGINT (a supervisor stopping the service or killing the
+  agent's control group) every managed address is removed before exit;
+* on end of input (the agent died) it waits for the last deadline, removes
+  what it manages and exits;
+* it asks for real-time scheduling (SCHED_FIFO) and locks its memory where
+  permitted, so CPU starvation of the agent's cgroup or memory pressure
+  does not delay it.
+
+Run as ``python -I -m mhafail.vip.fence`` with ``/`` as working directory
+(isolated: nothing from the agent's directory or environment is imported).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import ipaddress
 import os
 import select
+import signal
 import sys
 import time
+from collections.abc import Callable
 
 from mhafail.errors import PlumbingError
-from mhafail.vip._plumber import NetlinkPlumber
 from mhafail.vip._spec import Vip
+
+# How often a past deadline is enforced again while addresses are managed.
+ENFORCE_INTERVAL = 0.005
+_RT_PRIORITY = 10
+_MCL_CURRENT, _MCL_FUTURE = 1, 2
 
 
 def _log(text: str) -> None:
@@ -38,94 +65,163 @@ def _log(text: str) -> None:
 
 
 class Fence:
-    """The fence's state machine, separate from I/O so it can be unit-tested."""
+    """The fence's state machine, separate from I/O so it can be unit-tested.
 
-    def __init__(self, remove: object) -> None:
+    Args:
+        remove: removes one address; returns True if it was present.
+        clock: the monotonic clock.
+    """
+
+    def __init__(
+        self, remove: Callable[[Vip], bool], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.remove = remove
+        self.clock = clock
         self.deadline: float | None = None
         self.managed: dict[str, Vip] = {}
-        self.fired = False
 
     def handle(self, line: str) -> bool:
         """Apply one message; return False when the fence should exit."""
         parts = line.split()
         if not parts:
             return True
-        if parts[0] == "exit":
-            return False
-        if parts[0] == "deadline" and len(parts) == 2:
-            self._extend(float(parts[1]))
-        elif parts[0] == "manage" and len(parts) == 4:
-            vip = Vip(address=ipaddress.ip_address(parts[2]), interface=parts[1])
-            self.managed[vip.key] = vip
-            self._extend(float(parts[3]))
-        elif parts[0] == "unmanage" and len(parts) == 3:
-            self.managed.pop(str(ipaddress.ip_address(parts[2])), None)
-        else:
-            _log(f"ignoring malformed message {line.strip()!r}")
+        try:
+            if parts[0] == "exit" and len(parts) == 1:
+                return False
+            if parts[0] == "deadline" and len(parts) == 2:
+                self._extend(float(parts[1]))
+            elif parts[0] == "manage" and len(parts) == 4:
+                vip = Vip(address=ipaddress.ip_address(parts[2]), interface=parts[1])
+                self.managed[vip.key] = vip
+                self._extend(float(parts[3]))
+                if self.expired():
+                    self.enforce()  # told after the deadline: remove at once
+            elif parts[0] == "unmanage" and len(parts) == 3:
+                self.managed.pop(str(ipaddress.ip_address(parts[2])), None)
+            else:
+                _log(f"ignoring malformed message {line.strip()[:200]!r}")
+        except ValueError:
+            _log(f"ignoring malformed message {line.strip()[:200]!r}")
         return True
 
     def _extend(self, deadline: float) -> None:
         if self.deadline is None or deadline > self.deadline:
             self.deadline = deadline
-            if deadline > time.monotonic():
-                self.fired = False
 
-    def due(self, now: float) -> bool:
-        """True when the deadline has passed and addresses are still managed."""
-        return (
-            not self.fired
-            and self.deadline is not None
-            and now >= self.deadline
-            and bool(self.managed)
-        )
+    def expired(self) -> bool:
+        """True when the deadline has passed (or none was ever given)."""
+        return self.deadline is None or self.clock() >= self.deadline
 
-    def fire(self) -> None:
-        """Remove every managed address (idempotent)."""
-        self.fired = True
+    def due(self) -> bool:
+        """True when addresses are managed and the deadline has passed."""
+        return bool(self.managed) and self.expired()
+
+    def enforce(self) -> None:
+        """Remove every managed address (idempotent; they stay managed)."""
         for vip in list(self.managed.values()):
             try:
-                if self.remove(vip):  # type: ignore[operator]
+                if self.remove(vip):
                     _log(f"lease ran out: removed {vip.key} from {vip.interface}")
             except PlumbingError as exc:
                 _log(f"could not remove {vip.key}: {exc}")
 
 
+def _realtime() -> tuple[bool, bool]:
+    """Ask for SCHED_FIFO and locked memory; return what was granted."""
+    rt = locked = False
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(_RT_PRIORITY))
+        rt = True
+    except (OSError, AttributeError):
+        pass
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        locked = libc.mlockall(_MCL_CURRENT | _MCL_FUTURE) == 0
+    except (OSError, AttributeError):
+        pass
+    return rt, locked
+
+
+class _Stop(Exception):
+    """Raised by the signal handler to leave the loop."""
+
+
+def _ack(fd: int, data: bytes) -> None:
+    # The agent may not be reading (stalled, or gone): never wait for it.
+    with contextlib.suppress(BlockingIOError, BrokenPipeError):
+        os.write(fd, data)
+
+
+def _orphaned(fence: Fence) -> int:
+    """The agent is gone: remove what it managed when its lease runs out, then exit."""
+    while fence.managed:
+        if fence.due():
+            fence.enforce()
+            return 0
+        assert fence.deadline is not None  # managed addresses always came with one
+        time.sleep(min(0.05, max(ENFORCE_INTERVAL, fence.deadline - fence.clock())))
+    return 0
+
+
+def run(fence: Fence, stdin: int, stdout: int) -> int:
+    """The fence's loop; returns the exit status."""
+    buffer = b""
+    while True:
+        if fence.due():
+            fence.enforce()
+        timeout = None
+        if fence.managed:
+            timeout = ENFORCE_INTERVAL
+            if fence.deadline is not None and not fence.expired():
+                timeout = max(0.0, fence.deadline - fence.clock())
+        ready, _, _ = select.select([stdin], [], [], timeout)
+        if not ready:
+            continue
+        chunk = os.read(stdin, 65536)
+        if not chunk:
+            _log("agent gone; holding its addresses until its lease runs out")
+            return _orphaned(fence)
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if not fence.handle(line.decode(errors="replace")):
+                return 0
+        if len(buffer) > 4096:
+            _log("dropping an over-long message")
+            buffer = b""
+        _ack(stdout, b"ok\n")
+
+
 def main() -> int:
     """Run the fence until ``exit``, or until the agent is gone and its lease ran out."""
-    plumber = NetlinkPlumber()
-    fence = Fence(plumber.ensure_absent)
-    stdin = sys.stdin.fileno()
-    buffer = b""
-    alive = True
     try:
-        while True:
-            now = time.monotonic()
-            if fence.due(now):
-                fence.fire()
-            if not alive:
-                if fence.deadline is None or now >= fence.deadline:
-                    if fence.managed and not fence.fired:
-                        fence.fire()
-                    return 0
-                time.sleep(max(0.0, min(0.05, fence.deadline - now)))
-                continue
-            timeout = None
-            if fence.deadline is not None and not fence.fired and fence.managed:
-                timeout = max(0.0, fence.deadline - now)
-            ready, _, _ = select.select([stdin], [], [], timeout)
-            if not ready:
-                continue
-            chunk = os.read(stdin, 65536)
-            if not chunk:
-                alive = False
-                _log("agent gone; holding its addresses until its lease runs out")
-                continue
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if not fence.handle(line.decode(errors="replace")):
-                    return 0
+        from mhafail.vip._plumber import NetlinkPlumber
+
+        plumber = NetlinkPlumber()
+    except Exception as exc:  # reported to the agent as one line, not a traceback
+        _log(f"cannot start: {type(exc).__name__}: {exc}")
+        return 2
+    fence = Fence(plumber.ensure_absent)
+    rt, locked = _realtime()
+    stdout = sys.stdout.fileno()
+    os.set_blocking(stdout, False)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise _Stop(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    _ack(stdout, f"ready rt={int(rt)} locked={int(locked)}\n".encode())
+    try:
+        return run(fence, sys.stdin.fileno(), stdout)
+    except _Stop as stop:
+        # A supervisor stops the service (or systemd's KillMode=control-group
+        # after the agent died): nothing may stay plumbed without the agent.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _log(f"{stop.args[0]}: removing {len(fence.managed)} managed address(es)")
+        fence.enforce()
+        return 0
     finally:
         plumber.close()
 
