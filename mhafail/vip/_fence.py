@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from mhafail.errors import PlumbingError
 from mhafail.vip._spec import Vip
@@ -39,6 +39,8 @@ class FenceProcess:
         interval: seconds between deadline updates (well below the lease).
         stall_limit: a fence silent this long counts as failed.
         start_timeout: how long a new fence has to report ``ready``.
+        command: the fence's command line (default: this Python, isolated,
+            running ``mhafail.vip.fence``); for tests.
 
     Raises (from the constructor and :meth:`restart`):
         PlumbingError: the fence did not start; the message says why.
@@ -56,7 +58,9 @@ class FenceProcess:
         interval: float = 0.1,
         stall_limit: float = 1.0,
         start_timeout: float = 10.0,
+        command: Sequence[str] | None = None,
     ) -> None:
+        self._command = list(command or [sys.executable, "-I", "-m", "mhafail.vip.fence"])
         self._deadline = deadline
         self._interval = interval
         self._stall_limit = stall_limit
@@ -66,6 +70,7 @@ class FenceProcess:
         self._pending = bytearray()
         self._unsent_deadline: float | None = None
         self._failure: str | None = None
+        self._notified = False
         self._last_ack = 0.0
         self._stderr_tail = ""
         self._proc: subprocess.Popen[bytes] | None = None
@@ -79,7 +84,7 @@ class FenceProcess:
     def _spawn(self) -> None:
         """Start a fence and wait for its ``ready`` line (lock not needed: no feed yet)."""
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-m", "mhafail.vip.fence"],
+            self._command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -99,6 +104,7 @@ class FenceProcess:
                 if proc.poll() is None:
                     proc.kill()
                 proc.wait()
+                _close_pipes(proc)
                 time.sleep(0.05)  # let the log reader take the last words
                 why = self._stderr_tail or f"exit status {proc.returncode}"
                 raise PlumbingError(f"the fence process could not start: {why}")
@@ -115,15 +121,19 @@ class FenceProcess:
         self._proc = proc
         self._last_ack = time.monotonic()
         self._failure = None
+        self._notified = False
         self._pending.clear()
         self._unsent_deadline = None
 
     def _read_stderr(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stderr is not None
-        for raw in proc.stderr:
-            text = raw.decode(errors="replace").rstrip()
-            self._stderr_tail = text.removeprefix("mhafail-fence: ")
-            logger.warning("fence %d: %s", proc.pid, self._stderr_tail)
+        with contextlib.suppress(ValueError, OSError):
+            for raw in proc.stderr:
+                text = raw.decode(errors="replace").rstrip()
+                self._stderr_tail = text.removeprefix("mhafail-fence: ")
+                logger.warning("fence %d: %s", proc.pid, self._stderr_tail)
+        with contextlib.suppress(OSError):
+            proc.stderr.close()
 
     @property
     def pid(self) -> int:
@@ -148,9 +158,10 @@ class FenceProcess:
         """
         with self._lock:
             old, self._proc = self._proc, None
-            self._failure = "restarting"
+            self._failure, self._notified = "restarting", True
         if old is not None:
             _kill(old)
+            _close_pipes(old)
         with self._lock:
             try:
                 self._spawn()
@@ -169,13 +180,11 @@ class FenceProcess:
                 return
             self._pending += b"exit\n"
             self._flush_locked(proc)
-        assert proc.stdin is not None
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
         try:
             proc.wait(2)
         except subprocess.TimeoutExpired:
             _kill(proc)
+        _close_pipes(proc)
 
     # --- messages -----------------------------------------------------------------
 
@@ -234,9 +243,11 @@ class FenceProcess:
                     self._pending += b"\n"  # no lease: still ask for a sign of life
                 self._flush_locked(proc)
                 if self._failure is None:
-                    reason = self._check_locked(time.monotonic())
-                    if reason is not None:
-                        self._fail_locked(reason)
+                    found = self._check_locked(time.monotonic())
+                    if found is not None:
+                        self._fail_locked(found)
+                if self._failure is not None and not self._notified:
+                    reason, self._notified = self._failure, True
             if reason is not None:
                 for listener in list(self._listeners):
                     try:
@@ -271,6 +282,14 @@ class FenceProcess:
         if self._failure is None:
             self._failure = reason
             logger.error("the fence failed: %s; its VIPs must be released", reason)
+
+
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    # stderr is closed by its reader thread when the fence's end closes.
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

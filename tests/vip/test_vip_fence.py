@@ -1,0 +1,288 @@
+"""The fence process and the kernel's re-checks, against real processes and addresses.
+
+The fence runs as it does under the agent (``python -I -m mhafail.vip.fence``),
+inside a network namespace of its own (root), fed by hand or by
+``FenceProcess``; the kernel tests drive ``Kernel`` with a plumber that
+stalls where a paused agent would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from mhafail.errors import PlumbingError
+from mhafail.testing import FakeNetwork, FakePlumber, Host, NetnsLab
+from mhafail.vip import FenceProcess, Vip, parse_vip
+from mhafail.vip._kernel import Kernel
+
+VIP = "198.18.0.200"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.002)
+
+
+@pytest.fixture
+def host() -> Iterator[Host]:
+    with NetnsLab(hosts=1, ipv6=False) as lab:
+        yield lab["h1"]
+
+
+def present(host: Host) -> bool:
+    return any(a.startswith(f"{VIP}/") for a in host.addresses())
+
+
+def plumb(host: Host) -> None:
+    host.run(["ip", "addr", "add", f"{VIP}/32", "dev", "eth0", "label", "eth0:mha"])
+
+
+@pytest.fixture
+def fence(host: Host) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", host.netns, sys.executable, "-I", "-m", "mhafail.vip.fence"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd="/",
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith(b"ready ")
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def send(proc: subprocess.Popen[bytes], line: str) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(line.encode() + b"\n")
+    proc.stdin.flush()
+
+
+@pytest.mark.root
+def test_fence_removes_at_once_an_address_it_is_told_about_after_the_deadline(
+    host: Host, fence: subprocess.Popen[bytes]
+) -> None:
+    """A manage notice arriving after its deadline removes the address at once, and again."""
+    plumb(host)
+    send(fence, f"manage eth0 {VIP} {time.monotonic() - 1:.6f}")
+    wait_for(lambda: not present(host), 1.0)
+    # An agent that stalled after its check and plumbs now finds it gone again.
+    plumb(host)
+    added = time.monotonic()
+    wait_for(lambda: not present(host), 1.0)
+    print(f"re-added address removed after {time.monotonic() - added:.3f} s")
+
+
+@pytest.mark.root
+def test_fence_removes_managed_addresses_at_the_deadline_and_keeps_them_off(
+    host: Host, fence: subprocess.Popen[bytes]
+) -> None:
+    """At the deadline managed addresses go; one re-added later goes too (no one-shot latch)."""
+    plumb(host)
+    send(fence, f"manage eth0 {VIP} {time.monotonic() + 0.3:.6f}")
+    time.sleep(0.1)
+    assert present(host)
+    wait_for(lambda: not present(host), 2.0)
+    time.sleep(0.2)
+    plumb(host)
+    wait_for(lambda: not present(host), 1.0)
+    # A new deadline ends the enforcement: the agent holds a lease again.
+    send(fence, f"deadline {time.monotonic() + 5:.6f}")
+    time.sleep(0.1)
+    plumb(host)
+    time.sleep(0.2)
+    assert present(host)
+
+
+@pytest.mark.root
+def test_fence_removes_what_it_manages_on_sigterm(
+    host: Host, fence: subprocess.Popen[bytes]
+) -> None:
+    """SIGTERM (a supervisor stopping the service) removes managed addresses before exit."""
+    plumb(host)
+    send(fence, f"manage eth0 {VIP} {time.monotonic() + 60:.6f}")
+    time.sleep(0.1)
+    assert present(host)
+    fence.send_signal(signal.SIGTERM)
+    assert fence.wait(5) == 0
+    assert not present(host)
+
+
+@pytest.mark.root
+def test_fence_ignores_malformed_lines_and_keeps_working(
+    host: Host, fence: subprocess.Popen[bytes]
+) -> None:
+    """Garbage on the fence's input is logged and skipped; the fence still enforces."""
+    plumb(host)
+    for junk in ["manage eth0 not-an-address 1", "deadline x", "x" * 5000, "\x00\x01"]:
+        send(fence, junk)
+    send(fence, f"manage eth0 {VIP} {time.monotonic() + 0.2:.6f}")
+    wait_for(lambda: not present(host), 2.0)
+    assert fence.poll() is None
+
+
+@pytest.mark.root
+def test_fence_process_runs_isolated_from_the_working_directory(
+    tmp_path: os.PathLike[str],
+) -> None:
+    """A planted mhafail/vip/fence.py in the agent's directory is never what runs as the fence."""
+    planted = os.path.join(tmp_path, "mhafail", "vip")
+    os.makedirs(planted)
+    marker = os.path.join(tmp_path, "pwned")
+    for d in (os.path.join(tmp_path, "mhafail"), planted):
+        with open(os.path.join(d, "__init__.py"), "w") as f:
+            f.write("")
+    with open(os.path.join(planted, "fence.py"), "w") as f:
+        f.write(f"open({marker!r}, 'w').write('ran')\n")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        fence = FenceProcess(lambda: None)
+        fence.close()
+    finally:
+        os.chdir(cwd)
+    assert not os.path.exists(marker)
+
+
+def test_fence_start_failure_is_one_clear_error() -> None:
+    """A fence that cannot start gives a PlumbingError naming why, not a traceback."""
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; sys.stderr.write('mhafail-fence: cannot start: no netlink\\n'); sys.exit(2)",
+    ]
+    with pytest.raises(PlumbingError, match="could not start: cannot start: no netlink"):
+        FenceProcess(lambda: None, command=command)
+
+
+def test_writes_to_a_stopped_fence_never_block_and_it_is_reported() -> None:
+    """A SIGSTOPped fence fills no pipe the agent waits on; it is declared failed and refused."""
+    failures: list[str] = []
+    fence = FenceProcess(lambda: time.monotonic() + 5, interval=0.01, stall_limit=0.5)
+    fence.on_failure(failures.append)
+    vip = parse_vip(f"{VIP}/24@eth0")
+    os.kill(fence.pid, signal.SIGSTOP)
+    try:
+        done = threading.Event()
+
+        def hammer() -> None:
+            for _ in range(20000):  # far more than a pipe buffer holds
+                fence.manage(vip)
+                fence.unmanage(vip)
+            done.set()
+
+        threading.Thread(target=hammer, daemon=True).start()
+        assert done.wait(30), "a write to the stopped fence blocked"
+        wait_for(lambda: bool(failures), 5)
+        assert "silent" in failures[0]
+        assert not fence.healthy()
+        assert fence.manage(vip) is False
+        fence.restart()
+        assert fence.healthy()
+        assert fence.manage(vip) is True
+    finally:
+        fence.close()
+
+
+def test_a_dead_fence_is_reported_and_refused_until_restarted() -> None:
+    """A fence that exits is reported through on_failure; manage refuses until restart."""
+    failures: list[str] = []
+    fence = FenceProcess(lambda: time.monotonic() + 5, interval=0.01)
+    fence.on_failure(failures.append)
+    try:
+        os.kill(fence.pid, signal.SIGKILL)
+        wait_for(lambda: bool(failures), 5)
+        assert "exited" in failures[0] or "closed" in failures[0]
+        assert fence.manage(parse_vip(f"{VIP}/24@eth0")) is False
+        fence.restart()
+        assert fence.healthy()
+    finally:
+        fence.close()
+
+
+class StallingPlumber(FakePlumber):
+    """A fake plumber whose add stalls, as a paused agent would, while the lease runs out."""
+
+    def __init__(self, network: FakeNetwork, lease: list[bool]) -> None:
+        super().__init__(network, "n1", {"eth0": ["198.18.0.1/24"]})
+        self.lease = lease
+
+    def ensure_present(self, vip: Vip, valid_for: float | None = None) -> bool:
+        added = super().ensure_present(vip, valid_for)
+        self.lease[0] = False  # the process stalled here past its lease
+        return added
+
+
+def test_add_that_stalls_past_the_lease_is_undone_and_never_announced() -> None:
+    """Kernel.add re-checks the lease after plumbing: a stalled add is removed, not announced."""
+    network = FakeNetwork()
+    lease = [True]
+    plumber = StallingPlumber(network, lease)
+    kernel = Kernel(plumber, lambda: lease[0], announce_schedule=(0.0, 0.05))
+    try:
+        vip = parse_vip(f"{VIP}/24@eth0")
+        assert kernel.add(vip) is False
+        assert network.holders(VIP) == frozenset()
+        assert VIP not in kernel.plumbed()
+        time.sleep(0.2)
+        assert network.announcements == []
+    finally:
+        kernel.stop()
+
+
+def test_announcements_check_the_lease_immediately_before_sending() -> None:
+    """Once the lease is gone no scheduled announcement goes out, even for a plumbed VIP."""
+    network = FakeNetwork()
+    lease = [True]
+    plumber = FakePlumber(network, "n1", {"eth0": ["198.18.0.1/24"]})
+    kernel = Kernel(plumber, lambda: lease[0], announce_schedule=(0.0, 0.1, 0.2))
+    try:
+        assert kernel.add(parse_vip(f"{VIP}/24@eth0"))
+        assert len(network.announcements) == 1
+        lease[0] = False
+        time.sleep(0.4)
+        assert len(network.announcements) == 1
+    finally:
+        kernel.stop()
+
+
+def test_addresses_carry_a_lifetime_renewed_from_the_lease() -> None:
+    """With a lease deadline the address expires with the lease unless renewed."""
+    network = FakeNetwork()
+    deadline = [time.monotonic() + 0.5]
+    plumber = FakePlumber(network, "n1", {"eth0": ["198.18.0.1/24"]})
+    kernel = Kernel(
+        plumber,
+        lambda: time.monotonic() < deadline[0],
+        lease_deadline=lambda: deadline[0],
+        renew_interval=0.05,
+        announce_schedule=(),
+    )
+    try:
+        assert kernel.add(parse_vip(f"{VIP}/24@eth0"))
+        for _ in range(10):  # the lease keeps being renewed: the address stays
+            deadline[0] = time.monotonic() + 0.5
+            time.sleep(0.1)
+        assert network.holders(VIP) == {"n1"}
+        frozen = time.monotonic()
+        kernel.stop()  # nothing renews any more, as in a frozen process
+        wait_for(lambda: network.holders(VIP) == frozenset(), 2)
+        assert time.monotonic() - frozen < 1.0
+    finally:
+        kernel.stop()
