@@ -143,6 +143,10 @@ class Channel:
             bodies, self._raw = self._raw, []
             return self._open(bodies)
         chunk = _RECV_CHUNK if self._ready else PRE_AUTH_FRAME
+        if self._ready and self.idle_timeout is not None:
+            # Wake in time to enforce the idle timeout, however long the caller waits.
+            idle_left = self.idle_timeout - (time.monotonic() - self._last_recv)
+            timeout = max(0.0, min(timeout, idle_left + 0.01))
         try:
             self.sock.settimeout(timeout)
             data = self.sock.recv(chunk)
