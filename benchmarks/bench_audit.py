@@ -250,6 +250,7 @@ class ClusterNode:
             series=[self.series],
             listen="127.0.0.1:0" if listen else None,
             interval=interval,
+            secret=b"bench-audit-shared-secret",
         ).start()
         self.coordinator = Coordinator(hosts=zk, cluster="bench-audit", session_timeout=2).start()
         info = NodeInfo(name=name, endpoints=self.audit.endpoints())

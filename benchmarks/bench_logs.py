@@ -8,6 +8,8 @@ A real ZooKeeper server (from the testing kit) and three node processes
 * Throughput: each node's jlog is filled with 200-byte records first, then
   the manager starts and pulls everything; records/s = all records / time
   until the last one is durable (fsynced, state saved) on the manager.
+* Every connection is authenticated with a shared secret (per-frame MACs);
+  ``--no-secret`` measures the unauthenticated loopback mode instead.
 * Latency: three writer processes append at a steady rate per node (default
   5,000 records/s each); latency = time the commit holding a record was
   saved on the manager - the record's jlog write time. p50/p99 reported.
@@ -55,13 +57,29 @@ def writer_main(path: str, rate: int, seconds: float) -> None:
     print(seq)
 
 
+# Shared secret for nodes and manager (None: unauthenticated loopback mode).
+AUTH: dict[str, bytes | None] = {"secret": b"bench-logs-shared-secret-0123"}
+
+
+def _auth_args(root: Path) -> list[str]:
+    secret = AUTH["secret"]
+    if secret is None:
+        return ["--allow-unauthenticated"]
+    path = root / "secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(secret)
+    path.chmod(0o600)
+    return ["--secret-file", str(path)]
+
+
 def _start_nodes(zk: str, cluster: str, root: Path) -> list[subprocess.Popen[bytes]]:
     procs = []
+    auth = _auth_args(root)
     for node in NODES:
         argv = [
             sys.executable, "-m", "mhafail", "logs", "serve", "--zk", zk, "--cluster", cluster,
             "--node", node, "--log", f"mainlog={root / node / 'mainlog'}", "--manager", "bench",
-            "--session-timeout", "2",
+            "--session-timeout", "2", *auth,
         ]  # fmt: skip
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE))
     for proc in procs:
@@ -95,6 +113,7 @@ class Manager:
             membership=self.membership,
             name="bench",
             base=base,
+            secret=AUTH["secret"],
             on_commit=self._on_commit,
         )
 
@@ -178,10 +197,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     parser.add_argument("--rate", type=int, default=5000, help="records/s per node for latency")
+    parser.add_argument("--no-secret", action="store_true", help="unauthenticated loopback mode")
     args = parser.parse_args()
+    if args.no_secret:
+        AUTH["secret"] = None
     per_node = 20_000 if args.quick else 200_000
     seconds = 3.0 if args.quick else 20.0
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, {PAYLOAD}-byte records")
+    print(
+        "authentication:", "none (loopback opt-in)" if AUTH["secret"] is None else "shared secret"
+    )
     zk = ZooKeeperServer(tick_time=100).start()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-logs-", dir="/var/tmp") as tmp:

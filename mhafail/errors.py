@@ -38,12 +38,17 @@ GitPython exception ever reaches a caller: the adapters translate them.
     │   ├── HeadConflict                    the published head moved; pull (or rebase) and retry
     │   ├── FetchFailed                     no peer could provide a published commit
     │   └── RepositoryError                 the local git repository failed (git's message inside)
-    └── LogsError                           log aggregation (mhafail.logs)
-        ├── LogsInvalidArgument (ValueError) a log name, pattern, address or option is refused
-        ├── ProtocolError                   a peer sent a malformed, oversized or unexpected frame
-        ├── AuthenticationFailed            the shared-secret challenge failed (either side)
-        ├── StreamRefused                   the node refused a request; ``reason`` says why
-        └── ManagerNameTaken                another live manager is registered under this name
+    ├── LogsError                           log aggregation (mhafail.logs)
+    │   ├── LogsInvalidArgument (ValueError) a log name, pattern, address or option is refused
+    │   ├── ProtocolError                   a peer sent a malformed, oversized or unexpected frame
+    │   ├── AuthenticationFailed            the shared-secret challenge failed (either side)
+    │   ├── StreamRefused                   the node refused a request; ``reason`` says why
+    │   └── ManagerNameTaken                another live manager is registered under this name
+    └── ChannelError                        the authenticated channel (mhafail.channel)
+        ├── ChannelInvalidArgument (ValueError) a secret, secret file, endpoint or TLS setting
+        ├── ChannelClosed                   the peer closed, reset or went silent too long
+        ├── ChannelProtocolError            a malformed, oversized, forged or replayed frame
+        └── ChannelAuthFailed               the handshake failed: wrong or missing secret
 
 Components that arrive later add their own subtree here, next to the
 others, and extend this drawing.
@@ -262,3 +267,26 @@ class StreamRefused(LogsError):
 
 class ManagerNameTaken(LogsError):
     """Another live process is registered under ``managers/<name>``."""
+
+
+# --- channel ----------------------------------------------------------------
+
+
+class ChannelError(MhafailError):
+    """The authenticated channel (mhafail.channel) failed; the connection is closed."""
+
+
+class ChannelInvalidArgument(ChannelError, ValueError):
+    """A channel setting was refused: secret, secret file, endpoint, TLS or limits."""
+
+
+class ChannelClosed(ChannelError):
+    """The peer closed or reset the connection, or sent nothing within a timeout."""
+
+
+class ChannelProtocolError(ChannelError):
+    """The peer sent a malformed, oversized, forged, replayed or reordered frame."""
+
+
+class ChannelAuthFailed(ChannelError):
+    """The handshake failed: wrong secret, one side lacks one, or the peer refused us."""

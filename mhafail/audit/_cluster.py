@@ -42,7 +42,7 @@ import contextlib
 import ipaddress
 import logging
 import re
-import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -53,8 +53,31 @@ import attrs
 from mhafail.audit._batch import IncrementBatch, MergeOutcome, MergeStatus, Origin
 from mhafail.audit._series import AuditSeries
 from mhafail.audit._window import merge_capped
-from mhafail.audit._wire import DEFAULT_MAX_FRAME, PROTOCOL_VERSION, recv_frame, send_frame
-from mhafail.errors import AuditError, AuditInvalidArgument, AuditProtocolError
+from mhafail.audit._wire import (
+    DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
+    SERVICE,
+    check_increments,
+    decode_message,
+    encode_message,
+)
+from mhafail.channel import (
+    Channel,
+    ChannelSecurity,
+    Listener,
+    connect,
+    endpoints_in,
+    format_endpoint,
+)
+from mhafail.channel import parse_endpoint as _parse_endpoint
+from mhafail.errors import (
+    AuditError,
+    AuditInvalidArgument,
+    AuditProtocolError,
+    ChannelClosed,
+    ChannelError,
+    ChannelInvalidArgument,
+)
 
 if TYPE_CHECKING:
     from mhafail.coordination import ClusterView, Membership
@@ -71,7 +94,8 @@ Key = int | str
 _ITEMS_PER_PUSH = 64
 _MAX_BACKOFF = 5.0
 _IDLE_WAKE = 10.0
-_ACCEPT_POLL = 0.25
+# An idle sender says hello this often, well inside a receiver's idle timeout.
+_KEEPALIVE = 15.0
 # How long a receiver that left the view still holds the backlog for its return.
 _REMEMBER_DEPARTED = 300.0
 # Same rule as cluster node names (mhafail.coordination), without importing kazoo.
@@ -84,22 +108,17 @@ def parse_endpoint(text: object, *, what: str, listen: bool = False) -> tuple[st
     Raises:
         AuditInvalidArgument: not ``host:port``, or the port is out of range.
     """
-    if not isinstance(text, str) or ":" not in text:
-        raise AuditInvalidArgument(f"{what} {text!r} must be host:port (IPv6: [addr]:port)")
-    host, _, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    low = 0 if listen else 1
-    if not host or not port_text.isdigit() or not low <= int(port_text) <= 65535:
-        raise AuditInvalidArgument(
-            f"{what} {text!r} must be host:port with a port in {low}..65535 (IPv6: [addr]:port)"
-        )
-    return host, int(port_text)
+    try:
+        return _parse_endpoint(text, what=what, listen=listen)
+    except ChannelInvalidArgument as exc:
+        raise AuditInvalidArgument(str(exc)) from None
 
 
-def format_endpoint(host: str, port: int) -> str:
-    """Return ``host:port``, bracketing an IPv6 address."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _check_secret(value: object) -> bytes | None:
+    try:
+        return ChannelSecurity(secret=value).secret  # type: ignore[arg-type]
+    except ChannelInvalidArgument as exc:
+        raise AuditInvalidArgument(str(exc)) from None
 
 
 def _is_wildcard(host: str) -> bool:
@@ -315,7 +334,8 @@ class _Peer:
         self.host, self.port = parse_endpoint(endpoint, what=f"endpoint of {node}")
         self.wake = threading.Event()
         self.stopped = threading.Event()
-        self.sock: socket.socket | None = None
+        self.chan: Channel | None = None
+        self.last_request = 0.0
         self.acked: dict[str, int] = {}
         self.floor: dict[str, int] = {}
         self.refused: dict[str, str] = {}
@@ -332,13 +352,12 @@ class _Peer:
         self.thread.start()
 
     def stop(self) -> None:
-        """Ask the thread to end; it closes its own socket."""
+        """Ask the thread to end; it closes its own connection."""
         self.stopped.set()
         self.wake.set()
-        sock = self.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        chan = self.chan
+        if chan is not None:
+            chan.shutdown()
 
     def status(self) -> PeerStatus:
         with self.audit._acks:
@@ -392,34 +411,46 @@ class _Peer:
             self._close()
 
     def _close(self) -> None:
-        sock, self.sock = self.sock, None
+        chan, self.chan = self.chan, None
         with self.audit._acks:
             self.connected = False
             self.acked = {}
             self.audit._acks.notify_all()
-        if sock is not None:
-            sock.close()
+        if chan is not None:
+            chan.close()
 
     def _request(self, message: dict[str, Any]) -> dict[str, Any]:
-        assert self.sock is not None
+        assert self.chan is not None
+        timeout = self.audit.timeout
         message = {"v": PROTOCOL_VERSION, "origin": _origin_json(self.audit.origin), **message}
-        send_frame(self.sock, message, self.audit.max_frame)
-        reply = recv_frame(self.sock, self.audit.max_frame)
-        if reply is None:
-            raise AuditProtocolError(f"{self.node} closed the connection without answering")
+        payload = encode_message(message)
+        if len(payload) > self.audit.max_frame:
+            raise AuditProtocolError(
+                f"message of {len(payload)} bytes exceeds the {self.audit.max_frame}-byte limit"
+            )
+        self.last_request = time.monotonic()
+        self.chan.send(payload, timeout)
+        try:
+            reply = decode_message(self.chan.recv_one(timeout))
+        except ChannelClosed as exc:
+            raise AuditProtocolError(f"{self.node} did not answer: {exc}") from None
         if reply.get("ok") is not True:
             raise AuditProtocolError(f"{self.node} refused: {reply.get('error')!r}")
         return reply
 
     def _sync(self) -> None:
         audit = self.audit
-        if self.sock is None:
-            sock = socket.create_connection((self.host, self.port), timeout=audit.timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock = sock
-            if self.stopped.is_set():  # stop() may have missed the socket
+        if self.chan is None:
+            self.chan = connect(
+                self.endpoint,
+                SERVICE,
+                audit._client_security,
+                timeout=audit.timeout,
+                max_frame=audit.max_frame,
+            )
+            if self.stopped.is_set():  # stop() may have missed the connection
                 raise AuditError("stopping")
-            reply = self._request({"type": "hello", "series": sorted(audit._outgoing)})
+            reply = self._request({"type": "hello", "series": self._asked()})
             with audit._acks:
                 self.refused = {}
                 self.connected = True
@@ -437,6 +468,9 @@ class _Peer:
                     losses[name] = lost
                 items.extend(wanted)
             if not items:
+                if time.monotonic() - self.last_request >= _KEEPALIVE:
+                    # Idle: prove we are alive before the receiver's idle timeout.
+                    self._absorb(self._request({"type": "hello", "series": self._asked()}))
                 return
             before = dict(self.acked)
             reply = self._request(
@@ -457,6 +491,9 @@ class _Peer:
             self._absorb(reply)
             if self.acked == before:
                 return  # no progress (the receiver refused something); wait for the next wake
+
+    def _asked(self) -> list[str]:
+        return sorted(self.audit._outgoing)
 
     def _absorb(self, reply: Mapping[str, Any]) -> None:
         series = reply.get("series")
@@ -529,7 +566,9 @@ class ClusterAudit:
 
     Typical wiring (see docs/audit.md, "Cluster-wide series")::
 
-        audit = ClusterAudit(node="mta1", series=[conn], listen="127.0.0.1:0").start()
+        audit = ClusterAudit(
+            node="mta1", series=[conn], listen="127.0.0.1:0", secret=read_secret_file(path)
+        ).start()
         info = NodeInfo(name="mta1", roles=("manager",), endpoints=audit.endpoints())
         membership = Membership(coordinator=coordinator, info=info).start()
         audit.follow(membership)
@@ -549,9 +588,23 @@ class ClusterAudit:
         max_backlog: batches kept per series for a receiver that was away
             briefly; one that falls further behind loses the oldest (see
             :class:`PeerStatus` ``lost``).
-        max_frame: the largest message sent or accepted, in bytes.
+        max_frame: the largest message sent or accepted, in bytes (only
+            from a peer that passed the handshake; before it, 4 KiB).
         incarnation: this process's incarnation; default: the start time in
             nanoseconds (must differ for every start of the node).
+        secret: the cluster's shared secret (``docs/channel.md``): senders
+            and receivers prove it to each other and every frame carries a
+            MAC. Never shown in ``repr``.
+        ssl_context: server-side TLS context for the receiver; without a
+            secret it must require client certificates.
+        client_ssl_context: client-side TLS context for pushing.
+        allow_unauthenticated: receive without secret or mutual TLS, on a
+            loopback ``listen`` address only (logged as a warning). Without
+            a secret or TLS, pushes go to loopback receivers only.
+        max_connections: incoming connections open at once.
+        handshake_timeout: seconds an incoming connection has to authenticate.
+        idle_timeout: seconds an incoming connection may stay silent (an
+            idle sender says hello every 15 s).
 
     Raises:
         AuditInvalidArgument: any argument above is malformed.
@@ -565,14 +618,23 @@ class ClusterAudit:
     timeout: float = attrs.field(default=5.0, validator=_within(0.05, 600.0))
     max_backlog: int = attrs.field(default=600, validator=_within(1, 1 << 20, integer=True))
     max_frame: int = attrs.field(
-        default=DEFAULT_MAX_FRAME, validator=_within(1024, 1 << 31, integer=True)
+        default=DEFAULT_MAX_FRAME, validator=_within(4096, 1 << 31, integer=True)
     )
     incarnation: int = attrs.field(factory=time.time_ns)
+    secret: bytes | None = attrs.field(default=None, converter=_check_secret, repr=False)
+    ssl_context: ssl.SSLContext | None = None
+    client_ssl_context: ssl.SSLContext | None = None
+    allow_unauthenticated: bool = False
+    max_connections: int = attrs.field(default=64, validator=_within(1, 1 << 16, integer=True))
+    handshake_timeout: float = attrs.field(default=5.0, validator=_within(0.05, 600.0))
+    idle_timeout: float = attrs.field(default=60.0, validator=_within(_KEEPALIVE * 2, 86400.0))
 
     _by_name: dict[str, AuditSeries] = attrs.field(init=False, factory=dict)
     _outgoing: dict[str, _Outgoing] = attrs.field(init=False, factory=dict)
     _listen_addr: tuple[str, int] | None = attrs.field(init=False, default=None)
-    _listener: socket.socket | None = attrs.field(init=False, default=None)
+    _listener: Listener | None = attrs.field(init=False, default=None)
+    _server_security: ChannelSecurity = attrs.field(init=False, factory=ChannelSecurity)
+    _client_security: ChannelSecurity = attrs.field(init=False, factory=ChannelSecurity)
     _endpoint: str | None = attrs.field(init=False, default=None)
     _membership: Membership | None = attrs.field(init=False, default=None)
     _peers: dict[tuple[str, str], _Peer] = attrs.field(init=False, factory=dict)
@@ -583,8 +645,6 @@ class ClusterAudit:
     _wake: threading.Event = attrs.field(init=False, factory=threading.Event)
     _stopping: threading.Event = attrs.field(init=False, factory=threading.Event)
     _threads: list[threading.Thread] = attrs.field(init=False, factory=list)
-    _conns: dict[socket.socket, threading.Thread] = attrs.field(init=False, factory=dict)
-    _conns_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _received: dict[str, int] = attrs.field(init=False, factory=dict)
     # Per receiver node name and series: the highest sequence any incarnation confirmed.
     _delivered: dict[str, dict[str, int]] = attrs.field(init=False, factory=dict)
@@ -622,9 +682,25 @@ class ClusterAudit:
             if self.listen is None:
                 raise AuditInvalidArgument("advertise= needs listen=")
             parse_endpoint(self.advertise, what="advertise")
+        self._check_security()
         origin = self.origin
         self._outgoing = {s.name: _Outgoing(s, origin, self.max_backlog) for s in self.series}
         self._received = dict.fromkeys(attrs.fields_dict(ReceiverStats), 0)
+
+    def _check_security(self) -> None:
+        self._server_security = ChannelSecurity(
+            secret=self.secret,
+            ssl_context=self.ssl_context,
+            allow_unauthenticated=self.allow_unauthenticated,
+        )
+        self._client_security = ChannelSecurity(
+            secret=self.secret, ssl_context=self.client_ssl_context
+        )
+        if self._listen_addr is not None:
+            try:
+                self._server_security.check_listen(SERVICE, self._listen_addr[0])
+            except ChannelInvalidArgument as exc:
+                raise AuditInvalidArgument(str(exc)) from None
 
     # --- life cycle -------------------------------------------------------------
 
@@ -647,16 +723,25 @@ class ClusterAudit:
         self._started = True
         if self._listen_addr is not None:
             host, port = self._listen_addr
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            listener = Listener(
+                service=SERVICE,
+                host=host,
+                port=port,
+                security=self._server_security,
+                handler=self._serve,
+                max_connections=self.max_connections,
+                handshake_timeout=self.handshake_timeout,
+                idle_timeout=self.idle_timeout,
+                max_frame=self.max_frame,
+                name=f"mhafail-audit-{self.node}",
+            )
             try:
-                listener = socket.create_server((host, port), family=family)
-            except OSError as exc:
+                self._listener = listener.start()
+            except ChannelError as exc:
                 raise AuditError(f"cannot listen on {self.listen}: {exc}") from exc
-            listener.settimeout(_ACCEPT_POLL)
-            self._listener = listener
-            bound = listener.getsockname()
-            self._endpoint = self.advertise or format_endpoint(host, int(bound[1]))
-            self._spawn(self._accept_loop, f"mhafail-audit-accept-{self.node}")
+            self._endpoint = self.advertise or format_endpoint(
+                host, int(listener.endpoint.rsplit(":", 1)[1])
+            )
         self._spawn(self._send_loop, f"mhafail-audit-send-{self.node}")
         log.info("cluster series %s started as %s", ", ".join(self._by_name), self.origin)
         return self
@@ -735,18 +820,10 @@ class ClusterAudit:
         for peer in peers:
             if peer.thread.is_alive():
                 peer.thread.join()
-        with self._conns_lock:
-            conns = dict(self._conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        for thread in [*self._threads, *conns.values()]:
+        for thread in self._threads:
             thread.join()
-        with self._conns_lock:
-            # Connections accepted after the copy above saw _stopping and closed themselves.
-            late = list(self._conns.values())
-        for thread in late:
-            thread.join()
+        if self._listener is not None:
+            self._listener.stop()
         log.info("cluster series of %s stopped", self.origin)
 
     def __enter__(self) -> ClusterAudit:
@@ -818,18 +895,8 @@ class ClusterAudit:
         membership = self._membership
         if membership is None:
             return {}
-        wanted: dict[tuple[str, str], str] = {}
-        for info in membership.view:
-            endpoint = info.endpoints.get(ENDPOINT)
-            if endpoint is None or info.name == self.node:
-                continue
-            try:
-                parse_endpoint(endpoint, what="endpoint")
-            except AuditInvalidArgument as exc:
-                log.warning("ignoring receiver %s: %s", info.name, exc)
-                continue
-            wanted[(info.name, endpoint)] = info.name
-        return wanted
+        found = endpoints_in(membership.view, ENDPOINT, exclude=self.node)
+        return {(name, endpoint): name for name, endpoint in found.items()}
 
     def _reconcile(self) -> list[_Peer]:
         """Start pushers for new receivers and stop those that left the view."""
@@ -875,62 +942,31 @@ class ClusterAudit:
 
     # --- receiving --------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        listener = self._listener
-        assert listener is not None
+    def _serve(self, chan: Channel) -> None:
+        """Answer one authenticated sender's requests until it leaves or goes quiet."""
+        with self._merge_lock:
+            self._received["connections"] += 1
         try:
             while not self._stopping.is_set():
                 try:
-                    conn, _addr = listener.accept()
-                except TimeoutError:
-                    continue
-                except OSError as exc:
-                    if self._stopping.is_set():
-                        break
-                    log.warning("accept failed: %s", exc)
-                    time.sleep(_ACCEPT_POLL)
-                    continue
-                conn.settimeout(None)
-                _keepalive(conn)
-                thread = threading.Thread(
-                    target=self._serve, args=(conn,), name="mhafail-audit-recv", daemon=True
-                )
-                with self._conns_lock:
-                    if self._stopping.is_set():
-                        conn.close()
-                        break
-                    self._conns[conn] = thread
-                with self._merge_lock:
-                    self._received["connections"] += 1
-                thread.start()
-        finally:
-            listener.close()
-
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            while not self._stopping.is_set():
-                try:
-                    message = recv_frame(conn, self.max_frame)
-                    if message is None:
+                    payload = chan.recv_one(self.idle_timeout)
+                    reply = self._answer(decode_message(payload))
+                except (AuditProtocolError, ChannelError) as exc:
+                    if isinstance(exc, ChannelClosed):
+                        log.debug("cluster series connection ended: %s", exc)
                         return
-                    reply = self._answer(message)
-                except AuditProtocolError as exc:
                     with self._merge_lock:
                         self._received["bad_messages"] += 1
-                    log.warning("closing a cluster series connection: %s", exc)
-                    with contextlib.suppress(OSError, AuditError):
-                        send_frame(conn, {"ok": False, "error": str(exc)}, self.max_frame)
+                    log.warning("closing a cluster series connection from %s: %s", chan.peer, exc)
+                    if isinstance(exc, AuditProtocolError):
+                        reply = {"ok": False, "error": str(exc)}
+                        with contextlib.suppress(ChannelError):
+                            chan.send(encode_message(reply), self.timeout)
                     return
-                send_frame(conn, reply, self.max_frame)
-        except OSError as exc:
+                chan.send(encode_message(reply), self.timeout)
+        except ChannelError as exc:
             if not self._stopping.is_set():
                 log.debug("cluster series connection ended: %s", exc)
-        except Exception:  # a connection thread must never die silently with its socket open
-            log.exception("cluster series connection failed")
-        finally:
-            conn.close()
-            with self._conns_lock:
-                self._conns.pop(conn, None)
 
     def _answer(self, message: Mapping[str, Any]) -> dict[str, Any]:
         version = message.get("v")
@@ -989,6 +1025,7 @@ class ClusterAudit:
             states[name] = self._state(name, origin)
             return
         try:
+            check_increments(item["batch"])
             batch = IncrementBatch.from_json(item["batch"])
             if batch.origin != origin:
                 raise AuditInvalidArgument(
@@ -1024,13 +1061,3 @@ class ClusterAudit:
         received["gaps"] += outcome.gap
         received["stale"] += outcome.stale
         received["too_new"] += outcome.too_new
-
-
-def _keepalive(conn: socket.socket) -> None:
-    # A sender cut off by a partition never closes its connection: let TCP
-    # notice within about two minutes so its thread and socket go away.
-    with contextlib.suppress(OSError, AttributeError):
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)

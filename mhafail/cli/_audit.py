@@ -68,6 +68,14 @@ def register(subparsers: Any) -> None:
     )
     node.add_argument("--advertise", metavar="HOST:PORT", help="address others connect to")
     node.add_argument(
+        "--secret-file", help="the cluster's shared secret, proved by every peer (mode 0600)"
+    )
+    node.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="receive without a secret: loopback --listen only (any local user may push)",
+    )
+    node.add_argument(
         "--role", action="append", default=[], help="a role to publish, e.g. manager (repeatable)"
     )
     node.add_argument("--interval", type=float, default=0.5, help="seconds between batches")
@@ -126,6 +134,7 @@ def _emit(event: str, **fields: Any) -> None:
 
 def _node(args: argparse.Namespace) -> int:
     from mhafail.audit import ASLogger, ClusterAudit, SnapshotStore
+    from mhafail.channel import read_secret_file
     from mhafail.coordination import Coordinator, Membership, NodeInfo
 
     series = [
@@ -138,6 +147,8 @@ def _node(args: argparse.Namespace) -> int:
         advertise=args.advertise,
         interval=args.interval,
         timeout=args.timeout,
+        secret=None if args.secret_file is None else read_secret_file(args.secret_file),
+        allow_unauthenticated=args.allow_unauthenticated,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -79,8 +79,12 @@ def _register_serve(actions: Any) -> None:
     p.add_argument(
         "--manager", action="append", default=[], help="manager (subscriber) name to create"
     )
-    p.add_argument("--secret-file", help="shared secret managers must prove")
-    p.add_argument("--allow-unauthenticated", action="store_true")
+    p.add_argument("--secret-file", help="shared secret managers must prove (mode 0600)")
+    p.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve without a secret: loopback --listen only (any local user may connect)",
+    )
     p.add_argument("--session-timeout", type=float, default=10.0)
     p.add_argument("--heartbeat", type=float, default=1.0)
     p.add_argument("--poll-interval", type=float, default=0.05)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import attrs
 
+from mhafail.channel import endpoints_in
 from mhafail.coordination import ClusterView, ConvergeLoop, Coordinator, Membership, check_name
 from mhafail.errors import (
     CoordinationError,
@@ -59,7 +60,9 @@ class LogAggregator:
         state_dir: where positions are kept (default ``base/.mhafail-state``);
             put it on the same file system as ``base``.
         logs: log names to pull (default: every log a node offers).
-        secret: shared secret for nodes that authenticate managers.
+        secret: the shared secret nodes expect (see ``docs/channel.md``);
+            never shown in ``repr``. Without it (and without TLS) only
+            nodes on loopback addresses are pulled from.
         ssl_context: client TLS context for nodes that speak TLS.
         file_mode: mode of new output files.
         dir_mode: mode of new directories.
@@ -91,7 +94,7 @@ class LogAggregator:
     pattern: str = DEFAULT_PATTERN
     state_dir: Path | None = None
     logs: Sequence[str] | None = None
-    secret: bytes | None = attrs.field(default=None, converter=_auth.check_secret)
+    secret: bytes | None = attrs.field(default=None, converter=_auth.check_secret, repr=False)
     ssl_context: ssl.SSLContext | None = None
     file_mode: int = 0o640
     dir_mode: int = 0o750
@@ -266,7 +269,7 @@ class LogAggregator:
         self._reconcile(wanted)
 
     def _nodes(self, view: ClusterView) -> dict[str, str]:
-        return {info.name: info.endpoints[ENDPOINT] for info in view if ENDPOINT in info.endpoints}
+        return endpoints_in(view, ENDPOINT)
 
     def _logs_of(self, node: str, endpoint: str) -> list[str]:
         """The node's log names, re-listed every ``refresh`` seconds or on a new endpoint."""

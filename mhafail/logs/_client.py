@@ -1,20 +1,29 @@
-"""Client side of the handshake: connect to a node, authenticate, send a request."""
+"""Client side: connect to a node over the authenticated channel and have a request accepted."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import ssl
 from typing import Any
 
 import attrs
 
-from mhafail.errors import AuthenticationFailed, LogsInvalidArgument, ProtocolError
+from mhafail import channel as _channel
+from mhafail.errors import (
+    AuthenticationFailed,
+    ChannelAuthFailed,
+    ChannelClosed,
+    ChannelInvalidArgument,
+    ChannelProtocolError,
+    LogsInvalidArgument,
+    ProtocolError,
+)
 
-from . import _auth
 from ._protocol import DEFAULT_MAX_FRAME, VERSION, FrameType, encode_json
 from ._status import SubscriberStatus
 from ._wire import Connection, PeerClosed
+
+#: The channel service name of the log protocol.
+SERVICE = "logs"
 
 
 @attrs.frozen
@@ -40,12 +49,10 @@ def split_endpoint(endpoint: str, *, any_port: bool = False) -> tuple[str, int]:
     Raises:
         LogsInvalidArgument: it is not ``host:port`` with a valid port.
     """
-    host, sep, port = endpoint.rpartition(":")
-    host = host.strip("[]")
-    low = 0 if any_port else 1
-    if not sep or not host or not port.isdigit() or not low <= int(port) < 65536:
-        raise LogsInvalidArgument(f"invalid endpoint {endpoint!r}: expected host:port")
-    return host, int(port)
+    try:
+        return _channel.parse_endpoint(endpoint, listen=any_port)
+    except ChannelInvalidArgument as exc:
+        raise LogsInvalidArgument(f"invalid endpoint: {exc}") from None
 
 
 def open_request(
@@ -65,7 +72,8 @@ def open_request(
         endpoint: the node's ``host:port``.
         request: ``op`` and its fields (``subscriber``, ``log``, ``after``...).
         secret: the shared secret; when set, a node that does not
-            authenticate is refused too (no silent downgrade).
+            authenticate is refused too (no silent downgrade). Without one
+            (and without TLS) only loopback endpoints are accepted.
         ssl_context: client TLS context, if the node speaks TLS.
         server_hostname: name to check the node's certificate against.
         timeout: seconds for the connection and each handshake step.
@@ -76,80 +84,40 @@ def open_request(
         The accepted connection.
 
     Raises:
+        LogsInvalidArgument: a malformed endpoint, or neither secret nor TLS
+            towards a non-loopback node.
         PeerClosed: the node cannot be reached or hung up.
         StreamRefused: the node refused the request.
         AuthenticationFailed: the secrets do not match, or one side lacks one.
         ProtocolError: the node spoke something else.
     """
-    host, port = split_endpoint(endpoint)
+    split_endpoint(endpoint)
+    security = _channel.ChannelSecurity(
+        secret=secret, ssl_context=ssl_context, server_hostname=server_hostname
+    )
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
-        raise PeerClosed(f"{endpoint}: cannot connect: {exc}") from None
+        chan = _channel.connect(endpoint, SERVICE, security, timeout=timeout, max_frame=max_frame)
+    except ChannelInvalidArgument as exc:
+        raise LogsInvalidArgument(str(exc)) from None
+    except ChannelAuthFailed as exc:
+        raise AuthenticationFailed(str(exc)) from None
+    except ChannelClosed as exc:
+        raise PeerClosed(str(exc)) from None
+    except ChannelProtocolError as exc:
+        raise ProtocolError(str(exc)) from None
+    conn = Connection(chan)
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if ssl_context is not None:
-            sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname or host)
-    except (OSError, ssl.SSLError) as exc:
-        sock.close()
-        raise PeerClosed(f"{endpoint}: TLS handshake failed: {exc}") from None
-    conn = Connection(sock, max_frame=max_frame, peer=endpoint)
-    try:
-        return _handshake(
-            conn,
-            request=request,
-            secret=secret,
-            timeout=timeout,
-            max_frame=max_frame,
-            heartbeat=heartbeat,
-        )
+        doc = {**request, "proto": VERSION, "max_frame": max_frame, "heartbeat": heartbeat}
+        conn.send(encode_json(FrameType.OPEN, doc), timeout)
+        accept = conn.expect(FrameType.ACCEPT, timeout)
     except BaseException:
         conn.close()
         raise
-
-
-def _handshake(
-    conn: Connection,
-    *,
-    request: dict[str, Any],
-    secret: bytes | None,
-    timeout: float,
-    max_frame: int,
-    heartbeat: float,
-) -> Opened:
-    hello = conn.expect(FrameType.HELLO, timeout)
-    if hello.get("proto") != VERSION:
-        raise ProtocolError(f"node speaks protocol {hello.get('proto')!r}, not {VERSION}")
-    node_nonce = hello.get("nonce")
-    auth = hello.get("auth")
-    doc = {**request, "proto": VERSION, "max_frame": max_frame, "heartbeat": heartbeat}
-    client_nonce = _auth.new_nonce()
-    if secret is not None:
-        if auth != "hmac" or not isinstance(node_nonce, str):
-            raise AuthenticationFailed(
-                f"{conn.peer} does not authenticate managers, but a secret is configured"
-            )
-        doc["nonce"] = client_nonce
-        doc["mac"] = _auth.client_mac(secret, node_nonce, client_nonce, doc)
-    conn.send(encode_json(FrameType.OPEN, doc), timeout)
-    try:
-        accept = conn.expect(FrameType.ACCEPT, timeout)
-    except Exception as exc:
-        from mhafail.errors import StreamRefused
-
-        if isinstance(exc, StreamRefused) and exc.reason.startswith("authentication"):
-            raise AuthenticationFailed(f"{conn.peer}: {exc.reason}") from None
-        raise
-    if secret is not None:
-        assert isinstance(node_nonce, str)
-        if not _auth.verify(_auth.node_mac(secret, node_nonce, client_nonce), accept.get("mac")):
-            raise AuthenticationFailed(f"{conn.peer} failed to prove it knows the secret")
-    node = hello.get("node")
-    hb = hello.get("heartbeat", 1.0)
+    hb = accept.get("heartbeat", 1.0)
     return Opened(
         conn=conn,
-        node=str(node),
-        heartbeat=float(hb) if isinstance(hb, int | float) and hb > 0 else 1.0,
+        node=str(accept.get("node")),
+        heartbeat=float(hb) if isinstance(hb, int | float) and 0 < hb <= 60 else 1.0,
         accept=accept,
     )
 
@@ -170,8 +138,8 @@ def query_status(
     opened = open_request(
         endpoint, {"op": "status"}, secret=secret, ssl_context=ssl_context, timeout=timeout
     )
-    with contextlib.closing(opened.conn):
-        entries = opened.accept.get("status")
+    opened.conn.close()
+    entries = opened.accept.get("status")
     if not isinstance(entries, list):
         raise ProtocolError("status reply lacks a status list")
     out = []

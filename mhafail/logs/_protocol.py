@@ -1,12 +1,13 @@
-"""The log protocol's framing and codecs: pure functions, no sockets.
+"""The log protocol's messages and codecs: pure functions, no sockets.
 
-Every frame is ``u32 length`` (big-endian, counting the type byte and the
-body), one ``u8`` type, then the body. A length of 0 or above the
-receiver's frame limit is a protocol error: the receiver closes the
-connection without reading further, so a hostile peer cannot make it
-buffer more than one frame.
+The log protocol runs over :mod:`mhafail.channel` (service ``"logs"``),
+which authenticates both sides, caps frame sizes and protects every frame
+with a MAC. Each channel payload is one log frame: one ``u8`` type, then
+the body. After the handshake the client sends OPEN, the node answers
+ACCEPT (or ERROR and closes), then records, acknowledgements and
+heartbeats flow.
 
-Control frames (HELLO, OPEN, ACCEPT, ERROR) carry a JSON object. Data
+Control frames (OPEN, ACCEPT, ERROR) carry a JSON object. Data
 frames are binary because they are the hot path:
 
 * RECORDS: ``u32 log, u32 first_marker, u32 count`` (big-endian), then
@@ -33,16 +34,18 @@ import attrs
 from mhafail.errors import ProtocolError
 from mhafail.jlog import Message, MessageId
 
-#: Protocol version sent in HELLO; a node refuses a client speaking another one.
-VERSION = 1
-#: Default largest frame either side accepts (bytes, type byte included).
+#: Protocol version sent in OPEN; a node refuses a client speaking another one.
+VERSION = 2
+#: Default largest frame either side accepts (bytes, type byte and channel MAC included).
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 #: Smallest frame limit a peer may ask for: room for any control frame.
 MIN_MAX_FRAME = 64 * 1024
 #: Largest JSON control frame anyone needs; bigger ones are refused early.
 MAX_CONTROL = 64 * 1024
 
-_HEADER = struct.Struct(">IB")
+_TYPE = struct.Struct(">B")
+# Channel length field and MAC around every payload (counted against the frame limit).
+_CHANNEL_OVERHEAD = 4 + 32
 _RECORDS_HEAD = struct.Struct(">III")
 _ACK = struct.Struct(">II")
 _LITTLE = sys.byteorder == "little"
@@ -51,9 +54,9 @@ _LITTLE = sys.byteorder == "little"
 class FrameType(enum.IntEnum):
     """What a frame carries; the numbers are on the wire."""
 
-    HELLO = 1  # node -> client: version, node name, auth mode, challenge
-    OPEN = 2  # client -> node: the request (op, subscriber, log, position, proof)
-    ACCEPT = 3  # node -> client: request accepted (start position, node's proof)
+    # 1 was HELLO in version 1; the channel handshake replaced it.
+    OPEN = 2  # client -> node: the request (op, subscriber, log, position, limits)
+    ACCEPT = 3  # node -> client: request accepted (node name, heartbeat, start position)
     ERROR = 4  # either way: refusal or reason for closing, then close
     RECORDS = 5  # node -> client: a batch of records
     ACK = 6  # client -> node: last id durable downstream
@@ -69,8 +72,23 @@ class Frame:
 
 
 def encode_frame(ftype: FrameType, body: bytes = b"") -> bytes:
-    """Return the bytes of one frame."""
-    return _HEADER.pack(len(body) + 1, ftype) + body
+    """Return the channel payload of one frame."""
+    return _TYPE.pack(ftype) + body
+
+
+def decode_frame(payload: bytes) -> Frame:
+    """Split a channel payload into its frame type and body.
+
+    Raises:
+        ProtocolError: empty, or an unknown frame type.
+    """
+    if not payload:
+        raise ProtocolError("empty frame")
+    try:
+        kind = FrameType(payload[0])
+    except ValueError:
+        raise ProtocolError(f"unknown frame type {payload[0]}") from None
+    return Frame(kind, payload[1:])
 
 
 def encode_json(ftype: FrameType, doc: dict[str, Any]) -> bytes:
@@ -88,60 +106,13 @@ def decode_json(frame: Frame) -> dict[str, Any]:
         raise ProtocolError(f"{frame.type.name} frame of {len(frame.body)} bytes is too large")
     try:
         doc = json.loads(frame.body)
+    except RecursionError:
+        raise ProtocolError(f"{frame.type.name} frame nests too deeply") from None
     except ValueError as exc:
         raise ProtocolError(f"{frame.type.name} frame is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ProtocolError(f"{frame.type.name} frame must hold a JSON object")
     return doc
-
-
-class FrameReader:
-    """Incremental frame parser: :meth:`feed` bytes, get whole frames back.
-
-    Args:
-        max_frame: the largest frame accepted (length field value).
-
-    Not thread-safe; one per connection direction.
-    """
-
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        self.max_frame = max_frame
-        self._buf = bytearray()
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received but not yet returned as frames."""
-        return len(self._buf)
-
-    def feed(self, data: bytes) -> list[Frame]:
-        """Add ``data`` and return every frame it completes, in order.
-
-        Raises:
-            ProtocolError: a length of 0, a length over ``max_frame`` or an
-                unknown frame type. The stream cannot be resynchronised:
-                close the connection.
-        """
-        self._buf += data
-        frames: list[Frame] = []
-        buf = self._buf
-        pos = 0
-        while len(buf) - pos >= _HEADER.size:
-            length, ftype = _HEADER.unpack_from(buf, pos)
-            if length == 0 or length > self.max_frame:
-                raise ProtocolError(
-                    f"frame length {length} outside 1..{self.max_frame} (malformed or oversized)"
-                )
-            if len(buf) - pos - 4 < length:
-                break
-            try:
-                kind = FrameType(ftype)
-            except ValueError:
-                raise ProtocolError(f"unknown frame type {ftype}") from None
-            frames.append(Frame(kind, bytes(buf[pos + 5 : pos + 4 + length])))
-            pos += 4 + length
-        if pos:
-            del buf[:pos]
-        return frames
 
 
 # --- records ----------------------------------------------------------------------
@@ -164,11 +135,11 @@ def _u32_list(raw: bytes) -> list[int]:
 
 def records_overhead(count: int) -> int:
     """Bytes a RECORDS frame of ``count`` records adds to their payloads."""
-    return _HEADER.size + _RECORDS_HEAD.size + 12 * count
+    return _CHANNEL_OVERHEAD + _TYPE.size + _RECORDS_HEAD.size + 12 * count
 
 
 def encode_records(batch: Sequence[Message]) -> bytes:
-    """Return one RECORDS frame for ``batch`` (consecutive ids of one segment).
+    """Return the payload of one RECORDS frame for ``batch`` (consecutive ids of one segment).
 
     Raises:
         ProtocolError: the ids are not consecutive in one segment.
@@ -187,7 +158,7 @@ def encode_records(batch: Sequence[Message]) -> bytes:
             *[m.payload for m in batch],
         )
     )
-    return _HEADER.pack(len(body) + 1, FrameType.RECORDS) + body
+    return _TYPE.pack(FrameType.RECORDS) + body
 
 
 @attrs.frozen

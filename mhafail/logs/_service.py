@@ -10,10 +10,8 @@ stops before the new one reads, so two readers never move one checkpoint.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
-import socket
 import ssl
 import threading
 from collections.abc import Mapping, Sequence
@@ -21,8 +19,11 @@ from pathlib import Path
 
 import attrs
 
+from mhafail.channel import Channel, ChannelSecurity, Listener
 from mhafail.coordination import check_name
 from mhafail.errors import (
+    ChannelError,
+    ChannelInvalidArgument,
     InvalidArgument,
     JlogError,
     JlogSubscriberExists,
@@ -32,6 +33,7 @@ from mhafail.errors import (
 from mhafail.jlog import Jlog, Whence
 
 from . import _auth
+from ._client import SERVICE
 from ._protocol import DEFAULT_MAX_FRAME, MIN_MAX_FRAME
 from ._session import Session
 from ._status import SubscriberStatus, log_status
@@ -84,13 +86,6 @@ def _paths(value: Mapping[str, str | os.PathLike[str]]) -> dict[str, Path]:
     return {name: Path(path) for name, path in value.items()}
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 @attrs.define(kw_only=True, eq=False)
 class JlogService:
     """Serves a node's jlogs to log managers (see ``docs/logs.md`` for the protocol).
@@ -103,12 +98,15 @@ class JlogService:
             nothing is purged before a manager first reads.
         host: address to listen on.
         port: port to listen on (0: any free port; see :attr:`endpoint`).
-        secret: shared secret; when set, every client must pass the HMAC
-            challenge. Default: none, which :meth:`start` only accepts on a
-            loopback address unless ``allow_unauthenticated`` or TLS is set.
-        ssl_context: server-side TLS context (certificates, optional client
-            certificates); combines with ``secret``.
-        allow_unauthenticated: serve a non-loopback address without a secret.
+        secret: shared secret; every client must prove it in the channel
+            handshake and every frame carries a MAC (see ``docs/channel.md``).
+            Never shown in ``repr``.
+        ssl_context: server-side TLS context; combines with ``secret``.
+            Without a secret it must require client certificates (mutual
+            TLS), or :meth:`start` refuses.
+        allow_unauthenticated: serve without secret or mutual TLS; accepted
+            on a loopback address only (any local user may then read every
+            log and move checkpoints), and logged as a warning.
         max_frame: largest frame sent or accepted (bytes).
         batch_records: records read from the jlog per batch.
         window_records: unacknowledged records allowed in flight per stream.
@@ -116,8 +114,10 @@ class JlogService:
         heartbeat: seconds of silence before sending a heartbeat; a peer
             silent for three heartbeats (its or ours, the longer) is dropped.
         poll_interval: seconds between jlog polls when a stream is idle.
-        handshake_timeout: seconds a client has to send its OPEN.
-        max_connections: connections served at once; more are refused.
+        handshake_timeout: seconds a client has for the channel handshake,
+            and again for its OPEN.
+        max_connections: connections open at once (handshakes included);
+            more are closed at accept.
 
     Thread safety: :meth:`start`, :meth:`stop` and :meth:`decommission` may
     be called from any thread; sessions run on their own threads.
@@ -128,7 +128,7 @@ class JlogService:
     managers: Sequence[str] = attrs.field(default=(), converter=tuple)
     host: str = "127.0.0.1"
     port: int = 0
-    secret: bytes | None = attrs.field(default=None, converter=_auth.check_secret)
+    secret: bytes | None = attrs.field(default=None, converter=_auth.check_secret, repr=False)
     ssl_context: ssl.SSLContext | None = None
     allow_unauthenticated: bool = False
     max_frame: int = DEFAULT_MAX_FRAME
@@ -140,13 +140,11 @@ class JlogService:
     handshake_timeout: float = 5.0
     max_connections: int = 128
 
-    _listener: socket.socket | None = attrs.field(init=False, default=None)
-    _thread: threading.Thread | None = attrs.field(init=False, default=None)
+    _listener: Listener | None = attrs.field(init=False, default=None)
     _stopping: threading.Event = attrs.field(init=False, factory=threading.Event)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _sessions: set[Session] = attrs.field(init=False, factory=set)
     _streams: dict[tuple[str, str], Session] = attrs.field(init=False, factory=dict)
-    _threads: list[threading.Thread] = attrs.field(init=False, factory=list)
 
     def __attrs_post_init__(self) -> None:
         check_name("node name", self.node)
@@ -166,8 +164,7 @@ class JlogService:
         """
         if self._listener is None:
             raise LogsError("the jlog service is not started")
-        host, port = self._listener.getsockname()[:2]
-        return f"{host}:{port}"
+        return self._listener.endpoint
 
     def start(self) -> JlogService:
         """Create missing logs and subscribers, listen, and start accepting.
@@ -176,49 +173,48 @@ class JlogService:
             The service.
 
         Raises:
-            LogsInvalidArgument: unauthenticated on a non-loopback address.
+            LogsInvalidArgument: peers would not be authenticated: no secret
+                and no mutual TLS, unless ``allow_unauthenticated`` on loopback.
             LogsError: the address cannot be bound.
             JlogError: a log cannot be created or opened.
         """
-        if (
-            self.secret is None
-            and self.ssl_context is None
-            and not self.allow_unauthenticated
-            and not _is_loopback(self.host)
-        ):
-            raise LogsInvalidArgument(
-                f"refusing to serve logs on {self.host} without a secret or TLS; "
-                "pass allow_unauthenticated=True to do so knowingly"
-            )
+        listener = Listener(
+            service=SERVICE,
+            host=self.host,
+            port=self.port,
+            security=ChannelSecurity(
+                secret=self.secret,
+                ssl_context=self.ssl_context,
+                allow_unauthenticated=self.allow_unauthenticated,
+            ),
+            handler=self._serve,
+            max_connections=self.max_connections,
+            handshake_timeout=self.handshake_timeout,
+            max_frame=self.max_frame,
+            name=f"mhafail-logs-{self.node}",
+        )
+        try:
+            listener.security.check_listen(SERVICE, self.host)
+        except ChannelInvalidArgument as exc:
+            raise LogsInvalidArgument(str(exc)) from None
         for path in self.logs.values():
             ensure_log(path, self.managers)
         try:
-            listener = socket.create_server((self.host, self.port), backlog=64)
-        except OSError as exc:
-            raise LogsError(f"cannot listen on {self.host}:{self.port}: {exc}") from None
-        listener.settimeout(0.2)
-        self._listener = listener
-        self._thread = threading.Thread(
-            target=self._accept_loop, name=f"mhafail-logs-{self.node}", daemon=True
-        )
-        self._thread.start()
+            self._listener = listener.start()
+        except ChannelError as exc:
+            raise LogsError(str(exc)) from None
         logger.info("%s: serving logs %s on %s", self.node, sorted(self.logs), self.endpoint)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, end every session and wait for their threads."""
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self._listener is not None:
-            self._listener.close()
         with self._lock:
             sessions = list(self._sessions)
-            threads = list(self._threads)
         for session in sessions:
             session.stop.set()
-        for thread in threads:
-            thread.join(timeout)
+        if self._listener is not None:
+            self._listener.stop(timeout)
 
     def __enter__(self) -> JlogService:
         return self.start()
@@ -262,44 +258,8 @@ class JlogService:
 
     # --- internals ------------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        while not self._stopping.is_set():
-            try:
-                sock, addr = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                if self._stopping.is_set():
-                    return
-                logger.warning("%s: accept failed: %s", self.node, exc)
-                continue
-            peer = f"{addr[0]}:{addr[1]}"
-            with self._lock:
-                self._threads = [t for t in self._threads if t.is_alive()]
-                crowded = len(self._sessions) >= self.max_connections
-            if crowded:
-                logger.warning("%s: refusing %s: too many connections", self.node, peer)
-                sock.close()
-                continue
-            thread = threading.Thread(
-                target=self._serve, args=(sock, peer), name=f"mhafail-logs-{peer}", daemon=True
-            )
-            with self._lock:
-                self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, sock: socket.socket, peer: str) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.ssl_context is not None:
-            try:
-                sock.settimeout(self.handshake_timeout)
-                sock = self.ssl_context.wrap_socket(sock, server_side=True)
-            except (OSError, ssl.SSLError) as exc:
-                logger.warning("%s: TLS handshake with %s failed: %s", self.node, peer, exc)
-                sock.close()
-                return
-        session = Session(self, Connection(sock, max_frame=self.max_frame, peer=peer))
+    def _serve(self, channel: Channel) -> None:
+        session = Session(self, Connection(channel))
         with self._lock:
             self._sessions.add(session)
         session.run()

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from mhafail.errors import JlogError, JlogInvalidArgument, JlogUnknownSubscriber, ProtocolError
 from mhafail.jlog import Jlog, JlogReader, Message, MessageId, Whence
 
-from . import _auth
 from ._protocol import (
     MIN_MAX_FRAME,
     VERSION,
@@ -86,6 +85,7 @@ class Session:
         self.key: tuple[str, str] | None = None
         self.dead_after = 3 * service.heartbeat
         self.frame_limit = service.max_frame
+        self._reply: dict[str, Any] = {}
 
     # --- handshake -----------------------------------------------------------------
 
@@ -123,16 +123,8 @@ class Session:
             self.done.set()
 
     def _handshake(self) -> dict[str, Any]:
+        """Read the OPEN request (the channel already authenticated the peer)."""
         svc = self.service
-        nonce = _auth.new_nonce()
-        hello = {
-            "proto": VERSION,
-            "node": svc.node,
-            "auth": "hmac" if svc.secret is not None else "none",
-            "nonce": nonce,
-            "heartbeat": svc.heartbeat,
-        }
-        self.conn.send(encode_json(FrameType.HELLO, hello), svc.handshake_timeout)
         try:
             request = self.conn.expect(FrameType.OPEN, svc.handshake_timeout)
         except ProtocolError:
@@ -140,20 +132,13 @@ class Session:
         except Exception as exc:
             raise Refusal(f"no valid OPEN: {exc}") from None
         if request.get("proto") != VERSION:
-            raise Refusal(f"protocol version {request.get('proto')!r} not supported (want 1)")
+            raise Refusal(
+                f"protocol version {request.get('proto')!r} not supported (want {VERSION})"
+            )
         op = request.get("op")
         if op not in _OPS:
             raise Refusal(f"unknown op {op!r} (expected one of {', '.join(_OPS)})")
-        reply: dict[str, Any] = {}
-        if svc.secret is not None:
-            client_nonce = request.get("nonce")
-            if not isinstance(client_nonce, str) or len(client_nonce) != 2 * _auth.NONCE_BYTES:
-                raise Refusal("authentication required: OPEN lacks a client nonce")
-            expected = _auth.client_mac(svc.secret, nonce, client_nonce, request)
-            if not _auth.verify(expected, request.get("mac")):
-                raise Refusal("authentication failed: wrong secret or altered request")
-            reply["mac"] = _auth.node_mac(svc.secret, nonce, client_nonce)
-        self._reply = reply
+        self._reply = {"node": svc.node, "heartbeat": svc.heartbeat}
         client_hb = request.get("heartbeat", svc.heartbeat)
         if isinstance(client_hb, int | float) and 0 < client_hb <= 60:
             self.dead_after = 3 * max(svc.heartbeat, float(client_hb))

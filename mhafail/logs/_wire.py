@@ -1,20 +1,25 @@
-"""A framed connection over a (possibly TLS) socket, with timeouts on every call.
+"""Log frames over an authenticated :class:`~mhafail.channel.Channel`, in logs' own errors.
 
 Thread safety: :meth:`Connection.send` may be called from several threads
-(it serializes writers); :meth:`Connection.recv` belongs to one thread.
+(the channel serialises writers); :meth:`Connection.recv` belongs to one thread.
 """
 
 from __future__ import annotations
 
 import contextlib
-import socket
-import ssl
-import threading
 import time
 
-from mhafail.errors import LogsError, ProtocolError
+from mhafail.channel import Channel
+from mhafail.errors import (
+    ChannelClosed,
+    ChannelError,
+    ChannelInvalidArgument,
+    LogsError,
+    ProtocolError,
+    StreamRefused,
+)
 
-from ._protocol import Frame, FrameReader, FrameType, decode_json, encode_json
+from ._protocol import Frame, FrameType, decode_frame, decode_json, encode_json
 
 
 class PeerClosed(LogsError):
@@ -22,38 +27,34 @@ class PeerClosed(LogsError):
 
 
 class Connection:
-    """Frames over one socket.
+    """Log frames over one channel.
 
     Args:
-        sock: a connected socket (plain or TLS).
-        max_frame: the largest frame accepted from the peer.
-        peer: a label for log messages (``host:port``).
+        channel: an authenticated channel (service ``"logs"``).
     """
 
-    def __init__(self, sock: socket.socket, *, max_frame: int, peer: str) -> None:
-        self.sock = sock
-        self.peer = peer
-        self.reader = FrameReader(max_frame)
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.peer = channel.peer
         self._pending: list[Frame] = []
-        self._send_lock = threading.Lock()
-        self._closed = False
 
-    def send(self, data: bytes, timeout: float) -> None:
-        """Send whole frames; blocks at most about ``timeout`` seconds.
+    def send(self, payload: bytes, timeout: float) -> None:
+        """Send one frame's payload; blocks at most about ``timeout`` seconds.
 
         Raises:
             PeerClosed: the connection broke or the peer did not take the data in time.
+            ProtocolError: the frame is over the frame limit.
         """
-        with self._send_lock:
-            try:
-                self.sock.settimeout(timeout)
-                self.sock.sendall(data)
-            except (OSError, ValueError) as exc:
-                raise PeerClosed(f"{self.peer}: send failed: {exc}") from None
+        try:
+            self.channel.send(payload, timeout)
+        except ChannelInvalidArgument as exc:
+            raise ProtocolError(str(exc)) from None
+        except ChannelError as exc:
+            raise PeerClosed(str(exc)) from None
 
     def send_error(self, reason: str, timeout: float = 1.0) -> None:
         """Send an ERROR frame, ignoring a peer that is already gone."""
-        with contextlib.suppress(PeerClosed):
+        with contextlib.suppress(LogsError):
             self.send(encode_json(FrameType.ERROR, {"reason": reason}), timeout)
 
     def recv(self, timeout: float) -> list[Frame]:
@@ -62,38 +63,24 @@ class Connection:
         Returns at once with what is already buffered.
 
         Raises:
-            PeerClosed: end of stream or a socket error.
-            ProtocolError: the peer sent a malformed or oversized frame.
+            PeerClosed: end of stream, a socket error or an idle timeout.
+            ProtocolError: the peer sent a malformed, oversized, forged or
+                replayed frame.
         """
         if self._pending:
             frames, self._pending = self._pending, []
             return frames
         try:
-            self.sock.settimeout(timeout)
-            data = self.sock.recv(262144)
-        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
-            return []
-        except (OSError, ValueError) as exc:
-            raise PeerClosed(f"{self.peer}: receive failed: {exc}") from None
-        if not data:
-            raise PeerClosed(f"{self.peer}: connection closed by peer")
-        return self.reader.feed(data)
+            payloads = self.channel.recv(timeout)
+        except ChannelClosed as exc:
+            raise PeerClosed(str(exc)) from None
+        except ChannelError as exc:
+            raise ProtocolError(str(exc)) from None
+        return [decode_frame(p) for p in payloads]
 
     def has_buffered(self) -> bool:
         """True when more data can be read without waiting (TLS or kernel buffers)."""
-        if self._pending:
-            return True
-        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
-            return True
-        try:
-            self.sock.settimeout(0)
-            data = self.sock.recv(262144, socket.MSG_PEEK)
-        except (BlockingIOError, TimeoutError, ssl.SSLWantReadError):
-            return False
-        except (OSError, ValueError):
-            return True  # the next recv reports the error
-        del data  # data, or b"" at end of stream: either way recv() has something to say
-        return True
+        return bool(self._pending) or self.channel.has_buffered()
 
     @staticmethod
     def reason(frame: Frame) -> str:
@@ -108,11 +95,9 @@ class Connection:
 
         Raises:
             PeerClosed: nothing came within ``timeout`` or the peer closed.
-            StreamRefused: the peer sent ERROR instead (see ``mhafail.errors``).
+            StreamRefused: the peer sent ERROR instead.
             ProtocolError: another frame type came, or bad JSON.
         """
-        from mhafail.errors import StreamRefused
-
         deadline = time.monotonic() + timeout
         frames = self.recv(timeout)
         while not frames:
@@ -130,11 +115,5 @@ class Connection:
         return doc
 
     def close(self) -> None:
-        """Close the socket; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            self.sock.close()
+        """Close the channel; idempotent."""
+        self.channel.close()

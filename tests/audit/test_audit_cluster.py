@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -27,13 +26,15 @@ from mhafail.audit import (
     Origin,
     SystemClock,
 )
+from mhafail.channel import Channel, ChannelSecurity, connect
 from mhafail.cli import main
 from mhafail.coordination import Coordinator, Membership, NodeInfo
-from mhafail.errors import AuditError, AuditInvalidArgument
+from mhafail.errors import AuditError, AuditInvalidArgument, ChannelClosed
 from mhafail.testing import TcpProxy, ZooKeeperServer
 
 pytestmark = pytest.mark.zookeeper
 
+SECRET = b"audit-cluster-test-secret"
 T0 = 1_717_200_000.0
 V4 = 3323068416  # 198.18.0.0
 
@@ -90,6 +91,7 @@ def make_node(coordinator_factory: Callable[..., Coordinator]) -> Iterator[MakeN
         }
         kwargs.setdefault("interval", 0.05)
         kwargs.setdefault("timeout", 1.0)
+        kwargs.setdefault("secret", SECRET)
         audit = ClusterAudit(
             node=name,
             series=list(made_series.values()),
@@ -382,7 +384,10 @@ def test_duplicate_series_names_and_misuse_are_refused() -> None:
             series=[AuditSeries("conn", export_increments=True) for _ in range(2)],
         )
     audit = ClusterAudit(
-        node="n1", series=[AuditSeries("conn", export_increments=True)], listen="127.0.0.1:0"
+        node="n1",
+        series=[AuditSeries("conn", export_increments=True)],
+        listen="127.0.0.1:0",
+        allow_unauthenticated=True,
     )
     with pytest.raises(AuditError, match="start"):
         audit.endpoints()
@@ -398,30 +403,29 @@ def test_duplicate_series_names_and_misuse_are_refused() -> None:
 # --- the wire protocol, spoken by hand -------------------------------------------
 
 
-def _frame(message: object) -> bytes:
-    data = json.dumps(message).encode()
-    return struct.pack("!I", len(data)) + data
+def _send(chan: Channel, message: object) -> None:
+    chan.send(json.dumps(message).encode(), 5.0)
 
 
-def _read(sock: socket.socket) -> dict[str, Any] | None:
-    header = sock.recv(4, socket.MSG_WAITALL)
-    if not header:
+def _read(chan: Channel) -> dict[str, Any] | None:
+    try:
+        reply: dict[str, Any] = json.loads(chan.recv_one(5.0))
+    except ChannelClosed:
         return None
-    (length,) = struct.unpack("!I", header)
-    reply: dict[str, Any] = json.loads(sock.recv(length, socket.MSG_WAITALL))
     return reply
 
 
 @pytest.fixture
 def receiver() -> Iterator[tuple[ClusterAudit, AuditSeries]]:
     series = AuditSeries("conn", window_seconds=60, export_increments=True)
-    with ClusterAudit(node="m", series=[series], listen="127.0.0.1:0", max_frame=4096) as audit:
+    with ClusterAudit(
+        node="m", series=[series], listen="127.0.0.1:0", max_frame=4096, secret=SECRET
+    ) as audit:
         yield audit, series
 
 
-def _connect(audit: ClusterAudit) -> socket.socket:
-    host, port = audit.endpoints()["audit"].rsplit(":", 1)
-    return socket.create_connection((host, int(port)), timeout=5)
+def _connect(audit: ClusterAudit) -> Channel:
+    return connect(audit.endpoints()["audit"], "audit", ChannelSecurity(secret=SECRET))
 
 
 def _batch(seq: int, counts: dict[int, int], *, node: str = "a") -> dict[str, Any]:
@@ -437,7 +441,7 @@ def _batch(seq: int, counts: dict[int, int], *, node: str = "a") -> dict[str, An
 
 
 def _push(items: list[dict[str, Any]], *, node: str = "a") -> dict[str, Any]:
-    return {"v": 1, "type": "push", "origin": {"node": node, "incarnation": 1}, "items": items}
+    return {"v": 2, "type": "push", "origin": {"node": node, "incarnation": 1}, "items": items}
 
 
 def test_resent_batches_and_late_snapshots_count_once(
@@ -446,14 +450,14 @@ def test_resent_batches_and_late_snapshots_count_once(
     """Over the wire, a batch sent twice and a snapshot for a known origin change nothing."""
     audit, series = receiver
     origin = {"node": "a", "incarnation": 1}
-    with _connect(audit) as sock:
-        sock.sendall(_frame({"v": 1, "type": "hello", "origin": origin, "series": ["conn", "x"]}))
+    with contextlib.closing(_connect(audit)) as sock:
+        _send(sock, {"v": 2, "type": "hello", "origin": origin, "series": ["conn", "x"]})
         hello = _read(sock)
         assert hello is not None
         assert hello["series"]["conn"] == {"last_seq": 0}
         assert "no series 'x'" in hello["series"]["x"]["error"]
         snapshot = {"snapshot": True, "batch": _batch(2, {V4 + 1: 5})}
-        sock.sendall(_frame(_push([snapshot])))
+        _send(sock, _push([snapshot]))
         assert _read(sock) == {
             "ok": True,
             "receiver": {"node": "m", "incarnation": audit.incarnation},
@@ -461,9 +465,9 @@ def test_resent_batches_and_late_snapshots_count_once(
         }
         resent = {"snapshot": False, "batch": _batch(2, {V4 + 1: 5})}
         again = {"snapshot": True, "batch": _batch(3, {V4 + 1: 9})}
-        sock.sendall(_frame(_push([resent, again])))
+        _send(sock, _push([resent, again]))
         assert _read(sock)["series"] == {"conn": {"last_seq": 2}}  # type: ignore[index]
-        sock.sendall(_frame(_push([{"snapshot": False, "batch": _batch(3, {V4 + 2: 1})}])))
+        _send(sock, _push([{"snapshot": False, "batch": _batch(3, {V4 + 2: 1})}]))
         assert _read(sock)["series"] == {"conn": {"last_seq": 3}}  # type: ignore[index]
     assert series.count("198.18.0.0/24") == 6
     assert series.last_seq(Origin("a", 1)) == 3
@@ -471,26 +475,30 @@ def test_resent_batches_and_late_snapshots_count_once(
     assert (received.applied, received.duplicates, received.snapshots_skipped) == (2, 1, 1)
 
 
+def _json(message: object) -> bytes:
+    return json.dumps(message).encode()
+
+
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
-        (b"\x00\x00\x00\x05hello", "not JSON"),
-        (b"\x00\x01\x00\x00", "exceeds the 4096-byte limit"),
-        (_frame([1, 2]), "JSON list, not an object"),
-        (_frame({"v": 2, "type": "hello"}), "protocol version 2 is not supported"),
-        (_frame({"v": 1, "type": "hello", "origin": {"node": 5}}), "malformed origin"),
-        (_frame({"v": 1, "type": "gossip", "origin": {"node": "a", "incarnation": 1}}), "gossip"),
-        (_frame(_push([{"batch": "x"}])), "push item must hold a batch object"),
-        (_frame(_push([{"snapshot": 1, "batch": {}}])), "'snapshot' must be true or false"),
+        (b"hello", "not JSON"),
+        (_json([1, 2]), "JSON list, not an object"),
+        (_json({"v": 1, "type": "hello"}), "protocol version 1 is not supported"),
+        (_json({"v": 2, "type": "hello", "origin": {"node": 5}}), "malformed origin"),
+        (_json({"v": 2, "type": "gossip", "origin": {"node": "a", "incarnation": 1}}), "gossip"),
+        (_json(_push([{"batch": "x"}])), "push item must hold a batch object"),
+        (_json(_push([{"snapshot": 1, "batch": {}}])), "'snapshot' must be true or false"),
+        (b"[" * 3000, "nests too deeply"),
     ],
 )
 def test_malformed_messages_are_answered_and_the_connection_closed(
     receiver: tuple[ClusterAudit, AuditSeries], payload: bytes, message: str
 ) -> None:
-    """A bad frame or message gets an error reply naming the problem, then the connection closes."""
+    """A bad message gets an error reply naming the problem, then the connection closes."""
     audit, series = receiver
-    with _connect(audit) as sock:
-        sock.sendall(payload)
+    with contextlib.closing(_connect(audit)) as sock:
+        sock.send(payload, 5.0)
         reply = _read(sock)
         assert reply is not None
         assert reply["ok"] is False
@@ -498,8 +506,8 @@ def test_malformed_messages_are_answered_and_the_connection_closed(
         assert _read(sock) is None  # closed
     assert series.count("0.0.0.0/0") == 0
     assert audit.stats().received.bad_messages == 1
-    with _connect(audit) as sock:  # the receiver still serves everyone else
-        sock.sendall(_frame(_push([{"snapshot": False, "batch": _batch(1, {V4: 1})}])))
+    with contextlib.closing(_connect(audit)) as sock:  # the receiver still serves everyone else
+        _send(sock, _push([{"snapshot": False, "batch": _batch(1, {V4: 1})}]))
         assert _read(sock)["series"] == {"conn": {"last_seq": 1}}  # type: ignore[index]
 
 
@@ -511,12 +519,12 @@ def test_bad_batches_are_refused_per_series_and_count_nothing(
     bad_key = _batch(1, {V4: 1})
     bad_key["windows"][0][1][0][0] = "198.18.0.1"  # text key: batches carry parsed ints
     stolen = _batch(1, {V4: 1}, node="b")
-    with _connect(audit) as sock:
-        sock.sendall(_frame(_push([{"snapshot": False, "batch": bad_key}])))
+    with contextlib.closing(_connect(audit)) as sock:
+        _send(sock, _push([{"snapshot": False, "batch": bad_key}]))
         reply = _read(sock)
         assert reply is not None
         assert "bad increment '198.18.0.1'" in reply["series"]["conn"]["error"]
-        sock.sendall(_frame(_push([{"snapshot": False, "batch": stolen}])))
+        _send(sock, _push([{"snapshot": False, "batch": stolen}]))
         reply = _read(sock)
         assert reply is not None
         assert "arrived on Origin(node='a'" in reply["series"]["conn"]["error"]

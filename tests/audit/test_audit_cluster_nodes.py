@@ -39,6 +39,11 @@ class AuditNode(EventProcess):
             "--timeout", timeout, "--session-timeout", "2",
             "--role", "manager" if listen else "mta",
         ]  # fmt: skip
+        secret = logs.parent / "audit-secret"
+        if not secret.exists():
+            secret.write_bytes(b"audit-nodes-test-secret-0123\n")
+            secret.chmod(0o600)
+        argv += ["--secret-file", str(secret)]
         if listen:
             argv += ["--listen", "127.0.0.1:0"]
         super().__init__([*argv, *args], name=name, stdin=True, log_dir=logs)

@@ -90,6 +90,8 @@ class Lab:
             argv += ["--log", f"{log}={self.jlog(node, log)}"]
         for manager in managers:
             argv += ["--manager", manager]
+        if "--secret-file" not in extra:
+            argv.append("--allow-unauthenticated")  # loopback only, as every test node is
         proc = LogProc(node, [*argv, *extra], self.root / f"{node}.out")
         self.procs.append(proc)
         return proc.start()

@@ -23,6 +23,7 @@ def test_status_and_tail_against_live_processes(
     ``logs tail`` prints a node's newest records live."""
     secret = lab.root / "secret"
     secret.write_bytes(SECRET + b"\n")
+    secret.chmod(0o600)
     lab.node("n1", "--secret-file", str(secret), managers=("m1", "m2"))
     lab.manager("m1", "--secret-file", str(secret))
     with Jlog.open(lab.jlog("n1")).writer() as writer:

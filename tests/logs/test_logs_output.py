@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from mhafail.errors import LogsInvalidArgument
 from mhafail.logs import JlogService
 from mhafail.logs._client import open_request
 from mhafail.logs._output import OutputFiles
 from mhafail.logs._wire import PeerClosed
+
+from .conftest import SECRET
 
 
 class _Clock:
@@ -63,15 +66,20 @@ def _cert(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_tls_service_serves_trusting_clients_only(tmp_path: Path) -> None:
-    """Over TLS a client that trusts the node's certificate is served; a plain client is not."""
+    """Over TLS plus the secret a client that trusts the node's certificate is served; a plain
+    client is not; TLS without client certificates and without a secret does not start."""
     key, cert = _cert(tmp_path)
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert, key)
     client = ssl.create_default_context(cafile=str(cert))
     with JlogService(node="n1", logs={"mainlog": tmp_path / "mainlog"}, ssl_context=server,
-                     handshake_timeout=1.0) as svc:  # fmt: skip
-        opened = open_request(svc.endpoint, {"op": "list"}, ssl_context=client)
+                     secret=SECRET, handshake_timeout=1.0) as svc:  # fmt: skip
+        opened = open_request(svc.endpoint, {"op": "list"}, ssl_context=client, secret=SECRET)
         opened.conn.close()
         assert opened.accept["logs"] == ["mainlog"]
         with pytest.raises(PeerClosed):
-            open_request(svc.endpoint, {"op": "list"}, timeout=1.0)
+            open_request(svc.endpoint, {"op": "list"}, timeout=1.0, secret=SECRET)
+    no_client_certs = JlogService(node="n1", logs={"mainlog": tmp_path / "mainlog"},
+                                  ssl_context=server)  # fmt: skip
+    with pytest.raises(LogsInvalidArgument, match="does not require client certificates"):
+        no_client_certs.start()

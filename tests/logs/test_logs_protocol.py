@@ -1,11 +1,13 @@
-"""The pure parts: framing, record codec, HMAC proofs, output path patterns, state values."""
+"""The pure parts: log frames, record codec, secrets, output path patterns, state values."""
 
 from __future__ import annotations
 
+import contextlib
 import struct
+from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mhafail.logs
@@ -14,9 +16,9 @@ from mhafail.jlog import Message, MessageId
 from mhafail.logs import PathPattern, StreamState
 from mhafail.logs import _auth as auth
 from mhafail.logs._protocol import (
-    FrameReader,
     FrameType,
     decode_ack,
+    decode_frame,
     decode_json,
     decode_records,
     encode_ack,
@@ -50,12 +52,10 @@ def _batch(log: int, first: int, payloads: list[bytes]) -> list[Message]:
     st.lists(st.binary(max_size=300), min_size=1, max_size=40),
 )
 def test_records_round_trip(log: int, first: int, payloads: list[bytes]) -> None:
-    """A RECORDS frame decodes to the same ids, times and payloads, split across any feeds."""
-    frame = encode_records(_batch(log, first, payloads))
-    reader = FrameReader()
-    frames = [f for i in range(0, len(frame), 7) for f in reader.feed(frame[i : i + 7])]
-    assert len(frames) == 1 and frames[0].type is FrameType.RECORDS
-    records = decode_records(frames[0].body)
+    """A RECORDS frame decodes to the same ids, times and payloads."""
+    frame = decode_frame(encode_records(_batch(log, first, payloads)))
+    assert frame.type is FrameType.RECORDS
+    records = decode_records(frame.body)
     assert records.payloads == payloads
     assert records.first_id == MessageId(log, first)
     assert records.last_id == MessageId(log, first + len(payloads) - 1)
@@ -65,7 +65,7 @@ def test_records_round_trip(log: int, first: int, payloads: list[bytes]) -> None
 
 def test_drop_through_keeps_only_records_after_the_position() -> None:
     """A resent prefix is dropped record by record; an older position keeps everything."""
-    records = decode_records(encode_records(_batch(2, 10, [b"a", b"b", b"c"]))[5:])
+    records = decode_records(encode_records(_batch(2, 10, [b"a", b"b", b"c"]))[1:])
     assert records.drop_through(MessageId(2, 11)).payloads == [b"c"]
     assert records.drop_through(MessageId(2, 11)).first_id == MessageId(2, 12)
     assert records.drop_through(MessageId(1, 99)).payloads == [b"a", b"b", b"c"]
@@ -80,18 +80,47 @@ def test_non_consecutive_batch_is_refused() -> None:
         encode_records(batch)
 
 
-@pytest.mark.parametrize(
-    ("data", "match"),
-    [
-        (struct.pack(">IB", 0, 1), "outside"),
-        (struct.pack(">IB", 2**31, 5), "outside"),
-        (struct.pack(">IB", 1, 99), "unknown frame type"),
-    ],
-)
-def test_malformed_frame_headers_are_refused(data: bytes, match: str) -> None:
-    """Zero, oversized and unknown frames raise ProtocolError before any body is buffered."""
+@pytest.mark.parametrize(("data", "match"), [(b"", "empty"), (b"\x63", "unknown frame type")])
+def test_malformed_frames_are_refused(data: bytes, match: str) -> None:
+    """Empty payloads and unknown frame types raise ProtocolError."""
     with pytest.raises(ProtocolError, match=match):
-        FrameReader(max_frame=1 << 20).feed(data)
+        decode_frame(data)
+
+
+@settings(max_examples=200, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=600))
+def test_fuzzed_log_frames_raise_only_protocol_errors(data: bytes) -> None:
+    """Any bytes as a log frame: decoding it as its type says raises at most ProtocolError."""
+    try:
+        frame = decode_frame(data)
+        if frame.type is FrameType.RECORDS:
+            decode_records(frame.body)
+        elif frame.type is FrameType.ACK:
+            decode_ack(frame.body)
+        elif frame.type is not FrameType.HEARTBEAT:
+            doc = decode_json(frame)
+            parse_id(doc.get("after"), "after")
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=1000)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda kids: (
+            st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+        ),
+        max_leaves=30,
+    )
+)
+def test_fuzzed_json_control_frames_raise_only_protocol_errors(doc: object) -> None:
+    """Any JSON value in a control frame decodes to an object or raises ProtocolError."""
+    import json
+
+    payload = encode_frame(FrameType.OPEN, json.dumps(doc).encode())
+    with contextlib.suppress(ProtocolError):
+        assert isinstance(decode_json(decode_frame(payload)), dict)
 
 
 @pytest.mark.parametrize(
@@ -115,12 +144,14 @@ def test_malformed_records_bodies(body: bytes) -> None:
 
 def test_control_frames_and_acks() -> None:
     """JSON control frames and ACKs round-trip; non-object JSON and bad ACK sizes are refused."""
-    (frame,) = FrameReader().feed(encode_json(FrameType.OPEN, {"op": "list"}))
+    frame = decode_frame(encode_json(FrameType.OPEN, {"op": "list"}))
     assert decode_json(frame) == {"op": "list"}
-    (bad,) = FrameReader().feed(encode_frame(FrameType.OPEN, b"[1, 2]"))
+    bad = decode_frame(encode_frame(FrameType.OPEN, b"[1, 2]"))
     with pytest.raises(ProtocolError, match="object"):
         decode_json(bad)
-    (ack,) = FrameReader().feed(encode_ack(MessageId(3, 7)))
+    with pytest.raises(ProtocolError, match="nests too deeply"):
+        decode_json(decode_frame(encode_frame(FrameType.OPEN, b"[" * 50000)))
+    ack = decode_frame(encode_ack(MessageId(3, 7)))
     assert decode_ack(ack.body) == MessageId(3, 7)
     with pytest.raises(ProtocolError, match="ACK"):
         decode_ack(b"\x00")
@@ -136,23 +167,27 @@ def test_split_frames_respects_the_limit() -> None:
     batch = _batch(1, 1, [b"x" * 1000] * 10)
     runs = split_frames(batch, 3500)
     assert [len(r) for r in runs] == [3, 3, 3, 1]
-    assert all(len(encode_records(r)) <= 3500 for r in runs)
+    assert all(len(encode_records(r)) + 4 + 32 <= 3500 for r in runs)  # with the channel MAC
     with pytest.raises(Refusal, match="over the"):
         split_frames(_batch(1, 1, [b"x" * 5000]), 3500)
 
 
-def test_hmac_proofs() -> None:
-    """The client proof binds the request fields; the node proof differs and needs the secret."""
-    secret = b"s" * 16
-    request = {"op": "stream", "log": "mainlog", "subscriber": "m1"}
-    mac = auth.client_mac(secret, "aa", "bb", request)
-    assert auth.verify(mac, auth.client_mac(secret, "aa", "bb", {**request, "mac": mac}))
-    assert not auth.verify(mac, auth.client_mac(secret, "aa", "bb", {**request, "log": "x"}))
-    assert not auth.verify(mac, auth.client_mac(b"t" * 16, "aa", "bb", request))
-    assert not auth.verify(mac, auth.node_mac(secret, "aa", "bb"))
-    assert not auth.verify(mac, None)
+def test_secret_checks_and_files(tmp_path: Path) -> None:
+    """Short secrets are refused; a secret file open to group or others is refused, like ssh."""
     with pytest.raises(LogsInvalidArgument, match="at least 16"):
         auth.check_secret(b"short")
+    path = tmp_path / "secret"
+    path.write_bytes(b"0123456789abcdef-secret\n")
+    path.chmod(0o644)
+    with pytest.raises(LogsInvalidArgument, match=r"mode 0644.*chmod 600"):
+        mhafail.logs.read_secret_file(path)
+    path.chmod(0o640)
+    with pytest.raises(LogsInvalidArgument, match="group or others"):
+        mhafail.logs.read_secret_file(path)
+    path.chmod(0o600)
+    assert mhafail.logs.read_secret_file(path) == b"0123456789abcdef-secret"
+    with pytest.raises(LogsInvalidArgument, match="cannot read"):
+        mhafail.logs.read_secret_file(tmp_path / "missing")
 
 
 @pytest.mark.parametrize(
