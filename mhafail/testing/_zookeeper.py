@@ -242,10 +242,20 @@ class ZooKeeperServer:
 
 @attrs.define(kw_only=True, eq=False)
 class ZooKeeperEnsemble:
-    """A quorum of ``size`` ZooKeeper servers on loopback (default 3)."""
+    """A quorum of ``size`` ZooKeeper servers (default 3), on loopback by default.
+
+    Args:
+        size: how many servers.
+        tick_time: ``tickTime`` in ms for every server.
+        host: the address every server listens on (each on its own ports).
+        netns: run the servers inside this network namespace (root; e.g. a
+            lab's bridge namespace with ``host`` the bridge address).
+    """
 
     size: int = 3
     tick_time: int = 100
+    host: str = "127.0.0.1"
+    netns: str | None = None
     servers: list[ZooKeeperServer] = attrs.field(init=False, factory=list)
 
     def __attrs_post_init__(self) -> None:
@@ -253,7 +263,12 @@ class ZooKeeperEnsemble:
         peers = tuple((i, free_port(), free_port()) for i in range(1, self.size + 1))
         self.servers = [
             ZooKeeperServer(
-                tick_time=self.tick_time, workdir=base / f"s{i}", server_id=i, peers=peers
+                tick_time=self.tick_time,
+                workdir=base / f"s{i}",
+                server_id=i,
+                peers=peers,
+                host=self.host,
+                netns=self.netns,
             )
             for i, _, _ in peers
         ]
