@@ -113,6 +113,39 @@ def find_overlaps(events: Iterable[NetEvent], address: str) -> list[Overlap]:
     return out
 
 
+def find_gaps(events: Iterable[NetEvent], address: str) -> list[tuple[float, float | None]]:
+    """Stretches (start, end or None) during which no attached node held ``address``.
+
+    Only gaps after the first holder appeared count (start-up is not an outage).
+    """
+    held: dict[str, set[tuple[int, int]]] = {}
+    detached: set[str] = set()
+    out: list[tuple[float, float | None]] = []
+    began: float | None = None
+    seen_owner = False
+    for event in sorted(events, key=lambda e: e.seq):
+        if event.op == DETACH:
+            detached.add(event.node)
+        elif event.op == ATTACH:
+            detached.discard(event.node)
+        elif event.address == address:
+            slots = held.setdefault(event.node, set())
+            (slots.add if event.op == ADD else slots.discard)(event.slot)
+        else:
+            continue
+        attached = [n for n, slots in held.items() if slots and n not in detached]
+        if attached:
+            seen_owner = True
+            if began is not None:
+                out.append((began, event.t))
+                began = None
+        elif seen_owner and began is None:
+            began = event.t
+    if began is not None:
+        out.append((began, None))
+    return out
+
+
 def _normal(address: str) -> str:
     return str(ipaddress.ip_interface(address).ip)
 
@@ -267,6 +300,10 @@ class OverlapMonitor:
         events = self.events
         wanted = [_normal(address)] if address else list(self.addresses)
         return [o for a in wanted for o in find_overlaps(events, a)]
+
+    def gaps(self, address: str) -> list[tuple[float, float | None]]:
+        """Stretches without an attached holder of ``address`` (see :func:`find_gaps`)."""
+        return find_gaps(self.events, _normal(address))
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Poll ``predicate()`` every 10 ms for up to ``timeout`` s; True once it holds."""

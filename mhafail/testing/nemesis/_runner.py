@@ -53,6 +53,10 @@ class FaultRecord:
             within the bound, or skipped).
         skipped: why the fault was not applied, or None.
         notes: anything worth knowing (a failed move, a slow restart).
+        owners: VIP -> the node that owned it once settled (``""``: nobody).
+        outage: the longest stretch, in seconds, during which some VIP had no
+            attached owner between the fault's start and settling (what a
+            client on the LAN would feel, at most; 0 when none).
     """
 
     fault: s.Fault
@@ -62,6 +66,8 @@ class FaultRecord:
     settled: float | None = None
     skipped: str | None = None
     notes: tuple[str, ...] = ()
+    owners: tuple[tuple[str, str], ...] = ()
+    outage: float = 0.0
 
     @property
     def recovery(self) -> float | None:
@@ -113,6 +119,7 @@ class NemesisReport:
                 lines.append(f"  +{at:7.2f} {r.fault.describe()} -> skipped: {r.skipped}")
                 continue
             rec = "not settled" if r.recovery is None else f"settled {r.recovery:.2f} s after heal"
+            rec += f", outage {r.outage:.2f} s, owners {' '.join(n or '-' for _, n in r.owners)}"
             note = f" ({'; '.join(r.notes)})" if r.notes else ""
             lines.append(f"  +{at:7.2f} {r.fault.describe()} -> {r.target}: {rec}{note}")
         for f in self.findings:
@@ -135,6 +142,8 @@ class NemesisReport:
                     "hold": r.fault.hold,
                     "at": round(r.start - self.started, 3),
                     "recovery": None if r.recovery is None else round(r.recovery, 3),
+                    "outage": round(r.outage, 3),
+                    "owners": dict(r.owners),
                     "skipped": r.skipped,
                     "notes": list(r.notes),
                 }
@@ -362,7 +371,19 @@ class Nemesis:
         settled = self.wait_settled(self.settle_timeout)
         if settled is None:
             self.log(f"           not settled {self.settle_timeout:g} s after healing")
-        return FaultRecord(fault, node, start, healed, settled, notes=tuple(self._notes))
+        owners = tuple((v, ",".join(sorted(self.owners(v)))) for v in self.vips)
+        return FaultRecord(
+            fault, node, start, healed, settled, notes=tuple(self._notes), owners=owners,
+            outage=self._outage(start, settled or time.monotonic()),
+        )  # fmt: skip
+
+    def _outage(self, start: float, end: float) -> float:
+        longest = 0.0
+        for vip in self.vips:
+            for began, ended in self.monitor.gaps(vip):
+                stop = end if ended is None else min(ended, end)
+                longest = max(longest, stop - max(began, start))
+        return longest
 
     def run(
         self,
