@@ -183,11 +183,6 @@ def cpu_ticks(pid: int) -> int:
     return sum(int(x) for x in stat[stat.rfind(")") + 2 :].split()[11:13])
 
 
-def cpu_ticks(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return sum(int(x) for x in stat[stat.rfind(")") + 2 :].split()[11:13])
-
-
 @pytest.mark.root
 def test_cpu_starvation_throttles_and_restores() -> None:
     """A process in the starvation cgroup gets a sliver of CPU and is put back afterwards."""
