@@ -54,9 +54,10 @@ class FaultRecord:
         skipped: why the fault was not applied, or None.
         notes: anything worth knowing (a failed move, a slow restart).
         owners: VIP -> the node that owned it once settled (``""``: nobody).
-        outage: the longest stretch, in seconds, during which some VIP had no
-            attached owner between the fault's start and settling (what a
-            client on the LAN would feel, at most; 0 when none).
+        outage: the longest stretch, in seconds, during which some VIP was
+            on no attached node between the fault's start and settling. A
+            lower bound on what clients feel: a node whose agent is dead or
+            frozen still answers ARP for an address it holds.
     """
 
     fault: s.Fault
@@ -80,7 +81,8 @@ class FaultRecord:
 @attrs.frozen
 class Finding:
     """A broken promise: ``kind`` is ``overlap``, ``two-macs``, ``monitor-lost``,
-    ``unsettled`` or ``restart-failed``; ``fault`` is the index of the fault
+    ``unsettled``, ``restart-failed`` or ``agent-exited`` (an agent ended on
+    its own; the nemesis restarts it); ``fault`` is the index of the fault
     during which it began (None: before the first fault)."""
 
     kind: str
@@ -190,6 +192,8 @@ class Nemesis:
     _dead: set[str] = attrs.field(init=False, factory=set)
     _notes: list[str] = attrs.field(init=False, factory=list)
     _restart_failures: list[tuple[int, str, str]] = attrs.field(init=False, factory=list)
+    _exits: list[tuple[int | None, str, str]] = attrs.field(init=False, factory=list)
+    _last_index: int | None = attrs.field(init=False, default=None)
     _t0: float = attrs.field(init=False, default=0.0)
 
     # -- state ---------------------------------------------------------------
@@ -355,8 +359,20 @@ class Nemesis:
             return f"{node}'s agent is not running"
         return None
 
+    def _check_exits(self) -> None:
+        """Record and restart agents that ended without the nemesis killing them."""
+        for name, agent in self.agents.items():
+            if name in self._dead or agent.running:
+                continue
+            last = agent.events[-1] if agent.events else {}
+            self._exits.append((self._last_index, name, f"last event {last}"))
+            self.log(f"           {name}'s agent exited on its own; restarting it")
+            self._restart(self._last_index or 0, name)
+
     def apply(self, fault: s.Fault) -> FaultRecord:
         """Apply one fault, heal it, wait for the VIPs to settle; return its record."""
+        self._check_exits()
+        self._last_index = fault.index
         node = self._resolve(fault)
         start = time.monotonic()
         self._notes = []
@@ -418,6 +434,7 @@ class Nemesis:
             records.append(record)
             if record.skipped is None:
                 time.sleep(fault.gap)
+        self._check_exits()
         final = self.wait_settled(self.settle_timeout)
         end = time.monotonic()
         return self._judge(
@@ -462,9 +479,14 @@ class Nemesis:
             findings.append(Finding("two-macs", *during(first.sent), text))
         if self.monitor.lost:
             findings.append(Finding("monitor-lost", None, None, self.monitor.lost))
+        kinds_of = {r.fault.index: r.fault.kind for r in records}
         for index, node, text in self._restart_failures:
-            kind = next(r.fault.kind for r in records if r.fault.index == index)
-            findings.append(Finding("restart-failed", index, kind, f"{node}: {text[-300:]}"))
+            findings.append(
+                Finding("restart-failed", index, kinds_of.get(index), f"{node}: {text[-300:]}")
+            )
+        for after, node, text in self._exits:
+            kind = None if after is None else kinds_of.get(after)
+            findings.append(Finding("agent-exited", after, kind, f"{node}: {text}"))
         if final is None:
             owners = {v: sorted(self.owners(v)) for v in self.vips}
             findings.append(
