@@ -96,6 +96,8 @@ class Coordinator:
             negotiated timeout allows (``T / 2``, so ``T / 4``).
         request_timeout: the longest a znode operation waits for an answer
             before it raises ``CoordinationUnavailable``.
+        close_timeout: the longest :meth:`stop` waits for ZooKeeper to
+            acknowledge the session's close.
         monotonic: the clock for the lease (injectable for tests).
 
     The lease rests only on facts the ZooKeeper leader vouches for (DESIGN.md
@@ -118,6 +120,7 @@ class Coordinator:
     connect_timeout: float = 15.0
     server_tick: float | None = None
     request_timeout: float = 15.0
+    close_timeout: float = 2.0
     monotonic: Callable[[], float] = time.monotonic
 
     _hosts_parsed: tuple[tuple[str, int], ...] = attrs.field(init=False)
@@ -364,11 +367,27 @@ class Coordinator:
     def _teardown_client(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
-                client.stop()
-                client.close()
-            except Exception:  # closing a broken client must not mask the real error
-                logger.debug("error while closing kazoo client", exc_info=True)
+
+            def close() -> None:
+                try:
+                    client.stop()
+                    client.close()
+                except Exception:  # closing a broken client must not mask the real error
+                    logger.debug("error while closing kazoo client", exc_info=True)
+
+            # kazoo's stop() waits up to 10 s for an unreachable or hung server
+            # to acknowledge the close; the session ends on its own anyway
+            # (the lease ended first), so stop is bounded here.
+            closer = threading.Thread(target=close, name="mhafail-zk-close", daemon=True)
+            closer.start()
+            closer.join(self.close_timeout)
+            if closer.is_alive():
+                logger.warning(
+                    "cluster %s: ZooKeeper did not acknowledge the close in %.1f s; "
+                    "the session will expire on its own",
+                    self.cluster,
+                    self.close_timeout,
+                )
         for dispatcher in (self._dispatcher, self._lease_dispatcher):
             if dispatcher is not None:
                 dispatcher.stop()

@@ -61,6 +61,7 @@ class Membership:
     info: NodeInfo
     stale_wait: float | None = None
     refresh: float = 5.0
+    stop_timeout: float = 1.0
 
     _view: ClusterView = attrs.field(init=False, factory=ClusterView)
     _lock: threading.Condition = attrs.field(init=False, factory=threading.Condition)
@@ -113,11 +114,15 @@ class Membership:
         self._registered = False
         if self._watch is not None:
             self._watch.cancel()
-        self._loop.stop()
+        self._loop.stop(timeout=self.stop_timeout)
+        if self.coordinator.state is not ConnectionState.CONNECTED:
+            return  # nothing to ask: the member znode goes with the session
         try:
-            node = self.coordinator.znodes.get(self.path)
+            # Bounded: leaving must not wait for an unreachable ZooKeeper.
+            z = self.coordinator.znodes.bounded(self.stop_timeout)
+            node = z.get(self.path)
             if node is not None and node.ephemeral_owner == self.coordinator.session_id:
-                self.coordinator.znodes.delete(self.path, version=node.version)
+                z.delete(self.path, version=node.version)
         except CoordinationError:
             logger.info("could not delete %s; it goes with the session", self.path)
 

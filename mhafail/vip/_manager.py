@@ -241,8 +241,11 @@ class VipManager:
         if self._loop is None or self._stopping:
             return
         self._stopping = True
-        self._loop.stop()
+        # A pass blocked in a ZooKeeper call is not waited for: the kernel is
+        # closed first, so whatever it does next cannot plumb anything.
+        self._loop.stop(timeout=0.5)
         assert self._kernel is not None
+        self._kernel.close()
         # Every ZooKeeper call on the way out is bounded: with ZooKeeper
         # unreachable, stop drops the addresses and gives up on the claims
         # (the session's end removes them) instead of waiting for kazoo.

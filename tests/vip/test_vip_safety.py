@@ -102,8 +102,8 @@ def test_supervisor_kill_removes_addresses_and_the_agent_restarts_cleanly(lab: L
     """systemd's control-group kill (agent SIGKILL, fence SIGTERM) leaves no second owner."""
     old = lab.owner(V4)
     fence = lab.fence_pid(old)
-    fault = time.monotonic()
     lab.agents[old].kill()
+    fault = time.monotonic()
     os.kill(fence, signal.SIGTERM)
     wait_for(lambda: old not in lab.monitor.holders(V4), 2)
     gone = time.monotonic() - fault
