@@ -5,6 +5,9 @@ The only subpackage that talks to kazoo. Components receive a started
 and listeners; a :class:`Membership` registers the node and tracks the view.
 """
 
+from mhafail.coordination._auth import Credentials as Credentials
+from mhafail.coordination._auth import Role as Role
+from mhafail.coordination._auth import TlsSettings as TlsSettings
 from mhafail.coordination._coordinator import Coordinator as Coordinator
 from mhafail.coordination._dispatch import Dispatcher as Dispatcher
 from mhafail.coordination._dispatch import in_loop as in_loop
@@ -28,11 +31,14 @@ __all__ = [
     "ConnectionState",
     "ConvergeLoop",
     "Coordinator",
+    "Credentials",
     "Dispatcher",
     "Lease",
     "LeaseState",
     "Membership",
     "NodeInfo",
+    "Role",
+    "TlsSettings",
     "Watch",
     "Znode",
     "Znodes",

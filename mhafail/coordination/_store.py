@@ -16,9 +16,10 @@ import attrs
 from kazoo import exceptions as kex
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
+from mhafail.coordination._acl import AclPolicy
 from mhafail.coordination._dispatch import Dispatcher
 from mhafail.coordination._kazoo import translated
-from mhafail.errors import InvalidArgument
+from mhafail.errors import AccessDenied, InvalidArgument
 
 
 @attrs.frozen
@@ -62,13 +63,17 @@ class Znodes:
     """Znode operations under ``root``; obtained from ``Coordinator.znodes``.
 
     All methods are thread-safe (kazoo serialises requests) and block until
-    ZooKeeper answers or the connection drops.
+    ZooKeeper answers or the connection drops. Every znode created here,
+    parents included, gets the ACL the cluster's policy gives its path.
     """
 
-    def __init__(self, client: Any, root: str, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, client: Any, root: str, dispatcher: Dispatcher, acls: AclPolicy | None = None
+    ) -> None:
         self._client = client
         self._root = root
         self._dispatcher = dispatcher
+        self._acls = acls if acls is not None else AclPolicy(open=True)
 
     @property
     def root(self) -> str:
@@ -100,19 +105,59 @@ class Znodes:
             CoordinationError: the parent is missing and ``makepath`` is False.
         """
         abs_path = self._abs(path)
+        acl = self._acls.acl_for(path)
         with translated(f"create {path}"):
             try:
-                created: str = self._client.create(
-                    abs_path, data, ephemeral=ephemeral, sequence=sequence, makepath=makepath
-                )
+                try:
+                    created: str = self._client.create(
+                        abs_path, data, acl=acl, ephemeral=ephemeral, sequence=sequence
+                    )
+                except kex.NoNodeError:
+                    if not makepath:
+                        raise
+                    self._ensure_parents(path)
+                    created = self._client.create(
+                        abs_path, data, acl=acl, ephemeral=ephemeral, sequence=sequence
+                    )
             except kex.NodeExistsError:
                 return None
         return created[len(self._root) + 1 :]
 
     def ensure(self, path: str) -> None:
-        """Create ``path`` and its parents as empty persistent znodes if missing."""
+        """Create ``path`` and its parents as empty persistent znodes if missing.
+
+        Raises:
+            AccessDenied: a missing level may only be created by an operator
+                (the message says to run ``mhafail init``).
+        """
         with translated(f"ensure {path}"):
-            self._client.ensure_path(self._abs(path))
+            if self._client.exists(self._abs(path)) is not None:
+                return  # the usual case: one round trip
+        parts = path.split("/") if path else []
+        for i in range(1, len(parts) + 1):
+            self._ensure_one("/".join(parts[:i]))
+
+    def _ensure_parents(self, path: str) -> None:
+        parent = path.rpartition("/")[0]
+        if parent:
+            self.ensure(parent)
+
+    def _ensure_one(self, path: str) -> None:
+        # exists() first: ZooKeeper checks CREATE on the parent before it
+        # says "exists", so a node creating an existing operator folder
+        # would be refused instead of finding it.
+        with translated(f"ensure {path}"):
+            if self._client.exists(self._abs(path)) is not None:
+                return
+            try:
+                self._client.create(self._abs(path), b"", acl=self._acls.acl_for(path))
+            except kex.NodeExistsError:
+                return
+            except kex.NoAuthError as exc:
+                raise AccessDenied(
+                    f"ensure {path}: only an operator may create it "
+                    "(run `mhafail init` with operator credentials)"
+                ) from exc
 
     def get(self, path: str) -> Znode | None:
         """Return the znode at ``path``, or None when it does not exist."""
@@ -198,24 +243,43 @@ class Znodes:
             path -> True if created, False if it already existed.
         """
         with translated(f"create {len(items)} znodes"):
-            pending = [
-                (
-                    p,
-                    self._client.create_async(
-                        self._abs(p), d, ephemeral=ephemeral, makepath=makepath
-                    ),
-                )
-                for p, d in items
-            ]
-            result: dict[str, bool] = {}
-            for path, answer in pending:
-                try:
-                    answer.get()
-                except kex.NodeExistsError:
-                    result[path] = False
-                else:
-                    result[path] = True
+            result, orphans = self._create_batch(items, ephemeral)
+            if orphans and makepath:
+                # Parents are missing only the first time: no extra round
+                # trips on the usual path (a failover's claims).
+                for parent in sorted({p.rpartition("/")[0] for p, _ in orphans}):
+                    if parent:
+                        self.ensure(parent)
+                again, orphans = self._create_batch(orphans, ephemeral)
+                result.update(again)
+            if orphans:
+                raise kex.NoNodeError(f"parent of {orphans[0][0]} does not exist")
         return result
+
+    def _create_batch(
+        self, items: Sequence[tuple[str, bytes]], ephemeral: bool
+    ) -> tuple[dict[str, bool], list[tuple[str, bytes]]]:
+        pending = [
+            (
+                (p, d),
+                self._client.create_async(
+                    self._abs(p), d, acl=self._acls.acl_for(p), ephemeral=ephemeral
+                ),
+            )
+            for p, d in items
+        ]
+        result: dict[str, bool] = {}
+        orphans: list[tuple[str, bytes]] = []
+        for item, answer in pending:
+            try:
+                answer.get()
+            except kex.NodeExistsError:
+                result[item[0]] = False
+            except kex.NoNodeError:
+                orphans.append(item)
+            else:
+                result[item[0]] = True
+        return result, orphans
 
     def watch_changes(
         self, path: str, callback: Callable[[str], None], *, children: bool = False

@@ -138,7 +138,7 @@ class Vip:
                 preference=_opt(raw.get("preference")),
                 follow=_opt(raw.get("follow")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             if isinstance(exc, InvalidVipSpec):
                 raise
             raise InvalidVipSpec(f"malformed VIP declaration {dict(raw)!r}: {exc}") from exc
@@ -208,8 +208,11 @@ def parse_vip(text: str, *, topology: Mapping[IPNetwork, str] | None = None) -> 
         if not sep or key not in ("kind", "binding", "prefer", "follow"):
             raise InvalidVipSpec(f"VIP {text!r}: unknown option {option!r}")
         fields[key] = value
-    if prefix_text and not prefix_text.isdigit():
+    # str.isdigit() accepts "²" and other Unicode digits that int() refuses.
+    if prefix_text and not (prefix_text.isascii() and prefix_text.isdigit()):
         raise InvalidVipSpec(f"VIP {text!r}: prefix {prefix_text!r} is not a number")
+    if len(prefix_text) > 3:
+        raise InvalidVipSpec(f"VIP {text!r}: prefix {prefix_text!r} is not in 1-128")
     try:
         kind = VipKind(fields.get("kind", "binding" if "binding" in fields else "listener"))
     except ValueError as exc:
