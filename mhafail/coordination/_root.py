@@ -6,11 +6,20 @@ root, the layout folders): a squatter who pre-created them with open ACLs
 could otherwise delete a member's znode or plant a drain marker (issue 11,
 finding 2). A root that does not exist is created by an operator only,
 with the policy's ACL, so a node never builds a cluster nobody vetted.
+
+ZooKeeper shows a client without ADMIN permission digest ids with the
+hash masked (``mta:x``), so a node cannot see *which* ``ops`` identity
+owns the root. The operator therefore stores a proof in the root's data:
+an HMAC of the cluster name keyed with the operator's digest id, which
+nodes know from their credentials file and a squatter does not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
+import json
 import logging
 import threading
 from typing import Any
@@ -76,10 +85,12 @@ def prepare_root(client: Any, cluster: str, policy: AclPolicy, role: Role | None
                     f"cluster {cluster!r} does not exist ({base}): an operator creates it "
                     "first with `mhafail init` (operator credentials); a node never does"
                 )
+            data = b"" if policy.open else root_proof(cluster, policy.operators[0])
             with contextlib.suppress(kex.NodeExistsError):
-                client.create(base, b"", acl=policy.acl_for(""))
+                client.create(base, data, acl=policy.acl_for(""))
     if not policy.open:
         _vet(client, cluster, policy)
+        _check_proof(client, cluster, policy, role)
     if role is not Role.NODE:
         with translated(f"create the folders of {base}"):
             for name in LAYOUT:
@@ -95,6 +106,33 @@ def prepare_root(client: Any, cluster: str, policy: AclPolicy, role: Role | None
                 "credentials do not open"
                 + (" (give --zk-auth FILE instead of --zk-open)" if policy.open else "")
             ) from exc
+
+
+def root_proof(cluster: str, operator_id: str) -> bytes:
+    """The cluster root's data: proves an operator (or someone with its id) created it."""
+    mac = hmac.new(operator_id.encode(), f"mhafail root {cluster}".encode(), hashlib.sha256)
+    return json.dumps(
+        {"operator": operator_id.partition(":")[0], "proof": mac.hexdigest()}
+    ).encode()
+
+
+def _check_proof(client: Any, cluster: str, policy: AclPolicy, role: Role | None) -> None:
+    base = f"{ROOT}/{cluster}"
+    with translated(f"read {base}"):
+        data, _ = client.get(base)
+    if any(hmac.compare_digest(data, root_proof(cluster, op)) for op in policy.operators):
+        return
+    if role is Role.OPERATOR:
+        # An operator sees the full ACL (it has ADMIN), which _vet found to be
+        # the policy's: a root from before proofs, or from a rotated operator.
+        with translated(f"write the proof of {base}"):
+            client.set(base, root_proof(cluster, policy.operators[0]))
+        return
+    raise UnsafeAcl(
+        f"refusing cluster {cluster!r}: {base} was not created by an operator of this "
+        "cluster (its proof does not match any id in 'operators'); someone else created "
+        "it, or the operator ids in the credentials file are out of date"
+    )
 
 
 def _prepare_shared_root(client: Any) -> None:

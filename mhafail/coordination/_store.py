@@ -281,6 +281,30 @@ class Znodes:
                 result[item[0]] = True
         return result, orphans
 
+    def acl_problems(self) -> list[tuple[str, str]]:
+        """Every znode under the root whose ACL the cluster's policy does not allow.
+
+        Walks the whole tree (one pipelined round trip per level); for
+        ``mhafail init`` and audits, not for hot paths.
+
+        Returns:
+            (path relative to the root, problem) pairs, sorted by path.
+        """
+        from mhafail.coordination._root import tree_problems
+
+        return tree_problems(self._client, self._root, self._acls)
+
+    def repair_acls(self) -> int:
+        """Give every znode under the root exactly the policy's ACL; returns how many changed.
+
+        Raises:
+            AccessDenied: these credentials may not change some ACL (an
+                operator's, with ADMIN, can).
+        """
+        from mhafail.coordination._root import repair_tree
+
+        return repair_tree(self._client, self._root, self._acls)
+
     def watch_changes(
         self, path: str, callback: Callable[[str], None], *, children: bool = False
     ) -> Watch:
