@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import signal
 import sys
 import threading
@@ -18,6 +16,7 @@ from typing import Any
 
 from mhafail.cli._output import add_json_flag, emit
 from mhafail.cli._zkargs import add_zk_flags, zk_security
+from mhafail.coordination._auth import Role
 from mhafail.errors import InvalidArgument
 
 
@@ -81,36 +80,18 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _credentials(args: argparse.Namespace) -> int:
-    from mhafail.coordination import Credentials
-    from mhafail.coordination._auth import digest_id
+    from mhafail.coordination import Credentials, write_credentials_pair
 
-    users = {"operator": args.operator_user, "node": args.node_user}
-    if users["operator"] == users["node"]:
-        raise InvalidArgument("--operator-user and --node-user must differ")
-    passwords = {role: secrets.token_urlsafe(24) for role in users}
-    ids = {role: digest_id(users[role], passwords[role]) for role in users}
-    args.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    written = {}
-    for role in ("operator", "node"):
-        creds = Credentials(
-            user=users[role],
-            password=passwords[role],
-            operators=(ids["operator"],),
-            nodes=(ids["node"],),
-        )
-        path = args.dir / f"{role}.auth"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError as exc:
-            raise InvalidArgument(f"{path} exists; not overwriting credentials") from exc
-        with os.fdopen(fd, "w") as handle:
-            handle.write(creds.to_file_text())
-        written[role] = str(path)
-    emit(
-        args,
-        {"files": written, "operators": [ids["operator"]], "nodes": [ids["node"]]},
-        lambda d: "\n".join(f"{role}: {path}" for role, path in d["files"].items()),
+    files = write_credentials_pair(
+        args.dir, operator_user=args.operator_user, node_user=args.node_user
     )
+    creds = Credentials.from_file(files[Role.OPERATOR])
+    data = {
+        "files": {role.value: str(path) for role, path in files.items()},
+        "operators": list(creds.operators),
+        "nodes": list(creds.nodes),
+    }
+    emit(args, data, lambda d: "\n".join(f"{r}: {p}" for r, p in d["files"].items()))
     return 0
 
 
@@ -141,7 +122,7 @@ def _register_init(subparsers: Any) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from mhafail.coordination import Coordinator, Role, check_name
+    from mhafail.coordination import Coordinator, check_name
 
     security = zk_security(args)
     credentials = security.get("credentials")

@@ -8,6 +8,7 @@ and listeners; a :class:`Membership` registers the node and tracks the view.
 from mhafail.coordination._auth import Credentials as Credentials
 from mhafail.coordination._auth import Role as Role
 from mhafail.coordination._auth import TlsSettings as TlsSettings
+from mhafail.coordination._auth import write_credentials_pair as write_credentials_pair
 from mhafail.coordination._coordinator import Coordinator as Coordinator
 from mhafail.coordination._dispatch import Dispatcher as Dispatcher
 from mhafail.coordination._dispatch import in_loop as in_loop
@@ -47,4 +48,5 @@ __all__ = [
     "expire_session",
     "in_loop",
     "parse_hosts",
+    "write_credentials_pair",
 ]

@@ -23,6 +23,7 @@ import enum
 import hashlib
 import os
 import re
+import secrets
 import stat
 from pathlib import Path
 
@@ -163,6 +164,49 @@ class Credentials:
             f"operators = {', '.join(self.operators)}\n"
             f"nodes = {', '.join(self.nodes)}\n"
         )
+
+
+def write_credentials_pair(
+    directory: str | os.PathLike[str],
+    *,
+    operator_user: str = "mhafail-operator",
+    node_user: str = "mhafail-node",
+) -> dict[Role, Path]:
+    """Write ``operator.auth`` and ``node.auth`` with random passwords into ``directory``.
+
+    Both files list both roles' ids; each holds its own role's password.
+    Files are created mode 0600 and never overwritten.
+
+    Returns:
+        The path of each role's file.
+
+    Raises:
+        InvalidArgument: equal user names, bad names, or a file exists.
+    """
+    if operator_user == node_user:
+        raise InvalidArgument("the operator and node users must differ")
+    users = {Role.OPERATOR: operator_user, Role.NODE: node_user}
+    passwords = {role: secrets.token_urlsafe(24) for role in users}
+    ids = {role: digest_id(users[role], passwords[role]) for role in users}
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    written: dict[Role, Path] = {}
+    for role in (Role.OPERATOR, Role.NODE):
+        creds = Credentials(
+            user=users[role],
+            password=passwords[role],
+            operators=(ids[Role.OPERATOR],),
+            nodes=(ids[Role.NODE],),
+        )
+        path = folder / f"{role.value}.auth"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError as exc:
+            raise InvalidArgument(f"{path} exists; not overwriting credentials") from exc
+        with os.fdopen(fd, "w") as handle:
+            handle.write(creds.to_file_text())
+        written[role] = path
+    return written
 
 
 def _split(value: str) -> tuple[str, ...]:

@@ -50,7 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--node", required=True)
     parser.add_argument("--session-timeout", type=float, default=2.0)
     parser.add_argument("--role", action="append", default=[])
-    parser.add_argument("--zk-auth", default=None, help="credentials file (default: open)")
+    parser.add_argument(
+        "--zk-auth",
+        default=os.environ.get("MHAFAIL_ZK_AUTH"),
+        help="credentials file (default $MHAFAIL_ZK_AUTH; without it: an open cluster)",
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
