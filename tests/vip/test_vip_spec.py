@@ -131,7 +131,7 @@ _JSON = st.recursive(
 _FIELDS = st.fixed_dictionaries(
     {},
     optional={
-        k: _JSON | st.text(_SPEC_ALPHABET, max_size=20)
+        k: _JSON | st.text(_SPEC_ALPHABET, max_size=20) | st.just(10**5000)
         for k in ("address", "prefix", "interface", "kind", "binding", "preference", "follow")
     },
 )
