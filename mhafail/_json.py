@@ -62,7 +62,7 @@ def decode_object(
     if depth > max_depth:
         raise MalformedData(f"malformed {what}: nested {depth} deep, over the {max_depth} cap")
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = _DECODER.decode(raw.decode("utf-8"))
     except RecursionError as exc:  # the depth check makes this unreachable; belt and braces
         raise MalformedData(f"malformed {what}: nested too deep") from exc
     except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
@@ -107,3 +107,7 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"number {text[:20]!r} is out of range")
     return value
+
+
+# One decoder for every call: json.loads(..., parse_float=...) builds a new one each time.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
