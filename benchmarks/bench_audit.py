@@ -252,7 +252,9 @@ class ClusterNode:
             interval=interval,
             secret=b"bench-audit-shared-secret",
         ).start()
-        self.coordinator = Coordinator(hosts=zk, cluster="bench-audit", session_timeout=2).start()
+        self.coordinator = Coordinator(
+            hosts=zk, cluster="bench-audit", session_timeout=2, open_acl=True
+        ).start()
         info = NodeInfo(name=name, endpoints=self.audit.endpoints())
         self.membership = Membership(coordinator=self.coordinator, info=info).start()
         self.audit.follow(self.membership)

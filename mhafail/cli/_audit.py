@@ -37,7 +37,7 @@ from typing import Any
 
 import attrs
 
-from mhafail.cli._members import add_zk_flags
+from mhafail.cli._zkargs import add_zk_flags, zk_security
 from mhafail.errors import AuditInvalidArgument, MhafailError
 
 
@@ -171,6 +171,7 @@ def _node(args: argparse.Namespace) -> int:
             cluster=args.cluster,
             session_timeout=args.session_timeout,
             connect_timeout=args.connect_timeout,
+            **zk_security(args),
         ).start()
         info = NodeInfo(
             name=args.node,

@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 
 from mhafail.cli._output import add_json_flag, emit
+from mhafail.cli._zkargs import add_zk_security_flags, zk_security
 
 
 def register(subparsers: Any) -> None:
@@ -39,6 +40,7 @@ def register(subparsers: Any) -> None:
         parser.add_argument("--node", default=socket.gethostname(), help="this node's name")
         parser.add_argument("--zk", required=zk, metavar="HOSTS", help="ZooKeeper host:port[,...]")
         parser.add_argument("--cluster", required=zk, help="cluster name")
+        add_zk_security_flags(parser)
         parser.add_argument("--connect-timeout", type=float, default=10.0)
         add_json_flag(parser)
         parser.set_defaults(func=func)
@@ -84,7 +86,10 @@ def _repository(args: argparse.Namespace, *, zk: bool) -> Iterator[Any]:
         yield ConfigRepository(name=args.repo, base=args.dir, node=args.node)
         return
     with Coordinator(
-        hosts=args.zk, cluster=args.cluster, connect_timeout=args.connect_timeout
+        hosts=args.zk,
+        cluster=args.cluster,
+        connect_timeout=args.connect_timeout,
+        **zk_security(args),
     ) as coordinator:
         yield ConfigRepository(
             name=args.repo, base=args.dir, node=args.node, coordinator=coordinator
@@ -258,6 +263,7 @@ def _agent(args: argparse.Namespace) -> int:
         cluster=args.cluster,
         session_timeout=args.session_timeout,
         connect_timeout=args.connect_timeout,
+        **zk_security(args),
     ).start()
     try:
         node = ConfigNode(

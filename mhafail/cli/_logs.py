@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mhafail.cli._members import add_zk_flags
 from mhafail.cli._output import add_json_flag, emit
+from mhafail.cli._zkargs import add_zk_flags, add_zk_security_flags, zk_security
 from mhafail.errors import LogsInvalidArgument
 
 # Manager settings a config file may hold, with their types and defaults.
@@ -113,6 +113,7 @@ def _register_manager(actions: Any) -> None:
     p.add_argument("--retry", type=float)
     p.add_argument("--session-timeout", type=float)
     p.add_argument("--member-name", help="member name (default: the manager name)")
+    add_zk_security_flags(p)
     p.set_defaults(func=_manager)
 
 
@@ -173,12 +174,19 @@ def _parse_logs(items: list[str]) -> dict[str, Path]:
 
 @contextmanager
 def _member(
-    zk: str, cluster: str, name: str, timeout: float, connect: float, **info: Any
+    zk: str,
+    cluster: str,
+    name: str,
+    timeout: float,
+    connect: float,
+    *,
+    security: dict[str, Any],
+    **info: Any,
 ) -> Iterator[Any]:
     from mhafail.coordination import Coordinator, Membership, NodeInfo
 
     coordinator = Coordinator(
-        hosts=zk, cluster=cluster, session_timeout=timeout, connect_timeout=connect
+        hosts=zk, cluster=cluster, session_timeout=timeout, connect_timeout=connect, **security
     ).start()
     try:
         node_info = NodeInfo(
@@ -219,6 +227,7 @@ def _serve(args: argparse.Namespace) -> int:
             args.node,
             args.session_timeout,
             args.connect_timeout,
+            security=zk_security(args),
             addresses=[host],
             roles=["mta"],
             endpoints={"jlog": endpoint},
@@ -280,6 +289,7 @@ def _manager(args: argparse.Namespace) -> int:
         s["member_name"] or s["name"],
         s["session_timeout"],
         args.connect_timeout,
+        security=zk_security(args),
         roles=["logs-manager"],
     ) as (coordinator, membership):
         aggregator = LogAggregator(
@@ -333,7 +343,10 @@ def _status(args: argparse.Namespace) -> int:
 
     secret = _secret(args.secret_file)
     with Coordinator(
-        hosts=args.zk, cluster=args.cluster, connect_timeout=args.connect_timeout
+        hosts=args.zk,
+        cluster=args.cluster,
+        connect_timeout=args.connect_timeout,
+        **zk_security(args),
     ) as coordinator:
         endpoints = _endpoints(coordinator)
         managers = coordinator.znodes.children("managers") or []
@@ -372,7 +385,10 @@ def _tail(args: argparse.Namespace) -> int:
     from mhafail.logs._protocol import FrameType, decode_records, encode_frame
 
     with Coordinator(
-        hosts=args.zk, cluster=args.cluster, connect_timeout=args.connect_timeout
+        hosts=args.zk,
+        cluster=args.cluster,
+        connect_timeout=args.connect_timeout,
+        **zk_security(args),
     ) as coordinator:
         endpoint = _endpoints(coordinator).get(args.node)
     if endpoint is None:

@@ -15,8 +15,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from mhafail.cli._members import add_zk_flags
 from mhafail.cli._output import add_json_flag, emit
+from mhafail.cli._zkargs import add_zk_flags, add_zk_security_flags, zk_security
 from mhafail.errors import InvalidArgument
 
 
@@ -70,13 +70,19 @@ def register(subparsers: Any) -> None:
     )
     agent.add_argument("--no-fence", action="store_true", help="run without the fence process")
     agent.add_argument("--events", action="store_true", help="print JSON events on stdout")
+    add_zk_security_flags(agent)
     agent.set_defaults(func=_agent)
 
 
 def _coordinator(args: argparse.Namespace) -> Any:
     from mhafail.coordination import Coordinator
 
-    return Coordinator(hosts=args.zk, cluster=args.cluster, connect_timeout=args.connect_timeout)
+    return Coordinator(
+        hosts=args.zk,
+        cluster=args.cluster,
+        connect_timeout=args.connect_timeout,
+        **zk_security(args),
+    )
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -242,7 +248,10 @@ def _agent(args: argparse.Namespace) -> int:
             sys.stdout.flush()
 
     coordinator = Coordinator(
-        hosts=s["zk"], cluster=s["cluster"], session_timeout=float(s.get("session_timeout", 3.0))
+        hosts=s["zk"],
+        cluster=s["cluster"],
+        session_timeout=float(s.get("session_timeout", 3.0)),
+        **zk_security(args),
     ).start()
     info = NodeInfo(
         name=s["node"],

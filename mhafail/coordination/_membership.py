@@ -65,7 +65,8 @@ class Membership:
 
     _view: ClusterView = attrs.field(init=False, factory=ClusterView)
     _lock: threading.Condition = attrs.field(init=False, factory=threading.Condition)
-    _cache: dict[str, tuple[int, NodeInfo]] = attrs.field(init=False, factory=dict)
+    # name -> (created zxid, info or None when malformed: skipped, logged once)
+    _cache: dict[str, tuple[int, NodeInfo | None]] = attrs.field(init=False, factory=dict)
     _listeners: list[Callable[[ClusterView], None]] = attrs.field(init=False, factory=list)
     _loop: ConvergeLoop | None = attrs.field(init=False, default=None)
     _watch: Watch | None = attrs.field(init=False, default=None)
@@ -187,17 +188,17 @@ class Membership:
             if node is None:
                 continue
             cached = self._cache.get(name)
-            if cached is not None and cached[0] == node.created_zxid:
+            if cached is None or cached[0] != node.created_zxid:
+                try:
+                    info: NodeInfo | None = NodeInfo.from_json(node.data)
+                except InvalidArgument as exc:  # shared data: skip it, never fail the view
+                    logger.warning("ignoring malformed member znode %s: %s", name, exc)
+                    info = None
+                cached = (node.created_zxid, info)
+                self._cache[name] = cached
+            if cached[1] is not None:
                 members[name] = cached[1]
-                continue
-            try:
-                info = NodeInfo.from_json(node.data)
-            except InvalidArgument:
-                logger.warning("ignoring malformed member znode %s", name)
-                continue
-            self._cache[name] = (node.created_zxid, info)
-            members[name] = info
-        for gone in set(self._cache) - set(members):
+        for gone in set(self._cache) - set(names):
             del self._cache[gone]
         with self._lock:
             if members == dict(self._view.members):

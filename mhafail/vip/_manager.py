@@ -745,15 +745,15 @@ def _claim(node: Znode | None) -> Claim | None:
 
 
 def _json(data: bytes) -> dict[str, object]:
-    import json
+    """Decode a declaration znode (size and depth capped; see mhafail._json)."""
+    from mhafail._json import decode_object
+    from mhafail.errors import MalformedData
+    from mhafail.vip._paths import MAX_DOC_BYTES
 
     try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise InvalidVipSpec(f"malformed declaration: {exc}") from exc
-    if not isinstance(value, dict):
-        raise InvalidVipSpec("malformed declaration: not an object")
-    return value
+        return decode_object(data, what="declaration", max_bytes=MAX_DOC_BYTES)
+    except MalformedData as exc:
+        raise InvalidVipSpec(str(exc)) from exc
 
 
 def _vip_json(vip: Vip) -> bytes:

@@ -93,7 +93,9 @@ def test_vip_survives_the_loss_of_the_zookeeper_leader(
     network = FakeNetwork()
     nodes = []
     for name in ("n1", "n2"):
-        c = Coordinator(hosts=zk_ensemble.hosts, cluster="ens", session_timeout=4.0).start()
+        c = Coordinator(
+            hosts=zk_ensemble.hosts, cluster="ens", session_timeout=4.0, open_acl=True
+        ).start()
         m = Membership(coordinator=c, info=NodeInfo(name=name, pid=os.getpid())).start()
         plumber = FakePlumber(network, name, {"eth0": ["198.18.0.1/24"]})
         manager = VipManager(

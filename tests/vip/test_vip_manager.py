@@ -50,7 +50,9 @@ def cluster(
 
     def make(name: str, vips: list[str] = [A], **kw: object) -> Node:  # noqa: B006
         proxy = tcp_proxy_factory(zookeeper.address)
-        c = Coordinator(hosts=proxy.address, cluster=zk_cluster, session_timeout=1.0).start()
+        c = Coordinator(
+            hosts=proxy.address, cluster=zk_cluster, session_timeout=1.0, open_acl=True
+        ).start()
         m = Membership(coordinator=c, info=NodeInfo(name=name, pid=os.getpid(), host="t")).start()
         plumber = FakePlumber(network, name, {"eth0": [f"198.18.0.{10 + len(made) + 1}/24"]})
         kw.setdefault("rebalance", RebalancePolicy.immediate())

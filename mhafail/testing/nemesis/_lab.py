@@ -119,6 +119,7 @@ class NemesisLab:
             sys.executable, "-m", "mhafail", "agent", "--zk", self.zk_hosts,
             "--cluster", self.cluster, "--node", name,
             "--session-timeout", str(self.session_timeout), "--claim-step", "0.05", "--events",
+            "--zk-open",  # the lab's ZooKeeper is its own, throwaway one
         ]  # fmt: skip
         for vip in self.vips:
             argv += ["--vip", vip]

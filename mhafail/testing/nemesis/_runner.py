@@ -233,7 +233,7 @@ class Nemesis:
 
     def _cli(self, *args: str) -> tuple[int, str]:
         argv = ["ip", "netns", "exec", self.lab.lan, sys.executable, "-m", "mhafail", "vip"]
-        argv += [args[0], "--zk", self.zk_hosts, "--cluster", self.cluster, *args[1:]]
+        argv += [args[0], "--zk", self.zk_hosts, "--zk-open", "--cluster", self.cluster, *args[1:]]
         return run_quiet(argv, timeout=30)
 
     def _restart(self, index: int, node: str) -> None:
