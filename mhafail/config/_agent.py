@@ -182,8 +182,16 @@ class ConfigAgent:
         if self.debounce > 0:
             time.sleep(self.debounce)
         repo = self.repository
-        head = repo.head()
         mode = repo.mode_override() or self.mode
+        try:
+            head = repo.head()
+        except InvalidChange as exc:
+            # Shared data anyone with ZooKeeper access could have written:
+            # refuse it, keep the live version, say why.
+            logger.warning("%s: refusing the head: %s", repo.name, exc)
+            live = repo.checkouts.current()
+            outcome = ApplyOutcome(state=ApplyState.REJECTED, sha=live, target=None, error=str(exc))
+            return self._finish(outcome, mode)
         return self._finish(self._decide(head, mode), mode)
 
     def _decide(self, head: Head | None, mode: UpdateMode) -> ApplyOutcome:
@@ -212,6 +220,11 @@ class ConfigAgent:
             repo.ensure_commit(head.sha, origin=head.origin, peers=self._peers())
         except FetchFailed as exc:
             return ApplyState.PENDING, str(exc)
+        except InvalidChange as exc:
+            # Unsafe (a '..' name, a link, a huge file...): never applied.
+            # Not memoised: a clean copy of the same sha may still arrive.
+            logger.warning("%s: refusing %s: %s", repo.name, head.sha[:12], exc)
+            return ApplyState.REJECTED, f"unsafe commit: {exc}"
         conflicts = repo.store.conflicts(head.sha) if mode is UpdateMode.IF_UNCHANGED else []
         if conflicts:
             return ApplyState.HELD, f"uncommitted edits in {repo.worktree}: " + ", ".join(
