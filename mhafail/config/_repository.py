@@ -189,11 +189,18 @@ class ConfigRepository:
             raise InvalidChange("this operation needs a coordinator (ZooKeeper)")
         return self.coordinator
 
-    def _read_head(self) -> tuple[Head | None, int | None]:
+    def _read_head(self, *, lenient: bool = False) -> tuple[Head | None, int | None]:
+        """The head and its znode version; ``lenient``: a malformed head reads as None."""
         node = self._coordinator().znodes.get(head_path(self.name))
         if node is None:
             return None, None
-        return Head.from_json(node.data), node.version
+        try:
+            return Head.from_json(node.data), node.version
+        except InvalidChange as exc:
+            if not lenient:
+                raise
+            logger.warning("%s: the published head is malformed: %s", self.name, exc)
+            return None, node.version
 
     def head(self) -> Head | None:
         """The published head, or None before the first commit.
@@ -370,9 +377,11 @@ class ConfigRepository:
     def rollback(self, sha: str, *, author: str, message: str | None = None) -> Commit:
         """Publish a new commit whose tree is the tree of ``sha`` (history is kept).
 
-        If the published head is unsafe (every node refuses it), the new
-        commit is built on ``sha`` instead of on the head, so that no node
-        ever has to fetch the refused commit to apply the rollback.
+        This is also the way out of a bad head: if the published head is
+        unsafe or malformed (every node refuses it), the new commit is
+        built on ``sha`` instead of on the head, so that no node ever has
+        to fetch the refused commit, and it replaces the head znode by
+        compare-and-set all the same.
 
         Raises:
             InvalidChange: unknown or unsafe sha, or the head already has that tree.
@@ -383,9 +392,9 @@ class ConfigRepository:
         target = check_sha(sha)
         text = self._check_message(message or f"Roll back to {target[:12]}", author)
         with self._lock:
-            head, version = self._read_head()
+            head, version = self._read_head(lenient=True)
             parent = head.sha if head else None
-            git_parent = parent
+            git_parent = target if head is None and version is not None else parent
             if head is not None:
                 try:
                     self.ensure_commit(head.sha, origin=head.origin)
@@ -502,7 +511,10 @@ class ConfigRepository:
             export.git("update-ref", "-d", OUTGOING, check=False)
             return None
         self._verified.add(sha)
-        export.git("update-ref", BRANCH, sha)
+        # Published: main moves to it, and the outgoing ref is no longer needed.
+        export.git(
+            "update-ref", "--stdin", input=f"update {BRANCH} {sha}\ndelete {OUTGOING}\n".encode()
+        )
         logger.info("%s: published %s (%s)", self.name, sha[:12], new.message.splitlines()[0])
         return new
 
