@@ -85,6 +85,7 @@ class ConfigAgent:
     _reported: bytes = attrs.field(init=False, default=b"")
     _rejected: dict[str, str] = attrs.field(init=False, factory=dict)
     _applies: int = attrs.field(init=False, default=0)
+    _last_error: str = attrs.field(init=False, default="")
 
     def add_reload_hook(self, hook: ReloadHook) -> None:
         """Call ``hook(view)`` on the agent's thread after each new version goes live.
@@ -174,10 +175,13 @@ class ConfigAgent:
         The agent's loop calls this; tests and tools may call it directly
         on an agent that was not started.
 
+        A local failure to apply (git, the disk) is not raised: the pass
+        reports ``pending`` with ``error`` saying what failed, keeps the
+        live version, and the next pass retries.
+
         Raises:
             CoordinationUnavailable: ZooKeeper could not be asked (the loop
                 retries; the live version is untouched).
-            RepositoryError: git failed locally.
         """
         if self.debounce > 0:
             time.sleep(self.debounce)
@@ -192,7 +196,25 @@ class ConfigAgent:
             live = repo.checkouts.current()
             outcome = ApplyOutcome(state=ApplyState.REJECTED, sha=live, target=None, error=str(exc))
             return self._finish(outcome, mode)
-        return self._finish(self._decide(head, mode), mode)
+        try:
+            outcome = self._decide(head, mode)
+        except (ConfigError, OSError) as exc:
+            # A node that cannot apply says so in its report (it used to
+            # keep reporting "applied" while failing every pass).
+            error = f"cannot apply {head.sha[:12] if head else 'the head'}: {exc}"
+            if error != self._last_error:
+                logger.warning("%s: %s", repo.name, error, exc_info=True)
+            self._last_error = error
+            live = repo.checkouts.current()
+            outcome = ApplyOutcome(
+                state=ApplyState.PENDING,
+                sha=live,
+                target=head.sha if head else None,
+                error=error,
+            )
+        else:
+            self._last_error = ""
+        return self._finish(outcome, mode)
 
     def _decide(self, head: Head | None, mode: UpdateMode) -> ApplyOutcome:
         repo = self.repository

@@ -1,0 +1,67 @@
+"""Regressions from issue 12: directory/file swaps, apply errors, names, temp files, --dir."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mhafail.cli import main
+from mhafail.config import ApplyState, ConfigAgent, ConfigRepository
+from mhafail.coordination import Coordinator
+from mhafail.testing import ZooKeeperServer
+
+from .conftest import AUTHOR, REPO, AgentProcess, all_applied, live_sha, wait_reports
+
+pytestmark = pytest.mark.zookeeper
+
+
+def _repo(agent: AgentProcess, coordinator: Coordinator) -> ConfigRepository:
+    return ConfigRepository(name=REPO, base=agent.base, node=agent.node, coordinator=coordinator)
+
+
+def test_directory_replaced_by_a_file_applies_everywhere(
+    agent_factory: Callable[..., AgentProcess],
+    coordinator_factory: Callable[..., Coordinator],
+    zookeeper: ZooKeeperServer,
+    zk_cluster: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """global/d/x then a file global/d, committed from the CLI of a fresh node, applies on all."""
+    c = coordinator_factory()
+    n1, n2 = agent_factory("n1"), agent_factory("n2")
+    first = _repo(n1, c).commit({"global/d/x.conf": b"1\n"}, message="dir", author=AUTHOR)
+    wait_reports(c, all_applied(["n1", "n2"], first.sha))
+    work = n2.base / REPO / "work"
+    (work / "global" / "d" / "x.conf").unlink()
+    (work / "global" / "d").rmdir()
+    (work / "global" / "d").write_bytes(b"now a file\n")
+    zk = ["--zk", zookeeper.address, "--cluster", zk_cluster, "--repo", REPO]
+    argv = ["config", "commit", "-m", "file", "--dir", str(n2.base), "--node", "n2", *zk]
+    assert main([*argv, "--json"]) == 0, capsys.readouterr().err
+    head = _repo(n1, c).head()
+    assert head is not None and head.parent == first.sha
+    wait_reports(c, all_applied(["n1", "n2"], head.sha))
+    for node in (n1, n2):
+        assert (node.base / REPO / "current" / "global" / "d").read_bytes() == b"now a file\n"
+        assert (node.base / REPO / "work" / "global" / "d").read_bytes() == b"now a file\n"
+
+
+def test_a_node_that_cannot_apply_reports_the_error(
+    coordinator_factory: Callable[..., Coordinator], tmp_path: Path
+) -> None:
+    """A git failure during apply is reported as pending with the error, not raised each pass."""
+    c = coordinator_factory()
+    committer = ConfigRepository(name=REPO, base=tmp_path / "n1", node="n1", coordinator=c).init()
+    done = committer.commit({"global/a.conf": b"payload\n"}, message="a", author=AUTHOR)
+    blob = committer.store.git("rev-parse", f"{done.sha}:global/a.conf").decode().strip()
+    (committer.worktree / ".git" / "objects" / blob[:2] / blob[2:]).unlink()  # disk damage
+    node = ConfigRepository(name=REPO, base=tmp_path / "n1", node="n1", coordinator=c)
+    agent = ConfigAgent(repository=node, debounce=0)
+    outcome = agent.converge()
+    assert outcome.state is ApplyState.PENDING
+    assert outcome.error.startswith(f"cannot apply {done.sha[:12]}")
+    report = node.reports()["n1"]
+    assert report.state is ApplyState.PENDING and "cannot apply" in report.error
+    assert live_sha(tmp_path / "n1") is None
