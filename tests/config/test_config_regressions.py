@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from mhafail.cli import main
 from mhafail.config import ApplyState, ConfigAgent, ConfigRepository
 from mhafail.coordination import Coordinator
+from mhafail.errors import InvalidChange
 from mhafail.testing import ZooKeeperServer
 
 from .conftest import AUTHOR, REPO, AgentProcess, all_applied, live_sha, wait_reports
@@ -65,3 +67,26 @@ def test_a_node_that_cannot_apply_reports_the_error(
     report = node.reports()["n1"]
     assert report.state is ApplyState.PENDING and "cannot apply" in report.error
     assert live_sha(tmp_path / "n1") is None
+
+
+def test_file_names_that_are_not_utf8_are_refused_cleanly(
+    zookeeper: ZooKeeperServer,
+    zk_cluster: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    coordinator_factory: Callable[..., Coordinator],
+) -> None:
+    """A non-UTF-8 name gives InvalidChange from the API and exit 2 from the CLI, no traceback."""
+    c = coordinator_factory()
+    repo = ConfigRepository(name=REPO, base=tmp_path / "a", node="a", coordinator=c).init()
+    with pytest.raises(InvalidChange, match="UTF-8"):
+        repo.commit({"global/\udcff.conf": b"x"}, message="m", author=AUTHOR)
+    work = repo.worktree
+    (work / "global").mkdir()
+    with open(os.path.join(os.fsencode(work / "global"), b"\xff.conf"), "wb") as out:
+        out.write(b"x\n")
+    zk = ["--zk", zookeeper.address, "--cluster", zk_cluster, "--repo", REPO]
+    status = main(["config", "commit", "-m", "m", "--dir", str(tmp_path / "a"), "--node", "a", *zk])
+    err = capsys.readouterr().err
+    assert status == 2 and "UTF-8" in err and "Traceback" not in err
+    assert c.znodes.get(f"config/{REPO}/head") is None
