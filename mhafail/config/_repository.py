@@ -414,13 +414,14 @@ class ConfigRepository:
                 target, git_parent, text, author, time.time(), same_tree=git_parent == target
             )
             self._export(new, OUTGOING)
+            paths = tuple(self.store.changed_paths(git_parent, new))
+            local = self.store.main()
             result = self._publish(
                 sha=new, parent=parent, head=head, version=version, message=text, author=author
             )
             if result is None:
                 raise HeadConflict("another commit was published first; retry", head=None)
-            self._after_publish(self.store.main(), new)
-            paths = tuple(self.store.changed_paths(git_parent, new))
+            self._after_publish(local, new)
             return Commit(sha=new, parent=parent, paths=paths, rebased=False, head=result)
 
     def _check_message(self, message: str, author: str) -> str:
@@ -512,21 +513,29 @@ class ConfigRepository:
             return None
         self._verified.add(sha)
         # Published: main moves to it, and the outgoing ref is no longer needed.
-        export.git(
-            "update-ref", "--stdin", input=f"update {BRANCH} {sha}\ndelete {OUTGOING}\n".encode()
-        )
+        # Nothing after the CAS may raise: the caller would see a failure
+        # for a commit that is live (peers can fetch it by sha regardless).
+        try:
+            export.git(
+                "update-ref",
+                "--stdin",
+                input=f"update {BRANCH} {sha}\ndelete {OUTGOING}\n".encode(),
+            )
+        except RepositoryError as exc:
+            logger.warning("%s: export ref not moved to %s: %s", self.name, sha[:12], exc)
         logger.info("%s: published %s (%s)", self.name, sha[:12], new.message.splitlines()[0])
         return new
 
     def _after_publish(self, base: str | None, sha: str) -> None:
         # The working copy follows only if that loses no uncommitted edit;
         # otherwise the agent (or `pull`) deals with it by its update mode.
+        # Never raises: the commit is published already.
         store = self.store
-        if store.main() != base:
-            return
         try:
+            if store.main() != base:
+                return
             store.advance(sha)
-        except (InvalidChange, RepositoryError) as exc:
+        except (InvalidChange, RepositoryError, OSError) as exc:
             logger.info("%s: working copy not moved to %s: %s", self.name, sha[:12], exc)
 
     # --- cluster ------------------------------------------------------------------

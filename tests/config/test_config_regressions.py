@@ -90,3 +90,24 @@ def test_file_names_that_are_not_utf8_are_refused_cleanly(
     err = capsys.readouterr().err
     assert status == 2 and "UTF-8" in err and "Traceback" not in err
     assert c.znodes.get(f"config/{REPO}/head") is None
+
+
+def test_large_commits_beside_a_running_agent_never_fail_after_publication(
+    agent_factory: Callable[..., AgentProcess],
+    coordinator_factory: Callable[..., Coordinator],
+) -> None:
+    """Large change sets committed on a node whose agent runs all return and are the head."""
+    c = coordinator_factory()
+    n1 = agent_factory("n1")
+    repo = _repo(n1, c)
+    for round_ in range(3):
+        changes: dict[str, bytes | None] = {
+            f"global/f{i:03d}.conf": f"{round_}:{i}\n".encode() for i in range(200)
+        }
+        done = repo.commit(changes, message=f"round {round_}", author=AUTHOR, rebase=True)
+        head = repo.head()
+        assert head is not None and head.sha == done.sha
+    wait_reports(c, all_applied(["n1"], done.sha))
+    work = n1.base / REPO / "work"
+    assert not list(work.rglob("*.mhafail-tmp"))
+    assert (work / "global" / "f199.conf").read_bytes() == b"2:199\n"
