@@ -1,18 +1,21 @@
 """Pure checks for config paths, names, shas and change sets, and the resolution order.
 
-No I/O here: these functions decide whether a change set may even be
-staged, and whether a name found in a fetched git tree may ever become a
-file. A repository path is relative, uses ``/``, and every component is a
-*safe name* (:func:`check_component`): never ``..``, ``.``, empty, ``.git``
-in any case, and no ``/``, backslash, NUL or control character. A path
-outside the tree would let a commit write anywhere on every node, so the
-same rules apply to what operators commit and to what peers send.
+No I/O here (but for reading the current directory in :func:`absolute_path`):
+these functions decide whether a change set may even be staged, and whether
+a name found in a fetched git tree may ever become a file. A repository
+path is relative, uses ``/``, and every component is a *safe name*
+(:func:`check_component`): never ``..``, ``.``, empty, ``.git`` in any
+case, and no ``/``, backslash, NUL or control character. A path outside
+the tree would let a commit write anywhere on every node, so the same
+rules apply to what operators commit and to what peers send.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import attrs
 
@@ -153,6 +156,15 @@ def check_changes(
             if "/".join(parts[:i]) in files:
                 raise InvalidChange(f"{path}: its parent {'/'.join(parts[:i])!r} is a file")
     return checked
+
+
+def absolute_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute against the current directory, once, at construction.
+
+    git runs with ``-C <working copy>``: a relative directory handed to it
+    (``--prefix`` of a checkout) would land below the working copy instead.
+    """
+    return Path(os.path.abspath(path))
 
 
 def layers(node: str) -> tuple[str, str, str]:

@@ -51,7 +51,7 @@ from mhafail.config._model import (
     head_path,
     mode_path,
 )
-from mhafail.config._paths import Limits, check_changes, check_sha
+from mhafail.config._paths import Limits, absolute_path, check_changes, check_sha
 from mhafail.config._repo import BRANCH, GitStore, parse_author
 from mhafail.config._serve import ENDPOINT, repo_url
 from mhafail.config._trees import check_tree
@@ -105,7 +105,7 @@ class ConfigRepository:
     """
 
     name: str = attrs.field(validator=_valid_name("repository name"))
-    base: Path = attrs.field(converter=Path)
+    base: Path = attrs.field(converter=absolute_path)
     node: str = attrs.field(validator=_valid_name("node name"))
     coordinator: Coordinator | None = None
     validators: Sequence[Validator] = (syntax_check,)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import attrs
 
+from mhafail.config._paths import absolute_path
 from mhafail.errors import InvalidChange, RepositoryError
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class GitDaemon:
     main thread): the kernel's parent-death signal is tied to that thread.
     """
 
-    base: Path
+    base: Path = attrs.field(converter=absolute_path)
     host: str = "127.0.0.1"
     port: int = 0
     start_timeout: float = 10.0

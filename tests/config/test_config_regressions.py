@@ -111,3 +111,28 @@ def test_large_commits_beside_a_running_agent_never_fail_after_publication(
     work = n1.base / REPO / "work"
     assert not list(work.rglob("*.mhafail-tmp"))
     assert (work / "global" / "f199.conf").read_bytes() == b"2:199\n"
+
+
+def test_relative_dir_works_for_commit_and_apply(
+    zookeeper: ZooKeeperServer,
+    zk_cluster: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    coordinator_factory: Callable[..., Coordinator],
+) -> None:
+    """A relative --dir / base commits from the CLI and applies complete version directories."""
+    monkeypatch.chdir(tmp_path)
+    c = coordinator_factory()
+    zk = ["--zk", zookeeper.address, "--cluster", zk_cluster, "--repo", REPO]
+    rel = ["--dir", "rel", "--node", "n1", *zk]
+    assert main(["config", "init", *rel]) == 0
+    (tmp_path / "rel" / REPO / "work" / "global").mkdir()
+    (tmp_path / "rel" / REPO / "work" / "global" / "a.conf").write_bytes(b"a\n")
+    assert main(["config", "commit", "-m", "relative", *rel]) == 0
+    repo = ConfigRepository(name=REPO, base="rel", node="n1", coordinator=c)
+    assert repo.base == tmp_path / "rel"
+    outcome = ConfigAgent(repository=repo, debounce=0).converge()
+    assert outcome.state is ApplyState.APPLIED and outcome.sha is not None
+    version = tmp_path / "rel" / REPO / "versions" / outcome.sha
+    assert (version / "global" / "a.conf").read_bytes() == b"a\n"
+    assert not (tmp_path / "rel" / REPO / "work" / "rel").exists()
