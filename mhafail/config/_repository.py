@@ -257,6 +257,9 @@ class ConfigRepository:
         store = self.store
         if not store.has_commit(sha):
             self._fetch(sha, origin, peers)
+        elif GitStore.exported(self.export_dir, sha):
+            self._verified.add(sha)  # checked before it went there (a commit of ours)
+            return
         check_tree(store, sha, self.limits)
         self._export(sha, BRANCH)
         self._verified.add(sha)
