@@ -285,11 +285,16 @@ class ConfigAgent:
         if self.membership is None:
             return None
         repo = self.repository
-        return [
-            (info.name, repo_url(info.endpoints[ENDPOINT], repo.name))
-            for info in self.membership.view
-            if info.name != repo.node and info.endpoints.get(ENDPOINT)
-        ]
+        peers = []
+        for info in self.membership.view:
+            endpoint = info.endpoints.get(ENDPOINT)
+            if info.name == repo.node or not endpoint:
+                continue
+            try:
+                peers.append((info.name, repo_url(endpoint, repo.name)))
+            except InvalidChange as exc:
+                logger.warning("%s: ignoring member %s: %s", repo.name, info.name, exc)
+        return peers
 
     def _follow_worktree(self, target: str, mode: UpdateMode) -> None:
         store = self.repository.store

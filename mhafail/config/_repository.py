@@ -226,7 +226,10 @@ class ConfigRepository:
                 continue
             endpoint = info.endpoints.get(ENDPOINT)
             if endpoint:
-                result.append((member, repo_url(endpoint, self.name)))
+                try:
+                    result.append((member, repo_url(endpoint, self.name)))
+                except InvalidChange as exc:
+                    logger.warning("%s: ignoring member %s: %s", self.name, member, exc)
         return result
 
     def ensure_commit(

@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -64,8 +65,21 @@ def _daemon_program() -> str:
     return str(program)
 
 
+_ENDPOINT = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}")
+
+
 def repo_url(endpoint: str, repo: str) -> str:
-    """The fetch URL of ``repo`` on a node whose git endpoint is ``host:port``."""
+    """The fetch URL of ``repo`` on a node whose git endpoint is ``host:port``.
+
+    The endpoint comes from a member znode (shared data): only a plain
+    ``host:port`` or ``[v6]:port`` is accepted, so it can never turn into
+    another URL, path or transport.
+
+    Raises:
+        InvalidChange: the endpoint is not ``host:port``.
+    """
+    if not isinstance(endpoint, str) or _ENDPOINT.fullmatch(endpoint) is None:
+        raise InvalidChange(f"invalid git endpoint {str(endpoint)[:80]!r}: need host:port")
     return f"git://{endpoint}/{repo}/export"
 
 

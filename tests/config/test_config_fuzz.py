@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from mhafail.config import Head, NodeReport, check_path
 from mhafail.config._paths import check_component, check_sha
 from mhafail.config._safefs import read_regular, remove_file, write_file
+from mhafail.config._serve import repo_url
 from mhafail.config._trees import _entries
 from mhafail.errors import InvalidChange
 
@@ -203,3 +204,19 @@ def test_confined_writes_never_leave_the_root(ops: list[tuple[str, bytes | None]
             for name in filenames:
                 real = os.path.realpath(os.path.join(dirpath, name))
                 assert real.startswith(str(root) + "/") or name in ("link", "pw")
+
+
+@FAST
+@given(
+    st.text(max_size=60)
+    | st.sampled_from(["127.0.0.1:9418", "[::1]:9418", "h/x:1", "-u:1", "a:1/../b", "a@b:1"])
+)
+def test_member_git_endpoints_are_host_port_only(endpoint: str) -> None:
+    """A member's git endpoint becomes a git:// URL only when it is a plain host:port."""
+    try:
+        url = repo_url(endpoint, "mta")
+    except InvalidChange:
+        return
+    host, _, port = endpoint.rpartition(":")
+    assert url == f"git://{endpoint}/mta/export" and port.isascii() and port.isdigit()
+    assert not any(ch in host for ch in "/@?#\\ ") and not host.startswith("-")
