@@ -225,6 +225,7 @@ class ConfigAgent:
         if head is None or target is None:
             return ApplyOutcome(state=ApplyState.PENDING, sha=live, target=None)
         if live == target:
+            self._serve(head)
             self._follow_worktree(target, mode)
             return ApplyOutcome(state=ApplyState.APPLIED, sha=live, target=target)
         error = self._rejected.get(target)
@@ -280,6 +281,18 @@ class ConfigAgent:
         return ApplyOutcome(
             state=ApplyState.APPLIED, sha=target, target=target, changed=True, error=hook_error
         )
+
+    def _serve(self, head: Head) -> None:
+        """Make sure the live head is in the export repository (free after the first pass).
+
+        A repository made by an older version has an empty export
+        repository while its live version is the head: without this, no
+        peer could fetch the head from this node.
+        """
+        try:
+            self.repository.ensure_commit(head.sha, origin=head.origin, peers=[])
+        except (ConfigError, OSError) as exc:
+            logger.warning("%s: not serving %s: %s", self.repository.name, head.sha[:12], exc)
 
     def _peers(self) -> list[tuple[str, str]] | None:
         if self.membership is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -136,3 +137,19 @@ def test_relative_dir_works_for_commit_and_apply(
     version = tmp_path / "rel" / REPO / "versions" / outcome.sha
     assert (version / "global" / "a.conf").read_bytes() == b"a\n"
     assert not (tmp_path / "rel" / REPO / "work" / "rel").exists()
+
+
+def test_a_node_upgraded_with_an_empty_export_serves_its_live_version(
+    agent_factory: Callable[..., AgentProcess],
+    coordinator_factory: Callable[..., Coordinator],
+) -> None:
+    """A node whose export repository is missing (made by an older version) re-serves the head."""
+    c = coordinator_factory()
+    n1 = agent_factory("n1")
+    done = _repo(n1, c).commit({"global/a.conf": b"1\n"}, message="one", author=AUTHOR)
+    wait_reports(c, all_applied(["n1"], done.sha))
+    n1.stop()
+    shutil.rmtree(n1.base / REPO / "export")
+    n1.start()
+    agent_factory("n2")
+    wait_reports(c, all_applied(["n1", "n2"], done.sha))
