@@ -43,7 +43,6 @@ _AUTHOR = re.compile(r"^\s*([^<>\n]+?)\s*(?:<([^<>\s]*)>)?\s*$")
 _GIT_TIMEOUT = 120.0
 # What git prints when transfer.fsckObjects refuses a received object.
 _FSCK_FAILURE = re.compile(r"fsck error|error: object [0-9a-f]{40}: \w+:")
-EXPORT_OK = "git-daemon-export-ok"
 _ZERO = "0" * 40
 
 
@@ -126,83 +125,6 @@ class GitStore:
         store.git("config", "core.fsyncMethod", "batch")
         store.git("config", "gc.auto", "0")
         return store
-
-    @classmethod
-    def init_export(cls, path: Path) -> GitStore:
-        """Create (or adopt) the bare repository that a node's git daemon serves.
-
-        It holds published, checked history only (see :meth:`export`):
-        never the working copy's stash, drafts or refused commits, which
-        ``upload-pack`` would otherwise hand out to anyone naming their sha
-        (protocol v2 ignores ``uploadpack.allowAnySHA1InWant``).
-
-        Raises:
-            RepositoryError: git could not create it.
-        """
-        path = Path(path)
-        if not (path / "HEAD").is_file():
-            path.mkdir(parents=True, exist_ok=True)
-            cls(path).git("init", "-q", "--bare", "--initial-branch=main")
-        store = cls(path)
-        store.git("config", "receive.fsckObjects", "true")
-        store.git("config", "uploadpack.allowAnySHA1InWant", "false")
-        store.git("config", "core.fsync", "committed")
-        store.git("config", "gc.auto", "0")
-        (path / EXPORT_OK).touch()
-        return store
-
-    def export(self, dest: Path, sha: str, ref: str = BRANCH) -> None:
-        """Copy commit ``sha`` (checked by the caller) into the export repository ``dest``.
-
-        ``ref`` (default ``main``) is set to ``sha``. Published history is
-        linear (every head's parent is the head it replaced), so ``main``
-        at the newest head reaches every version a peer may ask for.
-
-        Objects are hard-linked from the working repository's loose objects
-        (git never modifies an object file), which costs two git processes
-        instead of a local push's five; packed objects fall back to a push.
-
-        Raises:
-            RepositoryError: git failed.
-        """
-        check_sha(sha)
-        if not self._link_objects(dest, sha):
-            self.git("push", "--quiet", "--no-verify", str(dest), f"+{sha}:{ref}")
-            return
-        GitStore(dest).git("update-ref", ref, sha)
-
-    @staticmethod
-    def exported(dest: Path, sha: str) -> bool:
-        """True when commit ``sha`` is a loose object of the export repository ``dest``.
-
-        Objects reach an export repository only through :meth:`export`,
-        after their checks, commit last; so this means "checked, complete".
-        """
-        return (Path(dest) / "objects" / sha[:2] / sha[2:]).is_file()
-
-    def _link_objects(self, dest: Path, sha: str) -> bool:
-        """Hard-link the objects of ``sha``'s closure missing from ``dest``; False: push instead."""
-        have = GitStore(dest).git("rev-parse", "-q", "--verify", BRANCH, check=False)
-        base = have.decode().strip()
-        args = ["rev-list", "--objects", sha]
-        if base and self.has_commit(base):
-            args.append(f"^{base}")
-        out = self.git(*args)
-        src, dst = self.path / ".git" / "objects", Path(dest) / "objects"
-        # Commits last: a commit object in ``dest`` means its closure is there.
-        for line in reversed(out.splitlines()):
-            oid = line[:40].decode()
-            target = dst / oid[:2] / oid[2:]
-            if target.exists():
-                continue
-            try:
-                target.parent.mkdir(exist_ok=True)
-                os.link(src / oid[:2] / oid[2:], target)
-            except FileExistsError:
-                continue
-            except OSError:
-                return False  # packed here, or another file system
-        return True
 
     @classmethod
     def open(cls, path: Path) -> GitStore:

@@ -37,6 +37,7 @@ from pathlib import Path
 import attrs
 
 from mhafail.config._apply import Checkouts
+from mhafail.config._export import export, exported, init_export
 from mhafail.config._model import (
     MAX_AUTHOR_BYTES,
     MAX_MESSAGE_BYTES,
@@ -153,7 +154,7 @@ class ConfigRepository:
             RepositoryError: git could not create it.
         """
         GitStore.init(self.worktree)
-        GitStore.init_export(self.export_dir)
+        init_export(self.export_dir)
         (self.root / "versions").mkdir(exist_ok=True)
         return self
 
@@ -260,7 +261,7 @@ class ConfigRepository:
         store = self.store
         if not store.has_commit(sha):
             self._fetch(sha, origin, peers)
-        elif GitStore.exported(self.export_dir, sha):
+        elif exported(self.export_dir, sha):
             self._verified.add(sha)  # checked before it went there (a commit of ours)
             return
         check_tree(store, sha, self.limits)
@@ -270,8 +271,8 @@ class ConfigRepository:
     def _export(self, sha: str, ref: str) -> None:
         """Copy a checked or own commit into the export repository, creating it if needed."""
         if not (self.export_dir / "HEAD").is_file():
-            GitStore.init_export(self.export_dir)  # a repository made by an older version
-        self.store.export(self.export_dir, sha, ref=ref)
+            init_export(self.export_dir)  # a repository made by an older version
+        export(self.store, self.export_dir, sha, ref=ref)
 
     def _fetch(self, sha: str, origin: str, peers: Sequence[tuple[str, str]] | None) -> None:
         store = self.store
@@ -512,17 +513,17 @@ class ConfigRepository:
                 f"publishing {sha[:12]} of {self.name}: outcome unknown, ZooKeeper "
                 f"connection lost during the compare-and-set ({exc}); check `config status`"
             ) from exc
-        export = GitStore(self.export_dir)  # _export() created it before the CAS
+        served = GitStore(self.export_dir)  # _export() created it before the CAS
         if not won:
             logger.info("%s: lost the head CAS with %s", self.name, sha[:12])
-            export.git("update-ref", "-d", OUTGOING, check=False)
+            served.git("update-ref", "-d", OUTGOING, check=False)
             return None
         self._verified.add(sha)
         # Published: main moves to it, and the outgoing ref is no longer needed.
         # Nothing after the CAS may raise: the caller would see a failure
         # for a commit that is live (peers can fetch it by sha regardless).
         try:
-            export.git(
+            served.git(
                 "update-ref",
                 "--stdin",
                 input=f"update {BRANCH} {sha}\ndelete {OUTGOING}\n".encode(),
