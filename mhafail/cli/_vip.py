@@ -69,6 +69,11 @@ def register(subparsers: Any) -> None:
         "--plumber", default=None, help="netlink (default) or fake:PATH (tests, demos)"
     )
     agent.add_argument("--no-fence", action="store_true", help="run without the fence process")
+    agent.add_argument(
+        "--no-kernel-lifetimes",
+        action="store_true",
+        help="plumb without kernel address lifetimes (tests of the fence alone)",
+    )
     agent.add_argument("--events", action="store_true", help="print JSON events on stdout")
     add_zk_security_flags(agent)
     agent.set_defaults(func=_agent)
@@ -166,6 +171,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "claim_step",
         "plumber",
         "fence",
+        "kernel_lifetimes",
     }
     unknown = set(cfg) - known
     if unknown:
@@ -184,8 +190,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             raise InvalidArgument(f"--topology {entry!r}: expected CIDR=IFACE")
         topology[cidr] = iface
     merged["topology"] = topology
-    if args.no_fence:
-        merged["fence"] = False
+    for flag, key in (("no_fence", "fence"), ("no_kernel_lifetimes", "kernel_lifetimes")):
+        if getattr(args, flag):
+            merged[key] = False
     for required in ("zk", "cluster", "node"):
         if not merged.get(required):
             raise InvalidArgument(f"agent needs --{required} (or '{required}' in --config)")
@@ -286,6 +293,7 @@ def _agent(args: argparse.Namespace) -> int:
         claim_step=float(s.get("claim_step", 0.25)),
         fence=fence,
         validate_host=plumber_spec == "netlink",
+        kernel_lifetimes=bool(s.get("kernel_lifetimes", True)),
     )
     manager.on_acquire(lambda v: event("acquire", address=v.key))
     manager.on_release(lambda v: event("release", address=v.key))

@@ -203,3 +203,23 @@ def test_cpu_starved_agent_and_fence_keep_one_owner(lab: Lab) -> None:
         busy.wait()
     time.sleep(2 * lab.timeout)
     lab.assert_one_owner()
+
+
+def test_sigkilled_agent_is_fenced_by_its_orphaned_fence(
+    lab_factory: Callable[..., Lab],
+) -> None:
+    """An agent SIGKILLed with its link up: its fence outlives it and removes the VIP in time.
+
+    Kernel lifetimes are off here, so the fence alone must do it (a fence
+    that died with its agent once went unnoticed behind the lifetimes).
+    """
+    lab = lab_factory(timeout=2.0, tick_time=100, extra=("--no-kernel-lifetimes",))
+    old = lab.owner(V4)
+    lab.fence_pid(old)
+    fault = time.monotonic()
+    lab.agents[old].kill()
+    new = lab.new_owner(V4, old)
+    lab.client_reaches(V4, new, fault)
+    time.sleep(lab.timeout)
+    lab.assert_one_owner()
+    assert old not in lab.monitor.holders(V4)
