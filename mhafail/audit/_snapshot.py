@@ -19,7 +19,8 @@ Format version 1 (all integers big-endian)::
     12+H    ...   keys, sorted ascending:
                     ipv4: N x 4 bytes; ipv6: N x 16 bytes;
                     string: N x (2-byte length + UTF-8 bytes), sorted by bytes
-    ...     N*8   counts, unsigned 64-bit, in key order
+    ...     N*8   counts, unsigned 64-bit, in key order (a writer saturates
+                  a larger count at 2**64 - 1 and adds the excess to dropped)
     end-4   4     CRC-32 (zlib) of every byte before it
 
 Keys sorted in a fixed-width column let a reader binary-search the range of
@@ -51,6 +52,7 @@ FORMAT_VERSION = 1
 MAGIC = b"MHAUDIT\n"
 _FORMAT_NAME = "mhafail-audit-snapshot"
 _RESOLUTIONS = ("raw", "hour", "day")
+MAX_COUNT = (1 << 64) - 1
 _KEY_BYTES = {KeyFamily.IPV4: 4, KeyFamily.IPV6: 16}
 
 
@@ -180,6 +182,12 @@ def encode_snapshot(header: SnapshotHeader, counts: Mapping[Any, int]) -> bytes:
     # Strings sort by their UTF-8 bytes so readers can bisect the encoded column.
     keys = sorted(counts, key=str.encode) if header.family is KeyFamily.STRING else sorted(counts)
     values = [counts[k] for k in keys]
+    dropped = header.dropped
+    if values and max(values) > MAX_COUNT:
+        # Saturate rather than fail: one runaway key must not cost the
+        # interval of every other key. The excess is reported as dropped.
+        dropped += sum(v - MAX_COUNT for v in values if v > MAX_COUNT)
+        values = [min(v, MAX_COUNT) for v in values]
     meta = {
         "format": _FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -190,7 +198,7 @@ def encode_snapshot(header: SnapshotHeader, counts: Mapping[Any, int]) -> bytes:
         "end": header.end,
         "entries": len(keys),
         "total": sum(values),
-        "dropped": header.dropped,
+        "dropped": dropped,
         "sources": header.sources,
     }
     head = json.dumps(meta, sort_keys=True).encode()
