@@ -88,3 +88,64 @@ def test_batches_with_increments_past_u64_are_refused() -> None:
     )
     with pytest.raises(AuditInvalidArgument, match="increment"):
         series.merge(batch)
+
+
+def _fill_minutes(root: Path, minutes: range) -> SnapshotStore:
+    """Log one one-minute raw file per minute offset, each counting key V4 + 1 once."""
+    clock = ManualClock(T0)
+    series = AuditSeries("conn", clock=clock, track_intervals=True)
+    store = SnapshotStore(root=root)
+    for minute in minutes:
+        clock.set(T0 + 60 * minute)
+        series.take_interval()
+        series.add(V4 + 1)
+        clock.advance(60)
+        store.write_interval(series.take_interval())
+    return store
+
+
+def _damage(path: Path) -> None:
+    """Flip one byte in the middle of a file."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_raw_file_is_quarantined_and_maintenance_goes_on(tmp_path: Path) -> None:
+    """A damaged raw file is moved aside and reported; roll-ups and retention still run."""
+    store = _fill_minutes(tmp_path, range(0, 3 * 24 * 60, 30))  # 3 days, one file per 30 min
+    _damage(tmp_path / "conn.20240601T003000")
+    store = SnapshotStore(root=tmp_path, retention_seconds=86400, rollup_retention_seconds=864000)
+    report = store.maintain(T0 + 3 * 86400 + 600)
+    assert [p.name for p in report.quarantined] == ["conn.20240601T003000"]
+    assert (tmp_path / "quarantine" / "raw" / "conn.20240601T003000").exists()
+    assert len(report.hourly) == 72 and len(report.daily) == 3
+    first_day = {r.start: store.read(r).items() for r in store.refs("day")}[int(T0)]
+    assert first_day == {V4 + 1: 47}  # every intact half hour of the first day
+    assert report.expired  # retention ran
+    assert all(ref.start >= T0 + 2 * 86400 - 3600 for ref in store.refs("raw"))
+    assert store.maintain(T0 + 3 * 86400 + 600).quarantined == ()
+
+
+def test_a_damaged_file_being_added_to_is_replaced_not_fatal(tmp_path: Path) -> None:
+    """A second interval in the same second replaces a damaged raw file instead of failing."""
+    store = _fill_minutes(tmp_path, range(1))
+    _damage(tmp_path / "conn.20240601T000000")
+    _fill_minutes(tmp_path, range(1))
+    assert read_snapshot(tmp_path / "conn.20240601T000000").items() == {V4 + 1: 1}
+    assert (tmp_path / "quarantine" / "raw" / "conn.20240601T000000").exists()
+    assert len(store.refs("raw")) == 1
+
+
+def test_show_available_survives_a_damaged_oldest_file(tmp_path: Path) -> None:
+    """show available lists a series whose oldest file is damaged, from another file."""
+    from mhafail.audit import QueryEngine
+
+    store = _fill_minutes(tmp_path, range(3))
+    _damage(tmp_path / "conn.20240601T000000")
+    (row,) = QueryEngine(store=store).run("show available").available
+    assert (row["series"], row["family"], row["raw"]) == ("conn", "ipv4", 3)
+    for name in ("conn.20240601T000100", "conn.20240601T000200"):
+        _damage(tmp_path / name)
+    (row,) = QueryEngine(store=store).run("show available").available
+    assert row["family"] == "unknown"
