@@ -32,12 +32,16 @@ fsync it and rename it into place, so a reader never sees half a snapshot.
 
 from __future__ import annotations
 
+import array
 import bisect
+import itertools
 import json
+import operator
 import os
 import struct
+import sys
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -275,7 +279,7 @@ def decode_snapshot(data: bytes, name: str = "<bytes>") -> Snapshot:
             dropped=int(meta["dropped"]),
             sources=int(meta["sources"]),
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         if isinstance(exc, SnapshotCorrupt):
             raise
         raise SnapshotCorrupt(f"{name}: unreadable header ({exc!r})") from None
@@ -284,6 +288,8 @@ def decode_snapshot(data: bytes, name: str = "<bytes>") -> Snapshot:
     body_start = 12 + head_len
     counts_len = header.entries * 8
     counts_start = len(data) - 4 - counts_len
+    if header.entries < 0 or counts_start < body_start:
+        raise SnapshotCorrupt(f"{name}: size does not match {header.entries} entries")
     keys: bytes | tuple[str, ...]
     if header.family is KeyFamily.STRING:
         keys = _decode_strings(data, body_start, counts_start, header.entries, name)
@@ -292,7 +298,25 @@ def decode_snapshot(data: bytes, name: str = "<bytes>") -> Snapshot:
         if counts_start - body_start != header.entries * width:
             raise SnapshotCorrupt(f"{name}: size does not match {header.entries} entries")
         keys = data[body_start:counts_start]
-    return Snapshot(header, keys, data[counts_start:-4])
+        _check_sorted(keys, width, name)
+    counts = data[counts_start:-4]
+    if sum(struct.unpack(f">{header.entries}Q", counts)) != header.total:
+        raise SnapshotCorrupt(f"{name}: counts do not add up to the header's total")
+    return Snapshot(header, keys, counts)
+
+
+def _check_sorted(keys: bytes, width: int, name: str) -> None:
+    # Readers binary-search the key column: a file with a valid CRC but keys
+    # out of order (crafted, or a buggy writer) would give wrong counts.
+    if width == 4:
+        column: Sequence[Any] = array.array("I", keys)
+        if sys.byteorder == "little":
+            column.byteswap()  # type: ignore[attr-defined]
+    else:
+        view = memoryview(keys)
+        column = [view[i : i + width].tobytes() for i in range(0, len(keys), width)]
+    if not all(map(operator.lt, column, itertools.islice(column, 1, None))):
+        raise SnapshotCorrupt(f"{name}: keys are not in strictly ascending order")
 
 
 def _decode_strings(data: bytes, pos: int, end: int, entries: int, name: str) -> tuple[str, ...]:
@@ -306,6 +330,9 @@ def _decode_strings(data: bytes, pos: int, end: int, entries: int, name: str) ->
         raise SnapshotCorrupt(f"{name}: a string key is not UTF-8") from None
     if pos != end:
         raise SnapshotCorrupt(f"{name}: size does not match {entries} entries")
+    encoded = [key.encode() for key in keys]
+    if not all(map(operator.lt, encoded, itertools.islice(encoded, 1, None))):
+        raise SnapshotCorrupt(f"{name}: keys are not in strictly ascending order")
     return tuple(keys)
 
 

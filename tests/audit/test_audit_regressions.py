@@ -149,3 +149,88 @@ def test_show_available_survives_a_damaged_oldest_file(tmp_path: Path) -> None:
         _damage(tmp_path / name)
     (row,) = QueryEngine(store=store).run("show available").available
     assert row["family"] == "unknown"
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        "\uff12\uff10\uff12\uff14-06-01",  # fullwidth digits
+        "2024-\uff106-01",
+        "2024-06-01T1\u0662:00",  # Arabic-Indic two
+        "2024-06-01T12:00:0\u07c0",  # NKo zero
+    ],
+)
+def test_dates_with_non_ascii_digits_are_refused(date: str) -> None:
+    """Dates take ASCII digits only; Unicode digits are a syntax error, not 2024."""
+    from mhafail.audit import parse_query
+    from mhafail.errors import QuerySyntaxError
+
+    with pytest.raises(QuerySyntaxError, match="date"):
+        parse_query(f"show count for 198.18.0.0/16 in conn since {date}")
+
+
+def _crafted(family: KeyFamily, keys: bytes, counts: list[int], total: int) -> bytes:
+    """Build a snapshot file by hand with a valid CRC (what an attacker or a buggy writer makes)."""
+    import json
+    import struct
+    import zlib
+
+    meta = {
+        "format": "mhafail-audit-snapshot",
+        "version": 1,
+        "series": "conn",
+        "family": family.value,
+        "resolution": "raw",
+        "start": int(T0),
+        "end": int(T0) + 60,
+        "entries": len(counts),
+        "total": total,
+        "dropped": 0,
+        "sources": 1,
+    }
+    head = json.dumps(meta).encode()
+    body = b"MHAUDIT\n" + len(head).to_bytes(4, "big") + head + keys
+    body += struct.pack(f">{len(counts)}Q", *counts)
+    return body + zlib.crc32(body).to_bytes(4, "big")
+
+
+@pytest.mark.parametrize(
+    ("family", "keys", "total", "problem"),
+    [
+        (KeyFamily.IPV4, (V4 + 2).to_bytes(4, "big") + (V4 + 1).to_bytes(4, "big"), 3, "order"),
+        (KeyFamily.IPV4, (V4 + 1).to_bytes(4, "big") * 2, 3, "order"),
+        (KeyFamily.IPV6, (2).to_bytes(16, "big") + (1).to_bytes(16, "big"), 3, "order"),
+        (KeyFamily.STRING, b"\x00\x01b\x00\x01a", 3, "order"),
+        (KeyFamily.IPV4, (V4 + 1).to_bytes(4, "big") + (V4 + 2).to_bytes(4, "big"), 4, "total"),
+    ],
+)
+def test_crafted_snapshots_with_valid_crc_are_checked(
+    tmp_path: Path, family: KeyFamily, keys: bytes, total: int, problem: str
+) -> None:
+    """Unsorted keys or a header total that disagrees with the counts raise SnapshotCorrupt."""
+    from mhafail.errors import SnapshotCorrupt
+
+    path = tmp_path / "conn.20240601T000000"
+    path.write_bytes(_crafted(family, keys, [1, 2], total))
+    with pytest.raises(SnapshotCorrupt, match=problem):
+        read_snapshot(path)
+
+
+def test_node_cli_adds_string_keys_with_spaces(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The audit node's stdin commands take shell-quoted keys, so string keys may hold spaces."""
+    import io
+    import json
+
+    from mhafail.cli._audit import _read_commands
+
+    who = AuditSeries("who", family="string", clock=ManualClock(T0))
+    commands = 'add who "a b" 2\nadd who \'a b\'\ncount who "a b"\nadd who "unclosed\n'
+    monkeypatch.setattr("sys.stdin", io.StringIO(commands))
+    _read_commands(None, {"who": who})
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["event"] for e in events] == ["added", "added", "count", "error"]
+    assert events[0]["key"] == "a b"
+    assert events[2]["count"] == 3
+    assert "quotation" in events[3]["error"]
