@@ -1,0 +1,89 @@
+"""Regressions from the outside check of jlog (issue 13, jlog items 11-17)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from mhafail.errors import JlogCorrupt
+from mhafail.jlog import Jlog, ProblemKind
+
+RECORD = 16 + 30  # every plain test record: 16-byte header + 30-byte payload
+
+
+def _payload(i: int) -> bytes:
+    return b"%029d." % i
+
+
+def _jlog(tmp_path: Path, *, compress: bool = False, unit: int = 3 * RECORD) -> Jlog:
+    """Segments 0, 1, 2 (3 records each when plain) and 3 (being written), subscriber 's'."""
+    jlog = Jlog.create(tmp_path / "j", unit_limit=unit, compress=compress)
+    with jlog.writer() as writer:
+        writer.write_many([_payload(i) for i in range(9)])
+    jlog.add_subscriber("s")
+    return jlog
+
+
+def _read(jlog: Jlog, name: str = "s") -> list[bytes]:
+    with jlog.reader(name) as reader:
+        return [m.payload for m in reader]
+
+
+def _kinds(jlog: Jlog) -> set[ProblemKind]:
+    return {p.kind for p in jlog.inspect().problems}
+
+
+def test_a_torn_record_in_pre_commit_does_not_block_the_writer(tmp_path: Path) -> None:
+    """A pre_commit holding only a torn record is dropped (logged); writer() and repair() work."""
+    jlog = _jlog(tmp_path)
+    torn = struct.pack("<IIII", jlog.read_meta().hdr_magic, 1, 2, 30) + b"only ten b"
+    (jlog.path / "pre_commit").write_bytes(struct.pack("<I", len(torn)) + torn)
+    report = jlog.repair()
+    assert report.pre_commit_records == 0
+    with jlog.writer() as writer:
+        writer.write(b"after")
+    assert (jlog.path / "pre_commit").read_bytes()[:4] == bytes(4)
+    assert _read(jlog) == [_payload(i) for i in range(9)] + [b"after"]
+
+
+def test_a_whole_record_before_a_torn_one_in_pre_commit_is_flushed(tmp_path: Path) -> None:
+    """Whole records in pre_commit are flushed in order and the torn tail after them dropped."""
+    jlog = _jlog(tmp_path)
+    magic = jlog.read_meta().hdr_magic
+    whole = struct.pack("<IIII", magic, 1, 2, 4) + b"kept"
+    torn = struct.pack("<IIII", magic, 1, 2, 30) + b"torn"
+    (jlog.path / "pre_commit").write_bytes(struct.pack("<I", len(whole + torn)) + whole + torn)
+    with jlog.writer() as writer:
+        assert writer.pre_commit_records == 1
+    assert _read(jlog)[-1] == b"kept"
+
+
+def test_a_damaged_length_in_an_indexed_plain_segment_raises_jlog_corrupt(tmp_path: Path) -> None:
+    """A record length that runs past the index raises JlogCorrupt, not struct.error."""
+    jlog = _jlog(tmp_path)
+    jlog.add_subscriber("t")
+    assert len(_read(jlog, "t")) == 9  # builds and closes the indexes
+    seg = jlog.path / "00000000"
+    data = bytearray(seg.read_bytes())
+    struct.pack_into("<I", data, 12, 0xFFFFFF00)  # record 1's payload length
+    seg.write_bytes(bytes(data))
+    with pytest.raises(JlogCorrupt, match="runs past its index"):
+        _read(jlog)
+    assert ProblemKind.CORRUPT_SEGMENT in _kinds(jlog) or ProblemKind.BAD_INDEX in _kinds(jlog)
+    jlog.repair()
+    assert _read(jlog) == [_payload(i) for i in range(1, 9)]
+
+
+def test_a_closed_index_missing_records_is_rebuilt_not_trusted(tmp_path: Path) -> None:
+    """Records past the end of an old segment's closed index are read, never skipped."""
+    jlog = _jlog(tmp_path)
+    jlog.add_subscriber("t")
+    assert len(_read(jlog, "t")) == 9  # closes 00000000.idx after 3 records
+    seg = jlog.path / "00000000"
+    extra = struct.pack("<IIII", jlog.read_meta().hdr_magic, 1, 2, 5) + b"extra"
+    seg.write_bytes(seg.read_bytes() + extra)
+    assert _read(jlog) == [_payload(i) for i in range(3)] + [b"extra"] + [
+        _payload(i) for i in range(3, 9)
+    ]
