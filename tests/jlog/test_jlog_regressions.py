@@ -87,3 +87,22 @@ def test_a_closed_index_missing_records_is_rebuilt_not_trusted(tmp_path: Path) -
     assert _read(jlog) == [_payload(i) for i in range(3)] + [b"extra"] + [
         _payload(i) for i in range(3, 9)
     ]
+
+
+def test_an_empty_checkpoint_of_another_subscriber_is_ignored(tmp_path: Path) -> None:
+    """An empty cp.* (libjlog crashed mid-create) breaks no reader, listing or retention."""
+    from mhafail.jlog._format import checkpoint_name
+
+    jlog = _jlog(tmp_path)
+    (jlog.path / checkpoint_name("ghost")).write_bytes(b"")
+    with jlog.reader("s") as reader:
+        got = []
+        while batch := reader.read_batch():
+            got.extend(m.payload for m in batch)
+            reader.checkpoint(batch[-1].id)
+    assert got == [_payload(i) for i in range(9)]
+    assert [s.name for s in jlog.subscribers()] == ["s"]
+    assert jlog.clean() == [] and not (jlog.path / "00000000").exists()  # retention ran
+    (jlog.path / checkpoint_name("ghost")).write_bytes(b"\x01\x02\x03")
+    with pytest.raises(JlogCorrupt, match="3 bytes"):
+        jlog.subscribers()  # any other damaged size still stops retention and listing
