@@ -142,15 +142,19 @@ def _read(path: Path) -> bytes:
         return f.read()
 
 
-def _guess_magic(path: Path, segments: list[int]) -> int:
-    """Recover the record magic from the segments (plain if nothing tells)."""
+def _segments_magic(path: Path, segments: list[int]) -> int | None:
+    """The record magic most segments start with (``None``: no segment tells)."""
+    votes = {fmt.PLAIN_MAGIC: 0, fmt.LZ4_MAGIC: 0}
     for log in segments:
-        head = _read(path / fmt.segment_name(log))[:4]
+        with contextlib.suppress(FileNotFoundError), open(path / fmt.segment_name(log), "rb") as f:
+            head = f.read(4)
         if len(head) == 4:
             (magic,) = fmt.U32.unpack(head)
-            if magic in (fmt.PLAIN_MAGIC, fmt.LZ4_MAGIC):
-                return int(magic)
-    return fmt.PLAIN_MAGIC
+            if magic in votes:
+                votes[magic] += 1
+    if not any(votes.values()):
+        return None
+    return max(votes, key=lambda m: votes[m])
 
 
 def _check_jlog_dir(path: Path) -> None:
@@ -173,8 +177,17 @@ def _effective_meta(path: Path, segments: list[int]) -> tuple[fmt.Meta, list[str
         unit_limit = fmt.DEFAULT_UNIT_LIMIT
     if safety not in (0, 1, 2):
         safety = int(fmt.Safety.ALMOST_SAFE)
+    on_disk = _segments_magic(path, segments)
     if magic not in (fmt.PLAIN_MAGIC, fmt.LZ4_MAGIC):
-        magic = _guess_magic(path, segments)
+        magic = fmt.PLAIN_MAGIC if on_disk is None else on_disk
+    elif on_disk is not None and on_disk != magic:
+        # Both values are valid, so only the segments can tell which is
+        # right; trusting the metastore would cut every record as damage.
+        problems = [
+            *problems,
+            f"record magic {magic:#010x} disagrees with the segments' {on_disk:#010x}",
+        ]
+        magic = on_disk
     stale = bool(segments) and storage_log != latest
     if stale:
         storage_log = latest

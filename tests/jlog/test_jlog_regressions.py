@@ -106,3 +106,20 @@ def test_an_empty_checkpoint_of_another_subscriber_is_ignored(tmp_path: Path) ->
     (jlog.path / checkpoint_name("ghost")).write_bytes(b"\x01\x02\x03")
     with pytest.raises(JlogCorrupt, match="3 bytes"):
         jlog.subscribers()  # any other damaged size still stops retention and listing
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_repair_takes_the_record_magic_from_the_segments(tmp_path: Path, compress: bool) -> None:
+    """A metastore naming the other valid magic (plain vs LZ4) is fixed, and no record is cut."""
+    jlog = _jlog(tmp_path, compress=compress)
+    meta = jlog.path / "metastore"
+    raw = bytearray(meta.read_bytes())
+    other = 0x663A7318 if compress else 0x15106A01
+    struct.pack_into("<I", raw, 12, other)
+    meta.write_bytes(bytes(raw))
+    problems = jlog.inspect().problems
+    assert [p.kind for p in problems] == [ProblemKind.BAD_METASTORE]
+    assert "disagrees with the segments" in problems[0].detail
+    report = jlog.repair()
+    assert (report.cuts, report.remaining) == ([], [])
+    assert _read(Jlog.open(jlog.path)) == [_payload(i) for i in range(9)]
