@@ -7,8 +7,9 @@ What is checked and how it is fixed:
   ``storage_log`` = the highest segment, as libjlog's repair does;
 - indexes: odd-sized, stale (not matching the records), or closed while
   the segment is still written -> rebuilt;
-- segments: a bad record magic or a torn end -> every record that still
-  parses is kept, the rest is cut and reported (byte ranges);
+- segments: a bad record magic, a torn end or an LZ4 block that does not
+  decompress -> every record that still decodes is kept, the rest is cut
+  and reported (byte ranges);
 - missing segments between existing ones -> replaced by empty segments
   (their data is gone; reported) so readers can go on past them;
 - checkpoints: damaged or pointing past the data -> moved *back* only
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import attrs
 
-from mhafail.errors import JlogInvalidArgument
+from mhafail.errors import JlogCorrupt, JlogInvalidArgument
 
 from . import _format as fmt
 from ._files import (
@@ -157,6 +158,22 @@ def _segments_magic(path: Path, segments: list[int]) -> int | None:
     return max(votes, key=lambda m: votes[m])
 
 
+def _decodes(data: bytes, offset: int, magic: int) -> bool:
+    """Whether the record at ``offset`` decodes (an LZ4 block may not, intact lengths or not)."""
+    try:
+        fmt.decode_payload(data, offset, magic)
+    except JlogCorrupt:
+        return False
+    return True
+
+
+def _undecodable(data: bytes, offsets: list[int], magic: int) -> list[int]:
+    """Offsets of the framed records whose LZ4 block does not decompress (none when plain)."""
+    if not fmt.is_compressed_magic(magic):
+        return []
+    return [offset for offset in offsets if not _decodes(data, offset, magic)]
+
+
 def _check_jlog_dir(path: Path) -> None:
     if not path.is_dir():
         raise JlogInvalidArgument(f"{path} is not a directory, so not a jlog")
@@ -204,11 +221,15 @@ def _salvage(data: bytes, magic: int) -> tuple[list[tuple[int, int]], list[tuple
     needle = fmt.U32.pack(magic)
     size = len(data)
 
+    compressed = fmt.is_compressed_magic(magic)
+
     def record_at(pos: int) -> int | None:
         if pos + hsize > size or data[pos : pos + 4] != needle:
             return None
         end = fmt.record_end(data[pos : pos + hsize], pos, magic)
-        return end if end <= size else None
+        if end > size or (compressed and not _decodes(data, pos, magic)):
+            return None
+        return end
 
     def plausible(pos: int) -> bool:
         end = record_at(pos)
@@ -255,6 +276,14 @@ def _inspect_segment(
     name = fmt.segment_name(log)
     data = _read(path / name)
     walk = fmt.walk_records(data, meta.hdr_magic)
+    for offset in _undecodable(data, walk.offsets, meta.hdr_magic):
+        problems.append(
+            Problem(
+                ProblemKind.CORRUPT_SEGMENT,
+                name,
+                f"LZ4 block of the record at offset {offset} does not decompress",
+            )
+        )
     if walk.stop is fmt.WalkStop.BAD_MAGIC:
         problems.append(
             Problem(ProblemKind.CORRUPT_SEGMENT, name, f"bad record magic at offset {walk.end}")
@@ -393,7 +422,9 @@ def _repair_segment(
             data = pread_all(fd, os.fstat(fd).st_size, 0)
             walk = fmt.walk_records(data, meta.hdr_magic)
             closed = log < meta.storage_log
-            if walk.stop is fmt.WalkStop.END:
+            if walk.stop is fmt.WalkStop.END and not _undecodable(
+                data, walk.offsets, meta.hdr_magic
+            ):
                 _fix_index_if_needed(path, log, walk.offsets, closed)
                 return
             old_index = _old_index(path, log)

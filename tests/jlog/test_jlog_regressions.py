@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mhafail.errors import JlogCorrupt
-from mhafail.jlog import Jlog, ProblemKind
+from mhafail.jlog import Jlog, MessageId, ProblemKind
 
 RECORD = 16 + 30  # every plain test record: 16-byte header + 30-byte payload
 
@@ -123,3 +123,27 @@ def test_repair_takes_the_record_magic_from_the_segments(tmp_path: Path, compres
     report = jlog.repair()
     assert (report.cuts, report.remaining) == ([], [])
     assert _read(Jlog.open(jlog.path)) == [_payload(i) for i in range(9)]
+
+
+def test_a_damaged_lz4_block_is_detected_repaired_and_the_rest_delivered(tmp_path: Path) -> None:
+    """An LZ4 record that does not decompress is reported by inspect, cut by repair, and skipped."""
+    from mhafail.jlog._format import LZ4_HEADER, walk_records
+
+    jlog = _jlog(tmp_path, compress=True, unit=1 << 20)
+    jlog.add_subscriber("ahead")
+    jlog.set_checkpoint("ahead", MessageId(0, 6))
+    seg = jlog.path / "00000000"
+    data = bytearray(seg.read_bytes())
+    offsets = walk_records(bytes(data), jlog.read_meta().hdr_magic).offsets
+    start, end = offsets[4] + LZ4_HEADER.size, offsets[5]
+    data[start:end] = b"\xff" * (end - start)  # record 5's block, its lengths intact
+    seg.write_bytes(bytes(data))
+    with pytest.raises(JlogCorrupt, match="does not decompress"):
+        _read(jlog)
+    problems = jlog.inspect().problems
+    assert [(p.kind, p.file) for p in problems] == [(ProblemKind.CORRUPT_SEGMENT, "00000000")]
+    report = jlog.repair()
+    assert [(c.log, c.offset, c.length) for c in report.cuts] == [(0, offsets[4], end - offsets[4])]
+    assert report.remaining == []
+    assert _read(jlog) == [_payload(i) for i in range(9) if i != 4]
+    assert _read(jlog, "ahead") == [_payload(i) for i in range(6, 9)]  # moved back by the cut one
