@@ -10,8 +10,10 @@ What is checked and how it is fixed:
 - segments: a bad record magic, a torn end or an LZ4 block that does not
   decompress -> every record that still decodes is kept, the rest is cut
   and reported (byte ranges);
-- missing segments between existing ones -> replaced by empty segments
-  (their data is gone; reported) so readers can go on past them;
+- missing segments between existing ones that no subscriber has read past
+  -> replaced by empty segments (their data is gone; reported) so readers
+  can go on past them (a hole some subscriber has passed is libjlog's
+  ordinary retention: neither reported nor filled);
 - checkpoints: damaged or pointing past the data -> moved *back* only
   (to the oldest data, the end of the segment, or the last kept record
   before a cut), so nothing unread is ever skipped;
@@ -39,6 +41,7 @@ from ._files import (
     list_checkpoint_files,
     list_segments,
     open_rw,
+    passed_hole,
     pread_all,
     pwrite_all,
 )
@@ -351,7 +354,8 @@ def inspect(path: str | os.PathLike[str]) -> InspectReport:
         counts[log] = len(walk.offsets)
     if segments:
         for log in range(segments[0], segments[-1]):
-            if log not in counts:
+            after = min(s for s in segments if s > log)
+            if log not in counts and not passed_hole(path, after):
                 problems.append(
                     Problem(
                         ProblemKind.MISSING_SEGMENT,
@@ -521,7 +525,8 @@ def repair(path: str | os.PathLike[str]) -> RepairReport:
                 os.fsync(meta_fd)
             checkpoints = _repair_checkpoint_files(path, segments, meta, moves)
             for log in range(segments[0], segments[-1]) if segments else ():
-                if log not in segments:
+                after = min((s for s in segments if s > log), default=log + 1)
+                if log not in segments and not passed_hole(path, after):
                     # Readers stop at holes (retention never makes one): an
                     # empty segment lets them pass; the loss is reported.
                     os.close(

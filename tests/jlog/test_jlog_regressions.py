@@ -147,3 +147,29 @@ def test_a_damaged_lz4_block_is_detected_repaired_and_the_rest_delivered(tmp_pat
     assert report.remaining == []
     assert _read(jlog) == [_payload(i) for i in range(9) if i != 4]
     assert _read(jlog, "ahead") == [_payload(i) for i in range(6, 9)]  # moved back by the cut one
+
+
+def test_a_hole_left_by_libjlog_retention_is_read_past(tmp_path: Path) -> None:
+    """Orphaned segments below a hole some subscriber passed are read, the hole skipped, no loss."""
+    from mhafail.jlog._format import checkpoint_name
+
+    jlog = _jlog(tmp_path)
+    jlog.add_subscriber("b")
+    jlog.set_checkpoint("b", MessageId(2, 1))
+    # libjlog: subscriber 's' removed without cleanup, then b's retention deleted segment 1 only.
+    (jlog.path / checkpoint_name("s")).unlink()
+    (jlog.path / "00000001").unlink()
+    (jlog.path / "00000001.idx").unlink(missing_ok=True)
+    assert jlog.inspect().ok
+    jlog.add_subscriber("c")  # BEGIN: the oldest segment, an orphan
+    assert _read(jlog, "c") == [_payload(i) for i in (0, 1, 2, 6, 7, 8)]
+    assert jlog.repair().cuts == [] and not (jlog.path / "00000001").exists()
+
+
+def test_a_hole_nobody_read_past_is_still_reported_as_loss(tmp_path: Path) -> None:
+    """A hole below every subscriber's checkpoint means unread data was deleted: it raises."""
+    jlog = _jlog(tmp_path)
+    (jlog.path / "00000001").unlink()
+    with pytest.raises(JlogCorrupt, match="unread data was deleted"):
+        _read(jlog)
+    assert ProblemKind.MISSING_SEGMENT in _kinds(jlog)
