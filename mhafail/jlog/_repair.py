@@ -525,10 +525,10 @@ def repair(path: str | os.PathLike[str]) -> RepairReport:
                 os.fsync(meta_fd)
             checkpoints = _repair_checkpoint_files(path, segments, meta, moves)
             for log in range(segments[0], segments[-1]) if segments else ():
-                after = min((s for s in segments if s > log), default=log + 1)
-                if log not in segments and not passed_hole(path, after):
-                    # Readers stop at holes (retention never makes one): an
-                    # empty segment lets them pass; the loss is reported.
+                resume = min((s for s in segments if s > log), default=log + 1)
+                if log not in segments and not passed_hole(path, resume):
+                    # Readers stop at holes nobody read past: an empty
+                    # segment lets them pass; the loss is reported.
                     os.close(
                         os.open(path / fmt.segment_name(log), os.O_CREAT | os.O_WRONLY, FILE_MODE)
                     )
