@@ -8,8 +8,9 @@ reads it, so a burst of adds costs one fold, not one per level per add.
 
 Memory: each live window holds at most ``max_keys`` entries per level (four
 levels for addresses); measured cost is 80 to 145 bytes per distinct IPv4
-address per window (docs/benchmarks.md). Past the cap, only the finest
-counts degrade, and :meth:`AuditSeries.stats` says so.
+address per window (docs/benchmarks.md). Past the cap, the counts of
+prefixes answered from a full level (and every longer one) become lower
+bounds; :meth:`AuditSeries.stats` says up to which length counts stay exact.
 
 Thread safety: every public method takes the series' lock, so ``add`` on an
 event loop, ``take_interval`` on an as_logger thread and ``merge`` on a
@@ -122,8 +123,13 @@ class SeriesStats:
         current_start: epoch second window 0 started.
         keys: distinct exact keys per window, window 0 first.
         dropped: per window, increments whose exact key was not stored
-            because ``max_keys`` was reached (counts of long prefixes in
-            that window are lower bounds; totals stay exact).
+            because ``max_keys`` was reached (totals stay exact).
+        exact_up_to: per window, the longest prefix length whose counts
+            are still exact there: a level that drops entries makes every
+            prefix answered from it (longer than the kept level before
+            it, e.g. /9 to /16 once the /16 level is full) a lower bound.
+            The family's width (32, 128; 0 for strings) when nothing was
+            dropped.
         origins: remote origins whose batches are remembered.
     """
 
@@ -133,6 +139,7 @@ class SeriesStats:
     keys: tuple[int, ...]
     dropped: tuple[int, ...]
     origins: int
+    exact_up_to: tuple[int, ...] = ()
 
 
 @attrs.define
@@ -320,8 +327,9 @@ class AuditSeries:
                 (0 is the current window).
 
         Returns:
-            The sum. If :meth:`stats` reports ``dropped`` for a window, the
-            count of a long prefix there is a lower bound.
+            The sum. It is exact for prefixes no longer than
+            :attr:`SeriesStats.exact_up_to` of every window summed, and a
+            lower bound for longer ones (``max_keys`` was reached).
 
         Raises:
             AuditInvalidArgument: malformed target, wrong family, or window
@@ -619,10 +627,12 @@ class AuditSeries:
                 self._fold_pending_locked()
             keys = []
             dropped = []
+            exact = []
             for i in range(self.windows):
                 window = self._ring.get(self._current_start - i * self.window_seconds)
                 keys.append(len(window.levels[-1]) if window else 0)
                 dropped.append(max(window.dropped) if window else 0)
+                exact.append(self._exact_up_to(window))
             return SeriesStats(
                 name=self.name,
                 family=self.family,
@@ -630,4 +640,12 @@ class AuditSeries:
                 keys=tuple(keys),
                 dropped=tuple(dropped),
                 origins=len(self._origins),
+                exact_up_to=tuple(exact),
             )
+
+    def _exact_up_to(self, window: Window | None) -> int:
+        if window is not None:
+            for i, lost in enumerate(window.dropped):
+                if lost:
+                    return self._lengths[i - 1] if i else 0
+        return self.family.width

@@ -8,8 +8,10 @@ probes the next finer level, ``min(2**gap, len(level))`` steps at most.
 Every level holds at most ``max_keys`` entries. When a level is full, new
 entries at *that level only* are dropped and tallied in ``dropped``; the
 coarser levels and the window total stay exact, so a flood of distinct
-addresses costs bounded memory and degrades only the finest counts
-(:meth:`AuditSeries.stats` reports it).
+addresses costs bounded memory. Every prefix answered from the full level
+undercounts, including those between it and the kept level before it
+(a /12 is summed from the /16 level); :meth:`AuditSeries.stats` reports
+the longest exact length.
 """
 
 from __future__ import annotations
