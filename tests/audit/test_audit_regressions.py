@@ -1,8 +1,11 @@
 """Regressions from the outside check of the audit series (issue 13, audit items)."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mhafail.audit import (
     ASLogger,
@@ -11,6 +14,7 @@ from mhafail.audit import (
     KeyFamily,
     ManualClock,
     Origin,
+    Prefix,
     SnapshotStore,
     read_snapshot,
 )
@@ -247,3 +251,49 @@ def test_stats_say_which_prefix_lengths_stay_exact_past_max_keys() -> None:
     assert stats.exact_up_to[0] == 8
     assert stats.exact_up_to[1:] == (32,) * 5
     assert AuditSeries("s", family="string", clock=ManualClock(T0)).stats().exact_up_to[0] == 0
+
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.lists(st.integers(0, 4095), min_size=1, max_size=60)),
+        st.tuples(st.just("count"), st.integers(0, 32), st.integers(0, 4095)),
+        st.tuples(st.just("tick"), st.integers(1, 400)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_OPS, st.sampled_from([4, 64, 1 << 20]))
+def test_counts_between_levels_stay_right_as_windows_change(
+    ops: list[tuple[Any, ...]], max_keys: int
+) -> None:
+    """Counts at every length match a brute-force recount (a lower bound past max_keys)."""
+    clock = ManualClock(T0)
+    series = AuditSeries("conn", clock=clock, max_keys=max_keys)
+    seen: list[tuple[float, int]] = []
+    for op in ops:
+        if op[0] == "add":
+            keys = [V4 + (k << 12) + k for k in op[1]]  # spread over /8../32 buckets
+            if len(keys) % 2:
+                series.add_many(keys)
+            else:
+                for key in keys:
+                    series.add(key)
+            seen.extend((clock.time(), key) for key in keys)
+        elif op[0] == "tick":
+            clock.advance(op[1])
+        else:
+            length, k = op[1], op[2]
+            value = (V4 + (k << 12) + k) >> (32 - length) << (32 - length) if length else 0
+            oldest = (clock.time() // 300 - 5) * 300
+            truth = sum(
+                1
+                for t, key in seen
+                if t >= oldest and key >> (32 - length) == value >> (32 - length)
+            )
+            got = series.count(Prefix(KeyFamily.IPV4, value, length))
+            if max_keys == 1 << 20:
+                assert got == truth
+            else:
+                assert got <= truth
