@@ -12,6 +12,8 @@ line on stdout (every line carries ``event`` and ``t``, a
 ``time.monotonic()`` reading; ``line`` is the command's line number)::
 
     add SERIES KEY [N]        count KEY N times (default 1)       -> "added"
+                              (words split like a shell's: quote a key
+                              with spaces, 'add who "a b" 2')
     count SERIES TARGET [K]   sum over all windows (or K newest)  -> "count" with "count"
     flush [TIMEOUT]           send now, wait for every receiver   -> "flushed" with "ok"
     stats                     ClusterAudit.stats()                -> "stats"
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -213,10 +216,11 @@ def _node(args: argparse.Namespace) -> int:
 
 def _read_commands(audit: Any, by_name: dict[str, Any]) -> None:
     for number, raw in enumerate(sys.stdin, start=1):
-        words = raw.split()
-        if not words:
-            continue
         try:
+            # Shell-style words: a string key with spaces is quoted ("a b" or 'a b').
+            words = shlex.split(raw)
+            if not words:
+                continue
             _command(audit, by_name, words, number)
         except (MhafailError, ValueError) as exc:
             _emit("error", line=number, error=str(exc))
