@@ -152,14 +152,19 @@ def _undrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_config(path: Path | None) -> dict[str, Any]:
+    """The agent's TOML config file, or {} without one."""
+    if path is None:
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidArgument(f"--config {path}: {exc}") from exc
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """Merge the TOML config (if any) with the flags; flags win."""
-    cfg: dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            cfg = tomllib.loads(args.config.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise InvalidArgument(f"--config {args.config}: {exc}") from exc
+    cfg = _load_config(args.config)
     known = {
         "zk",
         "cluster",
