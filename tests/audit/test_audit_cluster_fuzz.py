@@ -14,7 +14,7 @@ from mhafail.audit import AuditSeries, ClusterAudit
 from mhafail.audit._wire import check_increments, decode_message
 from mhafail.errors import AuditInvalidArgument, AuditProtocolError
 
-FUZZ = settings(max_examples=200, deadline=2000)
+FUZZ = settings(max_examples=200, deadline=5000)
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),

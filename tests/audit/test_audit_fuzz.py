@@ -82,7 +82,7 @@ _queries = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=1000)
+@settings(max_examples=300, deadline=5000)
 @given(_queries)
 def test_parse_query_raises_only_audit_errors(text: str) -> None:
     """Any text either parses or raises an AuditError subclass (QuerySyntaxError, ...)."""
@@ -90,7 +90,7 @@ def test_parse_query_raises_only_audit_errors(text: str) -> None:
         parse_query(text)
 
 
-@settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=5000, suppress_health_check=[HealthCheck.too_slow])
 @given(_queries)
 def test_engine_answers_or_raises_only_audit_errors(text: str) -> None:
     """Any text run against a real snapshot store answers or raises an AuditError subclass."""

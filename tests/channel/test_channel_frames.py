@@ -22,7 +22,7 @@ from mhafail.channel._frames import (
 )
 from mhafail.errors import ChannelInvalidArgument, ChannelProtocolError
 
-FUZZ = settings(max_examples=200, deadline=1000)
+FUZZ = settings(max_examples=200, deadline=5000)
 
 
 def test_all_equals_the_public_names() -> None:

@@ -76,7 +76,7 @@ def test_member_info_poison_is_malformed_data() -> None:
             NodeInfo.from_json(data)
 
 
-@settings(max_examples=300, deadline=1000)
+@settings(max_examples=300, deadline=5000)
 @given(_BYTES)
 def test_fuzz_decode_object_raises_only_malformed_data(data: bytes) -> None:
     """Any bytes decode to a dict or raise MalformedData; nothing else escapes."""
@@ -84,7 +84,7 @@ def test_fuzz_decode_object_raises_only_malformed_data(data: bytes) -> None:
         assert isinstance(decode_object(data, what="fuzz"), dict)
 
 
-@settings(max_examples=200, deadline=1000)
+@settings(max_examples=200, deadline=5000)
 @given(_JSON)
 def test_fuzz_nesting_depth_is_exact_for_valid_json(value: object) -> None:
     """The pre-parse depth scan equals the real nesting of valid JSON."""
@@ -99,7 +99,7 @@ def test_fuzz_nesting_depth_is_exact_for_valid_json(value: object) -> None:
     assert nesting_depth(json.dumps(value).encode()) == depth(value)
 
 
-@settings(max_examples=300, deadline=1000)
+@settings(max_examples=300, deadline=5000)
 @given(_MEMBER_FIELDS | _JSON)
 def test_fuzz_member_info_raises_only_malformed_data(raw: object) -> None:
     """Any JSON document as member info decodes (and round-trips) or raises MalformedData."""
@@ -110,7 +110,7 @@ def test_fuzz_member_info_raises_only_malformed_data(raw: object) -> None:
     assert NodeInfo.from_json(info.to_json()) == info
 
 
-@settings(max_examples=200, deadline=1000)
+@settings(max_examples=200, deadline=5000)
 @given(_BYTES)
 def test_fuzz_member_bytes_raise_only_malformed_data(data: bytes) -> None:
     """Any znode bytes as member info raise at most MalformedData."""
@@ -118,7 +118,7 @@ def test_fuzz_member_bytes_raise_only_malformed_data(data: bytes) -> None:
         NodeInfo.from_json(data)
 
 
-@settings(max_examples=200, deadline=1000)
+@settings(max_examples=200, deadline=5000)
 @given(_BYTES | st.builds(lambda v: json.dumps(v).encode(), _MEMBER_FIELDS))
 def test_fuzz_claims_and_node_documents_never_raise(data: bytes) -> None:
     """Claim and move-target/drain documents read as a value or None, never an exception."""

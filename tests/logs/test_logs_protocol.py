@@ -87,7 +87,7 @@ def test_malformed_frames_are_refused(data: bytes, match: str) -> None:
         decode_frame(data)
 
 
-@settings(max_examples=200, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=5000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=600))
 def test_fuzzed_log_frames_raise_only_protocol_errors(data: bytes) -> None:
     """Any bytes as a log frame: decoding it as its type says raises at most ProtocolError."""
@@ -104,7 +104,7 @@ def test_fuzzed_log_frames_raise_only_protocol_errors(data: bytes) -> None:
         pass
 
 
-@settings(max_examples=200, deadline=1000)
+@settings(max_examples=200, deadline=5000)
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(max_size=20),

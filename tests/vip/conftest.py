@@ -34,7 +34,7 @@ def lab_factory(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
     for netns, zk, lab in reversed(made):
         try:
             if lab is not None:
-                lab.monitor.close()
+                lab.close()
                 for proc in lab.agents.values():
                     proc.kill()
         finally:

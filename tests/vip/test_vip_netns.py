@@ -25,7 +25,6 @@ def test_crash_fails_over_through_the_announcement_alone(lab: Lab) -> None:
     fault = time.monotonic()
     lab.agents[old].kill()
     lab.lab[old].link_down()
-    lab.monitor.detach(old, fault)
     new = lab.new_owner(V4, old)
     first = lab.client_reaches(V4, new, fault)
     lab.client_reaches(V6, lab.new_owner(V6, old), fault)

@@ -1,10 +1,11 @@
 """The VIP namespace lab: agents, client and address monitor (root; on pytest's pythonpath).
 
 Three nodes and a client on a bridge (198.18.0.0/24, 2001:db8::/64), and a
-ZooKeeper on the bridge. A monitor follows every node's address
-notifications (RTM_NEWADDR/RTM_DELADDR) from outside the agents; the
-one-owner invariant is checked on that record: no two network-attached
-nodes ever hold a VIP at the same time. The client never touches its
+ZooKeeper on the bridge. The nemesis kit's monitor follows every node's
+address notifications in kernel order on one netlink socket, and its ARP
+observer probes the VIPs from the client every 15 ms; the one-owner
+invariant is checked on both: no two network-attached nodes ever hold a
+VIP, and no two MACs ever answer one probe. The client never touches its
 neighbour cache: it reaches a new owner only through the announcement.
 """
 
@@ -18,98 +19,14 @@ import threading
 import time
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from mhafail.testing import EventProcess, Host, NetnsLab, ZooKeeperServer
+from mhafail.testing.nemesis import ArpObserver, OverlapMonitor
 
 V4 = "198.18.0.200"
 V6 = "2001:db8::200"
 PORT = 2525
 TIMEOUT = 1.0  # session timeout (s)
 HELPERS = Path(__file__).parent
-
-
-class AddressMonitor:
-    """Records, per node, when each VIP appeared and disappeared (netlink events)."""
-
-    def __init__(self, lab: NetnsLab, names: list[str]) -> None:
-        self.events: list[tuple[float, str, str, str]] = []  # (t, node, "add"/"del", address)
-        self.detached: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
-        self._lock = threading.Lock()
-        self._sockets: list[IPRoute] = []
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._watch, args=(n, lab[n].netns), daemon=True) for n in names
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _watch(self, node: str, netns: str) -> None:
-        # Blocking reads: pyroute2 buffers messages, so select() on its
-        # socket can miss notifications that are already read.
-        ipr = IPRoute(netns=netns)
-        with self._lock:
-            self._sockets.append(ipr)
-        try:
-            ipr.bind()
-            for a in ipr.get_addr():
-                self._record(node, "add", str(a.get_attr("IFA_ADDRESS")))
-            while not self._stop.is_set():
-                for msg in ipr.get():
-                    kind = msg.get("event")
-                    if kind in ("RTM_NEWADDR", "RTM_DELADDR"):
-                        op = "add" if kind == "RTM_NEWADDR" else "del"
-                        self._record(node, op, str(msg.get_attr("IFA_ADDRESS")))
-        except OSError:
-            if not self._stop.is_set():
-                raise
-
-    def _record(self, node: str, op: str, address: str) -> None:
-        if address in (V4, V6):
-            with self._lock:
-                self.events.append((time.monotonic(), node, op, address))
-
-    def detach(self, node: str, start: float, end: float = float("inf")) -> None:
-        """Mark ``node`` as cut off the network (link down) in [start, end)."""
-        self.detached[node].append((start, end))
-
-    def holders(self, address: str) -> set[str]:
-        held: set[str] = set()
-        with self._lock:
-            for _, node, op, a in self.events:
-                if a == address:
-                    (held.add if op == "add" else held.discard)(node)
-        return held
-
-    def overlaps(self, address: str) -> list[tuple[float, set[str]]]:
-        """Moments when two or more attached nodes held ``address``."""
-        with self._lock:
-            events = sorted(e for e in self.events if e[3] == address)
-        cuts = sorted({t for spans in self.detached.values() for s in spans for t in s})
-        held: set[str] = set()
-        bad = []
-        points = sorted(
-            [(t, "e", e) for t, *_ in events for e in [None]] + [(c, "c", None) for c in cuts]
-        )
-        index = 0
-        for t, _, _ in points:
-            while index < len(events) and events[index][0] <= t:
-                _, node, op, _ = events[index]
-                (held.add if op == "add" else held.discard)(node)
-                index += 1
-            attached = {n for n in held if not any(s <= t < e for s, e in self.detached[n])}
-            if len(attached) > 1:
-                bad.append((t, attached))
-        return bad
-
-    def close(self) -> None:
-        self._stop.set()
-        with self._lock:
-            sockets = list(self._sockets)
-        for ipr in sockets:
-            ipr.close()
-        for t in self._threads:
-            t.join(2)
 
 
 def agent(
@@ -181,7 +98,12 @@ class Lab:
         self.names = ["h1", "h2", "h3"]
         for name in self.names:
             lab[name].spawn([sys.executable, str(HELPERS / "banner.py"), name, str(PORT)])
-        self.monitor = AddressMonitor(lab, self.names)
+        # Kernel-ordered, across every namespace, on one netlink socket; a
+        # node whose bridge port is down counts as detached (not an owner).
+        self.monitor = OverlapMonitor.for_lab(lab, self.names, [V4, V6])
+        # Two MACs answering one ARP/ND probe is two owners as clients see it.
+        macs = {f"02:18:00:00:00:{10 + i:02x}": f"h{i}" for i in (1, 2, 3)}
+        self.observer = ArpObserver(lab["c1"], [V4, V6], macs=macs)
         self.agents = {n: agent(lab[n], zk.address, timeout, extra).start() for n in self.names}
         self.client = Client(lab["c1"])
 
@@ -218,3 +140,10 @@ class Lab:
     def assert_one_owner(self) -> None:
         for address in (V4, V6):
             assert self.monitor.overlaps(address) == [], f"two owners of {address}"
+        assert self.observer.conflicts == [], f"two MACs answered: {self.observer.conflicts}"
+        assert self.monitor.lost is None, self.monitor.lost
+
+    def close(self) -> None:
+        """Stop the monitor and the observer."""
+        self.observer.close()
+        self.monitor.close()
