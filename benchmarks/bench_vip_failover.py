@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 ZK_CMD = "{py} -m mhafail zk serve --host {bridge_addr} --port 2181 --tick-time 150"
 AGENT = (
     "{py} -m mhafail agent --zk {dcs} --cluster bench --node {node} "
-    "--vip {vip}/{prefix}@{iface} --session-timeout %s --rebalance never"
+    "--vip {vip}/{prefix}@{iface} --session-timeout %s --rebalance never --zk-open"
 )
 
 
@@ -112,7 +112,7 @@ def scale(vips: int, session: float) -> None:
                 agents[name] = lab[name].spawn([
                     sys.executable, "-m", "mhafail", "agent", "--config", str(config),
                     "--zk", zk.address, "--cluster", "scale", "--node", name,
-                    "--session-timeout", str(session), "--rebalance", "immediate",
+                    "--session-timeout", str(session), "--rebalance", "immediate", "--zk-open",
                 ])  # fmt: skip
             client = lab["c1"].netns
             owners = run_in_netns(client, _sweep, addresses, 60.0, set())

@@ -7,7 +7,7 @@ one ARP request or neighbour solicitation. The round runs real agents
 against a 3-server ZooKeeper ensemble under a seeded fault schedule.
 
 Environment: ``MHAFAIL_NEMESIS_SEED`` (default 10), ``MHAFAIL_NEMESIS_FAULTS``
-(default: :data:`SAFE_KINDS`; ``all`` adds pause-both and starve),
+(default ``all``, with 2 s sessions),
 ``MHAFAIL_NEMESIS_SECONDS`` (default 40).
 """
 
@@ -22,7 +22,6 @@ from pyroute2 import IPRoute
 
 from mhafail.testing import NetnsLab
 from mhafail.testing.nemesis import (
-    SAFE_KINDS,
     ArpObserver,
     NemesisLab,
     OverlapMonitor,
@@ -165,9 +164,10 @@ def test_observer_flags_two_macs_answering_one_probe(
 def test_fixed_seed_nemesis_round_keeps_one_owner() -> None:
     """A seeded round of faults on real agents: no overlap, no two MACs, every VIP settles."""
     seed = int(os.environ.get("MHAFAIL_NEMESIS_SEED", "10"))
-    kinds = parse_kinds(os.environ.get("MHAFAIL_NEMESIS_FAULTS") or ",".join(SAFE_KINDS))
+    kinds = parse_kinds(os.environ.get("MHAFAIL_NEMESIS_FAULTS") or "all")
     seconds = float(os.environ.get("MHAFAIL_NEMESIS_SECONDS", "40"))
-    with NemesisLab(session_timeout=1.0) as lab:
+    # 2 s sessions: every fault kind, the frozen host included, must keep one owner.
+    with NemesisLab(session_timeout=2.0) as lab:
         nemesis = lab.nemesis(settle_timeout=10.0)
         try:
             report = nemesis.run(lab.schedule(seed, kinds), seconds=seconds, seed=seed, kinds=kinds)
