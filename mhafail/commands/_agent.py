@@ -68,6 +68,7 @@ class _Run:
     ctx: CommandContext
     reason: str = ""
     thread: threading.Thread | None = None
+    watch: Watch | None = None
 
 
 @attrs.frozen
@@ -438,6 +439,14 @@ class CommandAgent:
         with self._lock:
             self._running[request.id] = run
             self._counts["ran"] = self._counts.get("ran", 0) + 1
+        if self._loop is not None:
+            # A cancel rewrites the request: look at once, not at the next period.
+            try:
+                run.watch = self.coordinator.znodes.watch_changes(
+                    request_path(request.id), self._loop.kick
+                )
+            except CoordinationError:
+                logger.info("request %s: no watch; cancels are seen within a period", request.id)
         run.thread.start()
 
     def _run(self, run: _Run, command: Command, args: dict[str, Any]) -> None:
@@ -466,6 +475,11 @@ class CommandAgent:
                 ctx.cancelled.set()
                 status, error = ReplyStatus.TIMEOUT, f"not done within {request.timeout:g} s"
                 break
+        if run.watch is not None:
+            run.watch.cancel()
+        if status is ReplyStatus.OK and run.reason:
+            # Cancelled while the handler was finishing (often: because of it).
+            status, error = ReplyStatus.CANCELLED, run.reason
         output: Any = None
         truncated = False
         if status is ReplyStatus.OK:
