@@ -130,7 +130,7 @@ class CommandAgent:
     _registry: Registry = attrs.field(init=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _loop: ConvergeLoop | None = attrs.field(init=False, default=None)
-    _watch: Watch | None = attrs.field(init=False, default=None)
+    _watches: dict[bool, Watch] = attrs.field(init=False, factory=dict)
     _markers: Markers | None = attrs.field(init=False, default=None)
     _journal: AuditJournal | None = attrs.field(init=False, default=None)
     _running: dict[str, _Run] = attrs.field(init=False, factory=dict)
@@ -231,8 +231,8 @@ class CommandAgent:
             return
         end = time.monotonic() + self.stop_timeout
         self._stopping = True
-        if self._watch is not None:
-            self._watch.cancel()
+        for watch in self._take_watches():
+            watch.cancel()
         self._loop.stop(timeout=max(0.1, self.stop_timeout / 2))
         runs = self._cancel_all("the agent is stopping")
         for run in runs:
@@ -261,12 +261,16 @@ class CommandAgent:
             self._loop.kick()
 
     def _on_session(self, _session: int) -> None:
-        with self._lock:
-            watch, self._watch = self._watch, None
-        if watch is not None:
-            watch.cancel()  # watches do not survive a session: arm a new one
+        for watch in self._take_watches():
+            watch.cancel()  # watches do not survive a session: arm new ones
         if self._loop is not None:
             self._loop.kick()
+
+    def _take_watches(self) -> list[Watch]:
+        with self._lock:
+            watches = list(self._watches.values())
+            self._watches.clear()
+        return watches
 
     def _cancel_all(self, reason: str) -> list[_Run]:
         with self._lock:
@@ -295,10 +299,11 @@ class CommandAgent:
             return
         z = self.coordinator.znodes
         self._flush_unsent()
+        self._arm_watch(folder=True)
         names = z.children(REQUESTS)
         if names is None:
-            return  # no manager ever ran; the periodic pass looks again
-        self._arm_watch()
+            return  # no manager ever ran: the folder watch fires when one creates it
+        self._arm_watch(folder=False)
         live = set(names)
         with self._lock:
             self._done &= live
@@ -326,14 +331,16 @@ class CommandAgent:
             self._consider_all(mine)
         self._prune(live)
 
-    def _arm_watch(self) -> None:
+    def _arm_watch(self, *, folder: bool) -> None:
+        # A children watch can only be set on an existing folder; the exists
+        # watch sees the folder appear (the first manager creates it).
         with self._lock:
-            if self._watch is not None or self._loop is None:
+            if self._loop is None or self._watches.get(folder) is not None:
                 return
             loop = self._loop
-        watch = self.coordinator.znodes.watch_changes(REQUESTS, loop.kick, children=True)
+        watch = self.coordinator.znodes.watch_changes(REQUESTS, loop.kick, children=not folder)
         with self._lock:
-            self._watch = watch
+            self._watches[folder] = watch
 
     def _read(self, rid: str, znode: Any) -> Request | None:
         if znode is None:
