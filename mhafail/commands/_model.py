@@ -206,7 +206,7 @@ class Request:
             )
         except MalformedData:
             raise
-        except InvalidArgument as exc:
+        except (InvalidArgument, CommandInvalidArgument) as exc:  # names, ids, arguments
             raise MalformedData(f"malformed {what}: {exc}") from exc
 
 
