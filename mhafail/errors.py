@@ -46,11 +46,14 @@ GitPython exception ever reaches a caller: the adapters translate them.
     │   ├── AuthenticationFailed            the shared-secret challenge failed (either side)
     │   ├── StreamRefused                   the node refused a request; ``reason`` says why
     │   └── ManagerNameTaken                another live manager is registered under this name
-    └── ChannelError                        the authenticated channel (mhafail.channel)
-        ├── ChannelInvalidArgument (ValueError) a secret, secret file, endpoint or TLS setting
-        ├── ChannelClosed                   the peer closed, reset or went silent too long
-        ├── ChannelProtocolError            a malformed, oversized, forged or replayed frame
-        └── ChannelAuthFailed               the handshake failed: wrong or missing secret
+    ├── ChannelError                        the authenticated channel (mhafail.channel)
+    │   ├── ChannelInvalidArgument (ValueError) a secret, secret file, endpoint or TLS setting
+    │   ├── ChannelClosed                   the peer closed, reset or went silent too long
+    │   ├── ChannelProtocolError            a malformed, oversized, forged or replayed frame
+    │   └── ChannelAuthFailed               the handshake failed: wrong or missing secret
+    └── CommandError                        command delegation (mhafail.commands)
+        ├── CommandInvalidArgument (ValueError) a command name, argument, schema or selector
+        └── UnknownRequest (LookupError)    no request with that id (never sent, or collected)
 
 Components that arrive later add their own subtree here, next to the
 others, and extend this drawing.
@@ -308,3 +311,18 @@ class ChannelProtocolError(ChannelError):
 
 class ChannelAuthFailed(ChannelError):
     """The handshake failed: wrong secret, one side lacks one, or the peer refused us."""
+
+
+# --- commands ---------------------------------------------------------------
+
+
+class CommandError(MhafailError):
+    """A command delegation operation failed (mhafail.commands)."""
+
+
+class CommandInvalidArgument(CommandError, ValueError):
+    """A command name, argument, schema, target or selector was refused; the message says why."""
+
+
+class UnknownRequest(CommandError, LookupError):
+    """No command request with that id exists (never sent, collected, or expired)."""

@@ -25,6 +25,11 @@ config/*/head                  read                ``config commit``: operators
 config/*/applied               read create delete  nodes report their state
 config/*/applied/*             read write
 config/*/modes, modes/*        read                freeze/thaw: operators
+commands, commands/requests/*  read                only operators enqueue commands
+commands/results/*/claims      read create         a node claims a request once
+commands/results/*/claims/*    read                claims are never rewritten
+commands/results/*/replies     read create         a node answers once
+commands/results/*/replies/*   read                replies are never rewritten
 anything else                  read
 =============================  ==================  ==========================
 
@@ -58,9 +63,13 @@ _NODE_PERMS: dict[tuple[str, ...], int] = {
     ("vips", "*", "declared", "*"): READ,
     ("config", "*", "applied"): READ | CREATE | DELETE,
     ("config", "*", "applied", "*"): READ | WRITE,
+    # No DELETE: a node must not undo a claim (that would replay a command)
+    # nor withdraw an answer; managers (operators) garbage-collect both.
+    ("commands", "results", "*", "claims"): READ | CREATE,
+    ("commands", "results", "*", "replies"): READ | CREATE,
 }
 
-LAYOUT = ("members", "vips", "targets", "drained", "managers", "config")
+LAYOUT = ("members", "vips", "targets", "drained", "managers", "config", "commands")
 """The folders an operator creates with the cluster root (``mhafail init``)."""
 
 ROOT_ACL = ((READ | CREATE, WORLD),)

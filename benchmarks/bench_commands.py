@@ -1,0 +1,181 @@
+"""Benchmark mhafail.commands: broadcast round trip to 10 nodes, beside a naive baseline.
+
+Run ``python benchmarks/bench_commands.py`` (``--quick`` for a short smoke run).
+A real ZooKeeper server (from the testing kit) and 10 node processes run on
+this machine. Each node process runs a ``CommandAgent`` with the built-ins
+and, for the baseline, a plain TCP server that answers ``ping`` lines.
+
+* Broadcast round trip: ``CommandClient.broadcast("ping")`` then ``wait``
+  until all 10 replies are in ZooKeeper; p50/p99 over the rounds.
+* Baseline, in the same run, alternating with the broadcasts: a fresh TCP
+  connection to each node in turn, one ``ping`` line, one answer line
+  (no authentication, no durability, no run-once marker).
+* Requests/s: ``--concurrent`` broadcasts sent at once from threads; the
+  figure is broadcasts completed (all 10 replies) per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from mhafail.testing import ZooKeeperServer
+
+
+def node_main(args: argparse.Namespace) -> int:
+    """One node: an agent with the built-ins and a naive TCP ping server."""
+    import signal
+
+    from mhafail.commands import CommandAgent, register_builtins
+    from mhafail.coordination import Coordinator, Membership, NodeInfo
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    coordinator = Coordinator(hosts=args.zk, cluster=args.cluster, open_acl=True).start()
+    membership = Membership(coordinator=coordinator, info=NodeInfo(name=args.node)).start()
+    agent = CommandAgent(coordinator=coordinator, node=args.node, state_dir=args.state_dir)
+    register_builtins(agent, membership=membership)
+    agent.start()
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while not stop.is_set():
+            conn, _ = server.accept()
+            with conn, conn.makefile("rwb") as stream:
+                if stream.readline().strip() == b"ping":
+                    stream.write(json.dumps({"pong": args.node}).encode() + b"\n")
+                    stream.flush()
+
+    threading.Thread(target=serve, daemon=True).start()
+    print(json.dumps({"ready": args.node, "port": server.getsockname()[1]}), flush=True)
+    stop.wait()
+    agent.stop()
+    membership.stop()
+    coordinator.stop()
+    return 0
+
+
+def naive_round(ports: list[int]) -> float:
+    """Sequential TCP requests to each node; seconds for all."""
+    began = time.perf_counter()
+    for port in ports:
+        with socket.create_connection(("127.0.0.1", port)) as conn, conn.makefile("rwb") as s:
+            s.write(b"ping\n")
+            s.flush()
+            if not s.readline():
+                raise RuntimeError(f"no answer from port {port}")
+    return time.perf_counter() - began
+
+
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank), in milliseconds."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+
+
+def measure(client: Any, ports: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    """Round trips beside the naive baseline, then concurrent broadcasts."""
+    client.wait(client.broadcast("ping"), 10)  # warm up
+    broadcast: list[float] = []
+    naive: list[float] = []
+    for _ in range(args.rounds):
+        began = time.perf_counter()
+        result = client.wait(client.broadcast("ping", keep=60), 10)
+        broadcast.append(time.perf_counter() - began)
+        if len(result.replies) != args.nodes:
+            raise RuntimeError(f"incomplete broadcast: {result}")
+        naive.append(naive_round(ports))
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        rid = client.broadcast("ping", keep=60)
+        if not client.wait(rid, 60).complete:
+            raise RuntimeError(f"incomplete broadcast {rid}")
+        with lock:
+            ids.append(rid)
+
+    began = time.perf_counter()
+    threads = [threading.Thread(target=one) for _ in range(args.concurrent)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    summary = {
+        "nodes": args.nodes,
+        "rounds": args.rounds,
+        "broadcast_p50_ms": round(pct(broadcast, 50), 1),
+        "broadcast_p99_ms": round(pct(broadcast, 99), 1),
+        "broadcast_mean_ms": round(statistics.mean(broadcast) * 1000, 1),
+        "naive_tcp_p50_ms": round(pct(naive, 50), 2),
+        "naive_tcp_p99_ms": round(pct(naive, 99), 2),
+        "concurrent_broadcasts": len(ids),
+        "broadcasts_per_s": round(len(ids) / elapsed, 1),
+        "node_requests_per_s": round(len(ids) * args.nodes / elapsed, 1),
+    }
+    return summary
+
+
+def main() -> int:
+    """Run the benchmark; print a JSON summary."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--node-process", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--zk")
+    parser.add_argument("--cluster", default="bench")
+    parser.add_argument("--node")
+    parser.add_argument("--state-dir")
+    parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--concurrent", type=int, default=50)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.node_process:
+        return node_main(args)
+    if args.quick:
+        args.rounds, args.concurrent = 40, 20
+
+    from mhafail.commands import CommandClient
+    from mhafail.coordination import Coordinator
+
+    server = ZooKeeperServer().start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            ports = []
+            for i in range(args.nodes):
+                proc = subprocess.Popen(
+                    [sys.executable, __file__, "--node-process", "--zk", server.address,
+                     "--cluster", args.cluster, "--node", f"n{i}",
+                     "--state-dir", str(Path(tmp) / f"n{i}")],
+                    stdout=subprocess.PIPE,
+                )  # fmt: skip
+                procs.append(proc)
+            for proc in procs:
+                assert proc.stdout is not None
+                ports.append(json.loads(proc.stdout.readline())["port"])
+            with Coordinator(hosts=server.address, cluster=args.cluster, open_acl=True) as c:
+                summary = measure(CommandClient(coordinator=c), ports, args)
+                print(json.dumps(summary, indent=2))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        server.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

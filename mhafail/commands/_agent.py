@@ -1,0 +1,584 @@
+"""CommandAgent: a node runs the registered commands managers ask it to, once each.
+
+For every request that names this node the agent, on its own loop thread:
+
+1. reads and checks the request (malformed: skipped and reported);
+2. answers at once, without running anything, when it already answered,
+   when it took the request before (a durable local marker or its claim
+   znode exists: ``abandoned``), when the request is cancelled or expired,
+   or when the command is unknown, not allowed for the requester's role,
+   or its arguments fail the schema (``refused``);
+3. otherwise, only while the coordinator's lease is valid, writes the
+   run-once marker (fsynced), creates its claim znode, and runs the handler
+   on a thread of its own with the request's deadline and output cap;
+4. appends ``started`` and the outcome to the audit jlog and creates its
+   reply znode (retried until ZooKeeper takes it).
+
+A request therefore runs at most once per node: the marker is on disk
+before the handler starts, and a node never runs a request whose marker
+or claim exists. Without a valid lease the agent starts nothing and
+cancels what runs (DESIGN.md rule 5).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from mhafail.commands._journal import AuditJournal, Markers
+from mhafail.commands._model import (
+    COMMANDS,
+    REQUESTS,
+    Reply,
+    ReplyStatus,
+    Request,
+    claim_path,
+    encode_output,
+    reply_path,
+    request_path,
+)
+from mhafail.commands._registry import Command, CommandContext, Handler, Registry
+from mhafail.commands._schema import Arg, Schema
+from mhafail.coordination import ConvergeLoop, Coordinator, LeaseState, Watch, Znodes, check_name
+from mhafail.errors import (
+    AccessDenied,
+    CommandError,
+    CommandInvalidArgument,
+    CoordinationError,
+    MalformedData,
+)
+
+logger = logging.getLogger(__name__)
+
+ReplyListener = Callable[[Reply], None]
+
+
+@attrs.define(eq=False)
+class _Run:
+    request: Request
+    ctx: CommandContext
+    reason: str = ""
+    thread: threading.Thread | None = None
+    watch: Watch | None = None
+
+
+@attrs.frozen
+class AgentStats:
+    """What an agent did since it started.
+
+    Attributes:
+        ran: handlers started.
+        answered: replies written.
+        refused: requests refused (unknown, not allowed, bad arguments).
+        malformed: request znodes skipped as malformed.
+        running: handlers running now.
+    """
+
+    ran: int
+    answered: int
+    refused: int
+    malformed: int
+    running: int
+
+
+def _path(value: str | os.PathLike[str]) -> Path:
+    return Path(value)
+
+
+@attrs.define(kw_only=True, eq=False)
+class CommandAgent:
+    """Runs registered commands that managers send to this node.
+
+    Args:
+        coordinator: a started coordinator (node or operator credentials).
+        node: this node's name, as registered in membership.
+        state_dir: where the run-once markers live (``<state_dir>/markers``);
+            must survive restarts.
+        audit_log: the audit jlog directory (default ``<state_dir>/commands.jlog``).
+        allow: requester role (``operator``) or ``user:NAME`` -> command-name
+            globs it may run; default: operators may run everything.
+        max_running: handlers allowed at once; more requests wait.
+        period: seconds between passes when no watch fires.
+        marker_keep: seconds a marker is kept after its request is gone.
+        stop_timeout: the longest :meth:`stop` waits for handlers and ZooKeeper.
+        clock: wall clock for expiry (``time.time``).
+
+    Thread safety: register commands before :meth:`start`; the rest may be
+    called from any thread. Handlers run on threads of their own.
+    """
+
+    coordinator: Coordinator
+    node: str = attrs.field(validator=lambda _, __, v: check_name("node name", v))
+    state_dir: Path = attrs.field(converter=_path)
+    audit_log: Path | None = attrs.field(default=None, converter=attrs.converters.optional(_path))
+    allow: Mapping[str, Sequence[str]] = attrs.field(factory=lambda: {"operator": ("*",)})
+    max_running: int = 16
+    period: float = 2.0
+    marker_keep: float = 7 * 86400.0
+    stop_timeout: float = 2.0
+    clock: Callable[[], float] = time.time
+
+    _registry: Registry = attrs.field(init=False)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _loop: ConvergeLoop | None = attrs.field(init=False, default=None)
+    _watches: dict[bool, Watch] = attrs.field(init=False, factory=dict)
+    _markers: Markers | None = attrs.field(init=False, default=None)
+    _journal: AuditJournal | None = attrs.field(init=False, default=None)
+    _running: dict[str, _Run] = attrs.field(init=False, factory=dict)
+    _done: set[str] = attrs.field(init=False, factory=set)
+    _unsent: dict[str, Reply] = attrs.field(init=False, factory=dict)
+    _counts: dict[str, int] = attrs.field(init=False, factory=dict)
+    _listeners: list[ReplyListener] = attrs.field(init=False, factory=list)
+    _stopping: bool = attrs.field(init=False, default=False)
+    _last_prune: float = attrs.field(init=False, default=0.0)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_running < 1:
+            raise CommandInvalidArgument("max_running must be at least 1")
+        self._registry = Registry(allow=self.allow)
+
+    # --- registration ---------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        handler: Handler,
+        schema: Schema | Sequence[Arg] = (),
+        *,
+        roles: Sequence[str] = ("operator",),
+        help: str = "",
+    ) -> Command:
+        """Register ``handler(ctx, args)`` as command ``name``.
+
+        Raises:
+            CommandInvalidArgument: a bad or taken name, or a bad schema.
+        """
+        if not isinstance(schema, Schema):
+            schema = Schema(args=tuple(schema))
+        command = Command(
+            name=name, handler=handler, schema=schema, roles=frozenset(roles), help=help
+        )
+        self._registry.add(command)
+        return command
+
+    def command(
+        self,
+        name: str,
+        schema: Schema | Sequence[Arg] = (),
+        *,
+        roles: Sequence[str] = ("operator",),
+        help: str = "",
+    ) -> Callable[[Handler], Handler]:
+        """Decorator form of :meth:`register`."""
+
+        def decorate(handler: Handler) -> Handler:
+            self.register(name, handler, schema, roles=roles, help=help)
+            return handler
+
+        return decorate
+
+    def commands(self) -> list[Command]:
+        """The registered commands, sorted by name."""
+        return list(self._registry.commands())
+
+    def add_listener(self, listener: ReplyListener) -> None:
+        """Call ``listener(reply)`` after each reply is written (agent threads; must not block)."""
+        self._listeners.append(listener)
+
+    @property
+    def stats(self) -> AgentStats:
+        """Counters since start."""
+        with self._lock:
+            c = self._counts
+            return AgentStats(
+                ran=c.get("ran", 0),
+                answered=c.get("answered", 0),
+                refused=c.get("refused", 0),
+                malformed=c.get("malformed", 0),
+                running=len(self._running),
+            )
+
+    # --- life cycle -------------------------------------------------------------
+
+    def start(self) -> CommandAgent:
+        """Open the markers and audit jlog and start taking requests.
+
+        Raises:
+            CommandError: the state directory or audit jlog cannot be used.
+        """
+        if self._loop is not None:
+            raise CommandError("command agent already started")
+        self._markers = Markers(self.state_dir / "markers")
+        self._journal = AuditJournal(self.audit_log or self.state_dir / "commands.jlog")
+        self._loop = ConvergeLoop(f"mhafail-commands-{self.node}", self._pass, period=self.period)
+        self.coordinator.add_lease_listener(self._on_lease)
+        self.coordinator.add_session_listener(self._on_session)
+        self._loop.start()
+        return self
+
+    def stop(self) -> None:
+        """Cancel running handlers, send what can be sent, stop; bounded by ``stop_timeout``."""
+        if self._loop is None or self._stopping:
+            return
+        end = time.monotonic() + self.stop_timeout
+        self._stopping = True
+        for watch in self._take_watches():
+            watch.cancel()
+        self._loop.stop(timeout=max(0.1, self.stop_timeout / 2))
+        runs = self._cancel_all("the agent is stopping")
+        for run in runs:
+            if run.thread is not None:
+                run.thread.join(max(0.0, end - time.monotonic()))
+        if self._journal is not None:
+            self._journal.close()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no handler runs and no reply waits to be sent; False on timeout."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._lock:
+                if not self._running and not self._unsent:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    # --- events -------------------------------------------------------------------
+
+    def _on_lease(self, state: LeaseState) -> None:
+        if state is LeaseState.EXPIRED:
+            # Fail closed: nothing runs on the strength of a session we may have lost.
+            self._cancel_all("coordination with ZooKeeper was lost")
+        elif self._loop is not None:
+            self._loop.kick()
+
+    def _on_session(self, _session: int) -> None:
+        for watch in self._take_watches():
+            watch.cancel()  # watches do not survive a session: arm new ones
+        if self._loop is not None:
+            self._loop.kick()
+
+    def _take_watches(self) -> list[Watch]:
+        with self._lock:
+            watches = list(self._watches.values())
+            self._watches.clear()
+        return watches
+
+    def _cancel_all(self, reason: str) -> list[_Run]:
+        with self._lock:
+            runs = list(self._running.values())
+        for run in runs:
+            self._cancel(run, reason)
+        return runs
+
+    @staticmethod
+    def _cancel(run: _Run, reason: str) -> None:
+        if not run.ctx.cancelled.is_set():
+            run.reason = reason
+            run.ctx.cancelled.set()
+
+    def _znodes(self) -> Znodes:
+        z = self.coordinator.znodes
+        return z.bounded(min(z.timeout, 1.0)) if self._stopping else z
+
+    # --- one pass -------------------------------------------------------------------
+
+    def _pass(self) -> None:
+        if self._stopping:
+            return
+        if not self.coordinator.lease_valid():
+            self._cancel_all("coordination with ZooKeeper was lost")
+            return
+        z = self.coordinator.znodes
+        self._flush_unsent()
+        self._arm_watch(folder=True)
+        names = z.children(REQUESTS)
+        if names is None:
+            return  # no manager ever ran: the folder watch fires when one creates it
+        self._arm_watch(folder=False)
+        live = set(names)
+        with self._lock:
+            self._done &= live
+            running = dict(self._running)
+            busy = self._done | set(running) | set(self._unsent)
+        for rid, run in running.items():
+            if rid not in live:
+                self._cancel(run, "the request was deleted")
+        todo = [n for n in names if n not in busy]
+        watched = [n for n in running if n in live]
+        docs = z.get_many([request_path(n) for n in todo + watched])
+        mine: list[Request] = []
+        for rid in todo + watched:
+            request = self._read(rid, docs.get(request_path(rid)))
+            if request is None:
+                continue
+            if rid in running:
+                if request.cancelled:
+                    self._cancel(running[rid], "cancelled by the requester")
+            elif self.node in request.nodes:
+                mine.append(request)
+            else:
+                self._done.add(rid)
+        if mine:
+            self._consider_all(mine)
+        self._prune(live)
+
+    def _arm_watch(self, *, folder: bool) -> None:
+        # A children watch can only be set on an existing folder; the exists
+        # watch sees the folder appear (the first manager creates it).
+        with self._lock:
+            if self._loop is None or self._watches.get(folder) is not None:
+                return
+            loop = self._loop
+        watch = self.coordinator.znodes.watch_changes(REQUESTS, loop.kick, children=not folder)
+        with self._lock:
+            self._watches[folder] = watch
+
+    def _read(self, rid: str, znode: Any) -> Request | None:
+        if znode is None:
+            return None
+        try:
+            request = Request.from_json(znode.data, what=f"command request {rid}")
+            if request.id != rid:
+                raise MalformedData(f"command request {rid} carries the id {request.id}")
+        except MalformedData as exc:
+            # Shared data: skip it, report it once, never fail the pass.
+            logger.warning("skipping request %s: %s", rid, exc)
+            with self._lock:
+                self._counts["malformed"] = self._counts.get("malformed", 0) + 1
+                self._done.add(rid)
+            return None
+        return request
+
+    def _consider_all(self, requests: list[Request]) -> None:
+        z = self.coordinator.znodes
+        paths = [claim_path(r.id, self.node) for r in requests]
+        paths += [reply_path(r.id, self.node) for r in requests]
+        state = z.get_many(paths)
+        for request in requests:
+            rid = request.id
+            if state.get(reply_path(rid, self.node)) is not None:
+                with self._lock:
+                    self._done.add(rid)
+                continue
+            assert self._markers is not None
+            if state.get(claim_path(rid, self.node)) is not None or self._markers.exists(rid):
+                # Taken before (an earlier process of this node): never again.
+                self._answer(
+                    request,
+                    ReplyStatus.ABANDONED,
+                    "this node took the request before (crash, restart or lost "
+                    "coordination) and does not run it again",
+                )
+                continue
+            self._consider(request)
+
+    def _consider(self, request: Request) -> None:  # noqa: PLR0911 - one early answer per reason not to run
+        if request.cancelled:
+            self._answer(request, ReplyStatus.CANCELLED, "cancelled before it ran")
+            return
+        if self.clock() > request.expires:
+            self._answer(
+                request, ReplyStatus.EXPIRED, "the request expired before this node saw it"
+            )
+            return
+        try:
+            command, args = self._registry.check(request)
+        except CommandInvalidArgument as exc:
+            self._count("refused")
+            self._answer(request, ReplyStatus.REFUSED, str(exc))
+            return
+        with self._lock:
+            if len(self._running) >= self.max_running:
+                if self._loop is not None:
+                    self._loop.kick_after(0.05)
+                return
+        if not self.coordinator.lease_valid() or self._stopping:
+            return
+        assert self._markers is not None
+        try:
+            if not self._markers.take(request.id):
+                self._answer(request, ReplyStatus.ABANDONED, "taken before; not run again")
+                return
+        except CommandError as exc:
+            logger.error("not running request %s: %s", request.id, exc)
+            return  # no marker, no run: the next pass tries again
+        claim = json.dumps(
+            {
+                "node": self.node,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "at": self.clock(),
+            }
+        ).encode()
+        try:
+            created = self.coordinator.znodes.create(claim_path(request.id, self.node), claim)
+        except CoordinationError as exc:
+            # The marker stays: whether or not the claim landed, it never runs now.
+            logger.warning("request %s: claim failed (%s); it will not run", request.id, exc)
+            return
+        if created is None:
+            self._answer(
+                request, ReplyStatus.ABANDONED, "another process claimed it under this node's name"
+            )
+            return
+        self._launch(request, command, args)
+
+    def _launch(self, request: Request, command: Command, args: dict[str, Any]) -> None:
+        ctx = CommandContext(
+            request=request, node=self.node, deadline=time.monotonic() + request.timeout
+        )
+        run = _Run(request=request, ctx=ctx)
+        run.thread = threading.Thread(
+            target=self._run,
+            args=(run, command, args),
+            name=f"mhafail-command-{request.id}",
+            daemon=True,  # a handler that ignores cancellation must not block exit
+        )
+        with self._lock:
+            self._running[request.id] = run
+            self._counts["ran"] = self._counts.get("ran", 0) + 1
+        if self._loop is not None:
+            # A cancel rewrites the request: look at once, not at the next period.
+            try:
+                run.watch = self.coordinator.znodes.watch_changes(
+                    request_path(request.id), self._loop.kick
+                )
+            except CoordinationError:
+                logger.info("request %s: no watch; cancels are seen within a period", request.id)
+        run.thread.start()
+
+    def _run(self, run: _Run, command: Command, args: dict[str, Any]) -> None:
+        request, ctx = run.request, run.ctx
+        started = self.clock()
+        self._audit(request, "started", args=args)
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                box["value"] = command.handler(ctx, args)
+            except Exception as exc:  # the handler's failure is the reply, not ours
+                box["error"] = f"{type(exc).__name__}: {exc}"
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name=f"mhafail-handler-{request.id}", daemon=True).start()
+        status = ReplyStatus.OK
+        error = ""
+        while not done.wait(min(ctx.remaining(), 0.05)):
+            if ctx.cancelled.is_set():
+                status, error = ReplyStatus.CANCELLED, run.reason or "cancelled"
+                break
+            if ctx.remaining() <= 0:
+                ctx.cancelled.set()
+                status, error = ReplyStatus.TIMEOUT, f"not done within {request.timeout:g} s"
+                break
+        if run.watch is not None:
+            run.watch.cancel()
+        if status is ReplyStatus.OK and run.reason:
+            # Cancelled while the handler was finishing (often: because of it).
+            status, error = ReplyStatus.CANCELLED, run.reason
+        output: Any = None
+        truncated = False
+        if status is ReplyStatus.OK:
+            if "error" in box:
+                status, error = ReplyStatus.ERROR, str(box["error"])[:2000]
+            else:
+                try:
+                    output, truncated = encode_output(box.get("value"), request.max_output)
+                except CommandInvalidArgument as exc:
+                    status, error = ReplyStatus.ERROR, str(exc)[:2000]
+        reply = Reply(
+            id=request.id,
+            node=self.node,
+            status=status,
+            output=output,
+            error=error,
+            truncated=truncated,
+            started=started,
+            finished=self.clock(),
+        )
+        with self._lock:
+            self._running.pop(request.id, None)
+        self._send(request, reply)
+
+    # --- answers ----------------------------------------------------------------
+
+    def _answer(self, request: Request, status: ReplyStatus, error: str) -> None:
+        reply = Reply(
+            id=request.id, node=self.node, status=status, error=error, finished=self.clock()
+        )
+        self._send(request, reply)
+
+    def _send(self, request: Request, reply: Reply) -> None:
+        self._audit(request, reply.status.value, error=reply.error)
+        with self._lock:
+            self._unsent[reply.id] = reply
+        self._flush_unsent()
+
+    def _flush_unsent(self) -> None:
+        with self._lock:
+            pending = list(self._unsent.values())
+        for reply in pending:
+            try:
+                self._znodes().create(reply_path(reply.id, self.node), reply.to_json())
+            except AccessDenied as exc:
+                logger.error("reply to %s refused by ZooKeeper: %s", reply.id, exc)
+            except CoordinationError as exc:
+                logger.info("reply to %s not sent yet: %s", reply.id, exc)
+                if self._loop is not None and not self._stopping:
+                    self._loop.kick_after(0.5)
+                continue
+            with self._lock:
+                self._unsent.pop(reply.id, None)
+                self._done.add(reply.id)
+                self._counts["answered"] = self._counts.get("answered", 0) + 1
+            for listener in list(self._listeners):
+                try:
+                    listener(reply)
+                except Exception:
+                    logger.exception("reply listener %r failed", listener)
+
+    def _audit(self, request: Request, event: str, **extra: Any) -> None:
+        if self._journal is None:
+            return
+        who = request.requester
+        record = {
+            "t": self.clock(),
+            "event": event,
+            "id": request.id,
+            "node": self.node,
+            "command": request.command,
+            "args": extra.pop("args", request.args),
+            "user": who.user,
+            "role": who.role,
+            "manager": who.manager,
+            **extra,
+        }
+        self._journal.append(record)
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def _prune(self, live: set[str]) -> None:
+        now = time.monotonic()
+        if now - self._last_prune < 60 or self._markers is None:
+            return
+        self._last_prune = now
+        self._markers.prune(live, self.marker_keep)
+
+
+def ensure_layout(znodes: Znodes) -> None:
+    """Create ``commands/`` folders that are missing (operators; nodes may only read)."""
+    for folder in (f"{COMMANDS}/requests", f"{COMMANDS}/results", f"{COMMANDS}/managers"):
+        znodes.ensure(folder)

@@ -1,0 +1,517 @@
+"""CommandClient: a manager sends commands to one node, a subcluster or all nodes.
+
+Requests and replies live in ZooKeeper, so any manager can read the
+replies of any request by its id, whichever manager sent it and whether
+or not that manager still lives; replies stay until someone collects
+them or the request's ``keep_until`` passes (then any live manager's
+garbage collector deletes them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from mhafail.commands._agent import ensure_layout
+from mhafail.commands._model import (
+    MANAGERS,
+    MAX_OUTPUT,
+    REQUESTS,
+    RESULTS,
+    Reply,
+    Request,
+    Requester,
+    check_request_id,
+    claim_path,
+    new_request_id,
+    reply_path,
+    request_path,
+)
+from mhafail.commands._schema import (
+    Selector,
+    check_command_name,
+    check_plain_args,
+    node_labels,
+)
+from mhafail.coordination import ConvergeLoop, Coordinator, NodeInfo, check_name
+from mhafail.errors import (
+    CommandError,
+    CommandInvalidArgument,
+    CoordinationError,
+    InvalidArgument,
+    MalformedData,
+    UnknownRequest,
+)
+
+logger = logging.getLogger(__name__)
+
+ORPHAN_AGE = 600.0
+"""Seconds after which a results folder without its request is garbage."""
+
+
+@attrs.frozen
+class CommandResult:
+    """A request and every answer so far.
+
+    Attributes:
+        request: the request.
+        replies: node -> its reply.
+        running: nodes that took the request and have not answered.
+        pending: nodes asked that have neither taken nor answered it.
+        malformed: nodes whose reply znode failed its checks (reported, skipped).
+    """
+
+    request: Request
+    replies: Mapping[str, Reply]
+    running: tuple[str, ...]
+    pending: tuple[str, ...]
+    malformed: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        """True when every node asked has answered."""
+        return not self.running and not self.pending and not self.malformed
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        req = attrs.asdict(self.request)
+        return {
+            "id": self.request.id,
+            "request": req,
+            "replies": {n: r.to_dict() for n, r in self.replies.items()},
+            "running": list(self.running),
+            "pending": list(self.pending),
+            "malformed": list(self.malformed),
+            "complete": self.complete,
+        }
+
+
+@attrs.frozen
+class RequestSummary:
+    """One line of :meth:`CommandClient.list`."""
+
+    id: str
+    command: str
+    nodes: int
+    replies: int
+    requester: str
+    created: float
+    expires: float
+    cancelled: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return attrs.asdict(self)
+
+
+@attrs.define(kw_only=True, eq=False)
+class CommandClient:
+    """Sends commands and reads their replies (the manager side).
+
+    Args:
+        coordinator: a started coordinator with the operator role (ZooKeeper
+            refuses requests from any other identity).
+        name: manager name; with :meth:`start` it is registered as
+            ``commands/managers/<name>`` (ephemeral) and the garbage
+            collector runs. Sending and reading need neither.
+        gc_period: seconds between garbage-collection passes.
+        clock: wall clock (``time.time``) for request times and expiry.
+
+    Thread safety: every method may be called from any thread.
+    """
+
+    coordinator: Coordinator
+    name: str = ""
+    gc_period: float = 10.0
+    clock: Callable[[], float] = time.time
+
+    _loop: ConvergeLoop | None = attrs.field(init=False, default=None)
+    _layout: bool = attrs.field(init=False, default=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.name:
+            check_name("manager name", self.name)
+
+    # --- life cycle ---------------------------------------------------------
+
+    def start(self) -> CommandClient:
+        """Register as a live manager and start garbage collection.
+
+        Raises:
+            CommandError: another live manager holds this name, or no name.
+            AccessDenied: not an operator identity.
+        """
+        if not self.name:
+            raise CommandError("a command manager needs a name to register")
+        self._ensure_layout()
+        info = json.dumps(
+            {"name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
+             "user": self._requester().user, "started": self.clock()}
+        ).encode()  # fmt: skip
+        z = self.coordinator.znodes
+        if z.create(f"{MANAGERS}/{self.name}", info, ephemeral=True) is None:
+            node = z.get(f"{MANAGERS}/{self.name}")
+            if node is None or node.ephemeral_owner != self.coordinator.session_id:
+                raise CommandError(f"command manager name {self.name!r} is held by a live process")
+        self._loop = ConvergeLoop(
+            f"mhafail-command-gc-{self.name}", self._gc_pass, period=self.gc_period
+        )
+        self._loop.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop garbage collection and leave ``commands/managers`` (bounded, 1 s)."""
+        if self._loop is None:
+            return
+        self._loop.stop(timeout=1.0)
+        self._loop = None
+        try:
+            self.coordinator.znodes.bounded(1.0).delete(f"{MANAGERS}/{self.name}")
+        except CoordinationError:
+            logger.info("manager %s: registration goes with the session", self.name)
+
+    def managers(self) -> list[str]:
+        """Names of the live command managers."""
+        return self.coordinator.znodes.children(MANAGERS) or []
+
+    # --- sending --------------------------------------------------------------
+
+    def broadcast(self, command: str, args: Mapping[str, Any] | None = None, **opts: Any) -> str:
+        """Send to every live member; returns the request id (see :meth:`send`)."""
+        return self.send(command, args, nodes=self.select(None), **opts)
+
+    def unicast(
+        self,
+        node: str,
+        command: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        require_live: bool = True,
+        **opts: Any,
+    ) -> str:
+        """Send to one node; returns the request id.
+
+        Raises:
+            CommandInvalidArgument: ``node`` is not a live member (unless
+                ``require_live`` is False: the request then waits for it
+                until it expires).
+        """
+        check_name("node name", node)
+        if require_live and node not in self._live_names():
+            raise CommandInvalidArgument(f"node {node!r} is not a live member of the cluster")
+        return self.send(command, args, nodes=[node], **opts)
+
+    def subcluster(
+        self, selector: Selector | str, command: str, args: Mapping[str, Any] | None = None,
+        **opts: Any,
+    ) -> str:  # fmt: skip
+        """Send to the live members ``selector`` matches; returns the request id."""
+        if isinstance(selector, str):
+            selector = Selector.parse(selector)
+        return self.send(command, args, nodes=self.select(selector), **opts)
+
+    def select(self, selector: Selector | None) -> list[str]:
+        """The live members ``selector`` matches (None: all), sorted.
+
+        Raises:
+            CommandInvalidArgument: nothing matches.
+        """
+        z = self.coordinator.znodes
+        names = z.children("members") or []
+        if selector is None:
+            chosen = names
+        else:
+            docs = z.get_many([f"members/{n}" for n in names])
+            chosen = []
+            for name in names:
+                znode = docs.get(f"members/{name}")
+                if znode is None:
+                    continue
+                try:
+                    info = NodeInfo.from_json(znode.data)
+                except InvalidArgument as exc:  # shared data: skip the bad member
+                    logger.warning("skipping member %s: %s", name, exc)
+                    continue
+                labels = node_labels(info.name, info.host, info.roles, info.version)
+                if selector.matches(labels):
+                    chosen.append(name)
+        if not chosen:
+            raise CommandInvalidArgument(
+                "no live member matches " + ("(the cluster is empty)" if selector is None
+                                             else f"the selector {selector}")
+            )  # fmt: skip
+        return sorted(chosen)
+
+    def send(
+        self,
+        command: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        nodes: Sequence[str],
+        ttl: float = 60.0,
+        keep: float = 3600.0,
+        timeout: float = 30.0,
+        max_output: int = MAX_OUTPUT,
+    ) -> str:
+        """Create a request for ``nodes``; returns its id.
+
+        Args:
+            command: the command name.
+            args: its arguments (each node checks them against its schema).
+            nodes: node names to ask.
+            ttl: seconds after which no node starts it (a node that sees it
+                later answers ``expired``).
+            keep: seconds after ``ttl`` that the request and replies are
+                kept when nobody collects them.
+            timeout: seconds a node lets the handler run.
+            max_output: largest output (JSON bytes) in a reply.
+
+        Raises:
+            CommandInvalidArgument: a bad name, argument, node list or option.
+            AccessDenied: this identity is not an operator.
+            CoordinationUnavailable: ZooKeeper could not be asked (the
+                request may or may not exist; :meth:`list_requests` shows).
+        """
+        check_command_name(command)
+        plain = check_plain_args(dict(args or {}))
+        targets = sorted(set(nodes))
+        if not targets:
+            raise CommandInvalidArgument("a request needs at least one node")
+        for node in targets:
+            check_name("node name", node)
+        if not 0 < ttl <= 86400 or not 0 <= keep <= 7 * 86400 or not 0 < timeout <= 86400:
+            raise CommandInvalidArgument(
+                "ttl and timeout must be within (0, 86400] s, keep within [0, 604800] s"
+            )
+        if not 0 < max_output <= MAX_OUTPUT:
+            raise CommandInvalidArgument(f"max_output must be 1-{MAX_OUTPUT} bytes")
+        now = self.clock()
+        request = Request(
+            id=new_request_id(now),
+            command=command,
+            args=plain,
+            nodes=tuple(targets),
+            requester=self._requester(),
+            created=now,
+            expires=now + ttl,
+            keep_until=now + ttl + keep,
+            timeout=timeout,
+            max_output=max_output,
+        )
+        data = request.to_json()
+        try:
+            Request.from_json(data)
+        except MalformedData as exc:  # e.g. too many nodes for one znode
+            raise CommandInvalidArgument(f"request refused: {exc}") from exc
+        self._ensure_layout()
+        rid = request.id
+        # One pipelined batch: ZooKeeper applies a session's requests in
+        # order, so the folders exist before any node can see the request.
+        self.coordinator.znodes.create_many(
+            [
+                (f"{RESULTS}/{rid}", b""),
+                (claim_path(rid), b""),
+                (reply_path(rid), b""),
+                (request_path(rid), data),
+            ]
+        )
+        return rid
+
+    # --- reading -------------------------------------------------------------------
+
+    def get(self, rid: str) -> CommandResult:
+        """The request and its replies so far.
+
+        Raises:
+            UnknownRequest: no such request (never sent, collected or expired).
+            CommandInvalidArgument: not a request id.
+            MalformedData: the request znode fails its checks.
+        """
+        check_request_id(rid)
+        z = self.coordinator.znodes
+        znode = z.get(request_path(rid))
+        if znode is None:
+            raise UnknownRequest(f"no command request {rid} (never sent, collected or expired)")
+        request = Request.from_json(znode.data, what=f"command request {rid}")
+        lists = z.children_many([claim_path(rid), reply_path(rid)])
+        claimed = set(lists.get(claim_path(rid)) or [])
+        answered = lists.get(reply_path(rid)) or []
+        docs = z.get_many([reply_path(rid, n) for n in answered])
+        replies: dict[str, Reply] = {}
+        malformed: list[str] = []
+        for node in answered:
+            doc = docs.get(reply_path(rid, node))
+            if doc is None:
+                continue
+            try:
+                reply = Reply.from_json(doc.data, what=f"reply of {node} to {rid}")
+                if reply.node != node or reply.id != rid:
+                    raise MalformedData(
+                        f"reply znode {node} of {rid} names {reply.node}/{reply.id}"
+                    )
+            except MalformedData as exc:
+                logger.warning("skipping a reply: %s", exc)
+                malformed.append(node)
+                continue
+            replies[node] = reply
+        asked = request.nodes
+        return CommandResult(
+            request=request,
+            replies=dict(sorted(replies.items())),
+            running=tuple(n for n in asked if n in claimed and n not in replies),
+            pending=tuple(n for n in asked if n not in claimed and n not in replies),
+            malformed=tuple(malformed),
+        )
+
+    def wait(self, rid: str, timeout: float) -> CommandResult:
+        """Block until every node asked answered or ``timeout`` passed; return what there is.
+
+        Raises:
+            UnknownRequest: no such request.
+        """
+        changed = threading.Event()
+        end = time.monotonic() + timeout
+        watch = self.coordinator.znodes.watch_changes(
+            reply_path(check_request_id(rid)), lambda _: changed.set(), children=True
+        )
+        try:
+            while True:
+                changed.clear()
+                result = self.get(rid)
+                left = end - time.monotonic()
+                if result.complete or left <= 0:
+                    return result
+                changed.wait(min(left, 1.0))
+        finally:
+            watch.cancel()
+
+    def collect(self, rid: str) -> CommandResult:
+        """Read the request and its replies, then delete them (the cache entry is used up).
+
+        Raises:
+            UnknownRequest: no such request.
+        """
+        result = self.get(rid)
+        self.delete(rid)
+        return result
+
+    def delete(self, rid: str) -> bool:
+        """Delete a request and its replies; True if the request existed."""
+        check_request_id(rid)
+        z = self.coordinator.znodes
+        existed = z.delete(request_path(rid))
+        z.delete(f"{RESULTS}/{rid}", recursive=True)
+        return existed
+
+    def cancel(self, rid: str) -> bool:
+        """Ask the nodes to cancel ``rid``; False when it does not exist.
+
+        Nodes that have not started it answer ``cancelled``; running
+        handlers are told to stop (``ctx.cancelled``). Answers already
+        given stay.
+        """
+        check_request_id(rid)
+        z = self.coordinator.znodes
+        for _ in range(10):
+            znode = z.get(request_path(rid))
+            if znode is None:
+                return False
+            request = Request.from_json(znode.data, what=f"command request {rid}")
+            if request.cancelled:
+                return True
+            data = attrs.evolve(request, cancelled=True).to_json()
+            if z.set(request_path(rid), data, version=znode.version) is not None:
+                return True
+        raise CommandError(f"could not cancel {rid}: the request kept changing")
+
+    def list_requests(self) -> list[RequestSummary]:
+        """Every request in the cache, oldest first (malformed ones are skipped and logged)."""
+        z = self.coordinator.znodes
+        names = z.children(REQUESTS) or []
+        docs = z.get_many([request_path(n) for n in names])
+        counts = z.children_many([reply_path(n) for n in names])
+        result = []
+        for rid in names:
+            doc = docs.get(request_path(rid))
+            if doc is None:
+                continue
+            try:
+                req = Request.from_json(doc.data, what=f"command request {rid}")
+            except MalformedData as exc:
+                logger.warning("skipping request %s: %s", rid, exc)
+                continue
+            result.append(
+                RequestSummary(
+                    id=rid,
+                    command=req.command,
+                    nodes=len(req.nodes),
+                    replies=len(counts.get(reply_path(rid)) or []),
+                    requester=req.requester.user,
+                    created=req.created,
+                    expires=req.expires,
+                    cancelled=req.cancelled,
+                )
+            )
+        return result
+
+    def gc(self) -> int:
+        """Delete requests past ``keep_until`` and orphaned results; returns how many."""
+        z = self.coordinator.znodes
+        now = self.clock()
+        names = z.children(REQUESTS) or []
+        docs = z.get_many([request_path(n) for n in names])
+        removed = 0
+        for rid in names:
+            doc = docs.get(request_path(rid))
+            if doc is None:
+                continue
+            try:
+                keep_until = Request.from_json(doc.data).keep_until
+            except MalformedData:
+                keep_until = _id_time(rid) + 7 * 86400  # only an operator could have written it
+            if now > keep_until and self.delete(rid):
+                removed += 1
+        live = set(names)
+        for rid in z.children(RESULTS) or []:
+            if rid not in live and now - _id_time(rid) > ORPHAN_AGE:
+                z.delete(f"{RESULTS}/{rid}", recursive=True)
+        return removed
+
+    # --- internals -----------------------------------------------------------------
+
+    def _gc_pass(self) -> None:
+        removed = self.gc()
+        if removed:
+            logger.info("manager %s: deleted %d expired command requests", self.name, removed)
+
+    def _ensure_layout(self) -> None:
+        if not self._layout:
+            ensure_layout(self.coordinator.znodes)
+            self._layout = True
+
+    def _live_names(self) -> list[str]:
+        return self.coordinator.znodes.children("members") or []
+
+    def _requester(self) -> Requester:
+        creds = self.coordinator.credentials
+        return Requester(
+            # In an open cluster anyone may write anything: there is only one role.
+            user="(open)" if creds is None else creds.user,
+            role="operator" if creds is None else creds.role.value,
+            manager=self.name,
+            host=socket.gethostname()[:255],
+            pid=os.getpid(),
+        )
+
+
+def _id_time(rid: str) -> float:
+    head = rid.partition("-")[0]
+    return int(head) / 1000 if head.isdigit() else 0.0
