@@ -26,7 +26,7 @@ from pathlib import Path
 
 import attrs
 
-from mhafail.config._repo import GitStore, write_files
+from mhafail.config._repo import GitStore
 from mhafail.errors import RepositoryError
 
 VERSIONS = "versions"
@@ -86,7 +86,10 @@ class Checkouts:
         With ``base`` (an installed version), unchanged files are hard links
         to ``versions/<base>`` and only the files that differ are written:
         much faster for large trees, and safe because version directories
-        are never modified after installation.
+        are never modified after installation. Both ways write the blobs
+        as stored, with the tree's modes, through one function
+        (:meth:`GitStore.write_entries`): one sha, one set of bytes, on
+        every node, whatever ``.gitattributes`` says.
 
         Raises:
             RepositoryError: git could not check it out (the directory is removed).
@@ -96,10 +99,9 @@ class Checkouts:
         try:
             seed = self.path(base) if base is not None else None
             if seed is not None and seed.is_dir():
-                paths = store.changed_paths(base, sha)
-                blobs = store.read_many([f"{sha}:{p}" for p in paths])
+                changes = store.entries(base, sha)
                 shutil.copytree(seed, tmp, copy_function=os.link, symlinks=True)
-                write_files(tmp, dict(zip(paths, blobs, strict=True)))
+                store.write_entries(tmp, changes)
             else:
                 store.checkout(sha, tmp)
         except BaseException:

@@ -44,6 +44,8 @@ _GIT_TIMEOUT = 120.0
 # What git prints when transfer.fsckObjects refuses a received object.
 _FSCK_FAILURE = re.compile(r"fsck error|error: object [0-9a-f]{40}: \w+:")
 _ZERO = "0" * 40
+# Applied as the last (winning) attribute rules: no conversion, no filter.
+_NO_FILTERS = "* -text -ident -filter !eol !working-tree-encoding\n"
 
 
 def write_files(root: Path, changes: Mapping[str, bytes | None]) -> None:
@@ -124,7 +126,23 @@ class GitStore:
         store.git("config", "core.fsync", "committed")
         store.git("config", "core.fsyncMethod", "batch")
         store.git("config", "gc.auto", "0")
+        store.neutralise_attributes()
         return store
+
+    def neutralise_attributes(self) -> None:
+        """Make git ignore every ``.gitattributes`` filter in this repository.
+
+        One sha must mean one set of bytes on every node: a committed
+        ``.gitattributes`` (``eol=crlf``, ``ident``, ``filter=...``) would
+        make git rewrite files on checkout and on ``git add``, so that a
+        node's full checkout and another's incremental apply differ.
+        ``$GIT_DIR/info/attributes`` overrides every in-tree file.
+        """
+        info = self.path / ".git" / "info"
+        path = info / "attributes"
+        if not path.is_file() or path.read_text() != _NO_FILTERS:
+            info.mkdir(parents=True, exist_ok=True)
+            path.write_text(_NO_FILTERS)
 
     @classmethod
     def open(cls, path: Path) -> GitStore:
@@ -214,19 +232,6 @@ class GitStore:
         """The sha of the local branch (None in a fresh repository)."""
         return self.resolve(BRANCH)
 
-    def update_ref(self, ref: str, new: str, old: str | None = None) -> bool:
-        """Move ``ref`` to ``new`` if it is at ``old``; False when it moved meanwhile."""
-        args = ["update-ref", ref, new]
-        if old is not None:
-            args.append(old)
-        try:
-            self.git(*args)
-        except RepositoryError:
-            if old is None:
-                raise
-            return False
-        return True
-
     def files(self, sha: str | None) -> list[str]:
         """All file paths in commit ``sha`` (empty for None)."""
         if sha is None:
@@ -264,14 +269,48 @@ class GitStore:
     def checkout(self, sha: str | None, dest: Path) -> None:
         """Write the files of commit ``sha`` into the new directory ``dest``.
 
-        Uses a private index, so the working copy and its index are untouched.
+        The blobs are written as stored (no ``.gitattributes`` filter, no
+        line-ending conversion), through the same function as an
+        incremental apply (:meth:`write_entries`), so a full checkout and
+        an incremental one of the same sha hold the same bytes and modes.
         """
         dest.mkdir(parents=True)
-        if sha is None:
-            return
-        with self._temp_index() as env:
-            self.git("read-tree", sha, env=env)
-            self.git("checkout-index", "-a", "-f", f"--prefix={dest}/", env=env)
+        if sha is not None:
+            self.write_entries(dest, self.entries(None, sha))
+
+    def entries(self, old: str | None, new: str) -> list[tuple[str, str | None, str]]:
+        """``(path, mode, blob)`` of every file of ``new`` that differs from ``old``.
+
+        ``old`` None: every file of ``new``. A file deleted in ``new`` has
+        mode None. Directories are not listed.
+        """
+        result: list[tuple[str, str | None, str]] = []
+        if old is None:
+            for item in self.git("ls-tree", "-r", "-z", "--full-tree", new).split(b"\0"):
+                if item:
+                    meta, _, raw = item.partition(b"\t")
+                    mode, _, blob = meta.decode().split(" ")
+                    result.append((_decode_path(raw), mode, blob))
+            return result
+        out = self.git("diff-tree", "-r", "-z", "--no-renames", old, new)
+        fields = out.split(b"\0")
+        for meta, raw in zip(fields[0::2], fields[1::2], strict=False):
+            if meta.startswith(b":"):
+                _, mode, _, blob, status = meta[1:].decode().split(" ")
+                result.append((_decode_path(raw), None if status == "D" else mode, blob))
+        return result
+
+    def write_entries(self, dest: Path, entries: Sequence[tuple[str, str | None, str]]) -> None:
+        """Write (or delete, mode None) the given files under ``dest``, raw, confined."""
+        wanted = [(p, m, b) for p, m, b in entries if m is not None]
+        blobs = self.read_many([b for _, _, b in wanted])
+        for path, mode, _ in entries:
+            if mode is None:
+                remove_file(dest, path)
+        for (path, mode, _), data in zip(wanted, blobs, strict=True):
+            if data is None:
+                raise RepositoryError(f"{path}: its blob is not in {self.path}")
+            write_file(dest, path, data, 0o755 if mode == "100755" else 0o644)
 
     def stage(
         self,

@@ -1,0 +1,60 @@
+"""Regressions from issue 12, items 4, 7, 9, 10 and 11: bytes, bounds, quorum, checks."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mhafail.config import ConfigRepository
+from mhafail.coordination import Coordinator
+
+from .conftest import AUTHOR, REPO, AgentProcess, all_applied, live_sha, wait_reports
+
+pytestmark = pytest.mark.zookeeper
+
+
+def _repo(agent: AgentProcess, coordinator: Coordinator, **kwargs: object) -> ConfigRepository:
+    return ConfigRepository(
+        name=REPO, base=agent.base, node=agent.node, coordinator=coordinator, **kwargs
+    )
+
+
+def _tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``root``: its bytes and permission bits."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_gitattributes_never_make_nodes_disagree_on_bytes(
+    agent_factory: Callable[..., AgentProcess],
+    coordinator_factory: Callable[..., Coordinator],
+) -> None:
+    """With eol/ident attributes, full and incremental checkouts of one sha hold the same bytes."""
+    c = coordinator_factory()
+    n1, n2 = agent_factory("n1"), agent_factory("n2")
+    repo = _repo(n1, c)
+    first = repo.commit({"global/seed.conf": b"seed\n"}, message="seed", author=AUTHOR)
+    wait_reports(c, all_applied(["n1", "n2"], first.sha))
+    changes: dict[str, bytes | None] = {
+        ".gitattributes": b"*.conf text eol=crlf\n*.txt ident\n",
+        "global/a.conf": b"line one\nline two\n",
+        "global/b.txt": b"$Id$\n",
+    }
+    done = repo.commit(changes, message="attributes", author=AUTHOR)
+    wait_reports(c, all_applied(["n1", "n2"], done.sha))  # incremental applies
+    agent_factory("n3")  # a fresh node: a full checkout
+    wait_reports(c, all_applied(["n1", "n2", "n3"], done.sha))
+    trees = [_tree(base / REPO / "versions" / done.sha) for base in (n1.base, n2.base)]
+    trees.append(_tree(n1.base.parent / "n3" / REPO / "versions" / done.sha))
+    assert trees[0] == trees[1] == trees[2]
+    assert trees[2]["global/a.conf"][0] == b"line one\nline two\n"
+    assert trees[2]["global/b.txt"][0] == b"$Id$\n"
+    work = n1.base.parent / "n3" / REPO / "work"
+    assert (work / "global" / "a.conf").read_bytes() == b"line one\nline two\n"
+    assert live_sha(n1.base.parent / "n3") == done.sha
