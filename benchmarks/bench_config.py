@@ -67,7 +67,7 @@ def run(nodes: int, commits: int, zk: ZooKeeperServer, workdir: Path) -> dict[st
         argv = [
             sys.executable, "-m", "mhafail", "config", "agent", "--zk", zk.address,
             "--cluster", cluster, "--node", name, "--dir", str(workdir / cluster / name),
-            "--repo", REPO, "--session-timeout", "2",
+            "--repo", REPO, "--session-timeout", "2", "--zk-open",
         ]  # fmt: skip
         procs.append((spawn(argv, stdout=log, stderr=subprocess.STDOUT), log))
     coordinator = Coordinator(

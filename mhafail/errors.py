@@ -12,7 +12,8 @@ GitPython exception ever reaches a caller: the adapters translate them.
     │   └── MalformedData                   shared data (a znode) failed its schema or caps
     ├── CoordinationError                   ZooKeeper-related
     │   ├── CoordinationUnavailable         cannot reach ZooKeeper: the answer is unknown
-    │   │   └── SessionLost                 the session is not live (expired or not yet new)
+    │   │   ├── SessionLost                 the session is not live (expired or not yet new)
+    │   │   └── PublishOutcomeUnknown       a config head CAS got no answer (also a ConfigError)
     │   ├── NodeNameTaken                   another live process holds this node name
     │   └── AccessDenied                    ZooKeeper ACLs refused the operation
     │       └── UnsafeAcl                   a znode on the cluster's path has a foreign ACL
@@ -39,6 +40,7 @@ GitPython exception ever reaches a caller: the adapters translate them.
     │   ├── ValidationFailed (ValueError)   validators rejected a tree; ``problems`` lists why
     │   ├── HeadConflict                    the published head moved; pull (or rebase) and retry
     │   ├── FetchFailed                     no peer could provide a published commit
+    │   ├── NotReplicated                   too few nodes fetched a commit: not published
     │   └── RepositoryError                 the local git repository failed (git's message inside)
     ├── LogsError                           log aggregation (mhafail.logs)
     │   ├── LogsInvalidArgument (ValueError) a log name, pattern, address or option is refused
@@ -249,6 +251,36 @@ class HeadConflict(ConfigError):
 
 class FetchFailed(ConfigError):
     """No peer could provide a published commit; the message lists each attempt."""
+
+
+class NotReplicated(ConfigError):
+    """Too few other nodes held a commit in time; it was not published.
+
+    Attributes:
+        sha: the commit that was not published.
+        holders: the nodes that did hold it.
+    """
+
+    def __init__(self, message: str, *, sha: str, holders: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.sha = sha
+        self.holders = holders
+
+
+class PublishOutcomeUnknown(CoordinationUnavailable, ConfigError):
+    """A head compare-and-set got no answer and ZooKeeper stayed away: published or not?
+
+    Raised only when the request reached the connection and no read could
+    settle the outcome within the call's bound; the message names the sha
+    and what ``config status`` shows in either case.
+
+    Attributes:
+        sha: the commit whose publication is unknown.
+    """
+
+    def __init__(self, message: str, *, sha: str) -> None:
+        super().__init__(message)
+        self.sha = sha
 
 
 class RepositoryError(ConfigError):

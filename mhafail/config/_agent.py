@@ -353,7 +353,7 @@ class ConfigAgent:
         # must not turn into a ZooKeeper write every second on every node.
         key = attrs.evolve(report, time=0.0).to_json()
         if key != self._reported:
-            znodes = repo._coordinator().znodes
+            znodes = repo.znodes()
             path = applied_path(repo.name, repo.node)
             if znodes.set(path, data) is None:
                 znodes.create(path, data, makepath=True)

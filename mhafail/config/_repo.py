@@ -228,6 +228,12 @@ class GitStore:
         """True when the commit ``sha`` and everything it needs is here."""
         return self.resolve(sha) == sha
 
+    def is_ancestor(self, old: str, new: str) -> bool:
+        """True when commit ``old`` is ``new`` or one of its ancestors (both here)."""
+        if not (self.has_commit(old) and self.has_commit(new)):
+            return False
+        return self.git("merge-base", old, new, check=False).decode().strip() == old
+
     def main(self) -> str | None:
         """The sha of the local branch (None in a fresh repository)."""
         return self.resolve(BRANCH)

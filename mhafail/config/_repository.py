@@ -58,13 +58,14 @@ from mhafail.config._serve import ENDPOINT, repo_url
 from mhafail.config._trees import check_tree
 from mhafail.config._validate import Validator, require_valid, syntax_check
 from mhafail.config._view import ConfigView
-from mhafail.coordination import Coordinator, NodeInfo, check_name
+from mhafail.coordination import ConnectionState, Coordinator, NodeInfo, Znodes, check_name
 from mhafail.errors import (
     CoordinationUnavailable,
     FetchFailed,
     HeadConflict,
     InvalidArgument,
     InvalidChange,
+    PublishOutcomeUnknown,
     RepositoryError,
 )
 
@@ -103,6 +104,12 @@ class ConfigRepository:
         limits: path and size limits for change sets.
         fetch_timeout: seconds one fetch from one peer may take.
         keep: versions kept besides the live one.
+        zk_timeout: the longest one ZooKeeper request waits (seconds).
+            With ZooKeeper down, :meth:`head` and :meth:`status` raise
+            ``CoordinationUnavailable`` within about this bound, and
+            :meth:`commit` within about three times it (head read,
+            compare-and-set, settling its outcome) plus the replication
+            wait.
     """
 
     name: str = attrs.field(validator=_valid_name("repository name"))
@@ -113,6 +120,7 @@ class ConfigRepository:
     limits: Limits = attrs.field(factory=Limits)
     fetch_timeout: float = 10.0
     keep: int = 3
+    zk_timeout: float = 5.0
     _lock: threading.RLock = attrs.field(init=False, factory=threading.RLock)
     _verified: set[str] = attrs.field(init=False, factory=set)
 
@@ -190,9 +198,13 @@ class ConfigRepository:
             raise InvalidChange("this operation needs a coordinator (ZooKeeper)")
         return self.coordinator
 
+    def znodes(self) -> Znodes:
+        """The coordinator's znodes, every call bounded by ``zk_timeout``."""
+        return self._coordinator().znodes.bounded(self.zk_timeout)
+
     def _read_head(self, *, lenient: bool = False) -> tuple[Head | None, int | None]:
         """The head and its znode version; ``lenient``: a malformed head reads as None."""
-        node = self._coordinator().znodes.get(head_path(self.name))
+        node = self.znodes().get(head_path(self.name))
         if node is None:
             return None, None
         try:
@@ -213,7 +225,7 @@ class ConfigRepository:
 
     def peers(self) -> list[tuple[str, str]]:
         """``(node, fetch URL)`` of every live member that serves git, self excluded."""
-        znodes = self._coordinator().znodes
+        znodes = self.znodes()
         result = []
         for member in znodes.children("members") or []:
             if member == self.node:
@@ -502,17 +514,24 @@ class ConfigRepository:
             parent=parent,
             origin=self.node,
         )
-        znodes = self._coordinator().znodes
+        coordinator = self._coordinator()
+        # A request kazoo queues while disconnected is sent when the
+        # connection returns, however late (a commit once went live 52 s
+        # after its call had failed): send the compare-and-set only on a
+        # live connection. Requests queued before a drop are failed by
+        # kazoo, never resent.
+        if coordinator.state is not ConnectionState.CONNECTED:
+            raise CoordinationUnavailable(
+                f"{sha[:12]} of {self.name} was not published: no ZooKeeper connection"
+            )
+        znodes = self.znodes()
         try:
             if version is None:
                 won = znodes.create(head_path(self.name), new.to_json(), makepath=True) is not None
             else:
                 won = znodes.set(head_path(self.name), new.to_json(), version=version) is not None
         except CoordinationUnavailable as exc:
-            raise CoordinationUnavailable(
-                f"publishing {sha[:12]} of {self.name}: outcome unknown, ZooKeeper "
-                f"connection lost during the compare-and-set ({exc}); check `config status`"
-            ) from exc
+            won = self._settle(sha, version, exc)
         served = GitStore(self.export_dir)  # _export() created it before the CAS
         if not won:
             logger.info("%s: lost the head CAS with %s", self.name, sha[:12])
@@ -532,6 +551,47 @@ class ConfigRepository:
             logger.warning("%s: export ref not moved to %s: %s", self.name, sha[:12], exc)
         logger.info("%s: published %s (%s)", self.name, sha[:12], new.message.splitlines()[0])
         return new
+
+    def _settle(self, sha: str, version: int | None, cause: Exception) -> bool:
+        """Whether a compare-and-set that got no answer took effect (True: published).
+
+        Requests on one ZooKeeper session are answered in order, so a head
+        read answered after the unanswered write says for certain whether
+        it was applied: at our version + 1 the head is ours or not, at + 2
+        its parent is. Reads are retried until ``zk_timeout`` runs out.
+
+        Raises:
+            PublishOutcomeUnknown: no read was answered in time.
+        """
+        ours = 0 if version is None else version + 1
+        end = time.monotonic() + self.zk_timeout
+        while True:
+            try:
+                node = (
+                    self.znodes()
+                    .bounded(max(0.1, end - time.monotonic()))
+                    .get(head_path(self.name))
+                )
+                break
+            except CoordinationUnavailable:
+                if time.monotonic() >= end:
+                    raise PublishOutcomeUnknown(
+                        f"publishing {sha[:12]} of {self.name}: outcome unknown, the "
+                        f"compare-and-set (head version {version}) got no answer and "
+                        f"ZooKeeper stayed unreachable ({cause}); it is published if and "
+                        f"only if `config status` shows head {sha[:12]} (or a head whose "
+                        "parent it is); it cannot take effect later than that",
+                        sha=sha,
+                    ) from cause
+                time.sleep(0.05)
+        if node is None or node.version < ours:
+            return False
+        head = Head.from_json(node.data)
+        if node.version == ours:
+            return head.sha == sha
+        if node.version == ours + 1:
+            return head.parent == sha
+        return self.store.is_ancestor(sha, head.sha)  # several commits since: ask git
 
     def _after_publish(self, base: str | None, sha: str) -> None:
         # The working copy follows only if that loses no uncommitted edit;
@@ -572,10 +632,12 @@ class ConfigRepository:
 
     def reports(self) -> dict[str, NodeReport]:
         """Every node's latest report, by node name (malformed ones skipped)."""
-        znodes = self._coordinator().znodes
+        znodes = self.znodes()
+        names = znodes.children(applied_path(self.name)) or []
+        found = znodes.get_many([applied_path(self.name, n) for n in names])
         reports = {}
-        for node in znodes.children(applied_path(self.name)) or []:
-            znode = znodes.get(applied_path(self.name, node))
+        for node in names:
+            znode = found[applied_path(self.name, node)]
             if znode is None:
                 continue
             try:
@@ -613,7 +675,7 @@ class ConfigRepository:
             check_name("node name", node)
         except InvalidArgument as exc:
             raise InvalidChange(str(exc)) from exc
-        znodes = self._coordinator().znodes
+        znodes = self.znodes()
         path = mode_path(self.name, node)
         if mode is None:
             znodes.delete(path)
@@ -623,7 +685,7 @@ class ConfigRepository:
 
     def mode_override(self, node: str | None = None) -> UpdateMode | None:
         """The operator's override for ``node`` (default: this node), or None."""
-        znode = self._coordinator().znodes.get(mode_path(self.name, node or self.node))
+        znode = self.znodes().get(mode_path(self.name, node or self.node))
         if znode is None:
             return None
         try:

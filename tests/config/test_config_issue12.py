@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import stat
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from mhafail.config import ConfigRepository
-from mhafail.coordination import Coordinator
+from mhafail.coordination import ConnectionState, Coordinator
+from mhafail.errors import CoordinationUnavailable
+from mhafail.testing import ZooKeeperServer
 
 from .conftest import AUTHOR, REPO, AgentProcess, all_applied, live_sha, wait_reports
 
@@ -58,3 +62,62 @@ def test_gitattributes_never_make_nodes_disagree_on_bytes(
     work = n1.base.parent / "n3" / REPO / "work"
     assert (work / "global" / "a.conf").read_bytes() == b"line one\nline two\n"
     assert live_sha(n1.base.parent / "n3") == done.sha
+
+
+def _bounded(call: Callable[[], object], bound: float) -> float:
+    """Run ``call``, which must raise CoordinationUnavailable, and return how long it took."""
+    start = time.monotonic()
+    with pytest.raises(CoordinationUnavailable):
+        call()
+    took = time.monotonic() - start
+    assert took < bound, f"took {took:.1f} s"
+    return took
+
+
+def test_api_calls_are_bounded_and_unambiguous_with_zookeeper_stopped(tmp_path: Path) -> None:
+    """With ZooKeeper stopped, head/status/commit fail within a bound; nothing is published late."""
+    with ZooKeeperServer(tick_time=500, workdir=tmp_path / "zk") as zk:
+        zk.start()
+        c = Coordinator(hosts=zk.address, cluster="bounded", session_timeout=8.0, open_acl=True)
+        c.start()
+        try:
+            stopped = threading.Event()
+
+            def stop_zookeeper(tree: Path, changed: frozenset[str]) -> list[str]:
+                # Between the head read and the compare-and-set.
+                if "global/late.conf" in changed:
+                    zk.stop()
+                    end = time.monotonic() + 10
+                    while c.state is ConnectionState.CONNECTED and time.monotonic() < end:
+                        time.sleep(0.01)
+                    stopped.set()
+                return []
+
+            repo = ConfigRepository(
+                name=REPO,
+                base=tmp_path / "n1",
+                node="n1",
+                coordinator=c,
+                validators=(stop_zookeeper,),
+                zk_timeout=1.0,
+            ).init()
+            first = repo.commit({"global/a.conf": b"1\n"}, message="one", author=AUTHOR)
+            # The compare-and-set is never sent on a dead connection.
+            _bounded(
+                lambda: repo.commit({"global/late.conf": b"x\n"}, message="late", author=AUTHOR),
+                4.0,
+            )
+            assert stopped.is_set()
+            _bounded(repo.head, 2.5)
+            _bounded(repo.status, 2.5)
+            _bounded(
+                lambda: repo.commit({"global/b.conf": b"2\n"}, message="two", author=AUTHOR), 4.0
+            )
+            zk.start()
+            assert c.wait_for_lease(15)
+            time.sleep(1.0)  # a queued request would have been sent by now
+            head = repo.head()
+            assert head is not None and head.sha == first.sha
+            assert repo.status().head == head
+        finally:
+            c.stop()
