@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import attrs
@@ -55,6 +55,7 @@ def register(subparsers: Any) -> None:
     commit.add_argument("-m", "--message", required=True)
     commit.add_argument("--author", default=None, help="Name <email> (default: $USER@node)")
     commit.add_argument("--rebase", action="store_true", help="rebase over a newer head")
+    _replica_flags(commit)
     commit.add_argument("paths", nargs="*", metavar="PATH", help="limit to these paths")
     log = action("log", "show the local history", zk=False, func=_log)
     log.add_argument("--limit", type=int, default=20)
@@ -64,6 +65,7 @@ def register(subparsers: Any) -> None:
     rollback = action("rollback", "publish a commit restoring SHA's tree", zk=True, func=_rollback)
     rollback.add_argument("sha")
     rollback.add_argument("--author", default=None)
+    _replica_flags(rollback)
     pull = action("pull", "fetch the head and update the working copy", zk=True, func=_pull)
     pull.add_argument("--force", action="store_true", help="stash conflicting edits")
     for name, text in (("freeze", "stop applying on NODE"), ("thaw", "resume applying on NODE")):
@@ -75,6 +77,24 @@ def register(subparsers: Any) -> None:
     agent.add_argument("--check-cmd", default=None, help="node-local check; {tree} = checkout")
     agent.add_argument("--session-timeout", type=float, default=10.0)
     agent.add_argument("--debounce", type=float, default=0.02)
+
+
+def _replica_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        metavar="K",
+        help="publish once K other nodes hold the commit (default: a majority of the live "
+        "nodes, at least 1; 0: publish at once, with no copy anywhere else)",
+    )
+    parser.add_argument(
+        "--replicate-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for them (default 10)",
+    )
 
 
 @contextmanager
@@ -92,7 +112,12 @@ def _repository(args: argparse.Namespace, *, zk: bool) -> Iterator[Any]:
         **zk_security(args),
     ) as coordinator:
         yield ConfigRepository(
-            name=args.repo, base=args.dir, node=args.node, coordinator=coordinator
+            name=args.repo,
+            base=args.dir,
+            node=args.node,
+            coordinator=coordinator,
+            replicas=getattr(args, "replicas", None),
+            replicate_timeout=getattr(args, "replicate_timeout", 10.0),
         )
 
 
@@ -203,13 +228,15 @@ def _status_text(data: dict[str, Any]) -> str:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from mhafail.errors import InvalidChange
+    from mhafail.errors import FetchFailed, InvalidChange
 
     with _repository(args, zk=True) as repo:
         store = _opened(repo).store
         head = repo.head()
         if head is not None:
-            repo.ensure_commit(head.sha, origin=head.origin)
+            # Fetched for its history; a head nobody can provide is replaced.
+            with suppress(FetchFailed):
+                repo.ensure_commit(head.sha, origin=head.origin)
         sha = store.resolve(args.sha)
         if sha is None:
             raise InvalidChange(f"unknown commit {args.sha!r}")

@@ -138,7 +138,7 @@ def _init(args: argparse.Namespace) -> int:
     ) as coordinator:
         z = coordinator.znodes
         for repo in args.config_repo:
-            for folder in ("applied", "modes"):
+            for folder in ("applied", "modes", "proposals"):
                 z.ensure(f"config/{repo}/{folder}")
         repaired = z.repair_acls() if args.repair_acls else 0
         problems = [] if coordinator.credentials is None else z.acl_problems()

@@ -7,7 +7,10 @@ timer only *kick* the loop. Kicks during a pass coalesce, and each pass
 starts with a short debounce pause, so a burst of commits is applied once,
 at its last version.
 
-One pass: fetch the head's commit from a peer if it is not here, check it
+One pass first *holds* the proposals (``config/<repo>/proposals/<sha>``,
+commits waiting for holders before publication): it fetches and checks
+each, serves it from the export repository and lists it in its report's
+``holds``, at once. Then it fetches the head's commit from a peer if it is not here, check it
 out into a new directory, run the node's validators there, switch
 ``current`` atomically, move the working copy, call the reload hooks, and
 report ``config/<repo>/applied/<node>``. If the node's validators reject
@@ -20,6 +23,7 @@ coordinator's; wrap an asyncio callback with
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -28,6 +32,7 @@ from collections.abc import Callable, Sequence
 import attrs
 
 from mhafail.config._model import (
+    MAX_HOLDS,
     ApplyOutcome,
     ApplyState,
     Head,
@@ -36,13 +41,20 @@ from mhafail.config._model import (
     applied_path,
     head_path,
     mode_path,
+    proposal_path,
 )
-from mhafail.config._repository import ConfigRepository
+from mhafail.config._repository import PROPOSED, ConfigRepository
 from mhafail.config._serve import ENDPOINT, repo_url
 from mhafail.config._validate import Validator, run_validators, syntax_check
 from mhafail.config._view import ConfigView
-from mhafail.coordination import ConnectionState, ConvergeLoop, Membership, Watch
-from mhafail.errors import ConfigError, FetchFailed, InvalidChange, RepositoryError
+from mhafail.coordination import ConnectionState, ConvergeLoop, Membership, Watch, check_name
+from mhafail.errors import (
+    ConfigError,
+    FetchFailed,
+    InvalidArgument,
+    InvalidChange,
+    RepositoryError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +98,8 @@ class ConfigAgent:
     _rejected: dict[str, str] = attrs.field(init=False, factory=dict)
     _applies: int = attrs.field(init=False, default=0)
     _last_error: str = attrs.field(init=False, default="")
+    _holds: tuple[str, ...] = attrs.field(init=False, default=())
+    _last_report: NodeReport | None = attrs.field(init=False, default=None)
 
     def add_reload_hook(self, hook: ReloadHook) -> None:
         """Call ``hook(view)`` on the agent's thread after each new version goes live.
@@ -133,6 +147,11 @@ class ConfigAgent:
         self._watches.append(coordinator.znodes.watch_data(head_path(repo.name), loop.kick))
         self._watches.append(
             coordinator.znodes.watch_data(mode_path(repo.name, repo.node), loop.kick)
+        )
+        self._watches.append(
+            coordinator.znodes.watch_changes(
+                proposal_path(repo.name), lambda _: loop.kick(), children=True
+            )
         )
         loop.start()
         return self
@@ -186,6 +205,7 @@ class ConfigAgent:
         if self.debounce > 0:
             time.sleep(self.debounce)
         repo = self.repository
+        self._hold_proposals()
         mode = repo.mode_override() or self.mode
         try:
             head = repo.head()
@@ -215,6 +235,35 @@ class ConfigAgent:
         else:
             self._last_error = ""
         return self._finish(outcome, mode)
+
+    def _hold_proposals(self) -> None:
+        """Fetch, check and serve every proposed commit; say so in the report at once.
+
+        A committer publishes only what enough other nodes hold (see
+        :meth:`ConfigRepository.commit`), so that the head never depends
+        on one node. Holding is not applying: frozen nodes hold too.
+        """
+        repo = self.repository
+        znodes = repo.znodes()
+        names = [n for n in znodes.children(proposal_path(repo.name)) or [] if n not in self._holds]
+        held = []
+        for sha in sorted(names)[:MAX_HOLDS]:
+            znode = znodes.get(proposal_path(repo.name, sha))
+            if znode is None:
+                continue
+            try:
+                origin = json.loads(znode.data).get("origin", "")
+                check_name("node name", origin)
+                repo.ensure_commit(sha, origin=origin, peers=self._peers(), ref=PROPOSED)
+            except (ValueError, AttributeError, InvalidArgument, ConfigError, OSError) as exc:
+                logger.info("%s: not holding proposal %s: %s", repo.name, sha[:12], exc)
+                continue
+            held.append(sha)
+        if not held:
+            return
+        self._holds = (*held, *self._holds)[:MAX_HOLDS]
+        if self._last_report is not None:
+            self._write_report(attrs.evolve(self._last_report, holds=self._holds, time=time.time()))
 
     def _decide(self, head: Head | None, mode: UpdateMode) -> ApplyOutcome:
         repo = self.repository
@@ -337,6 +386,20 @@ class ConfigAgent:
                 errors.append(f"reload hook {getattr(hook, '__name__', hook)!s} failed: {exc}")
         return "; ".join(errors)
 
+    def _write_report(self, report: NodeReport) -> None:
+        # Rewrite only when something but the time changed: a timer pass
+        # must not turn into a ZooKeeper write every second on every node.
+        key = attrs.evolve(report, time=0.0).to_json()
+        if key != self._reported:
+            repo = self.repository
+            znodes = repo.znodes()
+            path = applied_path(repo.name, repo.node)
+            data = report.to_json()
+            if znodes.set(path, data) is None:
+                znodes.create(path, data, makepath=True)
+            self._reported = key
+        self._last_report = report
+
     def _finish(self, outcome: ApplyOutcome, mode: UpdateMode) -> ApplyOutcome:
         repo = self.repository
         report = NodeReport(
@@ -347,17 +410,9 @@ class ConfigAgent:
             error=outcome.error,
             mode=mode,
             time=time.time(),
+            holds=self._holds,
         )
-        data = report.to_json()
-        # Rewrite only when something but the time changed: a timer pass
-        # must not turn into a ZooKeeper write every second on every node.
-        key = attrs.evolve(report, time=0.0).to_json()
-        if key != self._reported:
-            znodes = repo.znodes()
-            path = applied_path(repo.name, repo.node)
-            if znodes.set(path, data) is None:
-                znodes.create(path, data, makepath=True)
-            self._reported = key
+        self._write_report(report)
         with self._cond:
             self._outcome = outcome
             self._cond.notify_all()

@@ -5,6 +5,7 @@ ZooKeeper layout (relative to the cluster root)::
     config/<repo>/head            {"sha","author","message","time","parent","origin"}
     config/<repo>/applied/<node>  {"sha","state","error","target","mode","time"}
     config/<repo>/modes/<node>    "frozen" | "if_unchanged" | "always"  (operator override)
+    config/<repo>/proposals/<sha> {"origin","time"}  ephemeral: a commit asking to be held
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ def applied_path(repo: str, node: str = "") -> str:
     """The znode (or, without ``node``, the folder) of per-node apply reports."""
     base = f"{CONFIG}/{repo}/applied"
     return f"{base}/{node}" if node else base
+
+
+def proposal_path(repo: str, sha: str = "") -> str:
+    """The ephemeral znode (or folder) of a commit waiting for holders before publication."""
+    base = f"{CONFIG}/{repo}/proposals"
+    return f"{base}/{sha}" if sha else base
+
+
+MAX_HOLDS = 8
+"""How many recently held proposals a report lists."""
 
 
 def mode_path(repo: str, node: str = "") -> str:
@@ -203,6 +214,8 @@ class NodeReport:
         error: why the node is rejected, held or stuck ("" when fine).
         mode: the node's effective update mode.
         time: wall-clock time of the report.
+        holds: proposed commits (newest first, at most :data:`MAX_HOLDS`)
+            this node fetched, checked and serves: the committer counts them.
     """
 
     node: str
@@ -212,6 +225,7 @@ class NodeReport:
     error: str = ""
     mode: UpdateMode = UpdateMode.ALWAYS
     time: float = 0.0
+    holds: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         """Encode for the applied znode."""
@@ -225,6 +239,7 @@ class NodeReport:
                 "error": self.error.encode()[: MAX_ERROR_BYTES - 16].decode(errors="ignore"),
                 "mode": self.mode.value,
                 "time": self.time,
+                "holds": list(self.holds[:MAX_HOLDS]),
             },
             sort_keys=True,
         ).encode()
@@ -236,7 +251,8 @@ class NodeReport:
         Rules: ``node`` a node name; at most :data:`MAX_REPORT_BYTES` of
         JSON holding an object; ``sha`` and ``target`` null or 40 lower-case
         hex digits; ``state`` and ``mode`` known values; ``error`` a string
-        within :data:`MAX_ERROR_BYTES`; ``time`` a finite number >= 0.
+        within :data:`MAX_ERROR_BYTES`; ``time`` a finite number >= 0;
+        ``holds`` (optional) a list of at most :data:`MAX_HOLDS` shas.
 
         Raises:
             InvalidChange: the data is not a report (the message says why).
@@ -246,6 +262,13 @@ class NodeReport:
         what = f"report of {node}"
         raw = _loads(data, what, MAX_REPORT_BYTES)
         state, mode = raw.get("state"), raw.get("mode", "always")
+        holds = raw.get("holds", [])
+        if (
+            not isinstance(holds, list)
+            or len(holds) > MAX_HOLDS
+            or not all(isinstance(h, str) and _SHA.fullmatch(h) for h in holds)
+        ):
+            raise InvalidChange(f"malformed {what}: holds must list at most {MAX_HOLDS} shas")
         if not isinstance(state, str) or state not in {s.value for s in ApplyState}:
             raise InvalidChange(f"malformed {what}: unknown state {str(state)[:40]!r}")
         if not isinstance(mode, str) or mode not in {m.value for m in UpdateMode}:
@@ -258,6 +281,7 @@ class NodeReport:
             error=_text(raw, "error", what, MAX_ERROR_BYTES),
             mode=UpdateMode(mode),
             time=_time(raw, what),
+            holds=tuple(holds),
         )
 
 
@@ -271,6 +295,7 @@ class Commit:
         paths: the repository paths it changed.
         rebased: True when it was rebased onto a newer head than its base.
         head: the head document as published.
+        holders: the other nodes that held the commit before it was published.
     """
 
     sha: str
@@ -278,6 +303,7 @@ class Commit:
     paths: tuple[str, ...]
     rebased: bool
     head: Head
+    holders: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -6,18 +6,17 @@ Publication order (why nothing is ever half-done):
    ZooKeeper unreachable here: nothing was written anywhere.
 2. The parent's tree plus the change set is staged in a temporary
    directory and the validators run on it. A rejection publishes nothing.
-3. The commit object is written to the local repository; no ref points at
-   it yet. Should step 4 fail, it stays an unreferenced object: invisible
-   to every node, harmless, and eventually pruned by ``git gc``.
-4. The head znode moves by compare-and-set on its version. Losing the CAS
-   is a :class:`~mhafail.errors.HeadConflict`.
-5. Only then does the local branch move (and the working copy follow where
+3. The commit object is written to the local repository and served from
+   the export repository under a private ref; the head does not name it.
+4. It is proposed (``config/<repo>/proposals/<sha>``) and the commit
+   waits until enough other nodes hold it (:mod:`._publish`); too few:
+   :class:`~mhafail.errors.NotReplicated`, nothing published.
+5. The head znode moves by compare-and-set on its version, sent only on a
+   live connection. Losing the CAS is a :class:`~mhafail.errors.HeadConflict`;
+   no answer is settled by an ordered re-read of the head.
+6. Only then does the local branch move (and the working copy follow where
    that loses no uncommitted edit). Peers fetch the commit by sha from any
    node that has it.
-
-If the connection drops *during* step 4 the outcome is unknown (the server
-may have applied the write): the error says so, and the commit object
-stays available so that nodes can fetch it if it was published.
 
 Concurrency: methods are thread-safe (one lock per instance); several
 processes may share one repository directory (an agent and the CLI).
@@ -26,7 +25,6 @@ processes may share one repository directory (an agent and the CLI).
 from __future__ import annotations
 
 import logging
-import random
 import shutil
 import tempfile
 import threading
@@ -38,6 +36,7 @@ import attrs
 
 from mhafail.config._apply import Checkouts
 from mhafail.config._export import export, exported, init_export
+from mhafail.config._fetch import fetch_from_peers, live_peers
 from mhafail.config._model import (
     MAX_AUTHOR_BYTES,
     MAX_MESSAGE_BYTES,
@@ -53,19 +52,21 @@ from mhafail.config._model import (
     mode_path,
 )
 from mhafail.config._paths import Limits, absolute_path, check_changes, check_sha
+from mhafail.config._publish import OUTGOING, publish, replicate
 from mhafail.config._repo import BRANCH, GitStore, parse_author
-from mhafail.config._serve import ENDPOINT, repo_url
 from mhafail.config._trees import check_tree
 from mhafail.config._validate import Validator, require_valid, syntax_check
 from mhafail.config._view import ConfigView
-from mhafail.coordination import ConnectionState, Coordinator, NodeInfo, Znodes, check_name
+from mhafail.coordination import (
+    Coordinator,
+    Znodes,
+    check_name,
+)
 from mhafail.errors import (
-    CoordinationUnavailable,
     FetchFailed,
     HeadConflict,
     InvalidArgument,
     InvalidChange,
-    PublishOutcomeUnknown,
     RepositoryError,
 )
 
@@ -73,7 +74,7 @@ logger = logging.getLogger(__name__)
 
 WORK = "work"
 EXPORT = "export"
-OUTGOING = "refs/mhafail/outgoing"
+PROPOSED = "refs/mhafail/proposed"
 
 
 def _valid_name(what: str) -> Callable[[object, object, str], None]:
@@ -110,6 +111,10 @@ class ConfigRepository:
             :meth:`commit` within about three times it (head read,
             compare-and-set, settling its outcome) plus the replication
             wait.
+        replicas: how many *other* nodes must hold a commit before it is
+            published (see :meth:`commit`); None: a majority of the live
+            nodes, at least one; 0: publish at once (operator override).
+        replicate_timeout: the longest :meth:`commit` waits for them.
     """
 
     name: str = attrs.field(validator=_valid_name("repository name"))
@@ -121,8 +126,11 @@ class ConfigRepository:
     fetch_timeout: float = 10.0
     keep: int = 3
     zk_timeout: float = 5.0
+    replicas: int | None = None
+    replicate_timeout: float = 10.0
     _lock: threading.RLock = attrs.field(init=False, factory=threading.RLock)
     _verified: set[str] = attrs.field(init=False, factory=set)
+    _refs: dict[str, str] = attrs.field(init=False, factory=dict)
 
     # --- local ----------------------------------------------------------------
 
@@ -225,28 +233,15 @@ class ConfigRepository:
 
     def peers(self) -> list[tuple[str, str]]:
         """``(node, fetch URL)`` of every live member that serves git, self excluded."""
-        znodes = self.znodes()
-        result = []
-        for member in znodes.children("members") or []:
-            if member == self.node:
-                continue
-            znode = znodes.get(f"members/{member}")
-            if znode is None:
-                continue
-            try:
-                info = NodeInfo.from_json(znode.data)
-            except InvalidArgument:
-                continue
-            endpoint = info.endpoints.get(ENDPOINT)
-            if endpoint:
-                try:
-                    result.append((member, repo_url(endpoint, self.name)))
-                except InvalidChange as exc:
-                    logger.warning("%s: ignoring member %s: %s", self.name, member, exc)
-        return result
+        return live_peers(self.znodes(), self.node, self.name)
 
     def ensure_commit(
-        self, sha: str, *, origin: str = "", peers: Sequence[tuple[str, str]] | None = None
+        self,
+        sha: str,
+        *,
+        origin: str = "",
+        peers: Sequence[tuple[str, str]] | None = None,
+        ref: str = BRANCH,
     ) -> None:
         """Make sure commit ``sha`` is here, safe, and served to peers.
 
@@ -257,7 +252,9 @@ class ConfigRepository:
         checked (:func:`~mhafail.config._trees.check_tree`: safe names at
         every level, regular files only, size limits) and only then is the
         commit copied into the export repository peers fetch from. Nothing
-        is written to any checkout before this returns.
+        is written to any checkout before this returns. ``ref`` is the
+        export repository's ref that names it (``main``: the published
+        head; :data:`PROPOSED`: a proposal, not published yet).
 
         Raises:
             InvalidChange: ``sha`` is not a sha, or the commit (or what a
@@ -268,17 +265,20 @@ class ConfigRepository:
             CoordinationUnavailable: the member list could not be read.
         """
         sha = check_sha(sha)
-        if sha in self._verified:
-            return
-        store = self.store
-        if not store.has_commit(sha):
-            self._fetch(sha, origin, peers)
-        elif exported(self.export_dir, sha):
-            self._verified.add(sha)  # checked before it went there (a commit of ours)
-            return
-        check_tree(store, sha, self.limits)
-        self._export(sha, BRANCH)
-        self._verified.add(sha)
+        if sha not in self._verified:
+            store = self.store
+            if not store.has_commit(sha):
+                self._fetch(sha, origin, peers)
+            elif exported(self.export_dir, sha):
+                self._verified.add(sha)  # checked before it went there
+            if sha not in self._verified:
+                check_tree(store, sha, self.limits)
+                self._export(sha, ref)
+                self._verified.add(sha)
+                self._refs[ref] = sha
+        if self._refs.get(ref) != sha:
+            GitStore(self.export_dir).git("update-ref", ref, sha)
+            self._refs[ref] = sha
 
     def _export(self, sha: str, ref: str) -> None:
         """Copy a checked or own commit into the export repository, creating it if needed."""
@@ -287,29 +287,10 @@ class ConfigRepository:
         export(self.store, self.export_dir, sha, ref=ref)
 
     def _fetch(self, sha: str, origin: str, peers: Sequence[tuple[str, str]] | None) -> None:
-        store = self.store
-        candidates = list(self.peers() if peers is None else peers)
-        random.shuffle(candidates)
-        candidates.sort(key=lambda p: p[0] != origin)
-        failures: list[str] = []
-        unsafe: list[str] = []
-        for peer, url in candidates:
-            try:
-                store.fetch(url, sha, self.fetch_timeout)
-            except InvalidChange as exc:
-                # Another peer may still send clean objects for the same sha
-                # (a sha fixes the commit, not the extra objects a pack holds).
-                unsafe.append(f"{peer}: {exc}")
-                continue
-            except RepositoryError as exc:
-                failures.append(f"{peer}: {str(exc).splitlines()[-1]}")
-                continue
-            logger.info("%s: fetched %s from %s", self.name, sha[:12], peer)
-            return
-        if unsafe:
-            raise InvalidChange(f"refusing {sha[:12]} of {self.name}: " + "; ".join(unsafe))
-        tried = "; ".join(failures) if failures else "no peer serves this repository"
-        raise FetchFailed(f"cannot fetch {sha[:12]} of {self.name}: {tried}")
+        candidates = self.peers() if peers is None else peers
+        fetch_from_peers(
+            self.store, self.name, sha, origin=origin, peers=candidates, timeout=self.fetch_timeout
+        )
 
     def _base(self, base: str | None) -> str | None:
         if base is None:
@@ -327,8 +308,15 @@ class ConfigRepository:
         author: str,
         base: str | None = None,
         rebase: bool = False,
+        replicas: int | None = None,
     ) -> Commit:
         """Validate a change set, commit it and publish it as the new head.
+
+        Before the compare-and-set, the commit is proposed
+        (``config/<repo>/proposals/<sha>``) and published only once
+        ``replicas`` other live nodes hold it (fetched, checked, served): a
+        head never depends on one node, so the committer dying the moment
+        after does not leave every node waiting for it.
 
         Args:
             changes: repository path -> new content, or None to delete it.
@@ -338,19 +326,27 @@ class ConfigRepository:
                 local branch).
             rebase: when the head moved past ``base``, commit on top of the
                 head anyway if no file of the change set changed since
-                ``base`` (retries up to 3 lost CAS races).
+                ``base`` (retries up to 3 lost CAS races). If no live node
+                can provide the head's commit (its holders are gone), the
+                commit replaces that head, built on ``base``.
+            replicas: other nodes that must hold the commit first (default:
+                the repository's ``replicas``; None there: a majority of
+                the live members, counting this node if it is one, and at
+                least one other; 0: publish at once).
 
         Returns:
-            The published :class:`Commit`.
+            The published :class:`Commit` (``holders``: who held it).
 
         Raises:
             InvalidChange: bad path, size, author, message or base; nothing to commit.
             ValidationFailed: a validator rejected the staged tree (nothing published).
             HeadConflict: the head is not ``base`` (and could not be rebased),
                 or another commit won the CAS; pull and retry.
-            FetchFailed: rebase needed the head's commit and no peer had it.
+            NotReplicated: too few other nodes held it within
+                ``replicate_timeout`` (nothing published).
             CoordinationUnavailable: ZooKeeper unreachable; nothing was
-                published, unless the message says the outcome is unknown.
+                published (:class:`~mhafail.errors.PublishOutcomeUnknown`:
+                see the guarantees in docs/config.md).
         """
         checked = check_changes(changes, self.limits)
         message = self._check_message(message, author)
@@ -373,9 +369,11 @@ class ConfigRepository:
                     shutil.rmtree(staged.parent, ignore_errors=True)
                 # Served before the CAS, so peers can fetch it the moment it wins.
                 self._export(sha, OUTGOING)
-                result = self._publish(
+                holders = replicate(self, sha, replicas)
+                result = publish(
+                    self,
                     sha=sha,
-                    parent=parent,
+                    parent=head.sha if head else None,
                     head=head,
                     version=version,
                     message=message,
@@ -384,7 +382,12 @@ class ConfigRepository:
                 if result is not None:
                     self._after_publish(base_sha, sha)
                     return Commit(
-                        sha=sha, parent=parent, paths=tuple(checked), rebased=rebased, head=result
+                        sha=sha,
+                        parent=result.parent,
+                        paths=tuple(checked),
+                        rebased=rebased,
+                        head=result,
+                        holders=holders,
                     )
             current = self.head()
             raise HeadConflict(
@@ -393,20 +396,29 @@ class ConfigRepository:
                 head=current.sha if current else None,
             )
 
-    def rollback(self, sha: str, *, author: str, message: str | None = None) -> Commit:
+    def rollback(
+        self,
+        sha: str,
+        *,
+        author: str,
+        message: str | None = None,
+        replicas: int | None = None,
+    ) -> Commit:
         """Publish a new commit whose tree is the tree of ``sha`` (history is kept).
 
         This is also the way out of a bad head: if the published head is
         unsafe or malformed (every node refuses it), the new commit is
         built on ``sha`` instead of on the head, so that no node ever has
         to fetch the refused commit, and it replaces the head znode by
-        compare-and-set all the same.
+        compare-and-set all the same. The same holds for a head that no
+        live node can provide (its holders died). ``replicas`` as for
+        :meth:`commit`.
 
         Raises:
             InvalidChange: unknown or unsafe sha, or the head already has that tree.
             ValidationFailed: today's validators reject the old tree.
             HeadConflict: another commit was published meanwhile; retry.
-            CoordinationUnavailable: as for :meth:`commit`.
+            NotReplicated, CoordinationUnavailable: as for :meth:`commit`.
         """
         target = check_sha(sha)
         text = self._check_message(message or f"Roll back to {target[:12]}", author)
@@ -417,8 +429,8 @@ class ConfigRepository:
             if head is not None:
                 try:
                     self.ensure_commit(head.sha, origin=head.origin)
-                except InvalidChange as exc:
-                    logger.warning("%s: rolling back over an unsafe head: %s", self.name, exc)
+                except (InvalidChange, FetchFailed) as exc:
+                    logger.warning("%s: rolling back over an unusable head: %s", self.name, exc)
                     git_parent = target
             if not self.store.has_commit(target):
                 raise InvalidChange(f"unknown commit {target[:12]}: not in this repository")
@@ -433,15 +445,24 @@ class ConfigRepository:
                 target, git_parent, text, author, time.time(), same_tree=git_parent == target
             )
             self._export(new, OUTGOING)
+            holders = replicate(self, new, replicas)
             paths = tuple(self.store.changed_paths(git_parent, new))
             local = self.store.main()
-            result = self._publish(
-                sha=new, parent=parent, head=head, version=version, message=text, author=author
+            result = publish(
+                self,
+                sha=new,
+                parent=parent,
+                head=head,
+                version=version,
+                message=text,
+                author=author,
             )
             if result is None:
                 raise HeadConflict("another commit was published first; retry", head=None)
             self._after_publish(local, new)
-            return Commit(sha=new, parent=parent, paths=paths, rebased=False, head=result)
+            return Commit(
+                sha=new, parent=parent, paths=paths, rebased=False, head=result, holders=holders
+            )
 
     def _check_message(self, message: str, author: str) -> str:
         parse_author(author)
@@ -467,10 +488,22 @@ class ConfigRepository:
         if not rebase:
             raise HeadConflict(
                 f"the published head is {head.sha[:12]} but this change is based on "
-                f"{base[:12] if base else 'nothing'}; pull and retry (or rebase)",
+                f"{base[:12] if base else 'nothing'}; pull and retry (or rebase; a head "
+                "no live node can provide is replaced by a rebase or a rollback)",
                 head=head.sha,
             )
-        self.ensure_commit(head.sha, origin=head.origin)
+        try:
+            self.ensure_commit(head.sha, origin=head.origin)
+        except FetchFailed as exc:
+            # Every holder of the head is gone: waiting for it would block
+            # every commit, pull and rollback of the cluster forever.
+            logger.warning(
+                "%s: replacing head %s, which no node can provide: %s",
+                self.name,
+                head.sha[:12],
+                exc,
+            )
+            return base, True
         if base is not None and not self.store.resolve(f"{base}") == base:
             raise InvalidChange(f"base {base[:12]} is not in the local repository")
         touched = sorted(paths & set(self.store.changed_paths(base, head.sha)))
@@ -495,103 +528,6 @@ class ConfigRepository:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return tree
-
-    def _publish(
-        self,
-        *,
-        sha: str,
-        parent: str | None,
-        head: Head | None,
-        version: int | None,
-        message: str,
-        author: str,
-    ) -> Head | None:
-        new = Head(
-            sha=sha,
-            author=author,
-            message=message.strip(),
-            time=time.time(),
-            parent=parent,
-            origin=self.node,
-        )
-        coordinator = self._coordinator()
-        # A request kazoo queues while disconnected is sent when the
-        # connection returns, however late (a commit once went live 52 s
-        # after its call had failed): send the compare-and-set only on a
-        # live connection. Requests queued before a drop are failed by
-        # kazoo, never resent.
-        if coordinator.state is not ConnectionState.CONNECTED:
-            raise CoordinationUnavailable(
-                f"{sha[:12]} of {self.name} was not published: no ZooKeeper connection"
-            )
-        znodes = self.znodes()
-        try:
-            if version is None:
-                won = znodes.create(head_path(self.name), new.to_json(), makepath=True) is not None
-            else:
-                won = znodes.set(head_path(self.name), new.to_json(), version=version) is not None
-        except CoordinationUnavailable as exc:
-            won = self._settle(sha, version, exc)
-        served = GitStore(self.export_dir)  # _export() created it before the CAS
-        if not won:
-            logger.info("%s: lost the head CAS with %s", self.name, sha[:12])
-            served.git("update-ref", "-d", OUTGOING, check=False)
-            return None
-        self._verified.add(sha)
-        # Published: main moves to it, and the outgoing ref is no longer needed.
-        # Nothing after the CAS may raise: the caller would see a failure
-        # for a commit that is live (peers can fetch it by sha regardless).
-        try:
-            served.git(
-                "update-ref",
-                "--stdin",
-                input=f"update {BRANCH} {sha}\ndelete {OUTGOING}\n".encode(),
-            )
-        except RepositoryError as exc:
-            logger.warning("%s: export ref not moved to %s: %s", self.name, sha[:12], exc)
-        logger.info("%s: published %s (%s)", self.name, sha[:12], new.message.splitlines()[0])
-        return new
-
-    def _settle(self, sha: str, version: int | None, cause: Exception) -> bool:
-        """Whether a compare-and-set that got no answer took effect (True: published).
-
-        Requests on one ZooKeeper session are answered in order, so a head
-        read answered after the unanswered write says for certain whether
-        it was applied: at our version + 1 the head is ours or not, at + 2
-        its parent is. Reads are retried until ``zk_timeout`` runs out.
-
-        Raises:
-            PublishOutcomeUnknown: no read was answered in time.
-        """
-        ours = 0 if version is None else version + 1
-        end = time.monotonic() + self.zk_timeout
-        while True:
-            try:
-                node = (
-                    self.znodes()
-                    .bounded(max(0.1, end - time.monotonic()))
-                    .get(head_path(self.name))
-                )
-                break
-            except CoordinationUnavailable:
-                if time.monotonic() >= end:
-                    raise PublishOutcomeUnknown(
-                        f"publishing {sha[:12]} of {self.name}: outcome unknown, the "
-                        f"compare-and-set (head version {version}) got no answer and "
-                        f"ZooKeeper stayed unreachable ({cause}); it is published if and "
-                        f"only if `config status` shows head {sha[:12]} (or a head whose "
-                        "parent it is); it cannot take effect later than that",
-                        sha=sha,
-                    ) from cause
-                time.sleep(0.05)
-        if node is None or node.version < ours:
-            return False
-        head = Head.from_json(node.data)
-        if node.version == ours:
-            return head.sha == sha
-        if node.version == ours + 1:
-            return head.parent == sha
-        return self.store.is_ancestor(sha, head.sha)  # several commits since: ask git
 
     def _after_publish(self, base: str | None, sha: str) -> None:
         # The working copy follows only if that loses no uncommitted edit;

@@ -36,21 +36,24 @@ def test_cli_round_trip(
     a = ["--dir", str(tmp_path / "a"), "--node", "a", *zk]
     b = ["--dir", str(tmp_path / "b"), "--node", "b", *zk]
     assert _run(capsys, "init", *a)[0] == 0
+    one = ["--replicas", "0"]  # no other node: the operator's override
     work = tmp_path / "a" / "mta" / "work"
     (work / "global").mkdir()
     (work / "global" / "mta.toml").write_text("port = 25\n")
     (work / "global" / "other").write_text("x\n")
-    status, first = _run(capsys, "commit", "-m", "first", "--author", "Op <op@example.org>", *a)
+    status, first = _run(
+        capsys, "commit", "-m", "first", "--author", "Op <op@example.org>", *one, *a
+    )
     assert status == 0 and isinstance(first, dict)
     assert sorted(first["paths"]) == ["global/mta.toml", "global/other"]
     (work / "global" / "mta.toml").write_text("port = 2525\n")
     status, diff = _run(capsys, "diff", *a)
     assert status == 0 and "+port = 2525" in diff["diff"]  # type: ignore[index]
-    status, _ = _run(capsys, "commit", "-m", "second", "global/mta.toml", *a)
+    status, _ = _run(capsys, "commit", "-m", "second", "global/mta.toml", *one, *a)
     assert status == 0
     status, log = _run(capsys, "log", *a)
     assert [e["message"] for e in log] == ["second", "first"]  # type: ignore[union-attr]
-    status, rolled = _run(capsys, "rollback", first["sha"][:10], *a)
+    status, rolled = _run(capsys, "rollback", first["sha"][:10], *one, *a)
     assert status == 0
     assert _run(capsys, "freeze", "--node", "a", *zk[:-1], "--dir", str(tmp_path / "a"))[0] == 0
     status, st = _run(capsys, "status", *a)

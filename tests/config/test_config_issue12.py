@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from mhafail.cli import main
 from mhafail.config import ConfigRepository
+from mhafail.config._repo import GitStore
 from mhafail.coordination import ConnectionState, Coordinator
-from mhafail.errors import CoordinationUnavailable
+from mhafail.errors import CoordinationUnavailable, NotReplicated
 from mhafail.testing import ZooKeeperServer
 
 from .conftest import AUTHOR, REPO, AgentProcess, all_applied, live_sha, wait_reports
@@ -100,6 +102,7 @@ def test_api_calls_are_bounded_and_unambiguous_with_zookeeper_stopped(tmp_path: 
                 coordinator=c,
                 validators=(stop_zookeeper,),
                 zk_timeout=1.0,
+                replicas=0,
             ).init()
             first = repo.commit({"global/a.conf": b"1\n"}, message="one", author=AUTHOR)
             # The compare-and-set is never sent on a dead connection.
@@ -121,3 +124,71 @@ def test_api_calls_are_bounded_and_unambiguous_with_zookeeper_stopped(tmp_path: 
             assert repo.status().head == head
         finally:
             c.stop()
+
+
+def test_a_commit_is_published_only_once_other_nodes_hold_it(
+    agent_factory: Callable[..., AgentProcess],
+    coordinator_factory: Callable[..., Coordinator],
+) -> None:
+    """By default a majority of live nodes (n1 and one other) hold a commit before it goes live."""
+    c = coordinator_factory()
+    n1, n2, n3 = (agent_factory(n) for n in ("n1", "n2", "n3"))
+    repo = _repo(n1, c)
+    for i in range(3):
+        done = repo.commit({"global/a.conf": f"{i}\n".encode()}, message=f"c{i}", author=AUTHOR)
+        assert done.holders and set(done.holders) <= {"n2", "n3"}
+        for node in (n2, n3):
+            if node.node in done.holders:
+                export = GitStore(node.base / REPO / "export")
+                assert export.has_commit(done.sha)
+    wait_reports(c, all_applied(["n1", "n2", "n3"], done.sha))
+    # A node alone cannot publish by default: nobody else would have its commit.
+    n2.stop()
+    n3.stop()
+    with pytest.raises(NotReplicated, match="replicas=0"):
+        repo.commit({"global/a.conf": b"alone\n"}, message="alone", author=AUTHOR)
+    head = repo.head()
+    assert head is not None and head.sha == done.sha
+
+
+def test_a_commit_nobody_can_fetch_is_refused_and_never_blocks_the_cluster(
+    agent_factory: Callable[..., AgentProcess],
+    coordinator_factory: Callable[..., Coordinator],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An unserved workspace's commit is refused; forced through, rollback and rebase pass it."""
+    c = coordinator_factory()
+    n1, n2 = agent_factory("n1"), agent_factory("n2")
+    first = _repo(n1, c).commit({"global/a.conf": b"1\n"}, message="one", author=AUTHOR)
+    wait_reports(c, all_applied(["n1", "n2"], first.sha))
+    zk = ["--zk", n1.zk, "--cluster", n1.cluster, "--repo", REPO]
+    ws = ["--dir", str(tmp_path / "ws"), "--node", "ws", *zk]
+    assert main(["config", "init", *ws]) == 0
+    (tmp_path / "ws" / REPO / "work" / "global" / "a.conf").write_bytes(b"from ws\n")
+    commit = ["config", "commit", "-m", "ws", "--replicate-timeout", "1", *ws]
+    capsys.readouterr()
+    assert main(commit) == 2
+    err = capsys.readouterr().err
+    assert "was not published" in err and "--replicas 0" in err
+    head = _repo(n1, c).head()
+    assert head is not None and head.sha == first.sha
+    # The operator forces it through: nobody can fetch it...
+    assert main([*commit, "--replicas", "0"]) == 0
+    lost = _repo(n1, c).head()
+    assert lost is not None and lost.sha != first.sha
+    wait_reports(c, lambda r: all(r[n].target == lost.sha and r[n].error for n in ("n1", "n2")))
+    # ...and yet rollback, commit (rebase) and pull all get past it.
+    rolled = _repo(n2, c).rollback(first.sha, author=AUTHOR)
+    wait_reports(c, all_applied(["n1", "n2"], rolled.sha))
+    (tmp_path / "ws" / REPO / "work" / "global" / "c.conf").write_bytes(b"c\n")
+    assert main([*commit, "--replicas", "0", "--rebase"]) == 0
+    lost = _repo(n1, c).head()
+    assert lost is not None
+    fixed = _repo(n1, c).commit(
+        {"global/b.conf": b"b\n"}, message="over a lost head", author=AUTHOR, rebase=True
+    )
+    assert fixed.parent == lost.sha and fixed.rebased
+    wait_reports(c, all_applied(["n1", "n2"], fixed.sha))
+    assert _repo(n2, c).pull() == fixed.sha
+    assert (n2.base / REPO / "current" / "global" / "a.conf").read_bytes() == b"1\n"

@@ -153,7 +153,8 @@ def test_without_any_source_nodes_report_pending_until_one_returns(
     for node in ("n2", "n3"):
         repo.set_mode(node, UpdateMode.FROZEN)
     wait_reports(c, lambda r: all(r[n].state is ApplyState.HELD for n in ("n2", "n3")))
-    commit = repo.commit({"global/a": b"1\n"}, message="one", author=AUTHOR)
+    # The operator override: published with no copy elsewhere (frozen nodes still hold).
+    commit = repo.commit({"global/a": b"1\n"}, message="one", author=AUTHOR, replicas=0)
     wait_reports(c, all_applied(["n1"], commit.sha))
     n1.kill()
     for node in ("n2", "n3"):

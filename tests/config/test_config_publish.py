@@ -25,6 +25,7 @@ pytestmark = pytest.mark.zookeeper
 
 def _repo(base: Path, node: str, coordinator: Coordinator, **kw: object) -> ConfigRepository:
     return ConfigRepository(
+        replicas=0,
         name=REPO,
         base=base / node,
         node=node,

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.zookeeper
 
 
 def _repo(agent: AgentProcess, coordinator: Coordinator) -> ConfigRepository:
-    return ConfigRepository(name=REPO, base=agent.base, node=agent.node, coordinator=coordinator)
+    return ConfigRepository(
+        replicas=0, name=REPO, base=agent.base, node=agent.node, coordinator=coordinator
+    )
 
 
 def test_directory_replaced_by_a_file_applies_everywhere(
@@ -56,11 +58,13 @@ def test_a_node_that_cannot_apply_reports_the_error(
 ) -> None:
     """A git failure during apply is reported as pending with the error, not raised each pass."""
     c = coordinator_factory()
-    committer = ConfigRepository(name=REPO, base=tmp_path / "n1", node="n1", coordinator=c).init()
+    committer = ConfigRepository(
+        replicas=0, name=REPO, base=tmp_path / "n1", node="n1", coordinator=c
+    ).init()
     done = committer.commit({"global/a.conf": b"payload\n"}, message="a", author=AUTHOR)
     blob = committer.store.git("rev-parse", f"{done.sha}:global/a.conf").decode().strip()
     (committer.worktree / ".git" / "objects" / blob[:2] / blob[2:]).unlink()  # disk damage
-    node = ConfigRepository(name=REPO, base=tmp_path / "n1", node="n1", coordinator=c)
+    node = ConfigRepository(replicas=0, name=REPO, base=tmp_path / "n1", node="n1", coordinator=c)
     agent = ConfigAgent(repository=node, debounce=0)
     outcome = agent.converge()
     assert outcome.state is ApplyState.PENDING
@@ -79,7 +83,9 @@ def test_file_names_that_are_not_utf8_are_refused_cleanly(
 ) -> None:
     """A non-UTF-8 name gives InvalidChange from the API and exit 2 from the CLI, no traceback."""
     c = coordinator_factory()
-    repo = ConfigRepository(name=REPO, base=tmp_path / "a", node="a", coordinator=c).init()
+    repo = ConfigRepository(
+        replicas=0, name=REPO, base=tmp_path / "a", node="a", coordinator=c
+    ).init()
     with pytest.raises(InvalidChange, match="UTF-8"):
         repo.commit({"global/\udcff.conf": b"x"}, message="m", author=AUTHOR)
     work = repo.worktree
@@ -129,8 +135,8 @@ def test_relative_dir_works_for_commit_and_apply(
     assert main(["config", "init", *rel]) == 0
     (tmp_path / "rel" / REPO / "work" / "global").mkdir()
     (tmp_path / "rel" / REPO / "work" / "global" / "a.conf").write_bytes(b"a\n")
-    assert main(["config", "commit", "-m", "relative", *rel]) == 0
-    repo = ConfigRepository(name=REPO, base="rel", node="n1", coordinator=c)
+    assert main(["config", "commit", "-m", "relative", "--replicas", "0", *rel]) == 0
+    repo = ConfigRepository(replicas=0, name=REPO, base="rel", node="n1", coordinator=c)
     assert repo.base == tmp_path / "rel"
     outcome = ConfigAgent(repository=repo, debounce=0).converge()
     assert outcome.state is ApplyState.APPLIED and outcome.sha is not None

@@ -161,7 +161,7 @@ def _good_node(
     agent_factory: Callable[..., AgentProcess], c: Coordinator, tmp_path: Path
 ) -> tuple[AgentProcess, str]:
     node = agent_factory("n1")
-    repo = ConfigRepository(name=REPO, base=node.base, node="n1", coordinator=c)
+    repo = ConfigRepository(replicas=0, name=REPO, base=node.base, node="n1", coordinator=c)
     good = repo.commit({"global/mta.toml": b"port = 25\n"}, message="good", author=AUTHOR)
     wait_reports(c, all_applied(["n1"], good.sha))
     (tmp_path / "victim").write_bytes(b"original\n")
@@ -280,7 +280,7 @@ def test_malformed_head_is_reported_and_the_node_recovers(
     )
     assert final["n1"].sha == good and live_sha(node.base) == good
     # The way out: an operator rolls back to a good version over the bad head.
-    repo = ConfigRepository(name=REPO, base=node.base, node="n1", coordinator=c)
+    repo = ConfigRepository(replicas=0, name=REPO, base=node.base, node="n1", coordinator=c)
     fixed = repo.rollback(good, author=AUTHOR)
     assert fixed.head.parent is None
     wait_reports(c, all_applied(["n1"], fixed.sha))
