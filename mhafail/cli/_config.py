@@ -75,6 +75,11 @@ def register(subparsers: Any) -> None:
     agent.add_argument("--port", type=int, default=0, help="git daemon port (0: free)")
     agent.add_argument("--mode", choices=["always", "if_unchanged", "frozen"], default="always")
     agent.add_argument("--check-cmd", default=None, help="node-local check; {tree} = checkout")
+    agent.add_argument(
+        "--no-cluster-check",
+        action="store_true",
+        help="do not run the check the repository declares in .mhafail/check.toml",
+    )
     agent.add_argument("--session-timeout", type=float, default=10.0)
     agent.add_argument("--debounce", type=float, default=0.02)
 
@@ -303,6 +308,7 @@ def _agent(args: argparse.Namespace) -> int:
             mode=UpdateMode(args.mode),
             validators=validators,
             debounce=args.debounce,
+            cluster_check=not args.no_cluster_check,
         ).start()
         try:
             assert node.daemon is not None

@@ -29,6 +29,8 @@ from mhafail.config._repository import ConfigRepository as ConfigRepository
 from mhafail.config._serve import GitDaemon as GitDaemon
 from mhafail.config._validate import CheckCommand as CheckCommand
 from mhafail.config._validate import Validator as Validator
+from mhafail.config._validate import cluster_check as cluster_check
+from mhafail.config._validate import load_check as load_check
 from mhafail.config._validate import run_validators as run_validators
 from mhafail.config._validate import syntax_check as syntax_check
 from mhafail.config._view import ConfigView as ConfigView
@@ -54,6 +56,8 @@ __all__ = [
     "Validator",
     "check_changes",
     "check_path",
+    "cluster_check",
+    "load_check",
     "run_validators",
     "syntax_check",
 ]

@@ -45,7 +45,7 @@ from mhafail.config._model import (
 )
 from mhafail.config._repository import PROPOSED, ConfigRepository
 from mhafail.config._serve import ENDPOINT, repo_url
-from mhafail.config._validate import Validator, run_validators, syntax_check
+from mhafail.config._validate import Validator, cluster_check, run_validators, syntax_check
 from mhafail.config._view import ConfigView
 from mhafail.coordination import ConnectionState, ConvergeLoop, Membership, Watch, check_name
 from mhafail.errors import (
@@ -73,6 +73,10 @@ class ConfigAgent:
             ``config/<repo>/modes/<node>`` wins over it).
         validators: node-local checks run on each checked-out version
             before it goes live (default: :func:`syntax_check`).
+        cluster_check: also run the check the version itself declares
+            (``.mhafail/check.toml``): the cluster's check, the same on
+            every node and for every committer. Turning it off means this
+            node applies versions the cluster's check would reject.
         debounce: seconds to wait at the start of a pass so a burst of
             commits settles into one apply.
         period: seconds between passes when nothing kicks (retries a stuck
@@ -86,6 +90,7 @@ class ConfigAgent:
     membership: Membership | None = None
     mode: UpdateMode = UpdateMode.ALWAYS
     validators: Sequence[Validator] = (syntax_check,)
+    cluster_check: bool = True
     debounce: float = 0.02
     period: float = 1.0
 
@@ -311,7 +316,8 @@ class ConfigAgent:
         # Syntax checks need only the files that changed since the live
         # version (the rest passed before); a check command still sees the tree.
         changed = repo.store.changed_paths(live, target)
-        problems = run_validators(self.validators, tmp, changed)
+        checks = (*self.validators, *((cluster_check,) if self.cluster_check else ()))
+        problems = run_validators(checks, tmp, changed)
         if problems:
             checkouts.discard(tmp)
             error = "local validation failed: " + "; ".join(problems)

@@ -40,6 +40,8 @@ class ConfigNode:
         mode: the update mode of every agent.
         validators: node-local validators (also used for commits made here).
         debounce: see :class:`ConfigAgent`.
+        cluster_check: run the check the repository declares (see
+            :class:`ConfigAgent`).
     """
 
     coordinator: Coordinator
@@ -51,6 +53,7 @@ class ConfigNode:
     mode: UpdateMode = UpdateMode.ALWAYS
     validators: Sequence[Validator] = (syntax_check,)
     debounce: float = 0.02
+    cluster_check: bool = True
 
     daemon: GitDaemon | None = attrs.field(init=False, default=None)
     membership: Membership | None = attrs.field(init=False, default=None)
@@ -65,6 +68,7 @@ class ConfigNode:
                 node=self.node,
                 coordinator=self.coordinator,
                 validators=self.validators,
+                cluster_check=self.cluster_check,
             ).init()
             for name in self.repos
         ]
@@ -87,6 +91,7 @@ class ConfigNode:
                     mode=self.mode,
                     validators=self.validators,
                     debounce=self.debounce,
+                    cluster_check=self.cluster_check,
                 )
                 self.agents[repository.name] = agent.start()
         except BaseException:

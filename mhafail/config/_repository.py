@@ -55,7 +55,7 @@ from mhafail.config._paths import Limits, absolute_path, check_changes, check_sh
 from mhafail.config._publish import OUTGOING, publish, replicate
 from mhafail.config._repo import BRANCH, GitStore, parse_author
 from mhafail.config._trees import check_tree
-from mhafail.config._validate import Validator, require_valid, syntax_check
+from mhafail.config._validate import Validator, cluster_check, require_valid, syntax_check
 from mhafail.config._view import ConfigView
 from mhafail.coordination import (
     Coordinator,
@@ -102,6 +102,10 @@ class ConfigRepository:
             reads or moves the published head (None: local use only).
         validators: run on every staged tree before publication
             (default: :func:`syntax_check`).
+        cluster_check: also run the check the tree itself declares
+            (``.mhafail/check.toml``, see :func:`cluster_check`), as every
+            node does before applying; off only for tools that must not
+            run commands from the repository.
         limits: path and size limits for change sets.
         fetch_timeout: seconds one fetch from one peer may take.
         keep: versions kept besides the live one.
@@ -122,6 +126,7 @@ class ConfigRepository:
     node: str = attrs.field(validator=_valid_name("node name"))
     coordinator: Coordinator | None = None
     validators: Sequence[Validator] = (syntax_check,)
+    cluster_check: bool = True
     limits: Limits = attrs.field(factory=Limits)
     fetch_timeout: float = 10.0
     keep: int = 3
@@ -152,6 +157,11 @@ class ConfigRepository:
         stash, drafts or refused commits.
         """
         return self.root / EXPORT
+
+    @property
+    def checks(self) -> tuple[Validator, ...]:
+        """The validators a staged tree must pass: ``validators`` and the cluster's check."""
+        return (*self.validators, *((cluster_check,) if self.cluster_check else ()))
 
     @property
     def store(self) -> GitStore:
@@ -438,7 +448,7 @@ class ConfigRepository:
             tmp = Path(tempfile.mkdtemp(prefix=".stage-", dir=self.root))
             try:
                 self.store.checkout(target, tmp / "tree")
-                require_valid(self.validators, tmp / "tree", (), f"rollback to {target[:12]}")
+                require_valid(self.checks, tmp / "tree", (), f"rollback to {target[:12]}")
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             new = self.store.commit_tree_of(
@@ -523,7 +533,7 @@ class ConfigRepository:
             live = self.checkouts.current()
             seed = self.checkouts.path(live) if live is not None and live == parent else None
             self.store.stage(parent, changes, tree, seed=seed)
-            require_valid(self.validators, tree, changes, "commit")
+            require_valid(self.checks, tree, changes, "commit")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

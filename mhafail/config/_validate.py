@@ -8,8 +8,10 @@ everything). A validator that raises counts as a problem, with the
 exception's message; it never publishes a half-checked commit.
 
 Built in: :func:`syntax_check` (TOML, JSON, and YAML when PyYAML is
-installed) and :class:`CheckCommand` (an external command that receives the
-staged tree, like confd's ``check_cmd``).
+installed), :class:`CheckCommand` (an external command that receives the
+staged tree, like confd's ``check_cmd``) and :func:`cluster_check`, the
+check the repository itself declares in ``.mhafail/check.toml``, which
+every committer and every node runs.
 """
 
 from __future__ import annotations
@@ -155,3 +157,67 @@ def require_valid(
     problems = run_validators(validators, tree, changed)
     if problems:
         raise ValidationFailed(f"{what} rejected", problems)
+
+
+CHECK_FILE = ".mhafail/check.toml"
+"""Where a repository declares the cluster's check (part of the replicated tree)."""
+_MAX_ARGS = 64
+_MAX_ARG_BYTES = 4096
+_MAX_CHECK_TIMEOUT = 600.0
+
+
+def load_check(tree: Path) -> CheckCommand | None:
+    """The check declared by the tree's ``.mhafail/check.toml``, or None when there is none.
+
+    The file holds ``command`` (a list of 1 to 64 strings, no NUL, no
+    shell; ``{tree}`` is replaced with the tree's directory; a relative
+    program path such as ``checks/run.sh`` names a file of the tree, as
+    the command runs with the tree as its working directory) and an
+    optional ``timeout`` in seconds (default 30, at most 600).
+
+    Raises:
+        InvalidChange: the file is not such a document (the message says why).
+    """
+    path = tree / CHECK_FILE
+    if not path.is_file() or path.is_symlink():
+        return None
+    try:
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidChange(f"{CHECK_FILE}: invalid TOML: {exc}") from None
+    command, timeout = raw.get("command"), raw.get("timeout", 30)
+    if (
+        not isinstance(command, list)
+        or not 1 <= len(command) <= _MAX_ARGS
+        or not all(
+            isinstance(a, str) and a and "\0" not in a and len(a.encode()) <= _MAX_ARG_BYTES
+            for a in command
+        )
+    ):
+        raise InvalidChange(
+            f"{CHECK_FILE}: command must be a list of 1 to {_MAX_ARGS} non-empty strings"
+        )
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= _MAX_CHECK_TIMEOUT
+    ):
+        raise InvalidChange(f"{CHECK_FILE}: timeout must be a number in (0, 600]")
+    unknown = sorted(set(raw) - {"command", "timeout"})
+    if unknown:
+        raise InvalidChange(f"{CHECK_FILE}: unknown keys {', '.join(unknown)}")
+    return CheckCommand(tuple(command), timeout=float(timeout))
+
+
+def cluster_check(tree: Path, changed: frozenset[str]) -> list[str]:
+    """Run the check the tree declares in ``.mhafail/check.toml`` (none: accepted).
+
+    It runs on the whole tree whatever changed: the check may look at any
+    file. A malformed declaration is a problem, so a broken check file can
+    never be published.
+    """
+    try:
+        check = load_check(tree)
+    except InvalidChange as exc:
+        return [str(exc)]
+    return [] if check is None else check(tree, changed)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -11,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from mhafail.cli import main
-from mhafail.config import ConfigRepository
+from mhafail.config import ApplyState, ConfigRepository
 from mhafail.config._repo import GitStore
 from mhafail.coordination import ConnectionState, Coordinator
-from mhafail.errors import CoordinationUnavailable, NotReplicated
+from mhafail.errors import CoordinationUnavailable, NotReplicated, ValidationFailed
 from mhafail.testing import ZooKeeperServer
 
 from .conftest import AUTHOR, REPO, AgentProcess, all_applied, live_sha, wait_reports
@@ -192,3 +194,48 @@ def test_a_commit_nobody_can_fetch_is_refused_and_never_blocks_the_cluster(
     wait_reports(c, all_applied(["n1", "n2"], fixed.sha))
     assert _repo(n2, c).pull() == fixed.sha
     assert (n2.base / REPO / "current" / "global" / "a.conf").read_bytes() == b"1\n"
+
+
+def _check_file() -> bytes:
+    """A cluster check that refuses any tree holding ``global/bad.conf``."""
+    script = (
+        "import os, sys; "
+        "sys.exit('bad.conf is refused' if os.path.exists('global/bad.conf') else 0)"
+    )
+    return f"command = [{json.dumps(sys.executable)}, '-c', {json.dumps(script)}]\n".encode()
+
+
+def test_commit_runs_the_check_the_repository_declares(
+    agent_factory: Callable[..., AgentProcess],
+    coordinator_factory: Callable[..., Coordinator],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The committer and every node run .mhafail/check.toml; a tree it rejects is never live."""
+    c = coordinator_factory()
+    n1, _n2 = agent_factory("n1"), agent_factory("n2")
+    repo = _repo(n1, c)
+    first = repo.commit(
+        {".mhafail/check.toml": _check_file(), "global/a.conf": b"a\n"},
+        message="declare the check",
+        author=AUTHOR,
+    )
+    wait_reports(c, all_applied(["n1", "n2"], first.sha))
+    with pytest.raises(ValidationFailed, match=r"bad\.conf is refused"):
+        repo.commit({"global/bad.conf": b"x\n"}, message="bad", author=AUTHOR)
+    (n1.base / REPO / "work" / "global" / "bad.conf").write_bytes(b"x\n")
+    zk = ["--zk", n1.zk, "--cluster", n1.cluster, "--repo", REPO]
+    capsys.readouterr()
+    assert main(["config", "commit", "-m", "bad", "--dir", str(n1.base), "--node", "n1", *zk]) == 2
+    assert "bad.conf is refused" in capsys.readouterr().err
+    head = repo.head()
+    assert head is not None and head.sha == first.sha
+    with pytest.raises(ValidationFailed, match=r"check\.toml: command must be"):
+        repo.commit({".mhafail/check.toml": b"command = 'sh'\n"}, message="m", author=AUTHOR)
+    # A committer that skips it (an older tool): every node still refuses the tree.
+    skipping = _repo(n1, c, cluster_check=False)
+    bad = skipping.commit({"global/bad.conf": b"x\n"}, message="bad", author=AUTHOR)
+    rejected = wait_reports(
+        c, lambda r: all(r[n].state is ApplyState.REJECTED for n in ("n1", "n2"))
+    )
+    assert "bad.conf is refused" in rejected["n2"].error and rejected["n2"].target == bad.sha
+    assert live_sha(n1.base) == first.sha
