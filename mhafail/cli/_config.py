@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import signal
 import socket
@@ -24,6 +25,8 @@ import attrs
 
 from mhafail.cli._output import add_json_flag, emit
 from mhafail.cli._zkargs import add_zk_security_flags, zk_security
+
+KAZOO_LOGGER = "mhafail.coordination.kazoo"
 
 
 def register(subparsers: Any) -> None:
@@ -68,8 +71,9 @@ def register(subparsers: Any) -> None:
     _replica_flags(rollback)
     pull = action("pull", "fetch the head and update the working copy", zk=True, func=_pull)
     pull.add_argument("--force", action="store_true", help="stash conflicting edits")
-    for name, text in (("freeze", "stop applying on NODE"), ("thaw", "resume applying on NODE")):
-        action(name, text, zk=True, func=_freeze if name == "freeze" else _thaw)
+    freeze = action("freeze", "stop applying on NODE", zk=True, func=_freeze)
+    freeze.add_argument("--force", action="store_true", help="also for a node never seen yet")
+    action("thaw", "resume applying on NODE", zk=True, func=_thaw)
     agent = action("agent", "run this node's replication agent", zk=True, func=_agent)
     agent.add_argument("--listen", default="127.0.0.1", help="address for the git daemon")
     agent.add_argument("--port", type=int, default=0, help="git daemon port (0: free)")
@@ -110,6 +114,10 @@ def _repository(args: argparse.Namespace, *, zk: bool) -> Iterator[Any]:
     if not zk or not args.zk:
         yield ConfigRepository(name=args.repo, base=args.dir, node=args.node)
         return
+    if not getattr(args, "verbose", 0):
+        # kazoo logs every failed connection attempt (up to 14 lines before
+        # the one-line error); a short command's error says it all.
+        logging.getLogger(KAZOO_LOGGER).setLevel(logging.CRITICAL)
     with Coordinator(
         hosts=args.zk,
         cluster=args.cluster,
@@ -157,7 +165,7 @@ def _commit(args: argparse.Namespace) -> int:
 
     with _repository(args, zk=True) as repo:
         store = _opened(repo).store
-        changes = store.worktree_changes(args.paths)
+        changes = store.worktree_changes(args.paths, max_file_bytes=repo.limits.max_file_bytes)
         if not changes:
             raise InvalidChange(
                 "nothing to commit: the working copy has no edits"
@@ -262,7 +270,9 @@ def _set_mode(args: argparse.Namespace, frozen: bool) -> int:
     from mhafail.config import UpdateMode
 
     with _repository(args, zk=True) as repo:
-        repo.set_mode(args.node, UpdateMode.FROZEN if frozen else None)
+        repo.set_mode(
+            args.node, UpdateMode.FROZEN if frozen else None, force=getattr(args, "force", False)
+        )
     state = "frozen" if frozen else "thawed"
     emit(args, {"node": args.node, "state": state}, lambda d: f"{d['node']}: {d['state']}")
     return 0

@@ -24,6 +24,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -612,18 +613,31 @@ class GitStore:
             args.append(new)
         return self.git(*args, "--").decode(errors="replace")
 
-    def worktree_changes(self, paths: Sequence[str] = ()) -> dict[str, bytes | None]:
+    def worktree_changes(
+        self, paths: Sequence[str] = (), max_file_bytes: int | None = None
+    ) -> dict[str, bytes | None]:
         """The uncommitted edits of the working copy as a change set.
 
         Args:
             paths: limit to these files or directories (empty: everything).
+            max_file_bytes: refuse a new or changed file larger than this
+                before anything is hashed into the repository (a refused
+                64 MiB file used to stay in ``.git`` as garbage).
+
+        Raises:
+            InvalidChange: a symbolic link (also on the way to a path), a
+                file too large, a name that is not UTF-8.
         """
         head = self.main()
+        for path in paths:
+            self._refuse_links(path)
         with self._temp_index() as env:
             # From the branch, not the index: what the operator staged with
             # plain git must not sneak into a commit limited to ``paths``.
             if head is not None:
                 self.git("read-tree", head, env=env)
+            if max_file_bytes is not None:
+                self._refuse_large(paths, max_file_bytes, env)
             self.git("add", "-A", "--", *(paths or ["."]), env=env)
             worktree = self.git("write-tree", env=env).decode().strip()
         changes: dict[str, bytes | None] = {}
@@ -638,6 +652,34 @@ class GitStore:
             # read_regular refuses links on the way too (a linked directory).
             changes[name] = None if mode == "000000" else read_regular(self.path, name)
         return changes
+
+    def _refuse_links(self, path: str) -> None:
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        for depth in range(1, len(parts) + 1):
+            if self.path.joinpath(*parts[:depth]).is_symlink():
+                raise InvalidChange(
+                    f"{'/'.join(parts[:depth])}: is a symbolic link; config commits carry "
+                    "regular files only (copy the file instead of linking it)"
+                )
+
+    def _refuse_large(self, paths: Sequence[str], limit: int, env: Mapping[str, str]) -> None:
+        listed = self.git(
+            "ls-files", "-z", "--others", "--modified", "--exclude-standard", "--",
+            *(paths or ["."]), env=env,
+        )  # fmt: skip
+        for raw in listed.split(b"\0"):
+            if not raw:
+                continue
+            name = _decode_path(raw)
+            try:
+                info = os.lstat(self.path / name)
+            except FileNotFoundError:
+                continue  # deleted
+            if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+                raise InvalidChange(
+                    f"{name}: {info.st_size} bytes exceeds the limit of {limit} "
+                    "(nothing was committed or stored)"
+                )
 
     def _diff_tree_modes(self, commitish: str | None, tree: str) -> list[tuple[str, str]]:
         """``(path, new mode)`` for every path that differs; mode 000000: deleted."""

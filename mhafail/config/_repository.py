@@ -607,7 +607,7 @@ class ConfigRepository:
         )
         return ClusterStatus(head=head, nodes=reports, drift=drift)
 
-    def set_mode(self, node: str, mode: UpdateMode | None) -> None:
+    def set_mode(self, node: str, mode: UpdateMode | None, *, force: bool = False) -> None:
         """Override ``node``'s update mode cluster-wide (None: back to its own).
 
         ``freeze`` is ``set_mode(node, UpdateMode.FROZEN)``; ``thaw`` is
@@ -623,6 +623,15 @@ class ConfigRepository:
             raise InvalidChange(str(exc)) from exc
         znodes = self.znodes()
         path = mode_path(self.name, node)
+        if mode is not None and not force:
+            known = set(znodes.children("members") or [])
+            known |= set(znodes.children(applied_path(self.name)) or [])
+            if node not in known:
+                raise InvalidChange(
+                    f"unknown node {node!r}: not live and never reported for {self.name} "
+                    f"(known: {', '.join(sorted(known)) or 'none'}); force it for a node "
+                    "not started yet"
+                )
         if mode is None:
             znodes.delete(path)
             return

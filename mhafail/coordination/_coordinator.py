@@ -24,7 +24,6 @@ from typing import Any
 
 import attrs
 from kazoo.client import KazooClient, KazooState
-from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
 from mhafail.coordination._acl import AclPolicy
@@ -225,14 +224,15 @@ class Coordinator:
         self._lease_dispatcher = Dispatcher(f"mhafail-lease-events-{self.cluster}")
         self._client = self._make_client()
         self._client.add_listener(self._on_kazoo_state)
-        try:
-            self._client.start(timeout=self.connect_timeout)
-        except KazooTimeoutError as exc:
-            self._teardown_client()
+        # Not kazoo's start(timeout): on a timeout it stops the client itself
+        # and waits up to 10 s for a silent server, so `--connect-timeout 3`
+        # took 10 s; the teardown here is bounded by close_timeout.
+        if not self._client.start_async().wait(self.connect_timeout) or not self._client.connected:
+            self._teardown_client(wait=False)  # no session yet: nothing to close
             raise CoordinationUnavailable(
                 f"cannot reach ZooKeeper at {format_hosts(self._hosts_parsed)} "
                 f"within {self.connect_timeout:g} s"
-            ) from exc
+            )
         try:
             self._ensure_root()
         except Exception:
@@ -412,7 +412,7 @@ class Coordinator:
             warn_open_once(self.cluster)
         prepare_root(self._client, self.cluster, self.acl_policy, self.role)
 
-    def _teardown_client(self) -> None:
+    def _teardown_client(self, *, wait: bool = True) -> None:
         client, self._client = self._client, None
         if client is not None:
 
@@ -428,8 +428,8 @@ class Coordinator:
             # (the lease ended first), so stop is bounded here.
             closer = threading.Thread(target=close, name="mhafail-zk-close", daemon=True)
             closer.start()
-            closer.join(self.close_timeout)
-            if closer.is_alive():
+            closer.join(self.close_timeout if wait else 0.0)
+            if closer.is_alive() and wait:
                 logger.warning(
                     "cluster %s: ZooKeeper did not acknowledge the close in %.1f s; "
                     "the session will expire on its own",

@@ -55,7 +55,8 @@ def test_cli_round_trip(
     assert [e["message"] for e in log] == ["second", "first"]  # type: ignore[union-attr]
     status, rolled = _run(capsys, "rollback", first["sha"][:10], *one, *a)
     assert status == 0
-    assert _run(capsys, "freeze", "--node", "a", *zk[:-1], "--dir", str(tmp_path / "a"))[0] == 0
+    freeze = ["freeze", "--force", "--node", "a", *zk[:-1], "--dir", str(tmp_path / "a")]
+    assert _run(capsys, *freeze)[0] == 0
     status, st = _run(capsys, "status", *a)
     assert st["head"]["sha"] == rolled["sha"]  # type: ignore[index]
     assert st["nodes"] == {} and st["drift"] == []  # type: ignore[index]

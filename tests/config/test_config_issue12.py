@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -239,3 +241,65 @@ def test_commit_runs_the_check_the_repository_declares(
     )
     assert "bad.conf is refused" in rejected["n2"].error and rejected["n2"].target == bad.sha
     assert live_sha(n1.base) == first.sha
+
+
+def test_smaller_cli_findings(
+    agent_factory: Callable[..., AgentProcess],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Oversized files are never hashed, linked paths and unknown nodes are refused clearly."""
+    n1 = agent_factory("n1")
+    zk = ["--zk", n1.zk, "--cluster", n1.cluster, "--repo", REPO]
+    ws = ["--dir", str(tmp_path / "ws"), "--node", "ws", *zk]
+    assert main(["config", "init", *ws]) == 0
+    work = tmp_path / "ws" / REPO / "work"
+    big = b"x" * (2 << 20)
+    (work / "global").mkdir()
+    (work / "global" / "big.conf").write_bytes(big)
+    blob = GitStore(work).git("hash-object", "--stdin", input=big).decode().strip()
+    capsys.readouterr()
+    assert main(["config", "commit", "-m", "big", "--replicas", "0", *ws]) == 2
+    assert "exceeds the limit" in capsys.readouterr().err
+    assert not (work / ".git" / "objects" / blob[:2] / blob[2:]).exists()
+    (work / "global" / "big.conf").unlink()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x.conf").write_bytes(b"x\n")
+    (work / "global" / "linked").symlink_to(tmp_path / "elsewhere")
+    assert (
+        main(["config", "commit", "-m", "l", "--replicas", "0", *ws, "global/linked/x.conf"]) == 2
+    )
+    assert "global/linked: is a symbolic link" in capsys.readouterr().err
+    ghost = ["config", "freeze", "--node", "ghost", "--dir", str(n1.base), *zk]
+    assert main(ghost) == 2
+    assert "unknown node 'ghost'" in capsys.readouterr().err
+    assert main([*ghost, "--force"]) == 0
+    assert main(["config", "thaw", "--node", "ghost", "--dir", str(n1.base), *zk]) == 0
+    assert main(["config", "freeze", "--node", "n1", "--dir", str(n1.base), *zk]) == 0
+
+
+def test_cli_connection_errors_are_one_line_and_bounded(tmp_path: Path) -> None:
+    """A refused or silent ZooKeeper gives one stderr line, soon after --connect-timeout."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts, never answers
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, not listening: refused
+    try:
+        for server in (silent, closed):
+            address = f"127.0.0.1:{server.getsockname()[1]}"
+            argv = [
+                sys.executable, "-m", "mhafail", "config", "status", "--zk-open",
+                "--dir", str(tmp_path), "--zk", address, "--cluster", "x",
+                "--connect-timeout", "2",
+            ]  # fmt: skip
+            start = time.monotonic()
+            proc = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+            took = time.monotonic() - start
+            lines = proc.stderr.decode().strip().splitlines()
+            assert proc.returncode == 2 and len(lines) == 1, lines
+            assert "cannot reach ZooKeeper" in lines[0]
+            assert took < 5.0, f"took {took:.1f} s"
+    finally:
+        silent.close()
+        closed.close()
