@@ -8,11 +8,18 @@ Memory is the resident set of each node process plus its git daemon.
 
     python benchmarks/bench_config.py            # 3 and 5 nodes, 40 commits each
     python benchmarks/bench_config.py --quick    # 3 nodes, 10 commits
+    python benchmarks/bench_config.py --nodes 5 --commits 40 --profile /tmp/commit.prof
+
+Each commit waits for the replication quorum (a majority of the live
+nodes hold it before it is published), as a real commit does. The agents
+run with ``--zk-open`` (a throwaway ZooKeeper). ``commit_ms`` is the time
+``commit()`` itself takes; ``--profile`` writes a cProfile of the commits.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import random
@@ -22,7 +29,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from mhafail.config import ConfigRepository, NodeReport
 from mhafail.coordination import Coordinator, Znode
@@ -57,19 +66,55 @@ def _seed(size_files: int, total_bytes: int) -> dict[str, bytes | None]:
     return changes
 
 
-def run(nodes: int, commits: int, zk: ZooKeeperServer, workdir: Path) -> dict[str, float]:
-    """Run one configuration and return its figures."""
-    cluster = f"bench{nodes}_{os.getpid()}"
+def _spawn_agents(
+    names: list[str], cluster: str, zk: ZooKeeperServer, workdir: Path, profile: str | None
+) -> list[tuple[subprocess.Popen[bytes], IO[bytes]]]:
     procs = []
-    names = [f"n{i + 1}" for i in range(nodes)]
     for name in names:
-        log = open(workdir / f"{cluster}-{name}.out", "wb")  # noqa: SIM115 - closed below
+        log = open(workdir / f"{cluster}-{name}.out", "wb")  # noqa: SIM115 - closed by run()
+        prof = ["-m", "cProfile", "-o", f"{profile}.{name}"] if profile and name == "n2" else []
         argv = [
-            sys.executable, "-m", "mhafail", "config", "agent", "--zk", zk.address,
+            sys.executable, *prof, "-m", "mhafail", "config", "agent", "--zk", zk.address,
             "--cluster", cluster, "--node", name, "--dir", str(workdir / cluster / name),
             "--repo", REPO, "--session-timeout", "2", "--zk-open",
         ]  # fmt: skip
         procs.append((spawn(argv, stdout=log, stderr=subprocess.STDOUT), log))
+    return procs
+
+
+def _applied_everywhere(coordinator: Coordinator, names: list[str]) -> Callable[[str], None]:
+    """A function that blocks until every node reports a sha applied (watches, no polling)."""
+    applied: dict[str, str | None] = {}
+    cond = threading.Condition()
+
+    def watcher(name: str) -> None:
+        def on(node: Znode | None) -> None:
+            if node is not None:
+                report = NodeReport.from_json(name, node.data)
+                with cond:
+                    applied[name] = report.sha if report.state.value == "applied" else None
+                    cond.notify_all()
+
+        coordinator.znodes.watch_data(f"config/{REPO}/applied/{name}", on)
+
+    for name in names:
+        watcher(name)
+
+    def wait_all(sha: str) -> None:
+        with cond:
+            if not cond.wait_for(lambda: all(applied.get(n) == sha for n in names), 60):
+                raise SystemExit(f"not applied everywhere: {applied}")
+
+    return wait_all
+
+
+def run(
+    nodes: int, commits: int, zk: ZooKeeperServer, workdir: Path, profile: str | None = None
+) -> dict[str, float]:
+    """Run one configuration and return its figures."""
+    cluster = f"bench{nodes}_{os.getpid()}"
+    names = [f"n{i + 1}" for i in range(nodes)]
+    procs = _spawn_agents(names, cluster, zk, workdir, profile)
     coordinator = Coordinator(
         hosts=zk.address, cluster=cluster, session_timeout=2.0, open_acl=True
     ).start()
@@ -82,38 +127,27 @@ def run(nodes: int, commits: int, zk: ZooKeeperServer, workdir: Path) -> dict[st
         repo = ConfigRepository(
             name=REPO, base=workdir / cluster / "n1", node="n1", coordinator=coordinator
         )
-        applied: dict[str, str | None] = {}
-        cond = threading.Condition()
-
-        def watcher(name: str) -> None:
-            def on(node: Znode | None) -> None:
-                if node is not None:
-                    report = NodeReport.from_json(name, node.data)
-                    with cond:
-                        applied[name] = report.sha if report.state.value == "applied" else None
-                        cond.notify_all()
-
-            coordinator.znodes.watch_data(f"config/{REPO}/applied/{name}", on)
-
-        for name in names:
-            watcher(name)
-
-        def wait_all(sha: str) -> None:
-            with cond:
-                if not cond.wait_for(lambda: all(applied.get(n) == sha for n in names), 60):
-                    raise SystemExit(f"not applied everywhere: {applied}")
+        wait_all = _applied_everywhere(coordinator, names)
 
         seed = repo.commit(_seed(200, 1 << 20), message="seed", author=AUTHOR)
         wait_all(seed.sha)
-        latencies = []
+        latencies, commit_times = [], []
+        profiler = cProfile.Profile() if profile else None
         for i in range(commits):
             path = f"global/conf{(i * 3) % 200:03}.toml"
             t0 = time.monotonic()
+            if profiler is not None:
+                profiler.enable()
             commit = repo.commit(
                 {path: f"changed = {i}\n".encode()}, message=f"c{i}", author=AUTHOR
             )
+            if profiler is not None:
+                profiler.disable()
+            commit_times.append(time.monotonic() - t0)
             wait_all(commit.sha)
             latencies.append(time.monotonic() - t0)
+        if profiler is not None and profile:
+            profiler.dump_stats(profile)
         rss = [_rss_kib(p.pid) for p, _ in procs]
     finally:
         coordinator.stop()
@@ -121,7 +155,9 @@ def run(nodes: int, commits: int, zk: ZooKeeperServer, workdir: Path) -> dict[st
             reap(proc)
             log.close()
     latencies.sort()
+    commit_times.sort()
     return {
+        "commit_p50_ms": statistics.median(commit_times) * 1000,
         "nodes": nodes,
         "commits": commits,
         "p50_ms": statistics.median(latencies) * 1000,
@@ -136,14 +172,19 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="3 nodes, 10 commits")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--nodes", type=int, default=None, help="only this many nodes")
+    parser.add_argument("--commits", type=int, default=40)
+    parser.add_argument("--profile", default=None, help="cProfile the commits into FILE")
     args = parser.parse_args()
-    configs = [(3, 10)] if args.quick else [(3, 40), (5, 40)]
+    configs = [(3, 10)] if args.quick else [(3, args.commits), (5, args.commits)]
+    if args.nodes is not None:
+        configs = [(args.nodes, args.commits)]
     zk = ZooKeeperServer(tick_time=100).start()
     results = []
     try:
         with tempfile.TemporaryDirectory(prefix="mhafail-bench-config-") as tmp:
             for nodes, commits in configs:
-                results.append(run(nodes, commits, zk, Path(tmp)))
+                results.append(run(nodes, commits, zk, Path(tmp), args.profile))
     finally:
         zk.cleanup()
     for r in results:
@@ -153,7 +194,8 @@ def main() -> int:
             print(
                 f"{r['nodes']} nodes, {r['commits']} commits (repo ~1 MB / 200 files): "
                 f"commit->applied everywhere p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
-                f"max {r['max_ms']:.0f} ms; RSS per node (agent + git daemon) "
+                f"max {r['max_ms']:.0f} ms; commit() p50 {r['commit_p50_ms']:.0f} ms; "
+                "RSS per node (agent + git daemon) "
                 f"{r['rss_mib_per_node']:.1f} MiB"
             )
     return 0

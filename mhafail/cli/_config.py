@@ -85,7 +85,7 @@ def register(subparsers: Any) -> None:
         help="do not run the check the repository declares in .mhafail/check.toml",
     )
     agent.add_argument("--session-timeout", type=float, default=10.0)
-    agent.add_argument("--debounce", type=float, default=0.02)
+    agent.add_argument("--debounce", type=float, default=0.005)
 
 
 def _replica_flags(parser: argparse.ArgumentParser) -> None:

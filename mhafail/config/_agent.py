@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
+from mhafail.config._fetch import unpack_commit
 from mhafail.config._model import (
     MAX_HOLDS,
     ApplyOutcome,
@@ -43,12 +44,14 @@ from mhafail.config._model import (
     mode_path,
     proposal_path,
 )
+from mhafail.config._paths import check_sha
 from mhafail.config._repository import PROPOSED, ConfigRepository
 from mhafail.config._serve import ENDPOINT, repo_url
 from mhafail.config._validate import Validator, cluster_check, run_validators, syntax_check
 from mhafail.config._view import ConfigView
 from mhafail.coordination import ConnectionState, ConvergeLoop, Membership, Watch, check_name
 from mhafail.errors import (
+    AccessDenied,
     ConfigError,
     FetchFailed,
     InvalidArgument,
@@ -91,7 +94,7 @@ class ConfigAgent:
     mode: UpdateMode = UpdateMode.ALWAYS
     validators: Sequence[Validator] = (syntax_check,)
     cluster_check: bool = True
-    debounce: float = 0.02
+    debounce: float = 0.005
     period: float = 1.0
 
     _hooks: list[ReloadHook] = attrs.field(init=False, factory=list)
@@ -105,6 +108,7 @@ class ConfigAgent:
     _last_error: str = attrs.field(init=False, default="")
     _holds: tuple[str, ...] = attrs.field(init=False, default=())
     _last_report: NodeReport | None = attrs.field(init=False, default=None)
+    _followup: tuple[Head, UpdateMode] | None = attrs.field(init=False, default=None)
 
     def add_reload_hook(self, hook: ReloadHook) -> None:
         """Call ``hook(view)`` on the agent's thread after each new version goes live.
@@ -139,6 +143,18 @@ class ConfigAgent:
         repo.init()
         coordinator = repo._coordinator()
         coordinator.znodes.ensure(applied_path(repo.name))
+        try:
+            # A children watch on a missing folder is never armed: proposals
+            # would wait for the timer (1 s) instead of being held at once.
+            coordinator.znodes.ensure(proposal_path(repo.name))
+        except AccessDenied:
+            logger.warning(
+                "%s: %s is missing and only an operator may create it (`mhafail init "
+                "--config-repo %s`); proposals are held on the timer meanwhile",
+                repo.name,
+                proposal_path(repo.name),
+                repo.name,
+            )
         self._loop = ConvergeLoop(
             f"mhafail-config-{repo.name}", self._pass, period=self.period, retry=self.period
         )
@@ -239,7 +255,14 @@ class ConfigAgent:
             )
         else:
             self._last_error = ""
-        return self._finish(outcome, mode)
+        result = self._finish(outcome, mode)
+        followup, self._followup = self._followup, None
+        if followup is not None:
+            # After the report: pruning and the export branch are not part
+            # of "applied", and each costs git processes.
+            self._serve(followup[0])
+            self.repository.checkouts.prune()
+        return result
 
     def _hold_proposals(self) -> None:
         """Fetch, check and serve every proposed commit; say so in the report at once.
@@ -256,10 +279,20 @@ class ConfigAgent:
             znode = znodes.get(proposal_path(repo.name, sha))
             if znode is None:
                 continue
+            header, _, pack = znode.data.partition(b"\n")
             try:
-                origin = json.loads(znode.data).get("origin", "")
+                about = json.loads(header)
+                origin, parent = about.get("origin", ""), about.get("parent")
                 check_name("node name", origin)
-                repo.ensure_commit(sha, origin=origin, peers=self._peers(), ref=PROPOSED)
+                parent = check_sha(parent) if parent is not None else None
+                if pack:
+                    try:
+                        unpack_commit(repo.store, pack)
+                    except InvalidChange as exc:  # fetched below instead, checked there
+                        logger.warning("%s: proposal %s: %s", repo.name, sha[:12], exc)
+                repo.ensure_commit(
+                    sha, origin=origin, peers=self._peers(), ref=PROPOSED, parent=parent
+                )
             except (ValueError, AttributeError, InvalidArgument, ConfigError, OSError) as exc:
                 logger.info("%s: not holding proposal %s: %s", repo.name, sha[:12], exc)
                 continue
@@ -288,13 +321,17 @@ class ConfigAgent:
         blocked = self._blocked(head, mode)
         if blocked is not None:
             return ApplyOutcome(state=blocked[0], sha=live, target=target, error=blocked[1])
-        return self._apply(live, target, mode)
+        outcome = self._apply(live, target, mode)
+        if outcome.changed:
+            self._followup = (head, mode)
+        return outcome
 
     def _blocked(self, head: Head, mode: UpdateMode) -> tuple[ApplyState, str] | None:
         """Why the head cannot be applied now (pending fetch, held by edits), or None."""
         repo = self.repository
         try:
-            repo.ensure_commit(head.sha, origin=head.origin, peers=self._peers())
+            # Exported as a proposal for now; main moves after the report.
+            repo.ensure_commit(head.sha, origin=head.origin, peers=self._peers(), ref=PROPOSED)
         except FetchFailed as exc:
             return ApplyState.PENDING, str(exc)
         except InvalidChange as exc:
@@ -312,10 +349,11 @@ class ConfigAgent:
     def _apply(self, live: str | None, target: str, mode: UpdateMode) -> ApplyOutcome:
         repo = self.repository
         checkouts = repo.checkouts
-        tmp = checkouts.prepare(repo.store, target, base=live)
+        entries = repo.store.entries(live, target) if live is not None else None
+        tmp = checkouts.prepare(repo.store, target, base=live, entries=entries)
         # Syntax checks need only the files that changed since the live
         # version (the rest passed before); a check command still sees the tree.
-        changed = repo.store.changed_paths(live, target)
+        changed = [p for p, _, _ in entries] if entries is not None else []
         checks = (*self.validators, *((cluster_check,) if self.cluster_check else ()))
         problems = run_validators(checks, tmp, changed)
         if problems:
@@ -332,7 +370,6 @@ class ConfigAgent:
         self._follow_worktree(target, mode)
         view = ConfigView(root=checkouts.path(target), sha=target, node=repo.node)
         hook_error = self._run_hooks(view)
-        checkouts.prune()
         return ApplyOutcome(
             state=ApplyState.APPLIED, sha=target, target=target, changed=True, error=hook_error
         )
@@ -366,10 +403,11 @@ class ConfigAgent:
 
     def _follow_worktree(self, target: str, mode: UpdateMode) -> None:
         store = self.repository.store
-        if store.main() == target:
+        main = store.main()
+        if main == target:
             return
         try:
-            saved = store.advance(target, force=mode is UpdateMode.ALWAYS)
+            saved = store.advance_from(main, target, force=mode is UpdateMode.ALWAYS)
         except (InvalidChange, RepositoryError) as exc:
             # The applied version does not depend on the working copy.
             logger.warning("%s: working copy not moved: %s", self.repository.name, exc)

@@ -76,7 +76,13 @@ class Checkouts:
         """The directory of version ``sha``."""
         return self.versions / sha
 
-    def prepare(self, store: GitStore, sha: str, base: str | None = None) -> Path:
+    def prepare(
+        self,
+        store: GitStore,
+        sha: str,
+        base: str | None = None,
+        entries: list[tuple[str, str | None, str]] | None = None,
+    ) -> Path:
         """Check out ``sha`` into a fresh temporary directory and return it.
 
         Only for commits whose whole tree was checked
@@ -89,7 +95,8 @@ class Checkouts:
         are never modified after installation. Both ways write the blobs
         as stored, with the tree's modes, through one function
         (:meth:`GitStore.write_entries`): one sha, one set of bytes, on
-        every node, whatever ``.gitattributes`` says.
+        every node, whatever ``.gitattributes`` says. ``entries``: the
+        caller's ``store.entries(base, sha)``, if it has them already.
 
         Raises:
             RepositoryError: git could not check it out (the directory is removed).
@@ -99,7 +106,7 @@ class Checkouts:
         try:
             seed = self.path(base) if base is not None else None
             if seed is not None and seed.is_dir():
-                changes = store.entries(base, sha)
+                changes = entries if entries is not None else store.entries(base, sha)
                 shutil.copytree(seed, tmp, copy_function=os.link, symlinks=True)
                 store.write_entries(tmp, changes)
             else:

@@ -44,7 +44,9 @@ def init_export(path: Path) -> GitStore:
     return store
 
 
-def export(source: GitStore, dest: Path, sha: str, ref: str = BRANCH) -> None:
+def export(
+    source: GitStore, dest: Path, sha: str, ref: str = BRANCH, base: str | None = None
+) -> None:
     """Copy commit ``sha`` (checked by the caller) from ``source`` into ``dest``.
 
     ``ref`` (default ``main``) is set to ``sha``. Published history is
@@ -55,11 +57,17 @@ def export(source: GitStore, dest: Path, sha: str, ref: str = BRANCH) -> None:
     modifies an object file), which costs two git processes instead of a
     local push's five; packed objects fall back to a push.
 
+    ``base``: a commit the caller knows ``sha`` builds on (its parent); if
+    it is exported already, only what it does not reach is copied, without
+    asking git for ``dest``'s branch first.
+
     Raises:
         RepositoryError: git failed.
     """
     check_sha(sha)
-    if not _link_objects(source, dest, sha):
+    if base is not None and not exported(dest, check_sha(base)):
+        base = None
+    if not _link_objects(source, dest, sha, base):
         source.git("push", "--quiet", "--no-verify", str(dest), f"+{sha}:{ref}")
         return
     GitStore(dest).git("update-ref", ref, sha)
@@ -74,14 +82,14 @@ def exported(dest: Path, sha: str) -> bool:
     return (Path(dest) / "objects" / sha[:2] / sha[2:]).is_file()
 
 
-def _link_objects(source: GitStore, dest: Path, sha: str) -> bool:
+def _link_objects(source: GitStore, dest: Path, sha: str, base: str | None) -> bool:
     """Hard-link the objects of ``sha``'s closure missing from ``dest``; False: push instead."""
-    have = GitStore(dest).git("rev-parse", "-q", "--verify", BRANCH, check=False)
-    base = have.decode().strip()
-    args = ["rev-list", "--objects", sha]
-    if base and source.has_commit(base):
-        args.append(f"^{base}")
-    out = source.git(*args)
+    if base is None:
+        have = GitStore(dest).git("rev-parse", "-q", "--verify", BRANCH, check=False)
+        base = have.decode().strip() or None
+        if base is not None and not source.has_commit(base):
+            base = None
+    out = source.git("rev-list", "--objects", sha, *([f"^{base}"] if base else []))
     src, dst = source.path / ".git" / "objects", Path(dest) / "objects"
     # Commits last: a commit object in ``dest`` means its closure is there.
     for line in reversed(out.splitlines()):

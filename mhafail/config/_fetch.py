@@ -76,3 +76,31 @@ def fetch_from_peers(
         raise InvalidChange(f"refusing {sha[:12]} of {name}: " + "; ".join(unsafe))
     tried = "; ".join(failures) if failures else "no peer serves this repository"
     raise FetchFailed(f"cannot fetch {sha[:12]} of {name}: {tried}")
+
+
+MAX_PACK_BYTES = 512 * 1024
+"""Largest pack a proposal carries; a larger commit is fetched from a git daemon."""
+
+
+def pack_commit(store: GitStore, sha: str, parent: str | None) -> bytes:
+    """The objects of ``sha`` that ``parent`` does not reach, as a git pack."""
+    revs = f"{sha}\n" + (f"^{parent}\n" if parent else "")
+    return store.git("pack-objects", "--stdout", "--revs", "-q", input=revs.encode())
+
+
+def unpack_commit(store: GitStore, pack: bytes) -> None:
+    """Store the objects of a pack a committer sent, every one checked like a fetch.
+
+    ``unpack-objects --strict`` runs git's fsck checks on each object and
+    refuses links to objects that are not here, exactly as
+    ``transfer.fsckObjects`` does for a fetch.
+
+    Raises:
+        InvalidChange: the pack is too large, or git refused it.
+    """
+    if len(pack) > MAX_PACK_BYTES:
+        raise InvalidChange(f"proposal pack of {len(pack)} bytes exceeds {MAX_PACK_BYTES}")
+    try:
+        store.git("unpack-objects", "-q", "--strict", input=pack)
+    except RepositoryError as exc:
+        raise InvalidChange(f"proposal pack refused: {str(exc).splitlines()[-1]}") from exc

@@ -52,7 +52,7 @@ class ConfigNode:
     port: int = 0
     mode: UpdateMode = UpdateMode.ALWAYS
     validators: Sequence[Validator] = (syntax_check,)
-    debounce: float = 0.02
+    debounce: float = 0.005
     cluster_check: bool = True
 
     daemon: GitDaemon | None = attrs.field(init=False, default=None)

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from mhafail.config._fetch import MAX_PACK_BYTES, pack_commit
 from mhafail.config._model import Head, NodeReport, applied_path, head_path, proposal_path
 from mhafail.config._repo import BRANCH, GitStore
 from mhafail.coordination import ConnectionState, Znode
@@ -45,8 +46,15 @@ def holds(node: str, znode: Znode | None, sha: str) -> bool:
     return sha in report.holds or report.sha == sha
 
 
-def replicate(repo: ConfigRepository, sha: str, replicas: int | None) -> tuple[str, ...]:
+def replicate(
+    repo: ConfigRepository, sha: str, replicas: int | None, parent: str | None
+) -> tuple[str, ...]:
     """Propose ``sha`` and wait until enough other nodes hold it; return them.
+
+    The proposal carries the commit's new objects (a git pack of what
+    ``parent`` does not reach) when they fit in :data:`MAX_PACK_BYTES`:
+    agents store them with git's checks instead of each fetching from this
+    node's git daemon, which was most of the time a commit took.
 
     Raises:
         NotReplicated: too few live nodes, or too few held it in time.
@@ -72,7 +80,10 @@ def replicate(repo: ConfigRepository, sha: str, replicas: int | None) -> tuple[s
             sha=sha,
         )
     path = proposal_path(repo.name, sha)
-    data = json.dumps({"origin": repo.node, "time": time.time()}).encode()
+    data = json.dumps({"origin": repo.node, "parent": parent, "time": time.time()}).encode()
+    pack = pack_commit(repo.store, sha, parent)
+    if len(pack) <= MAX_PACK_BYTES:
+        data += b"\n" + pack
     znodes.create(path, data, ephemeral=True, makepath=True)
     try:
         end = time.monotonic() + repo.replicate_timeout

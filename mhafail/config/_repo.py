@@ -518,9 +518,13 @@ class GitStore:
 
     def _plan(self, old: str | None, new: str) -> tuple[list[str], dict[str, bytes | None]]:
         """Conflicting paths, and the files to write, to move the working copy old -> new."""
+        # One diff and one read for both sides: each git process counts
+        # (this runs on every node for every commit).
         paths = self.changed_paths(old, new)
-        olds = self.read_many([f"{old}:{p}" for p in paths]) if old else [None] * len(paths)
-        news = self.read_many([f"{new}:{p}" for p in paths])
+        specs = [f"{new}:{p}" for p in paths] + ([f"{old}:{p}" for p in paths] if old else [])
+        blobs = self.read_many(specs)
+        news = blobs[: len(paths)]
+        olds = blobs[len(paths) :] if old else [None] * len(paths)
         conflicts: list[str] = []
         writes: dict[str, bytes | None] = {}
         for path, before, after in zip(paths, olds, news, strict=True):
@@ -559,7 +563,10 @@ class GitStore:
         Raises:
             InvalidChange: conflicting edits and not ``force`` (names the paths).
         """
-        old = self.main()
+        return self.advance_from(self.main(), target, force=force)
+
+    def advance_from(self, old: str | None, target: str, *, force: bool = False) -> str | None:
+        """:meth:`advance` for a caller that just read the local branch (``old``)."""
         if old == target:
             return None
         conflicts, writes = self._plan(old, target)
@@ -673,8 +680,8 @@ class GitStore:
             name = _decode_path(raw)
             try:
                 info = os.lstat(self.path / name)
-            except FileNotFoundError:
-                continue  # deleted
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # deleted (or its directory became a file)
             if stat.S_ISREG(info.st_mode) and info.st_size > limit:
                 raise InvalidChange(
                     f"{name}: {info.st_size} bytes exceeds the limit of {limit} "

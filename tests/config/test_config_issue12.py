@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import stat
 import subprocess
@@ -161,7 +162,7 @@ def test_a_commit_nobody_can_fetch_is_refused_and_never_blocks_the_cluster(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """An unserved workspace's commit is refused; forced through, rollback and rebase pass it."""
+    """A workspace no daemon serves never becomes the only holder: held, refused, or passed over."""
     c = coordinator_factory()
     n1, n2 = agent_factory("n1"), agent_factory("n2")
     first = _repo(n1, c).commit({"global/a.conf": b"1\n"}, message="one", author=AUTHOR)
@@ -169,14 +170,23 @@ def test_a_commit_nobody_can_fetch_is_refused_and_never_blocks_the_cluster(
     zk = ["--zk", n1.zk, "--cluster", n1.cluster, "--repo", REPO]
     ws = ["--dir", str(tmp_path / "ws"), "--node", "ws", *zk]
     assert main(["config", "init", *ws]) == 0
-    (tmp_path / "ws" / REPO / "work" / "global" / "a.conf").write_bytes(b"from ws\n")
+    work = tmp_path / "ws" / REPO / "work"
+    # A small commit travels with its proposal: both nodes hold it, so it
+    # is published and applied although nobody can fetch from ws.
+    (work / "global" / "a.conf").write_bytes(b"from ws\n")
     commit = ["config", "commit", "-m", "ws", "--replicate-timeout", "1", *ws]
+    assert main([*commit, "--json"]) == 0
+    held = _repo(n1, c).head()
+    assert held is not None and held.sha != first.sha
+    wait_reports(c, all_applied(["n1", "n2"], held.sha))
+    # Too large to travel with the proposal, and ws serves nothing: refused.
+    (work / "global" / "big.conf").write_bytes(os.urandom(700 * 1024))
     capsys.readouterr()
     assert main(commit) == 2
     err = capsys.readouterr().err
     assert "was not published" in err and "--replicas 0" in err
     head = _repo(n1, c).head()
-    assert head is not None and head.sha == first.sha
+    assert head is not None and head.sha == held.sha
     # The operator forces it through: nobody can fetch it...
     assert main([*commit, "--replicas", "0"]) == 0
     lost = _repo(n1, c).head()
@@ -185,7 +195,7 @@ def test_a_commit_nobody_can_fetch_is_refused_and_never_blocks_the_cluster(
     # ...and yet rollback, commit (rebase) and pull all get past it.
     rolled = _repo(n2, c).rollback(first.sha, author=AUTHOR)
     wait_reports(c, all_applied(["n1", "n2"], rolled.sha))
-    (tmp_path / "ws" / REPO / "work" / "global" / "c.conf").write_bytes(b"c\n")
+    (work / "global" / "c.conf").write_bytes(b"c\n")
     assert main([*commit, "--replicas", "0", "--rebase"]) == 0
     lost = _repo(n1, c).head()
     assert lost is not None

@@ -313,7 +313,8 @@ def test_git_daemon_serves_published_history_only(
     export_url, work_url = (f"git://{endpoint}/{REPO}/{d}" for d in ("export", "work"))
     listed = git(tmp_path, "ls-remote", export_url)
     assert "stash" not in listed and stash not in listed
-    assert {line.split()[1] for line in listed.splitlines()} <= {"HEAD", "refs/heads/main"}
+    served = {"HEAD", "refs/heads/main", "refs/mhafail/proposed"}  # proposals: checked commits
+    assert {line.split()[1] for line in listed.splitlines()} <= served
     assert good in listed
     assert git(tmp_path, "ls-remote", work_url, check=False) == ""
     thief = tmp_path / "thief"
