@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
+from mhafail.config._export import PROPOSED
 from mhafail.config._fetch import unpack_commit
 from mhafail.config._model import (
     MAX_HOLDS,
@@ -45,7 +46,7 @@ from mhafail.config._model import (
     proposal_path,
 )
 from mhafail.config._paths import check_sha
-from mhafail.config._repository import PROPOSED, ConfigRepository
+from mhafail.config._repository import ConfigRepository
 from mhafail.config._serve import ENDPOINT, repo_url
 from mhafail.config._validate import Validator, cluster_check, run_validators, syntax_check
 from mhafail.config._view import ConfigView

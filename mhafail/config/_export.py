@@ -23,6 +23,7 @@ from mhafail.config._paths import check_sha
 from mhafail.config._repo import BRANCH, GitStore
 
 EXPORT_OK = "git-daemon-export-ok"
+PROPOSED = "refs/mhafail/proposed"
 
 
 def init_export(path: Path) -> GitStore:
@@ -70,7 +71,8 @@ def export(
     if not _link_objects(source, dest, sha, base):
         source.git("push", "--quiet", "--no-verify", str(dest), f"+{sha}:{ref}")
         return
-    GitStore(dest).git("update-ref", ref, sha)
+    if ref != PROPOSED:  # a proposal is served by sha; a ref would cost a process
+        GitStore(dest).git("update-ref", ref, sha)
 
 
 def exported(dest: Path, sha: str) -> bool:

@@ -338,7 +338,15 @@ class GitStore:
             InvalidChange: deleting a path that is not a file in ``parent``,
                 or a file/directory clash with the parent's tree.
         """
-        existing = set(self.files(parent))
+        if seed is not None and seed.is_dir():
+            # The seed is a checkout of ``parent``: list it instead of asking git.
+            existing = {
+                str(Path(top, name).relative_to(seed))
+                for top, _, names in os.walk(seed)
+                for name in names
+            }
+        else:
+            existing = set(self.files(parent))
         after = set(existing)
         for path, data in changes.items():
             if data is None:
@@ -576,12 +584,23 @@ class GitStore:
                     "uncommitted edits would be overwritten: " + ", ".join(conflicts[:10])
                 )
             return self._stash_and_reset(target)
+        self.move_branch(old, target, writes)
+        return None
+
+    def move_branch(self, old: str | None, target: str, writes: Mapping[str, bytes | None]) -> None:
+        """Write ``writes`` into the working copy, then move the branch ``old`` -> ``target``.
+
+        For callers that planned the move themselves (no conflicting edit).
+
+        Raises:
+            RepositoryError: the branch is no longer at ``old``.
+            InvalidChange: an unsafe path or a link on the way.
+        """
         # Unique temporary names, no links followed, nothing outside the
         # working copy (the paths come from a checked commit all the same).
         write_files(self.path, writes)
         self.git("update-ref", BRANCH, target, old or _ZERO)
         self.git("reset", "-q")  # index := target; the working copy stays as written
-        return None
 
     def _stash_and_reset(self, target: str) -> str | None:
         saved = None

@@ -35,7 +35,7 @@ from pathlib import Path
 import attrs
 
 from mhafail.config._apply import Checkouts
-from mhafail.config._export import export, exported, init_export
+from mhafail.config._export import PROPOSED, export, exported, init_export
 from mhafail.config._fetch import fetch_from_peers, live_peers
 from mhafail.config._model import (
     MAX_AUTHOR_BYTES,
@@ -54,6 +54,7 @@ from mhafail.config._model import (
 from mhafail.config._paths import Limits, absolute_path, check_changes, check_sha
 from mhafail.config._publish import OUTGOING, publish, replicate
 from mhafail.config._repo import BRANCH, GitStore, parse_author
+from mhafail.config._safefs import read_regular
 from mhafail.config._trees import check_tree
 from mhafail.config._validate import Validator, cluster_check, require_valid, syntax_check
 from mhafail.config._view import ConfigView
@@ -74,7 +75,6 @@ logger = logging.getLogger(__name__)
 
 WORK = "work"
 EXPORT = "export"
-PROPOSED = "refs/mhafail/proposed"
 
 
 def _valid_name(what: str) -> Callable[[object, object, str], None]:
@@ -280,16 +280,20 @@ class ConfigRepository:
         sha = check_sha(sha)
         if sha not in self._verified:
             store = self.store
-            if not store.has_commit(sha):
-                self._fetch(sha, origin, peers)
-            elif exported(self.export_dir, sha):
+            if exported(self.export_dir, sha) and store.has_commit(sha):
                 self._verified.add(sha)  # checked before it went there
-            if sha not in self._verified:
-                check_tree(store, sha, self.limits)
+            else:
+                try:
+                    # Usually here already (a proposal's pack): no git
+                    # process just to ask; a missing commit fails the check.
+                    check_tree(store, sha, self.limits)
+                except RepositoryError:
+                    self._fetch(sha, origin, peers)
+                    check_tree(store, sha, self.limits)
                 self._export(sha, ref, parent)
                 self._verified.add(sha)
                 self._refs[ref] = sha
-        if self._refs.get(ref) != sha:
+        if ref != PROPOSED and self._refs.get(ref) != sha:
             GitStore(self.export_dir).git("update-ref", ref, sha)
             self._refs[ref] = sha
 
@@ -393,7 +397,7 @@ class ConfigRepository:
                     author=author,
                 )
                 if result is not None:
-                    self._after_publish(base_sha, sha)
+                    self._after_publish(base_sha, sha, checked if parent == base_sha else None)
                     return Commit(
                         sha=sha,
                         parent=result.parent,
@@ -542,12 +546,28 @@ class ConfigRepository:
             raise
         return tree
 
-    def _after_publish(self, base: str | None, sha: str) -> None:
+    def _after_publish(
+        self, base: str | None, sha: str, changes: Mapping[str, bytes | None] | None = None
+    ) -> None:
         # The working copy follows only if that loses no uncommitted edit;
         # otherwise the agent (or `pull`) deals with it by its update mode.
         # Never raises: the commit is published already.
         store = self.store
         try:
+            seed = self.checkouts.path(base) if base is not None else None
+            if changes is not None and seed is not None and self.checkouts.current() == base:
+                # The parent's files are on disk (the live version): plan the
+                # move without asking git for either side.
+                writes: dict[str, bytes | None] = {}
+                for path, new in changes.items():
+                    mine = read_regular(self.worktree, path)
+                    if mine == new:
+                        continue
+                    if mine != read_regular(seed, path):
+                        return  # an uncommitted edit: not ours to overwrite
+                    writes[path] = new
+                store.move_branch(base, sha, writes)
+                return
             if store.main() != base:
                 return
             store.advance_from(base, sha)
