@@ -340,10 +340,9 @@ class GitStore:
         """
         if seed is not None and seed.is_dir():
             # The seed is a checkout of ``parent``: list it instead of asking git.
+            cut = len(str(seed)) + 1
             existing = {
-                str(Path(top, name).relative_to(seed))
-                for top, _, names in os.walk(seed)
-                for name in names
+                os.path.join(top, name)[cut:] for top, _, names in os.walk(seed) for name in names
             }
         else:
             existing = set(self.files(parent))
