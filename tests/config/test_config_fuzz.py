@@ -20,7 +20,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mhafail.config import Head, NodeReport, check_path
+from mhafail.config import Head, NodeReport, check_path, load_check
 from mhafail.config._paths import check_component, check_sha
 from mhafail.config._safefs import read_regular, remove_file, write_file
 from mhafail.config._serve import repo_url
@@ -220,3 +220,44 @@ def test_member_git_endpoints_are_host_port_only(endpoint: str) -> None:
     host, _, port = endpoint.rpartition(":")
     assert url == f"git://{endpoint}/mta/export" and port.isascii() and port.isdigit()
     assert not any(ch in host for ch in "/@?#\\ ") and not host.startswith("-")
+
+
+@FAST
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.dictionaries(
+            st.sampled_from(["command", "timeout", "other"]),
+            st.one_of(
+                st.text(max_size=20),
+                st.integers(),
+                st.floats(allow_nan=True),
+                st.lists(st.text(max_size=10), max_size=70),
+                st.booleans(),
+            ),
+            max_size=3,
+        ).map(lambda d: "\n".join(f"{k} = {json.dumps(v)}" for k, v in d.items()).encode()),
+    )
+)
+def test_cluster_check_declarations_never_escape_undocumented_errors(data: bytes) -> None:
+    """Any .mhafail/check.toml gives a CheckCommand, None or InvalidChange, nothing else."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / ".mhafail").mkdir()
+        (Path(tmp) / ".mhafail" / "check.toml").write_bytes(data)
+        try:
+            check = load_check(Path(tmp))
+        except InvalidChange:
+            return
+        assert check is None or (check.argv and 0 < check.timeout <= 600)
+
+
+@FAST
+@given(st.lists(st.one_of(st.text(max_size=41), st.integers(), st.none()), max_size=10))
+def test_report_holds_are_validated(holds: list[Any]) -> None:
+    """A report's holds must be at most 8 shas; anything else is InvalidChange."""
+    data = json.dumps({"state": "applied", "sha": None, "holds": holds}).encode()
+    try:
+        report = NodeReport.from_json("n1", data)
+    except InvalidChange:
+        return
+    assert len(report.holds) <= 8 and all(check_sha(h) == h for h in report.holds)
