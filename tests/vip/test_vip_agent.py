@@ -132,6 +132,13 @@ def test_vip_survives_the_loss_of_the_zookeeper_leader(
         ),
         (
             [
+                *("agent", "--zk", "127.0.0.1:1", "--cluster", "c", "--node", "n"),
+                *("--vip", A + "@eth0", "--plumber", "fake:/dev/null", "--zk-tick", "0"),
+            ],
+            "invalid server_tick",
+        ),
+        (
+            [
                 "agent",
                 "--zk",
                 "h:1",
