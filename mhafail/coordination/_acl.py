@@ -25,6 +25,11 @@ config/*/head                  read                ``config commit``: operators
 config/*/applied               read create delete  nodes report their state
 config/*/applied/*             read write
 config/*/modes, modes/*        read                freeze/thaw: operators
+spool                          read create         a node's first spool lock
+spool/*                        read create delete  take and drop spool locks
+spool/*/lock                   read                locks are never rewritten
+spool/*/takeover               read write          the importer records progress
+spoolops, spoolops/*           read                ``spool drain|import``: operators
 anything else                  read
 =============================  ==================  ==========================
 
@@ -58,9 +63,13 @@ _NODE_PERMS: dict[tuple[str, ...], int] = {
     ("vips", "*", "declared", "*"): READ,
     ("config", "*", "applied"): READ | CREATE | DELETE,
     ("config", "*", "applied", "*"): READ | WRITE,
+    ("spool",): READ | CREATE,
+    ("spool", "*"): READ | CREATE | DELETE,
+    ("spool", "*", "lock"): READ,
+    ("spool", "*", "takeover"): READ | WRITE,
 }
 
-LAYOUT = ("members", "vips", "targets", "drained", "managers", "config")
+LAYOUT = ("members", "vips", "targets", "drained", "managers", "config", "spool", "spoolops")
 """The folders an operator creates with the cluster root (``mhafail init``)."""
 
 ROOT_ACL = ((READ | CREATE, WORLD),)
