@@ -109,6 +109,7 @@ class SpoolLock:
     _listeners: list[Callable[[LockState], None]] = attrs.field(init=False, factory=list)
     _mutex: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _registered: bool = attrs.field(init=False, default=False)
+    _session: int | None = attrs.field(init=False, default=None)
 
     @property
     def state(self) -> LockState:
@@ -185,6 +186,7 @@ class SpoolLock:
             raise SpoolFenced(f"spool of {node}: cannot take the lock file: {exc}") from exc
         with self._mutex:
             old, self._fence = self._fence, fence
+            self._session = self.coordinator.session_id
         if old is not None:
             old.close()
         self._set(LockState.HELD)
@@ -218,6 +220,11 @@ class SpoolLock:
         fence = self._fence
         if fence is None or self._state is not LockState.HELD:
             raise SpoolFenced(f"spool of {self.paths.node}: the lock is {self._state.value}")
+        if self.coordinator.session_id != self._session:
+            # The lock znode went with the old session, even if the lease
+            # listener has not told us yet.
+            self._fenced()
+            raise SpoolFenced(f"spool of {self.paths.node}: the session that held it ended")
         try:
             with fence.section():
                 yield
@@ -228,7 +235,12 @@ class SpoolLock:
     def valid(self) -> bool:
         """True while held and the lease is valid."""
         fence = self._fence
-        return fence is not None and self._state is LockState.HELD and fence.valid()
+        return (
+            fence is not None
+            and self._state is LockState.HELD
+            and self.coordinator.session_id == self._session
+            and fence.valid()
+        )
 
     # --- internals -----------------------------------------------------------
 
