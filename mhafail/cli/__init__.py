@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "mhafail.cli._jlog",
     "mhafail.cli._config",
     "mhafail.cli._logs",
+    "mhafail.cli._spool",
 )
 
 
