@@ -47,7 +47,7 @@ def _real_dir(path: Path, *, create: bool) -> None:
                 path.mkdir(mode=DIR_MODE)
         info = os.lstat(path)
     except OSError as exc:
-        raise write_failed(f"cannot create {path}", exc) from exc
+        raise write_failed(f"cannot {'create' if create else 'use'} {path}", exc) from exc
     if not stat.S_ISDIR(info.st_mode):
         raise SpoolPathConflict(f"{path} is not a directory (a symlink or a file): refusing it")
 

@@ -131,6 +131,7 @@ class Takeover:
 
     _loop: ConvergeLoop | None = attrs.field(init=False, default=None)
     _gone_since: dict[str, float] = attrs.field(init=False, factory=dict)
+    _orders_seen: dict[tuple[str, int], float] = attrs.field(init=False, factory=dict)
     _listeners: list[Callable[[TakeoverEvent], None]] = attrs.field(init=False, factory=list)
     _watches: list[Watch] = attrs.field(init=False, factory=list)
     _stopping: threading.Event = attrs.field(init=False, factory=threading.Event)
@@ -204,7 +205,11 @@ class Takeover:
             if not self._has_work(node):
                 continue
             since = self._gone_since.setdefault(node, now)
-            ready_at = since if ordered else since + self.grace
+            ready_at = since + self.grace
+            if ordered and order is not None:
+                # Ranks count from when the order was seen, not from the death:
+                # otherwise every survivor's wait would be over already.
+                ready_at = self._orders_seen.setdefault((node, order.zxid), now)
             survivors = live - drained - {node}
             ranking = rank(node, survivors, preferred=order.to if order else None)
             if me not in ranking:

@@ -72,7 +72,7 @@ def stacks(coordinator_factory: Factory, tmp_path: Path) -> Iterator[Callable[..
             spool=spool,
             lock=lock,
             grace=grace,
-            step=0.1,
+            step=0.5,
             refresh=0.2,
         )
         events: list[TakeoverEvent] = []
