@@ -91,6 +91,9 @@ def _check(entry: dict[str, Any]) -> None:
     op = entry.get("op")
     if op not in ("begin", "batch", "moved", "resolved", "complete"):
         raise MalformedData(f"malformed journal entry: unknown op {op!r}")
+    count = entry.get("count")
+    if op == "moved" and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+        raise MalformedData("malformed journal entry: 'moved' needs a count >= 0")
     if op == "batch":
         ids, to = entry.get("ids"), entry.get("to")
         if (
