@@ -30,6 +30,11 @@ commands/results/*/claims      read create         a node claims a request once
 commands/results/*/claims/*    read                claims are never rewritten
 commands/results/*/replies     read create         a node answers once
 commands/results/*/replies/*   read                replies are never rewritten
+spool                          read create         a node's first spool lock
+spool/*                        read create delete  take and drop spool locks
+spool/*/lock                   read                locks are never rewritten
+spool/*/takeover               read write          the importer records progress
+spoolops, spoolops/*           read                ``spool drain|import``: operators
 anything else                  read
 =============================  ==================  ==========================
 
@@ -67,9 +72,23 @@ _NODE_PERMS: dict[tuple[str, ...], int] = {
     # nor withdraw an answer; managers (operators) garbage-collect both.
     ("commands", "results", "*", "claims"): READ | CREATE,
     ("commands", "results", "*", "replies"): READ | CREATE,
+    ("spool",): READ | CREATE,
+    ("spool", "*"): READ | CREATE | DELETE,
+    ("spool", "*", "lock"): READ,
+    ("spool", "*", "takeover"): READ | WRITE,
 }
 
-LAYOUT = ("members", "vips", "targets", "drained", "managers", "config", "commands")
+LAYOUT = (
+    "members",
+    "vips",
+    "targets",
+    "drained",
+    "managers",
+    "config",
+    "commands",
+    "spool",
+    "spoolops",
+)
 """The folders an operator creates with the cluster root (``mhafail init``)."""
 
 ROOT_ACL = ((READ | CREATE, WORLD),)
