@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import sys
 import threading
@@ -38,6 +37,7 @@ from typing import Any
 import attrs
 
 from mhafail.cli._members import add_zk_flags
+from mhafail.cli._signals import STOP_ZK_TIMEOUT, stop_on_signals
 from mhafail.errors import AuditInvalidArgument, MhafailError
 
 
@@ -150,9 +150,7 @@ def _node(args: argparse.Namespace) -> int:
         secret=None if args.secret_file is None else read_secret_file(args.secret_file),
         allow_unauthenticated=args.allow_unauthenticated,
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = stop_on_signals()
     logger = None
     if args.log_dir is not None:
         args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -202,7 +200,7 @@ def _node(args: argparse.Namespace) -> int:
             logger.stop()
         # Leave the view first, so that senders stop pushing here before we close.
         if membership is not None:
-            membership.stop()
+            membership.stop(STOP_ZK_TIMEOUT)
         audit.stop()
         if coordinator is not None:
             coordinator.stop()

@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import sys
-import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -28,7 +26,11 @@ from typing import Any
 
 from mhafail.cli._members import add_zk_flags
 from mhafail.cli._output import add_json_flag, emit
+from mhafail.cli._signals import STOP_ZK_TIMEOUT, stop_on_signals
 from mhafail.errors import LogsInvalidArgument
+
+#: Seconds the node service has to end its sessions when stopping.
+STOP_SERVICE = 1.5
 
 # Manager settings a config file may hold, with their types and defaults.
 _MANAGER_KEYS: dict[str, tuple[type, Any]] = {
@@ -50,6 +52,7 @@ _MANAGER_KEYS: dict[str, tuple[type, Any]] = {
     "retry": (float, 0.5),
     "session_timeout": (float, 10.0),
     "member_name": (str, None),
+    "max_frame": (int, 4 * 1024 * 1024),
 }
 
 
@@ -88,6 +91,12 @@ def _register_serve(actions: Any) -> None:
     p.add_argument("--session-timeout", type=float, default=10.0)
     p.add_argument("--heartbeat", type=float, default=1.0)
     p.add_argument("--poll-interval", type=float, default=0.05)
+    p.add_argument(
+        "--max-frame",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="largest frame sent or accepted (bytes; bigger records go in parts)",
+    )
     p.set_defaults(func=_serve)
 
 
@@ -113,6 +122,9 @@ def _register_manager(actions: Any) -> None:
     p.add_argument("--retry", type=float)
     p.add_argument("--session-timeout", type=float)
     p.add_argument("--member-name", help="member name (default: the manager name)")
+    p.add_argument(
+        "--max-frame", type=int, help="largest frame accepted from a node (bytes; default 4 MiB)"
+    )
     p.set_defaults(func=_manager)
 
 
@@ -146,13 +158,6 @@ def _ready(**fields: Any) -> None:
     sys.stdout.flush()
 
 
-def _stop_event() -> threading.Event:
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
-
-
 def _secret(path: str | None) -> bytes | None:
     from mhafail.logs import read_secret_file
 
@@ -172,25 +177,25 @@ def _parse_logs(items: list[str]) -> dict[str, Path]:
 
 
 @contextmanager
-def _member(
-    zk: str, cluster: str, name: str, timeout: float, connect: float, **info: Any
-) -> Iterator[Any]:
-    from mhafail.coordination import Coordinator, Membership, NodeInfo
+def _coordinator(zk: str, cluster: str, timeout: float, connect: float) -> Iterator[Any]:
+    from mhafail.coordination import Coordinator
 
     coordinator = Coordinator(
         hosts=zk, cluster=cluster, session_timeout=timeout, connect_timeout=connect
     ).start()
     try:
-        node_info = NodeInfo(
-            name=name, started_at=time.time(), host=socket.gethostname(), pid=os.getpid(), **info
-        )
-        membership = Membership(coordinator=coordinator, info=node_info).start()
-        try:
-            yield coordinator, membership
-        finally:
-            membership.stop()
+        yield coordinator
     finally:
-        coordinator.stop()
+        coordinator.stop()  # bounded: closes on a helper thread (issue 19)
+
+
+def _membership(coordinator: Any, name: str, **info: Any) -> Any:
+    from mhafail.coordination import Membership, NodeInfo
+
+    node_info = NodeInfo(
+        name=name, started_at=time.time(), host=socket.gethostname(), pid=os.getpid(), **info
+    )
+    return Membership(coordinator=coordinator, info=node_info)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -198,7 +203,7 @@ def _serve(args: argparse.Namespace) -> int:
     from mhafail.logs._client import split_endpoint
 
     host, port = split_endpoint(args.listen, any_port=True)
-    stop = _stop_event()
+    stop = stop_on_signals()
     service = JlogService(
         node=args.node,
         logs=_parse_logs(args.log),
@@ -209,24 +214,25 @@ def _serve(args: argparse.Namespace) -> int:
         allow_unauthenticated=args.allow_unauthenticated,
         heartbeat=args.heartbeat,
         poll_interval=args.poll_interval,
+        max_frame=args.max_frame,
     ).start()
     try:
         endpoint = args.advertise or service.endpoint
         split_endpoint(endpoint)
-        with _member(
-            args.zk,
-            args.cluster,
-            args.node,
-            args.session_timeout,
-            args.connect_timeout,
-            addresses=[host],
-            roles=["mta"],
-            endpoints={"jlog": endpoint},
-        ):
-            _ready(node=args.node, endpoint=service.endpoint, advertised=endpoint, pid=os.getpid())
-            stop.wait()
+        with _coordinator(
+            args.zk, args.cluster, args.session_timeout, args.connect_timeout
+        ) as coordinator:
+            info = {"addresses": [host], "roles": ["mta"], "endpoints": {"jlog": endpoint}}
+            membership = _membership(coordinator, args.node, **info).start()
+            try:
+                _ready(
+                    node=args.node, endpoint=service.endpoint, advertised=endpoint, pid=os.getpid()
+                )
+                stop.wait()
+            finally:
+                membership.stop(STOP_ZK_TIMEOUT)
     finally:
-        service.stop()
+        service.stop(STOP_SERVICE)
     return 0
 
 
@@ -273,15 +279,11 @@ def _manager(args: argparse.Namespace) -> int:
     from mhafail.logs import LogAggregator
 
     s = manager_settings(args)
-    stop = _stop_event()
-    with _member(
-        s["zk"],
-        s["cluster"],
-        s["member_name"] or s["name"],
-        s["session_timeout"],
-        args.connect_timeout,
-        roles=["logs-manager"],
-    ) as (coordinator, membership):
+    stop = stop_on_signals()
+    with _coordinator(
+        s["zk"], s["cluster"], s["session_timeout"], args.connect_timeout
+    ) as coordinator:
+        membership = _membership(coordinator, s["member_name"] or s["name"], roles=["logs-manager"])
         aggregator = LogAggregator(
             coordinator=coordinator,
             membership=membership,
@@ -299,10 +301,18 @@ def _manager(args: argparse.Namespace) -> int:
             commit_delay=s["commit_delay"],
             heartbeat=s["heartbeat"],
             retry=s["retry"],
-        ).start()
+            max_frame=s["max_frame"],
+        )
+        # The manager name first: a second manager of the same name gets
+        # ManagerNameTaken, not a clash of member names.
+        aggregator.start()
         try:
-            _ready(manager=s["name"], base=s["base"], pid=os.getpid())
-            stop.wait()
+            membership.start()
+            try:
+                _ready(manager=s["name"], base=s["base"], pid=os.getpid())
+                stop.wait()
+            finally:
+                membership.stop(STOP_ZK_TIMEOUT)
         finally:
             aggregator.stop()
     return 0

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from typing import Any
 
+from mhafail.cli._signals import stop_on_signals
 from mhafail.errors import InvalidArgument
 
 
@@ -38,9 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--port {args.port}: not in 1-65535")
     if not 2 <= args.tick_time <= 60000:
         raise InvalidArgument(f"--tick-time {args.tick_time}: use 2 to 60000 ms")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     server = ZooKeeperServer(
         tick_time=args.tick_time, host=args.host, port=args.port or free_port(args.host)
     )

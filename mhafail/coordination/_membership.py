@@ -106,18 +106,23 @@ class Membership:
         self._watch = self.coordinator.znodes.watch_children(MEMBERS, self._loop.kick)
         return self
 
-    def stop(self) -> None:
-        """Leave the cluster: delete the member znode (if still ours) and stop."""
+    def stop(self, timeout: float = 1.0) -> None:
+        """Leave the cluster: delete the member znode (if still ours) and stop.
+
+        Bounded with ZooKeeper down, hung or slow: each ZooKeeper call waits
+        at most ``timeout`` seconds; a znode left behind goes with the session.
+        """
         if self._loop is None:
             return
         self._registered = False
         if self._watch is not None:
             self._watch.cancel()
-        self._loop.stop()
+        self._loop.stop(timeout)
+        znodes = self.coordinator.znodes.bounded(min(timeout, self.coordinator.znodes.timeout))
         try:
-            node = self.coordinator.znodes.get(self.path)
+            node = znodes.get(self.path)
             if node is not None and node.ephemeral_owner == self.coordinator.session_id:
-                self.coordinator.znodes.delete(self.path, version=node.version)
+                znodes.delete(self.path, version=node.version)
         except CoordinationError:
             logger.info("could not delete %s; it goes with the session", self.path)
 

@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 MANAGERS = "managers"
 ENDPOINT = "jlog"
+#: Longest a ZooKeeper call on the stop path waits (seconds).
+STOP_ZK_TIMEOUT = 0.5
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -169,11 +171,23 @@ class LogAggregator:
         self._loop.start()
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop every stream (each finishes its step), close files, unregister."""
-        self._started = False
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop every stream, close files, unregister; bounded whatever ZooKeeper does.
+
+        Each stream commits what it wrote (fsync, state) before it ends, so
+        the output and the states are complete up to the last record
+        received. Streams get ``timeout`` seconds in all; one still stuck
+        (in a connect to a hung node, say) is left to end on its own: it
+        can no longer start anything, and what it holds unsaved is cut on
+        the next start. The unregistration waits at most
+        :data:`STOP_ZK_TIMEOUT` for ZooKeeper; a znode left behind goes
+        with the session.
+        """
+        end = time.monotonic() + timeout
+        with self._lock:
+            self._started = False
         if self._loop is not None:
-            self._loop.stop(timeout)
+            self._loop.stop(min(timeout, STOP_ZK_TIMEOUT))
         with self._lock:
             streams = [*self._streams.values(), *self._dying.values()]
             self._streams.clear()
@@ -181,12 +195,13 @@ class LogAggregator:
         for stream in streams:
             stream.stop()
         for stream in streams:
-            stream.join(timeout)
+            stream.join(max(0.0, end - time.monotonic()))
         self.files.close_all()
+        znodes = self.coordinator.znodes.bounded(STOP_ZK_TIMEOUT)
         try:
-            node = self.coordinator.znodes.get(self.znode)
+            node = znodes.get(self.znode)
             if node is not None and node.ephemeral_owner == self.coordinator.session_id:
-                self.coordinator.znodes.delete(self.znode, version=node.version)
+                znodes.delete(self.znode, version=node.version)
         except CoordinationError as exc:
             logger.info("could not delete %s (%s); it goes with the session", self.znode, exc)
 
@@ -301,6 +316,8 @@ class LogAggregator:
 
     def _reconcile(self, wanted: dict[tuple[str, str], str]) -> None:
         with self._lock:
+            if not self._started:
+                return  # stop() ran while this pass waited on ZooKeeper or a node
             gone = [k for k in self._streams if k not in wanted]
             stopped = [self._streams.pop(k) for k in gone]
             self._dying = {k: s for k, s in self._dying.items() if s.thread.is_alive()}

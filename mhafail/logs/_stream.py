@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Longest a stream's receive waits before it looks at its stop flag (seconds).
+STOP_POLL = 0.25
+#: Longest each send of a stopping stream waits (its last ACK, its ERROR).
+STOP_SEND = 0.5
+
 
 @attrs.frozen
 class StreamStatus:
@@ -126,12 +131,13 @@ class Stream:
         self.thread.start()
 
     def stop(self) -> None:
-        """Ask the stream to stop after its current step (see :meth:`join`)."""
+        """Ask the stream to stop after its current step (see :meth:`join`); never blocks.
+
+        The stream's own thread notices within :data:`STOP_POLL` seconds,
+        commits what it wrote, acknowledges it and tells the node it is
+        leaving, each send waiting at most :data:`STOP_SEND` seconds.
+        """
         self.stop_event.set()
-        conn = self._conn
-        if conn is not None:
-            # Wake a receive that would otherwise wait a heartbeat.
-            conn.send_error("manager stopping")
 
     def join(self, timeout: float) -> None:
         """Wait for the thread to end."""
@@ -246,7 +252,7 @@ class Stream:
                 wait = max(0.0, self._pending_since + agg.commit_delay - time.monotonic())
             else:
                 wait = agg.heartbeat
-            frames = conn.recv(min(wait, agg.heartbeat))
+            frames = conn.recv(min(wait, agg.heartbeat, STOP_POLL))
             now = time.monotonic()
             if frames:
                 last_recv = now
@@ -270,6 +276,12 @@ class Stream:
             elif time.monotonic() - last_send >= agg.heartbeat:
                 conn.send(heartbeat, dead_after)
                 last_send = time.monotonic()
+        # Stopping: make what was written durable, then tell the node (best effort;
+        # if the ACK is lost, our position still wins at the next start).
+        if self._pending:
+            self._commit()
+            conn.send(encode_ack(self._last.last_id or MessageId(0, 0)), STOP_SEND)
+        conn.send_error("manager stopping", STOP_SEND)
 
     # --- writing ------------------------------------------------------------------------
 
