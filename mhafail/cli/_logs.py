@@ -53,6 +53,7 @@ _MANAGER_KEYS: dict[str, tuple[type, Any]] = {
     "session_timeout": (float, 10.0),
     "member_name": (str, None),
     "max_frame": (int, 4 * 1024 * 1024),
+    "framing": (str, "escaped"),
 }
 
 
@@ -125,6 +126,11 @@ def _register_manager(actions: Any) -> None:
     p.add_argument(
         "--max-frame", type=int, help="largest frame accepted from a node (bytes; default 4 MiB)"
     )
+    p.add_argument(
+        "--framing",
+        choices=["escaped", "length", "lines"],
+        help="record layout in the files: escaped (default), length, or lines (ambiguous)",
+    )
     p.set_defaults(func=_manager)
 
 
@@ -141,6 +147,12 @@ def _register_tools(actions: Any) -> None:
     p.add_argument("--log", required=True)
     p.add_argument("-n", type=int, default=0, help="also print up to N of the newest records")
     p.add_argument("--count", type=int, help="exit after printing this many records")
+    p.add_argument(
+        "--framing",
+        choices=["escaped", "length", "lines"],
+        default="escaped",
+        help="record layout: escaped (default), length, or lines (ambiguous)",
+    )
     p.add_argument("--secret-file")
     p.set_defaults(func=_tail)
 
@@ -302,6 +314,7 @@ def _manager(args: argparse.Namespace) -> int:
             heartbeat=s["heartbeat"],
             retry=s["retry"],
             max_frame=s["max_frame"],
+            framing=s["framing"],
         )
         # The manager name first: a second manager of the same name gets
         # ManagerNameTaken, not a clash of member names.
@@ -379,7 +392,8 @@ def _tail(args: argparse.Namespace) -> int:
     from mhafail.coordination import Coordinator
     from mhafail.errors import StreamRefused
     from mhafail.logs._client import open_request
-    from mhafail.logs._protocol import FrameType, decode_records, encode_frame
+    from mhafail.logs._framing import Framing, frame_records
+    from mhafail.logs._protocol import FrameType, Reassembly, decode_records, encode_frame
 
     with Coordinator(
         hosts=args.zk, cluster=args.cluster, connect_timeout=args.connect_timeout
@@ -393,6 +407,8 @@ def _tail(args: argparse.Namespace) -> int:
         secret=_secret(args.secret_file),
     )
     conn = opened.conn
+    framing = Framing.parse(args.framing)
+    parts = Reassembly()
     printed = 0
     last_send = time.monotonic()
     out = sys.stdout.buffer
@@ -400,14 +416,20 @@ def _tail(args: argparse.Namespace) -> int:
         while args.count is None or printed < args.count:
             for frame in conn.recv(0.5):
                 if frame.type is FrameType.RECORDS:
-                    for payload in decode_records(frame.body).payloads:
-                        if args.count is not None and printed >= args.count:
-                            break
-                        out.write(payload + b"\n")
-                        printed += 1
-                    out.flush()
+                    payloads = decode_records(frame.body).payloads
+                elif frame.type is FrameType.PART:
+                    whole = parts.add(frame.body)
+                    payloads = [] if whole is None else whole.payloads
                 elif frame.type is FrameType.ERROR:
                     raise StreamRefused(conn.reason(frame))
+                else:
+                    continue
+                if args.count is not None:
+                    payloads = payloads[: args.count - printed]
+                if payloads:
+                    out.write(frame_records(payloads, framing))
+                    out.flush()
+                    printed += len(payloads)
             if time.monotonic() - last_send >= 0.5:
                 conn.send(encode_frame(FrameType.HEARTBEAT), 5.0)
                 last_send = time.monotonic()

@@ -33,6 +33,7 @@ from mhafail.errors import (
 
 from . import _auth
 from ._client import open_request
+from ._framing import DEFAULT_FRAMING, Framing
 from ._output import DEFAULT_PATTERN, OutputFiles, PathPattern
 from ._protocol import DEFAULT_MAX_FRAME, MIN_MAX_FRAME
 from ._service import check_log_name
@@ -40,6 +41,11 @@ from ._state import StateStore
 from ._stream import Commit, Stream, StreamStatus
 
 logger = logging.getLogger(__name__)
+
+
+def _framing(value: str | Framing) -> Framing:
+    return Framing.parse(value)
+
 
 MANAGERS = "managers"
 ENDPOINT = "jlog"
@@ -59,6 +65,11 @@ class LogAggregator:
         base: the output directory.
         pattern: output path pattern (see :class:`PathPattern`); default
             ``%Y/%m/%d/{log}/{cluster}/{node}``.
+        framing: how records are laid out in the files (:class:`Framing` or
+            its name): ``escaped`` (default) and ``length`` read back
+            exactly whatever the records hold; ``lines`` (raw records and a
+            newline) is ambiguous for records with newlines or empty ones.
+            Keep one framing per output tree.
         state_dir: where positions are kept (default ``base/.mhafail-state``);
             put it on the same file system as ``base``.
         logs: log names to pull (default: every log a node offers).
@@ -94,6 +105,7 @@ class LogAggregator:
     name: str
     base: Path = attrs.field(converter=Path)
     pattern: str = DEFAULT_PATTERN
+    framing: Framing = attrs.field(default=DEFAULT_FRAMING, converter=_framing)
     state_dir: Path | None = None
     logs: Sequence[str] | None = None
     secret: bytes | None = attrs.field(default=None, converter=_auth.check_secret, repr=False)
