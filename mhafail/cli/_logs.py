@@ -29,6 +29,8 @@ from mhafail.cli._output import add_json_flag, emit
 from mhafail.cli._signals import STOP_ZK_TIMEOUT, stop_on_signals
 from mhafail.errors import LogsInvalidArgument
 
+#: Largest member znode read by ``logs status`` and ``logs tail`` (bytes).
+MAX_MEMBER_INFO = 64 * 1024
 #: Seconds the node service has to end its sessions when stopping.
 STOP_SERVICE = 1.5
 
@@ -338,11 +340,13 @@ def _endpoints(coordinator: Any) -> dict[str, str]:
     out = {}
     for name in coordinator.znodes.children("members") or []:
         znode = coordinator.znodes.get(f"members/{name}")
-        if znode is None:
+        # Shared data anyone with ZooKeeper access could have written: skip
+        # what is oversized, malformed or nested to blow the stack.
+        if znode is None or len(znode.data) > MAX_MEMBER_INFO:
             continue
         try:
             info = NodeInfo.from_json(znode.data)
-        except InvalidArgument:
+        except (InvalidArgument, RecursionError):
             continue
         if "jlog" in info.endpoints:
             out[name] = info.endpoints["jlog"]
@@ -366,10 +370,23 @@ def _status(args: argparse.Namespace) -> int:
         try:
             rows.extend(st.to_json() for st in query_status(endpoint, secret=secret))
         except LogsError as exc:
-            errors[node] = str(exc)
+            errors[node] = f"{_failure(exc)}: {exc}"
     data = {"cluster": args.cluster, "managers": managers, "subscribers": rows, "errors": errors}
     emit(args, data, _status_text)
     return 1 if errors else 0
+
+
+def _failure(exc: Exception) -> str:
+    """What kind of failure asking a node was (an auth refusal is not "unreachable")."""
+    from mhafail.errors import AuthenticationFailed, ProtocolError, StreamRefused
+
+    if isinstance(exc, AuthenticationFailed):
+        return "authentication failed"
+    if isinstance(exc, StreamRefused):
+        return "refused"
+    if isinstance(exc, ProtocolError):
+        return "protocol error"
+    return "unreachable"
 
 
 def _status_text(data: dict[str, Any]) -> str:
@@ -384,7 +401,7 @@ def _status_text(data: dict[str, Any]) -> str:
             f"{r['pending_records']:>9} {r['pending_bytes']:>11} {r['lag_seconds']:>8.1f}"
         )
     for node, error in sorted(data["errors"].items()):
-        lines.append(f"{node}: unreachable: {error}")
+        lines.append(f"{node}: {error}")
     return "\n".join(lines)
 
 

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import socket
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mhafail import channel
+from mhafail.cli import main
 from mhafail.coordination import Coordinator, Membership, NodeInfo
 from mhafail.errors import LogsError, ProtocolError
 from mhafail.jlog import Jlog, Message, MessageId
-from mhafail.logs import Framing, JlogService, LogAggregator, read_records
+from mhafail.logs import Framing, JlogService, LogAggregator, StreamState, read_records
 from mhafail.logs._client import open_request
 from mhafail.logs._framing import frame_records
 from mhafail.logs._protocol import (
@@ -27,6 +32,8 @@ from mhafail.logs._protocol import (
     encode_records,
 )
 from mhafail.logs._session import encode_run, split_frames
+from mhafail.logs._wire import Connection, PeerClosed
+from mhafail.testing._children import reap, spawn
 
 from .conftest import SECRET
 
@@ -245,3 +252,206 @@ def test_records_frames_unchanged_for_small_batches() -> None:
     batch = [_message(1, b"x" * 100), _message(2, b"y")]
     (run,) = split_frames(batch, LIMIT)
     assert encode_run(run, LIMIT) == [encode_records(batch)]
+
+
+# --- item 10: the smaller ones -----------------------------------------------------------
+
+
+def test_a_connection_over_the_cap_is_told_why(tmp_path: Path) -> None:
+    """A client turned away at accept gets an ERROR saying the node is busy (it was closed
+    without a word), as a transient failure, not an authentication refusal."""
+    service = JlogService(
+        node="n1", logs={"mainlog": tmp_path / "mainlog"}, secret=SECRET, max_connections=1
+    ).start()
+    host, port = service.endpoint.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):  # holds the one slot
+            time.sleep(0.2)
+            with pytest.raises(PeerClosed, match="too many connections"):
+                open_request(service.endpoint, {"op": "list"}, secret=SECRET)
+        assert service._listener is not None and service._listener.refused_connections == 1
+    finally:
+        service.stop()
+
+
+def test_ack_before_open_is_reported_as_such(tmp_path: Path) -> None:
+    """A client whose first frame is an ACK hears "expected OPEN, got ACK" (it was told its
+    frame was not valid JSON)."""
+    service = _service(tmp_path)
+    try:
+        chan = channel.connect(service.endpoint, "logs", channel.ChannelSecurity(secret=SECRET))
+        conn = Connection(chan)
+        conn.send(encode_ack(MessageId(0, 1)), 1.0)
+        frames = conn.recv(5.0)
+        assert [f.type for f in frames] == [FrameType.ERROR]
+        assert conn.reason(frames[0]) == "protocol error: expected OPEN, got ACK"
+        conn.close()
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def node_in_zk(
+    tmp_path: Path, coordinator_factory: Callable[..., Coordinator]
+) -> Iterator[tuple[JlogService, Coordinator]]:
+    """Node n1 serving one log with the secret, registered as a member with its endpoint."""
+    service = JlogService(
+        node="n1", logs={"mainlog": tmp_path / "mainlog"}, managers=["m1"], secret=SECRET
+    ).start()
+    coordinator = coordinator_factory()
+    member = Membership(
+        coordinator=coordinator, info=NodeInfo(name="n1", endpoints={"jlog": service.endpoint})
+    ).start()
+    try:
+        yield service, coordinator
+    finally:
+        member.stop()
+        service.stop()
+
+
+def test_status_says_authentication_failed_not_unreachable(
+    node_in_zk: tuple[JlogService, Coordinator], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``logs status`` without the secret labels the node's refusal an authentication
+    failure; it called it "unreachable"."""
+    _, coordinator = node_in_zk
+    zk = ["--zk", coordinator.hosts, "--cluster", coordinator.cluster]
+    assert main(["logs", "status", *zk]) == 1
+    text = capsys.readouterr().out
+    assert "n1: authentication failed:" in text
+    assert "unreachable" not in text
+
+
+def test_hostile_member_znodes_do_not_crash_status(
+    node_in_zk: tuple[JlogService, Coordinator],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Attack: member znodes nested 5000 deep or oversized are skipped by ``logs status``
+    (it died of RecursionError); the real node is still reported."""
+    _, coordinator = node_in_zk
+    coordinator.znodes.create("members/deep", b"[" * 5000)
+    big = json.dumps({"name": "big", "endpoints": {"jlog": "127.0.0.1:1"}, "pad": "x" * 200_000})
+    coordinator.znodes.create("members/big", big.encode())
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    secret.chmod(0o600)
+    zk = ["--zk", coordinator.hosts, "--cluster", coordinator.cluster]
+    assert main(["logs", "status", *zk, "--secret-file", str(secret), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {r["node"] for r in data["subscribers"]} == {"n1"}
+    assert data["errors"] == {}
+
+
+def test_hostile_state_file_is_an_error_not_a_crash() -> None:
+    """A state file nested 5000 deep or oversized is a LogsError (never RecursionError)."""
+    with pytest.raises(LogsError, match="malformed"):
+        StreamState.from_json(b"[" * 5000)
+    with pytest.raises(LogsError, match="malformed"):
+        StreamState.from_json(b" " * 100_000 + b"{}")
+
+
+def test_second_manager_of_a_name_gets_manager_name_taken(
+    node_in_zk: tuple[JlogService, Coordinator],
+    coordinator_factory: Callable[..., Coordinator],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A second ``logs manager`` with a live manager's name fails with ManagerNameTaken's
+    message (it failed on the member name, "held by a live process")."""
+    coord = coordinator_factory()
+    members = Membership(coordinator=coord, info=NodeInfo(name="m1"))
+    agg = LogAggregator(
+        coordinator=coord, membership=members, name="m1", base=tmp_path / "a", secret=SECRET
+    ).start()
+    members.start()
+    try:
+        argv = ["logs", "manager", "--zk", coord.hosts, "--cluster", coord.cluster]
+        argv += ["--name", "m1", "--base", str(tmp_path / "b"), "--session-timeout", "0.5"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "manager name 'm1' is held by another live session" in err
+    finally:
+        agg.stop()
+        members.stop()
+
+
+_KILL_MID_WRITE = """
+import os, sys
+from mhafail.logs import _stream
+
+class _Os:
+    # The manager's own os: its first big output write stops halfway, as a SIGKILL would.
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    @staticmethod
+    def write(fd, data):
+        if len(data) > 1000:
+            os.write(fd, bytes(data[: len(data) // 2 + 7]))  # inside a record
+            os._exit(137)
+        return os.write(fd, data)
+
+_stream.os = _Os()
+from mhafail.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_manager_killed_mid_write_cuts_the_torn_tail_and_loses_nothing(
+    node_in_zk: tuple[JlogService, Coordinator], tmp_path: Path
+) -> None:
+    """A manager that dies inside the write of a batch (half of it in the file, no fsync,
+    no state) leaves a torn tail; the next manager cuts it and the output holds every
+    record exactly once, in order."""
+    service, coordinator = node_in_zk
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    secret.chmod(0o600)
+    base = tmp_path / "out"
+    args = ["logs", "manager", "--zk", coordinator.hosts, "--cluster", coordinator.cluster]
+    args += ["--name", "m1", "--base", str(base), "--secret-file", str(secret)]
+    args += ["--session-timeout", "0.5", "--heartbeat", "0.2", "--retry", "0.2"]
+    state_path = base / ".mhafail-state/n1/mainlog.json"
+    records = [f"record {i:04d} ".encode() + b"x" * 40 for i in range(110)]
+    jlog = Jlog.open(service.logs["mainlog"])
+
+    def output() -> bytes:
+        files = sorted(p for p in base.glob("*/*/*/mainlog/*/n1") if p.is_file())
+        return b"".join(f.read_bytes() for f in files)
+
+    log = (tmp_path / "first.out").open("wb")
+    first = spawn([sys.executable, "-c", _KILL_MID_WRITE, *args], stdout=log, stderr=log)
+    try:
+        with jlog.writer() as writer:
+            writer.write_many(records[:10])  # 10 small writes: under the 1000-byte trigger
+        _until(lambda: state_path.exists() and _records(state_path) == 10, "10 records saved")
+        with jlog.writer() as writer:
+            writer.write_many(records[10:])  # one big batch: the manager dies inside it
+        assert first.wait(15) == 137
+    finally:
+        reap(first)
+        log.close()
+    state = StreamState.from_json(state_path.read_bytes())
+    assert state.file is not None and (base / state.file).stat().st_size > state.offset
+    assert not output().endswith(b"\n")  # torn inside a record
+
+    log = (tmp_path / "second.out").open("wb")
+    second = spawn([sys.executable, "-m", "mhafail", *args], stdout=log, stderr=log)
+    try:
+        _until(lambda: _records(state_path) == 110, "all 110 records saved", 30)
+        assert read_records(output()) == records
+    finally:
+        reap(second)
+        log.close()
+
+
+def _records(state_path: Path) -> int:
+    return StreamState.from_json(state_path.read_bytes()).records
+
+
+def _until(predicate: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
