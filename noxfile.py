@@ -1,4 +1,4 @@
-"""Developer and CI sessions: tests, lint, mypy, docs, demo, bench.
+"""Developer and CI sessions: tests, lint, mypy, docs, demo, bench, soak.
 
 Every session installs the package itself (not editable), so tests run
 against what users get. ``nox -s tests`` is what CI runs.
@@ -71,3 +71,14 @@ def bench(session: nox.Session) -> None:
     for script in sorted(os.listdir("benchmarks")):
         if script.startswith("bench_") and script.endswith(".py"):
             session.run("python", f"benchmarks/{script}", *quick, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """Run the nemesis for a while (root, ZooKeeper): ``nox -s soak -- --minutes 10 --seed 1``.
+
+    Other options: ``--faults all`` (default: the kinds the CI round uses),
+    ``--json PATH``, ``--keep DIR`` (agent and ZooKeeper logs). Exits 1 on a finding.
+    """
+    session.install(".[test]")
+    session.run("python", "-m", "mhafail.testing.nemesis", *session.posargs)

@@ -149,6 +149,11 @@ def bench_count(distinct: list[int]) -> None:
     slash24 = format_address(probe >> 8 << 8, KeyFamily.IPV4) + "/24"
     slash16 = format_address(probe >> 16 << 16, KeyFamily.IPV4) + "/16"
     slash20 = format_address(probe >> 12 << 12, KeyFamily.IPV4) + "/20"
+    between = {
+        length: format_address(probe >> (32 - length) << (32 - length), KeyFamily.IPV4)
+        + f"/{length}"
+        for length in (9, 17, 25)
+    }
     from mhafail.audit import parse_prefix
 
     p24, p16 = parse_prefix(slash24), parse_prefix(slash16)
@@ -158,6 +163,7 @@ def bench_count(distinct: list[int]) -> None:
         ("/24 (Prefix)", p24),
         ("/16 (Prefix)", p16),
         ("/20 (str, between levels)", slash20),
+        *((f"/{length} (str, between levels)", text) for length, text in between.items()),
     ):
         us = per_call_us(lambda target=target: series.count(target), 20_000)
         print(
@@ -172,6 +178,8 @@ def bench_count(distinct: list[int]) -> None:
 
     us = per_call_us(add_then_count, 20_000)
     print(f"AuditSeries add+count /24 (the per-connection pattern) {us:.2f} us")
+
+    bench_count_every_length(distinct)
 
     baseline = DictPerPrefix()
     for key in distinct:
@@ -191,6 +199,30 @@ def bench_count(distinct: list[int]) -> None:
         calls = 2000 if label == "/24" else 50
         us = per_call_us(lambda cidr=cidr: radix_count(cidr), calls, repeats=3)
         print(f"py-radix count {label:29} {us:7.2f} us  (tree of {min(n, 300_000):,} addresses)")
+
+
+def bench_count_every_length(distinct: list[int]) -> None:
+    """Count latency for every prefix length /0../32 with all six windows populated."""
+    clock = ManualClock(T0)
+    series = AuditSeries("bench6", clock=clock)
+    per_window = min(len(distinct) // 6, 30_000)
+    for w in range(6):
+        if w:
+            clock.advance(300)
+        series.add_many(distinct[w * per_window : (w + 1) * per_window])
+    probe = distinct[12345 % per_window]
+    times = {}
+    for length in range(33):
+        value = probe >> (32 - length) << (32 - length) if length else 0
+        target = f"{format_address(value, KeyFamily.IPV4)}/{length}"
+        series.count(target)
+        times[length] = per_call_us(lambda target=target: series.count(target), 5_000)
+    worst = max(times, key=lambda length: times[length])
+    print(
+        f"AuditSeries.count, 6 populated windows of {per_window:,} addresses, every length "
+        f"/0../32: median {statistics.median(times.values()):.2f} us, "
+        f"worst /{worst} {times[worst]:.2f} us"
+    )
 
 
 def bench_query(days: int, per_file: int) -> None:
@@ -252,7 +284,9 @@ class ClusterNode:
             interval=interval,
             secret=b"bench-audit-shared-secret",
         ).start()
-        self.coordinator = Coordinator(hosts=zk, cluster="bench-audit", session_timeout=2).start()
+        self.coordinator = Coordinator(
+            hosts=zk, cluster="bench-audit", session_timeout=2, open_acl=True
+        ).start()
         info = NodeInfo(name=name, endpoints=self.audit.endpoints())
         self.membership = Membership(coordinator=self.coordinator, info=info).start()
         self.audit.follow(self.membership)
@@ -399,6 +433,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--cluster-only", action="store_true", help="only the cluster section")
+    parser.add_argument("--count-only", action="store_true", help="only the count latency section")
     args = parser.parse_args()
     if args.cluster_only:
         bench_cluster(args.quick)
@@ -406,6 +441,9 @@ def main() -> None:
     n_distinct = 200_000 if args.quick else 1_000_000
     rng = random.Random(0)
     distinct = rng.sample(range(BASE, BASE + (1 << 24)), n_distinct)
+    if args.count_only:
+        bench_count(distinct)
+        return
     n_events = 200_000 if args.quick else 1_000_000
     bench_add(n_events, distinct)  # nearly every event a new address: the worst case
     bench_add(n_events, distinct[:10_000])  # repeat visitors, as an MTA mostly sees

@@ -70,7 +70,9 @@ def run(nodes: int, commits: int, zk: ZooKeeperServer, workdir: Path) -> dict[st
             "--repo", REPO, "--session-timeout", "2",
         ]  # fmt: skip
         procs.append((spawn(argv, stdout=log, stderr=subprocess.STDOUT), log))
-    coordinator = Coordinator(hosts=zk.address, cluster=cluster, session_timeout=2.0).start()
+    coordinator = Coordinator(
+        hosts=zk.address, cluster=cluster, session_timeout=2.0, open_acl=True
+    ).start()
     try:
         deadline = time.monotonic() + 30
         while len(coordinator.znodes.children("members") or []) < nodes:

@@ -46,7 +46,9 @@ def bench_connect(zk: ZooKeeperServer, trials: int) -> None:
     times = []
     for _ in range(trials):
         t0 = time.monotonic()
-        c = Coordinator(hosts=zk.address, cluster="bench-connect", session_timeout=2).start()
+        c = Coordinator(
+            hosts=zk.address, cluster="bench-connect", session_timeout=2, open_acl=True
+        ).start()
         times.append(time.monotonic() - t0)
         c.stop()
     print(
@@ -83,7 +85,8 @@ class Watcher:
 def bench_propagation(zk: ZooKeeperServer, trials: int) -> None:
     cluster = f"bench-members-{os.getpid()}"
     coordinators = [
-        Coordinator(hosts=zk.address, cluster=cluster, session_timeout=2).start() for _ in range(5)
+        Coordinator(hosts=zk.address, cluster=cluster, session_timeout=2, open_acl=True).start()
+        for _ in range(5)
     ]
     watchers = [Watcher() for _ in range(4)]
     members = []

@@ -104,7 +104,9 @@ class Manager:
     def __init__(self, zk: str, cluster: str, base: Path) -> None:
         self.commits: list[Commit] = []
         self.lock = threading.Lock()
-        self.coordinator = Coordinator(hosts=zk, cluster=cluster, session_timeout=2).start()
+        self.coordinator = Coordinator(
+            hosts=zk, cluster=cluster, session_timeout=2, open_acl=True
+        ).start()
         self.membership = Membership(
             coordinator=self.coordinator, info=NodeInfo(name="bench-manager")
         ).start()

@@ -3,6 +3,10 @@
 Run it with ``bash scripts/bootstrap demo`` (or ``python examples/demo.py``
 once mhafail is installed). It needs nothing running: it starts its own
 ZooKeeper from Debian's package and stops everything it started.
+
+Everything runs with ZooKeeper credentials (docs/security.md): the
+observer is the operator and creates the cluster, the members run with the
+node identity (their $MHAFAIL_ZK_AUTH file).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import os
 import socket
 import sys
 import time
+
+from vip_demo import OPERATOR
 
 from mhafail.coordination import ClusterView, Coordinator, Membership, NodeInfo
 from mhafail.errors import MhafailError
@@ -33,7 +39,7 @@ def main() -> int:
             NodeProcess(zk=zk.address, cluster=CLUSTER, node=name, session_timeout=SESSION_TIMEOUT)
             for name in ("mta1", "mta2", "mta3")
         ]
-        with Coordinator(hosts=zk.address, cluster=CLUSTER) as coordinator:
+        with Coordinator(hosts=zk.address, cluster=CLUSTER, credentials=OPERATOR) as coordinator:
             observer = Membership(
                 coordinator=coordinator,
                 info=NodeInfo(

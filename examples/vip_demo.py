@@ -6,6 +6,10 @@ a client on the same bridge that connects to the VIP. Otherwise it runs on
 loopback with the fake plumber: the same agents and election, and the
 client asks ZooKeeper who owns the VIP and connects to that node's
 loopback address. Everything it starts is stopped when it ends.
+
+It runs with ZooKeeper credentials, as a deployment does: an operator
+identity creates the cluster and asks who owns the VIP, the agents run
+with the node identity ($MHAFAIL_ZK_AUTH), and nobody else may touch it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mhafail.coordination import Coordinator
+from mhafail.coordination import Coordinator, Credentials, Role, write_credentials_pair
 from mhafail.testing import NetnsLab, ZooKeeperServer, run_in_netns
 from mhafail.vip import show
 
@@ -33,6 +37,20 @@ BANNER = (
     "while True:\n"
     "    c,_=s.accept(); c.sendall(('220 '+sys.argv[1]+' ready\\r\\n').encode()); c.close()\n"
 )
+
+
+def operator_credentials() -> Credentials:
+    """Make an operator and a node credentials file; agents get the node's via the environment."""
+    if "MHAFAIL_ZK_AUTH" in os.environ and "MHAFAIL_DEMO_OPERATOR" in os.environ:
+        return Credentials.from_file(os.environ["MHAFAIL_DEMO_OPERATOR"])
+    files = write_credentials_pair(tempfile.mkdtemp(prefix="mha-demo-auth-"))
+    os.environ["MHAFAIL_ZK_AUTH"] = str(files[Role.NODE])
+    os.environ["MHAFAIL_DEMO_OPERATOR"] = str(files[Role.OPERATOR])
+    os.environ.pop("MHAFAIL_ZK_OPEN", None)
+    return Credentials.from_file(files[Role.OPERATOR])
+
+
+OPERATOR = operator_credentials()
 
 
 def say(text: str) -> None:
@@ -80,7 +98,7 @@ class Agents:
 
 
 def owner(zk: str) -> str | None:
-    with Coordinator(hosts=zk, cluster="vipdemo") as c:
+    with Coordinator(hosts=zk, cluster="vipdemo", credentials=OPERATOR) as c:
         rows = [s for s in show(c) if s.address == VIP]
     return rows[0].owner if rows else None
 
@@ -105,6 +123,7 @@ def in_namespaces() -> None:
                 lab[node].spawn([sys.executable, "-c", BANNER, node, "0.0.0.0", str(PORT)])  # noqa: S104 - inside the lab namespace
             prefixes = {n: ["ip", "netns", "exec", lab[n].netns] for n in nodes}
             agents = Agents(zk.address, prefixes, "netlink")
+            run_in_netns(lab.lan, owner, zk.address)  # the operator creates the cluster
             try:
                 for node in nodes:
                     agents.start(node)
@@ -136,6 +155,7 @@ def on_loopback() -> None:
         for node, addr in nodes.items():
             banners.append(subprocess.Popen([sys.executable, "-c", BANNER, node, addr, str(PORT)]))
         agents = Agents(zk.address, {n: [] for n in nodes}, f"fake:{record}")
+        owner(zk.address)  # the operator creates the cluster (as `mhafail init` does)
         try:
             for node in nodes:
                 agents.start(node)

@@ -9,11 +9,13 @@ GitPython exception ever reaches a caller: the adapters translate them.
 
     MhafailError
     ├── InvalidArgument (ValueError)        bad input: names, hosts strings, specs
+    │   └── MalformedData                   shared data (a znode) failed its schema or caps
     ├── CoordinationError                   ZooKeeper-related
     │   ├── CoordinationUnavailable         cannot reach ZooKeeper: the answer is unknown
     │   │   └── SessionLost                 the session is not live (expired or not yet new)
     │   ├── NodeNameTaken                   another live process holds this node name
     │   └── AccessDenied                    ZooKeeper ACLs refused the operation
+    │       └── UnsafeAcl                   a znode on the cluster's path has a foreign ACL
     ├── VipError                            VIP ownership (mhafail.vip)
     │   ├── InvalidVipSpec (ValueError)     a VIP declaration or topology map is refused
     │   └── PlumbingError                   the kernel refused an address or announcement
@@ -65,6 +67,13 @@ class InvalidArgument(MhafailError, ValueError):
     """An argument was refused; the message names the argument and the rule."""
 
 
+class MalformedData(InvalidArgument):
+    """Data another process wrote (a znode, a document) failed its schema or size caps.
+
+    Readers skip and log such an entry; it is never fatal to a component.
+    """
+
+
 # --- coordination -----------------------------------------------------------
 
 
@@ -90,6 +99,15 @@ class NodeNameTaken(CoordinationError):
 
 class AccessDenied(CoordinationError):
     """ZooKeeper's ACLs refused the operation (wrong or missing credentials)."""
+
+
+class UnsafeAcl(AccessDenied):
+    """A znode on the cluster's path carries an ACL outside the cluster's policy.
+
+    Raised at start instead of joining a cluster root that someone else
+    created (squatting) or that is open to everyone; the message names the
+    znode, the ACL found and the one expected.
+    """
 
 
 # --- vip --------------------------------------------------------------------

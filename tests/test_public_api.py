@@ -6,7 +6,13 @@ import pytest
 
 import mhafail
 
-PACKAGES = ["mhafail", "mhafail.coordination", "mhafail.testing", "mhafail.vip"]
+PACKAGES = [
+    "mhafail",
+    "mhafail.coordination",
+    "mhafail.testing",
+    "mhafail.testing.nemesis",
+    "mhafail.vip",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

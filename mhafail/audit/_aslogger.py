@@ -109,18 +109,23 @@ class ASLogger:
             The files written and the maintenance done.
 
         Raises:
-            AuditError: a snapshot could not be written. Series written
-                before the failure keep their files; the failed series'
-                counts are lost for this interval (logged), never doubled.
+            AuditError: some snapshot could not be written. Every other
+                series is still written and maintenance still runs; the
+                failed series' counts are lost for this interval (logged),
+                never doubled.
         """
         written = []
+        failed = []
         for series in self.selected():
             interval = series.take_interval()
             try:
                 written.append(str(self.store.write_interval(interval)))
-            except OSError as exc:
-                raise AuditError(f"cannot write snapshot of {series.name!r}: {exc}") from exc
+            except (OSError, AuditError) as exc:
+                log.error("cannot write snapshot of %r: %s", series.name, exc)
+                failed.append(f"{series.name!r}: {exc}")
         maintenance = self.store.maintain(self.clock.time(), grace_seconds=2 * self.log_interval)
+        if failed:
+            raise AuditError(f"cannot write snapshot of {'; '.join(failed)}")
         return LogReport(tuple(written), maintenance)
 
     def start(self) -> None:

@@ -39,7 +39,8 @@ __all__ = ["CountQuery", "ShowAvailable", "parse_query"]
 MAX_LIMIT = 1_000_000
 MAX_THRESHOLD = (1 << 63) - 1
 _TOKEN = re.compile(r'\s*(?:([(),])|("(?:[^"\\]|\\.)*")|([^\s(),"]+))')
-_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2}))?)?Z?")
+# re.ASCII: \d would otherwise take any Unicode digit (fullwidth "2024" parsed as 2024).
+_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2}))?)?Z?", re.ASCII)
 _MIN_YEAR = 1970
 
 

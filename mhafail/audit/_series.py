@@ -8,8 +8,9 @@ reads it, so a burst of adds costs one fold, not one per level per add.
 
 Memory: each live window holds at most ``max_keys`` entries per level (four
 levels for addresses); measured cost is 80 to 145 bytes per distinct IPv4
-address per window (docs/benchmarks.md). Past the cap, only the finest
-counts degrade, and :meth:`AuditSeries.stats` says so.
+address per window (docs/benchmarks.md). Past the cap, the counts of
+prefixes answered from a full level (and every longer one) become lower
+bounds; :meth:`AuditSeries.stats` says up to which length counts stay exact.
 
 Thread safety: every public method takes the series' lock, so ``add`` on an
 event loop, ``take_interval`` on an as_logger thread and ``merge`` on a
@@ -43,6 +44,13 @@ SERIES_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 _FOLD_AT = 1 << 16
 _CACHE_SIZE = 4096
 _SMALL_FOLD = 32
+# One add() may count at most this many; with it, a u64 snapshot count only
+# saturates after four billion maximal adds to one key in one interval.
+MAX_INCREMENT = (1 << 32) - 1
+# Snapshot files store a string key's UTF-8 bytes behind a 2-byte length.
+MAX_STRING_KEY_BYTES = 0xFFFF
+# A batch sums many adds, so it may carry up to what a snapshot count can hold.
+_MAX_COUNT = (1 << 64) - 1
 
 
 def _check_name(_inst: object, _attr: object, value: Any) -> None:
@@ -56,6 +64,21 @@ def _check_name(_inst: object, _attr: object, value: Any) -> None:
 def _check_positive(_inst: object, attr: attrs.Attribute[int], value: Any) -> None:
     if type(value) is not int or value < 1:
         raise AuditInvalidArgument(f"{attr.name} must be a positive integer, not {value!r}")
+
+
+def _check_string_key(key: str) -> None:
+    # A key that a snapshot file cannot hold would cost the whole interval
+    # of every key at the next as_logger write: refuse it at add() instead.
+    if key.isascii() and len(key) <= MAX_STRING_KEY_BYTES:
+        return
+    try:
+        size = len(key.encode())
+    except UnicodeEncodeError:
+        raise AuditInvalidArgument(f"string key {key[:40]!r} is not valid Unicode text") from None
+    if size > MAX_STRING_KEY_BYTES:
+        raise AuditInvalidArgument(
+            f"string key of {size} UTF-8 bytes is longer than {MAX_STRING_KEY_BYTES}"
+        )
 
 
 def _to_family(value: KeyFamily | str) -> KeyFamily:
@@ -100,8 +123,13 @@ class SeriesStats:
         current_start: epoch second window 0 started.
         keys: distinct exact keys per window, window 0 first.
         dropped: per window, increments whose exact key was not stored
-            because ``max_keys`` was reached (counts of long prefixes in
-            that window are lower bounds; totals stay exact).
+            because ``max_keys`` was reached (totals stay exact).
+        exact_up_to: per window, the longest prefix length whose counts
+            are still exact there: a level that drops entries makes every
+            prefix answered from it (longer than the kept level before
+            it, e.g. /9 to /16 once the /16 level is full) a lower bound.
+            The family's width (32, 128; 0 for strings) when nothing was
+            dropped.
         origins: remote origins whose batches are remembered.
     """
 
@@ -111,6 +139,7 @@ class SeriesStats:
     keys: tuple[int, ...]
     dropped: tuple[int, ...]
     origins: int
+    exact_up_to: tuple[int, ...] = ()
 
 
 @attrs.define
@@ -199,16 +228,17 @@ class AuditSeries:
         Args:
             key: an address as text or as an int (pre-parsed keys are two
                 to three times faster), or a string for ``string`` series.
-            n: how many times, at least 1.
+            n: how many times: an ``int`` (not a ``bool`` or ``float``)
+                from 1 to ``MAX_INCREMENT`` (2**32 - 1).
 
         Raises:
             AuditInvalidArgument: the key does not fit the series' family or
-                ``n`` is not a positive integer. Nothing is counted.
+                ``n`` is not an integer in range. Nothing is counted.
         """
         if type(key) is not int or key < 0 or key > self._max_value:
             key = self._coerce(key)
-        if n != 1 and (type(n) is not int or n < 1):
-            raise AuditInvalidArgument(f"n must be a positive integer, not {n!r}")
+        if type(n) is not int or n < 1 or n > MAX_INCREMENT:
+            raise AuditInvalidArgument(f"n must be an integer from 1 to {MAX_INCREMENT}, not {n!r}")
         with self._lock:
             if self._time() >= self._window_end:
                 self._roll_locked()
@@ -239,7 +269,12 @@ class AuditSeries:
         types = set(map(type, counts))
         delta: dict[Key, int]
         plain_ints = types == {int} and min(counts) >= 0 and max(counts) <= self._max_value  # type: ignore[operator]
-        plain_strs = types == {str} and self.family is KeyFamily.STRING
+        plain_strs = (
+            types == {str}
+            and self.family is KeyFamily.STRING
+            and all(map(str.isascii, counts))  # type: ignore[arg-type]
+            and max(map(len, counts)) <= MAX_STRING_KEY_BYTES  # type: ignore[arg-type]
+        )
         if plain_ints or plain_strs:
             delta = dict(counts)
         else:
@@ -262,6 +297,7 @@ class AuditSeries:
         family = self.family
         if family is KeyFamily.STRING:
             if isinstance(key, str):
+                _check_string_key(key)
                 return key
             raise AuditInvalidArgument(
                 f"series {self.name!r} counts strings, not {type(key).__name__}"
@@ -291,8 +327,9 @@ class AuditSeries:
                 (0 is the current window).
 
         Returns:
-            The sum. If :meth:`stats` reports ``dropped`` for a window, the
-            count of a long prefix there is a lower bound.
+            The sum. It is exact for prefixes no longer than
+            :attr:`SeriesStats.exact_up_to` of every window summed, and a
+            lower bound for longer ones (``max_keys`` was reached).
 
         Raises:
             AuditInvalidArgument: malformed target, wrong family, or window
@@ -566,14 +603,18 @@ class AuditSeries:
             if type(start) is not int or start % self.window_seconds:
                 raise AuditInvalidArgument(f"batch window start {start!r} is not a window boundary")
             for key, n in counts.items():
-                if type(n) is not int or n < 1:
-                    raise AuditInvalidArgument(f"batch increment {n!r} for {key!r} is not positive")
+                if type(n) is not int or n < 1 or n > _MAX_COUNT:
+                    raise AuditInvalidArgument(
+                        f"batch increment {n!r} for {key!r} is not an integer "
+                        f"from 1 to {_MAX_COUNT}"
+                    )
                 if type(key) is not int or not 0 <= key <= self._max_value:
                     self._coerce_exact(key)
 
     def _coerce_exact(self, key: object) -> None:
         # Batches carry parsed keys only: a str in an address batch is an error.
         if self.family is KeyFamily.STRING and isinstance(key, str):
+            _check_string_key(key)
             return
         raise AuditInvalidArgument(f"batch key {key!r} is not a {self.family.value} key")
 
@@ -586,10 +627,12 @@ class AuditSeries:
                 self._fold_pending_locked()
             keys = []
             dropped = []
+            exact = []
             for i in range(self.windows):
                 window = self._ring.get(self._current_start - i * self.window_seconds)
                 keys.append(len(window.levels[-1]) if window else 0)
                 dropped.append(max(window.dropped) if window else 0)
+                exact.append(self._exact_up_to(window))
             return SeriesStats(
                 name=self.name,
                 family=self.family,
@@ -597,4 +640,12 @@ class AuditSeries:
                 keys=tuple(keys),
                 dropped=tuple(dropped),
                 origins=len(self._origins),
+                exact_up_to=tuple(exact),
             )
+
+    def _exact_up_to(self, window: Window | None) -> int:
+        if window is not None:
+            for i, lost in enumerate(window.dropped):
+                if lost:
+                    return self._lengths[i - 1] if i else 0
+        return self.family.width

@@ -19,7 +19,8 @@ Format version 1 (all integers big-endian)::
     12+H    ...   keys, sorted ascending:
                     ipv4: N x 4 bytes; ipv6: N x 16 bytes;
                     string: N x (2-byte length + UTF-8 bytes), sorted by bytes
-    ...     N*8   counts, unsigned 64-bit, in key order
+    ...     N*8   counts, unsigned 64-bit, in key order (a writer saturates
+                  a larger count at 2**64 - 1 and adds the excess to dropped)
     end-4   4     CRC-32 (zlib) of every byte before it
 
 Keys sorted in a fixed-width column let a reader binary-search the range of
@@ -31,12 +32,16 @@ fsync it and rename it into place, so a reader never sees half a snapshot.
 
 from __future__ import annotations
 
+import array
 import bisect
+import itertools
 import json
+import operator
 import os
 import struct
+import sys
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +56,7 @@ FORMAT_VERSION = 1
 MAGIC = b"MHAUDIT\n"
 _FORMAT_NAME = "mhafail-audit-snapshot"
 _RESOLUTIONS = ("raw", "hour", "day")
+MAX_COUNT = (1 << 64) - 1
 _KEY_BYTES = {KeyFamily.IPV4: 4, KeyFamily.IPV6: 16}
 
 
@@ -180,6 +186,12 @@ def encode_snapshot(header: SnapshotHeader, counts: Mapping[Any, int]) -> bytes:
     # Strings sort by their UTF-8 bytes so readers can bisect the encoded column.
     keys = sorted(counts, key=str.encode) if header.family is KeyFamily.STRING else sorted(counts)
     values = [counts[k] for k in keys]
+    dropped = header.dropped
+    if values and max(values) > MAX_COUNT:
+        # Saturate rather than fail: one runaway key must not cost the
+        # interval of every other key. The excess is reported as dropped.
+        dropped += sum(v - MAX_COUNT for v in values if v > MAX_COUNT)
+        values = [min(v, MAX_COUNT) for v in values]
     meta = {
         "format": _FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -190,7 +202,7 @@ def encode_snapshot(header: SnapshotHeader, counts: Mapping[Any, int]) -> bytes:
         "end": header.end,
         "entries": len(keys),
         "total": sum(values),
-        "dropped": header.dropped,
+        "dropped": dropped,
         "sources": header.sources,
     }
     head = json.dumps(meta, sort_keys=True).encode()
@@ -267,7 +279,7 @@ def decode_snapshot(data: bytes, name: str = "<bytes>") -> Snapshot:
             dropped=int(meta["dropped"]),
             sources=int(meta["sources"]),
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         if isinstance(exc, SnapshotCorrupt):
             raise
         raise SnapshotCorrupt(f"{name}: unreadable header ({exc!r})") from None
@@ -276,6 +288,8 @@ def decode_snapshot(data: bytes, name: str = "<bytes>") -> Snapshot:
     body_start = 12 + head_len
     counts_len = header.entries * 8
     counts_start = len(data) - 4 - counts_len
+    if header.entries < 0 or counts_start < body_start:
+        raise SnapshotCorrupt(f"{name}: size does not match {header.entries} entries")
     keys: bytes | tuple[str, ...]
     if header.family is KeyFamily.STRING:
         keys = _decode_strings(data, body_start, counts_start, header.entries, name)
@@ -284,7 +298,25 @@ def decode_snapshot(data: bytes, name: str = "<bytes>") -> Snapshot:
         if counts_start - body_start != header.entries * width:
             raise SnapshotCorrupt(f"{name}: size does not match {header.entries} entries")
         keys = data[body_start:counts_start]
-    return Snapshot(header, keys, data[counts_start:-4])
+        _check_sorted(keys, width, name)
+    counts = data[counts_start:-4]
+    if sum(struct.unpack(f">{header.entries}Q", counts)) != header.total:
+        raise SnapshotCorrupt(f"{name}: counts do not add up to the header's total")
+    return Snapshot(header, keys, counts)
+
+
+def _check_sorted(keys: bytes, width: int, name: str) -> None:
+    # Readers binary-search the key column: a file with a valid CRC but keys
+    # out of order (crafted, or a buggy writer) would give wrong counts.
+    if width == 4:
+        column: Sequence[Any] = array.array("I", keys)
+        if sys.byteorder == "little":
+            column.byteswap()  # type: ignore[attr-defined]
+    else:
+        view = memoryview(keys)
+        column = [view[i : i + width].tobytes() for i in range(0, len(keys), width)]
+    if not all(map(operator.lt, column, itertools.islice(column, 1, None))):
+        raise SnapshotCorrupt(f"{name}: keys are not in strictly ascending order")
 
 
 def _decode_strings(data: bytes, pos: int, end: int, entries: int, name: str) -> tuple[str, ...]:
@@ -298,6 +330,9 @@ def _decode_strings(data: bytes, pos: int, end: int, entries: int, name: str) ->
         raise SnapshotCorrupt(f"{name}: a string key is not UTF-8") from None
     if pos != end:
         raise SnapshotCorrupt(f"{name}: size does not match {entries} entries")
+    encoded = [key.encode() for key in keys]
+    if not all(map(operator.lt, encoded, itertools.islice(encoded, 1, None))):
+        raise SnapshotCorrupt(f"{name}: keys are not in strictly ascending order")
     return tuple(keys)
 
 

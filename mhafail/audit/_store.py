@@ -6,6 +6,7 @@ counts it holds)::
     <root>/<series>.<ts>          raw: one as_logger interval
     <root>/hourly/<series>.<ts>   the sum of the raw files starting in that hour
     <root>/daily/<series>.<ts>    the sum of the hourly files of that UTC day
+    <root>/quarantine/<res>/...   damaged files moved aside by maintenance
 
 A roll-up is written only once its period is over (plus a grace period for
 the last interval's write), and a raw file written late into a period that
@@ -106,11 +107,14 @@ class CondenseReport:
         hourly: roll-ups written for hours.
         daily: roll-ups written for days.
         expired: files deleted by retention.
+        quarantined: damaged files moved to ``<root>/quarantine/`` (their
+            counts are missing from the roll-ups written since).
     """
 
     hourly: tuple[Path, ...] = ()
     daily: tuple[Path, ...] = ()
     expired: tuple[Path, ...] = ()
+    quarantined: tuple[Path, ...] = ()
 
 
 @attrs.define(kw_only=True)
@@ -243,8 +247,15 @@ class SnapshotStore:
         return path
 
     def _add_to(self, path: Path, header: SnapshotHeader, counts: Mapping[Any, int]) -> None:
+        old = None
         if path.exists():
-            old = read_snapshot(path)
+            try:
+                old = read_snapshot(path)
+            except SnapshotCorrupt as exc:
+                # Refusing to write would lose this interval too; the damaged
+                # file's counts are lost either way.
+                self._quarantine(path, exc)
+        if old is not None:
             merged = old.items()
             for key, n in counts.items():
                 merged[key] = merged.get(key, 0) + n
@@ -273,12 +284,33 @@ class SnapshotStore:
         Returns:
             What was written and deleted.
         """
-        hourly = self._condense("raw", "hour", now - grace_seconds)
-        daily = self._condense("hour", "day", now - grace_seconds)
+        quarantined: list[Path] = []
+        hourly = self._condense("raw", "hour", now - grace_seconds, quarantined)
+        daily = self._condense("hour", "day", now - grace_seconds, quarantined)
         expired = self._expire(now)
-        return CondenseReport(tuple(hourly), tuple(daily), tuple(expired))
+        return CondenseReport(tuple(hourly), tuple(daily), tuple(expired), tuple(quarantined))
 
-    def _condense(self, source: str, target: str, complete_before: float) -> list[Path]:
+    def _quarantine(self, path: Path, reason: Exception) -> Path:
+        """Move a damaged file to ``quarantine/<resolution dir>/`` and log it."""
+        rel = path.relative_to(self.root)
+        target = self.root / "quarantine" / (rel.parent if rel.parent.parts else Path("raw"))
+        target.mkdir(parents=True, exist_ok=True)
+        dest = target / path.name
+        os.replace(path, dest)
+        log.error("snapshot %s is damaged (%s); moved it to %s", path, reason, dest)
+        return dest
+
+    def read_or_quarantine(self, ref: SnapshotRef, quarantined: list[Path]) -> Snapshot | None:
+        """Read a file for maintenance; a damaged one is moved aside and ``None`` returned."""
+        try:
+            return self.read(ref)
+        except SnapshotCorrupt as exc:
+            quarantined.append(self._quarantine(ref.path, exc))
+            return None
+
+    def _condense(
+        self, source: str, target: str, complete_before: float, quarantined: list[Path]
+    ) -> list[Path]:
         span = _SPANS[target]
         done = {(ref.series, ref.start) for ref in self.refs(target)}
         groups: dict[tuple[str, int], list[SnapshotRef]] = defaultdict(list)
@@ -288,7 +320,10 @@ class SnapshotStore:
                 groups[ref.series, period].append(ref)
         written = []
         for (series, period), refs in sorted(groups.items()):
-            snaps = [self.read(ref) for ref in refs]
+            read = [self.read_or_quarantine(ref, quarantined) for ref in refs]
+            snaps = [snap for snap in read if snap is not None]
+            if not snaps:
+                continue
             total = sum_counts(snaps)
             first = snaps[0].header
             header = SnapshotHeader(
@@ -368,15 +403,20 @@ class SnapshotStore:
         return chosen
 
     def available(self) -> list[dict[str, Any]]:
-        """Summarise every series: family, file counts, first and last snapshot."""
+        """Summarise every series: family, file counts, first and last snapshot.
+
+        The family comes from the newest file that verifies (raw files first:
+        they are the smallest): a damaged file costs nothing here; queries that
+        need it still raise :class:`SnapshotCorrupt`. A series none of whose
+        files verify is listed with family ``"unknown"``.
+        """
         out = []
         for name, per_res in sorted(self.index().items()):
             every = [ref for refs in per_res.values() for ref in refs]
-            sample = self.read(every[0])
             out.append(
                 {
                     "series": name,
-                    "family": sample.header.family.value,
+                    "family": self._family_of(per_res),
                     "raw": len(per_res["raw"]),
                     "hourly": len(per_res["hour"]),
                     "daily": len(per_res["day"]),
@@ -385,6 +425,15 @@ class SnapshotStore:
                 }
             )
         return out
+
+    def _family_of(self, per_res: Mapping[str, list[SnapshotRef]]) -> str:
+        for resolution in ("raw", "hour", "day"):
+            for ref in reversed(per_res[resolution]):
+                try:
+                    return self.read(ref).header.family.value
+                except AuditError as exc:
+                    log.warning("skipping damaged snapshot %s: %s", ref.path, exc)
+        return "unknown"
 
 
 def sum_counts(snaps: Iterable[Snapshot]) -> dict[Any, int]:

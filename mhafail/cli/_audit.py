@@ -12,6 +12,8 @@ line on stdout (every line carries ``event`` and ``t``, a
 ``time.monotonic()`` reading; ``line`` is the command's line number)::
 
     add SERIES KEY [N]        count KEY N times (default 1)       -> "added"
+                              (words split like a shell's: quote a key
+                              with spaces, 'add who "a b" 2')
     count SERIES TARGET [K]   sum over all windows (or K newest)  -> "count" with "count"
     flush [TIMEOUT]           send now, wait for every receiver   -> "flushed" with "ok"
     stats                     ClusterAudit.stats()                -> "stats"
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import socket
 import sys
 import threading
@@ -36,8 +39,8 @@ from typing import Any
 
 import attrs
 
-from mhafail.cli._members import add_zk_flags
 from mhafail.cli._signals import STOP_ZK_TIMEOUT, stop_on_signals
+from mhafail.cli._zkargs import add_zk_flags, zk_security
 from mhafail.errors import AuditInvalidArgument, MhafailError
 
 
@@ -169,6 +172,7 @@ def _node(args: argparse.Namespace) -> int:
             cluster=args.cluster,
             session_timeout=args.session_timeout,
             connect_timeout=args.connect_timeout,
+            **zk_security(args),
         ).start()
         info = NodeInfo(
             name=args.node,
@@ -178,7 +182,9 @@ def _node(args: argparse.Namespace) -> int:
             host=socket.gethostname(),
             pid=os.getpid(),
         )
-        membership = Membership(coordinator=coordinator, info=info).start()
+        membership = Membership(
+            coordinator=coordinator, info=info, stop_timeout=STOP_ZK_TIMEOUT
+        ).start()
         audit.follow(membership)
         if logger is not None:
             logger.start()
@@ -200,7 +206,7 @@ def _node(args: argparse.Namespace) -> int:
             logger.stop()
         # Leave the view first, so that senders stop pushing here before we close.
         if membership is not None:
-            membership.stop(STOP_ZK_TIMEOUT)
+            membership.stop()
         audit.stop()
         if coordinator is not None:
             coordinator.stop()
@@ -210,10 +216,11 @@ def _node(args: argparse.Namespace) -> int:
 
 def _read_commands(audit: Any, by_name: dict[str, Any]) -> None:
     for number, raw in enumerate(sys.stdin, start=1):
-        words = raw.split()
-        if not words:
-            continue
         try:
+            # Shell-style words: a string key with spaces is quoted ("a b" or 'a b').
+            words = shlex.split(raw)
+            if not words:
+                continue
             _command(audit, by_name, words, number)
         except (MhafailError, ValueError) as exc:
             _emit("error", line=number, error=str(exc))

@@ -3,7 +3,8 @@
 * ``mhafail cidr --dir D show count for 198.18.0.0/15 in conn``: one query.
 * ``mhafail cidr --dir D``: an interactive ``cidr>`` shell (also reads
   queries piped on stdin, one per line).
-* ``mhafail cidr --dir D --serve [--host H] [--port P]``: the HTTP server.
+* ``mhafail cidr --dir D --serve [--host H] [--port P] [--idle-timeout S]
+  [--max-connections N]``: the HTTP server.
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ def register(subparsers: Any) -> None:
         "--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)"
     )
     parser.add_argument("--port", type=int, default=9000, help="port to serve on (default 9000)")
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=10.0,
+        help="seconds an idle HTTP connection stays open (default 10)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=64,
+        help="open HTTP connections at most; idle ones are closed first (default 64)",
+    )
     add_json_flag(parser)
     parser.add_argument(
         "query", nargs="*", help="a query, e.g. show count for 198.18.0.0/15 in conn"
@@ -54,7 +67,13 @@ def _cidr(args: argparse.Namespace) -> int:
         from mhafail.cli._signals import stop_on_signals
 
         stop = stop_on_signals()
-        server = CidrServer(engine=engine, host=args.host, port=args.port)
+        server = CidrServer(
+            engine=engine,
+            host=args.host,
+            port=args.port,
+            idle_timeout=args.idle_timeout,
+            max_connections=args.max_connections,
+        )
         server.start()
         try:
             print(f"serving CIDR queries on {server.url}", file=sys.stderr, flush=True)

@@ -23,6 +23,7 @@ import attrs
 
 from mhafail.cli._output import add_json_flag, emit
 from mhafail.cli._signals import stop_on_signals
+from mhafail.cli._zkargs import add_zk_security_flags, zk_security
 
 #: Seconds ``config agent`` waits for its node to stop before closing the session.
 _STOP_NODE = 2.5
@@ -42,6 +43,7 @@ def register(subparsers: Any) -> None:
         parser.add_argument("--node", default=socket.gethostname(), help="this node's name")
         parser.add_argument("--zk", required=zk, metavar="HOSTS", help="ZooKeeper host:port[,...]")
         parser.add_argument("--cluster", required=zk, help="cluster name")
+        add_zk_security_flags(parser)
         parser.add_argument("--connect-timeout", type=float, default=10.0)
         add_json_flag(parser)
         parser.set_defaults(func=func)
@@ -87,7 +89,10 @@ def _repository(args: argparse.Namespace, *, zk: bool) -> Iterator[Any]:
         yield ConfigRepository(name=args.repo, base=args.dir, node=args.node)
         return
     with Coordinator(
-        hosts=args.zk, cluster=args.cluster, connect_timeout=args.connect_timeout
+        hosts=args.zk,
+        cluster=args.cluster,
+        connect_timeout=args.connect_timeout,
+        **zk_security(args),
     ) as coordinator:
         yield ConfigRepository(
             name=args.repo, base=args.dir, node=args.node, coordinator=coordinator
@@ -259,6 +264,7 @@ def _agent(args: argparse.Namespace) -> int:
         cluster=args.cluster,
         session_timeout=args.session_timeout,
         connect_timeout=args.connect_timeout,
+        **zk_security(args),
     ).start()
     try:
         node = ConfigNode(

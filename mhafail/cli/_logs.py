@@ -24,13 +24,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mhafail.cli._members import add_zk_flags
 from mhafail.cli._output import add_json_flag, emit
 from mhafail.cli._signals import STOP_ZK_TIMEOUT, stop_on_signals
+from mhafail.cli._zkargs import add_zk_flags, add_zk_security_flags, zk_security
 from mhafail.errors import LogsInvalidArgument
 
 #: Largest member znode read by ``logs status`` and ``logs tail`` (bytes).
 MAX_MEMBER_INFO = 64 * 1024
+#: Longest ``Coordinator.stop`` waits for ZooKeeper to acknowledge the close (seconds).
+STOP_CLOSE = 1.5
 #: Seconds the node service has to end its sessions when stopping.
 STOP_SERVICE = 1.5
 
@@ -133,6 +135,7 @@ def _register_manager(actions: Any) -> None:
         choices=["escaped", "length", "lines"],
         help="record layout in the files: escaped (default), length, or lines (ambiguous)",
     )
+    add_zk_security_flags(p)
     p.set_defaults(func=_manager)
 
 
@@ -191,16 +194,23 @@ def _parse_logs(items: list[str]) -> dict[str, Path]:
 
 
 @contextmanager
-def _coordinator(zk: str, cluster: str, timeout: float, connect: float) -> Iterator[Any]:
+def _coordinator(
+    zk: str, cluster: str, timeout: float, connect: float, *, security: dict[str, Any]
+) -> Iterator[Any]:
     from mhafail.coordination import Coordinator
 
     coordinator = Coordinator(
-        hosts=zk, cluster=cluster, session_timeout=timeout, connect_timeout=connect
+        hosts=zk,
+        cluster=cluster,
+        session_timeout=timeout,
+        connect_timeout=connect,
+        close_timeout=STOP_CLOSE,
+        **security,
     ).start()
     try:
         yield coordinator
     finally:
-        coordinator.stop()  # bounded: closes on a helper thread (issue 19)
+        coordinator.stop()  # bounded by close_timeout (issue 19)
 
 
 def _membership(coordinator: Any, name: str, **info: Any) -> Any:
@@ -209,7 +219,7 @@ def _membership(coordinator: Any, name: str, **info: Any) -> Any:
     node_info = NodeInfo(
         name=name, started_at=time.time(), host=socket.gethostname(), pid=os.getpid(), **info
     )
-    return Membership(coordinator=coordinator, info=node_info)
+    return Membership(coordinator=coordinator, info=node_info, stop_timeout=STOP_ZK_TIMEOUT)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -234,7 +244,11 @@ def _serve(args: argparse.Namespace) -> int:
         endpoint = args.advertise or service.endpoint
         split_endpoint(endpoint)
         with _coordinator(
-            args.zk, args.cluster, args.session_timeout, args.connect_timeout
+            args.zk,
+            args.cluster,
+            args.session_timeout,
+            args.connect_timeout,
+            security=zk_security(args),
         ) as coordinator:
             info = {"addresses": [host], "roles": ["mta"], "endpoints": {"jlog": endpoint}}
             membership = _membership(coordinator, args.node, **info).start()
@@ -244,7 +258,7 @@ def _serve(args: argparse.Namespace) -> int:
                 )
                 stop.wait()
             finally:
-                membership.stop(STOP_ZK_TIMEOUT)
+                membership.stop()
     finally:
         service.stop(STOP_SERVICE)
     return 0
@@ -295,7 +309,11 @@ def _manager(args: argparse.Namespace) -> int:
     s = manager_settings(args)
     stop = stop_on_signals()
     with _coordinator(
-        s["zk"], s["cluster"], s["session_timeout"], args.connect_timeout
+        s["zk"],
+        s["cluster"],
+        s["session_timeout"],
+        args.connect_timeout,
+        security=zk_security(args),
     ) as coordinator:
         membership = _membership(coordinator, s["member_name"] or s["name"], roles=["logs-manager"])
         aggregator = LogAggregator(
@@ -327,7 +345,7 @@ def _manager(args: argparse.Namespace) -> int:
                 _ready(manager=s["name"], base=s["base"], pid=os.getpid())
                 stop.wait()
             finally:
-                membership.stop(STOP_ZK_TIMEOUT)
+                membership.stop()
         finally:
             aggregator.stop()
     return 0
@@ -360,7 +378,10 @@ def _status(args: argparse.Namespace) -> int:
 
     secret = _secret(args.secret_file)
     with Coordinator(
-        hosts=args.zk, cluster=args.cluster, connect_timeout=args.connect_timeout
+        hosts=args.zk,
+        cluster=args.cluster,
+        connect_timeout=args.connect_timeout,
+        **zk_security(args),
     ) as coordinator:
         endpoints = _endpoints(coordinator)
         managers = coordinator.znodes.children("managers") or []
@@ -413,7 +434,10 @@ def _tail(args: argparse.Namespace) -> int:
     from mhafail.logs._protocol import FrameType, Reassembly, decode_records, encode_frame
 
     with Coordinator(
-        hosts=args.zk, cluster=args.cluster, connect_timeout=args.connect_timeout
+        hosts=args.zk,
+        cluster=args.cluster,
+        connect_timeout=args.connect_timeout,
+        **zk_security(args),
     ) as coordinator:
         endpoint = _endpoints(coordinator).get(args.node)
     if endpoint is None:

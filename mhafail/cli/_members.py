@@ -10,14 +10,9 @@ import attrs
 
 from mhafail.cli._output import add_json_flag, emit
 
-
-def add_zk_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags every command that talks to ZooKeeper takes."""
-    parser.add_argument("--zk", required=True, metavar="HOSTS", help="ZooKeeper host:port[,...]")
-    parser.add_argument("--cluster", required=True, help="cluster name")
-    parser.add_argument(
-        "--connect-timeout", type=float, default=10.0, help="seconds to wait for ZooKeeper"
-    )
+# Re-exported: other command modules import it from here.
+from mhafail.cli._zkargs import add_zk_flags as add_zk_flags  # noqa: PLC0414
+from mhafail.cli._zkargs import zk_security
 
 
 def register(subparsers: Any) -> None:
@@ -33,7 +28,10 @@ def _members(args: argparse.Namespace) -> int:
     from mhafail.errors import InvalidArgument
 
     with Coordinator(
-        hosts=args.zk, cluster=args.cluster, connect_timeout=args.connect_timeout
+        hosts=args.zk,
+        cluster=args.cluster,
+        connect_timeout=args.connect_timeout,
+        **zk_security(args),
     ) as coordinator:
         names = coordinator.znodes.children("members") or []
         members = []

@@ -15,8 +15,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from mhafail.cli._members import add_zk_flags
 from mhafail.cli._output import add_json_flag, emit
+from mhafail.cli._zkargs import add_zk_flags, add_zk_security_flags, zk_security
 from mhafail.errors import InvalidArgument
 
 
@@ -69,14 +69,25 @@ def register(subparsers: Any) -> None:
         "--plumber", default=None, help="netlink (default) or fake:PATH (tests, demos)"
     )
     agent.add_argument("--no-fence", action="store_true", help="run without the fence process")
+    agent.add_argument(
+        "--no-kernel-lifetimes",
+        action="store_true",
+        help="plumb without kernel address lifetimes (tests of the fence alone)",
+    )
     agent.add_argument("--events", action="store_true", help="print JSON events on stdout")
+    add_zk_security_flags(agent)
     agent.set_defaults(func=_agent)
 
 
 def _coordinator(args: argparse.Namespace) -> Any:
     from mhafail.coordination import Coordinator
 
-    return Coordinator(hosts=args.zk, cluster=args.cluster, connect_timeout=args.connect_timeout)
+    return Coordinator(
+        hosts=args.zk,
+        cluster=args.cluster,
+        connect_timeout=args.connect_timeout,
+        **zk_security(args),
+    )
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -141,14 +152,19 @@ def _undrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_config(path: Path | None) -> dict[str, Any]:
+    """The agent's TOML config file, or {} without one."""
+    if path is None:
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidArgument(f"--config {path}: {exc}") from exc
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """Merge the TOML config (if any) with the flags; flags win."""
-    cfg: dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            cfg = tomllib.loads(args.config.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise InvalidArgument(f"--config {args.config}: {exc}") from exc
+    cfg = _load_config(args.config)
     known = {
         "zk",
         "cluster",
@@ -160,6 +176,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "claim_step",
         "plumber",
         "fence",
+        "kernel_lifetimes",
     }
     unknown = set(cfg) - known
     if unknown:
@@ -178,8 +195,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             raise InvalidArgument(f"--topology {entry!r}: expected CIDR=IFACE")
         topology[cidr] = iface
     merged["topology"] = topology
-    if args.no_fence:
-        merged["fence"] = False
+    for flag, key in (("no_fence", "fence"), ("no_kernel_lifetimes", "kernel_lifetimes")):
+        if getattr(args, flag):
+            merged[key] = False
     for required in ("zk", "cluster", "node"):
         if not merged.get(required):
             raise InvalidArgument(f"agent needs --{required} (or '{required}' in --config)")
@@ -242,7 +260,10 @@ def _agent(args: argparse.Namespace) -> int:
             sys.stdout.flush()
 
     coordinator = Coordinator(
-        hosts=s["zk"], cluster=s["cluster"], session_timeout=float(s.get("session_timeout", 3.0))
+        hosts=s["zk"],
+        cluster=s["cluster"],
+        session_timeout=float(s.get("session_timeout", 3.0)),
+        **zk_security(args),
     ).start()
     info = NodeInfo(
         name=s["node"],
@@ -277,6 +298,7 @@ def _agent(args: argparse.Namespace) -> int:
         claim_step=float(s.get("claim_step", 0.25)),
         fence=fence,
         validate_host=plumber_spec == "netlink",
+        kernel_lifetimes=bool(s.get("kernel_lifetimes", True)),
     )
     manager.on_acquire(lambda v: event("acquire", address=v.key))
     manager.on_release(lambda v: event("release", address=v.key))

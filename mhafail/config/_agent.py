@@ -85,6 +85,7 @@ class ConfigAgent:
     _reported: bytes = attrs.field(init=False, default=b"")
     _rejected: dict[str, str] = attrs.field(init=False, factory=dict)
     _applies: int = attrs.field(init=False, default=0)
+    _last_error: str = attrs.field(init=False, default="")
 
     def add_reload_hook(self, hook: ReloadHook) -> None:
         """Call ``hook(view)`` on the agent's thread after each new version goes live.
@@ -174,17 +175,46 @@ class ConfigAgent:
         The agent's loop calls this; tests and tools may call it directly
         on an agent that was not started.
 
+        A local failure to apply (git, the disk) is not raised: the pass
+        reports ``pending`` with ``error`` saying what failed, keeps the
+        live version, and the next pass retries.
+
         Raises:
             CoordinationUnavailable: ZooKeeper could not be asked (the loop
                 retries; the live version is untouched).
-            RepositoryError: git failed locally.
         """
         if self.debounce > 0:
             time.sleep(self.debounce)
         repo = self.repository
-        head = repo.head()
         mode = repo.mode_override() or self.mode
-        return self._finish(self._decide(head, mode), mode)
+        try:
+            head = repo.head()
+        except InvalidChange as exc:
+            # Shared data anyone with ZooKeeper access could have written:
+            # refuse it, keep the live version, say why.
+            logger.warning("%s: refusing the head: %s", repo.name, exc)
+            live = repo.checkouts.current()
+            outcome = ApplyOutcome(state=ApplyState.REJECTED, sha=live, target=None, error=str(exc))
+            return self._finish(outcome, mode)
+        try:
+            outcome = self._decide(head, mode)
+        except (ConfigError, OSError) as exc:
+            # A node that cannot apply says so in its report (it used to
+            # keep reporting "applied" while failing every pass).
+            error = f"cannot apply {head.sha[:12] if head else 'the head'}: {exc}"
+            if error != self._last_error:
+                logger.warning("%s: %s", repo.name, error, exc_info=True)
+            self._last_error = error
+            live = repo.checkouts.current()
+            outcome = ApplyOutcome(
+                state=ApplyState.PENDING,
+                sha=live,
+                target=head.sha if head else None,
+                error=error,
+            )
+        else:
+            self._last_error = ""
+        return self._finish(outcome, mode)
 
     def _decide(self, head: Head | None, mode: UpdateMode) -> ApplyOutcome:
         repo = self.repository
@@ -195,6 +225,7 @@ class ConfigAgent:
         if head is None or target is None:
             return ApplyOutcome(state=ApplyState.PENDING, sha=live, target=None)
         if live == target:
+            self._serve(head)
             self._follow_worktree(target, mode)
             return ApplyOutcome(state=ApplyState.APPLIED, sha=live, target=target)
         error = self._rejected.get(target)
@@ -212,6 +243,11 @@ class ConfigAgent:
             repo.ensure_commit(head.sha, origin=head.origin, peers=self._peers())
         except FetchFailed as exc:
             return ApplyState.PENDING, str(exc)
+        except InvalidChange as exc:
+            # Unsafe (a '..' name, a link, a huge file...): never applied.
+            # Not memoised: a clean copy of the same sha may still arrive.
+            logger.warning("%s: refusing %s: %s", repo.name, head.sha[:12], exc)
+            return ApplyState.REJECTED, f"unsafe commit: {exc}"
         conflicts = repo.store.conflicts(head.sha) if mode is UpdateMode.IF_UNCHANGED else []
         if conflicts:
             return ApplyState.HELD, f"uncommitted edits in {repo.worktree}: " + ", ".join(
@@ -246,15 +282,32 @@ class ConfigAgent:
             state=ApplyState.APPLIED, sha=target, target=target, changed=True, error=hook_error
         )
 
+    def _serve(self, head: Head) -> None:
+        """Make sure the live head is in the export repository (free after the first pass).
+
+        A repository made by an older version has an empty export
+        repository while its live version is the head: without this, no
+        peer could fetch the head from this node.
+        """
+        try:
+            self.repository.ensure_commit(head.sha, origin=head.origin, peers=[])
+        except (ConfigError, OSError) as exc:
+            logger.warning("%s: not serving %s: %s", self.repository.name, head.sha[:12], exc)
+
     def _peers(self) -> list[tuple[str, str]] | None:
         if self.membership is None:
             return None
         repo = self.repository
-        return [
-            (info.name, repo_url(info.endpoints[ENDPOINT], repo.name))
-            for info in self.membership.view
-            if info.name != repo.node and info.endpoints.get(ENDPOINT)
-        ]
+        peers = []
+        for info in self.membership.view:
+            endpoint = info.endpoints.get(ENDPOINT)
+            if info.name == repo.node or not endpoint:
+                continue
+            try:
+                peers.append((info.name, repo_url(endpoint, repo.name)))
+            except InvalidChange as exc:
+                logger.warning("%s: ignoring member %s: %s", repo.name, info.name, exc)
+        return peers
 
     def _follow_worktree(self, target: str, mode: UpdateMode) -> None:
         store = self.repository.store

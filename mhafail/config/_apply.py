@@ -79,6 +79,10 @@ class Checkouts:
     def prepare(self, store: GitStore, sha: str, base: str | None = None) -> Path:
         """Check out ``sha`` into a fresh temporary directory and return it.
 
+        Only for commits whose whole tree was checked
+        (:meth:`ConfigRepository.ensure_commit`); the writes are confined
+        to the new directory all the same (no ``..``, no link followed).
+
         With ``base`` (an installed version), unchanged files are hard links
         to ``versions/<base>`` and only the files that differ are written:
         much faster for large trees, and safe because version directories

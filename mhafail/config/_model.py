@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import enum
 import json
+import math
+import re
 from typing import Any
 
 import attrs
@@ -18,6 +20,15 @@ import attrs
 from mhafail.errors import InvalidChange
 
 CONFIG = "config"
+
+# Caps on what another process may make us parse (DESIGN.md rule 8).
+MAX_HEAD_BYTES = 128 * 1024
+MAX_REPORT_BYTES = 128 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_AUTHOR_BYTES = 1024
+MAX_ERROR_BYTES = 64 * 1024
+_SHA = re.compile(r"[0-9a-f]{40}")
+_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def head_path(repo: str) -> str:
@@ -70,14 +81,54 @@ class ApplyState(enum.Enum):
     HELD = "held"
 
 
-def _loads(data: bytes, what: str) -> dict[str, Any]:
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _loads(data: bytes, what: str, limit: int) -> dict[str, Any]:
+    if not isinstance(data, bytes | bytearray):
+        raise InvalidChange(f"malformed {what}: not bytes")
+    if len(data) > limit:
+        raise InvalidChange(f"malformed {what}: {len(data)} bytes, limit {limit}")
     try:
-        raw = json.loads(data)
-    except ValueError as exc:
-        raise InvalidChange(f"malformed {what}: {exc}") from exc
+        raw = json.loads(data, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: "[[[[..." nests deeper than the parser can go.
+        raise InvalidChange(f"malformed {what}: {str(exc)[:200]}") from None
     if not isinstance(raw, dict):
         raise InvalidChange(f"malformed {what}: not a JSON object")
     return raw
+
+
+def _sha(raw: dict[str, Any], key: str, what: str, *, optional: bool) -> str | None:
+    value = raw.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or _SHA.fullmatch(value) is None:
+        raise InvalidChange(f"malformed {what}: {key} must be 40 lower-case hex digits")
+    return value
+
+
+def _text(raw: dict[str, Any], key: str, what: str, limit: int) -> str:
+    value = raw.get(key, "")
+    if not isinstance(value, str):
+        raise InvalidChange(f"malformed {what}: {key} must be a string")
+    if len(value.encode(errors="surrogatepass")) > limit:
+        raise InvalidChange(f"malformed {what}: {key} longer than {limit} bytes")
+    return value
+
+
+def _time(raw: dict[str, Any], what: str) -> float:
+    value = raw.get("time", 0.0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidChange(f"malformed {what}: time must be a number")
+    try:
+        result = float(value)
+    except OverflowError:
+        raise InvalidChange(f"malformed {what}: time out of range") from None
+    if not math.isfinite(result) or result < 0:
+        raise InvalidChange(f"malformed {what}: time must be finite and not negative")
+    return result
 
 
 @attrs.frozen
@@ -85,13 +136,17 @@ class Head:
     """The published head of a repository (``config/<repo>/head``).
 
     Attributes:
-        sha: the commit every node should apply.
+        sha: the commit every node should apply (40 lower-case hex digits).
         author: who committed it (``Name <email>``).
         message: the commit message.
         time: commit time, seconds since the epoch.
         parent: the previous head (None for the first commit).
         origin: the node whose repository first held the commit (tried
             first when fetching); empty when unknown.
+
+    The head znode is shared data any ZooKeeper client with write access
+    could have written: :meth:`from_json` accepts only a well-formed
+    document within size caps and never lets another error escape.
     """
 
     sha: str
@@ -107,23 +162,33 @@ class Head:
 
     @classmethod
     def from_json(cls, data: bytes) -> Head:
-        """Decode the head znode.
+        """Decode and check the head znode.
+
+        Rules: at most :data:`MAX_HEAD_BYTES` of JSON holding an object;
+        ``sha`` (and ``parent`` unless null) exactly 40 lower-case hex
+        digits; ``origin`` empty or a node name; ``author`` and
+        ``message`` strings within :data:`MAX_AUTHOR_BYTES` and
+        :data:`MAX_MESSAGE_BYTES`; ``time`` a finite number >= 0. Other
+        keys are ignored (newer writers may add some).
 
         Raises:
-            InvalidChange: the data is not a head document.
+            InvalidChange: the data is not such a document (the message says why).
         """
-        raw = _loads(data, "head znode")
-        try:
-            return cls(
-                sha=str(raw["sha"]),
-                author=str(raw.get("author", "")),
-                message=str(raw.get("message", "")),
-                time=float(raw.get("time", 0.0)),
-                parent=None if raw.get("parent") is None else str(raw["parent"]),
-                origin=str(raw.get("origin", "")),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidChange(f"malformed head znode: {exc}") from exc
+        what = "head znode"
+        raw = _loads(data, what, MAX_HEAD_BYTES)
+        sha = _sha(raw, "sha", what, optional=False)
+        assert sha is not None
+        origin = _text(raw, "origin", what, 63)
+        if origin and _NODE.fullmatch(origin) is None:
+            raise InvalidChange(f"malformed {what}: origin {origin!r} is not a node name")
+        return cls(
+            sha=sha,
+            author=_text(raw, "author", what, MAX_AUTHOR_BYTES),
+            message=_text(raw, "message", what, MAX_MESSAGE_BYTES),
+            time=_time(raw, what),
+            parent=_sha(raw, "parent", what, optional=True),
+            origin=origin,
+        )
 
 
 @attrs.frozen
@@ -156,7 +221,8 @@ class NodeReport:
                 "sha": self.sha,
                 "state": self.state.value,
                 "target": self.target,
-                "error": self.error,
+                # Readers refuse longer errors: cut here rather than be refused.
+                "error": self.error.encode()[: MAX_ERROR_BYTES - 16].decode(errors="ignore"),
                 "mode": self.mode.value,
                 "time": self.time,
             },
@@ -165,24 +231,34 @@ class NodeReport:
 
     @classmethod
     def from_json(cls, node: str, data: bytes) -> NodeReport:
-        """Decode an applied znode.
+        """Decode and check an applied znode.
+
+        Rules: ``node`` a node name; at most :data:`MAX_REPORT_BYTES` of
+        JSON holding an object; ``sha`` and ``target`` null or 40 lower-case
+        hex digits; ``state`` and ``mode`` known values; ``error`` a string
+        within :data:`MAX_ERROR_BYTES`; ``time`` a finite number >= 0.
 
         Raises:
-            InvalidChange: the data is not a report.
+            InvalidChange: the data is not a report (the message says why).
         """
-        raw = _loads(data, f"report of {node}")
-        try:
-            return cls(
-                node=node,
-                sha=raw.get("sha"),
-                state=ApplyState(raw["state"]),
-                target=raw.get("target"),
-                error=str(raw.get("error", "")),
-                mode=UpdateMode(raw.get("mode", "always")),
-                time=float(raw.get("time", 0.0)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidChange(f"malformed report of {node}: {exc}") from exc
+        if not isinstance(node, str) or _NODE.fullmatch(node) is None:
+            raise InvalidChange(f"malformed report: {str(node)[:80]!r} is not a node name")
+        what = f"report of {node}"
+        raw = _loads(data, what, MAX_REPORT_BYTES)
+        state, mode = raw.get("state"), raw.get("mode", "always")
+        if not isinstance(state, str) or state not in {s.value for s in ApplyState}:
+            raise InvalidChange(f"malformed {what}: unknown state {str(state)[:40]!r}")
+        if not isinstance(mode, str) or mode not in {m.value for m in UpdateMode}:
+            raise InvalidChange(f"malformed {what}: unknown mode {str(mode)[:40]!r}")
+        return cls(
+            node=node,
+            sha=_sha(raw, "sha", what, optional=True),
+            state=ApplyState(state),
+            target=_sha(raw, "target", what, optional=True),
+            error=_text(raw, "error", what, MAX_ERROR_BYTES),
+            mode=UpdateMode(mode),
+            time=_time(raw, what),
+        )
 
 
 @attrs.frozen

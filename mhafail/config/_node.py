@@ -19,6 +19,7 @@ import attrs
 
 from mhafail.config._agent import ConfigAgent
 from mhafail.config._model import UpdateMode
+from mhafail.config._paths import absolute_path
 from mhafail.config._repository import ConfigRepository
 from mhafail.config._serve import ENDPOINT, GitDaemon
 from mhafail.config._validate import Validator, syntax_check
@@ -43,7 +44,7 @@ class ConfigNode:
 
     coordinator: Coordinator
     node: str
-    base: Path = attrs.field(converter=Path)
+    base: Path = attrs.field(converter=absolute_path)
     repos: Sequence[str]
     host: str = "127.0.0.1"
     port: int = 0

@@ -1,14 +1,21 @@
-"""Pure checks for config paths and change sets, and the resolution order.
+"""Pure checks for config paths, names, shas and change sets, and the resolution order.
 
-No I/O here: these functions decide whether a change set may even be
-staged. A repository path is relative, uses ``/``, and never names ``..``,
-``.`` or a ``.git`` component (git itself refuses ``.git`` in trees, and a
-path outside the tree would let a commit write anywhere on every node).
+No I/O here (but for reading the current directory in :func:`absolute_path`):
+these functions decide whether a change set may even be staged, and whether
+a name found in a fetched git tree may ever become a file. A repository
+path is relative, uses ``/``, and every component is a *safe name*
+(:func:`check_component`): never ``..``, ``.``, empty, ``.git`` in any
+case, and no ``/``, backslash, NUL or control character. A path outside
+the tree would let a commit write anywhere on every node, so the same
+rules apply to what operators commit and to what peers send.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import attrs
 
@@ -28,12 +35,48 @@ class Limits:
         max_total_bytes: largest sum of the new file contents in one change set.
         max_files: most paths one change set may touch.
         max_path_length: longest path, in UTF-8 bytes.
+        max_tree_entries: most files and directories a whole version (a fetched
+            tree) may hold.
+        max_tree_bytes: largest sum of all file sizes in a whole version.
     """
 
     max_file_bytes: int = 1 << 20
     max_total_bytes: int = 64 << 20
     max_files: int = 10_000
     max_path_length: int = 255
+    max_tree_entries: int = 100_000
+    max_tree_bytes: int = 1 << 30
+
+
+_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+def check_component(name: str, path: str = "") -> str:
+    """Return ``name`` if it is a safe file or directory name (one path component).
+
+    Safe means: not empty, not ``.`` or ``..``, not ``.git`` in any letter
+    case (case-folding file systems), and no ``/``, backslash, NUL or other
+    control character (below 0x20, and 0x7f). These are the rules for every
+    level of every tree a node accepts, whoever wrote it.
+
+    Args:
+        name: the component.
+        path: the whole path, for the error message (default: ``name``).
+
+    Raises:
+        InvalidChange: the name is not safe; the message names the path.
+    """
+    shown = path or name
+    if not isinstance(name, str) or name in ("", ".", ".."):
+        raise InvalidChange(f"invalid path {shown!r}: empty, '.' or '..' component")
+    if "/" in name or "\\" in name:
+        raise InvalidChange(f"invalid path {shown!r}: a name may not contain '/' or '\\'")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise InvalidChange(f"invalid path {shown!r}: control characters are not allowed")
+    # Case-insensitive: on case-folding file systems ".GIT" is ".git".
+    if name.lower() == ".git":
+        raise InvalidChange(f"invalid path {shown!r}: '.git' is reserved")
+    return name
 
 
 def check_path(path: str, limits: Limits | None = None) -> str:
@@ -48,7 +91,7 @@ def check_path(path: str, limits: Limits | None = None) -> str:
 
     Raises:
         InvalidChange: absolute, empty component, ``.``/``..``, ``.git``,
-            backslash, control character, or too long.
+            backslash, control character, not encodable as UTF-8, or too long.
     """
     limits = limits or Limits()
     if not isinstance(path, str) or not path:
@@ -57,18 +100,17 @@ def check_path(path: str, limits: Limits | None = None) -> str:
         raise InvalidChange(f"invalid path {path!r}: absolute paths are not allowed")
     if "\\" in path:
         raise InvalidChange(f"invalid path {path!r}: use '/' as separator, not '\\'")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
-        raise InvalidChange(f"invalid path {path!r}: control characters are not allowed")
-    if len(path.encode()) > limits.max_path_length:
+    try:
+        size = len(path.encode())
+    except UnicodeEncodeError:
+        # Surrogates: what Python makes of file names that are not UTF-8.
+        raise InvalidChange(f"invalid path {path!r}: not valid UTF-8") from None
+    if size > limits.max_path_length:
         raise InvalidChange(
             f"invalid path {path[:40]!r}...: longer than {limits.max_path_length} bytes"
         )
     for part in path.split("/"):
-        if part in ("", ".", ".."):
-            raise InvalidChange(f"invalid path {path!r}: empty, '.' or '..' component")
-        # Case-insensitive: on case-folding file systems ".GIT" is ".git".
-        if part.lower() == ".git":
-            raise InvalidChange(f"invalid path {path!r}: '.git' is reserved")
+        check_component(part, path)
     return path
 
 
@@ -116,6 +158,15 @@ def check_changes(
     return checked
 
 
+def absolute_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute against the current directory, once, at construction.
+
+    git runs with ``-C <working copy>``: a relative directory handed to it
+    (``--prefix`` of a checkout) would land below the working copy instead.
+    """
+    return Path(os.path.abspath(path))
+
+
 def layers(node: str) -> tuple[str, str, str]:
     """The folders a file is resolved in for ``node``: node, ``global``, ``default``."""
     return (node, GLOBAL, DEFAULT)
@@ -132,16 +183,17 @@ def candidates(node: str, path: str) -> list[str]:
 
 
 def check_sha(sha: str) -> str:
-    """Return ``sha`` lower-cased if it is a full 40-hex-digit commit id.
+    """Return ``sha`` if it is a full commit id: exactly 40 ASCII ``[0-9a-f]``.
+
+    One spelling only, the one git prints: no upper case, no ``0x``, no
+    sign, no whitespace, no Unicode digits. A sha ends up on git command
+    lines, so anything that could read as an option or a revision
+    expression is refused here.
 
     Raises:
         InvalidChange: anything else (abbreviations are refused on purpose:
             they are ambiguous across nodes with different object sets).
     """
-    if not isinstance(sha, str) or len(sha) != 40:
-        raise InvalidChange(f"invalid sha {sha!r}: need 40 hex digits")
-    try:
-        int(sha, 16)
-    except ValueError:
-        raise InvalidChange(f"invalid sha {sha!r}: need 40 hex digits") from None
-    return sha.lower()
+    if not isinstance(sha, str) or _SHA.fullmatch(sha) is None:
+        raise InvalidChange(f"invalid sha {str(sha)[:60]!r}: need 40 lower-case hex digits")
+    return sha

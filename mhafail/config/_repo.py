@@ -33,24 +33,43 @@ from pathlib import Path
 import git
 
 from mhafail.config._model import LogEntry
+from mhafail.config._paths import check_sha
+from mhafail.config._safefs import read_regular, remove_file, write_file
 from mhafail.errors import InvalidChange, RepositoryError
 
 BRANCH = "refs/heads/main"
 FETCHED = "refs/mhafail/fetched"
 _AUTHOR = re.compile(r"^\s*([^<>\n]+?)\s*(?:<([^<>\s]*)>)?\s*$")
 _GIT_TIMEOUT = 120.0
+# What git prints when transfer.fsckObjects refuses a received object.
+_FSCK_FAILURE = re.compile(r"fsck error|error: object [0-9a-f]{40}: \w+:")
+_ZERO = "0" * 40
 
 
 def write_files(root: Path, changes: Mapping[str, bytes | None]) -> None:
-    """Apply a change set to the directory ``root``, never writing through a hard link."""
+    """Apply a change set to the directory ``root``; nothing lands outside it.
+
+    Deletions come first (so a directory may become a file), every path is
+    checked, no symbolic link is followed, and files are replaced by rename,
+    never written through a hard link into a live version.
+
+    Raises:
+        InvalidChange: an unsafe path, a symbolic link or a file where a
+            directory is needed, or a directory where a file should go.
+    """
     for path, data in changes.items():
-        target = root / path
-        # Unlink first: the file may be a hard link into a live version.
-        target.unlink(missing_ok=True)
+        if data is None:
+            remove_file(root, path)
+    for path, data in changes.items():
         if data is not None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-            target.chmod(0o644)
+            write_file(root, path, data)
+
+
+def _decode_path(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidChange(f"invalid path {raw!r}: file names must be UTF-8") from None
 
 
 def parse_author(author: str) -> tuple[str, str]:
@@ -96,9 +115,11 @@ class GitStore:
         except (git.exc.GitError, OSError) as exc:
             raise RepositoryError(f"cannot create repository {path}: {exc}") from exc
         store = cls(path)
-        # Peers fetch published commits by sha; a commit is published before
-        # any ref of ours points at it, so upload-pack must allow any sha.
-        store.git("config", "uploadpack.allowAnySHA1InWant", "true")
+        # The working copy is never served (peers fetch from the export
+        # repository): drop what older versions set to serve it by sha.
+        store.git("config", "--unset-all", "uploadpack.allowAnySHA1InWant", check=False)
+        # Peers' objects are checked on arrival (a '..' tree entry is refused).
+        store.git("config", "transfer.fsckObjects", "true")
         # An acknowledged commit must survive a power cut of its node.
         store.git("config", "core.fsync", "committed")
         store.git("config", "core.fsyncMethod", "batch")
@@ -211,14 +232,14 @@ class GitStore:
         if sha is None:
             return []
         out = self.git("ls-tree", "-r", "-z", "--name-only", sha)
-        return [p.decode() for p in out.split(b"\0") if p]
+        return [_decode_path(p) for p in out.split(b"\0") if p]
 
     def changed_paths(self, old: str | None, new: str) -> list[str]:
         """Paths that differ between commits ``old`` and ``new`` (all of ``new`` if None)."""
         if old is None:
             return self.files(new)
         out = self.git("diff-tree", "-r", "-z", "--name-only", "--no-renames", old, new)
-        return sorted(p.decode() for p in out.split(b"\0") if p)
+        return sorted(_decode_path(p) for p in out.split(b"\0") if p)
 
     def read(self, sha: str, path: str) -> bytes | None:
         """The content of ``path`` at ``sha``, or None when it is not a file there."""
@@ -332,12 +353,24 @@ class GitStore:
         return self._commit_tree(tree, parent, message, (name, email), when)
 
     def commit_tree_of(
-        self, source: str, parent: str | None, message: str, author: str, when: float
+        self,
+        source: str,
+        parent: str | None,
+        message: str,
+        author: str,
+        when: float,
+        *,
+        same_tree: bool = False,
     ) -> str:
-        """Create a commit on ``parent`` whose tree is the tree of ``source`` (rollback)."""
+        """Create a commit on ``parent`` whose tree is the tree of ``source`` (rollback).
+
+        Args:
+            same_tree: allow a tree equal to the parent's (a rollback built
+                on its own target, away from an unsafe head).
+        """
         name, email = parse_author(author)
         tree = self.git("rev-parse", f"{source}^{{tree}}").decode().strip()
-        if parent is not None and tree == self._tree(parent):
+        if not same_tree and parent is not None and tree == self._tree(parent):
             raise InvalidChange(f"nothing to commit: the head already has the tree of {source}")
         return self._commit_tree(tree, parent, message, (name, email), when)
 
@@ -368,21 +401,37 @@ class GitStore:
     def fetch(self, url: str, sha: str, timeout: float) -> None:
         """Fetch exactly commit ``sha`` from ``url`` and keep it under a ref.
 
+        Every received object is checked by git (``transfer.fsckObjects``):
+        trees with ``..``, ``.git`` or ``/`` in a name and malformed objects
+        are refused before they are stored.
+
         Raises:
+            InvalidChange: the peer sent objects that fail git's checks.
             RepositoryError: the peer is unreachable or does not have it, or
                 the commit is not complete here afterwards.
         """
-        self.git(
-            "-c",
-            "protocol.version=2",
-            "fetch",
-            "--no-tags",
-            "--no-write-fetch-head",
-            "--quiet",
-            url,
-            sha,
-            timeout=timeout,
-        )
+        check_sha(sha)
+        try:
+            self.git(
+                "-c",
+                "protocol.version=2",
+                "-c",
+                "transfer.fsckObjects=true",
+                "fetch",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--quiet",
+                url,
+                sha,
+                timeout=timeout,
+            )
+        except RepositoryError as exc:
+            if _FSCK_FAILURE.search(str(exc)):
+                detail = " | ".join(str(exc).splitlines()[:3])
+                raise InvalidChange(
+                    f"{url} sent {sha[:12]} with objects that fail git fsck: {detail}"
+                ) from exc
+            raise
         if not self.has_commit(sha):
             raise RepositoryError(f"fetched {sha[:12]} from {url}, but it is not complete here")
         self.git("update-ref", FETCHED, sha)
@@ -416,11 +465,10 @@ class GitStore:
         return results
 
     def _worktree_file(self, path: str) -> bytes | None:
-        file = self.path / path
         try:
-            return file.read_bytes() if file.is_file() and not file.is_symlink() else None
-        except OSError:
-            return None
+            return read_regular(self.path, path)
+        except (InvalidChange, OSError):
+            return None  # a link or unreadable: never equal to a version's bytes
 
     def _plan(self, old: str | None, new: str) -> tuple[list[str], dict[str, bytes | None]]:
         """Conflicting paths, and the files to write, to move the working copy old -> new."""
@@ -475,16 +523,10 @@ class GitStore:
                     "uncommitted edits would be overwritten: " + ", ".join(conflicts[:10])
                 )
             return self._stash_and_reset(target)
-        for path, data in writes.items():
-            file = self.path / path
-            if data is None:
-                file.unlink(missing_ok=True)
-            else:
-                file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = file.with_name(f".{file.name}.mhafail-tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, file)
-        self.git("update-ref", BRANCH, target, old or "0" * 40)
+        # Unique temporary names, no links followed, nothing outside the
+        # working copy (the paths come from a checked commit all the same).
+        write_files(self.path, writes)
+        self.git("update-ref", BRANCH, target, old or _ZERO)
         self.git("reset", "-q")  # index := target; the working copy stays as written
         return None
 
@@ -539,16 +581,32 @@ class GitStore:
                 self.git("read-tree", head, env=env)
             self.git("add", "-A", "--", *(paths or ["."]), env=env)
             worktree = self.git("write-tree", env=env).decode().strip()
-        names = self._diff_tree_names(head, worktree)
         changes: dict[str, bytes | None] = {}
-        for name in names:
-            file = self.path / name
-            changes[name] = file.read_bytes() if file.is_file() else None
+        for name, mode in self._diff_tree_modes(head, worktree):
+            if mode == "120000":
+                raise InvalidChange(
+                    f"{name}: is a symbolic link; config commits carry regular files only "
+                    "(copy the file instead of linking it)"
+                )
+            if mode not in ("100644", "100755", "000000"):
+                raise InvalidChange(f"{name}: is not a regular file (git mode {mode})")
+            # read_regular refuses links on the way too (a linked directory).
+            changes[name] = None if mode == "000000" else read_regular(self.path, name)
         return changes
 
-    def _diff_tree_names(self, commitish: str | None, tree: str) -> list[str]:
+    def _diff_tree_modes(self, commitish: str | None, tree: str) -> list[tuple[str, str]]:
+        """``(path, new mode)`` for every path that differs; mode 000000: deleted."""
+        result: list[tuple[str, str]] = []
         if commitish is None:
-            out = self.git("ls-tree", "-r", "-z", "--name-only", tree)
+            out = self.git("ls-tree", "-r", "-z", tree)
+            for item in out.split(b"\0"):
+                if item:
+                    meta, _, raw = item.partition(b"\t")
+                    result.append((_decode_path(raw), meta.split()[0].decode()))
         else:
-            out = self.git("diff-tree", "-r", "-z", "--name-only", "--no-renames", commitish, tree)
-        return sorted(p.decode() for p in out.split(b"\0") if p)
+            out = self.git("diff-tree", "-r", "-z", "--no-renames", commitish, tree)
+            fields = out.split(b"\0")
+            for meta, raw in zip(fields[0::2], fields[1::2], strict=False):
+                if meta.startswith(b":"):
+                    result.append((_decode_path(raw), meta[1:].split()[1].decode()))
+        return sorted(result)

@@ -37,7 +37,10 @@ from pathlib import Path
 import attrs
 
 from mhafail.config._apply import Checkouts
+from mhafail.config._export import export, exported, init_export
 from mhafail.config._model import (
+    MAX_AUTHOR_BYTES,
+    MAX_MESSAGE_BYTES,
     ApplyState,
     ClusterStatus,
     Commit,
@@ -49,9 +52,10 @@ from mhafail.config._model import (
     head_path,
     mode_path,
 )
-from mhafail.config._paths import Limits, check_changes, check_sha
-from mhafail.config._repo import GitStore, parse_author
+from mhafail.config._paths import Limits, absolute_path, check_changes, check_sha
+from mhafail.config._repo import BRANCH, GitStore, parse_author
 from mhafail.config._serve import ENDPOINT, repo_url
+from mhafail.config._trees import check_tree
 from mhafail.config._validate import Validator, require_valid, syntax_check
 from mhafail.config._view import ConfigView
 from mhafail.coordination import Coordinator, NodeInfo, check_name
@@ -67,7 +71,8 @@ from mhafail.errors import (
 logger = logging.getLogger(__name__)
 
 WORK = "work"
-_MAX_MESSAGE = 64 * 1024
+EXPORT = "export"
+OUTGOING = "refs/mhafail/outgoing"
 
 
 def _valid_name(what: str) -> Callable[[object, object, str], None]:
@@ -101,7 +106,7 @@ class ConfigRepository:
     """
 
     name: str = attrs.field(validator=_valid_name("repository name"))
-    base: Path = attrs.field(converter=Path)
+    base: Path = attrs.field(converter=absolute_path)
     node: str = attrs.field(validator=_valid_name("node name"))
     coordinator: Coordinator | None = None
     validators: Sequence[Validator] = (syntax_check,)
@@ -109,6 +114,7 @@ class ConfigRepository:
     fetch_timeout: float = 10.0
     keep: int = 3
     _lock: threading.RLock = attrs.field(init=False, factory=threading.RLock)
+    _verified: set[str] = attrs.field(init=False, factory=set)
 
     # --- local ----------------------------------------------------------------
 
@@ -121,6 +127,15 @@ class ConfigRepository:
     def worktree(self) -> Path:
         """The working copy operators edit (``<base>/<name>/work``)."""
         return self.root / WORK
+
+    @property
+    def export_dir(self) -> Path:
+        """The bare repository the node's git daemon serves (``<base>/<name>/export``).
+
+        It holds only published, checked commits, never the working copy's
+        stash, drafts or refused commits.
+        """
+        return self.root / EXPORT
 
     @property
     def store(self) -> GitStore:
@@ -139,6 +154,7 @@ class ConfigRepository:
             RepositoryError: git could not create it.
         """
         GitStore.init(self.worktree)
+        init_export(self.export_dir)
         (self.root / "versions").mkdir(exist_ok=True)
         return self
 
@@ -174,11 +190,18 @@ class ConfigRepository:
             raise InvalidChange("this operation needs a coordinator (ZooKeeper)")
         return self.coordinator
 
-    def _read_head(self) -> tuple[Head | None, int | None]:
+    def _read_head(self, *, lenient: bool = False) -> tuple[Head | None, int | None]:
+        """The head and its znode version; ``lenient``: a malformed head reads as None."""
         node = self._coordinator().znodes.get(head_path(self.name))
         if node is None:
             return None, None
-        return Head.from_json(node.data), node.version
+        try:
+            return Head.from_json(node.data), node.version
+        except InvalidChange as exc:
+            if not lenient:
+                raise
+            logger.warning("%s: the published head is malformed: %s", self.name, exc)
+            return None, node.version
 
     def head(self) -> Head | None:
         """The published head, or None before the first commit.
@@ -204,38 +227,75 @@ class ConfigRepository:
                 continue
             endpoint = info.endpoints.get(ENDPOINT)
             if endpoint:
-                result.append((member, repo_url(endpoint, self.name)))
+                try:
+                    result.append((member, repo_url(endpoint, self.name)))
+                except InvalidChange as exc:
+                    logger.warning("%s: ignoring member %s: %s", self.name, member, exc)
         return result
 
     def ensure_commit(
         self, sha: str, *, origin: str = "", peers: Sequence[tuple[str, str]] | None = None
     ) -> None:
-        """Make sure commit ``sha`` is in the local repository, fetching it if needed.
+        """Make sure commit ``sha`` is here, safe, and served to peers.
 
-        Peers are tried in order: ``origin`` (the node that published it)
-        first, then the others in random order, so that a burst of nodes
-        does not pile onto one peer.
+        Fetches it if needed: peers are tried in order, ``origin`` (the node
+        that published it) first, then the others in random order, so that
+        a burst of nodes does not pile onto one peer. git checks every
+        received object (``transfer.fsckObjects``). Then the whole tree is
+        checked (:func:`~mhafail.config._trees.check_tree`: safe names at
+        every level, regular files only, size limits) and only then is the
+        commit copied into the export repository peers fetch from. Nothing
+        is written to any checkout before this returns.
 
         Raises:
+            InvalidChange: ``sha`` is not a sha, or the commit (or what a
+                peer sent for it) is unsafe; it must never be applied.
             FetchFailed: no peer had it or none could be reached; the
                 message lists each attempt.
+            RepositoryError: the local repository failed.
             CoordinationUnavailable: the member list could not be read.
         """
-        store = self.store
-        if store.has_commit(sha):
+        sha = check_sha(sha)
+        if sha in self._verified:
             return
+        store = self.store
+        if not store.has_commit(sha):
+            self._fetch(sha, origin, peers)
+        elif exported(self.export_dir, sha):
+            self._verified.add(sha)  # checked before it went there (a commit of ours)
+            return
+        check_tree(store, sha, self.limits)
+        self._export(sha, BRANCH)
+        self._verified.add(sha)
+
+    def _export(self, sha: str, ref: str) -> None:
+        """Copy a checked or own commit into the export repository, creating it if needed."""
+        if not (self.export_dir / "HEAD").is_file():
+            init_export(self.export_dir)  # a repository made by an older version
+        export(self.store, self.export_dir, sha, ref=ref)
+
+    def _fetch(self, sha: str, origin: str, peers: Sequence[tuple[str, str]] | None) -> None:
+        store = self.store
         candidates = list(self.peers() if peers is None else peers)
         random.shuffle(candidates)
         candidates.sort(key=lambda p: p[0] != origin)
-        failures = []
+        failures: list[str] = []
+        unsafe: list[str] = []
         for peer, url in candidates:
             try:
                 store.fetch(url, sha, self.fetch_timeout)
+            except InvalidChange as exc:
+                # Another peer may still send clean objects for the same sha
+                # (a sha fixes the commit, not the extra objects a pack holds).
+                unsafe.append(f"{peer}: {exc}")
+                continue
             except RepositoryError as exc:
                 failures.append(f"{peer}: {str(exc).splitlines()[-1]}")
                 continue
             logger.info("%s: fetched %s from %s", self.name, sha[:12], peer)
             return
+        if unsafe:
+            raise InvalidChange(f"refusing {sha[:12]} of {self.name}: " + "; ".join(unsafe))
         tried = "; ".join(failures) if failures else "no peer serves this repository"
         raise FetchFailed(f"cannot fetch {sha[:12]} of {self.name}: {tried}")
 
@@ -299,6 +359,8 @@ class ConfigRepository:
                     )
                 finally:
                     shutil.rmtree(staged.parent, ignore_errors=True)
+                # Served before the CAS, so peers can fetch it the moment it wins.
+                self._export(sha, OUTGOING)
                 result = self._publish(
                     sha=sha,
                     parent=parent,
@@ -322,8 +384,14 @@ class ConfigRepository:
     def rollback(self, sha: str, *, author: str, message: str | None = None) -> Commit:
         """Publish a new commit whose tree is the tree of ``sha`` (history is kept).
 
+        This is also the way out of a bad head: if the published head is
+        unsafe or malformed (every node refuses it), the new commit is
+        built on ``sha`` instead of on the head, so that no node ever has
+        to fetch the refused commit, and it replaces the head znode by
+        compare-and-set all the same.
+
         Raises:
-            InvalidChange: unknown sha, or the head already has that tree.
+            InvalidChange: unknown or unsafe sha, or the head already has that tree.
             ValidationFailed: today's validators reject the old tree.
             HeadConflict: another commit was published meanwhile; retry.
             CoordinationUnavailable: as for :meth:`commit`.
@@ -331,34 +399,50 @@ class ConfigRepository:
         target = check_sha(sha)
         text = self._check_message(message or f"Roll back to {target[:12]}", author)
         with self._lock:
-            head, version = self._read_head()
+            head, version = self._read_head(lenient=True)
+            parent = head.sha if head else None
+            git_parent = target if head is None and version is not None else parent
             if head is not None:
-                self.ensure_commit(head.sha, origin=head.origin)
+                try:
+                    self.ensure_commit(head.sha, origin=head.origin)
+                except InvalidChange as exc:
+                    logger.warning("%s: rolling back over an unsafe head: %s", self.name, exc)
+                    git_parent = target
             if not self.store.has_commit(target):
                 raise InvalidChange(f"unknown commit {target[:12]}: not in this repository")
+            self.ensure_commit(target)
             tmp = Path(tempfile.mkdtemp(prefix=".stage-", dir=self.root))
             try:
                 self.store.checkout(target, tmp / "tree")
                 require_valid(self.validators, tmp / "tree", (), f"rollback to {target[:12]}")
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            parent = head.sha if head else None
-            new = self.store.commit_tree_of(target, parent, text, author, time.time())
+            new = self.store.commit_tree_of(
+                target, git_parent, text, author, time.time(), same_tree=git_parent == target
+            )
+            self._export(new, OUTGOING)
+            paths = tuple(self.store.changed_paths(git_parent, new))
+            local = self.store.main()
             result = self._publish(
                 sha=new, parent=parent, head=head, version=version, message=text, author=author
             )
             if result is None:
                 raise HeadConflict("another commit was published first; retry", head=None)
-            self._after_publish(self.store.main(), new)
-            paths = tuple(self.store.changed_paths(parent, new))
+            self._after_publish(local, new)
             return Commit(sha=new, parent=parent, paths=paths, rebased=False, head=result)
 
     def _check_message(self, message: str, author: str) -> str:
         parse_author(author)
+        if len(author.encode(errors="surrogatepass")) > MAX_AUTHOR_BYTES:
+            raise InvalidChange(f"author longer than {MAX_AUTHOR_BYTES} bytes")
         text = (message or "").strip()
         if not text:
             raise InvalidChange("empty commit message")
-        if len(text.encode()) > _MAX_MESSAGE or "\0" in text:
+        try:
+            size = len(text.encode())
+        except UnicodeEncodeError:
+            raise InvalidChange("commit message is not valid Unicode text") from None
+        if size > MAX_MESSAGE_BYTES or "\0" in text:
             raise InvalidChange("commit message too long or contains NUL")
         return text + "\n"
 
@@ -429,21 +513,36 @@ class ConfigRepository:
                 f"publishing {sha[:12]} of {self.name}: outcome unknown, ZooKeeper "
                 f"connection lost during the compare-and-set ({exc}); check `config status`"
             ) from exc
+        served = GitStore(self.export_dir)  # _export() created it before the CAS
         if not won:
             logger.info("%s: lost the head CAS with %s", self.name, sha[:12])
+            served.git("update-ref", "-d", OUTGOING, check=False)
             return None
+        self._verified.add(sha)
+        # Published: main moves to it, and the outgoing ref is no longer needed.
+        # Nothing after the CAS may raise: the caller would see a failure
+        # for a commit that is live (peers can fetch it by sha regardless).
+        try:
+            served.git(
+                "update-ref",
+                "--stdin",
+                input=f"update {BRANCH} {sha}\ndelete {OUTGOING}\n".encode(),
+            )
+        except RepositoryError as exc:
+            logger.warning("%s: export ref not moved to %s: %s", self.name, sha[:12], exc)
         logger.info("%s: published %s (%s)", self.name, sha[:12], new.message.splitlines()[0])
         return new
 
     def _after_publish(self, base: str | None, sha: str) -> None:
         # The working copy follows only if that loses no uncommitted edit;
         # otherwise the agent (or `pull`) deals with it by its update mode.
+        # Never raises: the commit is published already.
         store = self.store
-        if store.main() != base:
-            return
         try:
+            if store.main() != base:
+                return
             store.advance(sha)
-        except (InvalidChange, RepositoryError) as exc:
+        except (InvalidChange, RepositoryError, OSError) as exc:
             logger.info("%s: working copy not moved to %s: %s", self.name, sha[:12], exc)
 
     # --- cluster ------------------------------------------------------------------

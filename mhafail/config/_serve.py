@@ -1,10 +1,18 @@
 """GitDaemon: serve a node's config repositories read-only over ``git://``.
 
 Each node runs one ``git daemon`` child bound to its own address, serving
-every repository under its base directory (``git://host:port/<repo>/work``)
+each repository's *export* repository (``git://host:port/<repo>/export``)
 and advertises ``host:port`` as the ``git`` endpoint in its member info.
 ``git daemon`` only ever runs ``upload-pack`` (the receive-pack service is
 off by default), so peers can fetch but never push.
+
+What is served: only directories marked ``git-daemon-export-ok`` (no
+``--export-all``), which mhafail creates in export repositories alone. An
+export repository holds published, checked history and nothing else; the
+working copy (``<repo>/work``, with the operators' stash entries, drafts
+and commits that lost the race) is never served. That matters because
+``upload-pack`` under protocol v2 hands out *any* object it holds to a
+client naming its sha, whatever ``uploadpack.allowAnySHA1InWant`` says.
 
 The child gets ``PR_SET_PDEATHSIG``: if the node process is SIGKILLed, the
 kernel kills its daemon too, so no orphan keeps serving a dead node's
@@ -17,6 +25,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +34,7 @@ from pathlib import Path
 
 import attrs
 
+from mhafail.config._paths import absolute_path
 from mhafail.errors import InvalidChange, RepositoryError
 
 logger = logging.getLogger(__name__)
@@ -55,9 +65,22 @@ def _daemon_program() -> str:
     return str(program)
 
 
+_ENDPOINT = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}")
+
+
 def repo_url(endpoint: str, repo: str) -> str:
-    """The fetch URL of ``repo`` on a node whose git endpoint is ``host:port``."""
-    return f"git://{endpoint}/{repo}/work"
+    """The fetch URL of ``repo`` on a node whose git endpoint is ``host:port``.
+
+    The endpoint comes from a member znode (shared data): only a plain
+    ``host:port`` or ``[v6]:port`` is accepted, so it can never turn into
+    another URL, path or transport.
+
+    Raises:
+        InvalidChange: the endpoint is not ``host:port``.
+    """
+    if not isinstance(endpoint, str) or _ENDPOINT.fullmatch(endpoint) is None:
+        raise InvalidChange(f"invalid git endpoint {str(endpoint)[:80]!r}: need host:port")
+    return f"git://{endpoint}/{repo}/export"
 
 
 def _free_port(host: str) -> int:
@@ -72,7 +95,7 @@ class GitDaemon:
     """A ``git daemon`` child process serving ``base`` read-only.
 
     Args:
-        base: the node's config directory (holds ``<repo>/work``).
+        base: the node's config directory (holds ``<repo>/export``).
         host: the address to bind (the node's own address).
         port: the port (0: pick a free one).
         start_timeout: seconds :meth:`start` waits for the port to accept.
@@ -81,7 +104,7 @@ class GitDaemon:
     main thread): the kernel's parent-death signal is tied to that thread.
     """
 
-    base: Path
+    base: Path = attrs.field(converter=absolute_path)
     host: str = "127.0.0.1"
     port: int = 0
     start_timeout: float = 10.0
@@ -114,7 +137,6 @@ class GitDaemon:
             self.port = _free_port(self.host)
         argv = [
             _daemon_program(),
-            "--export-all",
             "--reuseaddr",
             "--informative-errors",
             f"--base-path={self.base}",

@@ -5,6 +5,10 @@ The only subpackage that talks to kazoo. Components receive a started
 and listeners; a :class:`Membership` registers the node and tracks the view.
 """
 
+from mhafail.coordination._auth import Credentials as Credentials
+from mhafail.coordination._auth import Role as Role
+from mhafail.coordination._auth import TlsSettings as TlsSettings
+from mhafail.coordination._auth import write_credentials_pair as write_credentials_pair
 from mhafail.coordination._coordinator import Coordinator as Coordinator
 from mhafail.coordination._dispatch import Dispatcher as Dispatcher
 from mhafail.coordination._dispatch import in_loop as in_loop
@@ -29,12 +33,15 @@ __all__ = [
     "ConnectionState",
     "ConvergeLoop",
     "Coordinator",
+    "Credentials",
     "Dispatcher",
     "Lease",
     "LeaseState",
     "Membership",
     "NodeInfo",
     "ProofChain",
+    "Role",
+    "TlsSettings",
     "Watch",
     "Znode",
     "Znodes",
@@ -43,4 +50,5 @@ __all__ = [
     "expire_session",
     "in_loop",
     "parse_hosts",
+    "write_credentials_pair",
 ]

@@ -15,7 +15,6 @@ Listeners must not block: a slow listener delays the ones behind it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -27,13 +26,14 @@ import attrs
 from kazoo.client import KazooClient, KazooState
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
-from kazoo.security import make_acl, make_digest_acl
 
+from mhafail.coordination._acl import AclPolicy
+from mhafail.coordination._auth import Credentials, Role, TlsSettings
 from mhafail.coordination._dispatch import Dispatcher
 from mhafail.coordination._handshake import NegotiationHandler
-from mhafail.coordination._kazoo import translated
 from mhafail.coordination._lease import Lease, ProofChain, default_margin
 from mhafail.coordination._names import check_name, format_hosts, parse_hosts
+from mhafail.coordination._root import prepare_root, warn_open_once
 from mhafail.coordination._state import ConnectionState, LeaseState
 from mhafail.coordination._store import Znodes
 from mhafail.errors import CoordinationError, CoordinationUnavailable, InvalidArgument
@@ -41,6 +41,18 @@ from mhafail.errors import CoordinationError, CoordinationUnavailable, InvalidAr
 logger = logging.getLogger(__name__)
 
 ROOT = "/mhafail"
+
+
+def _credentials(value: Credentials | tuple[str, str] | None) -> Credentials | None:
+    """Accept a ``(user, password)`` pair: a single-identity cluster."""
+    if value is None or isinstance(value, Credentials):
+        return value
+    user, password = value
+    try:
+        return Credentials(user=user, password=password)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"invalid credentials: {exc}") from exc
+
 
 _KAZOO_STATES = {
     KazooState.CONNECTED: ConnectionState.CONNECTED,
@@ -84,9 +96,18 @@ class Coordinator:
             may negotiate it into ``[2, 20] x tickTime``; the lease uses the
             smallest of the requested and every negotiated value of the
             session (read from the server's connect responses).
-        credentials: optional ``(user, password)``; when given, the session
-            authenticates with digest auth and every znode mhafail creates
-            under the cluster root is readable and writable only with them.
+        credentials: the ZooKeeper identity (:class:`Credentials`, usually
+            ``Credentials.from_file(path)``): the session authenticates with
+            digest auth, every znode it creates carries the cluster's ACL
+            policy for its path (operators: everything; nodes: what the node
+            role needs, see ``mhafail.coordination._acl``), and :meth:`start`
+            refuses a cluster root whose ACLs are not the policy's. A
+            ``(user, password)`` pair is a single-identity cluster.
+        open_acl: run without credentials and ACLs: anyone who can reach
+            ZooKeeper controls the cluster. Must be chosen explicitly
+            (exactly one of ``credentials`` and ``open_acl``); logs a
+            warning once per process.
+        tls: connect with TLS (the servers' ``secureClientPort``).
         lease_margin: safety margin subtracted from the lease (seconds);
             default :func:`~mhafail.coordination._lease.default_margin`.
         connect_timeout: how long :meth:`start` waits for a first session.
@@ -96,6 +117,8 @@ class Coordinator:
             negotiated timeout allows (``T / 2``, so ``T / 4``).
         request_timeout: the longest a znode operation waits for an answer
             before it raises ``CoordinationUnavailable``.
+        close_timeout: the longest :meth:`stop` waits for ZooKeeper to
+            acknowledge the session's close.
         monotonic: the clock for the lease (injectable for tests).
 
     The lease rests only on facts the ZooKeeper leader vouches for (DESIGN.md
@@ -104,20 +127,30 @@ class Coordinator:
     connect responses, which a server sends only after the leader created or
     revalidated the session.
 
+    Raises:
+        InvalidArgument: malformed hosts, cluster name, timeouts or
+            credentials, or neither (or both) of credentials and open_acl.
+
     Raises (from :meth:`start`):
-        InvalidArgument: malformed hosts, cluster name or timeouts.
         CoordinationUnavailable: no session within ``connect_timeout``.
         AccessDenied: the cluster root exists with other credentials.
+        UnsafeAcl: a znode on the cluster's path carries an ACL outside the
+            policy (someone else created it, or it is open).
+        CoordinationError: with node credentials, the cluster root does not
+            exist yet (an operator creates it: ``mhafail init``).
     """
 
     hosts: str
     cluster: str
     session_timeout: float = 10.0
-    credentials: tuple[str, str] | None = None
+    credentials: Credentials | None = attrs.field(default=None, converter=_credentials)
+    open_acl: bool = False
+    tls: TlsSettings | None = None
     lease_margin: float | None = None
     connect_timeout: float = 15.0
     server_tick: float | None = None
     request_timeout: float = 15.0
+    close_timeout: float = 2.0
     monotonic: Callable[[], float] = time.monotonic
 
     _hosts_parsed: tuple[tuple[str, int], ...] = attrs.field(init=False)
@@ -167,10 +200,14 @@ class Coordinator:
                 f"invalid server_tick {self.server_tick!r}: use a positive tickTime in seconds"
             )
         self._chain = ProofChain(report_lag=self._report_lag(self.session_timeout))
-        if self.credentials is not None:
-            user, password = self.credentials
-            if not user or ":" in user or not password:
-                raise InvalidArgument("invalid credentials: need a user without ':' and a password")
+        if (self.credentials is None) == (not self.open_acl):
+            raise InvalidArgument(
+                "ZooKeeper credentials: give credentials (the CLI's --zk-auth FILE or "
+                "$MHAFAIL_ZK_AUTH) or choose an open cluster explicitly with open_acl=True "
+                "(--zk-open)"
+                if self.credentials is None
+                else "ZooKeeper credentials: give credentials or open_acl=True, not both"
+            )
 
     # --- life cycle ---------------------------------------------------------
 
@@ -205,6 +242,7 @@ class Coordinator:
             self._client,
             f"{ROOT}/{self.cluster}",
             self._dispatcher,
+            self.acl_policy,
             timeout=self.request_timeout,
         )
         self._keeper = threading.Thread(
@@ -243,6 +281,18 @@ class Coordinator:
         self.stop()
 
     # --- what components read -----------------------------------------------
+
+    @property
+    def role(self) -> Role | None:
+        """This process's role in a credentialed cluster; None for an open one."""
+        return None if self.credentials is None else self.credentials.role
+
+    @property
+    def acl_policy(self) -> AclPolicy:
+        """The ACL every znode created through this coordinator gets, by path."""
+        if self.credentials is None:
+            return AclPolicy(open=True)
+        return AclPolicy(operators=self.credentials.operators, nodes=self.credentials.nodes)
 
     @property
     def znodes(self) -> Znodes:
@@ -330,52 +380,62 @@ class Coordinator:
     # --- internals --------------------------------------------------------------
 
     def _make_client(self) -> Any:
-        acl = None
         auth = None
         if self.credentials is not None:
-            user, password = self.credentials
-            acl = [make_digest_acl(user, password, all=True)]
-            auth = [("digest", f"{user}:{password}")]
+            auth = [("digest", f"{self.credentials.user}:{self.credentials.password}")]
+        tls: dict[str, Any] = {}
+        if self.tls is not None:
+            tls = {
+                "use_ssl": True,
+                "verify_certs": self.tls.verify,
+                "ca": self.tls.ca,
+                "certfile": self.tls.certfile,
+                "keyfile": self.tls.keyfile,
+            }
         retry = KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=1.0, max_jitter=0.2)
         return KazooClient(
             hosts=format_hosts(self._hosts_parsed),
             handler=NegotiationHandler(self._on_negotiated),
             timeout=self.session_timeout,
             connection_retry=retry,
-            default_acl=acl,
+            # Only for kazoo recipes: Znodes passes each path's ACL itself.
+            default_acl=self.acl_policy.acl_for(""),
             auth_data=auth,
             logger=logging.getLogger("mhafail.coordination.kazoo"),
+            **tls,
         )
 
     def _ensure_root(self) -> None:
-        # /mhafail is shared by all clusters on an ensemble: anyone may read it
-        # and create a cluster under it; the cluster root carries the ACL.
-        from kazoo import exceptions as kex
-
-        open_acl = [make_acl("world", "anyone", read=True, create=True)]
-        with translated(f"create {ROOT}"), contextlib.suppress(kex.NodeExistsError):
-            self._client.create(ROOT, b"", acl=open_acl)
-        with translated(f"create {ROOT}/{self.cluster}"):
-            with contextlib.suppress(kex.NodeExistsError):
-                self._client.create(f"{ROOT}/{self.cluster}", b"")
-            # Reading the root proves the credentials (or their absence) fit.
-            self._client.get_children(f"{ROOT}/{self.cluster}")
+        # /mhafail is shared by all clusters on an ensemble; the cluster root
+        # and its folders carry the policy's ACLs, checked before any use.
+        if self.open_acl:
+            warn_open_once(self.cluster)
+        prepare_root(self._client, self.cluster, self.acl_policy, self.role)
 
     def _teardown_client(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            # kazoo's stop() joins its connection thread, which can sit in a
-            # connect attempt to a hung (SIGSTOPped) server for most of the
-            # session timeout (9 s measured with 10 s): close on a helper
-            # thread and wait a bounded time (issue 19). The session then ends
-            # by expiry instead of at once; nothing else changes.
-            closer = threading.Thread(
-                target=_close_client, args=(client,), name="mhafail-zk-close", daemon=True
-            )
+
+            def close() -> None:
+                try:
+                    client.stop()
+                    client.close()
+                except Exception:  # closing a broken client must not mask the real error
+                    logger.debug("error while closing kazoo client", exc_info=True)
+
+            # kazoo's stop() waits up to 10 s for an unreachable or hung server
+            # to acknowledge the close; the session ends on its own anyway
+            # (the lease ended first), so stop is bounded here.
+            closer = threading.Thread(target=close, name="mhafail-zk-close", daemon=True)
             closer.start()
-            closer.join(_CLOSE_WAIT)
+            closer.join(self.close_timeout)
             if closer.is_alive():
-                logger.warning("ZooKeeper client not closed after %g s; leaving it", _CLOSE_WAIT)
+                logger.warning(
+                    "cluster %s: ZooKeeper did not acknowledge the close in %.1f s; "
+                    "the session will expire on its own",
+                    self.cluster,
+                    self.close_timeout,
+                )
         for dispatcher in (self._dispatcher, self._lease_dispatcher):
             if dispatcher is not None:
                 dispatcher.stop()
@@ -558,18 +618,6 @@ class Coordinator:
         if dispatcher is not None:
             for listener in list(listeners):
                 dispatcher.post(listener, value)
-
-
-#: Longest :meth:`Coordinator.stop` waits for kazoo to close the session.
-_CLOSE_WAIT = 1.5
-
-
-def _close_client(client: Any) -> None:
-    try:
-        client.stop()
-        client.close()
-    except Exception:  # closing a broken client must not mask the real error
-        logger.debug("error while closing kazoo client", exc_info=True)
 
 
 def _hex(session_id: int | None) -> str:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
 
+from mhafail._json import decode_object
 from mhafail.coordination._names import check_name
-from mhafail.errors import InvalidArgument
+from mhafail.errors import InvalidArgument, MalformedData
+
+# Caps for a member znode written by another process (DESIGN.md rule 8).
+MAX_MEMBER_BYTES = 16 * 1024
+MAX_LIST_ITEMS = 64
+MAX_ENDPOINTS = 32
+MAX_TEXT = 255
 
 
 def _str_tuple(value: Any) -> tuple[str, ...]:
@@ -57,17 +65,89 @@ class NodeInfo:
 
     @classmethod
     def from_json(cls, data: bytes) -> NodeInfo:
-        """Decode a member znode.
+        """Decode a member znode, checking every field's type and size.
+
+        Unknown keys are ignored (a newer peer may add some); missing ones
+        take their defaults, except ``name``.
 
         Raises:
-            InvalidArgument: the data is not a NodeInfo document.
+            MalformedData: (an InvalidArgument) the data is not a NodeInfo
+                document within the caps: at most 16 KiB, lists of at most
+                64 strings, 32 endpoints, 255 characters per string.
         """
+        raw = decode_object(data, what="member info", max_bytes=MAX_MEMBER_BYTES)
         try:
-            raw = json.loads(data)
-            known = {f.name for f in attrs.fields(cls)}
-            return cls(**{k: v for k, v in raw.items() if k in known})
-        except (ValueError, TypeError) as exc:
-            raise InvalidArgument(f"malformed member info: {exc}") from exc
+            return cls(
+                name=_text(raw, "name", required=True),
+                addresses=_texts(raw, "addresses"),
+                interfaces=_texts(raw, "interfaces"),
+                roles=_texts(raw, "roles"),
+                version=_text(raw, "version"),
+                started_at=_number(raw, "started_at"),
+                host=_text(raw, "host"),
+                pid=_pid(raw),
+                endpoints=_endpoints(raw),
+            )
+        except MalformedData:
+            raise
+        except InvalidArgument as exc:  # the node name rule
+            raise MalformedData(f"malformed member info: {exc}") from exc
+
+
+def _bad(field: str, rule: str) -> MalformedData:
+    return MalformedData(f"malformed member info: {field} {rule}")
+
+
+def _text(raw: Mapping[str, Any], field: str, *, required: bool = False) -> str:
+    value = raw.get(field, None if required else "")
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise _bad(field, f"must be a string of at most {MAX_TEXT} characters")
+    return value
+
+
+def _texts(raw: Mapping[str, Any], field: str) -> tuple[str, ...]:
+    value = raw.get(field, [])
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_LIST_ITEMS
+        or not all(isinstance(v, str) and len(v) <= MAX_TEXT for v in value)
+    ):
+        raise _bad(field, f"must be a list of at most {MAX_LIST_ITEMS} short strings")
+    return tuple(value)
+
+
+def _number(raw: Mapping[str, Any], field: str) -> float:
+    value = raw.get(field, 0.0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(field, "must be a number")
+    try:
+        number = float(value)
+    except OverflowError as exc:
+        raise _bad(field, "is out of range") from exc
+    if not math.isfinite(number):
+        raise _bad(field, "must be finite")
+    return number
+
+
+def _pid(raw: Mapping[str, Any]) -> int:
+    value = raw.get("pid", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        raise _bad("pid", "must be an integer in 0 to 2**31-1")
+    return value
+
+
+def _endpoints(raw: Mapping[str, Any]) -> dict[str, str]:
+    value = raw.get("endpoints", {})
+    if (
+        not isinstance(value, dict)
+        or len(value) > MAX_ENDPOINTS
+        or not all(
+            len(k) <= MAX_TEXT and isinstance(v, str) and len(v) <= MAX_TEXT
+            for k, v in value.items()
+        )
+    ):
+        raise _bad("endpoints", f"must map at most {MAX_ENDPOINTS} names to short strings")
+    return dict(value)
 
 
 @attrs.frozen

@@ -61,10 +61,12 @@ class Membership:
     info: NodeInfo
     stale_wait: float | None = None
     refresh: float = 5.0
+    stop_timeout: float = 1.0
 
     _view: ClusterView = attrs.field(init=False, factory=ClusterView)
     _lock: threading.Condition = attrs.field(init=False, factory=threading.Condition)
-    _cache: dict[str, tuple[int, NodeInfo]] = attrs.field(init=False, factory=dict)
+    # name -> (created zxid, info or None when malformed: skipped, logged once)
+    _cache: dict[str, tuple[int, NodeInfo | None]] = attrs.field(init=False, factory=dict)
     _listeners: list[Callable[[ClusterView], None]] = attrs.field(init=False, factory=list)
     _loop: ConvergeLoop | None = attrs.field(init=False, default=None)
     _watch: Watch | None = attrs.field(init=False, default=None)
@@ -106,23 +108,22 @@ class Membership:
         self._watch = self.coordinator.znodes.watch_children(MEMBERS, self._loop.kick)
         return self
 
-    def stop(self, timeout: float = 1.0) -> None:
-        """Leave the cluster: delete the member znode (if still ours) and stop.
-
-        Bounded with ZooKeeper down, hung or slow: each ZooKeeper call waits
-        at most ``timeout`` seconds; a znode left behind goes with the session.
-        """
+    def stop(self) -> None:
+        """Leave the cluster: delete the member znode (if still ours) and stop."""
         if self._loop is None:
             return
         self._registered = False
         if self._watch is not None:
             self._watch.cancel()
-        self._loop.stop(timeout)
-        znodes = self.coordinator.znodes.bounded(min(timeout, self.coordinator.znodes.timeout))
+        self._loop.stop(timeout=self.stop_timeout)
+        if self.coordinator.state is not ConnectionState.CONNECTED:
+            return  # nothing to ask: the member znode goes with the session
         try:
-            node = znodes.get(self.path)
+            # Bounded: leaving must not wait for an unreachable ZooKeeper.
+            z = self.coordinator.znodes.bounded(self.stop_timeout)
+            node = z.get(self.path)
             if node is not None and node.ephemeral_owner == self.coordinator.session_id:
-                znodes.delete(self.path, version=node.version)
+                z.delete(self.path, version=node.version)
         except CoordinationError:
             logger.info("could not delete %s; it goes with the session", self.path)
 
@@ -187,17 +188,17 @@ class Membership:
             if node is None:
                 continue
             cached = self._cache.get(name)
-            if cached is not None and cached[0] == node.created_zxid:
+            if cached is None or cached[0] != node.created_zxid:
+                try:
+                    info: NodeInfo | None = NodeInfo.from_json(node.data)
+                except InvalidArgument as exc:  # shared data: skip it, never fail the view
+                    logger.warning("ignoring malformed member znode %s: %s", name, exc)
+                    info = None
+                cached = (node.created_zxid, info)
+                self._cache[name] = cached
+            if cached[1] is not None:
                 members[name] = cached[1]
-                continue
-            try:
-                info = NodeInfo.from_json(node.data)
-            except InvalidArgument:
-                logger.warning("ignoring malformed member znode %s", name)
-                continue
-            self._cache[name] = (node.created_zxid, info)
-            members[name] = info
-        for gone in set(self._cache) - set(members):
+        for gone in set(self._cache) - set(names):
             del self._cache[gone]
         with self._lock:
             if members == dict(self._view.members):

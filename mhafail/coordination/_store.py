@@ -17,9 +17,10 @@ import attrs
 from kazoo import exceptions as kex
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
+from mhafail.coordination._acl import AclPolicy
 from mhafail.coordination._dispatch import Dispatcher
 from mhafail.coordination._kazoo import translated
-from mhafail.errors import InvalidArgument
+from mhafail.errors import AccessDenied, InvalidArgument
 
 
 @attrs.frozen
@@ -69,14 +70,23 @@ class Znodes:
     ``VipManager.stop`` hang for minutes with ZooKeeper unreachable. A
     request that timed out may still be carried out later, when the
     connection returns: callers that must know use compare-and-set.
+    Every znode created here, parents included, gets the ACL the cluster's
+    policy gives its path.
     """
 
     def __init__(
-        self, client: Any, root: str, dispatcher: Dispatcher, *, timeout: float = 15.0
+        self,
+        client: Any,
+        root: str,
+        dispatcher: Dispatcher,
+        acls: AclPolicy | None = None,
+        *,
+        timeout: float = 15.0,
     ) -> None:
         self._client = client
         self._root = root
         self._dispatcher = dispatcher
+        self._acls = acls if acls is not None else AclPolicy(open=True)
         self._timeout = timeout
 
     @property
@@ -86,17 +96,17 @@ class Znodes:
 
     def bounded(self, timeout: float) -> Znodes:
         """The same znodes, with calls that wait at most ``timeout`` seconds."""
-        return Znodes(self._client, self._root, self._dispatcher, timeout=timeout)
-
-    @property
-    def root(self) -> str:
-        """The absolute path of the cluster root."""
-        return self._root
+        return Znodes(self._client, self._root, self._dispatcher, self._acls, timeout=timeout)
 
     @staticmethod
     def _left(end: float) -> float:
         # One deadline for a whole pipelined batch, not one per answer.
         return max(0.0, end - time.monotonic())
+
+    @property
+    def root(self) -> str:
+        """The absolute path of the cluster root."""
+        return self._root
 
     def _abs(self, path: str) -> str:
         if path.startswith("/") or ".." in path.split("/") or "//" in path:
@@ -123,19 +133,61 @@ class Znodes:
             CoordinationError: the parent is missing and ``makepath`` is False.
         """
         abs_path = self._abs(path)
+        acl = self._acls.acl_for(path)
         with translated(f"create {path}"):
             try:
-                created: str = self._client.create_async(
-                    abs_path, data, ephemeral=ephemeral, sequence=sequence, makepath=makepath
-                ).get(timeout=self._timeout)
+                try:
+                    created: str = self._client.create_async(
+                        abs_path, data, acl=acl, ephemeral=ephemeral, sequence=sequence
+                    ).get(timeout=self._timeout)
+                except kex.NoNodeError:
+                    if not makepath:
+                        raise
+                    self._ensure_parents(path)
+                    created = self._client.create_async(
+                        abs_path, data, acl=acl, ephemeral=ephemeral, sequence=sequence
+                    ).get(timeout=self._timeout)
             except kex.NodeExistsError:
                 return None
         return created[len(self._root) + 1 :]
 
     def ensure(self, path: str) -> None:
-        """Create ``path`` and its parents as empty persistent znodes if missing."""
+        """Create ``path`` and its parents as empty persistent znodes if missing.
+
+        Raises:
+            AccessDenied: a missing level may only be created by an operator
+                (the message says to run ``mhafail init``).
+        """
         with translated(f"ensure {path}"):
-            self._client.ensure_path_async(self._abs(path)).get(timeout=self._timeout)
+            if self._client.exists_async(self._abs(path)).get(timeout=self._timeout) is not None:
+                return  # the usual case: one round trip
+        parts = path.split("/") if path else []
+        for i in range(1, len(parts) + 1):
+            self._ensure_one("/".join(parts[:i]))
+
+    def _ensure_parents(self, path: str) -> None:
+        parent = path.rpartition("/")[0]
+        if parent:
+            self.ensure(parent)
+
+    def _ensure_one(self, path: str) -> None:
+        # exists() first: ZooKeeper checks CREATE on the parent before it
+        # says "exists", so a node creating an existing operator folder
+        # would be refused instead of finding it.
+        with translated(f"ensure {path}"):
+            if self._client.exists_async(self._abs(path)).get(timeout=self._timeout) is not None:
+                return
+            try:
+                self._client.create_async(self._abs(path), b"", acl=self._acls.acl_for(path)).get(
+                    timeout=self._timeout
+                )
+            except kex.NodeExistsError:
+                return
+            except kex.NoAuthError as exc:
+                raise AccessDenied(
+                    f"ensure {path}: only an operator may create it "
+                    "(run `mhafail init` with operator credentials)"
+                ) from exc
 
     def get(self, path: str) -> Znode | None:
         """Return the znode at ``path``, or None when it does not exist."""
@@ -232,25 +284,68 @@ class Znodes:
             path -> True if created, False if it already existed.
         """
         with translated(f"create {len(items)} znodes"):
-            end = time.monotonic() + self._timeout
-            pending = [
-                (
-                    p,
-                    self._client.create_async(
-                        self._abs(p), d, ephemeral=ephemeral, makepath=makepath
-                    ),
-                )
-                for p, d in items
-            ]
-            result: dict[str, bool] = {}
-            for path, answer in pending:
-                try:
-                    answer.get(timeout=self._left(end))
-                except kex.NodeExistsError:
-                    result[path] = False
-                else:
-                    result[path] = True
+            result, orphans = self._create_batch(items, ephemeral)
+            if orphans and makepath:
+                # Parents are missing only the first time: no extra round
+                # trips on the usual path (a failover's claims).
+                for parent in sorted({p.rpartition("/")[0] for p, _ in orphans}):
+                    if parent:
+                        self.ensure(parent)
+                again, orphans = self._create_batch(orphans, ephemeral)
+                result.update(again)
+            if orphans:
+                raise kex.NoNodeError(f"parent of {orphans[0][0]} does not exist")
         return result
+
+    def _create_batch(
+        self, items: Sequence[tuple[str, bytes]], ephemeral: bool
+    ) -> tuple[dict[str, bool], list[tuple[str, bytes]]]:
+        end = time.monotonic() + self._timeout
+        pending = [
+            (
+                (p, d),
+                self._client.create_async(
+                    self._abs(p), d, acl=self._acls.acl_for(p), ephemeral=ephemeral
+                ),
+            )
+            for p, d in items
+        ]
+        result: dict[str, bool] = {}
+        orphans: list[tuple[str, bytes]] = []
+        for item, answer in pending:
+            try:
+                answer.get(timeout=self._left(end))
+            except kex.NodeExistsError:
+                result[item[0]] = False
+            except kex.NoNodeError:
+                orphans.append(item)
+            else:
+                result[item[0]] = True
+        return result, orphans
+
+    def acl_problems(self) -> list[tuple[str, str]]:
+        """Every znode under the root whose ACL the cluster's policy does not allow.
+
+        Walks the whole tree (one pipelined round trip per level); for
+        ``mhafail init`` and audits, not for hot paths.
+
+        Returns:
+            (path relative to the root, problem) pairs, sorted by path.
+        """
+        from mhafail.coordination._root import tree_problems
+
+        return tree_problems(self._client, self._root, self._acls)
+
+    def repair_acls(self) -> int:
+        """Give every znode under the root exactly the policy's ACL; returns how many changed.
+
+        Raises:
+            AccessDenied: these credentials may not change some ACL (an
+                operator's, with ADMIN, can).
+        """
+        from mhafail.coordination._root import repair_tree
+
+        return repair_tree(self._client, self._root, self._acls)
 
     def watch_changes(
         self, path: str, callback: Callable[[str], None], *, children: bool = False

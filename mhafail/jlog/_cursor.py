@@ -3,10 +3,12 @@
 This is libjlog's ``__jlog_find_first_log_after``: from a position
 ``(log, marker)``, resync ``log``'s index; when the position is at the end
 of a closed segment below ``storage_log``, move to ``(log + 1, 0)``; skip
-segments that no longer exist below ``storage_log``. Unlike libjlog, a
-segment missing *between* segments that still exist is reported as
-corruption instead of being skipped silently: retention only ever deletes
-the oldest segments, so such a hole means unread data was lost.
+segments that no longer exist below ``storage_log``. A segment missing
+*between* segments that still exist is skipped, as libjlog does, only when
+some subscriber's checkpoint is past the hole: libjlog's retention deletes
+just the range a checkpoint moves across and leaves a removed subscriber's
+segments behind, so that hole is ordinary retention. A hole nobody has
+read past is reported as corruption (unread data was lost).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from mhafail.errors import JlogCorrupt
 
 from . import _format as fmt
-from ._files import list_segments, open_rw, read_storage_log
+from ._files import list_segments, open_rw, passed_hole, read_storage_log
 from ._segment import SegmentView
 
 log_ = logging.getLogger(__name__)
@@ -64,12 +66,23 @@ class Cursor:
         """Where to go when segment ``log`` (below ``storage_log``) is missing."""
         present = list_segments(self.path)
         older = [s for s in present if s < log]
-        if older and self.strict_gaps:
-            raise JlogCorrupt(
-                f"segment {log:08x} is missing while older segment {older[-1]:08x} still "
-                "exists: unread data was deleted; run repair() to acknowledge the loss"
-            )
         later = [s for s in present if log < s <= storage_log]
+        if older and self.strict_gaps:
+            resume = later[0] if later else storage_log
+            if not passed_hole(self.path, resume):
+                raise JlogCorrupt(
+                    f"segment {log:08x} is missing while older segment {older[-1]:08x} still "
+                    "exists and no subscriber has read past it: unread data was deleted; "
+                    "run repair() to acknowledge the loss"
+                )
+            log_.info(
+                "jlog %s: skipping segments %08x..%08x that libjlog's retention deleted "
+                "after every subscriber had read them",
+                self.path,
+                log,
+                resume - 1,
+            )
+            return resume
         if not later:
             return storage_log if storage_log > log else None
         if not older:

@@ -91,6 +91,31 @@ def list_checkpoint_files(path: Path) -> dict[str, str]:
     return found
 
 
+def checkpoint_logs(path: Path) -> list[int]:
+    """The segment of every readable checkpoint (damaged or vanished ones left out)."""
+    logs = []
+    for filename in list_checkpoint_files(path).values():
+        try:
+            with open(path / filename, "rb") as f:
+                raw = f.read(9)
+        except FileNotFoundError:
+            continue
+        if len(raw) == fmt.CHECKPOINT.size:
+            logs.append(fmt.decode_checkpoint(raw).log)
+    return logs
+
+
+def passed_hole(path: Path, after: int) -> bool:
+    """Whether some subscriber has read past a hole that ends before segment ``after``.
+
+    libjlog's retention deletes only what every subscriber of the moment
+    has read, and leaves a removed subscriber's segments behind, so a hole
+    with a subscriber past it is ordinary retention (a subscriber added
+    later with BEGIN starts in the orphaned segments below it), not loss.
+    """
+    return any(log >= after for log in checkpoint_logs(path))
+
+
 def read_meta_fd(fd: int) -> fmt.Meta:
     """Read and decode the metastore behind ``fd`` (caller holds any lock it needs).
 

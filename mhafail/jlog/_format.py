@@ -499,7 +499,9 @@ def decode_payload(buf: bytes | memoryview, offset: int, magic: int) -> tuple[in
         try:
             payload = lz4.block.decompress(bytes(buf[start:end]), uncompressed_size=length)
         except Exception as exc:  # lz4 raises its own LZ4BlockError, untyped
-            raise JlogCorrupt(f"LZ4 block at offset {offset} does not decompress: {exc}") from exc
+            raise JlogCorrupt(
+                f"LZ4 block at offset {offset} does not decompress: {exc}; run repair()"
+            ) from exc
         if len(payload) != length:
             raise JlogCorrupt(f"LZ4 block at offset {offset} has the wrong length")
         return sec, usec, payload, end

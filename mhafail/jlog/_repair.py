@@ -7,10 +7,13 @@ What is checked and how it is fixed:
   ``storage_log`` = the highest segment, as libjlog's repair does;
 - indexes: odd-sized, stale (not matching the records), or closed while
   the segment is still written -> rebuilt;
-- segments: a bad record magic or a torn end -> every record that still
-  parses is kept, the rest is cut and reported (byte ranges);
-- missing segments between existing ones -> replaced by empty segments
-  (their data is gone; reported) so readers can go on past them;
+- segments: a bad record magic, a torn end or an LZ4 block that does not
+  decompress -> every record that still decodes is kept, the rest is cut
+  and reported (byte ranges);
+- missing segments between existing ones that no subscriber has read past
+  -> replaced by empty segments (their data is gone; reported) so readers
+  can go on past them (a hole some subscriber has passed is libjlog's
+  ordinary retention: neither reported nor filled);
 - checkpoints: damaged or pointing past the data -> moved *back* only
   (to the oldest data, the end of the segment, or the last kept record
   before a cut), so nothing unread is ever skipped;
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import attrs
 
-from mhafail.errors import JlogInvalidArgument
+from mhafail.errors import JlogCorrupt, JlogInvalidArgument
 
 from . import _format as fmt
 from ._files import (
@@ -38,6 +41,7 @@ from ._files import (
     list_checkpoint_files,
     list_segments,
     open_rw,
+    passed_hole,
     pread_all,
     pwrite_all,
 )
@@ -142,15 +146,35 @@ def _read(path: Path) -> bytes:
         return f.read()
 
 
-def _guess_magic(path: Path, segments: list[int]) -> int:
-    """Recover the record magic from the segments (plain if nothing tells)."""
+def _segments_magic(path: Path, segments: list[int]) -> int | None:
+    """The record magic most segments start with (``None``: no segment tells)."""
+    votes = {fmt.PLAIN_MAGIC: 0, fmt.LZ4_MAGIC: 0}
     for log in segments:
-        head = _read(path / fmt.segment_name(log))[:4]
+        with contextlib.suppress(FileNotFoundError), open(path / fmt.segment_name(log), "rb") as f:
+            head = f.read(4)
         if len(head) == 4:
             (magic,) = fmt.U32.unpack(head)
-            if magic in (fmt.PLAIN_MAGIC, fmt.LZ4_MAGIC):
-                return int(magic)
-    return fmt.PLAIN_MAGIC
+            if magic in votes:
+                votes[magic] += 1
+    if not any(votes.values()):
+        return None
+    return max(votes, key=lambda m: votes[m])
+
+
+def _decodes(data: bytes, offset: int, magic: int) -> bool:
+    """Whether the record at ``offset`` decodes (an LZ4 block may not, intact lengths or not)."""
+    try:
+        fmt.decode_payload(data, offset, magic)
+    except JlogCorrupt:
+        return False
+    return True
+
+
+def _undecodable(data: bytes, offsets: list[int], magic: int) -> list[int]:
+    """Offsets of the framed records whose LZ4 block does not decompress (none when plain)."""
+    if not fmt.is_compressed_magic(magic):
+        return []
+    return [offset for offset in offsets if not _decodes(data, offset, magic)]
 
 
 def _check_jlog_dir(path: Path) -> None:
@@ -173,8 +197,17 @@ def _effective_meta(path: Path, segments: list[int]) -> tuple[fmt.Meta, list[str
         unit_limit = fmt.DEFAULT_UNIT_LIMIT
     if safety not in (0, 1, 2):
         safety = int(fmt.Safety.ALMOST_SAFE)
+    on_disk = _segments_magic(path, segments)
     if magic not in (fmt.PLAIN_MAGIC, fmt.LZ4_MAGIC):
-        magic = _guess_magic(path, segments)
+        magic = fmt.PLAIN_MAGIC if on_disk is None else on_disk
+    elif on_disk is not None and on_disk != magic:
+        # Both values are valid, so only the segments can tell which is
+        # right; trusting the metastore would cut every record as damage.
+        problems = [
+            *problems,
+            f"record magic {magic:#010x} disagrees with the segments' {on_disk:#010x}",
+        ]
+        magic = on_disk
     stale = bool(segments) and storage_log != latest
     if stale:
         storage_log = latest
@@ -191,11 +224,15 @@ def _salvage(data: bytes, magic: int) -> tuple[list[tuple[int, int]], list[tuple
     needle = fmt.U32.pack(magic)
     size = len(data)
 
+    compressed = fmt.is_compressed_magic(magic)
+
     def record_at(pos: int) -> int | None:
         if pos + hsize > size or data[pos : pos + 4] != needle:
             return None
         end = fmt.record_end(data[pos : pos + hsize], pos, magic)
-        return end if end <= size else None
+        if end > size or (compressed and not _decodes(data, pos, magic)):
+            return None
+        return end
 
     def plausible(pos: int) -> bool:
         end = record_at(pos)
@@ -242,6 +279,14 @@ def _inspect_segment(
     name = fmt.segment_name(log)
     data = _read(path / name)
     walk = fmt.walk_records(data, meta.hdr_magic)
+    for offset in _undecodable(data, walk.offsets, meta.hdr_magic):
+        problems.append(
+            Problem(
+                ProblemKind.CORRUPT_SEGMENT,
+                name,
+                f"LZ4 block of the record at offset {offset} does not decompress",
+            )
+        )
     if walk.stop is fmt.WalkStop.BAD_MAGIC:
         problems.append(
             Problem(ProblemKind.CORRUPT_SEGMENT, name, f"bad record magic at offset {walk.end}")
@@ -309,7 +354,8 @@ def inspect(path: str | os.PathLike[str]) -> InspectReport:
         counts[log] = len(walk.offsets)
     if segments:
         for log in range(segments[0], segments[-1]):
-            if log not in counts:
+            after = min(s for s in segments if s > log)
+            if log not in counts and not passed_hole(path, after):
                 problems.append(
                     Problem(
                         ProblemKind.MISSING_SEGMENT,
@@ -380,7 +426,9 @@ def _repair_segment(
             data = pread_all(fd, os.fstat(fd).st_size, 0)
             walk = fmt.walk_records(data, meta.hdr_magic)
             closed = log < meta.storage_log
-            if walk.stop is fmt.WalkStop.END:
+            if walk.stop is fmt.WalkStop.END and not _undecodable(
+                data, walk.offsets, meta.hdr_magic
+            ):
                 _fix_index_if_needed(path, log, walk.offsets, closed)
                 return
             old_index = _old_index(path, log)
@@ -477,9 +525,10 @@ def repair(path: str | os.PathLike[str]) -> RepairReport:
                 os.fsync(meta_fd)
             checkpoints = _repair_checkpoint_files(path, segments, meta, moves)
             for log in range(segments[0], segments[-1]) if segments else ():
-                if log not in segments:
-                    # Readers stop at holes (retention never makes one): an
-                    # empty segment lets them pass; the loss is reported.
+                resume = min((s for s in segments if s > log), default=log + 1)
+                if log not in segments and not passed_hole(path, resume):
+                    # Readers stop at holes nobody read past: an empty
+                    # segment lets them pass; the loss is reported.
                     os.close(
                         os.open(path / fmt.segment_name(log), os.O_CREAT | os.O_WRONLY, FILE_MODE)
                     )

@@ -135,6 +135,12 @@ class SegmentView:
                 raise _StaleIndex(str(exc)) from None
             if end > data_len:
                 raise _StaleIndex(f"last entry {new[-1]} runs past the data")
+        if closed and end != data_len:
+            # A closed index says the segment ends with its last record; bytes
+            # after it are records it misses (libjlog or a crash wrote them
+            # after closing): trusting it would skip them and let retention
+            # delete them unread.
+            raise _StaleIndex(f"closed at offset {end} but the segment holds {data_len} bytes")
         self.offsets.extend(new)
         self._idx_len = idx_len
         self._end = end
@@ -234,13 +240,20 @@ class SegmentView:
         new = tuple.__new__
         message_cls, id_cls = fmt.Message, fmt.MessageId
         if self.compressed:
+            window = buf[: stop - base] if stop - base < len(buf) else buf
             for marker in range(first, first + count):
-                sec, usec, payload, pos = fmt.decode_payload(buf, pos, magic)
+                sec, usec, payload, pos = fmt.decode_payload(window, pos, magic)
                 append(new(message_cls, (new(id_cls, (log, marker)), sec, usec, payload)))
         else:
             unpack = self.header.unpack_from
             hsize = self.header.size
+            limit = stop - base
             for marker in range(first, first + count):
+                if pos + hsize > limit:
+                    raise JlogCorrupt(
+                        f"segment {self.log:08x}: record {marker} at offset {base + pos} runs "
+                        "past its index; run repair()"
+                    )
                 found, sec, usec, length = unpack(buf, pos)
                 if found != magic:
                     raise JlogCorrupt(
@@ -249,6 +262,11 @@ class SegmentView:
                     )
                 pos += hsize
                 end = pos + length
+                if end > limit:
+                    raise JlogCorrupt(
+                        f"segment {self.log:08x}: record {marker} at offset {base + pos - hsize} "
+                        "runs past its index; run repair()"
+                    )
                 append(new(message_cls, (new(id_cls, (log, marker)), sec, usec, buf[pos:end])))
                 pos = end
         if base + pos != stop:

@@ -12,13 +12,19 @@ retention, exactly as libjlog does not.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 from pathlib import Path
 
 import attrs
 
-from mhafail.errors import JlogInvalidArgument, JlogSubscriberExists, JlogUnknownSubscriber
+from mhafail.errors import (
+    JlogCorrupt,
+    JlogInvalidArgument,
+    JlogSubscriberExists,
+    JlogUnknownSubscriber,
+)
 
 from . import _format as fmt
 from . import _retention
@@ -38,6 +44,8 @@ from ._files import (
 )
 from ._lock import locked
 from ._segment import SegmentView
+
+log_ = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -62,9 +70,23 @@ def first_log(path: Path, storage_log: int) -> int:
 
 
 def _all_checkpoints(path: Path) -> dict[str, fmt.MessageId]:
+    """Every subscriber's checkpoint; empty ``cp.*`` files are left out.
+
+    libjlog creates ``cp.<name>`` with O_EXCL and writes it afterwards, so a
+    crash in between leaves an empty file: a subscriber that never came to
+    be, which libjlog ignores too. Any other damaged size raises: retention
+    must not run without knowing what a real subscriber still needs.
+    """
     found = {}
     for name, filename in list_checkpoint_files(path).items():
-        position = read_checkpoint(path, filename)
+        try:
+            position = read_checkpoint(path, filename)
+        except JlogCorrupt:
+            with contextlib.suppress(FileNotFoundError):
+                if (path / filename).stat().st_size == 0:
+                    log_.warning("jlog %s: ignoring empty checkpoint %s", path, filename)
+                    continue
+            raise
         if position is not None:
             found[name] = position
     return found

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import fcntl
+import itertools
 import logging
 import os
 import threading
@@ -476,10 +477,9 @@ class JlogWriter:
                         len(pending) - walk.end,
                         walk.end,
                     )
-                records = [
-                    pending[a:b]
-                    for a, b in zip(walk.offsets, [*walk.offsets[1:], walk.end], strict=True)
-                ]
+                # pairwise over starts plus the end: no records (a torn first
+                # record) gives no pairs rather than a mismatched zip.
+                records = [pending[a:b] for a, b in itertools.pairwise([*walk.offsets, walk.end])]
                 with self._tlock:
                     self._append(records)
                     # The records must be on disk before pre_commit forgets

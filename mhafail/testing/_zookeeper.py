@@ -247,18 +247,24 @@ class ZooKeeperServer:
 
 @attrs.define(kw_only=True, eq=False)
 class ZooKeeperEnsemble:
-    """A quorum of ``size`` ZooKeeper servers, on loopback by default (3).
+    """A quorum of ``size`` ZooKeeper servers (default 3), on loopback by default.
 
     Args:
         size: how many servers.
-        tick_time: their ``tickTime`` in ms.
-        placement: optional ``(netns, address)`` per server, to run each in a
-            network namespace of its own (``NetnsLab`` hosts), so that a test
-            can cut one server off from its peers while clients still reach it.
+        tick_time: ``tickTime`` in ms for every server.
+        host: the address every server listens on (each on its own ports).
+        netns: run the servers inside this network namespace (root; e.g. a
+            lab's bridge namespace with ``host`` the bridge address).
+        placement: instead of ``host``/``netns``, one ``(netns, address)``
+            per server, to run each in a namespace of its own (``NetnsLab``
+            hosts), so that a test can cut one server off from its peers
+            while clients still reach it.
     """
 
     size: int = 3
     tick_time: int = 100
+    host: str = "127.0.0.1"
+    netns: str | None = None
     placement: tuple[tuple[str | None, str], ...] = ()
     servers: list[ZooKeeperServer] = attrs.field(init=False, factory=list)
 
@@ -267,7 +273,7 @@ class ZooKeeperEnsemble:
             raise TestingError(f"placement names {len(self.placement)} servers, not {self.size}")
         base = Path(tempfile.mkdtemp(prefix="mha-zk-ensemble-"))
         peers = tuple((i, free_port(), free_port()) for i in range(1, self.size + 1))
-        where = self.placement or tuple((None, "127.0.0.1") for _ in peers)
+        where = self.placement or tuple((self.netns, self.host) for _ in peers)
         hosts = {i: where[i - 1][1] for i, _, _ in peers}
         self.servers = [
             ZooKeeperServer(

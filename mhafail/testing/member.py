@@ -25,6 +25,7 @@ from mhafail.coordination import (
     ClusterView,
     ConnectionState,
     Coordinator,
+    Credentials,
     LeaseState,
     Membership,
     NodeInfo,
@@ -49,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--node", required=True)
     parser.add_argument("--session-timeout", type=float, default=2.0)
     parser.add_argument("--role", action="append", default=[])
+    parser.add_argument(
+        "--zk-auth",
+        default=os.environ.get("MHAFAIL_ZK_AUTH"),
+        help="credentials file (default $MHAFAIL_ZK_AUTH; without it: an open cluster)",
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -56,7 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
     coordinator = Coordinator(
-        hosts=args.zk, cluster=args.cluster, session_timeout=args.session_timeout
+        hosts=args.zk,
+        cluster=args.cluster,
+        session_timeout=args.session_timeout,
+        credentials=Credentials.from_file(args.zk_auth) if args.zk_auth else None,
+        open_acl=not args.zk_auth,
     )
     coordinator.add_state_listener(lambda s: emit("state", state=ConnectionState(s).value))
     coordinator.add_lease_listener(lambda s: emit("lease", state=LeaseState(s).value))

@@ -6,7 +6,8 @@ Fixtures:
     zk_cluster: a fresh cluster name per test, i.e. a fresh chroot
         ``/mhafail/<name>``.
     coordinator_factory: ``make(**kwargs)`` returns a started Coordinator on
-        that server and cluster; all are stopped after the test.
+        that server and cluster (``open_acl=True`` unless ``credentials`` are
+        given); all are stopped after the test.
     zk_ensemble: a 3-server ensemble for one test.
     tcp_proxy_factory: ``make(target_address)`` returns a TcpProxy.
     netns_lab_factory: ``make(hosts=3, client=False)`` returns a started
@@ -108,6 +109,9 @@ def coordinator_factory(
         kwargs.setdefault("hosts", zookeeper.address)
         kwargs.setdefault("cluster", zk_cluster)
         kwargs.setdefault("session_timeout", 2.0)
+        if kwargs.get("credentials") is None:
+            # A throwaway server: tests choose an open cluster unless they test ACLs.
+            kwargs.setdefault("open_acl", True)
         coordinator = Coordinator(**kwargs)
         made.append(coordinator)
         return coordinator.start()

@@ -61,6 +61,7 @@ class Kernel:
         self._fence = fence
         self._schedule = tuple(sorted(announce_schedule))
         self._lock = threading.Lock()
+        self._closed = False
         self._plumbed: dict[str, Vip] = {}
         self._queue: list[tuple[float, int, str, int]] = []  # (when, seq, address, generation)
         self._generation: dict[str, int] = {}
@@ -91,7 +92,7 @@ class Kernel:
         with self._lock:
             if vip.key in self._plumbed:
                 return True
-            if not self._lease_valid():
+            if self._closed or not self._lease_valid():
                 return False
             if self._fence is not None and not self._fence.manage(vip):
                 logger.warning("not plumbing %s: the fence is not working", vip.key)
@@ -161,7 +162,7 @@ class Kernel:
             present = vip.key in by_iface[vip.interface]
             with self._lock:
                 ours = vip.key in self._plumbed
-                if ours and not present and self._lease_valid():
+                if ours and not present and not self._closed and self._lease_valid():
                     self.plumber.ensure_present(vip, self._valid_for())
                     if not self._lease_valid():
                         self.plumber.ensure_absent(vip)  # stalled past the lease: undo
@@ -171,6 +172,11 @@ class Kernel:
                     self.plumber.ensure_absent(vip)
                     removed.append(vip.key)
         return readded, removed
+
+    def close(self) -> None:
+        """Refuse every later add (shutdown); removals still work."""
+        with self._lock:
+            self._closed = True
 
     def stop(self) -> None:
         """Stop the announcer and lifetime threads."""

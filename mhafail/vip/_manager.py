@@ -241,8 +241,11 @@ class VipManager:
         if self._loop is None or self._stopping:
             return
         self._stopping = True
-        self._loop.stop()
+        # A pass blocked in a ZooKeeper call is not waited for: the kernel is
+        # closed first, so whatever it does next cannot plumb anything.
+        self._loop.stop(timeout=0.5)
         assert self._kernel is not None
+        self._kernel.close()
         # Every ZooKeeper call on the way out is bounded: with ZooKeeper
         # unreachable, stop drops the addresses and gives up on the claims
         # (the session's end removes them) instead of waiting for kazoo.
@@ -742,15 +745,15 @@ def _claim(node: Znode | None) -> Claim | None:
 
 
 def _json(data: bytes) -> dict[str, object]:
-    import json
+    """Decode a declaration znode (size and depth capped; see mhafail._json)."""
+    from mhafail._json import decode_object
+    from mhafail.errors import MalformedData
+    from mhafail.vip._paths import MAX_DOC_BYTES
 
     try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise InvalidVipSpec(f"malformed declaration: {exc}") from exc
-    if not isinstance(value, dict):
-        raise InvalidVipSpec("malformed declaration: not an object")
-    return value
+        return decode_object(data, what="declaration", max_bytes=MAX_DOC_BYTES)
+    except MalformedData as exc:
+        raise InvalidVipSpec(str(exc)) from exc
 
 
 def _vip_json(vip: Vip) -> bytes:

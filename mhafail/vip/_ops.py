@@ -6,14 +6,15 @@ a request that every agent's converge loop acts on).
 
 from __future__ import annotations
 
-import json
 import time
 
 import attrs
 
+from mhafail._json import decode_object
 from mhafail.coordination import Coordinator
 from mhafail.errors import InvalidVipSpec
 from mhafail.vip._paths import (
+    MAX_DOC_BYTES,
     VIPS,
     Claim,
     declared_path,
@@ -70,8 +71,9 @@ def show(coordinator: Coordinator) -> list[VipStatus]:
             if znode is None:
                 continue
             try:
-                decls[node] = Vip.from_dict(json.loads(znode.data))
-            except (ValueError, InvalidVipSpec):
+                raw = decode_object(znode.data, what="declaration", max_bytes=MAX_DOC_BYTES)
+                decls[node] = Vip.from_dict(raw)
+            except ValueError:  # MalformedData and InvalidVipSpec: skip the bad entry
                 continue
         owner_node = z.get(owner_path(address))
         claim = None if owner_node is None else Claim.from_json(owner_node.data, 0)

@@ -4,19 +4,36 @@
 
     vips/<address>/owner            ephemeral   {"node", "session", "since"}: the claim
     vips/<address>/declared/<node>  ephemeral   the node's Vip declaration
-    vips/<address>/target           persistent  {"node", "time"}: an explicit move
-    drained/<node>                  persistent  {"time"}: the node gives up its VIPs
+    targets/<address>               persistent  {"node", "time"}: an explicit move
+    drained/<node>                  persistent  {"node", "time"}: the node gives up its VIPs
+
+Move targets live outside ``vips/<address>`` on purpose: nodes must be able
+to create children there (claims, declarations), and ZooKeeper grants
+CREATE per parent, not per child name; ``targets`` and ``drained`` are
+writable by operators only (docs/security.md).
+
+Every document here is read with a schema and size caps: a malformed one
+reads as absent (logged by the caller), never as an exception.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import attrs
 
+from mhafail._json import decode_object
+from mhafail.coordination import check_name
+from mhafail.errors import InvalidArgument
+
 VIPS = "vips"
+TARGETS = "targets"
 DRAINED = "drained"
+
+MAX_DOC_BYTES = 4096
+"""Claims, targets and drain markers are a few dozen bytes."""
 
 
 def owner_path(address: str) -> str:
@@ -31,8 +48,8 @@ def declared_path(address: str, node: str | None = None) -> str:
 
 
 def target_path(address: str) -> str:
-    """The explicit move target of ``address``."""
-    return f"{VIPS}/{address}/target"
+    """The explicit move target of ``address`` (operator-controlled)."""
+    return f"{TARGETS}/{address}"
 
 
 def drained_path(node: str | None = None) -> str:
@@ -56,12 +73,23 @@ class Claim:
 
     @classmethod
     def from_json(cls, data: bytes, session: int) -> Claim | None:
-        """Decode a claim znode (None when unreadable: treated as held by nobody known)."""
+        """Decode a claim znode (None when malformed: treated as held by nobody known).
+
+        Never raises: the claim's existence, not its content, is what
+        ownership rests on; the content only names the holder.
+        """
         try:
-            raw = json.loads(data)
-            return cls(node=str(raw["node"]), session=session, since=float(raw["since"]))
-        except (ValueError, KeyError, TypeError):
+            raw = decode_object(data, what="claim", max_bytes=MAX_DOC_BYTES)
+        except InvalidArgument:
             return None
+        node, since = _node_field(raw), raw.get("since")
+        if node is None or isinstance(since, bool) or not isinstance(since, int | float):
+            return None
+        try:
+            since_f = float(since)
+        except OverflowError:
+            return None
+        return cls(node=node, session=session, since=since_f) if math.isfinite(since_f) else None
 
 
 def node_json(node: str) -> bytes:
@@ -70,9 +98,23 @@ def node_json(node: str) -> bytes:
 
 
 def node_from_json(data: bytes) -> str | None:
-    """The ``node`` field of a :func:`node_json` document, or None."""
+    """The ``node`` field of a :func:`node_json` document or claim, or None.
+
+    None when the document is malformed, too large (over 4 KiB) or names
+    no valid node; never raises.
+    """
     try:
-        value = json.loads(data)["node"]
-    except (ValueError, KeyError, TypeError):
+        return _node_field(decode_object(data, what="node document", max_bytes=MAX_DOC_BYTES))
+    except InvalidArgument:
         return None
-    return str(value)
+
+
+def _node_field(raw: dict[str, object]) -> str | None:
+    value = raw.get("node")
+    if not isinstance(value, str):
+        return None
+    try:
+        check_name("node name", value)
+    except InvalidArgument:
+        return None
+    return value

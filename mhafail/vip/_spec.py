@@ -35,10 +35,14 @@ class VipKind(enum.Enum):
 
 
 def _address(value: object) -> IPAddress:
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return value
+    if not isinstance(value, str):  # str() of a 5000-digit int raises ValueError itself
+        raise InvalidVipSpec(f"invalid VIP address: a {type(value).__name__}, not text")
     try:
-        return ipaddress.ip_address(str(value))
+        return ipaddress.ip_address(value)
     except ValueError as exc:
-        raise InvalidVipSpec(f"invalid VIP address {value!r}: {exc}") from exc
+        raise InvalidVipSpec(f"invalid VIP address {value[:64]!r}: {exc}") from exc
 
 
 @attrs.frozen
@@ -131,21 +135,39 @@ class Vip:
         try:
             return cls(
                 address=raw["address"],
-                prefix=int(raw["prefix"]) if raw.get("prefix") is not None else None,  # type: ignore[call-overload]
-                interface=str(raw.get("interface") or ""),
+                prefix=_prefix(raw.get("prefix")),
+                interface=_opt(raw.get("interface")) or "",
                 kind=VipKind(raw.get("kind", "listener")),
                 binding=_opt(raw.get("binding")),
                 preference=_opt(raw.get("preference")),
                 follow=_opt(raw.get("follow")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             if isinstance(exc, InvalidVipSpec):
                 raise
-            raise InvalidVipSpec(f"malformed VIP declaration {dict(raw)!r}: {exc}") from exc
+            # Name the fields, not their values: a value may be huge or unprintable.
+            fields = ", ".join(sorted(str(k)[:32] for k in raw))
+            raise InvalidVipSpec(f"malformed VIP declaration (fields {fields}): {exc}") from exc
 
 
 def _opt(value: object) -> str | None:
-    return None if value in (None, "") else str(value)
+    """An optional text field: None, or a string (anything else is refused)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got a {type(value).__name__}")
+    return value
+
+
+def _prefix(value: object) -> int | None:
+    """An optional prefix length: None, a small int, or up to three ASCII digits."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 3:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 128:
+        return value
+    raise ValueError("prefix must be a number from 1 to 128")
 
 
 def parse_topology(lines: Iterable[str] | Mapping[str, str]) -> dict[IPNetwork, str]:
@@ -208,8 +230,11 @@ def parse_vip(text: str, *, topology: Mapping[IPNetwork, str] | None = None) -> 
         if not sep or key not in ("kind", "binding", "prefer", "follow"):
             raise InvalidVipSpec(f"VIP {text!r}: unknown option {option!r}")
         fields[key] = value
-    if prefix_text and not prefix_text.isdigit():
+    # str.isdigit() accepts "²" and other Unicode digits that int() refuses.
+    if prefix_text and not (prefix_text.isascii() and prefix_text.isdigit()):
         raise InvalidVipSpec(f"VIP {text!r}: prefix {prefix_text!r} is not a number")
+    if len(prefix_text) > 3:
+        raise InvalidVipSpec(f"VIP {text!r}: prefix {prefix_text!r} is not in 1-128")
     try:
         kind = VipKind(fields.get("kind", "binding" if "binding" in fields else "listener"))
     except ValueError as exc:

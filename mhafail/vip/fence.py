@@ -60,8 +60,11 @@ _MCL_CURRENT, _MCL_FUTURE = 1, 2
 
 
 def _log(text: str) -> None:
-    sys.stderr.write(f"mhafail-fence: {text}\n")
-    sys.stderr.flush()
+    # stderr is a pipe to the agent: when the agent is dead, a write fails.
+    # The fence's work matters most exactly then, so logging never raises.
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"mhafail-fence: {text}\n")
+        sys.stderr.flush()
 
 
 class Fence:

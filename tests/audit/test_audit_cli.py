@@ -113,3 +113,27 @@ def test_serve_runs_the_http_server(snapshots: Path) -> None:
         assert proc.wait(timeout=10) in (0, 130)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_serve_takes_connection_limits_and_refuses_bad_ones(snapshots: Path) -> None:
+    """`--idle-timeout` and `--max-connections` reach the server; non-positive values exit 2."""
+    for flag, value in (("--idle-timeout", "0"), ("--max-connections", "0")):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mhafail",
+                "cidr",
+                "--dir",
+                str(snapshots),
+                "--serve",
+                flag,
+                value,
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2
+        assert flag[2:].replace("-", "_") in proc.stderr

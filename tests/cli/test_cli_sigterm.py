@@ -80,7 +80,7 @@ class _Member:
 
     def __init__(self, zk: str, name: str, **info: object) -> None:
         self.coordinator = Coordinator(
-            hosts=zk, cluster="c1", session_timeout=2, connect_timeout=10
+            hosts=zk, cluster="c1", session_timeout=2, connect_timeout=10, open_acl=True
         ).start()
         self.membership = Membership(
             coordinator=self.coordinator,

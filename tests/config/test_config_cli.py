@@ -89,3 +89,31 @@ def test_cli_bad_input_exits_2_with_a_message(
     assert "unknown commit" in capsys.readouterr().err
     assert main(["config", "log", "--dir", str(tmp_path / "nowhere")]) == 2
     assert "not a config repository" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_cli_commit_refuses_symbolic_links(
+    *,
+    kind: str,
+    zookeeper: ZooKeeperServer,
+    zk_cluster: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    coordinator_factory: Callable[..., Coordinator],
+) -> None:
+    """A symlink in the working copy (to /etc/passwd or /etc) makes commit exit 2; nothing ships."""
+    zk = ["--zk", zookeeper.address, "--cluster", zk_cluster, "--repo", "mta"]
+    a = ["--dir", str(tmp_path / "a"), "--node", "a", *zk]
+    assert main(["config", "init", *a]) == 0
+    work = tmp_path / "a" / "mta" / "work"
+    (work / "global").mkdir()
+    (work / "global" / "ok.conf").write_text("fine\n")
+    if kind == "file":
+        (work / "global" / "pw").symlink_to("/etc/passwd")
+    else:
+        (work / "etc").symlink_to("/etc")
+    assert main(["config", "commit", "-m", "steal", *a]) == 2
+    err = capsys.readouterr().err
+    assert "symbolic link" in err and ("global/pw" in err or "etc" in err)
+    assert "Traceback" not in err
+    assert coordinator_factory().znodes.get("config/mta/head") is None

@@ -72,7 +72,7 @@ def test_ephemeral_znode_of_another_cluster_is_invisible(
 def test_unreachable_zookeeper_is_a_clear_error() -> None:
     """A coordinator with nothing listening raises CoordinationUnavailable naming the hosts."""
     port = free_port()
-    c = Coordinator(hosts=f"127.0.0.1:{port}", cluster="c", connect_timeout=1.0)
+    c = Coordinator(hosts=f"127.0.0.1:{port}", cluster="c", connect_timeout=1.0, open_acl=True)
     with pytest.raises(CoordinationUnavailable, match=f"127.0.0.1:{port}"):
         c.start()
 

@@ -16,7 +16,8 @@ def test_clients_keep_or_regain_their_sessions_when_the_leader_dies(
 ) -> None:
     """Killing the leader server leaves every client connected with its membership intact."""
     clients = [
-        Coordinator(hosts=zk_ensemble.hosts, cluster="ens", session_timeout=4.0) for _ in range(3)
+        Coordinator(hosts=zk_ensemble.hosts, cluster="ens", session_timeout=4.0, open_acl=True)
+        for _ in range(3)
     ]
     members = []
     try:

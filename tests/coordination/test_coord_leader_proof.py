@@ -50,7 +50,9 @@ def test_a_follower_cut_off_from_the_leader_cannot_extend_the_lease(
     deleted_at: list[float] = []
 
     def start_owner() -> Coordinator:
-        c = Coordinator(hosts=follower.address, cluster="proof", session_timeout=TIMEOUT)
+        c = Coordinator(
+            hosts=follower.address, cluster="proof", session_timeout=TIMEOUT, open_acl=True
+        )
         c.start()
         c.add_lease_listener(
             lambda s: expired_at.append(time.monotonic()) if s is LeaseState.EXPIRED else None
@@ -59,7 +61,9 @@ def test_a_follower_cut_off_from_the_leader_cannot_extend_the_lease(
         return c
 
     def start_watcher() -> Coordinator:
-        return Coordinator(hosts=leader.address, cluster="proof", session_timeout=TIMEOUT).start()
+        return Coordinator(
+            hosts=leader.address, cluster="proof", session_timeout=TIMEOUT, open_acl=True
+        ).start()
 
     owner = run_in_netns(client, start_owner)
     watcher = run_in_netns(client, start_watcher)

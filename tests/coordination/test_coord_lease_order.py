@@ -22,8 +22,10 @@ def test_lease_expires_before_anyone_sees_the_ephemeral_vanish(
     """A client cut off from ZooKeeper hears 'lease expired' before another client
     can observe its ephemeral znode disappear (an ordering check, repeated)."""
     proxy = tcp_proxy_factory(zookeeper.address)
-    victim = Coordinator(hosts=proxy.address, cluster=zk_cluster, session_timeout=0.6 + trial * 0.3)
-    observer = Coordinator(hosts=zookeeper.address, cluster=zk_cluster)
+    victim = Coordinator(
+        hosts=proxy.address, cluster=zk_cluster, session_timeout=0.6 + trial * 0.3, open_acl=True
+    )
+    observer = Coordinator(hosts=zookeeper.address, cluster=zk_cluster, open_acl=True)
     victim.start()
     observer.start()
     try:

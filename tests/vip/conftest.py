@@ -13,17 +13,20 @@ from mhafail.testing import NetnsLab, ZooKeeperServer
 
 @pytest.fixture
 def lab_factory(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
-    """Make a started lab: ``make(timeout=1.0, tick_time=100)``; torn down after the test."""
+    """Make a started lab: ``make(timeout=1.0, tick_time=100, extra=agent_args)``.
+
+    Torn down after the test.
+    """
     made: list[tuple[NetnsLab, ZooKeeperServer, Lab | None]] = []
 
-    def make(timeout: float = TIMEOUT, tick_time: int = 100) -> Lab:
+    def make(timeout: float = TIMEOUT, tick_time: int = 100, extra: tuple[str, ...] = ()) -> Lab:
         netns = NetnsLab(hosts=3, client=True, bridge_address="198.18.0.1/24").start()
         zk = ZooKeeperServer(
             tick_time=tick_time, host="198.18.0.1", netns=netns.lan, workdir=tmp_path / "zk"
         )
         made.append((netns, zk, None))
         zk.start()
-        lab = Lab(netns, zk, timeout)
+        lab = Lab(netns, zk, timeout, extra)
         made[-1] = (netns, zk, lab)
         return lab
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -92,7 +93,9 @@ def test_vip_survives_the_loss_of_the_zookeeper_leader(
     network = FakeNetwork()
     nodes = []
     for name in ("n1", "n2"):
-        c = Coordinator(hosts=zk_ensemble.hosts, cluster="ens", session_timeout=4.0).start()
+        c = Coordinator(
+            hosts=zk_ensemble.hosts, cluster="ens", session_timeout=4.0, open_acl=True
+        ).start()
         m = Membership(coordinator=c, info=NodeInfo(name=name, pid=os.getpid())).start()
         plumber = FakePlumber(network, name, {"eth0": ["198.18.0.1/24"]})
         manager = VipManager(
@@ -206,3 +209,32 @@ def test_vip_cli_show_move_drain(
     wait_for(lambda: holders(record) and owner not in holders(record))
     assert main(["vip", "undrain", *zk, owner]) == 0
     assert FakeNetwork.load(str(record)).max_holders(A) == 1
+
+
+@pytest.mark.zookeeper
+@pytest.mark.parametrize("fault", ["killed", "stopped"])
+def test_agent_exits_within_5_s_of_sigterm_without_zookeeper(tmp_path: Path, fault: str) -> None:
+    """SIGTERM ends the agent within 5 s with ZooKeeper killed or SIGSTOPped; its VIP is gone."""
+    record = tmp_path / "record"
+    with ZooKeeperServer(tick_time=100, workdir=tmp_path / "zk") as zk:
+        proc = agent_process(zk.address, "sigterm", "n1", record)
+        proc.log_dir = tmp_path
+        proc.start(timeout=20)
+        try:
+            wait_for(lambda: holders(record) == {"n1"})
+            if fault == "killed":
+                zk.kill()
+            else:
+                assert zk.pid is not None
+                os.kill(zk.pid, signal.SIGSTOP)
+            try:
+                start = time.monotonic()
+                status = proc.terminate()  # SIGTERM, SIGKILL after 10 s
+                took = time.monotonic() - start
+            finally:
+                if zk.pid is not None:
+                    os.kill(zk.pid, signal.SIGCONT)
+            assert status == 0 and took < 5.0, f"status {status} after {took:.2f} s"
+            assert holders(record) == frozenset()
+        finally:
+            proc.kill()

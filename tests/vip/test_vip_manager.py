@@ -50,7 +50,9 @@ def cluster(
 
     def make(name: str, vips: list[str] = [A], **kw: object) -> Node:  # noqa: B006
         proxy = tcp_proxy_factory(zookeeper.address)
-        c = Coordinator(hosts=proxy.address, cluster=zk_cluster, session_timeout=1.0).start()
+        c = Coordinator(
+            hosts=proxy.address, cluster=zk_cluster, session_timeout=1.0, open_acl=True
+        ).start()
         m = Membership(coordinator=c, info=NodeInfo(name=name, pid=os.getpid(), host="t")).start()
         plumber = FakePlumber(network, name, {"eth0": [f"198.18.0.{10 + len(made) + 1}/24"]})
         kw.setdefault("rebalance", RebalancePolicy.immediate())
@@ -300,3 +302,30 @@ def test_contested_preference_is_reported_and_ignored(
     rows = {s.address: s for s in show(n1.coordinator)}
     assert rows[A].state == "conflict" and rows[A].preferred is None
     assert network.max_holders(A) == 1
+
+
+def test_stopping_the_coordinator_first_leaves_nothing_plumbed(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """The README's order (coordinator stopped, manager still running) removes the VIP at once."""
+    node = cluster("n1")
+    wait_for(lambda: holder(network, A) == "n1")
+    node.coordinator.stop()
+    assert holder(network, A) is None
+    time.sleep(1.5)  # a converge pass or a reconcile must not bring it back
+    assert holder(network, A) is None
+    node.manager.stop()
+
+
+def test_stop_is_bounded_while_zookeeper_is_unreachable(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """With ZooKeeper cut off, stop() drops the address and returns within its stop_timeout."""
+    node = cluster("n1", stop_timeout=1.0)
+    wait_for(lambda: holder(network, A) == "n1")
+    node.proxy.cut()
+    start = time.monotonic()
+    node.manager.stop(release=True)
+    took = time.monotonic() - start
+    assert holder(network, A) is None
+    assert took < 3.0, f"stop took {took:.2f} s"

@@ -1,10 +1,14 @@
 """VIP declarations: parsing and every refusal."""
 
+import contextlib
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mhafail.errors import InvalidVipSpec
+from mhafail._json import decode_object
+from mhafail.errors import InvalidVipSpec, MalformedData
 from mhafail.vip import Vip, VipKind, parse_topology, parse_vip, validate_vips
 
 HOST = {"eth0": ["198.18.0.11/24", "2001:db8::11/64"], "lo": ["127.0.0.1/8"]}
@@ -101,3 +105,84 @@ def test_good_set_passes_and_round_trips() -> None:
     for vip in vips:
         assert Vip.from_dict(vip.to_dict()) == vip
     assert vips[0].network == ipaddress.ip_network("198.18.0.0/24")
+
+
+# --- fuzz: only InvalidVipSpec may escape (issue 11, items 4 and 9) ----------------
+
+
+_SPEC_ALPHABET = st.sampled_from([*"0123456789abcdef.:/@,=-_ ²٣xyzkindbgpreflow", "\x00"])
+_SPEC_TEXT = st.one_of(
+    st.text(max_size=60),
+    st.text(_SPEC_ALPHABET, max_size=60),
+    st.builds(
+        lambda a, p, rest: f"{a}/{p}{rest}",
+        st.sampled_from(["198.18.0.1", "2001:db8::1", "::", "0.0.0.0"]),
+        st.text(max_size=6),
+        st.text(_SPEC_ALPHABET, max_size=30),
+    ),
+)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        k: _JSON | st.text(_SPEC_ALPHABET, max_size=20) | st.just(10**5000)
+        for k in ("address", "prefix", "interface", "kind", "binding", "preference", "follow")
+    },
+)
+
+
+def test_unicode_digit_prefix_is_a_clear_error() -> None:
+    """A prefix of Unicode digits (``/²``) is refused as InvalidVipSpec, not a bare ValueError."""
+    for text in ("198.18.0.1/²", "198.18.0.1/٣٢@eth0", "198.18.0.1/0000024@eth0"):
+        with pytest.raises(InvalidVipSpec, match="prefix"):
+            parse_vip(text)
+
+
+@settings(max_examples=300, deadline=1000)
+@given(_SPEC_TEXT)
+def test_fuzz_parse_vip_raises_only_invalid_vip_spec(text: str) -> None:
+    """Any command-line text parses to a Vip or raises InvalidVipSpec."""
+    topology = parse_topology(["198.18.0.0/15 -> eth0", "2001:db8::/32 -> eth1"])
+    try:
+        vip = parse_vip(text, topology=topology)
+    except InvalidVipSpec:
+        return
+    assert Vip.from_dict(vip.to_dict()) == vip
+
+
+@settings(max_examples=200, deadline=1000)
+@given(
+    st.lists(st.text(max_size=40), max_size=5)
+    | st.dictionaries(st.text(max_size=20), st.text(max_size=20), max_size=4)
+)
+def test_fuzz_parse_topology_raises_only_invalid_vip_spec(
+    lines: list[str] | dict[str, str],
+) -> None:
+    """Any topology text or mapping parses or raises InvalidVipSpec."""
+    with contextlib.suppress(InvalidVipSpec):
+        parse_topology(lines)
+
+
+@settings(max_examples=300, deadline=1000)
+@given(_FIELDS)
+def test_fuzz_declaration_documents_raise_only_invalid_vip_spec(raw: dict[str, object]) -> None:
+    """Any JSON object as a declaration decodes to a Vip or raises InvalidVipSpec."""
+    with contextlib.suppress(InvalidVipSpec):
+        Vip.from_dict(raw)
+
+
+@settings(max_examples=200, deadline=1000)
+@given(
+    st.binary(max_size=200)
+    | st.builds(lambda n, c: c * n, st.integers(0, 20000), st.sampled_from([b"[", b"{", b'{"a":']))
+)
+def test_fuzz_declaration_bytes_raise_only_documented_errors(data: bytes) -> None:
+    """Any znode bytes decode to a Vip or raise MalformedData or InvalidVipSpec."""
+    with contextlib.suppress(MalformedData, InvalidVipSpec):
+        Vip.from_dict(decode_object(data, what="declaration", max_bytes=4096))

@@ -112,12 +112,14 @@ class AddressMonitor:
             t.join(2)
 
 
-def agent(host: Host, zk: str, timeout: float = TIMEOUT) -> EventProcess:
+def agent(
+    host: Host, zk: str, timeout: float = TIMEOUT, extra: tuple[str, ...] = ()
+) -> EventProcess:
     """An `mhafail agent` in ``host``'s namespace with both VIPs."""
     argv = [
         sys.executable, "-m", "mhafail", "agent", "--zk", zk, "--cluster", "lab",
         "--node", host.name, "--vip", f"{V4}/24@eth0", "--vip", f"{V6}/64@eth0",
-        "--session-timeout", str(timeout), "--claim-step", "0.05", "--events",
+        "--session-timeout", str(timeout), "--claim-step", "0.05", "--events", *extra,
     ]  # fmt: skip
     return EventProcess(argv, name=host.name, prefix=["ip", "netns", "exec", host.netns])
 
@@ -166,7 +168,13 @@ def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyp
 class Lab:
     """Three agents (``h1``-``h3``) with a banner server each, a client, a monitor."""
 
-    def __init__(self, lab: NetnsLab, zk: ZooKeeperServer, timeout: float = TIMEOUT) -> None:
+    def __init__(
+        self,
+        lab: NetnsLab,
+        zk: ZooKeeperServer,
+        timeout: float = TIMEOUT,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.lab = lab
         self.zk = zk
         self.timeout = timeout
@@ -174,7 +182,7 @@ class Lab:
         for name in self.names:
             lab[name].spawn([sys.executable, str(HELPERS / "banner.py"), name, str(PORT)])
         self.monitor = AddressMonitor(lab, self.names)
-        self.agents = {n: agent(lab[n], zk.address, timeout).start() for n in self.names}
+        self.agents = {n: agent(lab[n], zk.address, timeout, extra).start() for n in self.names}
         self.client = Client(lab["c1"])
 
     def fence_pid(self, name: str) -> int:

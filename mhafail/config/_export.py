@@ -1,0 +1,99 @@
+"""The export repository: the only repository a node's git daemon serves.
+
+``<base>/<repo>/export`` is a bare repository holding published, checked
+history and nothing else. The working copy (``work/``) keeps the
+operators' stash entries, drafts, uncommitted files hashed by ``git add``
+and commits that lost the compare-and-set; ``upload-pack`` under protocol
+v2 hands out *any* object of the repository it serves to a client naming
+its sha (whatever ``uploadpack.allowAnySHA1InWant`` says), so the working
+copy is never served at all.
+
+A commit enters the export repository only through :func:`export`: after
+:func:`~mhafail.config._trees.check_tree` accepted it (fetched commits),
+or just before the compare-and-set (the node's own commits, built from a
+checked change set on a checked parent).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mhafail.config._paths import check_sha
+from mhafail.config._repo import BRANCH, GitStore
+
+EXPORT_OK = "git-daemon-export-ok"
+
+
+def init_export(path: Path) -> GitStore:
+    """Create (or adopt) the export repository at ``path``; idempotent.
+
+    Raises:
+        RepositoryError: git could not create it.
+    """
+    path = Path(path)
+    if not (path / "HEAD").is_file():
+        path.mkdir(parents=True, exist_ok=True)
+        GitStore(path).git("init", "-q", "--bare", "--initial-branch=main")
+    store = GitStore(path)
+    store.git("config", "receive.fsckObjects", "true")
+    store.git("config", "uploadpack.allowAnySHA1InWant", "false")
+    store.git("config", "core.fsync", "committed")
+    store.git("config", "gc.auto", "0")
+    (path / EXPORT_OK).touch()  # git daemon serves only marked repositories
+    return store
+
+
+def export(source: GitStore, dest: Path, sha: str, ref: str = BRANCH) -> None:
+    """Copy commit ``sha`` (checked by the caller) from ``source`` into ``dest``.
+
+    ``ref`` (default ``main``) is set to ``sha``. Published history is
+    linear (every head's parent is the head it replaced), so ``main`` at
+    the newest head reaches every version a peer may ask for.
+
+    Objects are hard-linked from ``source``'s loose objects (git never
+    modifies an object file), which costs two git processes instead of a
+    local push's five; packed objects fall back to a push.
+
+    Raises:
+        RepositoryError: git failed.
+    """
+    check_sha(sha)
+    if not _link_objects(source, dest, sha):
+        source.git("push", "--quiet", "--no-verify", str(dest), f"+{sha}:{ref}")
+        return
+    GitStore(dest).git("update-ref", ref, sha)
+
+
+def exported(dest: Path, sha: str) -> bool:
+    """True when commit ``sha`` is a loose object of the export repository ``dest``.
+
+    Objects reach an export repository only through :func:`export`, after
+    their checks, commit last; so this means "checked, and complete".
+    """
+    return (Path(dest) / "objects" / sha[:2] / sha[2:]).is_file()
+
+
+def _link_objects(source: GitStore, dest: Path, sha: str) -> bool:
+    """Hard-link the objects of ``sha``'s closure missing from ``dest``; False: push instead."""
+    have = GitStore(dest).git("rev-parse", "-q", "--verify", BRANCH, check=False)
+    base = have.decode().strip()
+    args = ["rev-list", "--objects", sha]
+    if base and source.has_commit(base):
+        args.append(f"^{base}")
+    out = source.git(*args)
+    src, dst = source.path / ".git" / "objects", Path(dest) / "objects"
+    # Commits last: a commit object in ``dest`` means its closure is there.
+    for line in reversed(out.splitlines()):
+        oid = line[:40].decode()
+        target = dst / oid[:2] / oid[2:]
+        if target.exists():
+            continue
+        try:
+            target.parent.mkdir(exist_ok=True)
+            os.link(src / oid[:2] / oid[2:], target)
+        except FileExistsError:
+            continue
+        except OSError:
+            return False  # packed here, or another file system
+    return True
