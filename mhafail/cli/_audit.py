@@ -39,7 +39,7 @@ from typing import Any
 
 import attrs
 
-from mhafail.cli._signals import STOP_ZK_TIMEOUT, stop_on_signals
+from mhafail.cli._signals import STOP_CLOSE, STOP_ZK_TIMEOUT, stop_on_signals
 from mhafail.cli._zkargs import add_zk_flags, zk_security
 from mhafail.errors import AuditInvalidArgument, MhafailError
 
@@ -172,6 +172,7 @@ def _node(args: argparse.Namespace) -> int:
             cluster=args.cluster,
             session_timeout=args.session_timeout,
             connect_timeout=args.connect_timeout,
+            close_timeout=STOP_CLOSE,
             **zk_security(args),
         ).start()
         info = NodeInfo(

@@ -22,11 +22,11 @@ from typing import Any
 import attrs
 
 from mhafail.cli._output import add_json_flag, emit
-from mhafail.cli._signals import stop_on_signals
+from mhafail.cli._signals import STOP_CLOSE, stop_on_signals
 from mhafail.cli._zkargs import add_zk_security_flags, zk_security
 
 #: Seconds ``config agent`` waits for its node to stop before closing the session.
-_STOP_NODE = 2.5
+_STOP_NODE = 1.5
 
 
 def register(subparsers: Any) -> None:
@@ -264,6 +264,7 @@ def _agent(args: argparse.Namespace) -> int:
         cluster=args.cluster,
         session_timeout=args.session_timeout,
         connect_timeout=args.connect_timeout,
+        close_timeout=STOP_CLOSE,
         **zk_security(args),
     ).start()
     try:

@@ -25,14 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from mhafail.cli._output import add_json_flag, emit
-from mhafail.cli._signals import STOP_ZK_TIMEOUT, stop_on_signals
+from mhafail.cli._signals import STOP_CLOSE, STOP_ZK_TIMEOUT, stop_on_signals
 from mhafail.cli._zkargs import add_zk_flags, add_zk_security_flags, zk_security
 from mhafail.errors import LogsInvalidArgument
 
 #: Largest member znode read by ``logs status`` and ``logs tail`` (bytes).
 MAX_MEMBER_INFO = 64 * 1024
-#: Longest ``Coordinator.stop`` waits for ZooKeeper to acknowledge the close (seconds).
-STOP_CLOSE = 1.5
 #: Seconds the node service has to end its sessions when stopping.
 STOP_SERVICE = 1.5
 

@@ -26,6 +26,8 @@ GRACE = 4.5
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: Longest a ZooKeeper call on a command's stop path waits (seconds).
 STOP_ZK_TIMEOUT = 0.5
+#: Longest ``Coordinator.stop`` waits for ZooKeeper to acknowledge the close (seconds).
+STOP_CLOSE = 1.5
 
 
 def stop_on_signals(grace: float = GRACE) -> threading.Event:
