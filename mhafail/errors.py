@@ -51,9 +51,11 @@ GitPython exception ever reaches a caller: the adapters translate them.
     │   ├── ChannelClosed                   the peer closed, reset or went silent too long
     │   ├── ChannelProtocolError            a malformed, oversized, forged or replayed frame
     │   └── ChannelAuthFailed               the handshake failed: wrong or missing secret
-    └── CommandError                        command delegation (mhafail.commands)
-        ├── CommandInvalidArgument (ValueError) a command name, argument, schema or selector
-        └── UnknownRequest (LookupError)    no request with that id (never sent, or collected)
+    ├── CommandError                        command delegation (mhafail.commands)
+    │   ├── CommandInvalidArgument (ValueError) a command name, argument, schema or selector
+    │   └── UnknownRequest (LookupError)    no request with that id (never sent, or collected)
+    └── ConsoleError                        the cluster console (mhafail.console)
+        └── ConsoleInvalidArgument (ValueError) a listen address, users file, TLS or option
 
 Components that arrive later add their own subtree here, next to the
 others, and extend this drawing.
@@ -326,3 +328,14 @@ class CommandInvalidArgument(CommandError, ValueError):
 
 class UnknownRequest(CommandError, LookupError):
     """No command request with that id exists (never sent, collected, or expired)."""
+
+
+# --- console ----------------------------------------------------------------
+
+
+class ConsoleError(MhafailError):
+    """The cluster console (mhafail.console) could not start or serve."""
+
+
+class ConsoleInvalidArgument(ConsoleError, ValueError):
+    """A console setting was refused: listen address, users file, TLS files or an option."""

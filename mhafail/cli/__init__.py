@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "mhafail.cli._config",
     "mhafail.cli._logs",
     "mhafail.cli._commands",
+    "mhafail.cli._console",
 )
 
 
