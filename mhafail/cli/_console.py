@@ -14,7 +14,6 @@ import re
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -50,9 +49,6 @@ def register(subparsers: Any) -> None:
         "--users", metavar="FILE", help="extra users: 'operators = IDS', 'readers = IDS'"
     )
     p.add_argument("--audit-dir", type=Path, help="audit snapshot directory for CIDR queries")
-    p.add_argument(
-        "--state-dir", type=Path, help="local config copies for rollback (default: temp)"
-    )
     p.add_argument("--sample-period", type=float, default=15.0, help="seconds between samples")
     p.add_argument("--tls-cert", metavar="FILE", help="HTTPS certificate chain (PEM)")
     p.add_argument("--tls-key", metavar="FILE", help="HTTPS private key (PEM, mode 0600)")
@@ -94,11 +90,6 @@ def _console(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    temp = None
-    state_dir = args.state_dir
-    if state_dir is None:
-        temp = tempfile.TemporaryDirectory(prefix="mhafail-console-")
-        state_dir = Path(temp.name)
     coordinator = Coordinator(
         hosts=args.zk,
         cluster=args.cluster,
@@ -115,7 +106,6 @@ def _console(args: argparse.Namespace) -> int:
             host=host,
             port=port,
             audit=audit,
-            state_dir=state_dir,
             sample_period=args.sample_period,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
@@ -133,8 +123,6 @@ def _console(args: argparse.Namespace) -> int:
         if console is not None:
             console.stop()
         coordinator.stop()
-        if temp is not None:
-            temp.cleanup()
     if args.json:
         print(json.dumps({"event": "stopped", "t": time.monotonic()}), flush=True)
     else:

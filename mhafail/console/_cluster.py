@@ -70,7 +70,6 @@ class ClusterData:
         name: this console's name (also its manager name).
         audit: the CIDR query engine, or None when this console has no
             audit snapshots.
-        state_dir: where config rollbacks keep a local repository copy.
         vip_via: how VIP actions are carried out.
         clock: wall clock.
     """
@@ -80,7 +79,6 @@ class ClusterData:
     sampler: Sampler
     name: str
     audit: QueryEngine | None = None
-    state_dir: Path | None = None
     vip_via: VipVia = VipVia.COMMANDS
     clock: Any = time.time
     _senders: dict[str, CommandClient] = attrs.field(init=False, factory=dict)
@@ -227,7 +225,8 @@ class ClusterData:
         from mhafail.coordination import check_name
 
         check_name("config repository name", repo)
-        base = (self.state_dir or Path("/nonexistent-console-state")) / "config"
+        # Only its ZooKeeper side is used (head, reports): no local checkout is made.
+        base = Path("/nonexistent/mhafail-console")
         return ConfigRepository(name=repo, base=base, node=self.name, coordinator=self.coordinator)
 
     def config(self) -> dict[str, Any]:
@@ -263,7 +262,7 @@ class ClusterData:
                     "silent": sorted(live - set(status.nodes)),
                 }
             )
-        return {"repos": repos, "rollback": self.state_dir is not None}
+        return {"repos": repos}
 
     def config_pull(self, repo: str, node: str | None, user: str = "") -> dict[str, Any]:
         """Ask ``node`` (None: every live member) to apply ``repo``'s published head now."""
@@ -275,26 +274,35 @@ class ClusterData:
             rid = self.sender(user).broadcast("config.pull", args, ttl=30.0, timeout=20.0)
         return {"via": "commands", "request": rid, "repo": repo}
 
-    def config_rollback(self, repo: str, sha: str, user: str) -> dict[str, Any]:
-        """Publish a commit whose tree is ``sha``'s (fetched from a node's git daemon).
+    def config_rollback(self, repo: str, sha: str, user: str = "") -> dict[str, Any]:
+        """Ask a live node to publish a new head whose tree is ``sha``'s (``config.rollback``).
+
+        The rollback runs on a node, not in the console: the new commit must
+        be in a repository that peers fetch from (a member's git daemon).
+        The node is the first live member whose report for ``repo`` holds
+        ``sha``, else the first live reporting member; it must offer the
+        ``config.rollback`` command (the application registers it, see
+        docs/console.md).
 
         Raises:
-            ConsoleInvalidArgument: not a full sha, unknown repository, or no state directory.
-            InvalidChange, ValidationFailed, HeadConflict, FetchFailed: from the repository.
+            ConsoleInvalidArgument: not a full sha, unknown repository, or
+                no live member reports on it.
         """
         if not isinstance(sha, str) or not _SHA.fullmatch(sha):
             raise ConsoleInvalidArgument(f"invalid sha {sha!r}: expected 40 lower-case hex digits")
-        if self.state_dir is None:
-            raise ConsoleInvalidArgument("rollback needs a console state directory (--state-dir)")
+        repository = self._repository(repo)
         if repo not in (self.coordinator.znodes.children("config") or []):
             raise ConsoleInvalidArgument(f"unknown config repository {repo!r}")
-        repository = self._repository(repo).init()
-        repository.ensure_commit(sha)
-        commit = repository.rollback(
-            sha, author=f"{user} <{user}@console.mhafail.invalid>",
-            message=f"Roll back to {sha[:12]} (console, {user})",
-        )  # fmt: skip
-        return {"repo": repo, "sha": commit.sha, "parent": commit.parent}
+        live = {m.name for m in self.members()}
+        reports = {n: r for n, r in repository.reports().items() if n in live}
+        if not reports:
+            raise ConsoleInvalidArgument(f"no live member reports on config repository {repo!r}")
+        holders = sorted(n for n, r in reports.items() if r.sha == sha)
+        node = holders[0] if holders else sorted(reports)[0]
+        rid = self.sender(user).unicast(
+            node, "config.rollback", {"repo": repo, "sha": sha}, ttl=30.0, timeout=20.0
+        )
+        return {"via": "commands", "request": rid, "repo": repo, "node": node}
 
     # --- logs and audit ------------------------------------------------------------
 

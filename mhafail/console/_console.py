@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -53,8 +52,6 @@ class Console:
         host: address to listen on (default loopback).
         port: port (0: a free one; see :attr:`url`).
         audit: a CIDR query engine over the manager's audit snapshots.
-        state_dir: where config rollbacks keep a local copy of a repository;
-            without it rollback is refused.
         sample_period: seconds between status and log-lag samples.
         vip_via: how VIP actions are carried out (default: through commands
             when nodes may do it, see :class:`VipVia`).
@@ -75,7 +72,6 @@ class Console:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     audit: QueryEngine | None = None
-    state_dir: Path | None = None
     sample_period: float = 15.0
     vip_via: VipVia | None = None
     tls_cert: str | None = None
@@ -153,7 +149,6 @@ class Console:
             sampler=self._sampler,
             name=self.name,
             audit=self.audit,
-            state_dir=self.state_dir,
             vip_via=self.vip_via or default_vip_via(self.coordinator),
         )
         app = App(

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mhafail.commands import CommandAgent, register_builtins
+from mhafail.commands import Arg, CommandAgent, CommandContext, register_builtins
 from mhafail.config import ConfigAgent, ConfigRepository, GitDaemon
 from mhafail.coordination import Coordinator, Membership, NodeInfo
 from mhafail.logs import JlogService, ensure_log
@@ -100,6 +100,19 @@ def main() -> int:
         coordinator=coordinator, node=args.node, state_dir=state / "commands", period=0.5
     )
     register_builtins(agent, membership=membership, config_agents=[config], jlog_service=service)
+
+    # What the console's rollback needs; the application registers it (docs/console.md).
+    @agent.command(
+        "config.rollback",
+        [Arg("repo", pattern=r"[A-Za-z0-9_.-]{1,64}"), Arg("sha", pattern=r"[0-9a-f]{40}")],
+    )
+    def rollback(ctx: CommandContext, a: dict[str, Any]) -> Any:
+        if a["repo"] != REPO:
+            raise LookupError(f"no config repository {a['repo']!r} on {args.node}")
+        who = ctx.request.requester.manager or ctx.request.requester.user
+        commit = repository.rollback(a["sha"], author=f"{who} <console@mhafail.invalid>")
+        return {"sha": commit.sha, "parent": commit.parent}
+
     agent.start()
     emit("ready", node=args.node, pid=os.getpid())
     stop.wait()

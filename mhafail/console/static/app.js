@@ -314,14 +314,10 @@
         const sha = document.createElement("input");
         sha.placeholder = "sha to roll back to"; sha.className = "rollback-sha mono"; sha.size = 44;
         if (repo.head && repo.head.parent) sha.value = repo.head.parent;
-        const rb = button("Roll back", async () => {
+        const rb = button("Roll back", () => {
           if (!window.confirm(`Publish the tree of ${sha.value.slice(0, 12)} as the new head of ${repo.name}?`)) return;
-          try {
-            const r = await api("POST", "/config/rollback", {repo: repo.name, sha: sha.value.trim()});
-            configStatus(`published ${r.sha.slice(0, 12)} (tree of ${sha.value.slice(0, 12)})`);
-          } catch (e) { configStatus(`refused: ${e.message}`); }
-        }, "secondary");
-        rb.disabled = !doc.rollback;
+          act("/config/rollback", {repo: repo.name, sha: sha.value.trim()}, configStatus);
+        }, "secondary rollback");
         row.append(all, sha, rb);
         box.append(row);
       }
