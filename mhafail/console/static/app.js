@@ -9,6 +9,7 @@
   let page = null;
   let members = [];         // latest member names (for move/drain choices)
   let watching = null;      // request id shown on the commands page
+  const moveChoice = {};    // VIP -> the node picked in its "move to" list (kept across refreshes)
 
   // --- helpers --------------------------------------------------------------------
 
@@ -236,6 +237,10 @@
           const o = document.createElement("option"); o.value = n; o.textContent = n;
           sel.appendChild(o);
         }
+        if (moveChoice[v.address] && v.declared_by.includes(moveChoice[v.address])) {
+          sel.value = moveChoice[v.address];
+        }
+        sel.addEventListener("change", () => { moveChoice[v.address] = sel.value; });
         const b = button("Move", () => {
           if (!sel.value) return;
           act("/vips/move", {address: v.address, node: sel.value}, vipStatus);

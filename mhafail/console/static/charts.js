@@ -29,7 +29,7 @@
   // series: [{name, points: [[x, y], ...]}]; x in seconds since the epoch.
   function lineChart(container, series, opts) {
     opts = opts || {};
-    const W = 900, H = 240, L = 50, R = 12, T = 12, B = 28;
+    const W = 900, H = 250, L = 50, R = 24, T = 24, B = 28;
     const svg = el("svg", {viewBox: `0 0 ${W} ${H}`, role: "img",
       "aria-label": opts.label || "chart"});
     const xs = series.flatMap(s => s.points.map(p => p[0]));
@@ -52,7 +52,7 @@
     svg.appendChild(el("line", {class: "axis", x1: L, x2: L, y1: T, y2: H - B}));
     svg.appendChild(el("line", {class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B}));
     if (opts.yLabel) {
-      svg.appendChild(el("text", {x: 4, y: T + 2, "text-anchor": "start"}, opts.yLabel));
+      svg.appendChild(el("text", {x: L, y: 12, "text-anchor": "middle"}, opts.yLabel));
     }
     series.forEach((s, i) => {
       const color = COLORS[i % COLORS.length];
