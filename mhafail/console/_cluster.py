@@ -359,12 +359,13 @@ class ClusterData:
                 '\'target\' must be one of {"all": true}, {"node": N}, {"select": S}'
             )
         ((kind, value),) = target.items()
+        client = self.sender(user)
         if kind == "all" and value is True:
-            rid = self.client.broadcast(command, args, **kwargs)
+            rid = client.broadcast(command, args, **kwargs)
         elif kind == "node" and isinstance(value, str):
-            rid = self.client.unicast(value, command, args, **kwargs)
+            rid = client.unicast(value, command, args, **kwargs)
         elif kind == "select" and isinstance(value, str):
-            rid = self.client.subcluster(Selector.parse(value), command, args, **kwargs)
+            rid = client.subcluster(Selector.parse(value), command, args, **kwargs)
         else:
             raise ConsoleInvalidArgument(
                 '\'target\' must be one of {"all": true}, {"node": N}, {"select": S}'

@@ -70,9 +70,8 @@ def blab(zookeeper: ZooKeeperServer, tmp_path: Path) -> Iterator[Lab]:
 
 def wait(driver: Any, check: Any, timeout: float = 15.0, what: str = "") -> Any:
     """WebDriverWait with a message."""
-    from selenium.webdriver.support.ui import WebDriverWait
-
     from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(
         driver, timeout, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
@@ -160,7 +159,7 @@ def test_operator_sees_members_moves_a_vip_queries_and_sees_a_node_die(
         Select(css(driver, f"{vip_row} select.move-target")[0]).select_by_value(target)
 
     retry(choose)  # the choice is kept across the page's refreshes
-    retry(lambda: css(driver, f"{vip_row} button.move")[0].click())
+    retry(lambda: css(driver, f"{vip_row} button.move")[0].click())  # noqa: PLW0108
 
     def owner_is_target(d: Any) -> bool:
         cells = css(d, f"#vips tr[data-vip='{address}'] td.owner")
@@ -181,8 +180,12 @@ def test_operator_sees_members_moves_a_vip_queries_and_sees_a_node_die(
         {"global/relay.conf": b"relay = on\n"}, message="relay on", author="Ann <a@x.org>"
     )
     go(driver, "config")
-    wait(driver, lambda d: head.sha[:12] in d.find_element("id", "config-repos").text
-         and "no drift" in d.find_element("id", "config-repos").text, 20, "head applied")  # fmt: skip
+
+    def applied(d: Any) -> bool:
+        text = d.find_element("id", "config-repos").text
+        return head.sha[:12] in text and "no drift" in text
+
+    wait(driver, applied, 20, "head applied")
     shot(driver, "config")
 
     # Logs: the lag table and chart.
@@ -214,8 +217,12 @@ def test_operator_sees_members_moves_a_vip_queries_and_sees_a_node_die(
     go(driver, "commands")
     css(driver, "#cmd-name")[0].send_keys("ping")
     css(driver, "#cmd-send")[0].click()
-    wait(driver, lambda d: len(rows(d, "#cmd-replies")) == 3
-         and all("ok" in r.text for r in rows(d, "#cmd-replies")), 15, "three ok replies")  # fmt: skip
+
+    def replied(d: Any) -> bool:
+        found = rows(d, "#cmd-replies")
+        return len(found) == 3 and all("ok" in r.text for r in found)
+
+    wait(driver, replied, 15, "three ok replies")
     wait(driver, lambda d: rows(d, "#cmd-history"), what="the history")
     shot(driver, "commands")
 
