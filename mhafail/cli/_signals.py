@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 #: Seconds after the first signal before the watchdog ends the process.
 GRACE = 4.5
@@ -40,6 +41,7 @@ def stop_on_signals(grace: float = GRACE) -> threading.Event:
         An event set by the first SIGTERM or SIGINT.
     """
     stop = threading.Event()
+    restore()  # a second command in the same process (tests) starts afresh
     # Why a wakeup fd and a thread of our own: Python runs signal handlers on
     # the main thread only, between bytecodes. When the kernel hands the
     # signal to another thread, a main thread blocked in Event.wait() or a
@@ -49,13 +51,37 @@ def stop_on_signals(grace: float = GRACE) -> threading.Event:
     # got it; the watcher thread acts on it.
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     os.set_blocking(write_fd, False)
-    for sig in SIGNALS:
-        signal.signal(sig, _ignore)
-    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    handlers = {sig: signal.signal(sig, _ignore) for sig in SIGNALS}
+    wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    _state.update(handlers=handlers, wakeup=wakeup, fds=(read_fd, write_fd), timers=[])
     threading.Thread(
         target=_watch, args=(read_fd, stop, grace), name="mhafail-signals", daemon=True
     ).start()
     return stop
+
+
+# What stop_on_signals changed, so that restore() can put it back.
+_state: dict[str, Any] = {}
+
+
+def restore() -> None:
+    """Undo :func:`stop_on_signals` (main thread only): handlers, wakeup fd, watchdog.
+
+    ``mhafail.cli.main`` calls it when a command returns, so that running a
+    command in-process (a test, an embedding application) leaves no signal
+    handling and no armed watchdog behind to end the host process later.
+    """
+    if not _state:
+        return
+    for timer in _state["timers"]:
+        timer.cancel()
+    signal.set_wakeup_fd(_state["wakeup"])
+    for sig, handler in _state["handlers"].items():
+        signal.signal(sig, handler)
+    for fd in _state["fds"]:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # the watcher thread's read fails and it returns
+    _state.clear()
 
 
 def _ignore(_signum: int, _frame: FrameType | None) -> None:
@@ -79,6 +105,7 @@ def _watch(fd: int, stop: threading.Event, grace: float) -> None:
             )
             timer.daemon = True
             timer.name = "mhafail-stop-watchdog"
+            _state.setdefault("timers", []).append(timer)
             timer.start()
 
 
