@@ -15,6 +15,7 @@ Listeners must not block: a slow listener delays the ones behind it.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 import time
@@ -36,7 +37,12 @@ from mhafail.coordination._names import check_name, format_hosts, parse_hosts
 from mhafail.coordination._root import prepare_root, warn_open_once
 from mhafail.coordination._state import ConnectionState, LeaseState
 from mhafail.coordination._store import Znodes
-from mhafail.errors import CoordinationError, CoordinationUnavailable, InvalidArgument
+from mhafail.errors import (
+    AccessDenied,
+    CoordinationError,
+    CoordinationUnavailable,
+    InvalidArgument,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +50,19 @@ ROOT = "/mhafail"
 
 
 def _credentials(value: Credentials | tuple[str, str] | None) -> Credentials | None:
-    """Accept a ``(user, password)`` pair: a single-identity cluster."""
-    if value is None or isinstance(value, Credentials):
+    """Accept a ``(user, password)`` pair: a single-identity cluster.
+
+    Raises:
+        InvalidArgument: malformed credentials, or SASL ones without pure-sasl.
+    """
+    if isinstance(value, Credentials):
+        if value.sasl is not None and importlib.util.find_spec("puresasl") is None:
+            raise InvalidArgument(
+                f"SASL ({value.sasl}) credentials need the pure-sasl package: "
+                "pip install 'mhafail[sasl]'"
+            )
+        return value
+    if value is None:
         return value
     user, password = value
     try:
@@ -98,7 +115,9 @@ class Coordinator:
             session (read from the server's connect responses).
         credentials: the ZooKeeper identity (:class:`Credentials`, usually
             ``Credentials.from_file(path)``): the session authenticates with
-            digest auth, every znode it creates carries the cluster's ACL
+            digest auth, or with SASL (DIGEST-MD5 or GSSAPI, on every
+            connection, before any request) when ``credentials.sasl`` says
+            so; every znode it creates carries the cluster's ACL
             policy for its path (operators: everything; nodes: what the node
             role needs, see ``mhafail.coordination._acl``), and :meth:`start`
             refuses a cluster root whose ACLs are not the policy's. A
@@ -133,7 +152,9 @@ class Coordinator:
 
     Raises (from :meth:`start`):
         CoordinationUnavailable: no session within ``connect_timeout``.
-        AccessDenied: the cluster root exists with other credentials.
+        AccessDenied: the cluster root exists with other credentials, or
+            ZooKeeper refused the SASL login (wrong user or password, or
+            the servers have no SASL configured).
         UnsafeAcl: a znode on the cluster's path carries an ACL outside the
             policy (someone else created it, or it is open).
         CoordinationError: with node credentials, the cluster root does not
@@ -170,6 +191,7 @@ class Coordinator:
     _epoch: int = attrs.field(init=False, default=0)
     _connect_proof: _Negotiated | None = attrs.field(init=False, default=None)
     _session_timeout_ms: int | None = attrs.field(init=False, default=None)
+    _login_refused: bool = attrs.field(init=False, default=False)
     _stopping: bool = attrs.field(init=False, default=False)
     _had_session: bool = attrs.field(init=False, default=False)
     _state_listeners: list[Listener] = attrs.field(init=False, factory=list)
@@ -228,7 +250,10 @@ class Coordinator:
         try:
             self._client.start(timeout=self.connect_timeout)
         except KazooTimeoutError as exc:
+            refusal = self._sasl_refusal()
             self._teardown_client()
+            if refusal is not None:
+                raise refusal from exc
             raise CoordinationUnavailable(
                 f"cannot reach ZooKeeper at {format_hosts(self._hosts_parsed)} "
                 f"within {self.connect_timeout:g} s"
@@ -381,8 +406,14 @@ class Coordinator:
 
     def _make_client(self) -> Any:
         auth = None
-        if self.credentials is not None:
-            auth = [("digest", f"{self.credentials.user}:{self.credentials.password}")]
+        sasl: dict[str, str] | None = None
+        creds = self.credentials
+        if creds is not None and creds.sasl == "GSSAPI":
+            sasl = {"mechanism": "GSSAPI", "principal": creds.user}
+        elif creds is not None and creds.sasl is not None:
+            sasl = {"mechanism": creds.sasl, "username": creds.user, "password": creds.password}
+        elif creds is not None:
+            auth = [("digest", f"{creds.user}:{creds.password}")]
         tls: dict[str, Any] = {}
         if self.tls is not None:
             tls = {
@@ -393,7 +424,7 @@ class Coordinator:
                 "keyfile": self.tls.keyfile,
             }
         retry = KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=1.0, max_jitter=0.2)
-        return KazooClient(
+        client = KazooClient(
             hosts=format_hosts(self._hosts_parsed),
             handler=NegotiationHandler(self._on_negotiated),
             timeout=self.session_timeout,
@@ -401,16 +432,48 @@ class Coordinator:
             # Only for kazoo recipes: Znodes passes each path's ACL itself.
             default_acl=self.acl_policy.acl_for(""),
             auth_data=auth,
+            sasl_options=sasl,
             logger=logging.getLogger("mhafail.coordination.kazoo"),
             **tls,
         )
+        if sasl is not None:
+
+            def note_refusal(_: str) -> None:
+                # kazoo's client state says AUTH_FAILED only while it reports
+                # LOST (it moves on to CLOSED), so remember it here.
+                if client.client_state == "AUTH_FAILED":
+                    self._login_refused = True
+
+            client.add_listener(note_refusal)
+        return client
 
     def _ensure_root(self) -> None:
         # /mhafail is shared by all clusters on an ensemble; the cluster root
         # and its folders carry the policy's ACLs, checked before any use.
         if self.open_acl:
             warn_open_once(self.cluster)
-        prepare_root(self._client, self.cluster, self.acl_policy, self.role)
+        try:
+            prepare_root(self._client, self.cluster, self.acl_policy, self.role)
+        except AccessDenied as exc:
+            refusal = self._sasl_refusal()
+            if refusal is None:
+                raise
+            raise refusal from exc
+
+    def _sasl_refusal(self) -> AccessDenied | None:
+        """The error to raise when ZooKeeper refused our SASL login, else None."""
+        # kazoo reports CONNECTED before the SASL exchange; a refused login
+        # then closes the client (AUTH_FAILED), failing start() or the first
+        # request depending on which comes first.
+        creds = self.credentials
+        if creds is None or creds.sasl is None or not self._login_refused:
+            return None
+        return AccessDenied(
+            f"ZooKeeper at {format_hosts(self._hosts_parsed)} refused the SASL "
+            f"{creds.sasl} login of {creds.user!r}: wrong password, a user the servers' "
+            "JAAS 'Server' section does not list, or servers without SASL "
+            "(docs/security.md)"
+        )
 
     def _teardown_client(self) -> None:
         client, self._client = self._client, None
