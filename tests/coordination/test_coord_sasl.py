@@ -16,7 +16,14 @@ from kazoo.exceptions import NoAuthError, NodeExistsError
 from kazoo.security import OPEN_ACL_UNSAFE
 
 from mhafail.cli import main
-from mhafail.coordination import Coordinator, Credentials, Membership, NodeInfo, Role
+from mhafail.coordination import (
+    Coordinator,
+    Credentials,
+    Membership,
+    NodeInfo,
+    Role,
+    write_credentials_pair,
+)
 from mhafail.coordination import _coordinator as coordinator_module
 from mhafail.coordination._acl import ALL, READ, ROOT_ACL, AclPolicy, acl_id, to_kazoo
 from mhafail.coordination._auth import digest_id, sasl_id
@@ -43,11 +50,21 @@ Factory = Callable[..., Coordinator]
 
 
 @pytest.fixture(scope="module")
-def sasl_zookeeper() -> Iterator[ZooKeeperServer]:
-    """A ZooKeeper whose JAAS Server section knows ``ops`` and ``mta`` (SASL DIGEST-MD5)."""
+def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[Role, Path]:
+    """An operator and a node SASL file made by ``write_credentials_pair(sasl=True)``."""
+    return write_credentials_pair(tmp_path_factory.mktemp("auth") / "auth", sasl=True)
+
+
+@pytest.fixture(scope="module")
+def sasl_zookeeper(generated: dict[Role, Path]) -> Iterator[ZooKeeperServer]:
+    """A ZooKeeper whose JAAS Server section knows ``ops``, ``mta`` and the generated users."""
     if not zookeeper_available():
         skip_or_fail(INSTALL_HINT)
-    server = ZooKeeperServer(tick_time=100, sasl_users=USERS)
+    users = dict(USERS)
+    for path in generated.values():
+        creds = Credentials.from_file(path)
+        users[creds.user] = creds.password
+    server = ZooKeeperServer(tick_time=100, sasl_users=users)
     try:
         yield server.start()
     finally:
@@ -248,25 +265,24 @@ def test_role_lists_may_mix_digest_and_sasl_identities(make: Factory) -> None:
 
 
 @pytest.mark.zookeeper
-def test_cli_takes_sasl_credentials_files(
+def test_cli_takes_generated_sasl_credentials_files(
     sasl_zookeeper: ZooKeeperServer,
+    generated: dict[Role, Path],
     cluster: str,
-    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """``--zk-auth`` with a SASL file: the operator inits and drains, the node is refused."""
+    """``--zk-auth`` with ``zk credentials --sasl`` files: the operator inits and drains, the
+    node is refused."""
     monkeypatch.delenv("MHAFAIL_ZK_OPEN", raising=False)
-    files = {}
-    for name, creds in (("operator", OPERATOR), ("node", NODE)):
-        files[name] = tmp_path / f"{name}.auth"
-        files[name].write_text(creds.to_file_text())
-        files[name].chmod(0o600)
     zk = ["--zk", sasl_zookeeper.address, "--cluster", cluster]
-    assert main(["init", *zk, "--zk-auth", str(files["operator"])]) == 0
-    assert main(["vip", "drain", *zk, "--zk-auth", str(files["node"]), "n1"]) == 2
+    operator = ["--zk-auth", str(generated[Role.OPERATOR])]
+    node = ["--zk-auth", str(generated[Role.NODE])]
+    assert main(["init", *zk, *operator]) == 0
+    assert main(["vip", "drain", *zk, *node, "n1"]) == 2
     assert "refused by ZooKeeper ACLs" in capsys.readouterr().err
-    assert main(["vip", "drain", *zk, "--zk-auth", str(files["operator"]), "n1"]) == 0
+    assert main(["vip", "drain", *zk, *operator, "n1"]) == 0
+    assert main(["members", *zk, *node, "--json"]) == 0
 
 
 # --- no server needed ---------------------------------------------------------
