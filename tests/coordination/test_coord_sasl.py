@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError, NodeExistsError
 from kazoo.security import OPEN_ACL_UNSAFE
@@ -377,3 +380,37 @@ def test_sasl_without_pure_sasl_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
     )
     with pytest.raises(InvalidArgument, match=r"mhafail\[sasl\]"):
         Coordinator(hosts="127.0.0.1:1", cluster="c", credentials=NODE)
+
+
+_LINES = st.sampled_from(
+    [
+        "sasl = DIGEST-MD5 mta:node-secret",
+        "sasl = GSSAPI mta/h@R",
+        "credentials = mta:node-secret",
+        f"operators = {OP_ID}",
+        f"nodes = {NODE_ID}",
+        "nodes = sasl:mta/h@R",
+        "# comment",
+        "",
+    ]
+)
+
+
+def test_credentials_file_parser_raises_only_invalid_argument(tmp_path: Path) -> None:
+    """Any text in a credentials file gives Credentials or InvalidArgument, nothing else."""
+    path = tmp_path / "zk.auth"
+
+    @settings(max_examples=200, deadline=1000)
+    @given(lines=st.lists(st.one_of(_LINES, st.text(max_size=80)), max_size=6))
+    def parse(lines: list[str]) -> None:
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogatepass") as handle:
+            handle.write("\n".join(lines))
+        try:
+            creds = Credentials.from_file(path)
+        except InvalidArgument:
+            return
+        assert creds.identity in creds.operators + creds.nodes
+
+    parse()
