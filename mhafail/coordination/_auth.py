@@ -44,11 +44,13 @@ from __future__ import annotations
 import base64
 import enum
 import hashlib
+import importlib.util
 import os
 import re
 import secrets
 import stat
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -431,3 +433,54 @@ class TlsSettings:
                 raise InvalidArgument(f"TLS to ZooKeeper: {what} {name} does not exist")
         if self.keyfile is not None:
             read_private_file(self.keyfile, "TLS key file")
+
+
+def coerce_credentials(value: Credentials | tuple[str, str] | None) -> Credentials | None:
+    """A Coordinator's ``credentials``: a ``(user, password)`` pair is a single-identity cluster.
+
+    Raises:
+        InvalidArgument: malformed credentials, or SASL ones without pure-sasl.
+    """
+    if isinstance(value, Credentials):
+        if value.sasl is not None and importlib.util.find_spec("puresasl") is None:
+            raise InvalidArgument(
+                f"SASL ({value.sasl}) credentials need the pure-sasl package: "
+                "pip install 'mhafail[sasl]'"
+            )
+        return value
+    if value is None:
+        return value
+    user, password = value
+    try:
+        return Credentials(user=user, password=password)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"invalid credentials: {exc}") from exc
+
+
+def client_options(credentials: Credentials | None, tls: TlsSettings | None) -> dict[str, Any]:
+    """The login and TLS keyword arguments of ``kazoo.client.KazooClient``.
+
+    Digest credentials go in ``auth_data`` (sent after every connect), SASL
+    ones in ``sasl_options`` (pure-sasl runs the exchange on every connect,
+    before any request); ``tls`` sets ``use_ssl`` and the certificate files.
+    """
+    options: dict[str, Any] = {"auth_data": None, "sasl_options": None}
+    if credentials is not None and credentials.sasl == "GSSAPI":
+        options["sasl_options"] = {"mechanism": "GSSAPI", "principal": credentials.user}
+    elif credentials is not None and credentials.sasl is not None:
+        options["sasl_options"] = {
+            "mechanism": credentials.sasl,
+            "username": credentials.user,
+            "password": credentials.password,
+        }
+    elif credentials is not None:
+        options["auth_data"] = [("digest", f"{credentials.user}:{credentials.password}")]
+    if tls is not None:
+        options.update(
+            use_ssl=True,
+            verify_certs=tls.verify,
+            ca=tls.ca,
+            certfile=tls.certfile,
+            keyfile=tls.keyfile,
+        )
+    return options

@@ -15,7 +15,6 @@ Listeners must not block: a slow listener delays the ones behind it.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import threading
 import time
@@ -29,7 +28,13 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
 from mhafail.coordination._acl import AclPolicy
-from mhafail.coordination._auth import Credentials, Role, TlsSettings
+from mhafail.coordination._auth import (
+    Credentials,
+    Role,
+    TlsSettings,
+    client_options,
+    coerce_credentials,
+)
 from mhafail.coordination._dispatch import Dispatcher
 from mhafail.coordination._handshake import NegotiationHandler
 from mhafail.coordination._lease import Lease, ProofChain, default_margin
@@ -47,28 +52,6 @@ from mhafail.errors import (
 logger = logging.getLogger(__name__)
 
 ROOT = "/mhafail"
-
-
-def _credentials(value: Credentials | tuple[str, str] | None) -> Credentials | None:
-    """Accept a ``(user, password)`` pair: a single-identity cluster.
-
-    Raises:
-        InvalidArgument: malformed credentials, or SASL ones without pure-sasl.
-    """
-    if isinstance(value, Credentials):
-        if value.sasl is not None and importlib.util.find_spec("puresasl") is None:
-            raise InvalidArgument(
-                f"SASL ({value.sasl}) credentials need the pure-sasl package: "
-                "pip install 'mhafail[sasl]'"
-            )
-        return value
-    if value is None:
-        return value
-    user, password = value
-    try:
-        return Credentials(user=user, password=password)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"invalid credentials: {exc}") from exc
 
 
 _KAZOO_STATES = {
@@ -164,7 +147,7 @@ class Coordinator:
     hosts: str
     cluster: str
     session_timeout: float = 10.0
-    credentials: Credentials | None = attrs.field(default=None, converter=_credentials)
+    credentials: Credentials | None = attrs.field(default=None, converter=coerce_credentials)
     open_acl: bool = False
     tls: TlsSettings | None = None
     lease_margin: float | None = None
@@ -405,24 +388,7 @@ class Coordinator:
     # --- internals --------------------------------------------------------------
 
     def _make_client(self) -> Any:
-        auth = None
-        sasl: dict[str, str] | None = None
-        creds = self.credentials
-        if creds is not None and creds.sasl == "GSSAPI":
-            sasl = {"mechanism": "GSSAPI", "principal": creds.user}
-        elif creds is not None and creds.sasl is not None:
-            sasl = {"mechanism": creds.sasl, "username": creds.user, "password": creds.password}
-        elif creds is not None:
-            auth = [("digest", f"{creds.user}:{creds.password}")]
-        tls: dict[str, Any] = {}
-        if self.tls is not None:
-            tls = {
-                "use_ssl": True,
-                "verify_certs": self.tls.verify,
-                "ca": self.tls.ca,
-                "certfile": self.tls.certfile,
-                "keyfile": self.tls.keyfile,
-            }
+        login = client_options(self.credentials, self.tls)
         retry = KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=1.0, max_jitter=0.2)
         client = KazooClient(
             hosts=format_hosts(self._hosts_parsed),
@@ -431,12 +397,10 @@ class Coordinator:
             connection_retry=retry,
             # Only for kazoo recipes: Znodes passes each path's ACL itself.
             default_acl=self.acl_policy.acl_for(""),
-            auth_data=auth,
-            sasl_options=sasl,
             logger=logging.getLogger("mhafail.coordination.kazoo"),
-            **tls,
+            **login,
         )
-        if sasl is not None:
+        if login.get("sasl_options") is not None:
 
             def note_refusal(_: str) -> None:
                 # kazoo's client state says AUTH_FAILED only while it reports

@@ -27,7 +27,7 @@ from mhafail.coordination import (
     Role,
     write_credentials_pair,
 )
-from mhafail.coordination import _coordinator as coordinator_module
+from mhafail.coordination import _auth as auth_module
 from mhafail.coordination._acl import ALL, READ, ROOT_ACL, AclPolicy, acl_id, to_kazoo
 from mhafail.coordination._auth import digest_id, sasl_id
 from mhafail.errors import AccessDenied, InvalidArgument, UnsafeAcl
@@ -374,7 +374,7 @@ def test_sasl_without_pure_sasl_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
     """Without pure-sasl installed, SASL credentials are refused naming the extra to install."""
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        coordinator_module.importlib.util,
+        auth_module.importlib.util,
         "find_spec",
         lambda name, *a: None if name == "puresasl" else real(name, *a),
     )
