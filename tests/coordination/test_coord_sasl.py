@@ -246,6 +246,33 @@ def test_squatted_root_with_look_alike_sasl_acls_is_refused(
 
 
 @pytest.mark.zookeeper
+def test_sasl_login_is_repeated_on_every_reconnection(
+    make: Factory, sasl_zookeeper: ZooKeeperServer, cluster: str, tcp_proxy_factory: Any
+) -> None:
+    """After its connection drops, the node logs in again: its session keeps its node rights.
+
+    ZooKeeper keeps authentication per connection, not per session, so a
+    reconnect without a new SASL exchange would be refused the node's writes.
+    """
+    make(OPERATOR)
+    proxy = tcp_proxy_factory(sasl_zookeeper.address)
+    node = Coordinator(
+        hosts=proxy.address, cluster=cluster, session_timeout=2.0, credentials=NODE
+    ).start()
+    try:
+        session = node.session_id
+        proxy.cut()
+        proxy.restore()  # closes the connection; kazoo reconnects to the same session
+        assert node.wait_for_lease(5.0)
+        assert node.session_id == session
+        assert node.znodes.create("members/n7", b"{}", ephemeral=True) is not None
+        with pytest.raises(AccessDenied):
+            drain(node, "n7")
+    finally:
+        node.stop()
+
+
+@pytest.mark.zookeeper
 def test_role_lists_may_mix_digest_and_sasl_identities(make: Factory) -> None:
     """A digest operator and a SASL node share one cluster, each in its role."""
     op_digest = digest_id("ops", "op-secret")
