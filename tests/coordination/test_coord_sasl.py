@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from kazoo.security import OPEN_ACL_UNSAFE
 
 from mhafail.cli import main
 from mhafail.coordination import (
+    ConnectionState,
     Coordinator,
     Credentials,
     Membership,
@@ -259,11 +261,20 @@ def test_sasl_login_is_repeated_on_every_reconnection(
     node = Coordinator(
         hosts=proxy.address, cluster=cluster, session_timeout=2.0, credentials=NODE
     ).start()
+    reconnected = threading.Event()
+    states: list[ConnectionState] = []
+
+    def note(state: ConnectionState) -> None:
+        states.append(state)
+        if ConnectionState.SUSPENDED in states and state is ConnectionState.CONNECTED:
+            reconnected.set()
+
+    node.add_state_listener(note)
     try:
         session = node.session_id
         proxy.cut()
         proxy.restore()  # closes the connection; kazoo reconnects to the same session
-        assert node.wait_for_lease(5.0)
+        assert reconnected.wait(5.0)
         assert node.session_id == session
         assert node.znodes.create("members/n7", b"{}", ephemeral=True) is not None
         with pytest.raises(AccessDenied):
