@@ -18,6 +18,7 @@ import time
 
 from vip_demo import OPERATOR
 
+from mhafail.console import Console, Users
 from mhafail.coordination import ClusterView, Coordinator, Membership, NodeInfo
 from mhafail.errors import MhafailError
 from mhafail.testing import NodeProcess, ZooKeeperServer
@@ -52,6 +53,13 @@ def main() -> int:
 
             observer.add_listener(show)
             observer.start()
+            # The cluster console (docs/console.md): log in as the operator.
+            console = Console(
+                coordinator=coordinator, users=Users.from_credentials(OPERATOR),
+                name="demo-console", port=0, sample_period=2.0,
+            ).start()  # fmt: skip
+            auth = os.environ.get("MHAFAIL_DEMO_OPERATOR", "operator.auth")
+            say(f"console: {console.url} (user {OPERATOR.user}, password in {auth})")
             try:
                 for node in nodes:
                     node.start()
@@ -78,7 +86,10 @@ def main() -> int:
                 for node in nodes:
                     node.wait_view(list(everyone), 10)
                 say("every node sees all four members again")
+                if sys.stdin.isatty():
+                    input(f"console still at {console.url}; press Enter to go on ")
             finally:
+                console.stop()
                 for node in nodes:
                     node.terminate()
                 observer.stop()

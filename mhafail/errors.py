@@ -54,13 +54,15 @@ GitPython exception ever reaches a caller: the adapters translate them.
     ├── CommandError                        command delegation (mhafail.commands)
     │   ├── CommandInvalidArgument (ValueError) a command name, argument, schema or selector
     │   └── UnknownRequest (LookupError)    no request with that id (never sent, or collected)
-    └── SpoolError                          per-node spools (mhafail.spool); has ``smtp_reply``
-        ├── SpoolInvalidArgument (ValueError) a bad envelope, id, name or option (501)
-        │   └── MessageTooLarge             over the spool's size cap (552)
-        ├── UnknownMessage (LookupError)    no message with that id in this spool
-        ├── SpoolWriteFailed                disk full, unwritable, I/O: nothing written (451/452)
-        ├── SpoolFenced                     the lease ran out or the token is stale (421)
-        └── SpoolPathConflict               the root is another cluster's, or the name is bound
+    ├── SpoolError                          per-node spools (mhafail.spool); has ``smtp_reply``
+    │   ├── SpoolInvalidArgument (ValueError) a bad envelope, id, name or option (501)
+    │   │   └── MessageTooLarge             over the spool's size cap (552)
+    │   ├── UnknownMessage (LookupError)    no message with that id in this spool
+    │   ├── SpoolWriteFailed                disk full, unwritable, I/O: nothing written (451/452)
+    │   ├── SpoolFenced                     the lease ran out or the token is stale (421)
+    │   └── SpoolPathConflict               the root is another cluster's, or the name is bound
+    └── ConsoleError                        the cluster console (mhafail.console)
+        └── ConsoleInvalidArgument (ValueError) a listen address, users file, TLS or option
 
 Components that arrive later add their own subtree here, next to the
 others, and extend this drawing.
@@ -382,3 +384,14 @@ class SpoolFenced(SpoolError):
 
 class SpoolPathConflict(SpoolError):
     """The shared root belongs to another cluster, or the node name is bound elsewhere."""
+
+
+# --- console ----------------------------------------------------------------
+
+
+class ConsoleError(MhafailError):
+    """The cluster console (mhafail.console) could not start or serve."""
+
+
+class ConsoleInvalidArgument(ConsoleError, ValueError):
+    """A console setting was refused: listen address, users file, TLS files or an option."""

@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "mhafail.cli._logs",
     "mhafail.cli._commands",
     "mhafail.cli._spool",
+    "mhafail.cli._console",
 )
 
 

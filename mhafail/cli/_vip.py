@@ -6,16 +6,15 @@ import argparse
 import datetime
 import json
 import os
-import signal
 import socket
 import sys
-import threading
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from mhafail.cli._output import add_json_flag, emit
+from mhafail.cli._signals import STOP_CLOSE, stop_on_signals
 from mhafail.cli._zkargs import add_zk_flags, add_zk_security_flags, zk_security
 from mhafail.errors import InvalidArgument
 
@@ -259,17 +258,10 @@ def _agent(args: argparse.Namespace) -> int:
     plumber_spec = str(s.get("plumber") or "netlink")
     plumber = _plumber(plumber_spec, s["node"], vips)
 
-    stop = threading.Event()
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        if stop.is_set():
-            # A second signal: the operator does not want to wait. The fence
-            # (and the kernel lifetimes) still remove the addresses.
-            os._exit(1)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    # A second signal, or a stop still running after the grace period, ends
+    # the process at once: the fence and the kernel lifetimes still remove
+    # the addresses, so nothing stays plumbed without an agent.
+    stop = stop_on_signals()
 
     def event(kind: str, **fields: Any) -> None:
         if args.events:
@@ -282,6 +274,7 @@ def _agent(args: argparse.Namespace) -> int:
         cluster=s["cluster"],
         session_timeout=float(s.get("session_timeout", 3.0)),
         server_tick=float(s["zk_tick"]) if s.get("zk_tick") is not None else None,
+        close_timeout=STOP_CLOSE,
         **zk_security(args),
     ).start()
     info = NodeInfo(
@@ -292,7 +285,7 @@ def _agent(args: argparse.Namespace) -> int:
         host=socket.gethostname(),
         pid=os.getpid(),
     )
-    membership = Membership(coordinator=coordinator, info=info).start()
+    membership = Membership(coordinator=coordinator, info=info, stop_timeout=0.5).start()
     use_fence = plumber_spec == "netlink" and s.get("fence", True)
     try:
         fence = (
@@ -318,6 +311,7 @@ def _agent(args: argparse.Namespace) -> int:
         fence=fence,
         validate_host=plumber_spec == "netlink",
         kernel_lifetimes=bool(s.get("kernel_lifetimes", True)),
+        stop_timeout=2.0,  # with the rest, inside the signal grace period
     )
     manager.on_acquire(lambda v: event("acquire", address=v.key))
     manager.on_release(lambda v: event("release", address=v.key))

@@ -8,13 +8,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from mhafail.cli._output import add_json_flag, emit
+from mhafail.cli._signals import stop_on_signals
 from mhafail.cli._zkargs import add_zk_flags, zk_security
 from mhafail.coordination._auth import Role
 from mhafail.errors import InvalidArgument
@@ -66,9 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--port {args.port}: not in 1-65535")
     if not 2 <= args.tick_time <= 60000:
         raise InvalidArgument(f"--tick-time {args.tick_time}: use 2 to 60000 ms")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     server = ZooKeeperServer(
         tick_time=args.tick_time, host=args.host, port=args.port or free_port(args.host)
     )
