@@ -34,6 +34,12 @@ def register(subparsers: Any) -> None:
     creds.add_argument("--dir", required=True, type=Path, help="where to write the two files")
     creds.add_argument("--operator-user", default="mhafail-operator")
     creds.add_argument("--node-user", default="mhafail-node")
+    creds.add_argument(
+        "--sasl",
+        action="store_true",
+        help="SASL DIGEST-MD5 identities instead of digest ones; also writes "
+        "DIR/zookeeper-jaas.conf, the JAAS Server section for the ZooKeeper servers",
+    )
     add_json_flag(creds)
     creds.set_defaults(func=_credentials)
     serve = sub.add_parser(
@@ -80,7 +86,7 @@ def _credentials(args: argparse.Namespace) -> int:
     from mhafail.coordination import Credentials, write_credentials_pair
 
     files = write_credentials_pair(
-        args.dir, operator_user=args.operator_user, node_user=args.node_user
+        args.dir, operator_user=args.operator_user, node_user=args.node_user, sasl=args.sasl
     )
     creds = Credentials.from_file(files[Role.OPERATOR])
     data = {
