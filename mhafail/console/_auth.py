@@ -105,7 +105,7 @@ class Users:
             key, sep, value = (part.strip() for part in line.partition("="))
             if key == "nodes":
                 key = "readers"
-            if key == "credentials":
+            if key in ("credentials", "sasl"):
                 continue
             if not sep or key not in fields:
                 raise ConsoleInvalidArgument(
@@ -133,19 +133,22 @@ class Users:
         if not user or not password or len(user) > 64 or len(password) > 256 or ":" in user:
             return None
         ident = digest_id(user, password)
+        # A SASL DIGEST-MD5 identity's id is the same digest behind "sasl:".
+        candidates = (ident.encode(), f"sasl:{ident}".encode())
         found: ConsoleRole | None = None
         for role, ids in (
             (ConsoleRole.READER, self.readers),
             (ConsoleRole.OPERATOR, self.operators),
         ):
             for known in ids:
-                if hmac.compare_digest(known.encode(), ident.encode()):
-                    found = role  # operator wins when an id is in both lists
+                for candidate in candidates:
+                    if hmac.compare_digest(known.encode(), candidate):
+                        found = role  # operator wins when an id is in both lists
         return found
 
 
 def _check_id(ident: str, where: str) -> None:
-    user, sep, digest = ident.partition(":")
+    user, sep, digest = ident.removeprefix("sasl:").partition(":")
     if not sep or not user or len(digest) != 28 or not digest.endswith("="):
         raise ConsoleInvalidArgument(
             f"{where}: invalid id {ident!r}: expected user:BASE64 "

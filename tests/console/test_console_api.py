@@ -432,3 +432,20 @@ def test_users_file(tmp_path: Path) -> None:
     path.write_text("admins = x\n")
     with pytest.raises(ConsoleInvalidArgument, match="line 1"):
         Users.from_file(path)
+
+
+def test_users_file_with_sasl_identities(tmp_path: Path) -> None:
+    """SASL DIGEST-MD5 ids (``sasl:user:KEY``) log in with their user and password."""
+    from mhafail.coordination._auth import digest_id
+
+    path = tmp_path / "users"
+    path.write_text(
+        "sasl = DIGEST-MD5 ops:pw-ops\n"
+        f"operators = sasl:{digest_id('ops', 'pw-ops')}\n"
+        f"readers = sasl:{digest_id('mta', 'pw-mta')}\n"
+    )
+    path.chmod(0o600)
+    users = Users.from_file(path)
+    assert users.role_of("ops", "pw-ops").value == "operator"
+    assert users.role_of("mta", "pw-mta").value == "reader"
+    assert users.role_of("ops", "pw-mta") is None
