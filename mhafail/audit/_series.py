@@ -98,6 +98,8 @@ class AuditSeries:
     _current_start: int = attrs.field(init=False, repr=False)
     _window_end: float = attrs.field(init=False, repr=False)
     _ring: dict[int, Window] = attrs.field(factory=dict, init=False, repr=False)
+    # The live windows by index (0: the current one), None where nothing was counted.
+    _recent: list[Window | None] = attrs.field(factory=list, init=False, repr=False)
     _interval: dict[Key, int] = attrs.field(factory=dict, init=False, repr=False)
     _interval_start: float = attrs.field(init=False, repr=False)
     _interval_dropped: int = attrs.field(default=0, init=False, repr=False)
@@ -126,6 +128,7 @@ class AuditSeries:
         self._current_start = start
         self._window_end = start + self.window_seconds
         self._ring[start] = Window(start, len(self._lengths))
+        self._index_windows_locked()
         self._interval_start = now
         # Cluster-wide series keep what each origin sent, to give a restarted node its own back.
         self._origins = OriginLedger(self.max_keys, keep_counts=self.export_increments)
@@ -245,22 +248,19 @@ class AuditSeries:
             AuditInvalidArgument: malformed target, wrong family, or window
                 indexes outside ``0..windows-1``.
         """
-        level, bucket, gap = self._locate(target)
-        indexes = self._indexes(windows)
+        # A CIDR text seen before is one dict lookup (the common case).
+        hit = self._targets.get(target) if type(target) is str else None
+        level, bucket, gap = hit if hit is not None else self._locate(target)
+        indexes = None if windows is None else self._indexes(windows)
         with self._lock:
             if self._time() >= self._window_end:
                 self._roll_locked()
             if self._pending:
                 self._fold_pending_locked()
-            ring = self._ring
-            start = self._current_start
-            step = self.window_seconds
-            total = 0
-            for i in indexes:
-                window = ring.get(start - i * step)
-                if window is not None:
-                    total += window.total if level < 0 else window.count(bucket, level, gap)
-            return total
+            recent = self._recent
+            if indexes is not None:
+                recent = [recent[i] for i in indexes]
+            return _sum(recent, level, bucket, gap)
 
     def _locate(self, target: Target) -> tuple[int, Key, int]:
         # Returns (level index or -1 for the total, bucket, gap); see Window.count.
@@ -325,6 +325,12 @@ class AuditSeries:
             # stalled transport grow the outbox without bound.
             del self._outbox[old]
         self._origins.prune(oldest)
+        self._index_windows_locked()
+
+    def _index_windows_locked(self) -> None:
+        start = self._current_start
+        step = self.window_seconds
+        self._recent = [self._ring.get(start - i * step) for i in range(self.windows)]
 
     def _fold_pending_locked(self) -> None:
         delta, self._pending = self._pending, {}
@@ -505,6 +511,7 @@ class AuditSeries:
             window = self._ring.get(start)
             if window is None:
                 window = self._ring[start] = Window(start, len(self._lengths))
+                self._index_windows_locked()
             self._apply_locked(window, dict(counts), local=False, interval=track_interval)
             kept[start] = counts
             applied += n
@@ -606,3 +613,27 @@ class AuditSeries:
                 if lost:
                     return self._lengths[i - 1] if i else 0
         return self.family.width
+
+
+def _sum(recent: list[Window | None], level: int, bucket: Key, gap: int) -> int:
+    # Per window one dict lookup, inlined (no Window.count call unless a
+    # regrouped level must be built first): this is the hot read path.
+    total = 0
+    if level < 0:
+        for window in recent:
+            if window is not None:
+                total += window.total
+    elif not gap:
+        for window in recent:
+            if window is not None:
+                total += window.levels[level].get(bucket, 0)
+    else:
+        key = (level, gap)
+        for window in recent:
+            if window is not None:
+                counts = window.derived.get(key)
+                if counts is None:
+                    total += window.count(bucket, level, gap)
+                else:
+                    total += counts.get(bucket, 0)
+    return total
