@@ -67,6 +67,20 @@ def bench_read(jlog: Jlog, expected: int) -> float:
     return got / elapsed
 
 
+def bench_read_many(jlog: Jlog, expected: int) -> float:
+    """Return msg/s reading everything with ``read_many`` and a checkpoint per block."""
+    with jlog.reader("bench") as reader:
+        start = time.perf_counter()
+        got = 0
+        while block := reader.read_many(4096):
+            got += len(block)
+            reader.checkpoint(block.last)
+        elapsed = time.perf_counter() - start
+    if got != expected:
+        raise SystemExit(f"read {got} messages, expected {expected}")
+    return got / elapsed
+
+
 def _best(runs: int, fn: Callable[[], float]) -> float:
     return max(fn() for _ in range(runs))
 
@@ -102,6 +116,14 @@ def main() -> None:
 
             rate = _best(runs, read_once)
             print(f"read        {size:>5} B  {rate:>12,.0f} msg/s  (read_batch + checkpoint)")
+
+            def read_many_once(p: bytes = payload) -> float:
+                jlog = _fresh(root, "r")
+                bench_write_many(jlog, p, count, 1000)
+                return bench_read_many(jlog, count)
+
+            rate = _best(runs, read_many_once)
+            print(f"read_many   {size:>5} B  {rate:>12,.0f} msg/s  (read_many + checkpoint)")
         payload = b"x" * 100
         policies = [
             ("none", Durability.none(), count),
