@@ -9,8 +9,11 @@ checkpoint after every batch, like a real consumer.
 from __future__ import annotations
 
 import argparse
+import fcntl
+import os
 import platform
 import shutil
+import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,6 +51,31 @@ def bench_write_many(jlog: Jlog, payload: bytes, count: int, batch: int) -> floa
             writer.write_many(items)
         elapsed = time.perf_counter() - start
     return (count // batch * batch) / elapsed
+
+
+def bench_syscall_floor(root: Path, size: int, count: int) -> float:
+    """Return appends/s of ``write()``'s four system calls alone, without Python around them.
+
+    OFD lock, ``lseek`` to the end, ``pwrite`` of one record, unlock: what
+    any multi-process append (libjlog's too) makes per record, so no
+    ``write()`` in Python can go faster than this on the same machine.
+    """
+    record = b"r" * (size + 16)
+    fd = os.open(root / "floor", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    lock = fcntl.F_OFD_SETLKW  # type: ignore[attr-defined]  # Linux
+    on, off = (
+        struct.pack("hh4xqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0),
+        struct.pack("hh4xqqi4x", fcntl.F_UNLCK, 0, 0, 0, 0),
+    )
+    try:
+        start = time.perf_counter()
+        for _ in range(count):
+            fcntl.fcntl(fd, lock, on)
+            os.pwrite(fd, record, os.lseek(fd, 0, os.SEEK_END))
+            fcntl.fcntl(fd, lock, off)
+        return count / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
 
 
 def bench_read(jlog: Jlog, expected: int) -> float:
@@ -104,6 +132,10 @@ def main() -> None:
                 lambda p=payload: bench_write(_fresh(root, "w"), p, count, Durability.none()),
             )
             print(f"write       {size:>5} B  {rate:>12,.0f} msg/s")
+            rate = _best(runs, lambda s=size: bench_syscall_floor(root, s, count))
+            print(
+                f"(floor)     {size:>5} B  {rate:>12,.0f} appends/s  (write()'s 4 syscalls alone)"
+            )
             rate = _best(
                 runs, lambda p=payload: bench_write_many(_fresh(root, "m"), p, count, 1000)
             )

@@ -353,6 +353,21 @@ class JlogTail(_Batches):
             return batch
 
     @os_errors("cannot read jlog")
+    def read_many(self, max_messages: int = 4096) -> MessageBlock:
+        """Like :meth:`read_batch`, as one :class:`MessageBlock` (empty: caught up)."""
+        with self._tlock:
+            if self._closed:
+                raise JlogClosed("tail is closed")
+            start, available, view = self._cursor.locate(self.position)
+            count = min(available, max_messages)
+            if count <= 0 or view is None:
+                self.position = start
+                return MessageBlock(fmt.MessageId(start.log, start.marker + 1), [])
+            block = view.read_block(start.marker + 1, count)
+            self.position = block.last
+            return block
+
+    @os_errors("cannot read jlog")
     def close(self) -> None:
         """Close the tail's files; idempotent."""
         with self._tlock:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from mhafail.errors import JlogCorrupt
-from mhafail.jlog import Jlog, JlogReader, Message, MessageBlock
+from mhafail.errors import JlogCorrupt, MhafailError
+from mhafail.jlog import Jlog, JlogReader, JlogTail, Message, MessageBlock, Whence
 
 
 def _fill(path: Path, *, compress: bool = False, count: int = 700) -> Jlog:
@@ -116,3 +120,87 @@ def test_an_empty_block_says_where_the_reader_is(tmp_path: Path) -> None:
         assert (len(block), bool(block), block.payloads, block.ids()) == (0, False, [], [])
         assert block.last == reader.checkpoint_position()
         assert "count=0" in repr(block)
+
+
+def test_a_tail_reads_blocks_too(tmp_path: Path) -> None:
+    """JlogTail.read_many follows the log from the start in blocks, holding nothing back."""
+    jlog = _fill(tmp_path / "j", count=300)
+    with jlog.reader("a") as reader:
+        expected = [m.payload for m in reader]
+    with JlogTail(tmp_path / "j", start=Whence.BEGIN) as tail:
+        got = []
+        while block := tail.read_many(64):
+            got += block.payloads
+            assert tail.position == block.last
+    assert got == expected
+
+
+def _drain_outcome(path: Path, bulk: bool) -> tuple[list[bytes], str | None]:
+    """What subscriber s reads from a copy of ``path``, and the error class that stopped it."""
+    got: list[bytes] = []
+    try:
+        with Jlog.open(path).reader("s") as reader:
+            while True:
+                if bulk:
+                    block = reader.read_many()
+                    if not block:
+                        break
+                    got += block.payloads
+                    reader.checkpoint(block.last)
+                else:
+                    batch = reader.read_batch()
+                    if not batch:
+                        break
+                    got += [m.payload for m in batch]
+                    reader.checkpoint(batch[-1].id)
+    except MhafailError as exc:
+        return got, type(exc).__name__
+    return got, None
+
+
+_FUZZ_BASES: dict[bool, Path] = {}
+
+
+@pytest.fixture(scope="module")
+def fuzz_bases(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, Path]:
+    """Plain and LZ4 jlogs of three segments whose indexes another reader built."""
+    for compress in (False, True):
+        root = tmp_path_factory.mktemp("lz4" if compress else "plain") / "j"
+        jlog = Jlog.create(root, unit_limit=200, compress=compress)
+        jlog.add_subscriber("s")
+        jlog.add_subscriber("t")
+        with jlog.writer() as writer:
+            writer.write_many([b"record %03d " % i + b"x" * (i % 17) for i in range(20)])
+        with jlog.reader("t") as reader:
+            while reader.read_batch():
+                pass
+        _FUZZ_BASES[compress] = root
+    return _FUZZ_BASES
+
+
+@settings(
+    max_examples=100,
+    deadline=5000,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    compress=st.booleans(),
+    target=st.sampled_from(["00000000", "00000000.idx", "00000001", "00000001.idx"]),
+    where=st.integers(0, 1 << 12),
+    flip=st.integers(1, 255),
+)
+def test_damaged_segments_read_the_same_in_blocks_as_in_batches(
+    fuzz_bases: dict[bool, Path], compress: bool, target: str, where: int, flip: int
+) -> None:
+    """With one damaged byte, read_many returns what read_batch returns or raises the same error."""
+    with tempfile.TemporaryDirectory() as tmp:
+        outcomes = []
+        for bulk in (False, True):
+            path = Path(tmp) / f"j{bulk}"
+            shutil.copytree(fuzz_bases[compress], path)
+            file = path / target
+            raw = bytearray(file.read_bytes())
+            raw[where % len(raw)] ^= flip
+            file.write_bytes(bytes(raw))
+            outcomes.append(_drain_outcome(path, bulk))
+        assert outcomes[0] == outcomes[1]
