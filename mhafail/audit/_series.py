@@ -11,6 +11,10 @@ levels for addresses); measured cost is 80 to 145 bytes per distinct IPv4
 address per window (docs/benchmarks.md). Past the cap, the counts of
 prefixes answered from a full level (and every longer one) become lower
 bounds; :meth:`AuditSeries.stats` says up to which length counts stay exact.
+A cluster-wide series (``export_increments``) also keeps what it merged
+from each origin per live window (at most ``max_keys`` per origin per
+window; about 50 more bytes per merged address), to hand a restarted node
+its own counts back (``origin_counts``/``merge_history``).
 
 Thread safety: every public method takes the series' lock, so ``add`` on an
 event loop, ``take_interval`` on an as_logger thread and ``merge`` on a
