@@ -8,6 +8,7 @@ Python processes can share a jlog, and it fixes libjlog's known traps
 (retention, torn writes, silent skips). Start with :class:`Jlog`.
 """
 
+from ._block import MessageBlock as MessageBlock
 from ._format import Message as Message
 from ._format import MessageId as MessageId
 from ._format import Meta as Meta
@@ -45,6 +46,7 @@ __all__ = [
     "JlogTail",
     "JlogWriter",
     "Message",
+    "MessageBlock",
     "MessageId",
     "Meta",
     "Problem",
