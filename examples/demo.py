@@ -171,7 +171,7 @@ def failover(cluster: SimulatedCluster, sink: EventProcess, sink_record: Path) -
 
 
 def config_and_throttle(cluster: SimulatedCluster, repo: ConfigRepository, sink_addr: str) -> bool:
-    """Publish config v2 (banner, a throttle); show it live on every node; True if 421 everywhere."""
+    """Publish config v2 (banner, throttle), show it live everywhere; True if 421 everywhere."""
     throttled = cluster.address(66)
     if cluster.lab is not None:
         cluster.lab["c1"].run(["ip", "addr", "add", f"{throttled}/24", "dev", "eth0"])
