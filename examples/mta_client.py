@@ -38,28 +38,30 @@ class Attempt:
     ok: bool
     t: float  # time.monotonic() when the try began
     reply: str = ""
+    tag: str = ""  # tells concurrent clients apart
 
     @property
     def key(self) -> str:
         """The ``X-Attempt`` value."""
-        return f"{self.message}.{self.attempt}"
+        return f"{self.tag}{self.message}.{self.attempt}"
 
 
 @attrs.define(eq=False)
 class Stream:
     """The state of a running :func:`stream` (read it from another thread)."""
 
+    tag: str = ""  # prefix of this client's attempt ids
     attempts: list[Attempt] = attrs.field(factory=list)
     sent: int = 0  # messages acknowledged so far
     stop: threading.Event = attrs.field(factory=threading.Event)
 
 
-def message_bytes(n: int, k: int) -> bytes:
-    """Message ``n``, try ``k``."""
+def message_bytes(key: str) -> bytes:
+    """The message of attempt ``key`` (``<tag><message>.<try>``)."""
     return (
-        f"From: client@example.org\r\nTo: user@example.net\r\nSubject: message {n}\r\n"
-        f"Message-ID: <{n}.{k}@client.example.org>\r\nX-Attempt: {n}.{k}\r\n\r\n"
-        f"Message {n}, try {k}.\r\n"
+        f"From: client@example.org\r\nTo: user@example.net\r\nSubject: message {key}\r\n"
+        f"Message-ID: <{key}@client.example.org>\r\nX-Attempt: {key}\r\n\r\n"
+        f"Message {key}.\r\n"
     ).encode()
 
 
@@ -80,6 +82,8 @@ def stream(
     state = state or Stream()
     conn: smtplib.SMTP | None = None
     for n in range(1, count + 1):
+        if state.stop.is_set():
+            break
         k = 0
         while not state.stop.is_set():
             k += 1
@@ -88,13 +92,14 @@ def stream(
                 if conn is None:
                     address = (source, 0) if source else None
                     conn = smtplib.SMTP(vip, port, timeout=timeout, source_address=address)
-                conn.sendmail("client@example.org", ["user@example.net"], message_bytes(n, k))
+                data = message_bytes(f"{state.tag}{n}.{k}")
+                conn.sendmail("client@example.org", ["user@example.net"], data)
             except (smtplib.SMTPException, OSError) as exc:
-                state.attempts.append(Attempt(n, k, False, began, str(exc)[:200]))
+                state.attempts.append(Attempt(n, k, False, began, str(exc)[:200], state.tag))
                 conn = _close(conn)
                 time.sleep(0.02)
                 continue
-            state.attempts.append(Attempt(n, k, True, began))
+            state.attempts.append(Attempt(n, k, True, began, tag=state.tag))
             state.sent = n
             break
         if pause:
