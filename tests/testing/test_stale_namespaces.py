@@ -28,5 +28,7 @@ def test_a_live_runs_lab_is_kept_and_a_leftover_is_removed(
     assert leftover in removed
     assert lab.lan not in removed
     assert lab["h1"].netns not in removed
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    listed = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=True
+    ).stdout
     assert lab.lan in listed
