@@ -3,7 +3,7 @@
 Fixtures:
     zookeeper: a session-wide standalone ZooKeeper server (tickTime 100 ms,
         so session timeouts from 0.2 s to 2 s are allowed).
-    zk_cluster: a fresh cluster name per test, i.e. a fresh chroot
+    zk_cluster: a fresh cluster name per test, i.e. a fresh cluster root
         ``/mhafail/<name>``.
     coordinator_factory: ``make(**kwargs)`` returns a started Coordinator on
         that server and cluster (``open_acl=True`` unless ``credentials`` are
@@ -147,7 +147,7 @@ def zookeeper() -> Iterator[ZooKeeperServer]:
 
 @pytest.fixture
 def zk_cluster() -> str:
-    """A cluster name no other test uses (a fresh chroot)."""
+    """A cluster name no other test uses (a fresh cluster root ``/mhafail/<name>``)."""
     return f"t{unique_suffix()}"
 
 
