@@ -165,9 +165,8 @@ def main() -> None:
     print(f"  plain aiosmtpd + maildir (fsync)   {base:8.0f} msg/s")
     for nodes in (1, 3):
         rate = ha(nodes, clients, messages)
-        print(
-            f"  ha_smtpd x{nodes} (fenced spool)        {rate:8.0f} msg/s ({rate / base:.0%} of plain)"
-        )
+        share = f"{rate / base:.0%} of plain"
+        print(f"  ha_smtpd x{nodes} (fenced spool)        {rate:8.0f} msg/s ({share})")
     for kind in ("SIGKILL", "SIGSTOP"):
         print(f"  client outage, owner {kind:7s}     {outage(kind):8.2f} s (session 1.5 s)")
 
