@@ -96,6 +96,12 @@ def _label(interface: str) -> str:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_EPERM_HINT = (
+    " (changing addresses and sending ARP need root, or CAP_NET_ADMIN and CAP_NET_RAW; "
+    "tests without root use mhafail.testing.FakePlumber)"
+)
+
+
 def _off_loop(method: F) -> F:
     """Run ``method`` on a helper thread when the caller's thread runs an asyncio loop.
 
@@ -153,9 +159,11 @@ class NetlinkPlumber:
             try:
                 yield self._ipr
             except NetlinkError as exc:
-                raise PlumbingError(f"{what}: {exc.args[-1] if exc.args else exc}") from exc
+                hint = _EPERM_HINT if getattr(exc, "code", None) == errno.EPERM else ""
+                raise PlumbingError(f"{what}: {exc.args[-1] if exc.args else exc}{hint}") from exc
             except OSError as exc:
-                raise PlumbingError(f"{what}: {exc}") from exc
+                hint = _EPERM_HINT if exc.errno == errno.EPERM else ""
+                raise PlumbingError(f"{what}: {exc}{hint}") from exc
 
     def _index(self, ipr: Any, interface: str) -> int:
         found = ipr.link_lookup(ifname=interface)
