@@ -97,7 +97,7 @@ class CoordinationUnavailable(CoordinationError):
     """ZooKeeper cannot be reached now, so the answer is not known.
 
     "No" answers are never expressed with this exception: a method that can
-    say no returns ``False`` (STYLE.md 6).
+    say no returns ``False`` (docs/coordination.md).
     """
 
 

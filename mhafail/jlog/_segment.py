@@ -1,6 +1,6 @@
 """A reader's view of one segment: its index, kept in step with the data.
 
-Readers, not writers, build ``XXXXXXXX.idx`` (JLOG_FORMAT.md, "Reading"):
+Readers, not writers, build ``XXXXXXXX.idx`` (docs/jlog.md, "Format compatibility"):
 under the index file's lock, walk forward from the last indexed record,
 append one u64 offset per complete record, and close the index with a u64
 0 once the segment is old (``log < storage_log``), fully walked and not
