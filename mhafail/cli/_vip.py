@@ -293,6 +293,7 @@ def _agent(args: argparse.Namespace) -> int:
                 coordinator.lease_deadline,
                 interval=min(0.1, coordinator.effective_timeout / 8),
                 stall_limit=max(0.5, min(2.0, coordinator.effective_timeout / 2)),
+                lifetimes=bool(s.get("kernel_lifetimes", True)),
             )
             if use_fence
             else None
