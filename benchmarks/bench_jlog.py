@@ -9,8 +9,11 @@ checkpoint after every batch, like a real consumer.
 from __future__ import annotations
 
 import argparse
+import fcntl
+import os
 import platform
 import shutil
+import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -50,6 +53,31 @@ def bench_write_many(jlog: Jlog, payload: bytes, count: int, batch: int) -> floa
     return (count // batch * batch) / elapsed
 
 
+def bench_syscall_floor(root: Path, size: int, count: int) -> float:
+    """Return appends/s of ``write()``'s four system calls alone, without Python around them.
+
+    OFD lock, ``lseek`` to the end, ``pwrite`` of one record, unlock: what
+    any multi-process append (libjlog's too) makes per record, so no
+    ``write()`` in Python can go faster than this on the same machine.
+    """
+    record = b"r" * (size + 16)
+    fd = os.open(root / "floor", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    lock = fcntl.F_OFD_SETLKW  # type: ignore[attr-defined]  # Linux
+    on, off = (
+        struct.pack("hh4xqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0),
+        struct.pack("hh4xqqi4x", fcntl.F_UNLCK, 0, 0, 0, 0),
+    )
+    try:
+        start = time.perf_counter()
+        for _ in range(count):
+            fcntl.fcntl(fd, lock, on)
+            os.pwrite(fd, record, os.lseek(fd, 0, os.SEEK_END))
+            fcntl.fcntl(fd, lock, off)
+        return count / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+
+
 def bench_read(jlog: Jlog, expected: int) -> float:
     """Return msg/s reading everything with a checkpoint per batch."""
     with jlog.reader("bench") as reader:
@@ -61,6 +89,20 @@ def bench_read(jlog: Jlog, expected: int) -> float:
                 break
             got += len(batch)
             reader.checkpoint(batch[-1].id)
+        elapsed = time.perf_counter() - start
+    if got != expected:
+        raise SystemExit(f"read {got} messages, expected {expected}")
+    return got / elapsed
+
+
+def bench_read_many(jlog: Jlog, expected: int) -> float:
+    """Return msg/s reading everything with ``read_many`` and a checkpoint per block."""
+    with jlog.reader("bench") as reader:
+        start = time.perf_counter()
+        got = 0
+        while block := reader.read_many(4096):
+            got += len(block)
+            reader.checkpoint(block.last)
         elapsed = time.perf_counter() - start
     if got != expected:
         raise SystemExit(f"read {got} messages, expected {expected}")
@@ -90,6 +132,10 @@ def main() -> None:
                 lambda p=payload: bench_write(_fresh(root, "w"), p, count, Durability.none()),
             )
             print(f"write       {size:>5} B  {rate:>12,.0f} msg/s")
+            rate = _best(runs, lambda s=size: bench_syscall_floor(root, s, count))
+            print(
+                f"(floor)     {size:>5} B  {rate:>12,.0f} appends/s  (write()'s 4 syscalls alone)"
+            )
             rate = _best(
                 runs, lambda p=payload: bench_write_many(_fresh(root, "m"), p, count, 1000)
             )
@@ -102,6 +148,14 @@ def main() -> None:
 
             rate = _best(runs, read_once)
             print(f"read        {size:>5} B  {rate:>12,.0f} msg/s  (read_batch + checkpoint)")
+
+            def read_many_once(p: bytes = payload) -> float:
+                jlog = _fresh(root, "r")
+                bench_write_many(jlog, p, count, 1000)
+                return bench_read_many(jlog, count)
+
+            rate = _best(runs, read_many_once)
+            print(f"read_many   {size:>5} B  {rate:>12,.0f} msg/s  (read_many + checkpoint)")
         payload = b"x" * 100
         policies = [
             ("none", Durability.none(), count),

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 ZK_CMD = "{py} -m mhafail zk serve --host {bridge_addr} --port 2181 --tick-time 150"
 AGENT = (
     "{py} -m mhafail agent --zk {dcs} --cluster bench --node {node} "
-    "--vip {vip}/{prefix}@{iface} --session-timeout %s --rebalance never --zk-open"
+    "--vip {vip}/{prefix}@{iface} --session-timeout %s --rebalance never --zk-open --zk-tick 0.15"
 )
 
 
@@ -113,6 +113,7 @@ def scale(vips: int, session: float) -> None:
                     sys.executable, "-m", "mhafail", "agent", "--config", str(config),
                     "--zk", zk.address, "--cluster", "scale", "--node", name,
                     "--session-timeout", str(session), "--rebalance", "immediate", "--zk-open",
+                    "--zk-tick", "0.15",
                 ])  # fmt: skip
             client = lab["c1"].netns
             owners = run_in_netns(client, _sweep, addresses, 60.0, set())

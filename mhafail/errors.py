@@ -53,9 +53,18 @@ GitPython exception ever reaches a caller: the adapters translate them.
     │   ├── ChannelClosed                   the peer closed, reset or went silent too long
     │   ├── ChannelProtocolError            a malformed, oversized, forged or replayed frame
     │   └── ChannelAuthFailed               the handshake failed: wrong or missing secret
-    └── CommandError                        command delegation (mhafail.commands)
-        ├── CommandInvalidArgument (ValueError) a command name, argument, schema or selector
-        └── UnknownRequest (LookupError)    no request with that id (never sent, or collected)
+    ├── CommandError                        command delegation (mhafail.commands)
+    │   ├── CommandInvalidArgument (ValueError) a command name, argument, schema or selector
+    │   └── UnknownRequest (LookupError)    no request with that id (never sent, or collected)
+    ├── SpoolError                          per-node spools (mhafail.spool); has ``smtp_reply``
+    │   ├── SpoolInvalidArgument (ValueError) a bad envelope, id, name or option (501)
+    │   │   └── MessageTooLarge             over the spool's size cap (552)
+    │   ├── UnknownMessage (LookupError)    no message with that id in this spool
+    │   ├── SpoolWriteFailed                disk full, unwritable, I/O: nothing written (451/452)
+    │   ├── SpoolFenced                     the lease ran out or the token is stale (421)
+    │   └── SpoolPathConflict               the root is another cluster's, or the name is bound
+    └── ConsoleError                        the cluster console (mhafail.console)
+        └── ConsoleInvalidArgument (ValueError) a listen address, users file, TLS or option
 
 Components that arrive later add their own subtree here, next to the
 others, and extend this drawing.
@@ -90,7 +99,7 @@ class CoordinationUnavailable(CoordinationError):
     """ZooKeeper cannot be reached now, so the answer is not known.
 
     "No" answers are never expressed with this exception: a method that can
-    say no returns ``False`` (STYLE.md 6).
+    say no returns ``False`` (docs/coordination.md).
     """
 
 
@@ -358,3 +367,63 @@ class CommandInvalidArgument(CommandError, ValueError):
 
 class UnknownRequest(CommandError, LookupError):
     """No command request with that id exists (never sent, collected, or expired)."""
+
+
+# --- spool ------------------------------------------------------------------
+
+
+class SpoolError(MhafailError):
+    """A per-node spool operation failed (mhafail.spool).
+
+    ``smtp_reply`` is the SMTP reply an MTA should give its client for this
+    failure: 4xx when the client should retry later, 5xx when it should not.
+    """
+
+    smtp_reply = "451 4.3.0 Temporary spool failure, try again later"
+
+
+class SpoolInvalidArgument(SpoolError, ValueError):
+    """A bad envelope, message id, node name or option; retrying will not help."""
+
+    smtp_reply = "501 5.5.4 Invalid envelope"
+
+
+class MessageTooLarge(SpoolInvalidArgument):
+    """The message is larger than the spool accepts."""
+
+    smtp_reply = "552 5.3.4 Message too big for system"
+
+
+class UnknownMessage(SpoolError, LookupError):
+    """No message with that id is in this spool (delivered, taken over, or never there)."""
+
+
+class SpoolWriteFailed(SpoolError):
+    """The spool could not write durably (disk full, unwritable, I/O error).
+
+    Nothing was half-written and nothing was acknowledged: the client retries.
+    """
+
+
+class SpoolFenced(SpoolError):
+    """This process no longer holds its spool: the lease ran out or the token is stale.
+
+    Stop accepting mail (answer 421) and stop delivering; nothing is changed.
+    """
+
+    smtp_reply = "421 4.3.0 Service not available, closing transmission channel"
+
+
+class SpoolPathConflict(SpoolError):
+    """The shared root belongs to another cluster, or the node name is bound elsewhere."""
+
+
+# --- console ----------------------------------------------------------------
+
+
+class ConsoleError(MhafailError):
+    """The cluster console (mhafail.console) could not start or serve."""
+
+
+class ConsoleInvalidArgument(ConsoleError, ValueError):
+    """A console setting was refused: listen address, users file, TLS files or an option."""

@@ -8,6 +8,11 @@ once here through the environment. Tests of credentials and ACLs unset it
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 
 os.environ.setdefault("MHAFAIL_ZK_OPEN", "1")
+# A stray SIGTERM once ended a whole run in silence: if one comes, every
+# thread's stack is printed first (the running test among them).
+faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)

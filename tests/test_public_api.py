@@ -10,6 +10,7 @@ PACKAGES = [
     "mhafail",
     "mhafail.coordination",
     "mhafail.testing",
+    "mhafail.spool",
     "mhafail.testing.nemesis",
     "mhafail.vip",
 ]

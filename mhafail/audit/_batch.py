@@ -10,8 +10,10 @@ elsewhere) only has to move batches; correctness lives here:
 * Re-sending is safe. A receiver remembers the highest sequence applied per
   origin and ignores any batch at or below it, so a batch re-sent after a
   reconnect is counted once.
-* A restarted node is a new origin (its incarnation differs) that starts
-  from an empty series, so its old and new increments never overlap.
+* A restarted node is a new origin (its incarnation differs), so its old
+  and new increments never overlap; receivers hand its earlier
+  incarnations' counts back as whole totals (``AuditSeries.origin_counts``
+  and ``merge_history``), which count once however often they arrive.
 * A dead node's increments age out with their windows; the receiver forgets
   an origin once every window it contributed to has aged out, and a batch
   arriving later only names windows that aged out too, so it adds nothing.
@@ -133,7 +135,7 @@ class IncrementBatch:
                 seq=_int(data["seq"], "seq"),
                 windows=windows,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
             if isinstance(exc, AuditInvalidArgument):
                 raise
             raise AuditInvalidArgument(f"malformed increment batch: {exc!r}") from None

@@ -26,8 +26,14 @@ Why nothing double-counts (``docs/audit.md``):
   under the same lock as every merge; so a restarted manager is refilled
   with the counts of every live node, once. Snapshots stay out of the
   receiver's as_logger interval: they were logged before.
-* A restarted node is a new origin starting from an empty series; what its
-  previous incarnation sent stays until those windows age out.
+* A restarted node is a new origin, so its old and new increments never
+  overlap at a receiver. Its first ``hello`` to each receiver asks for
+  *history*: what the receiver merged from earlier incarnations of the same
+  node name (``AuditSeries.origin_counts``). The node merges that into its
+  own series (``AuditSeries.merge_history``, under the same lock as every
+  merge), once however many receivers return it, and never exports it
+  again; so it comes back with its pre-crash counts and nobody counts them
+  twice.
 
 Threads: one sender thread, one thread per receiver it pushes to, and, when
 listening, one accept thread plus one thread per incoming connection.
@@ -37,7 +43,6 @@ listener only sets an event.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import ipaddress
 import logging
@@ -51,8 +56,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from mhafail.audit._batch import IncrementBatch, MergeOutcome, MergeStatus, Origin
+from mhafail.audit._history import add_history, check_history, history_items, read_history
+from mhafail.audit._outgoing import Outgoing
 from mhafail.audit._series import AuditSeries
-from mhafail.audit._window import merge_capped
 from mhafail.audit._wire import (
     DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
@@ -91,7 +97,6 @@ ENDPOINT = "audit"
 
 Key = int | str
 
-_ITEMS_PER_PUSH = 64
 _MAX_BACKOFF = 5.0
 _IDLE_WAKE = 10.0
 # An idle sender says hello this often, well inside a receiver's idle timeout.
@@ -165,6 +170,10 @@ class ReceiverStats:
         duplicates: batches ignored because their sequence was already merged.
         snapshots: snapshots merged (a sender refilling this receiver).
         snapshots_skipped: snapshots ignored because the origin was known.
+        histories_sent: batches of earlier incarnations' counts handed back
+            to a restarted sender in a hello reply.
+        histories_merged: history batches a sender pushed (its earlier
+            incarnations' counts) that added something here.
         gaps: merged batches whose sequence jumped (counts are low).
         stale: increments dropped because their window had aged out here.
         too_new: increments dropped because their window lies too far ahead.
@@ -177,6 +186,8 @@ class ReceiverStats:
     duplicates: int = 0
     snapshots: int = 0
     snapshots_skipped: int = 0
+    histories_sent: int = 0
+    histories_merged: int = 0
     gaps: int = 0
     stale: int = 0
     too_new: int = 0
@@ -195,6 +206,8 @@ class ClusterStats:
         backlog: per series, batches kept for receivers that fall behind.
         peers: one entry per receiver currently pushed to.
         received: what incoming batches did.
+        restored: per series, increments of this node's earlier
+            incarnations that receivers handed back after a restart.
     """
 
     origin: Origin
@@ -203,125 +216,7 @@ class ClusterStats:
     backlog: Mapping[str, int]
     peers: tuple[PeerStatus, ...]
     received: ReceiverStats
-
-
-class _Outgoing:
-    """One series' outgoing side: the backlog of batches and the local totals.
-
-    ``cumulative`` holds every local increment taken so far, per live
-    window; it is what a snapshot sends. ``backlog`` holds the most recent
-    batches, contiguous by sequence, for receivers that were briefly away.
-    """
-
-    def __init__(self, series: AuditSeries, origin: Origin, max_backlog: int) -> None:
-        self.series = series
-        self.origin = origin
-        self.max_backlog = max_backlog
-        self.lock = threading.Lock()
-        self.backlog: collections.deque[IncrementBatch] = collections.deque()
-        self.cumulative: dict[int, dict[Key, int]] = {}
-        self.last_seq = 0
-
-    def take(self) -> bool:
-        # Lock order: ours, then the series' (inside take_batch); never the reverse.
-        with self.lock:
-            batch = self.series.take_batch(self.origin)
-            self._prune_locked()
-            if batch is None:
-                return False
-            if batch.seq != self.last_seq + 1:
-                log.warning(
-                    "series %s: batch %d follows %d; was take_batch() called elsewhere?",
-                    self.series.name,
-                    batch.seq,
-                    self.last_seq,
-                )
-            self.last_seq = batch.seq
-            self.backlog.append(batch)
-            while len(self.backlog) > self.max_backlog:
-                self.backlog.popleft()
-            cap = self.series.max_keys
-            for start, counts in batch.windows.items():
-                merge_capped(self.cumulative.setdefault(start, {}), counts, cap)
-            return True
-
-    def _prune_locked(self) -> None:
-        step = self.series.window_seconds
-        now = self.series.clock.time()
-        oldest = int(now // step) * step - (self.series.windows - 1) * step
-        for start in [s for s in self.cumulative if s < oldest]:
-            del self.cumulative[start]
-
-    def items_after(
-        self, acked: int, delivered: int
-    ) -> tuple[list[tuple[bool, IncrementBatch]], int]:
-        """Return what a receiver at ``acked`` still needs, and how many batches it lost.
-
-        ``delivered`` is the highest sequence an earlier incarnation of the
-        same receiver confirmed. A receiver that knows nothing from us
-        (``acked == 0``) gets a snapshot of the counts up to ``delivered``
-        (kept out of its as_logger interval: they were logged before) and
-        then the batches after it, which are logged; when the backlog no
-        longer reaches back that far, one snapshot of everything.
-        """
-        with self.lock:
-            if acked >= self.last_seq:
-                return [], 0
-            if acked == 0:
-                first = self.backlog[0].seq if self.backlog else self.last_seq + 1
-                if delivered == 0 and first == 1:
-                    acked = 0  # a receiver new to us, and the whole history is at hand
-                elif delivered <= self.last_seq and first <= delivered + 1:
-                    later = [b for b in self.backlog if b.seq > delivered]
-                    return [(True, self._snapshot_locked(delivered, later))], 0
-                else:
-                    return [(True, self._snapshot_locked(self.last_seq, []))], 0
-            batches = [b for b in self.backlog if b.seq > acked][:_ITEMS_PER_PUSH]
-            if not batches:
-                # The backlog no longer reaches back: move the receiver on to our
-                # latest sequence with an empty batch (it reports the gap).
-                return [(False, self._empty_locked())], self.last_seq - acked
-            return [(False, b) for b in batches], batches[0].seq - acked - 1
-
-    def _empty_locked(self) -> IncrementBatch:
-        return IncrementBatch(
-            series=self.series.name,
-            family=self.series.family,
-            window_seconds=self.series.window_seconds,
-            origin=self.origin,
-            seq=self.last_seq,
-            windows={},
-        )
-
-    def _snapshot_locked(self, seq: int, minus: list[IncrementBatch]) -> IncrementBatch:
-        """The local counts of the live windows up to ``seq``: everything minus later batches."""
-        self._prune_locked()
-        windows = {start: dict(counts) for start, counts in self.cumulative.items()}
-        for batch in minus:
-            for start, counts in batch.windows.items():
-                window = windows.get(start)
-                if window is None:
-                    continue  # aged out
-                for key, n in counts.items():
-                    left = window.get(key, 0) - n
-                    if left > 0:
-                        window[key] = left
-                    else:
-                        window.pop(key, None)
-        return IncrementBatch(
-            series=self.series.name,
-            family=self.series.family,
-            window_seconds=self.series.window_seconds,
-            origin=self.origin,
-            seq=seq,
-            windows={start: counts for start, counts in windows.items() if counts},
-        )
-
-    def trim(self, floor: int) -> None:
-        """Forget batches every current receiver has confirmed."""
-        with self.lock:
-            while self.backlog and self.backlog[0].seq <= floor:
-                self.backlog.popleft()
+    restored: Mapping[str, int] = attrs.field(factory=dict)
 
 
 class _Peer:
@@ -341,6 +236,11 @@ class _Peer:
         self.refused: dict[str, str] = {}
         self.failures = 0
         self.lost = 0
+        # Per series, on this connection: earlier incarnations of this node the
+        # receiver reported (origin -> sequence), and the restored-history
+        # generation pushed to it.
+        self.known: dict[str, dict[Origin, int]] = {}
+        self.history_sent: dict[str, int] = {}
         self.last_error: str | None = None
         self.connected = False
         self.thread = threading.Thread(
@@ -450,12 +350,18 @@ class _Peer:
             )
             if self.stopped.is_set():  # stop() may have missed the connection
                 raise AuditError("stopping")
-            reply = self._request({"type": "hello", "series": self._asked()})
+            # The first hello also asks for what earlier incarnations of this node sent.
+            hello = {"type": "hello", "series": self._asked(), "history": audit.max_frame}
+            reply = self._request(hello)
+            self.known = {}
+            self.history_sent = {}
             with audit._acks:
                 self.refused = {}
                 self.connected = True
             self._absorb(reply)
+            self._restore(reply)
         while not self.stopped.is_set():
+            self._push_history()
             items: list[tuple[bool, IncrementBatch]] = []
             losses: dict[str, int] = {}
             for name, out in audit._outgoing.items():
@@ -526,6 +432,58 @@ class _Peer:
                         out.last_seq,
                     )
             self.audit._acks.notify_all()
+
+    def _restore(self, reply: Mapping[str, Any]) -> None:
+        """Merge the history in a hello reply: counts of this node's earlier incarnations."""
+        audit = self.audit
+        restored = False
+        for name, entry in reply["series"].items():
+            if name not in audit._outgoing or not isinstance(entry, dict):
+                continue
+            series = audit._outgoing[name].series
+            for batch in read_history(entry, name, audit.origin, self.node):
+                self.known.setdefault(name, {})[batch.origin] = batch.seq
+                try:
+                    with audit._merge_lock:
+                        outcome = series.merge_history(batch)
+                        audit._restored[name] = audit._restored.get(name, 0) + outcome.applied
+                        if outcome.applied:
+                            audit._history_gen[name] = audit._history_gen.get(name, 0) + 1
+                except AuditInvalidArgument as exc:
+                    log.warning("ignored a history of %s from %s: %s", name, self.node, exc)
+                    continue
+                if outcome.applied:
+                    restored = True
+                    log.info(
+                        "restored %d increments of %s from %s (counted by %s up to batch %d)",
+                        outcome.applied,
+                        name,
+                        self.node,
+                        batch.origin,
+                        batch.seq,
+                    )
+        if restored:
+            audit._wake_peers()  # receivers that restarted since need it pushed
+
+    def _push_history(self) -> None:
+        """Push restored history this receiver did not report (once per restore, per connection)."""
+        audit = self.audit
+        with audit._merge_lock:
+            generations = dict(audit._history_gen)
+        if generations == self.history_sent:
+            return
+        items: list[dict[str, Any]] = []
+        for name, generation in generations.items():
+            if name in self.refused or generation <= self.history_sent.get(name, 0):
+                continue
+            series = audit._outgoing[name].series
+            known = self.known.get(name, {})
+            # 256 bytes: the request around the items (version, origin, type).
+            left = audit.max_frame - 256 - len(encode_message({"items": items}))
+            items += history_items(series, audit.origin, known, left)
+        if items:
+            self._absorb(self._request({"type": "push", "items": items}))
+        self.history_sent = generations
 
 
 def _origin_json(origin: Origin) -> dict[str, Any]:
@@ -630,7 +588,7 @@ class ClusterAudit:
     idle_timeout: float = attrs.field(default=60.0, validator=_within(_KEEPALIVE * 2, 86400.0))
 
     _by_name: dict[str, AuditSeries] = attrs.field(init=False, factory=dict)
-    _outgoing: dict[str, _Outgoing] = attrs.field(init=False, factory=dict)
+    _outgoing: dict[str, Outgoing] = attrs.field(init=False, factory=dict)
     _listen_addr: tuple[str, int] | None = attrs.field(init=False, default=None)
     _listener: Listener | None = attrs.field(init=False, default=None)
     _server_security: ChannelSecurity = attrs.field(init=False, factory=ChannelSecurity)
@@ -646,6 +604,10 @@ class ClusterAudit:
     _stopping: threading.Event = attrs.field(init=False, factory=threading.Event)
     _threads: list[threading.Thread] = attrs.field(init=False, factory=list)
     _received: dict[str, int] = attrs.field(init=False, factory=dict)
+    # Per series: increments of earlier incarnations restored, and how many
+    # restores added something (peers push history when it grows); _merge_lock.
+    _restored: dict[str, int] = attrs.field(init=False, factory=dict)
+    _history_gen: dict[str, int] = attrs.field(init=False, factory=dict)
     # Per receiver node name and series: the highest sequence any incarnation confirmed.
     _delivered: dict[str, dict[str, int]] = attrs.field(init=False, factory=dict)
     # Receiver names that left the view, and when (time.monotonic()).
@@ -684,7 +646,7 @@ class ClusterAudit:
             parse_endpoint(self.advertise, what="advertise")
         self._check_security()
         origin = self.origin
-        self._outgoing = {s.name: _Outgoing(s, origin, self.max_backlog) for s in self.series}
+        self._outgoing = {s.name: Outgoing(s, origin, self.max_backlog) for s in self.series}
         self._received = dict.fromkeys(attrs.fields_dict(ReceiverStats), 0)
 
     def _check_security(self) -> None:
@@ -844,6 +806,7 @@ class ClusterAudit:
                 backlog[name] = len(out.backlog)
         with self._merge_lock:
             received = ReceiverStats(**self._received)
+            restored = dict(self._restored)
         return ClusterStats(
             origin=self.origin,
             endpoint=self._endpoint,
@@ -851,9 +814,16 @@ class ClusterAudit:
             backlog=backlog,
             peers=tuple(peer.status() for peer in peers),
             received=received,
+            restored=restored,
         )
 
     # --- sending ----------------------------------------------------------------
+
+    def _wake_peers(self) -> None:
+        with self._peers_lock:
+            peers = list(self._peers.values())
+        for peer in peers:
+            peer.wake.set()
 
     def _spawn(self, target: Any, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -986,6 +956,15 @@ class ClusterAudit:
                 raise AuditProtocolError("hello must list series names")
             for name in names:
                 states[name] = self._state(name, origin)
+            limit = message.get("history")
+            if limit is not None:
+                if type(limit) is not int or limit < 0:
+                    raise AuditProtocolError(f"hello history limit {limit!r} is not a byte count")
+                reply = {"ok": True, "receiver": _origin_json(self.origin), "series": states}
+                added = add_history(reply, self._by_name, origin, min(limit, self.max_frame))
+                with self._merge_lock:
+                    self._received["histories_sent"] += added
+                return reply
         elif kind == "push":
             items = message.get("items")
             if not isinstance(items, list):
@@ -1013,8 +992,12 @@ class ClusterAudit:
         if not isinstance(item, dict) or not isinstance(item.get("batch"), dict):
             raise AuditProtocolError("push item must hold a batch object")
         snapshot = item.get("snapshot", False)
-        if not isinstance(snapshot, bool):
-            raise AuditProtocolError("push item 'snapshot' must be true or false")
+        history = item.get("history", False)
+        for flag, value in (("snapshot", snapshot), ("history", history)):
+            if not isinstance(value, bool):
+                raise AuditProtocolError(f"push item {flag!r} must be true or false")
+        if snapshot and history:
+            raise AuditProtocolError("a push item is a snapshot or a history, not both")
         name = item["batch"].get("series")
         if not isinstance(name, str):
             raise AuditProtocolError("batch without a series name")
@@ -1025,6 +1008,10 @@ class ClusterAudit:
             states[name] = self._state(name, origin)
             return
         try:
+            if history:
+                self._merge_history(check_history(item["batch"], name, origin), series)
+                states[name] = self._state(name, origin)
+                return
             check_increments(item["batch"])
             batch = IncrementBatch.from_json(item["batch"])
             if batch.origin != origin:
@@ -1049,6 +1036,13 @@ class ClusterAudit:
             return
         if "error" not in states.get(name, {}):
             states[name] = self._state(name, origin)
+
+    def _merge_history(self, batch: IncrementBatch, series: AuditSeries) -> None:
+        with self._merge_lock:
+            outcome = series.merge_history(batch)
+            self._received["histories_merged"] += outcome.applied > 0
+            self._received["stale"] += outcome.stale
+            self._received["too_new"] += outcome.too_new
 
     def _count(self, snapshot: bool, outcome: MergeOutcome) -> None:
         # _merge_lock held.

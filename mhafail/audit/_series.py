@@ -11,6 +11,10 @@ levels for addresses); measured cost is 80 to 145 bytes per distinct IPv4
 address per window (docs/benchmarks.md). Past the cap, the counts of
 prefixes answered from a full level (and every longer one) become lower
 bounds; :meth:`AuditSeries.stats` says up to which length counts stay exact.
+A cluster-wide series (``export_increments``) also keeps what it merged
+from each origin per live window (at most ``max_keys`` per origin per
+window; about 50 more bytes per merged address), to hand a restarted node
+its own counts back (``origin_counts``/``merge_history``).
 
 Thread safety: every public method takes the series' lock, so ``add`` on an
 event loop, ``take_interval`` on an as_logger thread and ``merge`` on a
@@ -19,133 +23,41 @@ transport thread can run concurrently.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 import attrs
 
 from mhafail.audit._batch import IncrementBatch, MergeOutcome, MergeStatus, Origin
 from mhafail.audit._clock import Clock, SystemClock
 from mhafail.audit._keys import KeyFamily, Prefix, parse_address, parse_prefix
+from mhafail.audit._origins import OriginLedger
+from mhafail.audit._values import (
+    MAX_INCREMENT,
+    MAX_STRING_KEY_BYTES,
+    SERIES_NAME,
+    IntervalCounts,
+    SeriesStats,
+    check_batch,
+    check_name,
+    check_positive,
+    check_string_key,
+    to_family,
+)
 from mhafail.audit._window import LEVELS, Window, group_levels, merge_capped
 from mhafail.errors import AuditError, AuditInvalidArgument
 
-__all__ = ["AuditSeries", "IntervalCounts", "SeriesStats"]
+__all__ = ["SERIES_NAME", "AuditSeries", "IntervalCounts", "SeriesStats"]
 
 Key = int | str
 Target = Key | Prefix
 
-SERIES_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 # Pending adds are folded once this many distinct keys wait, which bounds
 # the pending dict even if nothing reads the series for a whole window.
 _FOLD_AT = 1 << 16
 _CACHE_SIZE = 4096
 _SMALL_FOLD = 32
-# One add() may count at most this many; with it, a u64 snapshot count only
-# saturates after four billion maximal adds to one key in one interval.
-MAX_INCREMENT = (1 << 32) - 1
-# Snapshot files store a string key's UTF-8 bytes behind a 2-byte length.
-MAX_STRING_KEY_BYTES = 0xFFFF
-# A batch sums many adds, so it may carry up to what a snapshot count can hold.
-_MAX_COUNT = (1 << 64) - 1
-
-
-def _check_name(_inst: object, _attr: object, value: Any) -> None:
-    if not isinstance(value, str) or not SERIES_NAME.fullmatch(value):
-        raise AuditInvalidArgument(
-            f"series name {value!r} must be 1-64 letters, digits, '_' or '-' "
-            "(no '.': it separates the snapshot timestamp)"
-        )
-
-
-def _check_positive(_inst: object, attr: attrs.Attribute[int], value: Any) -> None:
-    if type(value) is not int or value < 1:
-        raise AuditInvalidArgument(f"{attr.name} must be a positive integer, not {value!r}")
-
-
-def _check_string_key(key: str) -> None:
-    # A key that a snapshot file cannot hold would cost the whole interval
-    # of every key at the next as_logger write: refuse it at add() instead.
-    if key.isascii() and len(key) <= MAX_STRING_KEY_BYTES:
-        return
-    try:
-        size = len(key.encode())
-    except UnicodeEncodeError:
-        raise AuditInvalidArgument(f"string key {key[:40]!r} is not valid Unicode text") from None
-    if size > MAX_STRING_KEY_BYTES:
-        raise AuditInvalidArgument(
-            f"string key of {size} UTF-8 bytes is longer than {MAX_STRING_KEY_BYTES}"
-        )
-
-
-def _to_family(value: KeyFamily | str) -> KeyFamily:
-    try:
-        return KeyFamily(value)
-    except ValueError:
-        raise AuditInvalidArgument(f"family must be ipv4, ipv6 or string, not {value!r}") from None
-
-
-@attrs.frozen
-class IntervalCounts:
-    """The counts one series gathered between two as_logger snapshots.
-
-    Attributes:
-        series: the series name.
-        family: its key family.
-        start: epoch seconds the interval started.
-        end: epoch seconds it ended (when it was taken).
-        counts: increments per exact key.
-        dropped: increments not in ``counts`` because ``max_keys`` was hit.
-    """
-
-    series: str
-    family: KeyFamily
-    start: float
-    end: float
-    counts: Mapping[Key, int]
-    dropped: int = 0
-
-    def total(self) -> int:
-        """Return the sum of ``counts`` (``dropped`` excluded)."""
-        return sum(self.counts.values())
-
-
-@attrs.frozen
-class SeriesStats:
-    """Size and health of a series, for monitoring and capacity planning.
-
-    Attributes:
-        name: the series name.
-        family: its key family.
-        current_start: epoch second window 0 started.
-        keys: distinct exact keys per window, window 0 first.
-        dropped: per window, increments whose exact key was not stored
-            because ``max_keys`` was reached (totals stay exact).
-        exact_up_to: per window, the longest prefix length whose counts
-            are still exact there: a level that drops entries makes every
-            prefix answered from it (longer than the kept level before
-            it, e.g. /9 to /16 once the /16 level is full) a lower bound.
-            The family's width (32, 128; 0 for strings) when nothing was
-            dropped.
-        origins: remote origins whose batches are remembered.
-    """
-
-    name: str
-    family: KeyFamily
-    current_start: int
-    keys: tuple[int, ...]
-    dropped: tuple[int, ...]
-    origins: int
-    exact_up_to: tuple[int, ...] = ()
-
-
-@attrs.define
-class _OriginState:
-    last_seq: int
-    newest_window: int
 
 
 @attrs.define
@@ -174,12 +86,12 @@ class AuditSeries:
         AuditInvalidArgument: a bad name, size or family.
     """
 
-    name: str = attrs.field(validator=_check_name)
-    window_seconds: int = attrs.field(default=300, validator=_check_positive)
-    windows: int = attrs.field(default=6, validator=_check_positive)
-    family: KeyFamily = attrs.field(default=KeyFamily.IPV4, converter=_to_family)
+    name: str = attrs.field(validator=check_name)
+    window_seconds: int = attrs.field(default=300, validator=check_positive)
+    windows: int = attrs.field(default=6, validator=check_positive)
+    family: KeyFamily = attrs.field(default=KeyFamily.IPV4, converter=to_family)
     clock: Clock = attrs.field(factory=SystemClock, kw_only=True)
-    max_keys: int = attrs.field(default=1 << 20, kw_only=True, validator=_check_positive)
+    max_keys: int = attrs.field(default=1 << 20, kw_only=True, validator=check_positive)
     track_intervals: bool = attrs.field(default=False, kw_only=True)
     export_increments: bool = attrs.field(default=False, kw_only=True)
 
@@ -190,12 +102,14 @@ class AuditSeries:
     _current_start: int = attrs.field(init=False, repr=False)
     _window_end: float = attrs.field(init=False, repr=False)
     _ring: dict[int, Window] = attrs.field(factory=dict, init=False, repr=False)
+    # The live windows by index (0: the current one), None where nothing was counted.
+    _recent: list[Window | None] = attrs.field(factory=list, init=False, repr=False)
     _interval: dict[Key, int] = attrs.field(factory=dict, init=False, repr=False)
     _interval_start: float = attrs.field(init=False, repr=False)
     _interval_dropped: int = attrs.field(default=0, init=False, repr=False)
     _outbox: dict[int, dict[Key, int]] = attrs.field(factory=dict, init=False, repr=False)
     _seq: int = attrs.field(default=0, init=False, repr=False)
-    _origins: dict[Origin, _OriginState] = attrs.field(factory=dict, init=False, repr=False)
+    _origins: OriginLedger = attrs.field(init=False, repr=False)
     _targets: dict[str, tuple[int, Key, int]] = attrs.field(factory=dict, init=False, repr=False)
     _time: Callable[[], float] = attrs.field(init=False, repr=False)
     _shifts: tuple[int, ...] = attrs.field(init=False, repr=False)
@@ -218,7 +132,10 @@ class AuditSeries:
         self._current_start = start
         self._window_end = start + self.window_seconds
         self._ring[start] = Window(start, len(self._lengths))
+        self._index_windows_locked()
         self._interval_start = now
+        # Cluster-wide series keep what each origin sent, to give a restarted node its own back.
+        self._origins = OriginLedger(self.max_keys, keep_counts=self.export_increments)
 
     # --- adding -------------------------------------------------------------
 
@@ -297,7 +214,7 @@ class AuditSeries:
         family = self.family
         if family is KeyFamily.STRING:
             if isinstance(key, str):
-                _check_string_key(key)
+                check_string_key(key)
                 return key
             raise AuditInvalidArgument(
                 f"series {self.name!r} counts strings, not {type(key).__name__}"
@@ -335,22 +252,19 @@ class AuditSeries:
             AuditInvalidArgument: malformed target, wrong family, or window
                 indexes outside ``0..windows-1``.
         """
-        level, bucket, gap = self._locate(target)
-        indexes = self._indexes(windows)
+        # A CIDR text seen before is one dict lookup (the common case).
+        hit = self._targets.get(target) if type(target) is str else None
+        level, bucket, gap = hit if hit is not None else self._locate(target)
+        indexes = None if windows is None else self._indexes(windows)
         with self._lock:
             if self._time() >= self._window_end:
                 self._roll_locked()
             if self._pending:
                 self._fold_pending_locked()
-            ring = self._ring
-            start = self._current_start
-            step = self.window_seconds
-            total = 0
-            for i in indexes:
-                window = ring.get(start - i * step)
-                if window is not None:
-                    total += window.total if level < 0 else window.count(bucket, level, gap)
-            return total
+            recent = self._recent
+            if indexes is not None:
+                recent = [recent[i] for i in indexes]
+            return _sum(recent, level, bucket, gap)
 
     def _locate(self, target: Target) -> tuple[int, Key, int]:
         # Returns (level index or -1 for the total, bucket, gap); see Window.count.
@@ -414,8 +328,13 @@ class AuditSeries:
             # Receivers would drop these as stale anyway; do not let a
             # stalled transport grow the outbox without bound.
             del self._outbox[old]
-        for origin in [o for o, st in self._origins.items() if st.newest_window < oldest]:
-            del self._origins[origin]
+        self._origins.prune(oldest)
+        self._index_windows_locked()
+
+    def _index_windows_locked(self) -> None:
+        start = self._current_start
+        step = self.window_seconds
+        self._recent = [self._ring.get(start - i * step) for i in range(self.windows)]
 
     def _fold_pending_locked(self) -> None:
         delta, self._pending = self._pending, {}
@@ -528,7 +447,6 @@ class AuditSeries:
                 window length, or holds malformed keys; nothing is applied.
         """
         self._check_batch(batch)
-        step = self.window_seconds
         with self._lock:
             if self._time() >= self._window_end:
                 self._roll_locked()
@@ -536,35 +454,114 @@ class AuditSeries:
             if state is not None and batch.seq <= state.last_seq:
                 return MergeOutcome(MergeStatus.DUPLICATE)
             gap = state is not None and batch.seq != state.last_seq + 1
-            oldest = self._current_start - (self.windows - 1) * step
-            newest = self._current_start + step
-            applied = stale = too_new = 0
-            for start, counts in batch.windows.items():
-                n = sum(counts.values())
-                if start < oldest:
-                    stale += n
-                    continue
-                if start > newest:
-                    too_new += n
-                    continue
-                window = self._ring.get(start)
-                if window is None:
-                    window = self._ring[start] = Window(start, len(self._lengths))
-                self._apply_locked(window, dict(counts), local=False, interval=track_interval)
-                applied += n
-            newest_seen = max(batch.windows, default=oldest - step)
+            return self._merge_locked(batch, batch.windows, track_interval, gap=gap)
+
+    def merge_history(self, batch: IncrementBatch) -> MergeOutcome:
+        """Count an earlier incarnation's counts, as :meth:`origin_counts` returns them, once.
+
+        ``batch`` holds the *whole* live counts of its origin up to its
+        ``seq`` (not the increments after the previous batch). Applied to
+        a series that knows nothing from that origin, it counts entirely;
+        when an earlier history of the same origin up to a lower sequence
+        was applied (another receiver had not got the last batches), only
+        what this one holds beyond it counts. Kept out of the as_logger
+        interval: those increments were logged before.
+
+        Args:
+            batch: from another node's :meth:`origin_counts`.
+
+        Returns:
+            What was applied, or DUPLICATE when this sequence (or a later
+            one) of the origin is here already, or when what was kept of
+            the origin is incomplete (``max_keys``), since a difference
+            against it could count twice.
+
+        Raises:
+            AuditInvalidArgument: as :meth:`merge`; nothing is applied.
+        """
+        self._check_batch(batch)
+        with self._lock:
+            if self._time() >= self._window_end:
+                self._roll_locked()
+            state = self._origins.get(batch.origin)
             if state is None:
-                self._origins[batch.origin] = _OriginState(batch.seq, newest_seen)
-            else:
-                state.last_seq = batch.seq
-                state.newest_window = max(state.newest_window, newest_seen)
-            return MergeOutcome(
-                MergeStatus.APPLIED,
-                applied=applied,
-                stale=stale,
-                too_new=too_new,
-                gap=gap,
-            )
+                return self._merge_locked(batch, batch.windows, False, gap=False)
+            if batch.seq <= state.last_seq or state.incomplete or not self.export_increments:
+                return MergeOutcome(MergeStatus.DUPLICATE)
+            beyond = self._origins.beyond(batch.origin, batch.windows)
+            return self._merge_locked(batch, beyond, False, gap=False)
+
+    def _merge_locked(
+        self,
+        batch: IncrementBatch,
+        windows: Mapping[int, Mapping[Key, int]],
+        track_interval: bool,
+        *,
+        gap: bool,
+    ) -> MergeOutcome:
+        step = self.window_seconds
+        oldest = self._current_start - (self.windows - 1) * step
+        newest = self._current_start + step
+        applied = stale = too_new = 0
+        kept: dict[int, Mapping[Key, int]] = {}
+        for start, counts in windows.items():
+            n = sum(counts.values())
+            if start < oldest:
+                stale += n
+                continue
+            if start > newest:
+                too_new += n
+                continue
+            window = self._ring.get(start)
+            if window is None:
+                window = self._ring[start] = Window(start, len(self._lengths))
+                self._index_windows_locked()
+            self._apply_locked(window, dict(counts), local=False, interval=track_interval)
+            kept[start] = counts
+            applied += n
+        newest_seen = max(batch.windows, default=oldest - step)
+        self._origins.record(batch.origin, batch.seq, newest_seen, kept)
+        return MergeOutcome(
+            MergeStatus.APPLIED,
+            applied=applied,
+            stale=stale,
+            too_new=too_new,
+            gap=gap,
+        )
+
+    def origin_counts(self, node: str, exclude_incarnation: int) -> list[IncrementBatch]:
+        """Return what earlier incarnations of ``node`` sent, for its new process.
+
+        One batch per origin named ``node`` other than ``exclude_incarnation``
+        that still has counts in a live window: its whole merged counts per
+        window, stamped with the last sequence merged from it. The restarted
+        node passes each to its own :meth:`merge_history`. Only cluster-wide
+        series (``export_increments``) keep these counts; others return [].
+
+        Args:
+            node: the restarted node's name.
+            exclude_incarnation: its current incarnation.
+
+        Returns:
+            The batches (lower bounds where ``max_keys`` was reached).
+        """
+        with self._lock:
+            if self._time() >= self._window_end:
+                self._roll_locked()
+            return [
+                IncrementBatch(
+                    series=self.name,
+                    family=self.family,
+                    window_seconds=self.window_seconds,
+                    origin=origin,
+                    seq=state.last_seq,
+                    windows={start: dict(counts) for start, counts in state.windows.items()},
+                )
+                for origin, state in self._origins
+                if origin.node == node
+                and origin.incarnation != exclude_incarnation
+                and any(state.windows.values())
+            ]
 
     def last_seq(self, origin: Origin) -> int:
         """Return the highest batch sequence merged from ``origin``.
@@ -587,36 +584,7 @@ class AuditSeries:
             return 0 if state is None else state.last_seq
 
     def _check_batch(self, batch: IncrementBatch) -> None:
-        if batch.series != self.name or batch.family is not self.family:
-            raise AuditInvalidArgument(
-                f"batch for {batch.family.value} series {batch.series!r} cannot merge into "
-                f"{self.family.value} series {self.name!r}"
-            )
-        if batch.window_seconds != self.window_seconds:
-            raise AuditInvalidArgument(
-                f"batch windows of {batch.window_seconds} s do not line up with "
-                f"{self.window_seconds} s windows"
-            )
-        if batch.seq < 1:
-            raise AuditInvalidArgument(f"batch sequence {batch.seq} must be at least 1")
-        for start, counts in batch.windows.items():
-            if type(start) is not int or start % self.window_seconds:
-                raise AuditInvalidArgument(f"batch window start {start!r} is not a window boundary")
-            for key, n in counts.items():
-                if type(n) is not int or n < 1 or n > _MAX_COUNT:
-                    raise AuditInvalidArgument(
-                        f"batch increment {n!r} for {key!r} is not an integer "
-                        f"from 1 to {_MAX_COUNT}"
-                    )
-                if type(key) is not int or not 0 <= key <= self._max_value:
-                    self._coerce_exact(key)
-
-    def _coerce_exact(self, key: object) -> None:
-        # Batches carry parsed keys only: a str in an address batch is an error.
-        if self.family is KeyFamily.STRING and isinstance(key, str):
-            _check_string_key(key)
-            return
-        raise AuditInvalidArgument(f"batch key {key!r} is not a {self.family.value} key")
+        check_batch(batch, self.name, self.family, self.window_seconds)
 
     def stats(self) -> SeriesStats:
         """Return the size of every live window and what was dropped."""
@@ -649,3 +617,27 @@ class AuditSeries:
                 if lost:
                     return self._lengths[i - 1] if i else 0
         return self.family.width
+
+
+def _sum(recent: list[Window | None], level: int, bucket: Key, gap: int) -> int:
+    # Per window one dict lookup, inlined (no Window.count call unless a
+    # regrouped level must be built first): this is the hot read path.
+    total = 0
+    if level < 0:
+        for window in recent:
+            if window is not None:
+                total += window.total
+    elif not gap:
+        for window in recent:
+            if window is not None:
+                total += window.levels[level].get(bucket, 0)
+    else:
+        key = (level, gap)
+        for window in recent:
+            if window is not None:
+                counts = window.derived.get(key)
+                if counts is None:
+                    total += window.count(bucket, level, gap)
+                else:
+                    total += counts.get(bucket, 0)
+    return total

@@ -10,13 +10,16 @@ before reading the next.
 
 Requests (``v`` is :data:`PROTOCOL_VERSION`)::
 
-    {"v": 2, "type": "hello", "origin": {"node": N, "incarnation": I}, "series": [names]}
-    {"v": 2, "type": "push", "origin": {...}, "items": [{"snapshot": bool, "batch": {...}}]}
+    {"v": 2, "type": "hello", "origin": {"node": N, "incarnation": I}, "series": [names],
+     "history": max_bytes}                        (history optional)
+    {"v": 2, "type": "push", "origin": {...},
+     "items": [{"snapshot": bool, "history": bool, "batch": {...}}]}   (flags optional)
 
 Replies::
 
     {"ok": true, "receiver": {"node": N, "incarnation": I},
-     "series": {name: {"last_seq": S} | {"last_seq": S, "error": "..."}}}
+     "series": {name: {"last_seq": S} | {"last_seq": S, "error": "..."}
+                      | {"last_seq": S, "history": [batch, ...]}}}
     {"ok": false, "error": "..."}         then the receiver closes the connection
 
 ``batch`` is ``IncrementBatch.to_json()``; every increment in it must lie
@@ -25,7 +28,9 @@ or the batch is refused by name (the connection and the rest stay).
 ``last_seq`` is the highest sequence the receiver's series has merged
 from the sender's origin (0: it knows nothing from it). A ``snapshot``
 item carries the sender's whole local counts up to its ``seq`` and is
-applied only if the receiver knows nothing from that origin.
+applied only if the receiver knows nothing from that origin. ``history``
+(see ``_history``) moves the counts of earlier incarnations of the
+sender's node: asked for in a hello (within ``max_bytes``), or pushed.
 """
 
 from __future__ import annotations

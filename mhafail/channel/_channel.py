@@ -320,6 +320,8 @@ class Channel:
         deadline = time.monotonic() + timeout
         hello = self._control(deadline)
         if hello.get("type") == "error":
+            if hello.get("busy") is True:  # crowded, not a refusal of us: try again later
+                raise ChannelClosed(f"{self.peer} is busy: {hello.get('reason')}")
             raise ChannelAuthFailed(f"{self.peer} refused: {hello.get('reason')}")
         if hello.get("type") != "hello" or hello.get("channel") != CHANNEL_VERSION:
             raise ChannelProtocolError(f"{self.peer} does not speak channel v{CHANNEL_VERSION}")

@@ -24,7 +24,7 @@ from mhafail.errors import ChannelError, ChannelInvalidArgument
 
 from ._channel import Channel
 from ._endpoints import format_endpoint
-from ._frames import DEFAULT_MAX_FRAME, PRE_AUTH_FRAME
+from ._frames import DEFAULT_MAX_FRAME, PRE_AUTH_FRAME, encode_control, frame_header
 from ._security import ChannelSecurity
 
 logger = logging.getLogger(__name__)
@@ -197,10 +197,25 @@ class Listener:
                         "%s: refusing %s: %d connections open", self.service, peer,
                         self.max_connections,
                     )  # fmt: skip
+                    self._refuse_busy(sock)
                 with contextlib.suppress(OSError):
                     sock.close()
                 continue
             thread.start()
+
+    def _refuse_busy(self, sock: socket.socket) -> None:
+        """Tell a client turned away at accept why, in place of the hello (never blocks).
+
+        Plain connections only: a TLS client expects a TLS handshake first,
+        and running one here would let crowds pin the acceptor.
+        """
+        if self.security.ssl_context is not None:
+            return
+        reason = f"too many connections ({self.max_connections} open); try again later"
+        payload = encode_control({"type": "error", "reason": reason, "busy": True})
+        with contextlib.suppress(OSError):
+            sock.setblocking(False)
+            sock.send(frame_header(len(payload)) + payload)
 
     def _serve(self, raw: socket.socket, peer: str) -> None:
         sock = raw

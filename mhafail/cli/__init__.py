@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import threading
 from collections.abc import Sequence
 
 from mhafail.errors import MhafailError
@@ -27,6 +28,8 @@ _COMMAND_MODULES = (
     "mhafail.cli._config",
     "mhafail.cli._logs",
     "mhafail.cli._commands",
+    "mhafail.cli._spool",
+    "mhafail.cli._console",
 )
 
 
@@ -61,4 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            from mhafail.cli._signals import restore
+
+            restore()
     return status

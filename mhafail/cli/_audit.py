@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import shlex
-import signal
 import socket
 import sys
 import threading
@@ -40,6 +39,7 @@ from typing import Any
 
 import attrs
 
+from mhafail.cli._signals import STOP_CLOSE, STOP_ZK_TIMEOUT, stop_on_signals
 from mhafail.cli._zkargs import add_zk_flags, zk_security
 from mhafail.errors import AuditInvalidArgument, MhafailError
 
@@ -153,9 +153,7 @@ def _node(args: argparse.Namespace) -> int:
         secret=None if args.secret_file is None else read_secret_file(args.secret_file),
         allow_unauthenticated=args.allow_unauthenticated,
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = stop_on_signals()
     logger = None
     if args.log_dir is not None:
         args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -174,6 +172,7 @@ def _node(args: argparse.Namespace) -> int:
             cluster=args.cluster,
             session_timeout=args.session_timeout,
             connect_timeout=args.connect_timeout,
+            close_timeout=STOP_CLOSE,
             **zk_security(args),
         ).start()
         info = NodeInfo(
@@ -184,7 +183,9 @@ def _node(args: argparse.Namespace) -> int:
             host=socket.gethostname(),
             pid=os.getpid(),
         )
-        membership = Membership(coordinator=coordinator, info=info).start()
+        membership = Membership(
+            coordinator=coordinator, info=info, stop_timeout=STOP_ZK_TIMEOUT
+        ).start()
         audit.follow(membership)
         if logger is not None:
             logger.start()

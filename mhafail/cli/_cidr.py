@@ -64,7 +64,9 @@ def _cidr(args: argparse.Namespace) -> int:
     engine = _engine(args.dir)
     if args.serve:
         from mhafail.audit import CidrServer
+        from mhafail.cli._signals import stop_on_signals
 
+        stop = stop_on_signals()
         server = CidrServer(
             engine=engine,
             host=args.host,
@@ -73,8 +75,11 @@ def _cidr(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
         )
         server.start()
-        print(f"serving CIDR queries on {server.url}", file=sys.stderr, flush=True)
-        server.serve_forever()
+        try:
+            print(f"serving CIDR queries on {server.url}", file=sys.stderr, flush=True)
+            stop.wait()
+        finally:
+            server.stop()
         return 0
     if args.query:
         text = " ".join(args.query)

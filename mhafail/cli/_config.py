@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import shlex
-import signal
 import socket
 import sys
 import threading
@@ -24,9 +23,13 @@ from typing import Any
 import attrs
 
 from mhafail.cli._output import add_json_flag, emit
+from mhafail.cli._signals import STOP_CLOSE, stop_on_signals
 from mhafail.cli._zkargs import add_zk_security_flags, zk_security
 
 KAZOO_LOGGER = "mhafail.coordination.kazoo"
+
+#: Seconds ``config agent`` waits for its node to stop before closing the session.
+_STOP_NODE = 1.5
 
 
 def register(subparsers: Any) -> None:
@@ -297,14 +300,13 @@ def _agent(args: argparse.Namespace) -> int:
     validators: list[Validator] = [syntax_check]
     if args.check_cmd:
         validators.append(CheckCommand(shlex.split(args.check_cmd)))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     coordinator = Coordinator(
         hosts=args.zk,
         cluster=args.cluster,
         session_timeout=args.session_timeout,
         connect_timeout=args.connect_timeout,
+        close_timeout=STOP_CLOSE,
         **zk_security(args),
     ).start()
     try:
@@ -327,7 +329,12 @@ def _agent(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             stop.wait()
         finally:
-            node.stop()
+            # Bounded (issue 19): a pass stuck on ZooKeeper or a peer must not
+            # hold the stop. Its thread is a daemon, a checkout goes live
+            # atomically, and git daemon dies with this process.
+            stopper = threading.Thread(target=node.stop, name="mhafail-config-stop", daemon=True)
+            stopper.start()
+            stopper.join(_STOP_NODE)
     finally:
         coordinator.stop()
     return 0

@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import sys
-import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -27,8 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from mhafail.cli._output import add_json_flag, emit
+from mhafail.cli._signals import STOP_CLOSE, STOP_ZK_TIMEOUT, stop_on_signals
 from mhafail.cli._zkargs import add_zk_flags, add_zk_security_flags, zk_security
 from mhafail.errors import LogsInvalidArgument
+
+#: Largest member znode read by ``logs status`` and ``logs tail`` (bytes).
+MAX_MEMBER_INFO = 64 * 1024
+#: Seconds the node service has to end its sessions when stopping.
+STOP_SERVICE = 1.5
 
 # Manager settings a config file may hold, with their types and defaults.
 _MANAGER_KEYS: dict[str, tuple[type, Any]] = {
@@ -50,6 +54,8 @@ _MANAGER_KEYS: dict[str, tuple[type, Any]] = {
     "retry": (float, 0.5),
     "session_timeout": (float, 10.0),
     "member_name": (str, None),
+    "max_frame": (int, 4 * 1024 * 1024),
+    "framing": (str, "escaped"),
 }
 
 
@@ -88,6 +94,12 @@ def _register_serve(actions: Any) -> None:
     p.add_argument("--session-timeout", type=float, default=10.0)
     p.add_argument("--heartbeat", type=float, default=1.0)
     p.add_argument("--poll-interval", type=float, default=0.05)
+    p.add_argument(
+        "--max-frame",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="largest frame sent or accepted (bytes; bigger records go in parts)",
+    )
     p.set_defaults(func=_serve)
 
 
@@ -113,6 +125,14 @@ def _register_manager(actions: Any) -> None:
     p.add_argument("--retry", type=float)
     p.add_argument("--session-timeout", type=float)
     p.add_argument("--member-name", help="member name (default: the manager name)")
+    p.add_argument(
+        "--max-frame", type=int, help="largest frame accepted from a node (bytes; default 4 MiB)"
+    )
+    p.add_argument(
+        "--framing",
+        choices=["escaped", "length", "lines"],
+        help="record layout in the files: escaped (default), length, or lines (ambiguous)",
+    )
     add_zk_security_flags(p)
     p.set_defaults(func=_manager)
 
@@ -130,6 +150,12 @@ def _register_tools(actions: Any) -> None:
     p.add_argument("--log", required=True)
     p.add_argument("-n", type=int, default=0, help="also print up to N of the newest records")
     p.add_argument("--count", type=int, help="exit after printing this many records")
+    p.add_argument(
+        "--framing",
+        choices=["escaped", "length", "lines"],
+        default="escaped",
+        help="record layout: escaped (default), length, or lines (ambiguous)",
+    )
     p.add_argument("--secret-file")
     p.set_defaults(func=_tail)
 
@@ -145,13 +171,6 @@ def _register_tools(actions: Any) -> None:
 def _ready(**fields: Any) -> None:
     sys.stdout.write(json.dumps({"event": "ready", **fields}, sort_keys=True) + "\n")
     sys.stdout.flush()
-
-
-def _stop_event() -> threading.Event:
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
 
 
 def _secret(path: str | None) -> bytes | None:
@@ -173,32 +192,32 @@ def _parse_logs(items: list[str]) -> dict[str, Path]:
 
 
 @contextmanager
-def _member(
-    zk: str,
-    cluster: str,
-    name: str,
-    timeout: float,
-    connect: float,
-    *,
-    security: dict[str, Any],
-    **info: Any,
+def _coordinator(
+    zk: str, cluster: str, timeout: float, connect: float, *, security: dict[str, Any]
 ) -> Iterator[Any]:
-    from mhafail.coordination import Coordinator, Membership, NodeInfo
+    from mhafail.coordination import Coordinator
 
     coordinator = Coordinator(
-        hosts=zk, cluster=cluster, session_timeout=timeout, connect_timeout=connect, **security
+        hosts=zk,
+        cluster=cluster,
+        session_timeout=timeout,
+        connect_timeout=connect,
+        close_timeout=STOP_CLOSE,
+        **security,
     ).start()
     try:
-        node_info = NodeInfo(
-            name=name, started_at=time.time(), host=socket.gethostname(), pid=os.getpid(), **info
-        )
-        membership = Membership(coordinator=coordinator, info=node_info).start()
-        try:
-            yield coordinator, membership
-        finally:
-            membership.stop()
+        yield coordinator
     finally:
-        coordinator.stop()
+        coordinator.stop()  # bounded by close_timeout (issue 19)
+
+
+def _membership(coordinator: Any, name: str, **info: Any) -> Any:
+    from mhafail.coordination import Membership, NodeInfo
+
+    node_info = NodeInfo(
+        name=name, started_at=time.time(), host=socket.gethostname(), pid=os.getpid(), **info
+    )
+    return Membership(coordinator=coordinator, info=node_info, stop_timeout=STOP_ZK_TIMEOUT)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -206,7 +225,7 @@ def _serve(args: argparse.Namespace) -> int:
     from mhafail.logs._client import split_endpoint
 
     host, port = split_endpoint(args.listen, any_port=True)
-    stop = _stop_event()
+    stop = stop_on_signals()
     service = JlogService(
         node=args.node,
         logs=_parse_logs(args.log),
@@ -217,25 +236,29 @@ def _serve(args: argparse.Namespace) -> int:
         allow_unauthenticated=args.allow_unauthenticated,
         heartbeat=args.heartbeat,
         poll_interval=args.poll_interval,
+        max_frame=args.max_frame,
     ).start()
     try:
         endpoint = args.advertise or service.endpoint
         split_endpoint(endpoint)
-        with _member(
+        with _coordinator(
             args.zk,
             args.cluster,
-            args.node,
             args.session_timeout,
             args.connect_timeout,
             security=zk_security(args),
-            addresses=[host],
-            roles=["mta"],
-            endpoints={"jlog": endpoint},
-        ):
-            _ready(node=args.node, endpoint=service.endpoint, advertised=endpoint, pid=os.getpid())
-            stop.wait()
+        ) as coordinator:
+            info = {"addresses": [host], "roles": ["mta"], "endpoints": {"jlog": endpoint}}
+            membership = _membership(coordinator, args.node, **info).start()
+            try:
+                _ready(
+                    node=args.node, endpoint=service.endpoint, advertised=endpoint, pid=os.getpid()
+                )
+                stop.wait()
+            finally:
+                membership.stop()
     finally:
-        service.stop()
+        service.stop(STOP_SERVICE)
     return 0
 
 
@@ -282,16 +305,15 @@ def _manager(args: argparse.Namespace) -> int:
     from mhafail.logs import LogAggregator
 
     s = manager_settings(args)
-    stop = _stop_event()
-    with _member(
+    stop = stop_on_signals()
+    with _coordinator(
         s["zk"],
         s["cluster"],
-        s["member_name"] or s["name"],
         s["session_timeout"],
         args.connect_timeout,
         security=zk_security(args),
-        roles=["logs-manager"],
-    ) as (coordinator, membership):
+    ) as coordinator:
+        membership = _membership(coordinator, s["member_name"] or s["name"], roles=["logs-manager"])
         aggregator = LogAggregator(
             coordinator=coordinator,
             membership=membership,
@@ -309,10 +331,19 @@ def _manager(args: argparse.Namespace) -> int:
             commit_delay=s["commit_delay"],
             heartbeat=s["heartbeat"],
             retry=s["retry"],
-        ).start()
+            max_frame=s["max_frame"],
+            framing=s["framing"],
+        )
+        # The manager name first: a second manager of the same name gets
+        # ManagerNameTaken, not a clash of member names.
+        aggregator.start()
         try:
-            _ready(manager=s["name"], base=s["base"], pid=os.getpid())
-            stop.wait()
+            membership.start()
+            try:
+                _ready(manager=s["name"], base=s["base"], pid=os.getpid())
+                stop.wait()
+            finally:
+                membership.stop()
         finally:
             aggregator.stop()
     return 0
@@ -325,11 +356,13 @@ def _endpoints(coordinator: Any) -> dict[str, str]:
     out = {}
     for name in coordinator.znodes.children("members") or []:
         znode = coordinator.znodes.get(f"members/{name}")
-        if znode is None:
+        # Shared data anyone with ZooKeeper access could have written: skip
+        # what is oversized, malformed or nested to blow the stack.
+        if znode is None or len(znode.data) > MAX_MEMBER_INFO:
             continue
         try:
             info = NodeInfo.from_json(znode.data)
-        except InvalidArgument:
+        except (InvalidArgument, RecursionError):
             continue
         if "jlog" in info.endpoints:
             out[name] = info.endpoints["jlog"]
@@ -356,10 +389,23 @@ def _status(args: argparse.Namespace) -> int:
         try:
             rows.extend(st.to_json() for st in query_status(endpoint, secret=secret))
         except LogsError as exc:
-            errors[node] = str(exc)
+            errors[node] = f"{_failure(exc)}: {exc}"
     data = {"cluster": args.cluster, "managers": managers, "subscribers": rows, "errors": errors}
     emit(args, data, _status_text)
     return 1 if errors else 0
+
+
+def _failure(exc: Exception) -> str:
+    """What kind of failure asking a node was (an auth refusal is not "unreachable")."""
+    from mhafail.errors import AuthenticationFailed, ProtocolError, StreamRefused
+
+    if isinstance(exc, AuthenticationFailed):
+        return "authentication failed"
+    if isinstance(exc, StreamRefused):
+        return "refused"
+    if isinstance(exc, ProtocolError):
+        return "protocol error"
+    return "unreachable"
 
 
 def _status_text(data: dict[str, Any]) -> str:
@@ -374,7 +420,7 @@ def _status_text(data: dict[str, Any]) -> str:
             f"{r['pending_records']:>9} {r['pending_bytes']:>11} {r['lag_seconds']:>8.1f}"
         )
     for node, error in sorted(data["errors"].items()):
-        lines.append(f"{node}: unreachable: {error}")
+        lines.append(f"{node}: {error}")
     return "\n".join(lines)
 
 
@@ -382,7 +428,8 @@ def _tail(args: argparse.Namespace) -> int:
     from mhafail.coordination import Coordinator
     from mhafail.errors import StreamRefused
     from mhafail.logs._client import open_request
-    from mhafail.logs._protocol import FrameType, decode_records, encode_frame
+    from mhafail.logs._framing import Framing, frame_records
+    from mhafail.logs._protocol import FrameType, Reassembly, decode_records, encode_frame
 
     with Coordinator(
         hosts=args.zk,
@@ -399,6 +446,8 @@ def _tail(args: argparse.Namespace) -> int:
         secret=_secret(args.secret_file),
     )
     conn = opened.conn
+    framing = Framing.parse(args.framing)
+    parts = Reassembly()
     printed = 0
     last_send = time.monotonic()
     out = sys.stdout.buffer
@@ -406,14 +455,20 @@ def _tail(args: argparse.Namespace) -> int:
         while args.count is None or printed < args.count:
             for frame in conn.recv(0.5):
                 if frame.type is FrameType.RECORDS:
-                    for payload in decode_records(frame.body).payloads:
-                        if args.count is not None and printed >= args.count:
-                            break
-                        out.write(payload + b"\n")
-                        printed += 1
-                    out.flush()
+                    payloads = decode_records(frame.body).payloads
+                elif frame.type is FrameType.PART:
+                    whole = parts.add(frame.body)
+                    payloads = [] if whole is None else whole.payloads
                 elif frame.type is FrameType.ERROR:
                     raise StreamRefused(conn.reason(frame))
+                else:
+                    continue
+                if args.count is not None:
+                    payloads = payloads[: args.count - printed]
+                if payloads:
+                    out.write(frame_records(payloads, framing))
+                    out.flush()
+                    printed += len(payloads)
             if time.monotonic() - last_send >= 0.5:
                 conn.send(encode_frame(FrameType.HEARTBEAT), 5.0)
                 last_send = time.monotonic()

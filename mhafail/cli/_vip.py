@@ -6,16 +6,15 @@ import argparse
 import datetime
 import json
 import os
-import signal
 import socket
 import sys
-import threading
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from mhafail.cli._output import add_json_flag, emit
+from mhafail.cli._signals import STOP_CLOSE, stop_on_signals
 from mhafail.cli._zkargs import add_zk_flags, add_zk_security_flags, zk_security
 from mhafail.errors import InvalidArgument
 
@@ -63,6 +62,14 @@ def register(subparsers: Any) -> None:
     )
     agent.add_argument("--topology", action="append", default=[], metavar="CIDR=IFACE")
     agent.add_argument("--session-timeout", type=float)
+    agent.add_argument(
+        "--zk-tick",
+        type=float,
+        metavar="SECONDS",
+        help="the ZooKeeper servers' tickTime, if known: the lease then waits tickTime/2 "
+        "for follower reports instead of assuming the largest tick (a later release, "
+        "a shorter client outage when the owner is cut off)",
+    )
     agent.add_argument("--rebalance", help="immediate | never | after:SECONDS (default after:30)")
     agent.add_argument("--claim-step", type=float)
     agent.add_argument(
@@ -177,12 +184,22 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "plumber",
         "fence",
         "kernel_lifetimes",
+        "zk_tick",
     }
     unknown = set(cfg) - known
     if unknown:
         raise InvalidArgument(f"--config {args.config}: unknown keys {sorted(unknown)}")
     merged = dict(cfg)
-    for key in ("zk", "cluster", "node", "session_timeout", "rebalance", "claim_step", "plumber"):
+    for key in (
+        "zk",
+        "cluster",
+        "node",
+        "session_timeout",
+        "rebalance",
+        "claim_step",
+        "plumber",
+        "zk_tick",
+    ):
         value = getattr(args, key)
         if value is not None:
             merged[key] = value
@@ -241,17 +258,10 @@ def _agent(args: argparse.Namespace) -> int:
     plumber_spec = str(s.get("plumber") or "netlink")
     plumber = _plumber(plumber_spec, s["node"], vips)
 
-    stop = threading.Event()
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        if stop.is_set():
-            # A second signal: the operator does not want to wait. The fence
-            # (and the kernel lifetimes) still remove the addresses.
-            os._exit(1)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    # A second signal, or a stop still running after the grace period, ends
+    # the process at once: the fence and the kernel lifetimes still remove
+    # the addresses, so nothing stays plumbed without an agent.
+    stop = stop_on_signals()
 
     def event(kind: str, **fields: Any) -> None:
         if args.events:
@@ -263,6 +273,8 @@ def _agent(args: argparse.Namespace) -> int:
         hosts=s["zk"],
         cluster=s["cluster"],
         session_timeout=float(s.get("session_timeout", 3.0)),
+        server_tick=float(s["zk_tick"]) if s.get("zk_tick") is not None else None,
+        close_timeout=STOP_CLOSE,
         **zk_security(args),
     ).start()
     info = NodeInfo(
@@ -273,7 +285,7 @@ def _agent(args: argparse.Namespace) -> int:
         host=socket.gethostname(),
         pid=os.getpid(),
     )
-    membership = Membership(coordinator=coordinator, info=info).start()
+    membership = Membership(coordinator=coordinator, info=info, stop_timeout=0.5).start()
     use_fence = plumber_spec == "netlink" and s.get("fence", True)
     try:
         fence = (
@@ -281,6 +293,7 @@ def _agent(args: argparse.Namespace) -> int:
                 coordinator.lease_deadline,
                 interval=min(0.1, coordinator.effective_timeout / 8),
                 stall_limit=max(0.5, min(2.0, coordinator.effective_timeout / 2)),
+                lifetimes=bool(s.get("kernel_lifetimes", True)),
             )
             if use_fence
             else None
@@ -299,6 +312,7 @@ def _agent(args: argparse.Namespace) -> int:
         fence=fence,
         validate_host=plumber_spec == "netlink",
         kernel_lifetimes=bool(s.get("kernel_lifetimes", True)),
+        stop_timeout=2.0,  # with the rest, inside the signal grace period
     )
     manager.on_acquire(lambda v: event("acquire", address=v.key))
     manager.on_release(lambda v: event("release", address=v.key))

@@ -8,13 +8,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from mhafail.cli._output import add_json_flag, emit
+from mhafail.cli._signals import stop_on_signals
 from mhafail.cli._zkargs import add_zk_flags, zk_security
 from mhafail.coordination._auth import Role
 from mhafail.errors import InvalidArgument
@@ -35,6 +34,12 @@ def register(subparsers: Any) -> None:
     creds.add_argument("--dir", required=True, type=Path, help="where to write the two files")
     creds.add_argument("--operator-user", default="mhafail-operator")
     creds.add_argument("--node-user", default="mhafail-node")
+    creds.add_argument(
+        "--sasl",
+        action="store_true",
+        help="SASL DIGEST-MD5 identities instead of digest ones; also writes "
+        "DIR/zookeeper-jaas.conf, the JAAS Server section for the ZooKeeper servers",
+    )
     add_json_flag(creds)
     creds.set_defaults(func=_credentials)
     serve = sub.add_parser(
@@ -60,9 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--port {args.port}: not in 1-65535")
     if not 2 <= args.tick_time <= 60000:
         raise InvalidArgument(f"--tick-time {args.tick_time}: use 2 to 60000 ms")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     server = ZooKeeperServer(
         tick_time=args.tick_time, host=args.host, port=args.port or free_port(args.host)
     )
@@ -83,7 +86,7 @@ def _credentials(args: argparse.Namespace) -> int:
     from mhafail.coordination import Credentials, write_credentials_pair
 
     files = write_credentials_pair(
-        args.dir, operator_user=args.operator_user, node_user=args.node_user
+        args.dir, operator_user=args.operator_user, node_user=args.node_user, sasl=args.sasl
     )
     creds = Credentials.from_file(files[Role.OPERATOR])
     data = {

@@ -6,7 +6,9 @@ here, and builds its coordinator's keyword arguments with
 
 * ``--zk-auth FILE`` (or ``$MHAFAIL_ZK_AUTH``): the credentials file
   (``mhafail.coordination.Credentials.from_file``: mode 0600, ``credentials
-  = USER:PASSWORD`` plus the ``operators`` and ``nodes`` ids);
+  = USER:PASSWORD`` for digest auth or ``sasl = DIGEST-MD5 USER:PASSWORD`` /
+  ``sasl = GSSAPI PRINCIPAL`` for SASL, plus the ``operators`` and ``nodes``
+  ids);
 * ``--zk-open`` (or ``MHAFAIL_ZK_OPEN=1``): run without ACLs, an explicit
   choice that logs a warning; without credentials or this, commands refuse;
 * ``--zk-tls-ca FILE``, ``--zk-tls-cert FILE``, ``--zk-tls-key FILE``

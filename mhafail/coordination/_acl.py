@@ -30,10 +30,18 @@ commands/results/*/claims      read create         a node claims a request once
 commands/results/*/claims/*    read                claims are never rewritten
 commands/results/*/replies     read create         a node answers once
 commands/results/*/replies/*   read                replies are never rewritten
+spool                          read create         a node's first spool lock
+spool/*                        read create delete  take and drop spool locks
+spool/*/lock                   read                locks are never rewritten
+spool/*/takeover               read write          the importer records progress
+spoolops, spoolops/*           read                ``spool drain|import``: operators
 anything else                  read
 =============================  ==================  ==========================
 
-Operators have every permission everywhere. ``/mhafail`` itself is shared
+Operators have every permission everywhere. Role ids become ACL ids by
+:func:`acl_id`: a digest id ``user:HASH`` is ``digest:user:HASH``, a SASL id
+``sasl:NAME[:KEY]`` is ``sasl:NAME`` (ZooKeeper's SASLAuthenticationProvider).
+``/mhafail`` itself is shared
 by all clusters of an ensemble: anyone may read it and create a cluster
 under it, nobody may delete, rewrite or re-ACL it.
 """
@@ -67,9 +75,23 @@ _NODE_PERMS: dict[tuple[str, ...], int] = {
     # nor withdraw an answer; managers (operators) garbage-collect both.
     ("commands", "results", "*", "claims"): READ | CREATE,
     ("commands", "results", "*", "replies"): READ | CREATE,
+    ("spool",): READ | CREATE,
+    ("spool", "*"): READ | CREATE | DELETE,
+    ("spool", "*", "lock"): READ,
+    ("spool", "*", "takeover"): READ | WRITE,
 }
 
-LAYOUT = ("members", "vips", "targets", "drained", "managers", "config", "commands")
+LAYOUT = (
+    "members",
+    "vips",
+    "targets",
+    "drained",
+    "managers",
+    "config",
+    "commands",
+    "spool",
+    "spoolops",
+)
 """The folders an operator creates with the cluster root (``mhafail init``)."""
 
 ROOT_ACL = ((READ | CREATE, WORLD),)
@@ -77,6 +99,17 @@ ROOT_ACL = ((READ | CREATE, WORLD),)
 
 Entry = tuple[int, tuple[str, str]]
 """One ACL entry: (permissions, (scheme, id))."""
+
+
+def acl_id(ident: str) -> tuple[str, str]:
+    """The ZooKeeper ACL id (scheme, id) of a role id (``_auth`` module docstring).
+
+    ``sasl:NAME[:KEY]`` is ``("sasl", NAME)``: the KEY only keys the root's
+    proof. Anything else is a digest id, ``("digest", ident)``.
+    """
+    if ident.startswith("sasl:"):
+        return ("sasl", ident[len("sasl:") :].partition(":")[0])
+    return ("digest", ident)
 
 
 def perms_text(perms: int) -> str:
@@ -106,8 +139,8 @@ class AclPolicy:
     """The ACL of every znode under one cluster root.
 
     Attributes:
-        operators: digest ids with every permission everywhere.
-        nodes: digest ids with the node role's permissions.
+        operators: role ids (digest or SASL) with every permission everywhere.
+        nodes: role ids with the node role's permissions.
         open: no ACLs at all (``world:anyone`` everything); an explicit choice.
     """
 
@@ -119,13 +152,13 @@ class AclPolicy:
         """The ACL entries for ``path`` (relative to the cluster root, ``""`` for it)."""
         if self.open:
             return [(ALL, WORLD)]
-        perms: dict[str, int] = {}
+        perms: dict[tuple[str, str], int] = {}
         node_perms = node_permissions(path)
         for ident in self.nodes:
-            perms[ident] = perms.get(ident, 0) | node_perms
+            perms[acl_id(ident)] = perms.get(acl_id(ident), 0) | node_perms
         for ident in self.operators:
-            perms[ident] = ALL
-        return [(p, ("digest", ident)) for ident, p in perms.items()]
+            perms[acl_id(ident)] = ALL
+        return [(p, ident) for ident, p in perms.items()]
 
     def acl_for(self, path: str) -> list[Any]:
         """The kazoo ACL list to create ``path`` with."""

@@ -27,7 +27,13 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.retry import KazooRetry
 
 from mhafail.coordination._acl import AclPolicy
-from mhafail.coordination._auth import Credentials, Role, TlsSettings
+from mhafail.coordination._auth import (
+    Credentials,
+    Role,
+    TlsSettings,
+    client_options,
+    coerce_credentials,
+)
 from mhafail.coordination._dispatch import Dispatcher
 from mhafail.coordination._handshake import NegotiationHandler
 from mhafail.coordination._lease import Lease, ProofChain, default_margin
@@ -35,22 +41,16 @@ from mhafail.coordination._names import check_name, format_hosts, parse_hosts
 from mhafail.coordination._root import prepare_root, warn_open_once
 from mhafail.coordination._state import ConnectionState, LeaseState
 from mhafail.coordination._store import Znodes
-from mhafail.errors import CoordinationError, CoordinationUnavailable, InvalidArgument
+from mhafail.errors import (
+    AccessDenied,
+    CoordinationError,
+    CoordinationUnavailable,
+    InvalidArgument,
+)
 
 logger = logging.getLogger(__name__)
 
 ROOT = "/mhafail"
-
-
-def _credentials(value: Credentials | tuple[str, str] | None) -> Credentials | None:
-    """Accept a ``(user, password)`` pair: a single-identity cluster."""
-    if value is None or isinstance(value, Credentials):
-        return value
-    user, password = value
-    try:
-        return Credentials(user=user, password=password)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"invalid credentials: {exc}") from exc
 
 
 _KAZOO_STATES = {
@@ -97,7 +97,9 @@ class Coordinator:
             session (read from the server's connect responses).
         credentials: the ZooKeeper identity (:class:`Credentials`, usually
             ``Credentials.from_file(path)``): the session authenticates with
-            digest auth, every znode it creates carries the cluster's ACL
+            digest auth, or with SASL (DIGEST-MD5 or GSSAPI, on every
+            connection, before any request) when ``credentials.sasl`` says
+            so; every znode it creates carries the cluster's ACL
             policy for its path (operators: everything; nodes: what the node
             role needs, see ``mhafail.coordination._acl``), and :meth:`start`
             refuses a cluster root whose ACLs are not the policy's. A
@@ -132,7 +134,9 @@ class Coordinator:
 
     Raises (from :meth:`start`):
         CoordinationUnavailable: no session within ``connect_timeout``.
-        AccessDenied: the cluster root exists with other credentials.
+        AccessDenied: the cluster root exists with other credentials, or
+            ZooKeeper refused the SASL login (wrong user or password, or
+            the servers have no SASL configured).
         UnsafeAcl: a znode on the cluster's path carries an ACL outside the
             policy (someone else created it, or it is open).
         CoordinationError: with node credentials, the cluster root does not
@@ -142,7 +146,7 @@ class Coordinator:
     hosts: str
     cluster: str
     session_timeout: float = 10.0
-    credentials: Credentials | None = attrs.field(default=None, converter=_credentials)
+    credentials: Credentials | None = attrs.field(default=None, converter=coerce_credentials)
     open_acl: bool = False
     tls: TlsSettings | None = None
     lease_margin: float | None = None
@@ -169,6 +173,7 @@ class Coordinator:
     _epoch: int = attrs.field(init=False, default=0)
     _connect_proof: _Negotiated | None = attrs.field(init=False, default=None)
     _session_timeout_ms: int | None = attrs.field(init=False, default=None)
+    _login_refused: bool = attrs.field(init=False, default=False)
     _stopping: bool = attrs.field(init=False, default=False)
     _had_session: bool = attrs.field(init=False, default=False)
     _state_listeners: list[Listener] = attrs.field(init=False, factory=list)
@@ -228,7 +233,10 @@ class Coordinator:
         # and waits up to 10 s for a silent server, so `--connect-timeout 3`
         # took 10 s; the teardown here is bounded by close_timeout.
         if not self._client.start_async().wait(self.connect_timeout) or not self._client.connected:
+            refusal = self._sasl_refusal()
             self._teardown_client(wait=False)  # no session yet: nothing to close
+            if refusal is not None:
+                raise refusal
             raise CoordinationUnavailable(
                 f"cannot reach ZooKeeper at {format_hosts(self._hosts_parsed)} "
                 f"within {self.connect_timeout:g} s"
@@ -380,37 +388,56 @@ class Coordinator:
     # --- internals --------------------------------------------------------------
 
     def _make_client(self) -> Any:
-        auth = None
-        if self.credentials is not None:
-            auth = [("digest", f"{self.credentials.user}:{self.credentials.password}")]
-        tls: dict[str, Any] = {}
-        if self.tls is not None:
-            tls = {
-                "use_ssl": True,
-                "verify_certs": self.tls.verify,
-                "ca": self.tls.ca,
-                "certfile": self.tls.certfile,
-                "keyfile": self.tls.keyfile,
-            }
+        login = client_options(self.credentials, self.tls)
         retry = KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=1.0, max_jitter=0.2)
-        return KazooClient(
+        client = KazooClient(
             hosts=format_hosts(self._hosts_parsed),
             handler=NegotiationHandler(self._on_negotiated),
             timeout=self.session_timeout,
             connection_retry=retry,
             # Only for kazoo recipes: Znodes passes each path's ACL itself.
             default_acl=self.acl_policy.acl_for(""),
-            auth_data=auth,
             logger=logging.getLogger("mhafail.coordination.kazoo"),
-            **tls,
+            **login,
         )
+        if login.get("sasl_options") is not None:
+
+            def note_refusal(_: str) -> None:
+                # kazoo's client state says AUTH_FAILED only while it reports
+                # LOST (it moves on to CLOSED), so remember it here.
+                if client.client_state == "AUTH_FAILED":
+                    self._login_refused = True
+
+            client.add_listener(note_refusal)
+        return client
 
     def _ensure_root(self) -> None:
         # /mhafail is shared by all clusters on an ensemble; the cluster root
         # and its folders carry the policy's ACLs, checked before any use.
         if self.open_acl:
             warn_open_once(self.cluster)
-        prepare_root(self._client, self.cluster, self.acl_policy, self.role)
+        try:
+            prepare_root(self._client, self.cluster, self.acl_policy, self.role)
+        except AccessDenied as exc:
+            refusal = self._sasl_refusal()
+            if refusal is None:
+                raise
+            raise refusal from exc
+
+    def _sasl_refusal(self) -> AccessDenied | None:
+        """The error to raise when ZooKeeper refused our SASL login, else None."""
+        # kazoo reports CONNECTED before the SASL exchange; a refused login
+        # then closes the client (AUTH_FAILED), failing start() or the first
+        # request depending on which comes first.
+        creds = self.credentials
+        if creds is None or creds.sasl is None or not self._login_refused:
+            return None
+        return AccessDenied(
+            f"ZooKeeper at {format_hosts(self._hosts_parsed)} refused the SASL "
+            f"{creds.sasl} login of {creds.user!r}: wrong password, a user the servers' "
+            "JAAS 'Server' section does not list, or servers without SASL "
+            "(docs/security.md)"
+        )
 
     def _teardown_client(self, *, wait: bool = True) -> None:
         client, self._client = self._client, None

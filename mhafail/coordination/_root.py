@@ -12,6 +12,11 @@ hash masked (``mta:x``), so a node cannot see *which* ``ops`` identity
 owns the root. The operator therefore stores a proof in the root's data:
 an HMAC of the cluster name keyed with the operator's digest id, which
 nodes know from their credentials file and a squatter does not.
+
+SASL ids are shown in full, but they are public names (``sasl:ops``):
+anyone may create a znode whose ACL names them, so the same proof guards a
+SASL cluster, keyed with the operator's role id *including its KEY*
+(``sasl:ops:KEY``, see ``_auth``), which only the credentials files hold.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from mhafail.coordination._acl import (
     ROOT_ACL,
     AclPolicy,
     Entry,
+    acl_id,
     entries_text,
     from_kazoo,
     root_problem,
@@ -111,9 +117,9 @@ def prepare_root(client: Any, cluster: str, policy: AclPolicy, role: Role | None
 def root_proof(cluster: str, operator_id: str) -> bytes:
     """The cluster root's data: proves an operator (or someone with its id) created it."""
     mac = hmac.new(operator_id.encode(), f"mhafail root {cluster}".encode(), hashlib.sha256)
-    return json.dumps(
-        {"operator": operator_id.partition(":")[0], "proof": mac.hexdigest()}
-    ).encode()
+    scheme, ident = acl_id(operator_id)
+    shown = ident.partition(":")[0] if scheme == "digest" else f"sasl:{ident}"
+    return json.dumps({"operator": shown, "proof": mac.hexdigest()}).encode()
 
 
 def _check_proof(client: Any, cluster: str, policy: AclPolicy, role: Role | None) -> None:

@@ -3,11 +3,12 @@
 A jlog is a directory of append-only segments that several subscribers
 read independently, each with its own checkpoint; data stays until every
 subscriber has read it. mhafail reads and writes the real libjlog format
-(JLOG_FORMAT.md), so C tools (``jlogctl``, ``jlogtail``, Momentum) and
+(docs/jlog.md, "Format compatibility"), so C tools (``jlogctl``, ``jlogtail``, Momentum) and
 Python processes can share a jlog, and it fixes libjlog's known traps
 (retention, torn writes, silent skips). Start with :class:`Jlog`.
 """
 
+from ._block import MessageBlock as MessageBlock
 from ._format import Message as Message
 from ._format import MessageId as MessageId
 from ._format import Meta as Meta
@@ -45,6 +46,7 @@ __all__ = [
     "JlogTail",
     "JlogWriter",
     "Message",
+    "MessageBlock",
     "MessageId",
     "Meta",
     "Problem",

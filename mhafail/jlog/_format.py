@@ -3,7 +3,7 @@
 Everything a jlog stores is encoded and decoded in this module: the
 16-byte ``metastore``, record headers (plain and LZ4-compressed), ``.idx``
 files, ``cp.*`` checkpoints, file names and the ``pre_commit`` buffer.
-All integers are little-endian (JLOG_FORMAT.md, "Conventions"). The other
+All integers are little-endian (docs/jlog.md, "Format compatibility"). The other
 modules of :mod:`mhafail.jlog` do the I/O and call these to interpret it.
 """
 

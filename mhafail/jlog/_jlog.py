@@ -50,7 +50,7 @@ class SegmentInfo:
 
 @attrs.define
 class Jlog:
-    """A jlog directory, compatible with libjlog 2.x (see JLOG_FORMAT.md).
+    """A jlog directory, compatible with libjlog 2.x (see docs/jlog.md).
 
     Get one with :meth:`create` or :meth:`open`; it holds no open files, so
     it is cheap and safe to share. Writers, readers and tails it hands out

@@ -1,6 +1,6 @@
 """Which segments may be deleted: the retention rules as pure functions.
 
-Data stays until every subscriber has read it (JLOG_FORMAT.md,
+Data stays until every subscriber has read it (docs/jlog.md,
 "Subscribers and retention"), with two of libjlog's traps fixed:
 
 - removing the slowest subscriber frees the segments only it held

@@ -1,6 +1,6 @@
 """A reader's view of one segment: its index, kept in step with the data.
 
-Readers, not writers, build ``XXXXXXXX.idx`` (JLOG_FORMAT.md, "Reading"):
+Readers, not writers, build ``XXXXXXXX.idx`` (docs/jlog.md, "Format compatibility"):
 under the index file's lock, walk forward from the last indexed record,
 append one u64 offset per complete record, and close the index with a u64
 0 once the segment is old (``log < storage_log``), fully walked and not
@@ -13,11 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from itertools import repeat
+from operator import sub
 from pathlib import Path
 
 from mhafail.errors import JlogCorrupt
 
 from . import _format as fmt
+from ._block import MessageBlock, plain_payloads, verify_plain_headers
 from ._files import file_size, open_rw, pread_all, pwrite_all
 from ._lock import locked
 
@@ -51,6 +54,9 @@ class SegmentView:
         self._end = 0
         self._buf = b""
         self._buf_base = 0
+        # Index ranges [lo, hi) of records this view walked itself: their
+        # headers were checked then, so bulk reads need not parse them again.
+        self._walked: list[tuple[int, int]] = []
 
     @classmethod
     def open(cls, path: Path, log: int, magic: int) -> SegmentView | None:
@@ -88,6 +94,7 @@ class SegmentView:
 
     def _reset(self) -> None:
         self.offsets = []
+        self._walked = []
         self.closed = False
         self._idx_len = 0
         self._end = 0
@@ -186,7 +193,11 @@ class SegmentView:
         if walk.offsets:
             pwrite_all(self.idx_fd, fmt.encode_index(walk.offsets), self._idx_len)
             self._idx_len += 8 * len(walk.offsets)
+            lo = len(self.offsets)
             self.offsets.extend(walk.offsets)
+            if self._walked and self._walked[-1][1] == lo:
+                lo = self._walked.pop()[0]
+            self._walked.append((lo, len(self.offsets)))
             self._buf, self._buf_base = buf, pos
         self._end = pos + walk.end
         if self.log >= storage_log:
@@ -219,17 +230,8 @@ class SegmentView:
         Raises:
             JlogCorrupt: the data no longer matches the index.
         """
-        offsets = self.offsets
-        i0 = first - 1
-        start = offsets[i0]
-        stop = offsets[i0 + count] if i0 + count < len(offsets) else self._end
-        base = self._buf_base
-        buf = self._buf
-        if not (base <= start and stop <= base + len(buf)):
-            buf = pread_all(self.data_fd, stop - start, start)
-            base = start
-            if len(buf) != stop - start:
-                raise JlogCorrupt(f"segment {self.log:08x} is shorter than its index; run repair()")
+        start, stop = self._span(first, count)
+        buf, base = self._bytes(start, stop)
         log = self.log
         magic = self.magic
         out: list[fmt.Message] = []
@@ -272,3 +274,52 @@ class SegmentView:
         if base + pos != stop:
             raise JlogCorrupt(f"segment {self.log:08x} does not match its index; run repair()")
         return out
+
+    def _span(self, first: int, count: int) -> tuple[int, int]:
+        """File offsets where record ``first`` starts and record ``first + count - 1`` ends."""
+        offsets = self.offsets
+        i0 = first - 1
+        stop = offsets[i0 + count] if i0 + count < len(offsets) else self._end
+        return offsets[i0], stop
+
+    def _bytes(self, start: int, stop: int) -> tuple[bytes, int]:
+        """The segment's bytes from ``start`` to ``stop`` (or more) and the offset of ``buf[0]``."""
+        base = self._buf_base
+        buf = self._buf
+        if not (base <= start and stop <= base + len(buf)):
+            buf = pread_all(self.data_fd, stop - start, start)
+            base = start
+            if len(buf) != stop - start:
+                raise JlogCorrupt(f"segment {self.log:08x} is shorter than its index; run repair()")
+        return buf, base
+
+    def read_block(self, first: int, count: int) -> MessageBlock:
+        """Read ``count`` messages from marker ``first`` as one :class:`MessageBlock`.
+
+        Plain records this view indexed itself were checked by that walk;
+        the others' headers are checked here, all at once.
+
+        Raises:
+            JlogCorrupt: the data no longer matches the index.
+        """
+        mid = fmt.MessageId(self.log, first)
+        if self.compressed:
+            messages = self.read(first, count)
+            return MessageBlock(
+                mid, [m.payload for m in messages], stamps=[(m.sec, m.usec) for m in messages]
+            )
+        start, stop = self._span(first, count)
+        buf, base = self._bytes(start, stop)
+        i0 = first - 1
+        starts = self.offsets[i0 : i0 + count]
+        if base:
+            starts = list(map(sub, starts, repeat(base)))
+        if any(lo <= i0 and i0 + count <= hi for lo, hi in self._walked):
+            # Checked by the walk; a cheap guard against the file changing since (a repair).
+            for at in (starts[0], starts[-1]):
+                if fmt.record_end(buf[at : at + fmt.PLAIN_HEADER.size], at, self.magic) > len(buf):
+                    raise JlogCorrupt(f"segment {self.log:08x} is shorter than its index")
+        else:
+            verify_plain_headers(buf, starts, stop - base, self.magic, self.log)
+        payloads = plain_payloads(buf, starts, stop - base)
+        return MessageBlock(mid, payloads, buf=buf, starts=starts)

@@ -13,6 +13,8 @@ See ``docs/logs.md``.
 from ._aggregator import LogAggregator as LogAggregator
 from ._auth import read_secret_file as read_secret_file
 from ._client import query_status as query_status
+from ._framing import Framing as Framing
+from ._framing import read_records as read_records
 from ._output import DEFAULT_PATTERN as DEFAULT_PATTERN
 from ._output import PathPattern as PathPattern
 from ._service import JlogService as JlogService
@@ -25,6 +27,7 @@ from ._stream import StreamStatus as StreamStatus
 __all__ = [
     "DEFAULT_PATTERN",
     "Commit",
+    "Framing",
     "JlogService",
     "LogAggregator",
     "PathPattern",
@@ -33,5 +36,6 @@ __all__ = [
     "SubscriberStatus",
     "ensure_log",
     "query_status",
+    "read_records",
     "read_secret_file",
 ]

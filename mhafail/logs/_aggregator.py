@@ -33,6 +33,7 @@ from mhafail.errors import (
 
 from . import _auth
 from ._client import open_request
+from ._framing import DEFAULT_FRAMING, Framing
 from ._output import DEFAULT_PATTERN, OutputFiles, PathPattern
 from ._protocol import DEFAULT_MAX_FRAME, MIN_MAX_FRAME
 from ._service import check_log_name
@@ -41,8 +42,15 @@ from ._stream import Commit, Stream, StreamStatus
 
 logger = logging.getLogger(__name__)
 
+
+def _framing(value: str | Framing) -> Framing:
+    return Framing.parse(value)
+
+
 MANAGERS = "managers"
 ENDPOINT = "jlog"
+#: Longest a ZooKeeper call on the stop path waits (seconds).
+STOP_ZK_TIMEOUT = 0.5
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -57,6 +65,11 @@ class LogAggregator:
         base: the output directory.
         pattern: output path pattern (see :class:`PathPattern`); default
             ``%Y/%m/%d/{log}/{cluster}/{node}``.
+        framing: how records are laid out in the files (:class:`Framing` or
+            its name): ``escaped`` (default) and ``length`` read back
+            exactly whatever the records hold; ``lines`` (raw records and a
+            newline) is ambiguous for records with newlines or empty ones.
+            Keep one framing per output tree.
         state_dir: where positions are kept (default ``base/.mhafail-state``);
             put it on the same file system as ``base``.
         logs: log names to pull (default: every log a node offers).
@@ -92,6 +105,7 @@ class LogAggregator:
     name: str
     base: Path = attrs.field(converter=Path)
     pattern: str = DEFAULT_PATTERN
+    framing: Framing = attrs.field(default=DEFAULT_FRAMING, converter=_framing)
     state_dir: Path | None = None
     logs: Sequence[str] | None = None
     secret: bytes | None = attrs.field(default=None, converter=_auth.check_secret, repr=False)
@@ -169,11 +183,23 @@ class LogAggregator:
         self._loop.start()
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop every stream (each finishes its step), close files, unregister."""
-        self._started = False
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop every stream, close files, unregister; bounded whatever ZooKeeper does.
+
+        Each stream commits what it wrote (fsync, state) before it ends, so
+        the output and the states are complete up to the last record
+        received. Streams get ``timeout`` seconds in all; one still stuck
+        (in a connect to a hung node, say) is left to end on its own: it
+        can no longer start anything, and what it holds unsaved is cut on
+        the next start. The unregistration waits at most
+        :data:`STOP_ZK_TIMEOUT` for ZooKeeper; a znode left behind goes
+        with the session.
+        """
+        end = time.monotonic() + timeout
+        with self._lock:
+            self._started = False
         if self._loop is not None:
-            self._loop.stop(timeout)
+            self._loop.stop(min(timeout, STOP_ZK_TIMEOUT))
         with self._lock:
             streams = [*self._streams.values(), *self._dying.values()]
             self._streams.clear()
@@ -181,12 +207,13 @@ class LogAggregator:
         for stream in streams:
             stream.stop()
         for stream in streams:
-            stream.join(timeout)
+            stream.join(max(0.0, end - time.monotonic()))
         self.files.close_all()
+        znodes = self.coordinator.znodes.bounded(STOP_ZK_TIMEOUT)
         try:
-            node = self.coordinator.znodes.get(self.znode)
+            node = znodes.get(self.znode)
             if node is not None and node.ephemeral_owner == self.coordinator.session_id:
-                self.coordinator.znodes.delete(self.znode, version=node.version)
+                znodes.delete(self.znode, version=node.version)
         except CoordinationError as exc:
             logger.info("could not delete %s (%s); it goes with the session", self.znode, exc)
 
@@ -301,6 +328,8 @@ class LogAggregator:
 
     def _reconcile(self, wanted: dict[tuple[str, str], str]) -> None:
         with self._lock:
+            if not self._started:
+                return  # stop() ran while this pass waited on ZooKeeper or a node
             gone = [k for k in self._streams if k not in wanted]
             stopped = [self._streams.pop(k) for k in gone]
             self._dying = {k: s for k, s in self._dying.items() if s.thread.is_alive()}

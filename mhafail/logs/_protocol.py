@@ -15,6 +15,12 @@ frames are binary because they are the hot path:
   u32 payload lengths (little-endian arrays), then the payloads back to
   back. The records' ids are ``(log, first_marker + i)``: a jlog batch
   never crosses a segment and its markers are consecutive.
+* PART: ``u32 log, u32 marker, u32 sec, u32 usec, u32 total, u32 offset``
+  (big-endian), then the next piece of one record whose RECORDS frame would
+  exceed the frame limit. A big record goes as consecutive PART frames,
+  ``offset`` 0 first, each piece right after the previous one, until
+  ``total`` bytes came; no other record frame comes in between. So no record
+  is ever too big to travel, whatever the frame limit.
 * ACK: ``u32 log, u32 marker`` (big-endian): the last id durable downstream.
 * HEARTBEAT: empty.
 """
@@ -35,7 +41,8 @@ from mhafail.errors import ProtocolError
 from mhafail.jlog import Message, MessageId
 
 #: Protocol version sent in OPEN; a node refuses a client speaking another one.
-VERSION = 2
+#: (3 added PART frames: a record over the frame limit no longer stops a stream.)
+VERSION = 3
 #: Default largest frame either side accepts (bytes, type byte and channel MAC included).
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 #: Smallest frame limit a peer may ask for: room for any control frame.
@@ -48,6 +55,7 @@ _TYPE = struct.Struct(">B")
 _CHANNEL_OVERHEAD = 4 + 32
 _RECORDS_HEAD = struct.Struct(">III")
 _ACK = struct.Struct(">II")
+_PART_HEAD = struct.Struct(">IIIIII")
 _LITTLE = sys.byteorder == "little"
 
 
@@ -61,6 +69,7 @@ class FrameType(enum.IntEnum):
     RECORDS = 5  # node -> client: a batch of records
     ACK = 6  # client -> node: last id durable downstream
     HEARTBEAT = 7  # either way: "still here" when there is nothing else to send
+    PART = 8  # node -> client: a piece of one record too big for a RECORDS frame
 
 
 @attrs.frozen
@@ -236,6 +245,82 @@ def decode_records(body: bytes) -> Records:
         payloads.append(bytes(view[pos : pos + length]))
         pos += length
     return Records(log, first, secs, usecs, payloads)
+
+
+# --- records too big for one frame ----------------------------------------------------
+
+
+def fits_one_frame(message: Message, limit: int) -> bool:
+    """True when ``message`` alone fits a RECORDS frame of at most ``limit`` bytes."""
+    return records_overhead(1) + len(message.payload) <= limit
+
+
+def encode_parts(message: Message, limit: int) -> Iterator[bytes]:
+    """Yield the PART frames carrying ``message``, each within ``limit`` bytes.
+
+    Raises:
+        ProtocolError: ``limit`` leaves no room for a piece.
+    """
+    room = limit - _CHANNEL_OVERHEAD - _TYPE.size - _PART_HEAD.size
+    if room <= 0:
+        raise ProtocolError(f"a {limit}-byte frame limit leaves no room for a record piece")
+    mid = message.id
+    payload = memoryview(message.payload)
+    total = len(payload)
+    for offset in range(0, total, room):
+        head = _PART_HEAD.pack(mid.log, mid.marker, message.sec, message.usec, total, offset)
+        yield b"".join((_TYPE.pack(FrameType.PART), head, payload[offset : offset + room]))
+
+
+class Reassembly:
+    """Joins the PART frames of one record at a time (pure; one per stream).
+
+    Memory grows with the bytes that really arrive, never with the ``total``
+    a header announces.
+    """
+
+    def __init__(self) -> None:
+        self._head: tuple[int, int, int, int, int] | None = None
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> bool:
+        """True while a record is partly received (no other record may come now)."""
+        return self._head is not None
+
+    def add(self, body: bytes) -> Records | None:
+        """Take one PART body; return the whole record once its last piece came.
+
+        Raises:
+            ProtocolError: a malformed piece, a piece out of order, a piece of
+                another record before this one is complete, or more bytes than
+                announced.
+        """
+        if len(body) <= _PART_HEAD.size:
+            raise ProtocolError("PART frame without a header and a piece")
+        log, marker, sec, usec, total, offset = _PART_HEAD.unpack_from(body, 0)
+        piece = memoryview(body)[_PART_HEAD.size :]
+        head = (log, marker, sec, usec, total)
+        if marker == 0 or total == 0:
+            raise ProtocolError(f"PART frame with a bad header (marker {marker}, total {total})")
+        if self._head is None:
+            if offset != 0:
+                raise ProtocolError(f"record {MessageId(log, marker)} starts at offset {offset}")
+            self._head = head
+        elif head != self._head or offset != len(self._buf):
+            raise ProtocolError(
+                f"PART of {MessageId(log, marker)} at offset {offset} out of order "
+                f"(expected offset {len(self._buf)} of {MessageId(*self._head[:2])})"
+            )
+        if offset + len(piece) > total:
+            raise ProtocolError(f"record {MessageId(log, marker)} is longer than its {total} bytes")
+        self._buf += piece
+        if len(self._buf) < total:
+            return None
+        payload = bytes(self._buf)
+        self._head = None
+        self._buf = bytearray()
+        return Records(log, marker, [sec], [usec], [payload])
 
 
 def encode_ack(message_id: MessageId) -> bytes:

@@ -25,7 +25,9 @@ from ._protocol import (
     decode_ack,
     encode_frame,
     encode_json,
+    encode_parts,
     encode_records,
+    fits_one_frame,
     format_id,
     parse_id,
     records_overhead,
@@ -48,25 +50,34 @@ class Refusal(Exception):
 def split_frames(batch: Sequence[Message], limit: int) -> list[Sequence[Message]]:
     """Cut ``batch`` into runs whose RECORDS frames stay within ``limit`` bytes.
 
-    Raises:
-        Refusal: one record alone does not fit (the stream cannot go on).
+    A record too big for any RECORDS frame gets a run of its own; it travels
+    as PART frames (see :func:`~mhafail.logs._protocol.encode_parts`).
     """
     runs: list[Sequence[Message]] = []
     start = 0
     size = records_overhead(0)
     for i, message in enumerate(batch):
         cost = 12 + len(message.payload)
-        if records_overhead(1) + len(message.payload) > limit:
-            raise Refusal(
-                f"record {message.id} is {len(message.payload)} bytes, over the "
-                f"{limit}-byte frame limit"
-            )
+        if not fits_one_frame(message, limit):
+            if i > start:
+                runs.append(batch[start:i])
+            runs.append(batch[i : i + 1])
+            start, size = i + 1, records_overhead(0)
+            continue
         if size + cost > limit:
             runs.append(batch[start:i])
             start, size = i, records_overhead(0)
         size += cost
-    runs.append(batch[start:])
+    if start < len(batch):
+        runs.append(batch[start:])
     return runs
+
+
+def encode_run(run: Sequence[Message], limit: int) -> list[bytes]:
+    """The frames carrying one run of :func:`split_frames`: one RECORDS, or PARTs."""
+    if len(run) == 1 and not fits_one_frame(run[0], limit):
+        return list(encode_parts(run[0], limit))
+    return [encode_records(run)]
 
 
 class Session:
@@ -250,12 +261,14 @@ class Session:
             if room:
                 batch = read(svc.batch_records)
                 for run in split_frames(batch, self.frame_limit) if batch else ():
-                    data = encode_records(run)
-                    conn.send(data, self.dead_after)
+                    size = 0
+                    for data in encode_run(run, self.frame_limit):
+                        conn.send(data, self.dead_after)
+                        size += len(data)
                     if reader is not None:
-                        inflight.append((run[-1].id, len(run), len(data)))
+                        inflight.append((run[-1].id, len(run), size))
                         in_records += len(run)
-                        in_bytes += len(data)
+                        in_bytes += size
                     self._last_sent = run[-1].id
                     sent = True
             now = time.monotonic()

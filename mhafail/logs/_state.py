@@ -25,6 +25,9 @@ from mhafail.jlog import MessageId
 
 from ._output import fsync_dir
 
+#: Largest state file read (a real one is about 150 bytes).
+MAX_STATE = 64 * 1024
+
 
 @attrs.frozen
 class StreamState:
@@ -60,6 +63,8 @@ class StreamState:
         Raises:
             LogsError: it is not a valid state document.
         """
+        if len(raw) > MAX_STATE:
+            raise LogsError(f"malformed stream state: {len(raw)} bytes (at most {MAX_STATE})")
         try:
             doc = json.loads(raw)
             last = doc["last_id"]
@@ -69,7 +74,7 @@ class StreamState:
                 offset=int(doc["offset"]),
                 records=int(doc.get("records", 0)),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise LogsError(f"malformed stream state: {exc}") from None
 
 

@@ -21,7 +21,17 @@ from mhafail.errors import LogsError, ProtocolError, StreamRefused
 from mhafail.jlog import MessageId
 
 from ._client import open_request
-from ._protocol import FrameType, Records, decode_records, encode_ack, encode_frame, format_id
+from ._framing import frame_records
+from ._protocol import (
+    Frame,
+    FrameType,
+    Reassembly,
+    Records,
+    decode_records,
+    encode_ack,
+    encode_frame,
+    format_id,
+)
 from ._protocol import parse_id as parse_frame_id
 from ._state import StreamState
 from ._wire import Connection, PeerClosed
@@ -30,6 +40,11 @@ if TYPE_CHECKING:
     from ._aggregator import LogAggregator
 
 logger = logging.getLogger(__name__)
+
+#: Longest a stream's receive waits before it looks at its stop flag (seconds).
+STOP_POLL = 0.25
+#: Longest each send of a stopping stream waits (its last ACK, its ERROR).
+STOP_SEND = 0.5
 
 
 @attrs.frozen
@@ -126,12 +141,13 @@ class Stream:
         self.thread.start()
 
     def stop(self) -> None:
-        """Ask the stream to stop after its current step (see :meth:`join`)."""
+        """Ask the stream to stop after its current step (see :meth:`join`); never blocks.
+
+        The stream's own thread notices within :data:`STOP_POLL` seconds,
+        commits what it wrote, acknowledges it and tells the node it is
+        leaving, each send waiting at most :data:`STOP_SEND` seconds.
+        """
         self.stop_event.set()
-        conn = self._conn
-        if conn is not None:
-            # Wake a receive that would otherwise wait a heartbeat.
-            conn.send_error("manager stopping")
 
     def join(self, timeout: float) -> None:
         """Wait for the thread to end."""
@@ -240,25 +256,21 @@ class Stream:
     def _receive(self, conn: Connection, dead_after: float) -> None:
         agg = self.agg
         heartbeat = encode_frame(FrameType.HEARTBEAT)
+        parts = Reassembly()
         last_recv = last_send = time.monotonic()
         while not self.stop_event.is_set():
             if self._pending:
                 wait = max(0.0, self._pending_since + agg.commit_delay - time.monotonic())
             else:
                 wait = agg.heartbeat
-            frames = conn.recv(min(wait, agg.heartbeat))
+            frames = conn.recv(min(wait, agg.heartbeat, STOP_POLL))
             now = time.monotonic()
             if frames:
                 last_recv = now
             elif now - last_recv > dead_after:
                 raise PeerClosed(f"{self.endpoint}: silent for {now - last_recv:.1f} s")
             for frame in frames:
-                if frame.type is FrameType.RECORDS:
-                    self._write(decode_records(frame.body))
-                elif frame.type is FrameType.ERROR:
-                    raise StreamRefused(conn.reason(frame))
-                elif frame.type is not FrameType.HEARTBEAT:
-                    raise ProtocolError(f"unexpected {frame.type.name} frame in a stream")
+                self._take(frame, parts, conn)
             if self._pending and (
                 self._pending >= agg.commit_records
                 or time.monotonic() - self._pending_since >= agg.commit_delay
@@ -270,6 +282,31 @@ class Stream:
             elif time.monotonic() - last_send >= agg.heartbeat:
                 conn.send(heartbeat, dead_after)
                 last_send = time.monotonic()
+        self._leave(conn)
+
+    def _take(self, frame: Frame, parts: Reassembly, conn: Connection) -> None:
+        """Act on one frame from the node."""
+        if frame.type is FrameType.RECORDS and not parts.pending:
+            self._write(decode_records(frame.body))
+        elif frame.type is FrameType.PART:
+            whole = parts.add(frame.body)
+            if whole is not None:
+                self._write(whole)
+        elif frame.type is FrameType.ERROR:
+            raise StreamRefused(conn.reason(frame))
+        elif frame.type is not FrameType.HEARTBEAT:
+            raise ProtocolError(f"unexpected {frame.type.name} frame in a stream")
+
+    def _leave(self, conn: Connection) -> None:
+        """Stopping: make what was written durable, then tell the node.
+
+        Best effort towards the node: if the ACK is lost, our saved position
+        still wins at the next start.
+        """
+        if self._pending:
+            self._commit()
+            conn.send(encode_ack(self._last.last_id or MessageId(0, 0)), STOP_SEND)
+        conn.send_error("manager stopping", STOP_SEND)
 
     # --- writing ------------------------------------------------------------------------
 
@@ -329,7 +366,7 @@ class Stream:
         self, payloads: list[bytes], secs: list[int], usecs: list[int], last_id: MessageId
     ) -> None:
         assert self._rel is not None
-        data = b"\n".join(payloads) + b"\n"
+        data = frame_records(payloads, self.agg.framing)
         with self.agg.files.use(self._rel) as fd:
             view = memoryview(data)
             while view:

@@ -107,12 +107,12 @@ class Connection:
             frames = self.recv(left)
         frame, rest = frames[0], frames[1:]
         self._pending = rest + self._pending
-        doc = decode_json(frame)
         if frame.type is FrameType.ERROR:
-            raise StreamRefused(str(doc.get("reason", "no reason given")))
+            raise StreamRefused(self.reason(frame))
+        # The type first: an ACK where OPEN belongs is "expected OPEN", not bad JSON.
         if frame.type is not ftype:
             raise ProtocolError(f"expected {ftype.name}, got {frame.type.name}")
-        return doc
+        return decode_json(frame)
 
     def close(self) -> None:
         """Close the channel; idempotent."""

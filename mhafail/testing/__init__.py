@@ -21,6 +21,8 @@ from mhafail.testing._netns import run_in_netns as run_in_netns
 from mhafail.testing._ports import free_port as free_port
 from mhafail.testing._ports import in_ci as in_ci
 from mhafail.testing._proxy import TcpProxy as TcpProxy
+from mhafail.testing._simcluster import SimNode as SimNode
+from mhafail.testing._simcluster import SimulatedCluster as SimulatedCluster
 from mhafail.testing._zookeeper import ZooKeeperEnsemble as ZooKeeperEnsemble
 from mhafail.testing._zookeeper import ZooKeeperServer as ZooKeeperServer
 from mhafail.testing._zookeeper import find_classpath as find_classpath
@@ -33,6 +35,8 @@ __all__ = [
     "Host",
     "NetnsLab",
     "NodeProcess",
+    "SimNode",
+    "SimulatedCluster",
     "TcpProxy",
     "ZooKeeperEnsemble",
     "ZooKeeperServer",

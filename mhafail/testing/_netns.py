@@ -247,16 +247,36 @@ def run_in_netns(netns: str, fn: Callable[..., T], *args: Any) -> T:
     return outcome["value"]  # type: ignore[no-any-return]
 
 
-def remove_stale_namespaces(prefix: str = "mha-") -> list[str]:
+def _in_use(name: str) -> bool:
+    """True if a process runs inside ``name`` or the run that made it is alive.
+
+    Lab names are ``mha-<pid mod 100000, 5 digits><counter>-...``, so the
+    maker's pid is known up to that modulus; a live process with a
+    matching pid counts as the owner (erring on the side of keeping).
+    """
+    if _ip("netns", "pids", name, check=False).stdout.strip():
+        return True
+    parts = name.split("-")
+    ident = parts[1] if len(parts) > 2 else ""
+    if len(ident) < 6 or not ident[:5].isdigit():
+        return False
+    maker = int(ident[:5])
+    return any(int(pid) % 100000 == maker for pid in os.listdir("/proc") if pid.isdigit())
+
+
+def remove_stale_namespaces(prefix: str = "mha-", *, force: bool = False) -> list[str]:
     """Delete leftover namespaces whose names start with ``prefix``; return their names.
 
-    Only for clean-up after a killed run on a developer machine.
+    For clean-up after a killed run on a developer machine. A namespace
+    that is in use is kept: a process runs inside it, or the process that
+    made it (named in its lab id) is still alive, as for another test run
+    in progress on the same machine. ``force=True`` deletes those too.
     """
     out = _ip("netns", "list", check=False).stdout
     removed = []
     for line in out.splitlines():
         name = line.split()[0] if line.split() else ""
-        if name.startswith(prefix):
+        if name.startswith(prefix) and (force or not _in_use(name)):
             _ip("netns", "del", name, check=False)
             removed.append(name)
     return removed

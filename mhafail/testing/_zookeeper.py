@@ -88,6 +88,10 @@ class ZooKeeperServer:
             do not share one).
         netns: run inside this network namespace (root; e.g. a lab's bridge
             namespace, with ``host`` the bridge address).
+        sasl_users: user name -> password: start the server with a JAAS
+            ``Server`` section (DigestLoginModule) holding these users and
+            the SASL authentication provider, so clients can log in with
+            SASL DIGEST-MD5 and ACLs can name ``sasl:<user>``.
     """
 
     tick_time: int = 100
@@ -98,6 +102,7 @@ class ZooKeeperServer:
     peers: tuple[tuple[int, int, int], ...] = ()  # (id, quorum port, election port)
     peer_hosts: dict[int, str] = attrs.field(factory=dict)
     netns: str | None = None
+    sasl_users: dict[str, str] = attrs.field(factory=dict, repr=False)
     _proc: subprocess.Popen[bytes] | None = attrs.field(init=False, default=None)
     _owns_workdir: bool = attrs.field(init=False, default=True)
 
@@ -136,6 +141,10 @@ class ZooKeeperServer:
             # Snapshots and logs are tiny in tests; keep fsync off the hot path.
             "forceSync=no",
         ]
+        if self.sasl_users:
+            lines.append(
+                "authProvider.1=org.apache.zookeeper.server.auth.SASLAuthenticationProvider"
+            )
         if self.peers:
             lines += [
                 f"initLimit={max(10, 5000 // self.tick_time)}",
@@ -154,9 +163,19 @@ class ZooKeeperServer:
         if self.running:
             return self
         cfg = self._write_config()
+        jaas: list[str] = []
+        if self.sasl_users:
+            from mhafail.coordination._auth import jaas_server_section
+
+            path = self.workdir / "jaas.conf"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(jaas_server_section(self.sasl_users))
+            jaas = [f"-Djava.security.auth.login.config={path}"]
         argv = [
             "java",
             "-Xmx256m",
+            *jaas,
             "-XX:+UseSerialGC",
             "-XX:TieredStopAtLevel=1",
             "-Dorg.slf4j.simpleLogger.showDateTime=true",

@@ -41,6 +41,8 @@ class FenceProcess:
         start_timeout: how long a new fence has to report ``ready``.
         command: the fence's command line (default: this Python, isolated,
             running ``mhafail.vip.fence``); for tests.
+        lifetimes: the fence renews the kernel lifetimes of the addresses it
+            manages (pair it with ``VipManager(kernel_lifetimes=True)``).
 
     Raises (from the constructor and :meth:`restart`):
         PlumbingError: the fence did not start; the message says why.
@@ -59,8 +61,13 @@ class FenceProcess:
         stall_limit: float = 1.0,
         start_timeout: float = 10.0,
         command: Sequence[str] | None = None,
+        lifetimes: bool = True,
     ) -> None:
-        self._command = list(command or [sys.executable, "-I", "-m", "mhafail.vip.fence"])
+        default = [sys.executable, "-I", "-m", "mhafail.vip.fence"]
+        if lifetimes:
+            default.append("--lifetimes")
+        self._command = list(command or default)
+        self.renews_lifetimes = "--lifetimes" in self._command
         self._deadline = deadline
         self._interval = interval
         self._stall_limit = stall_limit

@@ -40,8 +40,11 @@ class Kernel:
         fence: the fence process, told before every add and after every removal.
         announce_schedule: offsets in seconds after plumbing at which to announce.
         lease_deadline: the coordinator's ``lease_deadline``; when given,
-            addresses carry a kernel lifetime that ends with the lease and
-            is renewed every ``renew_interval`` seconds.
+            addresses carry a kernel lifetime that ends with the lease. The
+            fence renews it (every ``renew_interval`` seconds here when there
+            is no fence): a renewal is a netlink *replace*, which re-creates
+            a missing address, so it belongs to the process that knows the
+            deadline and is not the one being paused (see ``fence.py``).
     """
 
     def __init__(
@@ -73,7 +76,7 @@ class Kernel:
         )
         self._thread.start()
         self._renewer: threading.Thread | None = None
-        if lease_deadline is not None:
+        if lease_deadline is not None and (fence is None or not fence.renews_lifetimes):
             self._renewer = threading.Thread(
                 target=self._renew_loop, name="mhafail-vip-lifetimes", daemon=True
             )
@@ -211,13 +214,14 @@ class Kernel:
                     logger.exception("could not renew the lifetime of %s", vip.key)
                     continue
                 renewed += 1
-            if renewed and not self._lease_valid():
-                # A stall during renewal: what was renewed may outlive the lease.
-                for vip in list(self._plumbed.values()):
+                if not self._lease_valid():
+                    # A stall inside the renewal: it may have re-created the
+                    # address after the lease ended. Undo at once.
                     try:
                         self.plumber.ensure_absent(vip)
                     except PlumbingError:
                         logger.exception("could not remove %s", vip.key)
+                    break
         return renewed
 
     def _renew_loop(self) -> None:

@@ -21,13 +21,15 @@ line of defence when the agent and its fence are frozen together
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import functools
 import math
 import socket
 import threading
-from collections.abc import Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -91,14 +93,58 @@ def _label(interface: str) -> str:
     return (interface + LABEL_SUFFIX)[:15]
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+_EPERM_HINT = (
+    " (changing addresses and sending ARP need root, or CAP_NET_ADMIN and CAP_NET_RAW; "
+    "tests without root use mhafail.testing.FakePlumber)"
+)
+
+
+def _off_loop(method: F) -> F:
+    """Run ``method`` on a helper thread when the caller's thread runs an asyncio loop.
+
+    pyroute2 drives each call on the calling thread's running event loop
+    if there is one, and fails there ("This event loop is already
+    running"): an asyncio MTA (aiosmtpd) that builds or stops its VIP
+    manager inside ``asyncio.run`` would crash. The call still blocks the
+    caller, as it would without a loop.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return method(*args, **kwargs)
+        outcome: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                outcome["value"] = method(*args, **kwargs)
+            except BaseException as exc:  # handed back to the caller's thread
+                outcome["error"] = exc
+
+        helper = threading.Thread(target=call, name="mhafail-netlink")
+        helper.start()
+        helper.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
+
+    return wrapper  # type: ignore[return-value]
+
+
 class NetlinkPlumber:
     """A :class:`Plumber` over rtnetlink (pyroute2), for the current network namespace."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ipr: Any = IPRoute()
+        self._ipr: Any = _off_loop(IPRoute)()
         self._packet: dict[str, socket.socket] = {}
 
+    @_off_loop
     def close(self) -> None:
         """Close the netlink and packet sockets."""
         with self._lock:
@@ -113,9 +159,11 @@ class NetlinkPlumber:
             try:
                 yield self._ipr
             except NetlinkError as exc:
-                raise PlumbingError(f"{what}: {exc.args[-1] if exc.args else exc}") from exc
+                hint = _EPERM_HINT if getattr(exc, "code", None) == errno.EPERM else ""
+                raise PlumbingError(f"{what}: {exc.args[-1] if exc.args else exc}{hint}") from exc
             except OSError as exc:
-                raise PlumbingError(f"{what}: {exc}") from exc
+                hint = _EPERM_HINT if exc.errno == errno.EPERM else ""
+                raise PlumbingError(f"{what}: {exc}{hint}") from exc
 
     def _index(self, ipr: Any, interface: str) -> int:
         found = ipr.link_lookup(ifname=interface)
@@ -142,6 +190,7 @@ class NetlinkPlumber:
                 kwargs["valid_lft"] = lifetime
         return kwargs
 
+    @_off_loop
     def ensure_present(self, vip: Vip, valid_for: float | None = None) -> bool:
         """Add ``vip`` as a host address on its interface (see the module notes)."""
         with self._netlink(f"add {vip.key} on {vip.interface}") as ipr:
@@ -156,11 +205,13 @@ class NetlinkPlumber:
                 raise
             return True
 
+    @_off_loop
     def renew(self, vip: Vip, valid_for: float) -> None:
         """Set the address's kernel lifetime (it is re-added if it vanished)."""
         with self._netlink(f"renew {vip.key} on {vip.interface}") as ipr:
             ipr.addr("replace", **self._kwargs(ipr, vip, valid_for))
 
+    @_off_loop
     def ensure_absent(self, vip: Vip) -> bool:
         """Remove ``vip`` from its interface; a missing address or interface is success."""
         with self._netlink(f"remove {vip.key} from {vip.interface}") as ipr:
@@ -180,6 +231,7 @@ class NetlinkPlumber:
                 raise
             return True
 
+    @_off_loop
     def announce(self, vip: Vip) -> None:
         """Send a gratuitous ARP (request and reply) or an unsolicited NA for ``vip``."""
         try:
@@ -205,12 +257,14 @@ class NetlinkPlumber:
                 sock = self._packet[vip.interface] = packet_socket(vip.interface)
                 send_gratuitous_arp(sock, vip.interface, vip.key)
 
+    @_off_loop
     def addresses(self, interface: str) -> frozenset[str]:
         """Every address on ``interface``."""
         with self._netlink(f"list {interface}") as ipr:
             index = self._index(ipr, interface)
             return frozenset(str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(index=index))
 
+    @_off_loop
     def interfaces(self) -> dict[str, list[str]]:
         """Every interface with its addresses as ``addr/prefix``."""
         with self._netlink("list interfaces") as ipr:

@@ -32,7 +32,14 @@ Rules (DESIGN.md rule 7):
   what it manages and exits;
 * it asks for real-time scheduling (SCHED_FIFO) and locks its memory where
   permitted, so CPU starvation of the agent's cgroup or memory pressure
-  does not delay it.
+  does not delay it;
+* while the deadline is ahead it renews the kernel lifetime of every managed
+  address that is present (``--lifetimes``), so that a host frozen as a
+  whole drops them on its own. The renewal is here, not in the agent: a
+  netlink *replace* re-creates a missing address, and an agent paused just
+  before one would resurrect its address when resumed. A paused fence is
+  replaced (SIGKILLed, so a pending renewal never runs) or, frozen with its
+  agent, re-checks its deadline the moment it runs again.
 
 Run as ``python -I -m mhafail.vip.fence`` with ``/`` as working directory
 (isolated: nothing from the agent's directory or environment is imported).
@@ -55,6 +62,8 @@ from mhafail.vip._spec import Vip
 
 # How often a past deadline is enforced again while addresses are managed.
 ENFORCE_INTERVAL = 0.005
+# How often present managed addresses get their kernel lifetime renewed.
+RENEW_INTERVAL = 0.25
 _RT_PRIORITY = 10
 _MCL_CURRENT, _MCL_FUTURE = 1, 2
 
@@ -76,12 +85,18 @@ class Fence:
     """
 
     def __init__(
-        self, remove: Callable[[Vip], bool], clock: Callable[[], float] = time.monotonic
+        self,
+        remove: Callable[[Vip], bool],
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        renew: Callable[[list[Vip], float], None] | None = None,
     ) -> None:
         self.remove = remove
         self.clock = clock
+        self.renew = renew
         self.deadline: float | None = None
         self.managed: dict[str, Vip] = {}
+        self.next_renew = 0.0
 
     def handle(self, line: str) -> bool:
         """Apply one message; return False when the fence should exit."""
@@ -118,6 +133,26 @@ class Fence:
     def due(self) -> bool:
         """True when addresses are managed and the deadline has passed."""
         return bool(self.managed) and self.expired()
+
+    def renew_due(self) -> bool:
+        """True when lifetimes should be renewed now (deadline ahead, addresses managed)."""
+        return (
+            self.renew is not None
+            and bool(self.managed)
+            and not self.expired()
+            and self.clock() >= self.next_renew
+        )
+
+    def renew_lifetimes(self) -> None:
+        """Renew the kernel lifetime of present managed addresses up to the deadline."""
+        assert self.renew is not None and self.deadline is not None
+        self.next_renew = self.clock() + RENEW_INTERVAL
+        try:
+            self.renew(list(self.managed.values()), self.deadline)
+        except PlumbingError as exc:
+            _log(f"could not renew lifetimes: {exc}")
+        if self.expired():
+            self.enforce()  # the deadline passed during the renewal: undo at once
 
     def enforce(self) -> None:
         """Remove every managed address (idempotent; they stay managed)."""
@@ -172,11 +207,15 @@ def run(fence: Fence, stdin: int, stdout: int) -> int:
     while True:
         if fence.due():
             fence.enforce()
+        elif fence.renew_due():
+            fence.renew_lifetimes()
         timeout = None
         if fence.managed:
             timeout = ENFORCE_INTERVAL
             if fence.deadline is not None and not fence.expired():
                 timeout = max(0.0, fence.deadline - fence.clock())
+                if fence.renew is not None:
+                    timeout = max(0.0, min(timeout, fence.next_renew - fence.clock()))
         ready, _, _ = select.select([stdin], [], [], timeout)
         if not ready:
             continue
@@ -204,7 +243,18 @@ def main() -> int:
     except Exception as exc:  # reported to the agent as one line, not a traceback
         _log(f"cannot start: {type(exc).__name__}: {exc}")
         return 2
-    fence = Fence(plumber.ensure_absent)
+
+    def renew(vips: list[Vip], deadline: float) -> None:
+        # Only addresses the agent actually plumbed: a replace would add the rest.
+        present: dict[str, frozenset[str]] = {}
+        for vip in vips:
+            if vip.interface not in present:
+                present[vip.interface] = plumber.addresses(vip.interface)
+            left = deadline - time.monotonic()
+            if vip.key in present[vip.interface] and left > 0:
+                plumber.renew(vip, left)
+
+    fence = Fence(plumber.ensure_absent, renew=renew if "--lifetimes" in sys.argv[1:] else None)
     rt, locked = _realtime()
     stdout = sys.stdout.fileno()
     os.set_blocking(stdout, False)

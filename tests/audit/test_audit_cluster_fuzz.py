@@ -47,11 +47,15 @@ _message = st.fixed_dictionaries(
         "origin": _origin | _json,
         "series": st.lists(st.text(max_size=5), max_size=3) | _json,
         "items": st.lists(
-            st.fixed_dictionaries({"snapshot": st.booleans() | _json, "batch": _batch | _json}),
+            st.fixed_dictionaries(
+                {"snapshot": st.booleans() | _json, "batch": _batch | _json},
+                optional={"history": st.booleans() | _json},
+            ),
             max_size=3,
         )
         | _json,
-    }
+    },
+    optional={"history": st.integers(-5, 1 << 20) | _json},
 )
 
 

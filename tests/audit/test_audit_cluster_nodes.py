@@ -142,12 +142,13 @@ def test_sums_are_right_and_restarts_never_double_count(
     )
     assert (a.count("0.0.0.0/0"), b.count("0.0.0.0/0")) == (60, 20)  # senders count their own
 
-    # A node crashes and comes back under the same name: a new origin, starting empty.
+    # A node crashes and comes back under the same name: a new origin, which gets
+    # its own pre-crash counts back from its receivers (m and c), once.
     a.kill()
     a.start().wait_ready()
-    assert a.count("0.0.0.0/0") == 0
+    a.wait_count("0.0.0.0/0", 60)
     a.command("add conn 198.18.0.1 30")
-    m.wait_count("198.18.0.1", 80)  # the dead incarnation's 50 stay until their window ages out
+    m.wait_count("198.18.0.1", 80)  # the dead incarnation's 50 stay, the new 30 add to them
     c.wait_count("198.18.0.1", 80)
     b.command("add conn 203.0.113.5 1")  # a barrier: once it arrives, later batches went too
     m.wait_count("203.0.113.0/24", 21)
@@ -155,22 +156,69 @@ def test_sums_are_right_and_restarts_never_double_count(
     assert a.command("flush 10")["ok"] is True
     assert (m.count("198.18.0.1"), m.count("0.0.0.0/0")) == (80, 117)
     assert (c.count("198.18.0.1"), c.count("0.0.0.0/0")) == (80, 117)
+    assert (a.count("198.18.0.1"), a.count("0.0.0.0/0")) == (80, 90)
+    assert a.command("stats")["restored"] == {"conn": 60}
 
-    # The manager crashes and comes back empty: each live node refills it once.
+    # The manager crashes and comes back empty: each live node refills it once (a's
+    # restored 60 included, pushed as history), and c, a receiver of m's own pushes,
+    # hands m's own pre-crash count back.
     m.kill()
     m.start().wait_ready()
-    m.wait_count("0.0.0.0/0", 56)  # a's 30 + b's 21 + c's 5; the dead ones' counts are gone
+    m.wait_count("0.0.0.0/0", 117)
     b.command("add conn 203.0.113.5 1")
     m.wait_count("203.0.113.0/24", 22)
     for node in (a, b, c):
         assert node.command("flush 10")["ok"] is True
-    assert (m.count("198.18.0.1"), m.count("0.0.0.0/0")) == (30, 57)
+    assert (m.count("198.18.0.1"), m.count("0.0.0.0/0")) == (80, 118)
     stats = m.command("stats")
     assert stats["received"]["snapshots"] == 3
+    assert stats["received"]["histories_merged"] == 1
     assert stats["received"]["gaps"] == 0
+    assert stats["restored"] == {"conn": 1}
     assert c.count("0.0.0.0/0") == 118  # c kept everything: 117 + the second barrier
     assert m.terminate() == 0
     assert m.events[-1]["event"] == "stopped"
+
+
+def test_a_restarted_node_comes_back_with_the_true_sum_once(
+    nodes: Callable[..., AuditNode],
+) -> None:
+    """A SIGKILLed node restarts with its own pre-crash counts, once, from two receivers."""
+    m = nodes("m", listen=True)
+    c = nodes("c", listen=True)  # peer sharing: a receiver that counts too
+    a = nodes("a")
+    for node in (m, c, a):
+        node.start()
+    for node in (m, c, a):
+        node.wait_ready()
+    for i in range(1, 6):
+        a.command(f"add conn 198.18.0.{i} {i * 10}")  # 150 in all, over several batches
+        time.sleep(0.12)
+    c.command("add conn 198.19.0.1 5")
+    m.command("add conn 203.0.113.1 1")
+    for node in (m, c):
+        node.wait_count("0.0.0.0/0", 156)
+    for restored in (150, 151):  # the second restart gets both earlier incarnations back
+        a.kill()  # SIGKILL: nothing is flushed or said
+        a.start().wait_ready()
+        a.wait_count("0.0.0.0/0", restored)
+        a.command("add conn 198.18.0.1 1")
+        # flush returns once both receivers confirmed the new batch, which a sender
+        # pushes only after it merged that receiver's history: both histories are in.
+        assert a.command("flush 10")["ok"] is True
+        assert a.count("0.0.0.0/0") == restored + 1
+        assert a.command("stats")["restored"] == {"conn": restored}
+    for node in (m, c):
+        node.wait_count("0.0.0.0/0", 158)
+    assert (m.count("198.18.0.1"), c.count("198.18.0.1"), a.count("198.18.0.1")) == (12, 12, 12)
+    # The peer-sharing receiver crashes too: it comes back with its own 5 (from m) and
+    # everyone else's live counts (snapshots), which is the cluster sum once more.
+    c.kill()
+    c.start().wait_ready()
+    c.wait_count("0.0.0.0/0", 158)
+    assert c.command("flush 10")["ok"] is True
+    assert c.command("stats")["restored"] == {"conn": 5}
+    assert (m.count("0.0.0.0/0"), c.count("0.0.0.0/0"), a.count("0.0.0.0/0")) == (158, 158, 152)
 
 
 def test_a_paused_receiver_gets_every_batch_once(

@@ -297,3 +297,24 @@ def test_counts_between_levels_stay_right_as_windows_change(
                 assert got == truth
             else:
                 assert got <= truth
+
+
+def test_counts_include_windows_that_only_merges_created() -> None:
+    """A window created by a merge (older, or one ahead once the clock gets there) is counted."""
+    clock = ManualClock(T0 + 600)
+    series = AuditSeries("conn", clock=clock)
+    start = int(T0 // 300) * 300
+    batch = IncrementBatch(
+        series="conn",
+        family=KeyFamily.IPV4,
+        window_seconds=300,
+        origin=Origin("a", 1),
+        seq=1,
+        windows={start: {V4: 2}, start + 900: {V4: 5}},
+    )
+    assert series.merge(batch).applied == 7
+    assert [series.count("198.18.0.0/24", range(i, i + 1)) for i in range(3)] == [0, 0, 2]
+    assert (series.count(V4), series.count("198.18.0.0/20", 2)) == (2, 0)
+    clock.advance(300)
+    assert [series.count("198.18.0.0/24", range(i, i + 1)) for i in range(4)] == [5, 0, 0, 2]
+    assert series.count("0.0.0.0/0") == 7

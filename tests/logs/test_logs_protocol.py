@@ -27,7 +27,7 @@ from mhafail.logs._protocol import (
     encode_records,
     parse_id,
 )
-from mhafail.logs._session import Refusal, split_frames
+from mhafail.logs._session import split_frames
 
 
 def test_public_names() -> None:
@@ -36,9 +36,9 @@ def test_public_names() -> None:
     public = {n for n in vars(mhafail.logs) if n.isidentifier() and not n.startswith("_")}
     assert set(mhafail.logs.__all__) == public
     assert sorted(mhafail.logs.__all__) == [
-        "Commit", "DEFAULT_PATTERN", "JlogService", "LogAggregator", "PathPattern",
+        "Commit", "DEFAULT_PATTERN", "Framing", "JlogService", "LogAggregator", "PathPattern",
         "StreamState", "StreamStatus", "SubscriberStatus", "ensure_log", "query_status",
-        "read_secret_file",
+        "read_records", "read_secret_file",
     ]  # fmt: skip
 
 
@@ -163,13 +163,12 @@ def test_control_frames_and_acks() -> None:
 
 
 def test_split_frames_respects_the_limit() -> None:
-    """Batches are cut so every frame fits; a record too big for any frame is refused."""
+    """Batches are cut so every frame fits; a record too big for any frame gets its own run."""
     batch = _batch(1, 1, [b"x" * 1000] * 10)
     runs = split_frames(batch, 3500)
     assert [len(r) for r in runs] == [3, 3, 3, 1]
     assert all(len(encode_records(r)) + 4 + 32 <= 3500 for r in runs)  # with the channel MAC
-    with pytest.raises(Refusal, match="over the"):
-        split_frames(_batch(1, 1, [b"x" * 5000]), 3500)
+    assert [len(r) for r in split_frames(_batch(1, 1, [b"x" * 5000]), 3500)] == [1]
 
 
 def test_secret_checks_and_files(tmp_path: Path) -> None:

@@ -132,6 +132,13 @@ def test_vip_survives_the_loss_of_the_zookeeper_leader(
         ),
         (
             [
+                *("agent", "--zk", "127.0.0.1:1", "--cluster", "c", "--node", "n"),
+                *("--vip", A + "@eth0", "--plumber", "fake:/dev/null", "--zk-tick", "0"),
+            ],
+            "invalid server_tick",
+        ),
+        (
+            [
                 "agent",
                 "--zk",
                 "h:1",
@@ -236,5 +243,30 @@ def test_agent_exits_within_5_s_of_sigterm_without_zookeeper(tmp_path: Path, fau
                     os.kill(zk.pid, signal.SIGCONT)
             assert status == 0 and took < 5.0, f"status {status} after {took:.2f} s"
             assert holders(record) == frozenset()
+        finally:
+            proc.kill()
+
+
+@pytest.mark.zookeeper
+def test_a_second_sigterm_ends_the_agent_at_once(tmp_path: Path) -> None:
+    """A second SIGTERM while the agent is stopping ends it at once (status 128 + 15)."""
+    record = tmp_path / "record"
+    with ZooKeeperServer(tick_time=100, workdir=tmp_path / "zk") as zk:
+        proc = agent_process(zk.address, "twice", "n1", record).start(timeout=20)
+        try:
+            wait_for(lambda: holders(record) == {"n1"})
+            assert zk.pid is not None
+            os.kill(zk.pid, signal.SIGSTOP)  # the clean stop would wait for ZooKeeper
+            try:
+                start = time.monotonic()
+                os.kill(proc.pid, signal.SIGTERM)
+                time.sleep(0.1)
+                os.kill(proc.pid, signal.SIGTERM)
+                wait_for(lambda: not proc.running, 3)
+                took = time.monotonic() - start
+            finally:
+                os.kill(zk.pid, signal.SIGCONT)
+            assert took < 1.5, f"took {took:.2f} s"
+            assert proc.terminate() == 128 + signal.SIGTERM
         finally:
             proc.kill()

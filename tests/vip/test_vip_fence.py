@@ -9,6 +9,7 @@ stalls where a paused agent would.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,8 +51,9 @@ def plumb(host: Host) -> None:
 
 @pytest.fixture
 def fence(host: Host) -> Iterator[subprocess.Popen[bytes]]:
+    argv = [sys.executable, "-I", "-m", "mhafail.vip.fence", "--lifetimes"]
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", host.netns, sys.executable, "-I", "-m", "mhafail.vip.fence"],
+        ["ip", "netns", "exec", host.netns, *argv],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -286,3 +288,19 @@ def test_addresses_carry_a_lifetime_renewed_from_the_lease() -> None:
         assert time.monotonic() - frozen < 1.0
     finally:
         kernel.stop()
+
+
+@pytest.mark.root
+def test_fence_renews_lifetimes_of_present_addresses_and_never_recreates_one(
+    host: Host, fence: subprocess.Popen[bytes]
+) -> None:
+    """Renewal gives a present address the lease's lifetime; a removed one stays removed."""
+    send(fence, f"manage eth0 {VIP} {time.monotonic() + 5:.6f}")
+    time.sleep(0.6)  # two renewal rounds
+    assert not present(host), "the fence must never add an address"
+    plumb(host)
+    finite = re.compile(rf"{re.escape(VIP)}/32 .*valid_lft [1-4]sec")
+    wait_for(lambda: bool(finite.search(host.run(["ip", "-o", "addr", "show"]).stdout)), 2)
+    host.run(["ip", "addr", "del", f"{VIP}/32", "dev", "eth0"])
+    time.sleep(0.6)
+    assert not present(host)

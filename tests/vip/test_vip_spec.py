@@ -131,7 +131,9 @@ _JSON = st.recursive(
 _FIELDS = st.fixed_dictionaries(
     {},
     optional={
-        k: _JSON | st.text(_SPEC_ALPHABET, max_size=20) | st.just(10**5000)
+        k: _JSON
+        | st.text(_SPEC_ALPHABET, max_size=20)
+        | st.just(None).map(lambda _: 10**5000)  # repr-safe: a 5000-digit int
         for k in ("address", "prefix", "interface", "kind", "binding", "preference", "follow")
     },
 )

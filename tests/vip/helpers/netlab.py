@@ -139,7 +139,10 @@ class Lab:
 
     def assert_one_owner(self) -> None:
         for address in (V4, V6):
-            assert self.monitor.overlaps(address) == [], f"two owners of {address}"
+            overlaps = self.monitor.overlaps(address)
+            if overlaps:
+                trail = [e for e in self.monitor.events if e.address in ("", address)]
+                raise AssertionError(f"two owners of {address}: {overlaps}; events: {trail}")
         assert self.observer.conflicts == [], f"two MACs answered: {self.observer.conflicts}"
         assert self.monitor.lost is None, self.monitor.lost
 

@@ -1,0 +1,647 @@
+"""The Spool: a durable, fenced message store an MTA uses directly.
+
+Layout of a spool directory (``NodePaths.spool``)::
+
+    lock            the lock file: holder and fencing token (see _fence.py)
+    msg/<id>        one message: magic line, JSON header line, data
+    msg/<id>.state  its mutable state (attempts, next try, recipients); optional
+    tmp/            files being written (removed at open)
+    bad/            files that failed validation (quarantined, reported)
+    import.journal  the journal of a takeover of this spool (see _takeover.py)
+
+Durability: a message exists once ``msg/<id>`` exists, and that name is
+only ever created by a rename of a fully written, fsynced file, followed
+by an fsync of ``msg/``. :meth:`Spool.put` returns only after all of that,
+inside a fence section, and after re-checking the lease: a put that
+stalled past the lease is undone (the file removed again, still under the
+fence, so no takeover can have seen it) and refused. So a crash or a fence
+at any instant leaves a message either wholly in the spool and
+acknowledged, or absent and not acknowledged.
+
+Group commit: with ``group_commit=True`` puts from many threads or tasks
+are written by one committer thread in batches: each batch's files are
+written, fsynced, renamed, and ``msg/`` fsynced once. The durability of
+each put is the same as alone; file systems with a journal (ext4, xfs)
+commit the batch's fsyncs together.
+
+Concurrency: all methods are thread-safe. ``a``-prefixed coroutines run
+the blocking work off the event loop (aiosmtpd handlers must not block).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+
+import attrs
+
+from mhafail.errors import (
+    MalformedData,
+    MessageTooLarge,
+    SpoolError,
+    SpoolFenced,
+    SpoolInvalidArgument,
+    SpoolWriteFailed,
+    UnknownMessage,
+)
+from mhafail.spool._fence import Fence
+from mhafail.spool._files import (
+    DIR_MODE,
+    fsync_dir,
+    replace_durably,
+    sync_batch,
+    write_failed,
+    write_tmp,
+)
+from mhafail.spool._message import (
+    MAX_HEADER,
+    Envelope,
+    Message,
+    RecipientState,
+    apply_state,
+    check_id,
+    decode_header,
+    encode_header,
+    encode_state,
+    new_id,
+    with_results,
+)
+
+logger = logging.getLogger(__name__)
+
+MSG, TMP, BAD = "msg", "tmp", "bad"
+STATE_SUFFIX = ".state"
+
+
+@attrs.define
+class _Put:
+    message_id: str
+    header: bytes
+    data: bytes
+    message: Message
+    future: Future[str]
+    fd: int = -1  # the written, not yet durable temporary file
+
+
+def read_message(path: Path, *, has_state: bool = True) -> tuple[Message, int]:
+    """Read and validate a message file's header (and its state file, if any).
+
+    ``has_state=False`` says the caller knows there is no state file.
+
+    Returns:
+        The message and the offset of its data.
+
+    Raises:
+        MalformedData: the header or the state breaks its schema.
+        OSError: the file cannot be read (gone, unreadable).
+    """
+    with path.open("rb") as f:
+        head = f.read(65536)
+        if b"\n" not in head[16:] and len(head) == 65536:
+            head += f.read(MAX_HEADER)
+    message, offset = decode_header(head, what=f"message file {path.name}")
+    if message.id != path.name:
+        raise MalformedData(f"malformed message file {path.name}: its header names {message.id}")
+    if not has_state:
+        return message, offset
+    state = path.with_name(path.name + STATE_SUFFIX)
+    with contextlib.suppress(FileNotFoundError):
+        message = apply_state(message, state.read_bytes(), what=f"state file {state.name}")
+    return message, offset
+
+
+@attrs.define(kw_only=True, eq=False)
+class Spool:
+    """A node's durable message store, fenced by a :class:`~mhafail.spool.SpoolLock`.
+
+    Args:
+        directory: the spool directory (``NodePaths.spool``); created if missing.
+        node: this node's name, recorded as the origin of new messages.
+        fence: the right to change the directory (a started ``SpoolLock``).
+        max_size: the largest message data accepted (bytes).
+        group_commit: batch concurrent puts on a committer thread.
+        max_batch: the most puts in one group commit.
+        clock: wall-clock time (``time.time``), for ``created``/``next_try``.
+
+    Call :meth:`open` before use and :meth:`close` after.
+    """
+
+    directory: Path
+    node: str
+    fence: Fence
+    max_size: int = 50 * 1024 * 1024
+    group_commit: bool = True
+    max_batch: int = 256
+    clock: Callable[[], float] = time.time
+
+    problems: list[str] = attrs.field(init=False, factory=list)
+    _index: dict[str, Message] = attrs.field(init=False, factory=dict)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _token: int | None = attrs.field(init=False, default=None)
+    _queue: queue.SimpleQueue[_Put | None] = attrs.field(init=False, factory=queue.SimpleQueue)
+    _committer: threading.Thread | None = attrs.field(init=False, default=None)
+
+    @property
+    def msg_dir(self) -> Path:
+        """Where committed messages live."""
+        return self.directory / MSG
+
+    # --- life cycle --------------------------------------------------------
+
+    def open(self) -> Spool:
+        """Create the layout if missing, clear ``tmp/`` and load the index.
+
+        Raises:
+            SpoolWriteFailed: the directory cannot be created or read.
+        """
+        try:
+            for sub in (MSG, TMP, BAD):
+                (self.directory / sub).mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            for leftover in (self.directory / TMP).iterdir():
+                # A put that crashed before its rename: never acknowledged.
+                leftover.unlink(missing_ok=True)
+        except OSError as exc:
+            raise write_failed(f"cannot open spool {self.directory}", exc) from exc
+        self._reload()
+        if self.group_commit and self._committer is None:
+            self._committer = threading.Thread(
+                target=self._commit_loop, name=f"mhafail-spool-{self.node}", daemon=True
+            )
+            self._committer.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the committer (pending puts finish first). Idempotent; bounded."""
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            self._queue.put(None)
+            committer.join(5.0)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._index)
+
+    def _reload(self) -> None:
+        """Rebuild the index from disk (at open, and when the token changed)."""
+        index: dict[str, Message] = {}
+        try:
+            names = os.listdir(self.msg_dir)
+        except OSError as exc:
+            raise write_failed(f"cannot read spool {self.directory}", exc) from exc
+        present = set(names)
+        for name in names:
+            if name.endswith(STATE_SUFFIX):
+                if name[: -len(STATE_SUFFIX)] not in present:
+                    # Its message was finished or moved between the two unlinks/renames.
+                    (self.msg_dir / name).unlink(missing_ok=True)
+                continue
+            message = self._load(name, has_state=name + STATE_SUFFIX in present)
+            if message is not None:
+                index[name] = message
+        with self._lock:
+            self._index = index
+            self._token = self.fence.token
+
+    def _load(self, name: str, *, has_state: bool = True) -> Message | None:
+        path = self.msg_dir / name
+        try:
+            check_id(name)
+            message, _ = read_message(path, has_state=has_state)
+        except FileNotFoundError:
+            return None
+        except (SpoolInvalidArgument, MalformedData, OSError) as exc:
+            self._quarantine(name, str(exc))
+            return None
+        return message
+
+    def _quarantine(self, name: str, why: str) -> None:
+        problem = f"spool {self.directory}: quarantined {name}: {why}"
+        logger.warning("%s", problem)
+        self.problems.append(problem)
+        for suffix in ("", STATE_SUFFIX):
+            with contextlib.suppress(OSError):
+                os.rename(self.msg_dir / (name + suffix), self.directory / BAD / (name + suffix))
+
+    @contextlib.contextmanager
+    def _section(self) -> Iterator[None]:
+        with self.fence.section():
+            if self._token != self.fence.token:
+                self._reload()  # we hold the spool under a new token: disk is the truth
+            yield
+
+    # --- accepting mail ----------------------------------------------------
+
+    def _prepare(self, envelope: Envelope, data: bytes, message_id: str | None) -> _Put:
+        if not isinstance(envelope, Envelope):
+            raise SpoolInvalidArgument(f"invalid envelope: {type(envelope).__name__}")
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise SpoolInvalidArgument(f"invalid data: {type(data).__name__}, not bytes")
+        data = bytes(data)
+        if len(data) > self.max_size:
+            raise MessageTooLarge(
+                f"message of {len(data)} bytes is over this spool's cap of {self.max_size}"
+            )
+        mid = new_id() if message_id is None else check_id(message_id)
+        header, message = encode_header(
+            mid, envelope, origin=self.node, created=self.clock(), data=data
+        )
+        return _Put(mid, header, data, message, Future())
+
+    def put(self, envelope: Envelope, data: bytes, *, message_id: str | None = None) -> str:
+        """Store a message durably and return its id; then, and only then, acknowledge it.
+
+        Args:
+            envelope: sender and recipients.
+            data: the message (headers and body), at most ``max_size`` bytes.
+            message_id: keep this id (imports); default a new one.
+
+        Raises:
+            SpoolInvalidArgument: a bad envelope, data or id (permanent).
+            MessageTooLarge: over ``max_size`` (permanent, 552).
+            SpoolWriteFailed: disk full, unwritable, I/O error; nothing
+                was written (the client retries).
+            SpoolFenced: this process no longer holds the spool; nothing
+                was written (answer 421 and stop accepting).
+        """
+        item = self._prepare(envelope, data, message_id)
+        self._write(item)
+        if self._committer is None:
+            self._commit([item])
+        else:
+            self._queue.put(item)
+        return item.future.result()
+
+    async def aput(self, envelope: Envelope, data: bytes, *, message_id: str | None = None) -> str:
+        """:meth:`put` for asyncio: the event loop is never blocked."""
+        item = self._prepare(envelope, data, message_id)
+        await asyncio.to_thread(self._write, item)
+        if self._committer is None:
+            await asyncio.to_thread(self._commit, [item])
+        else:
+            self._queue.put(item)
+        return await asyncio.wrap_future(item.future)
+
+    def _write(self, item: _Put) -> None:
+        """Write the temporary file in the caller's thread (not yet durable).
+
+        Creating files is the slow part on many disks; callers do it in
+        parallel, the committer only makes the batch durable and renames.
+        """
+        if not self.fence.valid():
+            raise SpoolFenced("this process no longer holds the spool; nothing was written")
+        try:
+            item.fd = write_tmp(
+                self.directory / TMP / item.message_id, [item.header, item.data], sync=False
+            )
+        except OSError as exc:
+            raise write_failed("cannot write to the spool", exc) from exc
+
+    def _commit_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Put]) -> None:
+        """Write, fsync, rename and fsync ``msg/`` for a batch; settle each future."""
+        tmp = self.directory / TMP
+        written = list(batch)
+        try:
+            # One flush makes the whole batch durable instead of one per message.
+            sync_batch(tmp, [item.fd for item in written])
+        except OSError as exc:
+            self._fail(written, batch, write_failed("cannot write to the spool", exc))
+            return
+        finally:
+            for item in written:
+                os.close(item.fd)
+                item.fd = -1
+        renamed: list[_Put] = []
+        try:
+            with self._section():
+                try:
+                    for item in written:
+                        if os.path.lexists(self.msg_dir / item.message_id):
+                            raise SpoolInvalidArgument(f"message {item.message_id} already exists")
+                        os.rename(tmp / item.message_id, self.msg_dir / item.message_id)
+                        renamed.append(item)
+                    fsync_dir(self.msg_dir)
+                except OSError as exc:
+                    self._undo(renamed)
+                    raise write_failed("cannot commit to the spool", exc) from exc
+                if not self.fence.valid():
+                    # Stalled past the lease (a pause, a slow disk): nobody was
+                    # told yet, and under the fence no takeover saw the files.
+                    self._undo(renamed)
+                    raise SpoolFenced("the lease ran out while writing; nothing was kept")
+        except SpoolError as exc:
+            self._fail(written, batch, exc)
+            return
+        with self._lock:
+            for item in written:
+                self._index[item.message_id] = item.message
+        for item in written:
+            item.future.set_result(item.message_id)
+
+    def _undo(self, renamed: list[_Put]) -> None:
+        for item in renamed:
+            with contextlib.suppress(OSError):
+                os.unlink(self.msg_dir / item.message_id)
+        with contextlib.suppress(OSError):
+            fsync_dir(self.msg_dir)
+
+    def _fail(self, written: list[_Put], batch: list[_Put], exc: SpoolError) -> None:
+        for item in written:
+            with contextlib.suppress(OSError):
+                os.unlink(self.directory / TMP / item.message_id)
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+    # --- delivering --------------------------------------------------------
+
+    def due(self, now: float | None = None, *, limit: int = 100) -> list[Message]:
+        """Messages whose next try has come, oldest first (at most ``limit``).
+
+        A read of this process's index: call :meth:`claim` right before
+        handing each one to the next hop.
+        """
+        at = self.clock() if now is None else now
+        with self._lock:
+            ready = [m for m in self._index.values() if m.next_try <= at and m.pending]
+        ready.sort(key=lambda m: (m.next_try, m.id))
+        return ready[:limit]
+
+    def ids(self) -> list[str]:
+        """Every message id in the index, sorted."""
+        with self._lock:
+            return sorted(self._index)
+
+    def get(self, message_id: str) -> Message:
+        """The message ``message_id``.
+
+        Raises:
+            UnknownMessage: not in this spool.
+        """
+        with self._lock:
+            message = self._index.get(check_id(message_id))
+        if message is None:
+            raise UnknownMessage(f"no message {message_id} in spool {self.directory}")
+        return message
+
+    def read(self, message_id: str) -> bytes:
+        """The data of ``message_id``, verified against its checksum.
+
+        Raises:
+            UnknownMessage: not in this spool.
+            SpoolError: the file is damaged (it is quarantined).
+        """
+        message = self.get(message_id)
+        try:
+            raw = (self.msg_dir / message_id).read_bytes()
+            _, offset = decode_header(raw, what=f"message file {message_id}")
+        except FileNotFoundError as exc:
+            raise UnknownMessage(f"message {message_id} left spool {self.directory}") from exc
+        except (OSError, MalformedData) as exc:
+            raise SpoolError(f"cannot read message {message_id}: {exc}") from exc
+        data = raw[offset:]
+        if len(data) != message.size or zlib.crc32(data) != message.crc32:
+            self._forget(message_id)
+            self._quarantine(message_id, "data does not match its size or checksum")
+            raise SpoolError(f"message {message_id} is damaged; quarantined")
+        return data
+
+    def claim(self, message_id: str) -> Message:
+        """Check, immediately before delivering ``message_id``, that we still may.
+
+        Raises:
+            SpoolFenced: this process no longer holds the spool: do not deliver.
+            UnknownMessage: the message is no longer here (taken over).
+        """
+        with self._section():
+            if not (self.msg_dir / check_id(message_id)).exists():
+                self._forget(message_id)
+                raise UnknownMessage(f"message {message_id} left spool {self.directory}")
+            return self.get(message_id)
+
+    def defer(
+        self,
+        message_id: str,
+        until: float,
+        reason: str,
+        *,
+        delivered: Iterable[str] = (),
+        failed: Mapping[str, str] | None = None,
+    ) -> Message:
+        """Record one attempt: some recipients delivered or failed, the rest retried at ``until``.
+
+        Returns:
+            The updated message. When no recipient is left pending, the
+            message is removed (as by :meth:`done`).
+
+        Raises:
+            UnknownMessage, SpoolInvalidArgument, SpoolFenced, SpoolWriteFailed.
+        """
+        updated = with_results(
+            self.get(message_id),
+            delivered=delivered,
+            failed=dict(failed or {}),
+            reason=reason,
+            next_try=float(until),
+        )
+        if not updated.pending:
+            self._remove(message_id)
+            return updated
+        path = self.msg_dir / (message_id + STATE_SUFFIX)
+        with self._section():
+            if not (self.msg_dir / message_id).exists():
+                self._forget(message_id)
+                raise UnknownMessage(f"message {message_id} left spool {self.directory}")
+            replace_durably(path, encode_state(updated), tmp=self.directory / TMP / path.name)
+            with self._lock:
+                self._index[message_id] = updated
+        return updated
+
+    def done(self, message_id: str) -> None:
+        """The message is finished (delivered, or bounced by the application): remove it.
+
+        Raises:
+            UnknownMessage, SpoolFenced, SpoolWriteFailed.
+        """
+        self.get(message_id)
+        self._remove(message_id)
+
+    def bounce(self, message_id: str, reason: str) -> Message:
+        """Fail every pending recipient and remove the message.
+
+        Returns:
+            The final message, for the application's delivery status
+            notification (mhafail does not compose bounces).
+        """
+        message = self.get(message_id)
+        final = with_results(
+            message,
+            delivered=(),
+            failed=dict.fromkeys(message.pending, reason),
+            reason=reason,
+            next_try=message.next_try,
+        )
+        self._remove(message_id)
+        return final
+
+    def _remove(self, message_id: str) -> None:
+        with self._section():
+            try:
+                os.unlink(self.msg_dir / message_id)
+            except FileNotFoundError as exc:
+                self._forget(message_id)
+                raise UnknownMessage(f"message {message_id} left spool {self.directory}") from exc
+            except OSError as exc:
+                raise write_failed(f"cannot remove {message_id}", exc) from exc
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.msg_dir / (message_id + STATE_SUFFIX))
+            try:
+                fsync_dir(self.msg_dir)
+            except OSError as exc:
+                raise write_failed(f"cannot remove {message_id}", exc) from exc
+            self._forget(message_id)
+
+    def _forget(self, message_id: str) -> None:
+        with self._lock:
+            self._index.pop(message_id, None)
+
+    async def adefer(
+        self,
+        message_id: str,
+        until: float,
+        reason: str,
+        *,
+        delivered: Iterable[str] = (),
+        failed: Mapping[str, str] | None = None,
+    ) -> Message:
+        """:meth:`defer` off the event loop."""
+        return await asyncio.to_thread(
+            self.defer, message_id, until, reason, delivered=tuple(delivered), failed=failed
+        )
+
+    async def adone(self, message_id: str) -> None:
+        """:meth:`done` off the event loop."""
+        await asyncio.to_thread(self.done, message_id)
+
+    async def aclaim(self, message_id: str) -> Message:
+        """:meth:`claim` off the event loop."""
+        return await asyncio.to_thread(self.claim, message_id)
+
+    # --- takeover ------------------------------------------------------------
+
+    def adopt(self, source: Path, source_fence: Fence, ids: Iterable[str]) -> list[str]:
+        """Move messages from another spool directory into this one, keeping their ids.
+
+        Both fences are held: this spool's (we may write here) and the
+        source's (we hold the source by takeover). A rename moves each
+        message atomically, so it is in exactly one spool at every instant;
+        across file systems (``EXDEV``) it is copied durably, then removed
+        from the source.
+
+        Returns:
+            The ids now in this spool (those still in the source when asked).
+
+        Raises:
+            SpoolFenced, SpoolWriteFailed.
+        """
+        moved: list[tuple[str, bool]] = []
+        src = source / MSG
+        with self._section(), source_fence.section():
+            try:
+                # One listing of each directory instead of a failing call per
+                # message: a takeover of 10,000 messages is mostly renames.
+                here = set(os.listdir(self.msg_dir))
+                there = set(os.listdir(src))
+                for mid in ids:
+                    check_id(mid)
+                    has_state = mid + STATE_SUFFIX in there
+                    if mid in here:
+                        # Already here: a copy interrupted before the source was removed.
+                        (src / mid).unlink(missing_ok=True)
+                        (src / (mid + STATE_SUFFIX)).unlink(missing_ok=True)
+                    elif mid in there:
+                        self._move(src, mid, has_state)
+                        moved.append((mid, has_state))
+                fsync_dir(self.msg_dir)
+                fsync_dir(src)
+            except OSError as exc:
+                raise write_failed("cannot move messages into the spool", exc) from exc
+            loaded = [(mid, self._load(mid, has_state=state)) for mid, state in moved]
+        with self._lock:
+            for mid, message in loaded:
+                if message is not None:
+                    self._index[mid] = message
+        return [mid for mid, message in loaded if message is not None]
+
+    def _move(self, src: Path, mid: str, has_state: bool) -> None:
+        try:
+            os.rename(src / mid, self.msg_dir / mid)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            self._copy(src, mid)
+        if not has_state:
+            return
+        # The message first, its state after: a crash in between only resets
+        # the attempt count; the orphan state file is removed at the next load.
+        state = mid + STATE_SUFFIX
+        try:
+            os.rename(src / state, self.msg_dir / state)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            (self.msg_dir / state).write_bytes((src / state).read_bytes())
+            (src / state).unlink()
+
+    def _copy(self, src: Path, mid: str) -> None:
+        tmp = self.directory / TMP / mid
+        write_tmp(tmp, [(src / mid).read_bytes()])
+        os.rename(tmp, self.msg_dir / mid)
+        fsync_dir(self.msg_dir)
+        (src / mid).unlink()
+
+
+def count_messages(directory: Path) -> int:
+    """How many message files a spool directory holds (no lock, no validation)."""
+    try:
+        return sum(1 for n in os.listdir(directory / MSG) if not n.endswith(STATE_SUFFIX))
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise SpoolWriteFailed(f"cannot read spool {directory}: {exc.strerror}") from exc
+
+
+def delivered_all(message: Message) -> bool:
+    """True when no recipient of ``message`` is pending."""
+    return all(r.state is not RecipientState.PENDING for r in message.recipients)
