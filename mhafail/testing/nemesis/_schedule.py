@@ -26,9 +26,11 @@ DRAIN = "drain"  # `mhafail vip drain NODE`, undrain after the hold
 STARVE = "starve"  # agent, fence and a busy loop in a CPU cgroup with a tiny quota
 
 ALL_KINDS = (KILL, PAUSE, PAUSE_FENCE, PAUSE_BOTH, PARTITION, ZK_KILL, MOVE, DRAIN, STARVE)
-# Faults the design survives at any session timeout. A frozen host
-# (pause-both) is covered by kernel address lifetimes, whose unit is one
-# second: with no overlap only from a 2 s session timeout up (docs/vip.md).
+# Faults the design survives with no overlap at all. A frozen host
+# (pause-both) is covered by kernel address lifetimes: their unit is one
+# second (no overlap only from 2 s sessions up), and a thaw in the middle
+# of the fence's lifetime renewal re-creates the address for about a
+# millisecond (docs/vip.md, residual windows).
 SAFE_KINDS = (KILL, PAUSE, PAUSE_FENCE, PARTITION, ZK_KILL, MOVE, DRAIN, STARVE)
 
 
