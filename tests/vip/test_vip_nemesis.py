@@ -22,6 +22,7 @@ from pyroute2 import IPRoute
 
 from mhafail.testing import NetnsLab
 from mhafail.testing.nemesis import (
+    SAFE_KINDS,
     ArpObserver,
     NemesisLab,
     OverlapMonitor,
@@ -169,7 +170,7 @@ def test_fixed_seed_nemesis_round_keeps_one_owner() -> None:
     # address for about a millisecond (docs/vip.md, residual windows).
     kinds = parse_kinds(os.environ.get("MHAFAIL_NEMESIS_FAULTS") or ",".join(SAFE_KINDS))
     seconds = float(os.environ.get("MHAFAIL_NEMESIS_SECONDS", "40"))
-    # 2 s sessions: every fault kind, the frozen host included, must keep one owner.
+    # 2 s sessions: every fault kind of the mix must keep one owner.
     with NemesisLab(session_timeout=2.0) as lab:
         nemesis = lab.nemesis(settle_timeout=10.0)
         try:
