@@ -137,6 +137,7 @@ class ProofChain:
                 # Entries older than the proof can never prove more than it.
                 self._history = [(s, r) for s, r in self._history if s >= proof]
         self._history.append((sent_at, replied_at))
+        del self._history[:-256]  # bounded even while no proof forms
         self._prev_sent = sent_at if self._prev_sent is None else max(self._prev_sent, sent_at)
         return proof
 
