@@ -494,9 +494,6 @@ class Coordinator:
 
     def _keep(self) -> None:
         """The keeper thread: state, session id, heartbeats and lease expiry."""
-        # T/8: more often would only delay the server's expiry of a crashed
-        # session (it counts from the last request) and slow every failover.
-        interval = max(0.02, self.session_timeout / 8)
         in_flight_since: float | None = None
         next_beat = 0.0
         with self._cond:
@@ -518,6 +515,10 @@ class Coordinator:
                     self._announce_lease(LeaseState.EXPIRED)
                 # A heartbeat lost in a dropped connection is failed by kazoo;
                 # the age check only guards against a reply that never comes.
+                # T/8 of the timeout in force (the negotiated one): more often
+                # would only delay the server's expiry of a crashed session
+                # (it counts from the last request) and slow every failover.
+                interval = max(0.02, self._lease.timeout / 8)
                 # One heartbeat in flight at a time: the proof chain needs
                 # each sync sent after the previous one was answered.
                 idle = in_flight_since is None or now - in_flight_since > self._lease.timeout
@@ -614,6 +615,8 @@ class Coordinator:
                 self.session_timeout,
             )
             self._lease.shorten(timeout)
+            if self.lease_margin is None:  # the default follows the timeout in force
+                self._lease.margin = default_margin(timeout)
         self._chain.report_lag = self._report_lag(self._lease.timeout)
         # A server answers a connect only after the leader created the session
         # (a committed proposal) or revalidated it (the leader touches it),
