@@ -10,6 +10,7 @@ import attrs
 
 from mhafail.errors import PlumbingError
 from mhafail.vip import Vip
+from mhafail.vip._plumber import kernel_lifetime
 
 
 @attrs.define
@@ -138,7 +139,7 @@ class FakePlumber:
 
     def ensure_present(self, vip: Vip, valid_for: float | None = None) -> bool:
         """Add ``vip`` to its interface's set (with a lifetime, like the kernel)."""
-        until = None if valid_for is None else time.monotonic() + valid_for
+        until = None if valid_for is None else time.monotonic() + kernel_lifetime(valid_for)
         with self._lock:
             addrs = self._iface(vip.interface)
             self._expire(vip.interface)
@@ -155,7 +156,7 @@ class FakePlumber:
 
     def renew(self, vip: Vip, valid_for: float) -> None:
         """Extend the lifetime of ``vip`` (re-adding it if it ran out, as netlink would)."""
-        until = time.monotonic() + valid_for
+        until = time.monotonic() + kernel_lifetime(valid_for)
         with self._lock:
             addrs = self._iface(vip.interface)
             self._expire(vip.interface)
