@@ -264,18 +264,23 @@ def test_announcements_check_the_lease_immediately_before_sending() -> None:
         kernel.stop()
 
 
-def test_addresses_carry_a_lifetime_renewed_from_the_lease() -> None:
-    """With a lease deadline the address expires with the lease unless renewed."""
+def leased_kernel(ahead: float, renew_interval: float) -> tuple[FakeNetwork, list[float], Kernel]:
+    """A Kernel on a fake host whose lease runs ``ahead`` seconds (tests move ``deadline[0]``)."""
     network = FakeNetwork()
-    deadline = [time.monotonic() + 0.5]
-    plumber = FakePlumber(network, "n1", {"eth0": ["198.18.0.1/24"]})
+    deadline = [time.monotonic() + ahead]
     kernel = Kernel(
-        plumber,
+        FakePlumber(network, "n1", {"eth0": ["198.18.0.1/24"]}),
         lambda: time.monotonic() < deadline[0],
         lease_deadline=lambda: deadline[0],
-        renew_interval=0.05,
+        renew_interval=renew_interval,
         announce_schedule=(),
     )
+    return network, deadline, kernel
+
+
+def test_addresses_carry_a_lifetime_renewed_from_the_lease() -> None:
+    """With a lease deadline the address expires with the lease unless renewed."""
+    network, deadline, kernel = leased_kernel(0.5, renew_interval=0.05)
     try:
         assert kernel.add(parse_vip(f"{VIP}/24@eth0"))
         for _ in range(10):  # the lease keeps being renewed: the address stays
@@ -301,16 +306,7 @@ def test_fake_plumber_keeps_whole_second_lifetimes_like_the_kernel() -> None:
     0.2 s and dropped it between renewals: an agent on the fake plumber
     lost its VIP a second after taking it ("announce ...: not plumbed").
     """
-    network = FakeNetwork()
-    deadline = [time.monotonic() + 0.2]
-    plumber = FakePlumber(network, "n1", {"eth0": ["198.18.0.1/24"]})
-    kernel = Kernel(
-        plumber,
-        lambda: time.monotonic() < deadline[0],
-        lease_deadline=lambda: deadline[0],
-        renew_interval=0.25,
-        announce_schedule=(),
-    )
+    network, deadline, kernel = leased_kernel(0.2, renew_interval=0.25)
     try:
         assert kernel.add(parse_vip(f"{VIP}/24@eth0"))
         end = time.monotonic() + 1.5
