@@ -36,7 +36,13 @@ from mhafail.coordination._auth import (
 )
 from mhafail.coordination._dispatch import Dispatcher
 from mhafail.coordination._handshake import NegotiationHandler
-from mhafail.coordination._lease import HeartbeatRounds, Lease, ProofChain, default_margin
+from mhafail.coordination._lease import (
+    HeartbeatRounds,
+    Lease,
+    ProofChain,
+    default_margin,
+    round_interval,
+)
 from mhafail.coordination._names import check_name, format_hosts, parse_hosts
 from mhafail.coordination._root import prepare_root, warn_open_once
 from mhafail.coordination._state import ConnectionState, LeaseState
@@ -515,12 +521,9 @@ class Coordinator:
                         self._connect_proof = event
                     else:
                         self._apply_state(event)
-                # Rounds start every T/6 of the timeout in force (the
-                # negotiated one). The server expires a crashed session T
-                # after its *last* request, so every request delays that
-                # failover by the time it leaves the crash waiting: three
-                # syncs per T/6 leave it about as much as one per T/8 did.
-                interval = max(0.02, self._lease.timeout / 6)
+                # As sparse as kazoo's own pings allow (round_interval): a
+                # crashed session expires T after its last request.
+                interval = round_interval(self._lease.timeout)
                 if round_epoch != self._epoch:
                     round_epoch = self._epoch
                     rounds.restart(now)

@@ -19,7 +19,7 @@ declares the connection dropped (SUSPENDED) when a ping is unanswered
 after another ``T / 3``; its pings also keep the session alive on the
 server, but their send times are private to kazoo. The coordinator
 therefore sends its own cheap requests (``sync`` heartbeats, in rounds
-every ``T / 6``) and renews the lease only from their replies: the lease
+every ``T / 8`` to ``T / 4``) and renews the lease only from their replies: the lease
 rests on public facts.
 
 This module is pure: it only computes; the coordinator feeds it readings.
@@ -148,6 +148,25 @@ class ProofChain:
         self._prev_sent = None
 
 
+# kazoo pings after ``T/3`` of silence on the connection, minus a random
+# jitter of up to 0.4 s drawn afresh at every wake-up.
+_KAZOO_PING_JITTER = 0.4
+
+
+def round_interval(timeout: float) -> float:
+    """Seconds between the starts of heartbeat rounds for a session timeout ``T``.
+
+    As sparse as kazoo allows: the server expires a crashed session ``T``
+    after its *last* request, so every request delays crash failover, and
+    a ping kazoo sends between two rounds is a request the lease does not
+    rest on (a paused owner then gives its VIPs up that much earlier than
+    the server expires it). Rounds start before kazoo's earliest ping
+    (``T/3 - 0.4 s`` after the last one), at most every ``T/4`` and at least
+    every ``T/8``: below ``T = 2.3 s`` kazoo's jitter cannot be avoided.
+    """
+    return max(0.02, timeout / 8, min(timeout / 4, timeout / 3 - _KAZOO_PING_JITTER - 0.05))
+
+
 @attrs.define
 class HeartbeatRounds:
     """When to send the next ``sync``: rounds of three, one in flight at a time.
@@ -156,7 +175,8 @@ class HeartbeatRounds:
     since ``a`` was answered, and ``c`` as soon as ``b`` is answered: the
     answer to ``c`` makes :class:`ProofChain` prove ``a``'s send time, only
     ``report_lag`` plus three round trips earlier. Rounds start every
-    ``interval`` (or right after the previous one, if it took longer).
+    ``interval`` (:func:`round_interval`; or right after the previous one,
+    if it took longer).
 
     Attributes:
         next_send: monotonic time when the next sync may go out.

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from mhafail.coordination import ConnectionState, Coordinator, LeaseState
-from mhafail.coordination._lease import default_margin
+from mhafail.coordination._lease import default_margin, round_interval
 from mhafail.errors import AccessDenied, CoordinationUnavailable, InvalidArgument
 from mhafail.testing import ZooKeeperServer, expire_session, free_port
 
@@ -42,7 +42,7 @@ def test_heartbeat_rounds_keep_the_lease_close_to_the_session(
     Evenly spaced heartbeats proved only a send time two periods back, so a
     cut-off owner let its VIPs go about T/3 before its session expired
     (about a second at T = 3 s); rounds of three syncs keep the lease
-    within T/6 + tickTime/2 (plus round trips) of the session.
+    within one round interval + tickTime/2 (plus round trips) of the session.
     """
     c = coordinator_factory(session_timeout=2.0, server_tick=0.1)
     timeout = c.effective_timeout  # the test server grants at most 2 s
@@ -51,9 +51,9 @@ def test_heartbeat_rounds_keep_the_lease_close_to_the_session(
     while time.monotonic() < end:
         lowest = min(lowest, c.lease_remaining())
         time.sleep(0.005)
-    # T - margin - T/6 - tickTime/2 - slack for round trips and scheduling;
+    # T - margin - interval - tickTime/2 - slack for round trips and scheduling;
     # evenly spaced heartbeats went down to T - margin - 3 T/8.
-    bound = timeout - default_margin(timeout) - timeout / 6 - 0.06 - 0.1
+    bound = timeout - default_margin(timeout) - round_interval(timeout) - 0.06 - 0.1
     assert lowest >= bound, (lowest, bound)
 
 

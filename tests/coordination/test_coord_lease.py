@@ -4,11 +4,12 @@ import asyncio
 import threading
 import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mhafail.coordination import ConvergeLoop, Lease, ProofChain, default_margin, in_loop
-from mhafail.coordination._lease import HeartbeatRounds
+from mhafail.coordination._lease import HeartbeatRounds, round_interval
 
 
 def test_lease_has_no_deadline_before_any_proof() -> None:
@@ -187,3 +188,12 @@ def test_heartbeat_round_restarts_on_a_failed_reply_and_on_a_new_connection() ->
     assert rounds.due(3.6, give_up=2.0)  # a reply that never came is given up after T
     rounds.restart(4.0)
     assert rounds.due(4.0, give_up=2.0)
+
+
+def test_round_interval_leaves_kazoo_no_room_to_ping_between_rounds() -> None:
+    """Rounds start before kazoo's earliest ping (T/3 - 0.4 s), between T/8 and T/4."""
+    assert round_interval(3.0) == pytest.approx(0.55)
+    assert round_interval(3.0) < 3.0 / 3 - 0.4
+    assert round_interval(10.0) == pytest.approx(2.5)  # T/4: kazoo waits over 2.9 s
+    assert round_interval(2.0) == pytest.approx(0.25)  # T/8: kazoo's jitter wins anyway
+    assert round_interval(0.1) == pytest.approx(0.02)
