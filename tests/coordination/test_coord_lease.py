@@ -197,3 +197,15 @@ def test_round_interval_leaves_kazoo_no_room_to_ping_between_rounds() -> None:
     assert round_interval(10.0) == pytest.approx(2.5)  # T/4: kazoo waits over 2.9 s
     assert round_interval(2.0) == pytest.approx(0.25)  # T/8: kazoo's jitter wins anyway
     assert round_interval(0.1) == pytest.approx(0.02)
+
+
+def test_short_sessions_chain_evenly_spaced_syncs() -> None:
+    """With rounds shorter than half the report lag, every sync goes out one interval apart."""
+    rounds = HeartbeatRounds()
+    now = 5.0
+    for _ in range(4):
+        assert rounds.due(now, give_up=1.0)
+        rounds.sent(now)
+        rounds.answered(True, now + 0.002, now + 0.002, report_lag=0.16, interval=0.075)
+        assert rounds.next_send == pytest.approx(now + 0.075)
+        now = rounds.next_send
