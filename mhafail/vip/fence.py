@@ -268,9 +268,10 @@ def main() -> int:
         for vip in vips:
             if vip.interface not in present:
                 present[vip.interface] = plumber.addresses(vip.interface)
-            left = deadline - time.monotonic()
-            if vip.key in present[vip.interface] and left > 0:
-                plumber.renew(vip, left)
+        there = [vip for vip in vips if vip.key in present[vip.interface]]
+        left = deadline - time.monotonic()
+        if there and left > 0:
+            plumber.renew_many(there, left)  # one netlink batch, not one call per address
 
     fence = Fence(plumber.ensure_absent, renew=renew if "--lifetimes" in sys.argv[1:] else None)
     rt, locked = _realtime()
