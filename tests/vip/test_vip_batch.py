@@ -18,6 +18,7 @@ from mhafail.errors import PlumbingError
 from mhafail.testing import FakeNetwork, FakePlumber, Host, NetnsLab, run_in_netns
 from mhafail.vip import NetlinkPlumber, Vip, parse_vip
 from mhafail.vip._kernel import Kernel
+from mhafail.vip.fence import Fence
 
 ADDRESSES = [f"198.18.0.{100 + i}" for i in range(20)]
 ETH_P_ALL = 0x0003
@@ -317,3 +318,27 @@ def test_netlink_announces_a_burst_on_reused_sockets(host: Host) -> None:
     na = [f for f in frames if f[12:14] == b"\x86\xdd" and f[20] == 58 and f[54] == 136]
     assert [socket.inet_ntop(socket.AF_INET6, f[62:78]) for f in na] == ["2001:db8::301"]
     assert socket.inet_ntop(socket.AF_INET6, na[0][22:38]) == "2001:db8::301"  # its source
+
+
+def test_the_fence_enforces_a_past_deadline_in_one_batch() -> None:
+    """Past its deadline the fence removes all it manages with one batch call, not one each."""
+    batches: list[list[str]] = []
+    singles: list[str] = []
+
+    def remove_many(batch: list[Vip]) -> frozenset[str]:
+        batches.append([v.key for v in batch])
+        return frozenset(v.key for v in batch)
+
+    def remove(vip: Vip) -> bool:
+        singles.append(vip.key)
+        return True
+
+    now = [100.0]
+    fence = Fence(remove, lambda: now[0], remove_many=remove_many)
+    for address in ADDRESSES[:5]:
+        fence.handle(f"manage eth0 {address} 101.0")
+    assert batches == [] and not fence.due()
+    now[0] = 101.5
+    assert fence.due()
+    fence.enforce()
+    assert batches == [ADDRESSES[:5]] and singles == []
