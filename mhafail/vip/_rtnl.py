@@ -152,7 +152,7 @@ class Rtnl:
         Raises:
             OSError: the socket failed or the dump did not complete in time.
         """
-        found = []
+        found: list[tuple[int, str]] = []
         with self._lock:
             self._seq += 1
             seq = self._seq
