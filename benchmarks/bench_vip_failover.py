@@ -131,8 +131,17 @@ def scale(vips: int, session: float) -> None:
                 ], stdout=events)  # fmt: skip
                 events.close()
             client = lab["c1"].netns
-            owners = run_in_netns(client, _sweep, addresses, 60.0, set())
-            held = [node for node, _ in owners.values()]
+            # Wait for the balance (a third each): the first agent up takes
+            # everything, and rebalancing hands two thirds over.
+            share = -(-vips // 3)
+            end = time.monotonic() + 120
+            while True:
+                owners = run_in_netns(client, _sweep, addresses, 60.0, set())
+                held = [node for node, _ in owners.values()]
+                if max(map(held.count, ("h1", "h2", "h3"))) <= share or time.monotonic() > end:
+                    break
+                time.sleep(0.5)
+            time.sleep(1.0)  # the announcements of the last moves are over
             victim = max({"h1", "h2", "h3"}, key=held.count)
             mine = [a for a, (n, _) in owners.items() if n == victim]
             crash = time.monotonic()
