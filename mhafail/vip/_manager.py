@@ -145,6 +145,7 @@ class VipManager:
     _release: list[VipCallback] = attrs.field(init=False, factory=list)
     _pre_release: list[VipCallback] = attrs.field(init=False, factory=list)
     _steps: list[StepCallback] = attrs.field(init=False, factory=list)
+    _members: frozenset[str] = attrs.field(init=False, default=frozenset())
     _last: PassResult = attrs.field(init=False, factory=PassResult)
     _last_full_result: PassResult = attrs.field(init=False, factory=PassResult)
     _full_passes: int = attrs.field(init=False, default=0)
@@ -403,11 +404,11 @@ class VipManager:
             # of a session's ephemerals together: its claims are gone too. Act
             # on that now instead of waiting for hundreds of watch events (a
             # claim that still exists just makes our create fail: safe).
-            gone = set()
             for key, claim in self._owners.items():
                 if claim is not None and claim.node not in view and claim.node != self._me:
                     self._owners[key] = None
-                    gone.add(claim.node)
+            names = frozenset(view.names)
+            gone, self._members = self._members - names, names
         if gone:
             self._step("member-left", self._view_changed, len(gone))
         if self._loop is not None:
