@@ -11,7 +11,9 @@ one run: keepalived (advert_int 1) vs ``mhafail agent`` with a 3 s session
 paused owner and a partitioned owner. Part 2 starts three agents with 300
 VIPs, crashes the node holding a third of them and times until every one
 answers from a survivor, with a per-step trace of the takeover. Needs
-root, keepalived and nftables (part 2 alone: root).
+root, keepalived and nftables (part 2 alone: root). Part 2 begins with the
+agent's own cost of plumbing, announcing and removing a third of the VIPs,
+one by one and in batches.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mhafail.testing import NetnsLab, ZooKeeperServer, run_in_netns
@@ -168,6 +171,45 @@ def scale(vips: int, session: float) -> None:
                 lab[name].stop_processes()  # agents first, while ZooKeeper still runs
 
 
+def plumbing(count: int, rounds: int = 5) -> None:
+    """The agent's own cost of taking ``count`` VIPs: plumb, announce, remove (one namespace).
+
+    Best of ``rounds``, in ms: one batch each, and one address at a time
+    (what a takeover cost before the batches).
+    """
+    from mhafail.vip import NetlinkPlumber, parse_vip
+
+    vips = [parse_vip(f"198.18.{1 + i // 250}.{1 + i % 250}@eth0") for i in range(count)]
+
+    def measure() -> dict[str, float]:
+        plumber = NetlinkPlumber()
+        best: dict[str, float] = {}
+
+        def timed(label: str, fn: Callable[[], object]) -> None:
+            start = time.perf_counter()
+            fn()
+            took = (time.perf_counter() - start) * 1000
+            best[label] = min(best.get(label, took), took)
+
+        try:
+            for _ in range(rounds):
+                timed("add one by one", lambda: [plumber.ensure_present(v, 3.0) for v in vips])
+                timed("announce one by one", lambda: [plumber.announce(v) for v in vips])
+                timed("remove one by one", lambda: [plumber.ensure_absent(v) for v in vips])
+                if hasattr(plumber, "ensure_present_many"):
+                    timed("add batch", lambda: plumber.ensure_present_many(vips, 3.0))
+                    timed("announce burst", lambda: plumber.announce_many(vips))
+                    timed("remove batch", lambda: plumber.ensure_absent_many(vips))
+        finally:
+            plumber.close()
+        return best
+
+    with NetnsLab(hosts=1, ipv6=False) as lab:
+        best = run_in_netns(lab["h1"].netns, measure)
+    print(f"plumbing {count} VIPs in one namespace (best of {rounds}, ms): "
+          + ", ".join(f"{label} {ms:.1f}" for label, ms in best.items()))  # fmt: skip
+
+
 def _steps(path: Path, crash: float) -> list[tuple[str, float, int]]:
     """The step events after ``crash`` in an agent's event file: (step, ms, count)."""
     found = []
@@ -236,6 +278,7 @@ def main() -> None:
             raise SystemExit(f"no harness at {args.harness} (use --harness or --skip-peers)")
         side_by_side(args.harness, trials)
     vips = args.vips or (30 if args.quick else 300)
+    plumbing(vips // 3)
     for _ in range(args.scale_trials):
         scale(vips, 3.0)
 
