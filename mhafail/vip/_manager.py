@@ -61,6 +61,8 @@ from mhafail.vip._spec import Vip, VipKind, validate_vips
 
 logger = logging.getLogger(__name__)
 
+MEMBERS = "members"  # Membership's folder (mhafail.coordination), read with the claims
+
 VipCallback = Callable[[Vip], None]
 StepCallback = Callable[[str, float, int], None]
 
@@ -146,6 +148,7 @@ class VipManager:
     _pre_release: list[VipCallback] = attrs.field(init=False, factory=list)
     _steps: list[StepCallback] = attrs.field(init=False, factory=list)
     _members: frozenset[str] = attrs.field(init=False, default=frozenset())
+    _departed: frozenset[str] = attrs.field(init=False, default=frozenset())
     _last: PassResult = attrs.field(init=False, factory=PassResult)
     _last_full_result: PassResult = attrs.field(init=False, factory=PassResult)
     _full_passes: int = attrs.field(init=False, default=0)
@@ -477,7 +480,8 @@ class VipManager:
                 for k in owners:
                     self._owners[k] = _claim(fresh[owner_path(k)])
         if declared:
-            lists = z.children_many([declared_path(k) for k in declared])
+            lists = z.children_many([declared_path(k) for k in declared] + [MEMBERS])
+            self._note_members(lists[MEMBERS])
             with self._lock:
                 known = {k: dict(self._declared.get(k, {})) for k in declared}
             wanted = []
@@ -522,7 +526,8 @@ class VipManager:
             self._dirty_declared.clear()
         owner_nodes = z.get_many([owner_path(k) for k in keys])
         target_nodes = z.get_many([target_path(k) for k in keys])
-        lists = z.children_many([declared_path(k) for k in keys])
+        lists = z.children_many([declared_path(k) for k in keys] + [MEMBERS])
+        self._note_members(lists[MEMBERS])
         decl_paths = [declared_path(k, n) for k in keys for n in lists[declared_path(k)] or []]
         decl_nodes = z.get_many(decl_paths)
         declared: dict[str, dict[str, Vip]] = {k: {} for k in keys}
@@ -547,8 +552,23 @@ class VipManager:
             self._full_read_due = False
         self._last_full = time.monotonic()
 
+    def _note_members(self, names: list[str] | None) -> None:
+        """Remember which members of the view ZooKeeper no longer lists (read with the claims).
+
+        A crashed node's member znode, claims and declarations vanish in
+        one session expiry, but the membership view follows several round
+        trips later; until then the survivors would count the dead node
+        as live and have no room below their share for its VIPs (a mass
+        takeover came in two waves, the second after the view).
+        """
+        departed = frozenset(self.membership.view.names) - frozenset(names or [])
+        with self._lock:
+            self._departed = departed
+
     def _snapshot(self) -> tuple[PlacementInput, tuple[str, ...]]:
-        live = frozenset(self.membership.view.names)
+        with self._lock:
+            departed = self._departed
+        live = frozenset(self.membership.view.names) - departed
         with self._lock:
             vips: dict[str, Vip] = {}
             declared_by: dict[str, frozenset[str]] = {}
