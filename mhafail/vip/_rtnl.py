@@ -138,13 +138,20 @@ class Rtnl:
                 self._sock.sendto(data, (0, 0))
                 answers: dict[int, int] = {}
                 while len(answers) < len(chunk):
-                    for kind, _flags, seq, payload in _messages(self._sock.recv(1 << 16)):
+                    for kind, _flags, seq, payload in _messages(self._receive()):
                         # Sequence numbers outside this chunk are late answers
                         # to a batch that failed half-way: ignore them.
                         if kind == NLMSG_ERROR and first <= seq < first + len(chunk):
                             answers[seq] = -_ERRNO.unpack_from(payload)[0]
                 results += [answers[first + i] for i in range(len(chunk))]
         return results
+
+    def _receive(self) -> bytes:
+        """The next datagram from the kernel (port id 0); anything else is dropped."""
+        while True:
+            data, (portid, _groups) = self._sock.recvfrom(1 << 16)
+            if portid == 0:
+                return data
 
     def addresses(self, index: int | None = None) -> list[tuple[int, str]]:
         """Every address in the namespace as (interface index, address), or on ``index`` only.
@@ -162,7 +169,7 @@ class Rtnl:
             )
             self._sock.sendto(header + body, (0, 0))
             while True:
-                for kind, _flags, got, payload in _messages(self._sock.recv(1 << 16)):
+                for kind, _flags, got, payload in _messages(self._receive()):
                     if got != seq:
                         continue
                     if kind == NLMSG_DONE:
