@@ -93,9 +93,6 @@ def side_by_side(path: Path, trials: int) -> None:
             print(row(label, result), flush=True)
 
 
-STEPS = ("member-left", "claimed", "fenced", "plumbed", "announced")
-
-
 def scale(vips: int, session: float) -> None:
     """Three agents, ``vips`` VIPs; crash the owner of a third; time until all answer.
 

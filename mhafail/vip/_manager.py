@@ -179,7 +179,8 @@ class VipManager:
         ``at`` is the ``time.monotonic()`` reading when the step ended;
         ``count`` how many VIPs (or members) it concerned. Steps:
         ``member-left`` (a member's session ended, as seen here),
-        ``claimed`` (this node's claims created), ``fenced`` (the fence was
+        ``pass`` (the converge pass that made claims began), ``claimed``
+        (this node's claims created), ``fenced`` (the fence was
         told), ``plumbed`` and ``announced`` (the first burst). Runs on the
         event thread, like the other callbacks.
         """
@@ -222,6 +223,7 @@ class VipManager:
             CoordinationUnavailable: ZooKeeper could not be asked.
         """
         self._me = self.membership.info.name
+        self._members = frozenset(self.membership.view.names)
         # The plumber leaves out addresses it marked as its own (an earlier
         # agent's leftovers): they are not the host's, and go just below.
         host = self.plumber.interfaces() if self.validate_host else None
@@ -664,6 +666,7 @@ class VipManager:
             to_claim.append(vip)
         won = self._claim(to_claim)
         if won:
+            self._step("pass", now, len(won))  # when the pass that claimed them began
             self._step("claimed", time.monotonic(), len(won))
         tally.claimed += [vip.key for vip in won]
         tally.plumbed += self._plumb_many(to_plumb + won)
