@@ -1,6 +1,7 @@
 """VIP failover side by side with keepalived, and the 300-VIP takeover time (root).
 
     python benchmarks/bench_vip_failover.py [--trials 5] [--quick] [--harness DIR]
+        [--skip-peers] [--vips 300] [--scale-trials 1]
 
 Part 1 drives the peers' harness (``../shared/peers/failover_bench.py`` by
 default: network namespaces, a client probing the VIP every 10 ms) over, in
@@ -9,7 +10,10 @@ one run: keepalived (advert_int 1) vs ``mhafail agent`` with a 3 s session
 0.5 s session, each for a crash and a graceful stop, and mhafail under a
 paused owner and a partitioned owner. Part 2 starts three agents with 300
 VIPs, crashes the node holding a third of them and times until every one
-answers from a survivor. Needs root, keepalived and nftables.
+answers from a survivor, with a per-step trace of the takeover. Needs
+root, keepalived and nftables (part 2 alone: root). Part 2 begins with the
+agent's own cost of plumbing, announcing and removing a third of the VIPs,
+one by one and in batches.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mhafail.testing import NetnsLab, ZooKeeperServer, run_in_netns
@@ -89,7 +94,13 @@ def side_by_side(path: Path, trials: int) -> None:
 
 
 def scale(vips: int, session: float) -> None:
-    """Three agents, ``vips`` VIPs; crash the owner of a third; time until all answer."""
+    """Three agents, ``vips`` VIPs; crash the owner of a third; time until all answer.
+
+    Prints the takeover time and a trace of one takeover: per survivor, each
+    step's time after the crash (from the agents' ``--events`` step events,
+    ``time.monotonic()`` readings, which every namespace shares), then the
+    client's first and last answer from a survivor.
+    """
     addresses = [f"198.18.{1 + i // 250}.{1 + i % 250}" for i in range(vips)]
     with NetnsLab(hosts=3, client=True, bridge_address="198.18.0.1/24") as lab:
         for name in ("h1", "h2", "h3", "c1"):
@@ -103,37 +114,120 @@ def scale(vips: int, session: float) -> None:
                 "s.bind(('0.0.0.0',2525)); s.listen(1024)\n"
                 "while True:\n c,_=s.accept(); c.sendall(sys.argv[1].encode()); c.close()\n"
             )
-            config = Path(tempfile.mkdtemp(prefix="mha-bench-")) / "agent.toml"
+            workdir = Path(tempfile.mkdtemp(prefix="mha-bench-"))
+            config = workdir / "agent.toml"
             specs = ", ".join(f'"{a}@eth0"' for a in addresses)
             config.write_text(f"vips = [{specs}]\n")
             agents = {}
             for name in ("h1", "h2", "h3"):
                 lab[name].spawn([sys.executable, "-c", banner, name])
+                # Events go to a file: a pipe nobody reads would block the agent.
+                events = (workdir / f"{name}.events").open("wb")
                 agents[name] = lab[name].spawn([
                     sys.executable, "-m", "mhafail", "agent", "--config", str(config),
                     "--zk", zk.address, "--cluster", "scale", "--node", name,
                     "--session-timeout", str(session), "--rebalance", "immediate", "--zk-open",
-                    "--zk-tick", "0.15",
-                ])  # fmt: skip
+                    "--zk-tick", "0.15", "--events",
+                ], stdout=events)  # fmt: skip
+                events.close()
             client = lab["c1"].netns
-            owners = run_in_netns(client, _sweep, addresses, 60.0, set())
-            victim = max({"h1", "h2", "h3"}, key=lambda n: list(owners.values()).count(n))
-            mine = [a for a, n in owners.items() if n == victim]
+            # Wait for the balance (a third each): the first agent up takes
+            # everything, and rebalancing hands two thirds over.
+            share = -(-vips // 3)
+            end = time.monotonic() + 120
+            while True:
+                owners = run_in_netns(client, _sweep, addresses, 60.0, set())
+                held = [node for node, _ in owners.values()]
+                if max(map(held.count, ("h1", "h2", "h3"))) <= share or time.monotonic() > end:
+                    break
+                time.sleep(0.5)
+            time.sleep(1.0)  # the announcements of the last moves are over
+            victim = max({"h1", "h2", "h3"}, key=held.count)
+            mine = [a for a, (n, _) in owners.items() if n == victim]
+            crash = time.monotonic()
             os.killpg(agents[victim].pid, signal.SIGKILL)
             lab[victim].link_down()
             start = time.monotonic()
             after = run_in_netns(client, _sweep, mine, 60.0, {victim})
             took = time.monotonic() - start
+            survivors = sorted({n for n, _ in after.values()})
             print(f"{vips}-VIP takeover: {len(mine)} VIPs of {victim} answered from survivors "
-                  f"({sorted(set(after.values()))}) {took * 1000:.0f} ms after the crash "
+                  f"({survivors}) {took * 1000:.0f} ms after the crash "
                   f"(session timeout {session:g} s)")  # fmt: skip
+            time.sleep(0.5)  # let the survivors' event threads write their last steps
+            print(f"trace (ms after the SIGKILL of {victim}'s agent):")
+            for name in survivors:
+                steps = _steps(workdir / f"{name}.events", crash)
+                line = ", ".join(f"{step} {at:.0f} ({count})" for step, at, count in steps)
+                print(f"  {name}: {line or 'no step events (an agent without on_step)'}")
+            times = sorted((t - crash) * 1000 for _, t in after.values())
+            if times:
+                print(f"  client: first answer from a survivor {times[0]:.0f}, "
+                      f"median {times[len(times) // 2]:.0f}, last {times[-1]:.0f}")  # fmt: skip
             for name in ("h1", "h2", "h3"):
                 lab[name].stop_processes()  # agents first, while ZooKeeper still runs
 
 
-def _sweep(addresses: list[str], timeout: float, exclude: set[str]) -> dict[str, str]:
-    """Connect to every address until each answers from a node not in ``exclude``."""
-    answered: dict[str, str] = {}
+def plumbing(count: int, rounds: int = 5) -> None:
+    """The agent's own cost of taking ``count`` VIPs: plumb, announce, remove (one namespace).
+
+    Best of ``rounds``, in ms: one batch each, and one address at a time
+    (what a takeover cost before the batches).
+    """
+    from mhafail.vip import NetlinkPlumber, parse_vip
+
+    vips = [parse_vip(f"198.18.{1 + i // 250}.{1 + i % 250}@eth0") for i in range(count)]
+
+    def measure() -> dict[str, float]:
+        plumber = NetlinkPlumber()
+        best: dict[str, float] = {}
+
+        def timed(label: str, fn: Callable[[], object]) -> None:
+            start = time.perf_counter()
+            fn()
+            took = (time.perf_counter() - start) * 1000
+            best[label] = min(best.get(label, took), took)
+
+        try:
+            for _ in range(rounds):
+                timed("add one by one", lambda: [plumber.ensure_present(v, 3.0) for v in vips])
+                timed("announce one by one", lambda: [plumber.announce(v) for v in vips])
+                timed("remove one by one", lambda: [plumber.ensure_absent(v) for v in vips])
+                if hasattr(plumber, "ensure_present_many"):
+                    timed("add batch", lambda: plumber.ensure_present_many(vips, 3.0))
+                    timed("announce burst", lambda: plumber.announce_many(vips))
+                    timed("remove batch", lambda: plumber.ensure_absent_many(vips))
+        finally:
+            plumber.close()
+        return best
+
+    with NetnsLab(hosts=1, ipv6=False) as lab:
+        best = run_in_netns(lab["h1"].netns, measure)
+    print(f"plumbing {count} VIPs in one namespace (best of {rounds}, ms): "
+          + ", ".join(f"{label} {ms:.1f}" for label, ms in best.items()))  # fmt: skip
+
+
+def _steps(path: Path, crash: float) -> list[tuple[str, float, int]]:
+    """The step events after ``crash`` in an agent's event file: (step, ms, count)."""
+    found = []
+    for line in path.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "step" and event["at"] >= crash:
+            found.append((event["step"], (event["at"] - crash) * 1000, int(event["count"])))
+    return sorted(found, key=lambda s: s[1])
+
+
+def _sweep(addresses: list[str], timeout: float, exclude: set[str]) -> dict[str, tuple[str, float]]:
+    """Connect to every address until each answers from a node not in ``exclude``.
+
+    Returns address -> (node, monotonic time of its first such answer). A
+    round lasts at most 20 ms: a connection whose SYN went to the dead
+    owner's MAC is given up and retried after the next announcement.
+    """
+    answered: dict[str, tuple[str, float]] = {}
     end = time.monotonic() + timeout
     while len(answered) < len(addresses) and time.monotonic() < end:
         sel = selectors.DefaultSelector()
@@ -144,7 +238,7 @@ def _sweep(addresses: list[str], timeout: float, exclude: set[str]) -> dict[str,
             sock.setblocking(False)
             sock.connect_ex((address, 2525))
             sel.register(sock, selectors.EVENT_READ, address)
-        deadline = time.monotonic() + 0.1
+        deadline = time.monotonic() + 0.02
         while sel.get_map() and time.monotonic() < deadline:
             for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
                 sock = key.fileobj
@@ -154,7 +248,7 @@ def _sweep(addresses: list[str], timeout: float, exclude: set[str]) -> dict[str,
                 except OSError:
                     node = ""
                 if node and node not in exclude:
-                    answered[key.data] = node
+                    answered[key.data] = (node, time.monotonic())
                 sel.unregister(sock)
                 sock.close()
         for key in list(sel.get_map().values()):
@@ -170,6 +264,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one trial each, 30 VIPs")
     parser.add_argument("--harness", type=Path, default=REPO.parent / "shared" / "peers")
     parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--vips", type=int, help="VIPs in part 2 (default 300, 30 with --quick)")
+    parser.add_argument("--scale-trials", type=int, default=1, help="takeovers in part 2")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_vip_failover needs root (network namespaces)")
@@ -178,8 +274,10 @@ def main() -> None:
         if not (args.harness / "failover_bench.py").exists():
             raise SystemExit(f"no harness at {args.harness} (use --harness or --skip-peers)")
         side_by_side(args.harness, trials)
-    vips = 30 if args.quick else 300
-    scale(vips, 3.0)
+    vips = args.vips or (30 if args.quick else 300)
+    plumbing(vips // 3)
+    for _ in range(args.scale_trials):
+        scale(vips, 3.0)
 
 
 if __name__ == "__main__":

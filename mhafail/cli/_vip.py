@@ -316,6 +316,7 @@ def _agent(args: argparse.Namespace) -> int:
     )
     manager.on_acquire(lambda v: event("acquire", address=v.key))
     manager.on_release(lambda v: event("release", address=v.key))
+    manager.on_step(lambda step, at, count: event("step", step=step, at=at, count=count))
     try:
         manager.start()
     except Exception:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
@@ -187,6 +187,34 @@ class FakePlumber:
             self.network.record(self.host, "remove", vip.key)
             return True
 
+    def ensure_present_many(
+        self, vips: Sequence[Vip], valid_for: float | None = None
+    ) -> frozenset[str]:
+        """Add ``vips`` like :meth:`ensure_present`, all or nothing, like the netlink plumber.
+
+        Every interface is checked before anything changes; if an add fails
+        the ones this call added are removed again and the error is raised.
+        """
+        with self._lock:
+            for vip in vips:
+                self._iface(vip.interface)
+        added: list[Vip] = []
+        try:
+            for vip in vips:
+                # Through the single-address method, so that subclasses that
+                # stall or fail there (tests) do so in batches too.
+                if self.ensure_present(vip, valid_for):
+                    added.append(vip)
+        except PlumbingError:
+            for vip in added:
+                self.ensure_absent(vip)
+            raise
+        return frozenset(v.key for v in added)
+
+    def ensure_absent_many(self, vips: Sequence[Vip]) -> frozenset[str]:
+        """Remove ``vips`` like :meth:`ensure_absent`; return the ones removed now."""
+        return frozenset(v.key for v in vips if self.ensure_absent(v))
+
     def announce(self, vip: Vip) -> None:
         """Record an announcement."""
         with self._lock:
@@ -194,6 +222,22 @@ class FakePlumber:
             if vip.key not in self._iface(vip.interface):
                 raise PlumbingError(f"announce {vip.key}: not plumbed")
         self.network.announcements.append((time.monotonic(), self.host, vip.key))
+
+    def announce_many(
+        self, vips: Sequence[Vip], still_valid: Callable[[], bool] = lambda: True
+    ) -> None:
+        """Record announcements in order, asking ``still_valid()`` before each."""
+        failed = []
+        for vip in vips:
+            if not still_valid():
+                break
+            try:
+                self.announce(vip)
+            except PlumbingError as exc:
+                failed.append(str(exc))
+        if failed:
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise PlumbingError(f"{failed[0]}{more}")
 
     def addresses(self, interface: str) -> frozenset[str]:
         """The interface's own addresses plus the plumbed VIPs."""

@@ -21,6 +21,8 @@ NA_FLAG_OVERRIDE = 0x20000000
 ALL_NODES = "ff02::1"
 IPV6_MULTICAST_IF = 17
 IPV6_MULTICAST_HOPS = 18
+ICMP6_FILTER = 1
+_BLOCK_ALL = b"\xff" * 32  # struct icmp6_filter: a set bit blocks that type
 
 
 def arp_frames(mac: bytes, ip: str) -> list[bytes]:
@@ -65,19 +67,38 @@ def packet_socket(interface: str) -> socket.socket:
     return sock
 
 
-def send_gratuitous_arp(sock: socket.socket, interface: str, ip: str) -> None:
-    """Broadcast a gratuitous ARP request and reply for ``ip`` through ``sock``."""
-    mac = interface_mac(interface)
+def send_gratuitous_arp(sock: socket.socket, mac: bytes, ip: str) -> None:
+    """Broadcast a gratuitous ARP request and reply for ``ip`` at ``mac`` through ``sock``."""
     for frame in arp_frames(mac, ip):
         sock.send(frame)
 
 
-def send_unsolicited_na(interface: str, index: int, ip: str) -> None:
-    """Send an unsolicited NA for ``ip`` to all nodes on ``interface``."""
-    mac = interface_mac(interface)
-    with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as sock:
+def icmp6_socket(interface: str, index: int) -> socket.socket:
+    """A raw ICMPv6 socket for unsolicited NAs on ``interface`` (kept open and reused).
+
+    Not bound to an address: each NA names its source (the VIP) with
+    ``IPV6_PKTINFO``, so one socket serves every VIP on the interface.
+    """
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    try:
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MULTICAST_HOPS, 255)
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MULTICAST_IF, index)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
-        sock.bind((ip, 0, 0, index))
-        sock.sendto(na_message(mac, ip), (ALL_NODES, 0, 0, index))
+        # It only sends: without a filter it would queue a copy of every
+        # ICMPv6 packet on the interface until its buffer is full.
+        sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, _BLOCK_ALL)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def send_unsolicited_na(sock: socket.socket, mac: bytes, index: int, ip: str) -> None:
+    """Send an unsolicited NA for ``ip`` (also its source) to all nodes through ``sock``."""
+    pktinfo = struct.pack("=16sI", ipaddress.IPv6Address(ip).packed, index)
+    sock.sendmsg(
+        [na_message(mac, ip)],
+        [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, pktinfo)],
+        0,
+        (ALL_NODES, 0, 0, index),
+    )

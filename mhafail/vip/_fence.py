@@ -196,24 +196,34 @@ class FenceProcess:
     # --- messages -----------------------------------------------------------------
 
     def manage(self, vip: Vip) -> bool:
-        """Tell the fence ``vip`` is about to be plumbed; False means do not plumb it.
+        """Tell the fence ``vip`` is about to be plumbed; False means do not plumb it."""
+        return self.manage_many([vip])
 
-        Returns True only when the fence is healthy and the whole message was
+    def manage_many(self, vips: Sequence[Vip]) -> bool:
+        """Tell the fence ``vips`` are about to be plumbed, in one write; False: plumb none.
+
+        Returns True only when the fence is healthy and every message was
         handed to it.
         """
         deadline = self._deadline() or 0.0
         with self._lock:
             if self._proc is None or self._failure is not None:
                 return False
-            self._pending += f"manage {vip.interface} {vip.key} {deadline:.6f}\n".encode()
+            for vip in vips:
+                self._pending += f"manage {vip.interface} {vip.key} {deadline:.6f}\n".encode()
             self._flush_locked(self._proc)
             return not self._pending
 
     def unmanage(self, vip: Vip) -> None:
         """Tell the fence ``vip`` was removed (best effort, never blocks)."""
+        self.unmanage_many([vip])
+
+    def unmanage_many(self, vips: Sequence[Vip]) -> None:
+        """Tell the fence ``vips`` were removed, in one write (best effort, never blocks)."""
         with self._lock:
-            if self._proc is not None:
-                self._pending += f"unmanage {vip.interface} {vip.key}\n".encode()
+            if self._proc is not None and vips:
+                for vip in vips:
+                    self._pending += f"unmanage {vip.interface} {vip.key}\n".encode()
                 self._flush_locked(self._proc)
 
     def _flush_locked(self, proc: subprocess.Popen[bytes]) -> None:

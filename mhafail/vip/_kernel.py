@@ -12,6 +12,12 @@ checked again after every step that can stall: after the fence notice and
 the netlink call of an add (an add that finds the lease gone is undone at
 once), and immediately before every announcement. Addresses carry a kernel
 lifetime renewed from the lease, so even a frozen process loses them.
+
+Adds come in batches (a mass takeover plumbs hundreds of VIPs at once):
+the fence is told about every address of the batch before any is plumbed,
+the plumber adds them all or none, the lease is checked once more after
+the batch and the whole batch is undone if it ended, and the first
+announcements go out as one burst, the lease asked before each address.
 """
 
 from __future__ import annotations
@@ -22,12 +28,30 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+import attrs
+
 from mhafail.errors import PlumbingError
 from mhafail.vip._fence import FenceProcess
 from mhafail.vip._plumber import Plumber
 from mhafail.vip._spec import Vip
 
 logger = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Added:
+    """What one :meth:`Kernel.add_many` did.
+
+    Attributes:
+        plumbed: the VIPs of the call that are plumbed now (before or by this call).
+        new: the VIPs this call plumbed.
+        steps: ``(step, time.monotonic())`` when each step ended: ``fenced``
+            (the fence was told), ``plumbed``, ``announced`` (the first burst).
+    """
+
+    plumbed: tuple[Vip, ...] = ()
+    new: tuple[Vip, ...] = ()
+    steps: tuple[tuple[str, float], ...] = ()
 
 
 class Kernel:
@@ -92,36 +116,73 @@ class Kernel:
 
         Schedules its announcements when it was not plumbed before.
         """
+        return bool(self.add_many([vip]).plumbed)
+
+    def add_many(self, vips: Sequence[Vip]) -> Added:
+        """Plumb ``vips`` in one batch if the lease is valid; see :class:`Added`.
+
+        Under the lock, in this order: the lease is checked; the fence is
+        told about every new address (nothing is plumbed if it refuses);
+        the lease is checked again; the plumber adds them all or none; the
+        lease is checked once more and the whole batch is undone if it
+        ended meanwhile; the first announcements go out as one burst, the
+        lease asked before each address.
+
+        Raises:
+            PlumbingError: the plumber refused the batch (nothing of it is plumbed).
+        """
+        steps: list[tuple[str, float]] = []
         with self._lock:
-            if vip.key in self._plumbed:
-                return True
-            if self._closed or not self._lease_valid():
-                return False
-            if self._fence is not None and not self._fence.manage(vip):
-                logger.warning("not plumbing %s: the fence is not working", vip.key)
-                return False
+            before = tuple(v for v in vips if v.key in self._plumbed)
+            fresh = list({v.key: v for v in vips if v.key not in self._plumbed}.values())
+            if not fresh or self._closed or not self._lease_valid():
+                return Added(plumbed=before)
+            if self._fence is not None and not self._fence.manage_many(fresh):
+                logger.warning("not plumbing %d VIP(s): the fence is not working", len(fresh))
+                return Added(plumbed=before)
+            steps.append(("fenced", time.monotonic()))
             valid_for = self._valid_for()
-            if self._lease_deadline is not None and valid_for is None:
-                return False  # the lease ended while the fence was told
-            self.plumber.ensure_present(vip, valid_for)
-            if not self._lease_valid():
-                # Stalled between the check and the add: the address may now
-                # outlive the session. Undo before anyone can see it used.
-                self.plumber.ensure_absent(vip)
+            if not self._lease_valid() or (self._lease_deadline is not None and valid_for is None):
+                return Added(plumbed=before)  # the lease ended while the fence was told
+            try:
+                self.plumber.ensure_present_many(fresh, valid_for)
+            except PlumbingError:
                 if self._fence is not None:
-                    self._fence.unmanage(vip)
-                logger.warning("%s: the lease ended while plumbing; removed again", vip.key)
-                return False
-            self._plumbed[vip.key] = vip
-            generation = self._generation.get(vip.key, 0) + 1
-            self._generation[vip.key] = generation
+                    self._fence.unmanage_many(fresh)  # the plumber undid its part
+                raise
+            if not self._lease_valid():
+                # Stalled between the check and the adds: the addresses may now
+                # outlive the session. Undo before anyone can see them used.
+                self._undo(fresh)
+                return Added(plumbed=before)
+            steps.append(("plumbed", time.monotonic()))
+            queued = []
+            for vip in fresh:
+                self._plumbed[vip.key] = vip
+                generation = self._generation.get(vip.key, 0) + 1
+                self._generation[vip.key] = generation
+                queued.append((vip.key, generation))
             if self._schedule and self._schedule[0] <= 0:
-                # The first announcement goes out at once, from here: the lease
+                # The first announcements go out at once, from here: the lease
                 # was checked under this lock a moment ago, and a thread
                 # hand-off would only delay clients.
-                self._send(vip)
-        self._queue_announcements(vip.key, generation, skip_first=True)
-        return True
+                self._send(fresh)
+                steps.append(("announced", time.monotonic()))
+        self._queue_announcements(queued, skip_first=True)
+        return Added(plumbed=before + tuple(fresh), new=tuple(fresh), steps=tuple(steps))
+
+    def _undo(self, vips: list[Vip]) -> None:
+        """Remove a batch added after the lease ended (lock held)."""
+        try:
+            self.plumber.ensure_absent_many(vips)
+        except PlumbingError:
+            # The fence still manages them and its deadline has passed: it
+            # removes them within milliseconds.
+            logger.exception("could not undo an add after the lease ended")
+            return
+        if self._fence is not None:
+            self._fence.unmanage_many(vips)
+        logger.warning("%d VIP(s): the lease ended while plumbing; removed again", len(vips))
 
     def remove(self, vip: Vip) -> bool:
         """Unplumb ``vip`` (idempotent); return True if it was plumbed by us."""
@@ -133,19 +194,28 @@ class Kernel:
         return was
 
     def remove_all(self) -> list[Vip]:
-        """Unplumb everything (lease expiry, shutdown); return what was plumbed."""
-        removed = []
+        """Unplumb everything in one batch (lease expiry, shutdown); return what was plumbed."""
         with self._lock:
-            for vip in list(self._plumbed.values()):
-                try:
-                    self.plumber.ensure_absent(vip)
-                except PlumbingError:
-                    logger.exception("could not remove %s; the fence will retry", vip.key)
-                    continue
+            vips = list(self._plumbed.values())
+            if not vips:
+                return []
+            try:
+                self.plumber.ensure_absent_many(vips)
+                removed = vips
+            except PlumbingError:
+                # Find out which ones resist; the rest go one by one.
+                removed = []
+                for vip in vips:
+                    try:
+                        self.plumber.ensure_absent(vip)
+                    except PlumbingError:
+                        logger.exception("could not remove %s; the fence will retry", vip.key)
+                        continue
+                    removed.append(vip)
+            for vip in removed:
                 del self._plumbed[vip.key]
-                if self._fence is not None:
-                    self._fence.unmanage(vip)
-                removed.append(vip)
+            if self._fence is not None:
+                self._fence.unmanage_many(removed)
         return removed
 
     def verify(self, vips: Sequence[Vip]) -> tuple[list[str], list[str]]:
@@ -234,18 +304,21 @@ class Kernel:
                     return
             self.renew_lifetimes()
 
-    def _queue_announcements(self, address: str, generation: int, *, skip_first: bool) -> None:
+    def _queue_announcements(self, queued: list[tuple[str, int]], *, skip_first: bool) -> None:
+        """Schedule the announcements of ``(address, generation)`` pairs, all from now."""
         now = time.monotonic()
         offsets = self._schedule
         if skip_first and offsets and offsets[0] <= 0:
             offsets = offsets[1:]
         with self._cond:
             for offset in offsets:
-                self._seq += 1
-                heapq.heappush(self._queue, (now + offset, self._seq, address, generation))
+                for address, generation in queued:
+                    self._seq += 1
+                    heapq.heappush(self._queue, (now + offset, self._seq, address, generation))
             self._cond.notify_all()
 
     def _announcer(self) -> None:
+        """Send what is due, as one burst (a takeover's VIPs fall due together)."""
         while True:
             with self._cond:
                 while not self._stopping and (
@@ -255,28 +328,32 @@ class Kernel:
                     self._cond.wait(timeout)
                 if self._stopping:
                     return
-                _, _, address, generation = heapq.heappop(self._queue)
-            self._announce(address, generation)
+                now = time.monotonic()
+                due = []
+                while self._queue and self._queue[0][0] <= now:
+                    _, _, address, generation = heapq.heappop(self._queue)
+                    due.append((address, generation))
+            self._announce(due)
 
-    def _announce(self, address: str, generation: int) -> None:
+    def _announce(self, due: list[tuple[str, int]]) -> None:
         with self._lock:
-            vip = self._plumbed.get(address)
-            # Only the current plumbing of a VIP, and only while the lease is
-            # valid: a resumed process must not pull clients to an address it
-            # is about to lose (DESIGN.md rule 1).
-            if vip is None or self._generation.get(address) != generation:
-                return
-            if not self._lease_valid():
-                return
-            self._send(vip)
+            # Only the current plumbing of a VIP: a resumed process must not
+            # pull clients to an address it is about to lose (DESIGN.md rule 1);
+            # _send asks the lease before each one.
+            vips = [
+                self._plumbed[address]
+                for address, generation in due
+                if address in self._plumbed and self._generation.get(address) == generation
+            ]
+            self._send(vips)
 
-    def _send(self, vip: Vip) -> None:
-        # Called with the lock held. The lease is checked here, immediately
-        # before the packet: a stale announcement would pull clients to an
-        # address this node is about to lose (DESIGN.md rule 1).
-        if not self._lease_valid():
+    def _send(self, vips: list[Vip]) -> None:
+        # Called with the lock held. The plumber asks the lease immediately
+        # before each address's packets: a stale announcement would pull
+        # clients to an address this node is about to lose (DESIGN.md rule 1).
+        if not vips or not self._lease_valid():
             return
         try:
-            self.plumber.announce(vip)
+            self.plumber.announce_many(vips, self._lease_valid)
         except PlumbingError:
-            logger.exception("announcement of %s failed", vip.key)
+            logger.exception("announcement failed")

@@ -43,7 +43,7 @@ from mhafail.coordination import (
     Znode,
     Znodes,
 )
-from mhafail.errors import CoordinationError, InvalidVipSpec, VipError
+from mhafail.errors import CoordinationError, InvalidVipSpec, PlumbingError, VipError
 from mhafail.vip._fence import FenceProcess
 from mhafail.vip._kernel import Kernel
 from mhafail.vip._paths import (
@@ -61,7 +61,10 @@ from mhafail.vip._spec import Vip, VipKind, validate_vips
 
 logger = logging.getLogger(__name__)
 
+MEMBERS = "members"  # Membership's folder (mhafail.coordination), read with the claims
+
 VipCallback = Callable[[Vip], None]
+StepCallback = Callable[[str, float, int], None]
 
 
 @attrs.frozen
@@ -143,6 +146,9 @@ class VipManager:
     _acquire: list[VipCallback] = attrs.field(init=False, factory=list)
     _release: list[VipCallback] = attrs.field(init=False, factory=list)
     _pre_release: list[VipCallback] = attrs.field(init=False, factory=list)
+    _steps: list[StepCallback] = attrs.field(init=False, factory=list)
+    _members: frozenset[str] = attrs.field(init=False, default=frozenset())
+    _departed: frozenset[str] = attrs.field(init=False, default=frozenset())
     _last: PassResult = attrs.field(init=False, factory=PassResult)
     _last_full_result: PassResult = attrs.field(init=False, factory=PassResult)
     _full_passes: int = attrs.field(init=False, default=0)
@@ -166,6 +172,19 @@ class VipManager:
         when the lease expires (there is no time then).
         """
         self._pre_release.append(hook)
+
+    def on_step(self, callback: StepCallback) -> None:
+        """Call ``callback(step, at, count)`` as a takeover progresses (tracing, benchmarks).
+
+        ``at`` is the ``time.monotonic()`` reading when the step ended;
+        ``count`` how many VIPs (or members) it concerned. Steps:
+        ``member-left`` (a member's session ended, as seen here),
+        ``pass`` (the converge pass that made claims began), ``claimed``
+        (this node's claims created), ``fenced`` (the fence was
+        told), ``plumbed`` and ``announced`` (the first burst). Runs on the
+        event thread, like the other callbacks.
+        """
+        self._steps.append(callback)
 
     def owned(self) -> frozenset[Vip]:
         """The VIPs this node holds now (claimed and plumbed)."""
@@ -204,12 +223,13 @@ class VipManager:
             CoordinationUnavailable: ZooKeeper could not be asked.
         """
         self._me = self.membership.info.name
+        self._members = frozenset(self.membership.view.names)
         # The plumber leaves out addresses it marked as its own (an earlier
         # agent's leftovers): they are not the host's, and go just below.
         host = self.plumber.interfaces() if self.validate_host else None
         self._by_key = {v.key: v for v in validate_vips(list(self.vips), host_addresses=host)}
-        for vip in self._by_key.values():
-            self.plumber.ensure_absent(vip)  # clean slate: nothing is ours before we claim
+        # Clean slate: nothing is ours before we claim.
+        self.plumber.ensure_absent_many(list(self._by_key.values()))
         self._kernel = Kernel(
             self.plumber,
             self.coordinator.lease_valid,
@@ -321,6 +341,11 @@ class VipManager:
             for cb in list(callbacks):
                 self._events.post(cb, vip)
 
+    def _step(self, step: str, at: float, count: int) -> None:
+        if self._events is not None:
+            for cb in list(self._steps):
+                self._events.post(cb, step, at, count)
+
     def _on_fence_failure(self, reason: str) -> None:
         """The fence failed (feed thread): drop every address now, recover in a pass."""
         self._fence_failed = reason
@@ -387,6 +412,10 @@ class VipManager:
             for key, claim in self._owners.items():
                 if claim is not None and claim.node not in view and claim.node != self._me:
                     self._owners[key] = None
+            names = frozenset(view.names)
+            gone, self._members = self._members - names, names
+        if gone:
+            self._step("member-left", self._view_changed, len(gone))
         if self._loop is not None:
             self._loop.kick()
 
@@ -453,7 +482,8 @@ class VipManager:
                 for k in owners:
                     self._owners[k] = _claim(fresh[owner_path(k)])
         if declared:
-            lists = z.children_many([declared_path(k) for k in declared])
+            lists = z.children_many([declared_path(k) for k in declared] + [MEMBERS])
+            self._note_members(lists[MEMBERS])
             with self._lock:
                 known = {k: dict(self._declared.get(k, {})) for k in declared}
             wanted = []
@@ -498,7 +528,8 @@ class VipManager:
             self._dirty_declared.clear()
         owner_nodes = z.get_many([owner_path(k) for k in keys])
         target_nodes = z.get_many([target_path(k) for k in keys])
-        lists = z.children_many([declared_path(k) for k in keys])
+        lists = z.children_many([declared_path(k) for k in keys] + [MEMBERS])
+        self._note_members(lists[MEMBERS])
         decl_paths = [declared_path(k, n) for k in keys for n in lists[declared_path(k)] or []]
         decl_nodes = z.get_many(decl_paths)
         declared: dict[str, dict[str, Vip]] = {k: {} for k in keys}
@@ -523,8 +554,23 @@ class VipManager:
             self._full_read_due = False
         self._last_full = time.monotonic()
 
+    def _note_members(self, names: list[str] | None) -> None:
+        """Remember which members of the view ZooKeeper no longer lists (read with the claims).
+
+        A crashed node's member znode, claims and declarations vanish in
+        one session expiry, but the membership view follows several round
+        trips later; until then the survivors would count the dead node
+        as live and have no room below their share for its VIPs (a mass
+        takeover came in two waves, the second after the view).
+        """
+        departed = frozenset(self.membership.view.names) - frozenset(names or [])
+        with self._lock:
+            self._departed = departed
+
     def _snapshot(self) -> tuple[PlacementInput, tuple[str, ...]]:
-        live = frozenset(self.membership.view.names)
+        with self._lock:
+            departed = self._departed
+        live = frozenset(self.membership.view.names) - departed
         with self._lock:
             vips: dict[str, Vip] = {}
             declared_by: dict[str, frozenset[str]] = {}
@@ -599,9 +645,13 @@ class VipManager:
             assert self._loop is not None
             self._loop.kick_after(wait)
         tally = _Tally(plumbed=list(readded))
-        to_claim = []
+        to_claim, to_plumb = [], []
         for key, decision in decisions.items():
             vip = self._by_key[key]
+            if decision.action is Action.HOLD:
+                self._unclaimed_since.pop(key, None)
+                to_plumb.append(vip)  # plumbed below, in one batch with the new claims
+                continue
             if decision.action not in (Action.WAIT, Action.CLAIM):
                 self._unclaimed_since.pop(key, None)
                 self._act(vip, decision, tally)
@@ -614,10 +664,12 @@ class VipManager:
                     continue  # a better-ranked node has its turn first
             self._unclaimed_since.pop(key, None)
             to_claim.append(vip)
-        for vip in self._claim(to_claim):
-            tally.claimed.append(vip.key)
-            if self._plumb(vip):
-                tally.plumbed.append(vip.key)
+        won = self._claim(to_claim)
+        if won:
+            self._step("pass", now, len(won))  # when the pass that claimed them began
+            self._step("claimed", time.monotonic(), len(won))
+        tally.claimed += [vip.key for vip in won]
+        tally.plumbed += self._plumb_many(to_plumb + won)
         self._last = PassResult(
             decisions=tuple(decisions.values()),
             claimed=tuple(tally.claimed),
@@ -632,31 +684,55 @@ class VipManager:
                 self._full_passes += 1
 
     def _act(self, vip: Vip, decision: Decision, tally: _Tally) -> None:
-        """Carry out a HOLD, RELEASE or NONE decision, recording it in ``tally``."""
+        """Carry out a RELEASE or NONE decision, recording it in ``tally``."""
         assert self._kernel is not None
-        if decision.action is Action.HOLD:
-            if self._plumb(vip):
-                tally.plumbed.append(vip.key)
-        elif decision.action is Action.RELEASE:
+        if decision.action is Action.RELEASE:
             self._handover(vip, decision.reason, run_hooks=True)
             tally.released.append(vip.key)
         elif self._kernel.remove(vip):
             logger.warning("%s: removed %s: %s", self._me, vip.key, decision.reason)
             self._emit(self._release, vip)
 
-    def _plumb(self, vip: Vip) -> bool:
-        """Plumb an owned VIP; True when it was newly added."""
+    def _plumb_many(self, vips: list[Vip]) -> list[str]:
+        """Plumb the owned ones of ``vips`` in one batch; return the addresses newly added."""
         assert self._kernel is not None
+        session = self.coordinator.session_id
         with self._lock:
-            claim = self._owners.get(vip.key)
-        if claim is None or claim.node != self._me or claim.session != self.coordinator.session_id:
-            return False
-        before = vip.key in self._kernel.plumbed()
-        if self._kernel.add(vip) and not before:
+            claims = {v.key: self._owners.get(v.key) for v in vips}
+        mine = [
+            v
+            for v in vips
+            if (claim := claims[v.key]) is not None
+            and claim.node == self._me
+            and claim.session == session
+        ]
+        if not mine:
+            return []
+        refused: PlumbingError | None = None
+        try:
+            batches = [self._kernel.add_many(mine)]
+        except PlumbingError as exc:
+            if len(mine) == 1:
+                raise
+            # One refused address must not keep the others off the wire:
+            # one at a time, then report the first refusal (the loop retries).
+            logger.warning("%s: batch of %d refused (%s); one by one", self._me, len(mine), exc)
+            batches = []
+            for vip in mine:
+                try:
+                    batches.append(self._kernel.add_many([vip]))
+                except PlumbingError as single:
+                    refused = refused or single
+        new = [vip for added in batches for vip in added.new]
+        for vip in new:
             logger.info("%s: acquired %s", self._me, vip.key)
             self._emit(self._acquire, vip)
-            return True
-        return False
+        for added in batches:
+            for step, at in added.steps:
+                self._step(step, at, len(added.new))
+        if refused is not None:
+            raise refused
+        return [vip.key for vip in new]
 
     def _claim(self, vips: list[Vip]) -> list[Vip]:
         """Create the claims of ``vips`` (pipelined); return the ones this node now holds."""

@@ -1,9 +1,12 @@
 """Plumbing VIPs into the kernel: the ``Plumber`` protocol and its netlink adapter.
 
-The only module (with ``_announce`` and ``fence``) that touches pyroute2.
-Operations are idempotent and converging (pyroute2's ``ensure`` style): an
-address that is already there counts as added, one that is already gone
-counts as removed.
+The only module (with ``fence``) that touches pyroute2, and only to list
+interfaces at start-up: address changes go over a raw netlink socket
+(``_rtnl``), in batches. Operations are idempotent and converging
+(pyroute2's ``ensure`` style): an address that is already there counts as
+added, one that is already gone counts as removed. A batch of adds is all
+or nothing: if one address is refused, the ones it added are removed again
+before the error is raised, so a failed takeover leaves nothing half-done.
 
 Addresses are always plumbed as host addresses (/32, /128) whatever the
 VIP's declared prefix, so no subnet route appears and the connected
@@ -26,9 +29,10 @@ import contextlib
 import errno
 import functools
 import math
+import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from pyroute2 import IPRoute
@@ -36,7 +40,14 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from mhafail.errors import PlumbingError
-from mhafail.vip._announce import packet_socket, send_gratuitous_arp, send_unsolicited_na
+from mhafail.vip._announce import (
+    icmp6_socket,
+    interface_mac,
+    packet_socket,
+    send_gratuitous_arp,
+    send_unsolicited_na,
+)
+from mhafail.vip._rtnl import Request, Rtnl
 from mhafail.vip._spec import Vip
 
 LABEL_SUFFIX = ":mha"
@@ -63,6 +74,35 @@ class Plumber(Protocol):
 
     def announce(self, vip: Vip) -> None:
         """Tell the LAN that this host now has ``vip`` (GARP or unsolicited NA)."""
+        ...
+
+    def ensure_present_many(
+        self, vips: Sequence[Vip], valid_for: float | None = None
+    ) -> frozenset[str]:
+        """Make every one of ``vips`` present; return the addresses added now.
+
+        All or nothing: when one address is refused (or an interface does
+        not exist), the addresses this call added are removed again before
+        :class:`PlumbingError` is raised.
+        """
+        ...
+
+    def ensure_absent_many(self, vips: Sequence[Vip]) -> frozenset[str]:
+        """Make every one of ``vips`` absent; return the addresses removed now.
+
+        Tries every address; raises :class:`PlumbingError` afterwards,
+        naming the ones that could not be removed.
+        """
+        ...
+
+    def announce_many(
+        self, vips: Sequence[Vip], still_valid: Callable[[], bool] = lambda: True
+    ) -> None:
+        """Announce ``vips`` in one burst; ``still_valid()`` is asked right before each address.
+
+        Stops at the first False. Raises :class:`PlumbingError` after the
+        burst, naming the addresses that could not be announced.
+        """
         ...
 
     def addresses(self, interface: str) -> frozenset[str]:
@@ -137,26 +177,38 @@ def _off_loop(method: F) -> F:
 
 
 class NetlinkPlumber:
-    """A :class:`Plumber` over rtnetlink (pyroute2), for the current network namespace."""
+    """A :class:`Plumber` over rtnetlink, for the current network namespace.
+
+    Address changes go over a raw netlink socket in batches (``_rtnl``):
+    the requests of a batch leave in one system call and their answers are
+    collected afterwards. The interface listing at start-up uses pyroute2.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ipr: Any = _off_loop(IPRoute)()
+        self._ipr: Any = None
+        self._rtnl = _netlink_call("open a netlink socket", Rtnl)
         self._packet: dict[str, socket.socket] = {}
+        self._icmp6: dict[str, socket.socket] = {}
 
     @_off_loop
     def close(self) -> None:
         """Close the netlink and packet sockets."""
         with self._lock:
-            self._ipr.close()
-            for sock in self._packet.values():
+            if self._ipr is not None:
+                self._ipr.close()
+            self._rtnl.close()
+            for sock in [*self._packet.values(), *self._icmp6.values()]:
                 sock.close()
             self._packet.clear()
+            self._icmp6.clear()
 
     @contextlib.contextmanager
     def _netlink(self, what: str) -> Iterator[Any]:
         with self._lock:
             try:
+                if self._ipr is None:
+                    self._ipr = IPRoute()
                 yield self._ipr
             except NetlinkError as exc:
                 hint = _EPERM_HINT if getattr(exc, "code", None) == errno.EPERM else ""
@@ -165,108 +217,167 @@ class NetlinkPlumber:
                 hint = _EPERM_HINT if exc.errno == errno.EPERM else ""
                 raise PlumbingError(f"{what}: {exc}{hint}") from exc
 
-    def _index(self, _ipr: Any, interface: str) -> int:
-        # One ioctl in this process's namespace (the netlink socket's too);
-        # pyroute2's link_lookup dumps every link for each call, and the
-        # fence renews every managed address with it several times a second.
-        try:
-            return socket.if_nametoindex(interface)
-        except (OSError, ValueError):
-            raise PlumbingError(f"interface {interface!r} does not exist") from None
+    def _indexes(self, names: Iterable[str], *, missing: bool) -> dict[str, int | None]:
+        """Interface name -> index, resolved once per batch (one ioctl each, no link dump).
 
-    def _kwargs(self, ipr: Any, vip: Vip, valid_for: float | None) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "index": self._index(ipr, vip.interface),
-            "address": vip.key,
-            "prefixlen": vip.address.max_prefixlen,
-        }
+        Not cached across batches: an interface re-created under the same
+        name gets a new index. A missing interface maps to None when
+        ``missing`` allows it, else it is a :class:`PlumbingError`.
+        """
+        found: dict[str, int | None] = {}
+        for name in names:
+            if name in found:
+                continue
+            try:
+                found[name] = socket.if_nametoindex(name)
+            except (OSError, ValueError) as exc:
+                if not missing:
+                    raise PlumbingError(f"interface {name!r} does not exist") from exc
+                found[name] = None
+        return found
+
+    def _run(self, requests: Sequence[Request], what: str) -> list[int]:
+        return _netlink_call(what, self._rtnl.run, requests)
+
+    def _requests(
+        self, vips: Sequence[Vip], kind: str, index: dict[str, int | None], lifetime: int | None
+    ) -> list[Request]:
+        return [
+            Request(
+                vip=vip,
+                index=index[vip.interface] or 0,
+                kind=kind,
+                label=_label(vip.interface) if vip.family == 4 else None,
+                lifetime=lifetime,
+            )
+            for vip in vips
+        ]
+
+    def ensure_present_many(
+        self, vips: Sequence[Vip], valid_for: float | None = None
+    ) -> frozenset[str]:
+        """Add ``vips`` as host addresses in one batch, all or nothing (see the module notes)."""
+        vips = list(vips)
+        if not vips:
+            return frozenset()
+        index = self._indexes([v.interface for v in vips], missing=False)  # before anything is sent
         lifetime = None if valid_for is None else kernel_lifetime(valid_for)
-        if vip.family == 4:
-            kwargs["label"] = _label(vip.interface)
-            if lifetime is not None:
-                kwargs["valid_lft"] = lifetime
-                kwargs["preferred_lft"] = lifetime
-        else:
-            kwargs["flags"] = IFA_F_NODAD
-            kwargs["preferred_lft"] = 0
-            if lifetime is not None:
-                kwargs["valid_lft"] = lifetime
-        return kwargs
+        what = f"add {_names(vips)}"
+        try:
+            codes = self._run(self._requests(vips, "add", index, lifetime), what)
+        except PlumbingError:
+            # The answers are lost: which adds took effect is unknown.
+            self._undo(vips, index)
+            raise
+        added = [v for v, code in zip(vips, codes, strict=True) if code == 0]
+        failed = [(v, c) for v, c in zip(vips, codes, strict=True) if c not in (0, errno.EEXIST)]
+        existing = [v for v, code in zip(vips, codes, strict=True) if code == errno.EEXIST]
+        if not failed and existing and lifetime is not None:
+            # Already there (a leftover, or a duplicate): take over its lifetime too.
+            try:
+                codes = self._run(self._requests(existing, "replace", index, lifetime), what)
+            except PlumbingError:
+                self._undo(added, index)
+                raise
+            failed = [(v, c) for v, c in zip(existing, codes, strict=True) if c != 0]
+        if failed:
+            self._undo(added, index)
+            raise PlumbingError(_failure("add", failed))
+        return frozenset(v.key for v in added)
 
-    @_off_loop
+    def _undo(self, vips: Sequence[Vip], index: dict[str, int | None]) -> None:
+        """Best-effort removal of what a failed batch may have added."""
+        if vips:
+            with contextlib.suppress(PlumbingError):
+                self._run(self._requests(vips, "del", index, None), "undo")
+
+    def ensure_absent_many(self, vips: Sequence[Vip]) -> frozenset[str]:
+        """Remove ``vips`` in one batch; a missing address or interface is success."""
+        index = self._indexes([v.interface for v in vips], missing=True)
+        there = [v for v in vips if index[v.interface] is not None]
+        if not there:
+            return frozenset()
+        codes = self._run(self._requests(there, "del", index, None), f"remove {_names(there)}")
+        gone = (0, errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV)
+        failed = [(v, c) for v, c in zip(there, codes, strict=True) if c not in gone]
+        if failed:
+            raise PlumbingError(_failure("remove", failed))
+        return frozenset(v.key for v, code in zip(there, codes, strict=True) if code == 0)
+
+    def renew_many(self, vips: Sequence[Vip], valid_for: float) -> None:
+        """Set the kernel lifetime of ``vips`` in one batch (missing ones are re-added)."""
+        index = self._indexes([v.interface for v in vips], missing=False)
+        lifetime = kernel_lifetime(valid_for)
+        codes = self._run(self._requests(vips, "replace", index, lifetime), "renew")
+        failed = [(v, c) for v, c in zip(vips, codes, strict=True) if c != 0]
+        if failed:
+            raise PlumbingError(_failure("renew", failed))
+
     def ensure_present(self, vip: Vip, valid_for: float | None = None) -> bool:
         """Add ``vip`` as a host address on its interface (see the module notes)."""
-        with self._netlink(f"add {vip.key} on {vip.interface}") as ipr:
-            kwargs = self._kwargs(ipr, vip, valid_for)
-            try:
-                ipr.addr("add", **kwargs)
-            except NetlinkError as exc:
-                if exc.code == errno.EEXIST:
-                    if valid_for is not None:
-                        ipr.addr("replace", **kwargs)  # take over its lifetime too
-                    return False
-                raise
-            return True
+        return vip.key in self.ensure_present_many([vip], valid_for)
 
-    @_off_loop
     def renew(self, vip: Vip, valid_for: float) -> None:
         """Set the address's kernel lifetime (it is re-added if it vanished)."""
-        with self._netlink(f"renew {vip.key} on {vip.interface}") as ipr:
-            ipr.addr("replace", **self._kwargs(ipr, vip, valid_for))
+        self.renew_many([vip], valid_for)
 
-    @_off_loop
     def ensure_absent(self, vip: Vip) -> bool:
         """Remove ``vip`` from its interface; a missing address or interface is success."""
-        with self._netlink(f"remove {vip.key} from {vip.interface}") as ipr:
-            try:
-                index = socket.if_nametoindex(vip.interface)
-            except (OSError, ValueError):
-                return False  # the interface is gone, and the address with it
-            try:
-                ipr.addr(
-                    "del",
-                    index=index,
-                    address=vip.key,
-                    prefixlen=vip.address.max_prefixlen,
-                )
-            except NetlinkError as exc:
-                if exc.code in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
-                    return False
-                raise
-            return True
+        return vip.key in self.ensure_absent_many([vip])
 
-    @_off_loop
     def announce(self, vip: Vip) -> None:
         """Send a gratuitous ARP (request and reply) or an unsolicited NA for ``vip``."""
-        try:
-            if vip.family == 4:
-                self._arp(vip)
-            else:
-                with self._netlink(f"index of {vip.interface}") as ipr:
-                    index = self._index(ipr, vip.interface)
-                send_unsolicited_na(vip.interface, index, vip.key)
-        except OSError as exc:
-            raise PlumbingError(f"announce {vip.key} on {vip.interface}: {exc}") from exc
+        self.announce_many([vip])
 
-    def _arp(self, vip: Vip) -> None:
+    def announce_many(
+        self, vips: Sequence[Vip], still_valid: Callable[[], bool] = lambda: True
+    ) -> None:
+        """Announce ``vips``: one socket per interface, reused; the lease asked before each."""
+        failed: list[str] = []
+        macs: dict[str, bytes] = {}
         with self._lock:
-            sock = self._packet.get(vip.interface)
-            if sock is None:
-                sock = self._packet[vip.interface] = packet_socket(vip.interface)
+            for vip in vips:
+                if not still_valid():
+                    break
+                try:
+                    if vip.interface not in macs:
+                        macs[vip.interface] = interface_mac(vip.interface)
+                    self._send(vip, macs[vip.interface])
+                except OSError as exc:
+                    failed.append(f"{vip.key} on {vip.interface}: {exc}")
+        if failed:
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise PlumbingError(f"announce {failed[0]}{more}")
+
+    def _send(self, vip: Vip, mac: bytes) -> None:
+        """Send one announcement (lock held); re-open a socket once if its interface changed."""
+        for attempt in (1, 2):
             try:
-                send_gratuitous_arp(sock, vip.interface, vip.key)
+                if vip.family == 4:
+                    sock = self._packet.get(vip.interface)
+                    if sock is None:
+                        sock = self._packet[vip.interface] = packet_socket(vip.interface)
+                    send_gratuitous_arp(sock, mac, vip.key)
+                else:
+                    index = socket.if_nametoindex(vip.interface)
+                    sock = self._icmp6.get(vip.interface)
+                    if sock is None:
+                        sock = self._icmp6[vip.interface] = icmp6_socket(vip.interface, index)
+                    send_unsolicited_na(sock, mac, index, vip.key)
+                return
             except OSError:
                 # The interface was re-created under us: bind a new socket once.
-                sock.close()
-                sock = self._packet[vip.interface] = packet_socket(vip.interface)
-                send_gratuitous_arp(sock, vip.interface, vip.key)
+                stale = (self._packet if vip.family == 4 else self._icmp6).pop(vip.interface, None)
+                if stale is not None:
+                    stale.close()
+                if attempt == 2:
+                    raise
 
-    @_off_loop
     def addresses(self, interface: str) -> frozenset[str]:
         """Every address on ``interface``."""
-        with self._netlink(f"list {interface}") as ipr:
-            index = self._index(ipr, interface)
-            return frozenset(str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(index=index))
+        index = self._indexes([interface], missing=False)[interface]
+        dump = _netlink_call(f"list {interface}", self._rtnl.addresses, index)
+        return frozenset(address for _, address in dump)
 
     @_off_loop
     def interfaces(self) -> dict[str, list[str]]:
@@ -281,6 +392,34 @@ class NetlinkPlumber:
                 if name is not None and not _ours(a, name):
                     result[name].append(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
             return result
+
+
+def _names(vips: Sequence[Vip]) -> str:
+    """``198.18.0.200 on eth0`` for one VIP, a count for several (error messages)."""
+    if len(vips) == 1:
+        return f"{vips[0].key} on {vips[0].interface}"
+    return f"{len(vips)} addresses"
+
+
+def _failure(what: str, failed: Sequence[tuple[Vip, int]]) -> str:
+    """An error message naming the first refused address, the reason, and how many more."""
+    vip, code = failed[0]
+    hint = _EPERM_HINT if code == errno.EPERM else ""
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    preposition = "from" if what == "remove" else "on"
+    return f"{what} {vip.key} {preposition} {vip.interface}: {os.strerror(code)}{hint}{more}"
+
+
+T = TypeVar("T")
+
+
+def _netlink_call(what: str, fn: Callable[..., T], *args: Any) -> T:
+    """Call ``fn``; socket failures become :class:`PlumbingError` naming ``what``."""
+    try:
+        return fn(*args)
+    except OSError as exc:
+        hint = _EPERM_HINT if exc.errno == errno.EPERM else ""
+        raise PlumbingError(f"{what}: {exc}{hint}") from exc
 
 
 def _ours(msg: Any, interface: str) -> bool:

@@ -329,3 +329,23 @@ def test_stop_is_bounded_while_zookeeper_is_unreachable(
     took = time.monotonic() - start
     assert holder(network, A) is None
     assert took < 3.0, f"stop took {took:.2f} s"
+
+
+def test_a_survivor_takes_a_failed_nodes_vips_over_in_batches(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """The VIPs of a node cut off from ZooKeeper are plumbed on the survivor in few batches."""
+    addresses = [f"198.18.0.{100 + i}" for i in range(20)]
+    nodes = {n: cluster(n, addresses) for n in ("n1", "n2")}
+    wait_for(lambda: all(holder(network, a) is not None for a in addresses))
+    wait_for(lambda: {holder(network, a) for a in addresses} == {"n1", "n2"})
+    steps: list[tuple[str, int]] = []
+    nodes["n2"].manager.on_step(lambda step, _at, count: steps.append((step, count)))
+    lost = [a for a in addresses if holder(network, a) == "n1"]
+    nodes["n1"].proxy.cut()
+    wait_for(lambda: all(holder(network, a) == "n2" for a in addresses))
+    wait_for(lambda: sum(c for s, c in steps if s == "plumbed") == len(lost))
+    plumbed = [c for s, c in steps if s == "plumbed"]
+    assert len(plumbed) <= max(1, len(lost) // 2), steps  # not one netlink call per VIP
+    assert ("member-left", 1) in steps
+    assert all(network.max_holders(a) == 1 for a in addresses)
