@@ -243,7 +243,7 @@ class NodeServices:
         self._started("binding", binding, binding.close)
         coordinator = Coordinator(
             hosts=s.zk, cluster=s.cluster, session_timeout=s.session_timeout,
-            credentials=credentials,
+            credentials=credentials, open_acl=s.open_acl,
         ).start()  # fmt: skip
         self._started("coordinator", coordinator, coordinator.stop)
         endpoints: dict[str, str] = {}

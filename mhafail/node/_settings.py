@@ -66,6 +66,8 @@ class NodeSettings:
         config_dir: this node's config directory (needed for a config
             repository).
         zk_auth: the node credentials file (``mhafail zk credentials``).
+        open_acl: run without ZooKeeper credentials and ACLs (a throwaway
+            ZooKeeper in tests); exactly one of ``zk_auth`` and ``open_acl``.
         secret_file: the cluster secret for the jlog and audit ports.
         vips: the VIPs this node may carry (specs or :class:`Vip` values).
         managers: log manager names (a jlog subscriber each).
@@ -88,6 +90,7 @@ class NodeSettings:
     root: Path = attrs.field(converter=Path)
     config_dir: Path | None = attrs.field(default=None, converter=_optional_path)
     zk_auth: Path | None = attrs.field(default=None, converter=_optional_path)
+    open_acl: bool = False
     secret_file: Path | None = attrs.field(default=None, converter=_optional_path)
     vips: tuple[Vip, ...] = attrs.field(default=(), converter=_vips)
     managers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
@@ -99,6 +102,11 @@ class NodeSettings:
     def __attrs_post_init__(self) -> None:
         if not self.zk.strip():
             raise InvalidArgument("zk: name at least one ZooKeeper host:port")
+        if (self.zk_auth is None) != self.open_acl:
+            raise InvalidArgument(
+                "ZooKeeper credentials: give a credentials file (zk_auth, --zk-auth) or "
+                "choose an open cluster (open_acl, --zk-open), exactly one of them"
+            )
         NodePaths(self.root, self.cluster, self.node)  # checks both names, touches nothing
 
     @property
@@ -116,6 +124,7 @@ class NodeSettings:
         add("--zk", required=True, help="ZooKeeper host:port[,...]")
         add("--cluster", required=True, help="the cluster name")
         add("--zk-auth", help="node credentials file (mhafail zk credentials)")
+        add("--zk-open", action="store_true", help="no ZooKeeper ACLs (throwaway test servers)")
         add("--secret-file", help="cluster secret for the jlog and audit ports")
         add("--node", required=True, help="this node's name")
         add("--address", required=True, help="this node's own address (not a VIP)")
@@ -143,6 +152,7 @@ class NodeSettings:
             root=args.root,
             config_dir=args.config_dir,
             zk_auth=args.zk_auth,
+            open_acl=args.zk_open,
             secret_file=args.secret_file,
             vips=list(args.vip),
             managers=tuple(args.manager),
