@@ -14,7 +14,8 @@ What each piece of mhafail does here (docs/tutorial.md builds it step by step):
 * **Audit series**: every connection counts in a cluster-wide series; a
   client network over its limit gets ``421`` on every node.
 * **Spool**: accepted mail is fenced and durable before the ``250``; a dead
-  node's spool is taken over by a survivor; a fenced node answers ``421``.
+  node's spool is taken over by a survivor; a fenced node answers ``421``
+  until it has taken its spool back (automatically).
 
 :class:`mhafail.node.NodeServices` starts and stops all of it from the
 command line's :class:`~mhafail.node.NodeSettings`; :class:`mhafail.vip.VipServers`

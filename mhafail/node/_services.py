@@ -249,8 +249,10 @@ class NodeServices:
         endpoints: dict[str, str] = {}
         if self.logs:
             paths = {name: s.paths.logs / name for name in self.logs}
+            # Any: mypy's attrs plugin cannot type a field with converter=tuple.
+            managers: Any = s.managers
             jlogs = JlogService(
-                node=s.node, logs=paths, managers=s.managers, host=s.address, secret=secret
+                node=s.node, logs=paths, managers=managers, host=s.address, secret=secret
             ).start()
             self._started("jlogs", jlogs, jlogs.stop)
             endpoints["jlog"] = jlogs.endpoint
@@ -314,8 +316,8 @@ class NodeServices:
             coordinator=coordinator, membership=membership, paths=s.paths,
             spool=queue, lock=lock, grace=s.grace, step=0.5,
         )  # fmt: skip
-        for listener in self._takeover_listeners:
-            takeover.add_listener(listener)
+        for on_event in self._takeover_listeners:
+            takeover.add_listener(on_event)
         self._started("takeover", takeover.start(), takeover.stop)
 
     def _start_vips(self, coordinator: Coordinator, membership: Membership, plumber: Any) -> None:
@@ -366,4 +368,6 @@ class NodeServices:
                 stop()
             except (MhafailError, OSError) as exc:
                 logger.warning("node services: stopping %s failed: %s", name, exc)
+            except Exception:  # a bug in one component must not leave the rest running
+                logger.exception("node services: stopping %s failed", name)
         self._parts.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import attrs
@@ -18,6 +19,12 @@ def _vips(values: object) -> tuple[Vip, ...]:
     if isinstance(values, str | bytes) or not isinstance(values, list | tuple):
         raise InvalidArgument(f"vips {values!r}: must be a list of VIP specs")
     return tuple(v if isinstance(v, Vip) else parse_vip(str(v)) for v in values)
+
+
+def _names(values: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(values, str | bytes):
+        raise InvalidArgument(f"managers {values!r}: must be a list of names")
+    return tuple(values)
 
 
 def _rebalance(value: object) -> RebalancePolicy:
@@ -93,9 +100,11 @@ class NodeSettings:
     open_acl: bool = False
     secret_file: Path | None = attrs.field(default=None, converter=_optional_path)
     vips: tuple[Vip, ...] = attrs.field(default=(), converter=_vips)
-    managers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    managers: tuple[str, ...] = attrs.field(default=(), converter=_names)
     plumber: str = attrs.field(default="netlink", validator=_plumber)
-    rebalance: RebalancePolicy = attrs.field(default="after:30", converter=_rebalance)
+    rebalance: RebalancePolicy = attrs.field(
+        factory=lambda: RebalancePolicy.after(30.0), converter=_rebalance
+    )
     session_timeout: float = attrs.field(default=10.0, validator=_seconds)
     grace: float = attrs.field(default=10.0, validator=_seconds)
 

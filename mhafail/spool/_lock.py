@@ -133,6 +133,7 @@ class SpoolLock:
     _registered: bool = attrs.field(init=False, default=False)
     _session: int | None = attrs.field(init=False, default=None)
     _released: threading.Event = attrs.field(init=False, factory=threading.Event)
+    _taking: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _relocker: threading.Thread | None = attrs.field(init=False, default=None)
 
     @reacquire_interval.validator
@@ -173,6 +174,15 @@ class SpoolLock:
         return self._take(timeout)
 
     def _take(self, timeout: float) -> int:
+        # One taker at a time: the application's acquire() and the
+        # re-acquiring thread must not claim the lock file twice.
+        with self._taking:
+            fence = self._fence
+            if fence is not None and self.valid():
+                return fence.token  # already held: nothing to take
+            return self._take_locked(timeout)
+
+    def _take_locked(self, timeout: float) -> int:
         if not self._registered:
             self.coordinator.add_lease_listener(self._on_lease)
             self._registered = True
@@ -312,12 +322,16 @@ class SpoolLock:
                 if self._released.is_set() or self._state is not LockState.FENCED:
                     self._relocker = None
                     return
+            began = time.monotonic()
             try:
-                # Short tries, so that release() is heard within one interval.
+                # Short tries, so that release() is heard within one interval;
+                # a try polls the lock while it lasts, so a finished import is
+                # seen at once.
                 self._take(self.reacquire_interval)
             except MhafailError as exc:
                 logger.info("spool of %s: not taken back yet: %s", self.paths.node, exc)
-                self._released.wait(self.reacquire_interval)
+                rest = self.reacquire_interval - (time.monotonic() - began)
+                self._released.wait(max(0.05, rest))
                 continue
             if self._released.is_set():  # release() ran meanwhile: give back what we took
                 self.release()

@@ -27,9 +27,9 @@ from mhafail.vip._plumber import NetlinkPlumber as NetlinkPlumber
 from mhafail.vip._plumber import Plumber as Plumber
 from mhafail.vip._policy import RebalanceMode as RebalanceMode
 from mhafail.vip._policy import RebalancePolicy as RebalancePolicy
+from mhafail.vip._servers import VipServers as VipServers
 from mhafail.vip._sockets import listen_socket as listen_socket
 from mhafail.vip._sockets import outbound_socket as outbound_socket
-from mhafail.vip._servers import VipServers as VipServers
 from mhafail.vip._spec import Vip as Vip
 from mhafail.vip._spec import VipKind as VipKind
 from mhafail.vip._spec import parse_topology as parse_topology

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -26,12 +27,12 @@ from mhafail.vip._spec import Vip, VipKind
 logger = logging.getLogger(__name__)
 
 
-def _port(_instance: object, _attribute: object, value: object) -> None:
+def _port(_instance: object, _attribute: object, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
         raise InvalidArgument(f"port {value!r}: must be an integer in 1..65535")
 
 
-def _positive(_instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise InvalidArgument(f"{attribute.name} {value!r}: must be a positive number")
 

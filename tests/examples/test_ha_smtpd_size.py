@@ -40,7 +40,10 @@ def application_lines(source: str) -> int:
 
 def test_the_counter_skips_comments_blank_lines_and_docstrings() -> None:
     """Only code lines count, a statement split over lines counts each line."""
-    source = '"""Module doc."""\n\n# a comment\ndef f(\n    x: int,\n) -> int:\n    """Doc."""\n    return x  # why\n'
+    source = (
+        '"""Module doc."""\n\n# a comment\n'
+        'def f(\n    x: int,\n) -> int:\n    """Doc."""\n    return x  # why\n'
+    )
     assert application_lines(source) == 4
 
 

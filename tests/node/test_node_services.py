@@ -1,4 +1,4 @@
-"""NodeServices and NodeSettings: a whole node from one settings object, real ZooKeeper and sockets."""
+"""NodeServices and NodeSettings: a whole node from one settings object (real ZooKeeper)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from mhafail.errors import (
 from mhafail.jlog import JlogHandler
 from mhafail.node import NodeServices, NodeSettings
 from mhafail.spool import Envelope, LockState
-from mhafail.testing import FakeNetwork, TcpProxy, ZooKeeperServer, unique_suffix
+from mhafail.testing import FakeNetwork, TcpProxy, ZooKeeperServer
 from mhafail.vip import Vip
 
 pytestmark = pytest.mark.zookeeper
@@ -107,7 +107,7 @@ def test_bad_settings_are_refused_before_anything_starts(
     # An unreachable ZooKeeper too: the secret is refused before any connection is tried.
     node = NodeServices(settings=make_settings(secret_file=open_secret, zk="127.0.0.1:9"))
     began = time.monotonic()
-    with pytest.raises(ChannelInvalidArgument, match="open.secret"):
+    with pytest.raises(ChannelInvalidArgument, match=r"open\.secret"):
         node.start()
     assert time.monotonic() - began < 2
     assert not (tmp_path / "san" / "nodes").exists()  # not even the node-name binding
@@ -136,7 +136,7 @@ def test_a_node_starts_everything_and_stops_in_order_within_seconds(
     make_settings: Callable[..., NodeSettings], nodes: list[NodeServices], tmp_path: Path
 ) -> None:
     """Started: binding, jlogs, audit, membership endpoints, spool, VIP; stopped: all, bounded."""
-    log = logging.getLogger(f"test.node.{unique_suffix()}")
+    log = logging.getLogger(f"test.node.{id(tmp_path)}")
     conn = AuditSeries("conn", window_seconds=60, windows=5, export_increments=True)
     acquired: list[str] = []
     states: list[LockState] = []
@@ -148,7 +148,7 @@ def test_a_node_starts_everything_and_stops_in_order_within_seconds(
     wait(lambda: acquired == [VIP])
     assert states == [LockState.HELD] and node.lock.state is LockState.HELD
     queue_id = node.queue.put(ENV, b"kept across a restart")
-    me = node.membership.view().members["n1"]
+    me = node.membership.view.members["n1"]
     assert me.roles == ("mta",)
     assert set(me.endpoints) == {"jlog", "audit"}
     assert [type(h) for h in log.handlers] == [JlogHandler]
@@ -187,11 +187,12 @@ def test_config_hooks_hear_the_live_version_and_each_applied_one(
     node.start()
     assert settings.config_dir is not None
     operator = ConfigRepository(
-        name="mta", base=settings.config_dir, node="n1", coordinator=coordinator_factory()
+        name="mta", base=settings.config_dir, node="n1", coordinator=coordinator_factory(),
+        replicas=0,  # a one-node cluster: nobody else to hold it first
     )
     operator.commit({"global/mta.toml": b'banner = "one"\n'}, message="1", author="T <t@x>")
     wait(lambda: seen == [b'banner = "one"\n'])
-    assert set(node.membership.view().members["n1"].endpoints) == {"git"}
+    assert set(node.membership.view.members["n1"].endpoints) == {"git"}
     node.stop()
     restarted = NodeServices(settings=settings, config_repo="mta", spool=False)
     restarted.on_config(hook)

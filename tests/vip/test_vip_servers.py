@@ -106,7 +106,8 @@ def managers(
         ).start()
         m = Membership(coordinator=c, info=NodeInfo(name=node)).start()
         manager = VipManager(
-            coordinator=c, membership=m, plumber=FakePlumber(network, node, {"lo": ["127.0.0.0/24"]}),
+            coordinator=c, membership=m,
+            plumber=FakePlumber(network, node, {"lo": ["127.0.0.0/24"]}),
             vips=[parse_vip(f"{VIP}/24@lo")], validate_host=False, claim_step=0.1,
             rebalance=RebalancePolicy.never(), announce_schedule=(0.0,),
         )  # fmt: skip
@@ -124,7 +125,7 @@ def managers(
 def test_bad_arguments_are_refused_with_the_name_of_the_problem(
     loop: asyncio.AbstractEventLoop, managers: Callable[[str], tuple[VipManager, TcpProxy]]
 ) -> None:
-    """A port outside 1..65535, a non-integer port or a non-positive timeout raises InvalidArgument."""
+    """A port outside 1..65535, a non-integer port or a non-positive bound is refused."""
     manager, _ = managers("n1")
     for port, match in ((0, "port 0"), (70000, "port 70000"), ("25", "port '25'")):
         with pytest.raises(InvalidArgument, match=match):
@@ -160,7 +161,7 @@ def test_a_session_loss_closes_the_listener_and_a_new_session_reopens_it(
     """Cut off from ZooKeeper, the node stops serving the VIP; once back, it serves again."""
     port = free_port()
     manager, proxy = managers("n1")
-    wait_for(lambda: manager.owned())  # already owned when the servers start: served too
+    wait_for(manager.owned)  # already owned when the servers start: served too
     servers = serve(loop, manager, port, "n1")
     wait_for(lambda: greeting(port) == "hello n1")
     proxy.cut()
@@ -181,7 +182,7 @@ def test_a_taken_port_is_retried_then_served_once_free(
     blocker.listen()
     manager, _ = managers("n1")
     servers = serve(loop, manager, port, "n1")
-    wait_for(lambda: manager.owned())
+    wait_for(manager.owned)
     time.sleep(0.3)
     assert servers.serving() == frozenset()
     blocker.close()
