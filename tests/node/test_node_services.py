@@ -187,7 +187,10 @@ def test_config_hooks_hear_the_live_version_and_each_applied_one(
     node.start()
     assert settings.config_dir is not None
     operator = ConfigRepository(
-        name="mta", base=settings.config_dir, node="n1", coordinator=coordinator_factory(),
+        name="mta",
+        base=settings.config_dir,
+        node="n1",
+        coordinator=coordinator_factory(),
         replicas=0,  # a one-node cluster: nobody else to hold it first
     )
     operator.commit({"global/mta.toml": b'banner = "one"\n'}, message="1", author="T <t@x>")
