@@ -36,7 +36,7 @@ from mhafail.coordination._auth import (
 )
 from mhafail.coordination._dispatch import Dispatcher
 from mhafail.coordination._handshake import NegotiationHandler
-from mhafail.coordination._lease import Lease, ProofChain, default_margin
+from mhafail.coordination._lease import HeartbeatRounds, Lease, ProofChain, default_margin
 from mhafail.coordination._names import check_name, format_hosts, parse_hosts
 from mhafail.coordination._root import prepare_root, warn_open_once
 from mhafail.coordination._state import ConnectionState, LeaseState
@@ -513,9 +513,19 @@ class Coordinator:
         return tick / 2 + 0.01
 
     def _keep(self) -> None:
-        """The keeper thread: state, session id, heartbeats and lease expiry."""
-        in_flight_since: float | None = None
-        next_beat = 0.0
+        """The keeper thread: state, session id, heartbeats and lease expiry.
+
+        Heartbeats go out in rounds of three ``sync`` requests, one in
+        flight at a time: ``a`` at the start of the round, ``b`` once
+        ``report_lag`` has passed since ``a`` was answered, ``c`` as soon as
+        ``b`` is answered. The answer to ``c`` proves ``a``'s send time
+        (:class:`ProofChain`), so a fresh proof is only ``report_lag`` plus
+        three round trips old. A chain of evenly spaced heartbeats proved a
+        send time two periods back, and a cut-off owner gave its VIPs up
+        about a second before its session expired (T = 3 s).
+        """
+        rounds = HeartbeatRounds()
+        round_epoch = self._epoch
         with self._cond:
             while not self._stopping:
                 now = self.monotonic()
@@ -525,30 +535,32 @@ class Coordinator:
                         self._connect_proof = event
                     else:
                         self._apply_state(event)
+                # Rounds start every T/6 of the timeout in force (the
+                # negotiated one). The server expires a crashed session T
+                # after its *last* request, so every request delays that
+                # failover by the time it leaves the crash waiting: three
+                # syncs per T/6 leave it about as much as one per T/8 did.
+                interval = max(0.02, self._lease.timeout / 6)
+                if round_epoch != self._epoch:
+                    round_epoch = self._epoch
+                    rounds.restart(now)
                 for reply in self._drain(self._replies):
-                    in_flight_since = None
-                    self._apply_reply(reply)
+                    usable = self._apply_reply(reply)
+                    rounds.answered(usable, reply.replied_at, now, self._chain.report_lag, interval)
                 if self._lease.valid(now):
                     if self._lease_announced is LeaseState.EXPIRED:
                         self._announce_lease(LeaseState.VALID)
                 elif self._lease_announced is LeaseState.VALID:
                     self._announce_lease(LeaseState.EXPIRED)
                 # A heartbeat lost in a dropped connection is failed by kazoo;
-                # the age check only guards against a reply that never comes.
-                # T/8 of the timeout in force (the negotiated one): more often
-                # would only delay the server's expiry of a crashed session
-                # (it counts from the last request) and slow every failover.
-                interval = max(0.02, self._lease.timeout / 8)
-                # One heartbeat in flight at a time: the proof chain needs
-                # each sync sent after the previous one was answered.
-                idle = in_flight_since is None or now - in_flight_since > self._lease.timeout
-                if self._state is ConnectionState.CONNECTED and now >= next_beat and idle:
-                    in_flight_since = now
-                    next_beat = now + interval
+                # giving up after T only guards against a reply that never comes.
+                connected = self._state is ConnectionState.CONNECTED
+                if connected and rounds.due(now, give_up=self._lease.timeout):
+                    rounds.sent(now)
                     self._send_heartbeat(now)
                 waits = [interval]
-                if self._state is ConnectionState.CONNECTED:
-                    waits.append(next_beat - now)
+                if connected and rounds.in_flight_since is None:
+                    waits.append(rounds.next_send - now)
                 deadline = self._lease.deadline
                 if self._lease_announced is LeaseState.VALID and deadline is not None:
                     waits.append(deadline - now)
@@ -560,15 +572,20 @@ class Coordinator:
         items.clear()
         return taken
 
-    def _apply_reply(self, reply: _Reply) -> None:
-        """Turn an answered heartbeat into a proof (keeper thread, lock held)."""
+    def _apply_reply(self, reply: _Reply) -> bool:
+        """Turn an answered heartbeat into a proof (keeper thread, lock held).
+
+        Returns False when the reply cannot join the chain (failed, or sent
+        on an earlier connection or session).
+        """
         if not reply.ok or reply.epoch != self._epoch or reply.session_id != self._session_id:
-            return  # failed, or sent on an earlier connection: proves nothing now
+            return False  # failed, or sent on an earlier connection: proves nothing now
         if self._session_timeout_ms is None:
-            return  # no negotiated timeout, no lease (DESIGN.md rule 6)
+            return True  # no negotiated timeout, no lease (DESIGN.md rule 6)
         proof = self._chain.answered(reply.sent_at, reply.replied_at)
         if proof is not None:
             self._lease.confirm(proof)
+        return True
 
     def _apply_state(self, state: ConnectionState) -> None:
         """Handle one kazoo state change (keeper thread, lock held)."""

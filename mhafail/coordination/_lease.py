@@ -18,8 +18,9 @@ kazoo itself pings after ``read_timeout / 2 = T / 3`` of silence and
 declares the connection dropped (SUSPENDED) when a ping is unanswered
 after another ``T / 3``; its pings also keep the session alive on the
 server, but their send times are private to kazoo. The coordinator
-therefore sends its own cheap requests (heartbeats) every ``T / 8`` and
-renews the lease only from their replies: the lease rests on public facts.
+therefore sends its own cheap requests (``sync`` heartbeats, in rounds
+every ``T / 6``) and renews the lease only from their replies: the lease
+rests on public facts.
 
 This module is pure: it only computes; the coordinator feeds it readings.
 """
@@ -145,3 +146,55 @@ class ProofChain:
         """Forget the chain (a new connection or a new session)."""
         self._history.clear()
         self._prev_sent = None
+
+
+@attrs.define
+class HeartbeatRounds:
+    """When to send the next ``sync``: rounds of three, one in flight at a time.
+
+    A round sends ``a`` at its start, ``b`` once ``report_lag`` has passed
+    since ``a`` was answered, and ``c`` as soon as ``b`` is answered: the
+    answer to ``c`` makes :class:`ProofChain` prove ``a``'s send time, only
+    ``report_lag`` plus three round trips earlier. Rounds start every
+    ``interval`` (or right after the previous one, if it took longer).
+
+    Attributes:
+        next_send: monotonic time when the next sync may go out.
+        in_flight_since: when the sync in flight was sent, or None.
+    """
+
+    next_send: float = 0.0
+    in_flight_since: float | None = None
+    _step: int = 0  # syncs sent in the current round (0 to 3)
+    _round_start: float = 0.0
+
+    def restart(self, now: float) -> None:
+        """A new connection: its chain starts empty, so begin a round at once."""
+        self._step, self.next_send, self.in_flight_since = 0, now, None
+
+    def due(self, now: float, give_up: float) -> bool:
+        """True when a sync should go out now (a reply older than ``give_up`` is lost)."""
+        if self.in_flight_since is not None and now - self.in_flight_since > give_up:
+            self.in_flight_since, self._step = None, 0
+        return self.in_flight_since is None and now >= self.next_send
+
+    def sent(self, now: float) -> None:
+        """Record a sync sent at ``now``."""
+        if self._step == 0:
+            self._round_start = now
+        self._step += 1
+        self.in_flight_since = now
+
+    def answered(
+        self, usable: bool, replied_at: float, now: float, report_lag: float, interval: float
+    ) -> None:
+        """Record the reply to the sync in flight (``usable``: it joined the chain)."""
+        self.in_flight_since = None
+        if not usable:
+            self._step, self.next_send = 0, max(self.next_send, self._round_start + interval)
+        elif self._step == 1:
+            self.next_send = replied_at + report_lag
+        elif self._step == 2:
+            self.next_send = now
+        else:
+            self._step, self.next_send = 0, self._round_start + interval

@@ -165,11 +165,14 @@ class NetlinkPlumber:
                 hint = _EPERM_HINT if exc.errno == errno.EPERM else ""
                 raise PlumbingError(f"{what}: {exc}{hint}") from exc
 
-    def _index(self, ipr: Any, interface: str) -> int:
-        found = ipr.link_lookup(ifname=interface)
-        if not found:
-            raise PlumbingError(f"interface {interface!r} does not exist")
-        return int(found[0])
+    def _index(self, _ipr: Any, interface: str) -> int:
+        # One ioctl in this process's namespace (the netlink socket's too);
+        # pyroute2's link_lookup dumps every link for each call, and the
+        # fence renews every managed address with it several times a second.
+        try:
+            return socket.if_nametoindex(interface)
+        except (OSError, ValueError):
+            raise PlumbingError(f"interface {interface!r} does not exist") from None
 
     def _kwargs(self, ipr: Any, vip: Vip, valid_for: float | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -215,13 +218,14 @@ class NetlinkPlumber:
     def ensure_absent(self, vip: Vip) -> bool:
         """Remove ``vip`` from its interface; a missing address or interface is success."""
         with self._netlink(f"remove {vip.key} from {vip.interface}") as ipr:
-            found = ipr.link_lookup(ifname=vip.interface)
-            if not found:
+            try:
+                index = socket.if_nametoindex(vip.interface)
+            except (OSError, ValueError):
                 return False  # the interface is gone, and the address with it
             try:
                 ipr.addr(
                     "del",
-                    index=int(found[0]),
+                    index=index,
                     address=vip.key,
                     prefixlen=vip.address.max_prefixlen,
                 )

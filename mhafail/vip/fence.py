@@ -62,8 +62,14 @@ from mhafail.vip._spec import Vip
 
 # How often a past deadline is enforced again while addresses are managed.
 ENFORCE_INTERVAL = 0.005
-# How often present managed addresses get their kernel lifetime renewed.
+# How often the fence looks for kernel lifetimes to renew.
 RENEW_INTERVAL = 0.25
+# An address is renewed when its kernel lifetime may end within this long:
+# two looks of slack, so a renewal never comes too late, and a lifetime of
+# whole seconds is not rewritten with the same value four times a second.
+RENEW_AHEAD = 0.75
+# The shortest lifetime any plumbing or renewal gives (the kernel's unit).
+MIN_LIFETIME = 1.0
 _RT_PRIORITY = 10
 _MCL_CURRENT, _MCL_FUTURE = 1, 2
 
@@ -89,7 +95,7 @@ class Fence:
         remove: Callable[[Vip], bool],
         clock: Callable[[], float] = time.monotonic,
         *,
-        renew: Callable[[list[Vip], float], None] | None = None,
+        renew: Callable[[list[Vip], float], dict[str, float]] | None = None,
     ) -> None:
         self.remove = remove
         self.clock = clock
@@ -97,6 +103,9 @@ class Fence:
         self.deadline: float | None = None
         self.managed: dict[str, Vip] = {}
         self.next_renew = 0.0
+        # Per managed address, a time before which its kernel lifetime
+        # cannot end (a lower bound: renewing early is only extra work).
+        self.kernel_end: dict[str, float] = {}
 
     def handle(self, line: str) -> bool:
         """Apply one message; return False when the fence should exit."""
@@ -111,11 +120,16 @@ class Fence:
             elif parts[0] == "manage" and len(parts) == 4:
                 vip = Vip(address=ipaddress.ip_address(parts[2]), interface=parts[1])
                 self.managed[vip.key] = vip
+                # The agent plumbs after this notice, with a lifetime of at
+                # least a second: the first renewal can wait that long.
+                self.kernel_end[vip.key] = self.clock() + MIN_LIFETIME
                 self._extend(float(parts[3]))
                 if self.expired():
                     self.enforce()  # told after the deadline: remove at once
             elif parts[0] == "unmanage" and len(parts) == 3:
-                self.managed.pop(str(ipaddress.ip_address(parts[2])), None)
+                key = str(ipaddress.ip_address(parts[2]))
+                self.managed.pop(key, None)
+                self.kernel_end.pop(key, None)
             else:
                 _log(f"ignoring malformed message {line.strip()[:200]!r}")
         except ValueError:
@@ -144,13 +158,29 @@ class Fence:
         )
 
     def renew_lifetimes(self) -> None:
-        """Renew the kernel lifetime of present managed addresses up to the deadline."""
+        """Renew, up to the deadline, the kernel lifetimes that may end soon.
+
+        Only addresses within ``RENEW_AHEAD`` of their lifetime's end are
+        renewed: with a hundred VIPs per node, renewing all of them four
+        times a second at real-time priority took most of a CPU.
+        """
         assert self.renew is not None and self.deadline is not None
-        self.next_renew = self.clock() + RENEW_INTERVAL
-        try:
-            self.renew(list(self.managed.values()), self.deadline)
-        except PlumbingError as exc:
-            _log(f"could not renew lifetimes: {exc}")
+        now = self.clock()
+        self.next_renew = now + RENEW_INTERVAL
+        due = [
+            vip
+            for key, vip in self.managed.items()
+            if self.kernel_end.get(key, 0.0) - now < RENEW_AHEAD
+        ]
+        if due:
+            try:
+                lifetimes = self.renew(due, self.deadline)
+            except PlumbingError as exc:
+                _log(f"could not renew lifetimes: {exc}")
+            else:
+                for key, lifetime in lifetimes.items():
+                    if key in self.managed:
+                        self.kernel_end[key] = now + lifetime
         if self.expired():
             self.enforce()  # the deadline passed during the renewal: undo at once
 
@@ -255,22 +285,25 @@ def run(fence: Fence, stdin: int, stdout: int) -> int:
 def main() -> int:
     """Run the fence until ``exit``, or until the agent is gone and its lease ran out."""
     try:
-        from mhafail.vip._plumber import NetlinkPlumber
+        from mhafail.vip._plumber import NetlinkPlumber, kernel_lifetime
 
         plumber = NetlinkPlumber()
     except Exception as exc:  # reported to the agent as one line, not a traceback
         _log(f"cannot start: {type(exc).__name__}: {exc}")
         return 2
 
-    def renew(vips: list[Vip], deadline: float) -> None:
+    def renew(vips: list[Vip], deadline: float) -> dict[str, float]:
         # Only addresses the agent actually plumbed: a replace would add the rest.
         present: dict[str, frozenset[str]] = {}
+        renewed: dict[str, float] = {}
         for vip in vips:
             if vip.interface not in present:
                 present[vip.interface] = plumber.addresses(vip.interface)
             left = deadline - time.monotonic()
             if vip.key in present[vip.interface] and left > 0:
                 plumber.renew(vip, left)
+                renewed[vip.key] = float(kernel_lifetime(left))
+        return renewed
 
     fence = Fence(plumber.ensure_absent, renew=renew if "--lifetimes" in sys.argv[1:] else None)
     rt, locked = _realtime()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from mhafail.coordination import ConnectionState, Coordinator, LeaseState
+from mhafail.coordination._lease import default_margin
 from mhafail.errors import AccessDenied, CoordinationUnavailable, InvalidArgument
 from mhafail.testing import ZooKeeperServer, expire_session, free_port
 
@@ -31,6 +32,29 @@ def test_start_gives_a_connected_session_with_a_valid_lease(coordinator_factory:
     assert c.lease_valid()
     assert 0 < c.lease_remaining() <= 2.0
     assert c.effective_timeout == 2.0
+
+
+def test_heartbeat_rounds_keep_the_lease_close_to_the_session(
+    coordinator_factory: Factory,
+) -> None:
+    """A fresh proof is at most one round plus tickTime/2 old, never two periods.
+
+    Evenly spaced heartbeats proved only a send time two periods back, so a
+    cut-off owner let its VIPs go about T/3 before its session expired
+    (about a second at T = 3 s); rounds of three syncs keep the lease
+    within T/6 + tickTime/2 (plus round trips) of the session.
+    """
+    c = coordinator_factory(session_timeout=2.0, server_tick=0.1)
+    timeout = c.effective_timeout  # the test server grants at most 2 s
+    lowest = timeout
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        lowest = min(lowest, c.lease_remaining())
+        time.sleep(0.005)
+    # T - margin - T/6 - tickTime/2 - slack for round trips and scheduling;
+    # evenly spaced heartbeats went down to T - margin - 3 T/8.
+    bound = timeout - default_margin(timeout) - timeout / 6 - 0.06 - 0.1
+    assert lowest >= bound, (lowest, bound)
 
 
 def test_znode_operations_answer_no_with_values(coordinator_factory: Factory) -> None:

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mhafail.coordination import ConvergeLoop, Lease, ProofChain, default_margin, in_loop
+from mhafail.coordination._lease import HeartbeatRounds
 
 
 def test_lease_has_no_deadline_before_any_proof() -> None:
@@ -152,3 +153,37 @@ def test_proof_chain_never_proves_a_request_without_a_later_gap(
             assert any(ps == proof and pr <= prev - lag for ps, pr in sent)
         sent.append((s, r))
         now = r + pause
+
+
+def test_heartbeat_round_proves_its_first_sync_after_three_replies() -> None:
+    """a, then b report_lag after a's reply, then c at once: c's reply proves a's send time."""
+    rounds, chain = HeartbeatRounds(), ProofChain(report_lag=0.06)
+    rtt, interval, now = 0.002, 0.5, 10.0
+    proofs: list[float | None] = []
+    sends: list[float] = []
+    for _ in range(3):
+        assert rounds.due(now, give_up=2.0)
+        rounds.sent(now)
+        sends.append(now)
+        assert not rounds.due(now + 0.001, give_up=2.0)  # one in flight at a time
+        now += rtt
+        proofs.append(chain.answered(sends[-1], now))
+        rounds.answered(True, now, now, chain.report_lag, interval)
+        now = max(now, rounds.next_send)
+    assert sends[1] - (sends[0] + rtt) >= 0.06 - 1e-9  # b waited report_lag after a's reply
+    assert sends[2] == sends[1] + rtt  # c went out at once
+    assert proofs == [None, None, sends[0]]
+    assert rounds.next_send == sends[0] + interval  # the next round, one interval on
+
+
+def test_heartbeat_round_restarts_on_a_failed_reply_and_on_a_new_connection() -> None:
+    """A reply that cannot join the chain ends the round; a new connection starts one now."""
+    rounds = HeartbeatRounds()
+    rounds.sent(1.0)
+    rounds.answered(False, 1.01, 1.01, 0.06, 0.5)
+    assert rounds.next_send == 1.5 and rounds.due(1.5, give_up=2.0)
+    rounds.sent(1.5)
+    assert not rounds.due(3.0, give_up=2.0)
+    assert rounds.due(3.6, give_up=2.0)  # a reply that never came is given up after T
+    rounds.restart(4.0)
+    assert rounds.due(4.0, give_up=2.0)

@@ -51,15 +51,18 @@ def raw(zookeeper: ZooKeeperServer) -> Iterator[Callable[..., Any]]:
 @pytest.fixture
 def credentialed(
     coordinator_factory: Factory, zk_cluster: str
-) -> tuple[Coordinator, Coordinator, str]:
+) -> Iterator[tuple[Coordinator, Coordinator, str]]:
     """An operator-initialised cluster with a registered node holding a claim."""
     operator = coordinator_factory(credentials=OPERATOR)
     node = coordinator_factory(credentials=NODE)
-    Membership(coordinator=node, info=NodeInfo(name="n1")).start()
+    # Stopped below: a membership left running outlives its session and
+    # logged "session is not live" through the rest of the test run.
+    membership = Membership(coordinator=node, info=NodeInfo(name="n1")).start()
     claim = Claim(node="n1", session=node.session_id or 0, since=1.0)
     assert node.znodes.create(f"vips/{VIP}/owner", claim.to_json(), ephemeral=True, makepath=True)
     assert node.znodes.create(f"vips/{VIP}/declared/n1", b"{}", ephemeral=True, makepath=True)
-    return operator, node, f"/mhafail/{zk_cluster}"
+    yield operator, node, f"/mhafail/{zk_cluster}"
+    membership.stop()
 
 
 def refused(call: Callable[[], object]) -> bool:
