@@ -116,7 +116,7 @@ class Mta:
             lambda e: emit("takeover", kind=e.kind.value, node=e.node, moved=e.moved)
         )
         self.node.start()
-        self.spool, self.lock, self.vips = self.node.queue, self.node.lock, self.node.vips
+        self.spool, self.lock, self.vips = self.node.spool, self.node.lock, self.node.vips
 
         def protocol() -> Smtp:
             return Smtp(self, hostname=settings.node, ident=self.settings["banner"], loop=loop)

@@ -69,7 +69,7 @@ class NodeServices:
         log_format: the handlers' format, ``json`` or ``text``.
         series: audit series made cluster-wide (``ClusterAudit``, listening
             on ``settings.address``); none: no audit.
-        spool: run the spool lock (re-acquired automatically after a
+        with_spool: run the spool lock (re-acquired automatically after a
             fencing), the spool and the takeover of dead nodes' spools.
         lock_timeout: how long :meth:`start` waits for the spool lock
             (a survivor may be importing this node's old spool).
@@ -99,7 +99,7 @@ class NodeServices:
     logs: Mapping[str, logging.Logger] = attrs.field(factory=dict)
     log_format: Literal["json", "text"] = "json"
     series: Sequence[AuditSeries] = ()
-    spool: bool = True
+    with_spool: bool = True
     lock_timeout: float = 60.0
     fence: bool = True
 
@@ -192,17 +192,17 @@ class NodeServices:
 
     @property
     def lock(self) -> SpoolLock:
-        """The spool lock (``spool=True``)."""
+        """The spool lock (``with_spool=True``)."""
         return self._part("lock", SpoolLock)
 
     @property
-    def queue(self) -> Spool:
-        """The spool (``spool=True``)."""
-        return self._part("queue", Spool)
+    def spool(self) -> Spool:
+        """The spool (``with_spool=True``)."""
+        return self._part("spool", Spool)
 
     @property
     def takeover(self) -> Takeover:
-        """The takeover of dead nodes' spools (``spool=True``)."""
+        """The takeover of dead nodes' spools (``with_spool=True``)."""
         return self._part("takeover", Takeover)
 
     @property
@@ -288,7 +288,7 @@ class NodeServices:
             audit.follow(membership)  # share counts with every node and manager
         if self.config_repo is not None:
             self._start_agent(self.repo, membership)
-        if self.spool:
+        if self.with_spool:
             self._start_spool(coordinator, membership)
         self._start_vips(coordinator, membership, plumber)
 
@@ -310,11 +310,11 @@ class NodeServices:
             lock.add_listener(listener)
         lock.acquire(timeout=self.lock_timeout)  # waits while a survivor imports our spool
         self._started("lock", lock, lock.release)
-        queue = Spool(directory=s.paths.spool, node=s.node, fence=lock).open()
-        self._started("queue", queue, queue.close)
+        spool = Spool(directory=s.paths.spool, node=s.node, fence=lock).open()
+        self._started("spool", spool, spool.close)
         takeover = Takeover(
             coordinator=coordinator, membership=membership, paths=s.paths,
-            spool=queue, lock=lock, grace=s.grace, step=0.5,
+            spool=spool, lock=lock, grace=s.grace, step=0.5,
         )  # fmt: skip
         for on_event in self._takeover_listeners:
             takeover.add_listener(on_event)

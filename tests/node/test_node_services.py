@@ -147,7 +147,7 @@ def test_a_node_starts_everything_and_stops_in_order_within_seconds(
     node.start()
     wait(lambda: acquired == [VIP])
     assert states == [LockState.HELD] and node.lock.state is LockState.HELD
-    queue_id = node.queue.put(ENV, b"kept across a restart")
+    queue_id = node.spool.put(ENV, b"kept across a restart")
     me = node.membership.view.members["n1"]
     assert me.roles == ("mta",)
     assert set(me.endpoints) == {"jlog", "audit"}
@@ -161,11 +161,11 @@ def test_a_node_starts_everything_and_stops_in_order_within_seconds(
     assert log.handlers == []
     assert FakeNetwork(path=str(tmp_path / "addresses")).holders(VIP) == frozenset()
     with pytest.raises(InvalidArgument, match="not started"):
-        _ = node.queue
+        _ = node.spool
     again = NodeServices(settings=make_settings(), logs={"main": log})  # the binding is free
     nodes.append(again)
     again.start()
-    assert again.queue.ids() == [queue_id]
+    assert again.spool.ids() == [queue_id]
     with pytest.raises(InvalidArgument, match="no audit"):
         _ = again.audit  # not configured: no series
 
@@ -181,7 +181,7 @@ def test_config_hooks_hear_the_live_version_and_each_applied_one(
         seen.append(view.read("mta.toml"))
 
     settings = make_settings(vips=[])
-    node = NodeServices(settings=settings, config_repo="mta", spool=False)
+    node = NodeServices(settings=settings, config_repo="mta", with_spool=False)
     node.on_config(hook)
     nodes.append(node)
     node.start()
@@ -197,7 +197,7 @@ def test_config_hooks_hear_the_live_version_and_each_applied_one(
     wait(lambda: seen == [b'banner = "one"\n'])
     assert set(node.membership.view.members["n1"].endpoints) == {"git"}
     node.stop()
-    restarted = NodeServices(settings=settings, config_repo="mta", spool=False)
+    restarted = NodeServices(settings=settings, config_repo="mta", with_spool=False)
     restarted.on_config(hook)
     nodes.append(restarted)
     restarted.start()
@@ -224,7 +224,7 @@ def test_a_node_cut_off_from_zookeeper_fences_then_recovers_on_its_own(
     time.sleep(2.0)  # past the session timeout: the server expires the session
     proxy.restore()
     wait(lambda: events[-2:] in (["held", "acquire"], ["acquire", "held"]), 30)
-    node.queue.put(ENV, b"accepted again")
+    node.spool.put(ENV, b"accepted again")
     proxy.cut()  # and a stop without ZooKeeper is still bounded
     began = time.monotonic()
     node.stop()
