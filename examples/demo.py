@@ -65,6 +65,9 @@ def settings(sink: str, *, banner: str, throttle: str = "") -> dict[str, bytes |
 
 
 def main() -> int:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(f"usage: demo.py [--loopback]\n{__doc__}")
+        return 0
     loopback = "--loopback" in sys.argv[1:]  # as root too: no namespaces
     with SimulatedCluster(
         command=MTA, nodes=3, config_repos=["mta"], namespaces=False if loopback else None

@@ -1,4 +1,4 @@
-"""Each package's __all__ lists exactly its public names (STYLE.md 1)."""
+"""Each package's __all__ lists exactly its public names (a public face per subpackage)."""
 
 import importlib
 
@@ -9,6 +9,7 @@ import mhafail
 PACKAGES = [
     "mhafail",
     "mhafail.coordination",
+    "mhafail.node",
     "mhafail.testing",
     "mhafail.spool",
     "mhafail.testing.nemesis",

@@ -48,7 +48,10 @@ def add_zk_flags(parser: argparse.ArgumentParser, *, required: bool = True) -> N
     )
     parser.add_argument("--cluster", required=required, help="cluster name")
     parser.add_argument(
-        "--connect-timeout", type=float, default=10.0, help="seconds to wait for ZooKeeper"
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for a first ZooKeeper session (default 5)",
     )
     add_zk_security_flags(parser)
 

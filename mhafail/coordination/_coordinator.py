@@ -59,6 +59,26 @@ logger = logging.getLogger(__name__)
 ROOT = "/mhafail"
 
 
+class _KazooWarnings(logging.Filter):
+    """Demote kazoo's warnings to INFO; its errors stay errors.
+
+    kazoo warns on every failed connection attempt (up to 14 lines while
+    ``start()`` waits for an unreachable ZooKeeper). The coordinator reports
+    each connection state itself and raises ``CoordinationUnavailable`` with
+    one line, so an application without a logging configuration, where
+    logging's last-resort handler prints warnings, should not see them.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_KAZOO_LOG = logging.getLogger("mhafail.coordination.kazoo")
+_KAZOO_LOG.addFilter(_KazooWarnings())
+
+
 _KAZOO_STATES = {
     KazooState.CONNECTED: ConnectionState.CONNECTED,
     KazooState.SUSPENDED: ConnectionState.SUSPENDED,
@@ -403,7 +423,7 @@ class Coordinator:
             connection_retry=retry,
             # Only for kazoo recipes: Znodes passes each path's ACL itself.
             default_acl=self.acl_policy.acl_for(""),
-            logger=logging.getLogger("mhafail.coordination.kazoo"),
+            logger=_KAZOO_LOG,
             **login,
         )
         if login.get("sasl_options") is not None:

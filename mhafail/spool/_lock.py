@@ -13,8 +13,10 @@ section: the lease must be valid and the lock file must still name our
 token. When the coordinator's lease runs out the lock becomes FENCED at
 once, before the server can expire the session and a survivor can take the
 spool over; listeners hear it (stop accepting mail: answer 421). A fenced
-lock never revives on its own: :meth:`SpoolLock.acquire` again, which waits
-for any takeover to finish and starts on what is left.
+lock revives only by :meth:`SpoolLock.acquire`, which waits for any
+takeover to finish and starts on what is left: by hand, or automatically
+with ``reacquire=True`` (a background thread retries until the lock is held
+again or :meth:`SpoolLock.release` is called).
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ from collections.abc import Callable, Iterator
 import attrs
 
 from mhafail.coordination import Coordinator, LeaseState, Znode
-from mhafail.errors import CoordinationError, SpoolError, SpoolFenced
+from mhafail.errors import (
+    CoordinationError,
+    MhafailError,
+    SpoolError,
+    SpoolFenced,
+    SpoolInvalidArgument,
+)
 from mhafail.spool._fence import FileFence
 from mhafail.spool._journal import read_journal, resolve, retire
 from mhafail.spool._paths import NODES, NodePaths
@@ -93,16 +101,30 @@ class SpoolLock:
         paths: this node's paths (``NodePaths(...).create()``).
         lock_timeout: the longest a fence section waits for the lock file.
         stop_timeout: bound on ZooKeeper calls in :meth:`release`.
+        reacquire: once the lock was acquired, take it back automatically
+            whenever it becomes FENCED (session loss, lease run out, or a
+            survivor took the spool): a daemon thread calls
+            :meth:`acquire` every ``reacquire_interval`` seconds until the
+            lock is HELD again or :meth:`release` is called. Each retry
+            waits for a takeover of this spool to finish, exactly as a
+            manual :meth:`acquire` does; failures are logged, never raised.
+        reacquire_interval: seconds per retry (each try is bounded by it).
 
     Listeners (``add_listener``) get each new :class:`LockState` on the
-    coordinator's lease thread or the caller's; they must not block (wrap
-    with ``mhafail.coordination.in_loop`` for asyncio).
+    coordinator's lease thread, the re-acquiring thread or the caller's;
+    they must not block (wrap with ``mhafail.coordination.in_loop`` for
+    asyncio).
+
+    Raises:
+        SpoolInvalidArgument: ``reacquire_interval`` is not positive.
     """
 
     coordinator: Coordinator
     paths: NodePaths
     lock_timeout: float = 2.0
     stop_timeout: float = 1.0
+    reacquire: bool = False
+    reacquire_interval: float = attrs.field(default=1.0)
 
     _state: LockState = attrs.field(init=False, default=LockState.RELEASED)
     _fence: FileFence | None = attrs.field(init=False, default=None)
@@ -110,6 +132,16 @@ class SpoolLock:
     _mutex: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _registered: bool = attrs.field(init=False, default=False)
     _session: int | None = attrs.field(init=False, default=None)
+    _released: threading.Event = attrs.field(init=False, factory=threading.Event)
+    _taking: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _relocker: threading.Thread | None = attrs.field(init=False, default=None)
+
+    @reacquire_interval.validator
+    def _check_interval(self, _attribute: object, value: float) -> None:
+        if not isinstance(value, int | float) or not 0 < value <= 3600:
+            raise SpoolInvalidArgument(
+                f"reacquire_interval {value!r}: must be a number of seconds in (0, 3600]"
+            )
 
     @property
     def state(self) -> LockState:
@@ -138,6 +170,19 @@ class SpoolLock:
                 the lease ran out while taking it.
             CoordinationUnavailable: ZooKeeper could not be asked.
         """
+        self._released.clear()
+        return self._take(timeout)
+
+    def _take(self, timeout: float) -> int:
+        # One taker at a time: the application's acquire() and the
+        # re-acquiring thread must not claim the lock file twice.
+        with self._taking:
+            fence = self._fence
+            if fence is not None and self.valid():
+                return fence.token  # already held: nothing to take
+            return self._take_locked(timeout)
+
+    def _take_locked(self, timeout: float) -> int:
         if not self._registered:
             self.coordinator.add_lease_listener(self._on_lease)
             self._registered = True
@@ -194,7 +239,12 @@ class SpoolLock:
         return fence.token
 
     def release(self) -> None:
-        """Stop changing the spool and give the lock up (bounded even without ZooKeeper)."""
+        """Stop changing the spool and give the lock up (bounded even without ZooKeeper).
+
+        Also ends automatic re-acquiring: a retry in flight gives back what
+        it takes.
+        """
+        self._released.set()
         with self._mutex:
             fence, self._fence = self._fence, None
         if fence is None:
@@ -254,6 +304,39 @@ class SpoolLock:
             fence.revoke()
             logger.warning("spool of %s: fenced (lease ran out or token stale)", self.paths.node)
             self._set(LockState.FENCED)
+            if self.reacquire and not self._released.is_set():
+                self._start_relocker()
+
+    def _start_relocker(self) -> None:
+        with self._mutex:
+            if self._relocker is not None:
+                return  # the running one sees the new FENCED state before it ends
+            self._relocker = threading.Thread(
+                target=self._relock, name=f"mhafail-spool-relock-{self.paths.node}", daemon=True
+            )
+            self._relocker.start()
+
+    def _relock(self) -> None:
+        while True:
+            with self._mutex:  # decided under the mutex _set() changes the state under
+                if self._released.is_set() or self._state is not LockState.FENCED:
+                    self._relocker = None
+                    return
+            began = time.monotonic()
+            try:
+                # Short tries, so that release() is heard within one interval;
+                # a try polls the lock while it lasts, so a finished import is
+                # seen at once.
+                self._take(self.reacquire_interval)
+            except MhafailError as exc:
+                logger.info("spool of %s: not taken back yet: %s", self.paths.node, exc)
+                rest = self.reacquire_interval - (time.monotonic() - began)
+                self._released.wait(max(0.05, rest))
+                continue
+            if self._released.is_set():  # release() ran meanwhile: give back what we took
+                self.release()
+            else:
+                logger.warning("spool of %s: lock taken back automatically", self.paths.node)
 
     def _set(self, state: LockState) -> None:
         with self._mutex:

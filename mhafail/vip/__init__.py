@@ -27,6 +27,7 @@ from mhafail.vip._plumber import NetlinkPlumber as NetlinkPlumber
 from mhafail.vip._plumber import Plumber as Plumber
 from mhafail.vip._policy import RebalanceMode as RebalanceMode
 from mhafail.vip._policy import RebalancePolicy as RebalancePolicy
+from mhafail.vip._servers import VipServers as VipServers
 from mhafail.vip._sockets import listen_socket as listen_socket
 from mhafail.vip._sockets import outbound_socket as outbound_socket
 from mhafail.vip._spec import Vip as Vip
@@ -48,6 +49,7 @@ __all__ = [
     "Vip",
     "VipKind",
     "VipManager",
+    "VipServers",
     "VipStatus",
     "clear_move",
     "decide",

@@ -16,7 +16,7 @@ AgentFactory = Callable[..., CommandAgent]
 
 
 def test_all_equals_the_public_names() -> None:
-    """mhafail.commands.__all__ lists exactly its public names (STYLE.md 1)."""
+    """mhafail.commands.__all__ lists exactly its public names."""
     public = {
         n
         for n, v in vars(mhafail.commands).items()

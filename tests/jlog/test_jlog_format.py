@@ -1,4 +1,4 @@
-"""What mhafail writes matches JLOG_FORMAT.md byte for byte."""
+"""What mhafail writes matches libjlog 2.x byte for byte (docs/jlog.md, "Format compatibility")."""
 
 from __future__ import annotations
 
