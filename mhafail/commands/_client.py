@@ -20,9 +20,10 @@ from typing import Any
 
 import attrs
 
-from mhafail.commands._agent import ensure_layout
+from mhafail.channel import ChannelSecurity
 from mhafail.commands._model import (
     MANAGERS,
+    MAX_CHANNEL_OUTPUT,
     MAX_OUTPUT,
     REQUESTS,
     RESULTS,
@@ -35,13 +36,14 @@ from mhafail.commands._model import (
     reply_path,
     request_path,
 )
+from mhafail.commands._outputs import fetch
 from mhafail.commands._schema import (
     Selector,
     check_command_name,
     check_plain_args,
     node_labels,
 )
-from mhafail.coordination import ConvergeLoop, Coordinator, NodeInfo, check_name
+from mhafail.coordination import ConvergeLoop, Coordinator, NodeInfo, Znodes, check_name
 from mhafail.errors import (
     CommandError,
     CommandInvalidArgument,
@@ -124,6 +126,8 @@ class CommandClient:
             collector runs. Sending and reading need neither.
         gc_period: seconds between garbage-collection passes.
         clock: wall clock (``time.time``) for request times and expiry.
+        channel: how to authenticate to the nodes' reply channels (the
+            cluster's shared secret or TLS), for :meth:`fetch_output`.
 
     Thread safety: every method may be called from any thread.
     """
@@ -132,6 +136,7 @@ class CommandClient:
     name: str = ""
     gc_period: float = 10.0
     clock: Callable[[], float] = time.time
+    channel: ChannelSecurity | None = None
 
     _loop: ConvergeLoop | None = attrs.field(init=False, default=None)
     _layout: bool = attrs.field(init=False, default=False)
@@ -272,7 +277,9 @@ class CommandClient:
             keep: seconds after ``ttl`` that the request and replies are
                 kept when nobody collects them.
             timeout: seconds a node lets the handler run.
-            max_output: largest output (JSON bytes) in a reply.
+            max_output: largest output (JSON bytes) a node sends; above
+                64 KiB, nodes with a reply channel keep it for
+                :meth:`fetch_output` (others cut it to 64 KiB).
 
         Raises:
             CommandInvalidArgument: a bad name, argument, node list or option.
@@ -291,8 +298,8 @@ class CommandClient:
             raise CommandInvalidArgument(
                 "ttl and timeout must be within (0, 86400] s, keep within [0, 604800] s"
             )
-        if not 0 < max_output <= MAX_OUTPUT:
-            raise CommandInvalidArgument(f"max_output must be 1-{MAX_OUTPUT} bytes")
+        if not 0 < max_output <= MAX_CHANNEL_OUTPUT:
+            raise CommandInvalidArgument(f"max_output must be 1-{MAX_CHANNEL_OUTPUT} bytes")
         now = self.clock()
         request = Request(
             id=new_request_id(now),
@@ -335,19 +342,106 @@ class CommandClient:
             CommandInvalidArgument: not a request id.
             MalformedData: the request znode fails its checks.
         """
-        check_request_id(rid)
+        request = self._request(rid)
         z = self.coordinator.znodes
-        znode = z.get(request_path(rid))
+        lists = z.children_many([claim_path(rid), reply_path(rid)])
+        replies: dict[str, Reply] = {}
+        malformed: set[str] = set()
+        self._read_replies(rid, lists.get(reply_path(rid)) or [], replies, malformed)
+        return _result(request, replies, malformed, set(lists.get(claim_path(rid)) or []))
+
+    def wait(self, rid: str, timeout: float) -> CommandResult:
+        """Block until every node asked answered or ``timeout`` passed; return what there is.
+
+        Each change of the reply folder costs two round trips (list it,
+        read only the new replies); the claims are read only on timeout.
+
+        Raises:
+            UnknownRequest: no such request.
+        """
+        changed = threading.Event()
+        end = time.monotonic() + timeout
+        z = self.coordinator.znodes
+        watch = z.watch_changes(
+            reply_path(check_request_id(rid)), lambda _: changed.set(), children=True
+        )
+        try:
+            request = self._request(rid)
+            asked = set(request.nodes)
+            replies: dict[str, Reply] = {}
+            malformed: set[str] = set()
+            while True:
+                changed.clear()
+                self._read_replies(rid, z.children(reply_path(rid)) or [], replies, malformed)
+                left = end - time.monotonic()
+                if asked <= replies.keys() | malformed:
+                    return _result(request, replies, malformed, set())
+                if left <= 0:
+                    claimed = set(z.children(claim_path(rid)) or [])
+                    return _result(request, replies, malformed, claimed)
+                changed.wait(min(left, 1.0))
+        finally:
+            watch.cancel()
+
+    def fetch_output(
+        self, rid: str, node: str, *, max_size: int = MAX_CHANNEL_OUTPUT, timeout: float = 30.0
+    ) -> Any:
+        """The whole output of ``node``'s reply to ``rid``, from ZooKeeper or its reply channel.
+
+        Any manager may fetch it, until the request is collected or expires.
+
+        Args:
+            rid: the request id.
+            node: the answering node.
+            max_size: refuse outputs larger than this (bytes), before fetching.
+            timeout: seconds for the whole fetch.
+
+        Returns:
+            The output's JSON value (the cut text when the reply is ``truncated``).
+
+        Raises:
+            UnknownRequest: no reply (not answered, collected or expired), or
+                the node no longer has the output.
+            CommandInvalidArgument: a bad id or node, or the output is over ``max_size``.
+            CommandError: the output is on a reply channel and this client has no ``channel``.
+            MalformedData: the reply, or the fetched bytes, fail their checks.
+            ChannelError: the node cannot be reached or authenticated.
+        """
+        check_request_id(rid)
+        check_name("node name", node)
+        znode = self.coordinator.znodes.get(reply_path(rid, node))
+        if znode is None:
+            raise UnknownRequest(f"no reply from {node} to {rid} (not yet, collected or expired)")
+        reply = Reply.from_json(znode.data, what=f"reply of {node} to {rid}")
+        if reply.blob is None:
+            return reply.output
+        if self.channel is None:
+            raise CommandError(
+                f"the output of {node} for {rid} ({reply.blob.size} bytes) waits on its reply "
+                "channel: give the CommandClient a channel (the cluster's shared secret)"
+            )
+        data = fetch(reply.blob, rid, self.channel, max_size=max_size, timeout=timeout)
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise MalformedData(f"the output of {node} for {rid} is not JSON: {exc}") from exc
+
+    def _request(self, rid: str) -> Request:
+        check_request_id(rid)
+        znode = self.coordinator.znodes.get(request_path(rid))
         if znode is None:
             raise UnknownRequest(f"no command request {rid} (never sent, collected or expired)")
-        request = Request.from_json(znode.data, what=f"command request {rid}")
-        lists = z.children_many([claim_path(rid), reply_path(rid)])
-        claimed = set(lists.get(claim_path(rid)) or [])
-        answered = lists.get(reply_path(rid)) or []
-        docs = z.get_many([reply_path(rid, n) for n in answered])
-        replies: dict[str, Reply] = {}
-        malformed: list[str] = []
-        for node in answered:
+        return Request.from_json(znode.data, what=f"command request {rid}")
+
+    def _read_replies(
+        self, rid: str, names: Sequence[str], replies: dict[str, Reply], malformed: set[str]
+    ) -> None:
+        """Read the replies in ``names`` not read yet into ``replies`` (or ``malformed``)."""
+        new = [n for n in names if n not in replies and n not in malformed]
+        if not new:
+            return
+        docs = self.coordinator.znodes.get_many([reply_path(rid, n) for n in new])
+        for node in new:
             doc = docs.get(reply_path(rid, node))
             if doc is None:
                 continue
@@ -359,39 +453,9 @@ class CommandClient:
                     )
             except MalformedData as exc:
                 logger.warning("skipping a reply: %s", exc)
-                malformed.append(node)
+                malformed.add(node)
                 continue
             replies[node] = reply
-        asked = request.nodes
-        return CommandResult(
-            request=request,
-            replies=dict(sorted(replies.items())),
-            running=tuple(n for n in asked if n in claimed and n not in replies),
-            pending=tuple(n for n in asked if n not in claimed and n not in replies),
-            malformed=tuple(malformed),
-        )
-
-    def wait(self, rid: str, timeout: float) -> CommandResult:
-        """Block until every node asked answered or ``timeout`` passed; return what there is.
-
-        Raises:
-            UnknownRequest: no such request.
-        """
-        changed = threading.Event()
-        end = time.monotonic() + timeout
-        watch = self.coordinator.znodes.watch_changes(
-            reply_path(check_request_id(rid)), lambda _: changed.set(), children=True
-        )
-        try:
-            while True:
-                changed.clear()
-                result = self.get(rid)
-                left = end - time.monotonic()
-                if result.complete or left <= 0:
-                    return result
-                changed.wait(min(left, 1.0))
-        finally:
-            watch.cancel()
 
     def collect(self, rid: str) -> CommandResult:
         """Read the request and its replies, then delete them (the cache entry is used up).
@@ -510,6 +574,26 @@ class CommandClient:
             host=socket.gethostname()[:255],
             pid=os.getpid(),
         )
+
+
+def _result(
+    request: Request, replies: dict[str, Reply], malformed: set[str], claimed: set[str]
+) -> CommandResult:
+    asked = request.nodes
+    answered = replies.keys() | malformed
+    return CommandResult(
+        request=request,
+        replies=dict(sorted(replies.items())),
+        running=tuple(n for n in asked if n in claimed and n not in answered),
+        pending=tuple(n for n in asked if n not in claimed and n not in answered),
+        malformed=tuple(sorted(malformed)),
+    )
+
+
+def ensure_layout(znodes: Znodes) -> None:
+    """Create ``commands/`` folders that are missing (operators; nodes may only read)."""
+    for folder in (REQUESTS, RESULTS, MANAGERS):
+        znodes.ensure(folder)
 
 
 def _id_time(rid: str) -> float:
