@@ -150,7 +150,7 @@ STEPS = ("sent", "pass", "seen", "marked", "claimed", "started", "done", "replie
 def profile(began_at: dict[str, list[float]], state_dirs: list[Path]) -> dict[str, Any]:
     """Per step, median and p99 ms since the broadcast began (all nodes, all rounds)."""
     since: dict[str, list[float]] = {step: [] for step in STEPS}
-    for rid, (began, sent, done) in began_at.items():
+    for began, sent, done in began_at.values():
         since["sent"].append(sent - began)
         since["gathered"].append(done - began)
     for directory in state_dirs:

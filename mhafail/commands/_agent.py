@@ -505,9 +505,7 @@ class CommandAgent:
                 loop.kick()
 
         try:
-            run.watch = self.coordinator.znodes.watch_changes(
-                request_path(run.request.id), changed
-            )
+            run.watch = self.coordinator.znodes.watch_changes(request_path(run.request.id), changed)
         except CoordinationError:
             logger.info("request %s: no watch; cancels are seen within a period", run.request.id)
 

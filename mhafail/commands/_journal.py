@@ -202,7 +202,9 @@ class AuditJournal:
     def __init__(self, path: Path) -> None:
         try:
             jlog = Jlog.open(path) if path.exists() else Jlog.create(path)
-            self._writer: JlogWriter | None = jlog.writer(durability=Durability.group(max_delay=0.2))
+            self._writer: JlogWriter | None = jlog.writer(
+                durability=Durability.group(max_delay=0.2)
+            )
         except (JlogError, OSError) as exc:
             raise CommandError(f"cannot open the command audit jlog {path}: {exc}") from exc
         self.path = path

@@ -165,7 +165,10 @@ class OutputStore:
             doc = json.loads(ask)
             if not isinstance(doc, dict) or doc.get("op") != "output":
                 raise CommandInvalidArgument("expected {'op': 'output', 'id': ID}")
-            rid = check_request_id(doc.get("id"))  # also keeps the path inside the directory
+            raw_id = doc.get("id")
+            if not isinstance(raw_id, str):
+                raise CommandInvalidArgument("the fetch request names no request id")
+            rid = check_request_id(raw_id)  # also keeps the path inside the directory
             try:
                 f = (self.directory / rid).open("rb")
             except FileNotFoundError:
@@ -240,4 +243,3 @@ def _header(data: bytes, peer: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ChannelProtocolError(f"{peer} did not answer with a fetch header")
     return doc
-

@@ -131,9 +131,7 @@ def test_oversized_and_refused_large_outputs(
         manager.fetch_output("../../etc", "n1")
 
 
-def test_forged_blobs_are_refused(
-    agent_factory: AgentFactory, manager: CommandClient
-) -> None:
+def test_forged_blobs_are_refused(agent_factory: AgentFactory, manager: CommandClient) -> None:
     """Attack: a reply znode rewritten to a blob with another hash, or a size over the cap,
     fails its checks; the node never serves a path outside its output directory."""
     agent = start_big(agent_factory, channel=SECURITY)
