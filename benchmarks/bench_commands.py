@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -68,6 +69,13 @@ def node_main(args: argparse.Namespace) -> int:
     threading.Thread(target=serve, daemon=True).start()
     print(json.dumps({"ready": args.node, "port": server.getsockname()[1]}), flush=True)
     stop.wait()
+    if args.profile:
+        threads = {}
+        for thread in threading.enumerate():
+            if thread.native_id is not None:
+                threads[thread.name] = round(cpu_seconds(os.getpid(), thread.native_id), 2)
+        threads["(process)"] = round(cpu_seconds(os.getpid()), 2)
+        Path(args.state_dir, "threads.json").write_text(json.dumps(threads))
     agent.stop()
     membership.stop()
     coordinator.stop()
@@ -94,13 +102,25 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
 
 
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User plus system CPU time of a process (or one of its threads) so far (Linux /proc)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
-    client: Any, ports: list[int], args: argparse.Namespace, began_at: dict[str, list[float]]
+    client: Any,
+    ports: list[int],
+    args: argparse.Namespace,
+    began_at: dict[str, list[float]],
+    pids: dict[str, list[int]],
 ) -> dict[str, Any]:
     """Round trips beside the naive baseline, then concurrent broadcasts."""
     client.wait(client.broadcast("ping"), 10)  # warm up
     broadcast: list[float] = []
     naive: list[float] = []
+    cpu_before = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
     for _ in range(args.rounds):
         began = time.monotonic()
         rid = client.broadcast("ping", keep=60)
@@ -112,6 +132,10 @@ def measure(
         if len(result.replies) != args.nodes:
             raise RuntimeError(f"incomplete broadcast: {result}")
         naive.append(naive_round(ports))
+    cpu = {
+        k: round(1000 * (sum(cpu_seconds(p) for p in v) - cpu_before[k]) / args.rounds, 1)
+        for k, v in pids.items()
+    }
     ids: list[str] = []
     lock = threading.Lock()
 
@@ -140,6 +164,7 @@ def measure(
         "concurrent_broadcasts": len(ids),
         "broadcasts_per_s": round(len(ids) / elapsed, 1),
         "node_requests_per_s": round(len(ids) * args.nodes / elapsed, 1),
+        "cpu_ms_per_round": cpu,
     }
     return summary
 
@@ -208,10 +233,17 @@ def main() -> int:
                 ports.append(json.loads(proc.stdout.readline())["port"])
             began_at: dict[str, list[float]] = {}
             with Coordinator(hosts=server.address, cluster=args.cluster, open_acl=True) as c:
-                summary = measure(CommandClient(coordinator=c), ports, args, began_at)
+                assert server.pid is not None
+                pids = {
+                    "nodes": [p.pid for p in procs],
+                    "zookeeper": [server.pid],
+                    "manager": [os.getpid()],
+                }
+                summary = measure(CommandClient(coordinator=c), ports, args, began_at, pids)
             stop_all(procs)
             if args.profile:
                 summary["steps_since_broadcast"] = profile(began_at, dirs)
+                summary["node_n0_thread_cpu_s"] = json.loads((dirs[0] / "threads.json").read_text())
             print(json.dumps(summary, indent=2))
     finally:
         stop_all(procs)
