@@ -17,9 +17,11 @@ For every request that names this node the agent, on its own loop thread:
    reply znode (retried until ZooKeeper takes it); an output too large for
    ZooKeeper waits on the node's reply channel (see ``_outputs``).
 
-A pass costs three ZooKeeper round trips before a handler starts (list
-the requests; read the new ones with this node's claims and replies;
-create the claims) and one after (the reply).
+A new request costs a node two ZooKeeper round trips before its handler
+starts (read it; create the claim: the folder list comes with the
+watch's re-arm) and one after (the reply). Requests that were there when
+the process started are also checked for an earlier process's claim and
+reply. One process per node name and state directory.
 
 A request therefore runs at most once per node: the marker is on disk
 before the handler starts, and a node never runs a request whose marker
@@ -95,8 +97,8 @@ class CommandAgent:
         max_running: handlers allowed at once; more requests wait.
         period: seconds between passes when no watch fires.
         marker_keep: seconds a marker is kept after its request is gone.
-        prune_period: seconds between clean-ups of markers and of the
-            stored outputs of requests that are gone (collected or expired).
+        prune_period: seconds between clean-ups of old markers and of
+            stored outputs past their request's ``keep_until``.
         stop_timeout: the longest :meth:`stop` waits for handlers and ZooKeeper.
         clock: wall clock for expiry (``time.time``).
         channel: with it, outputs over 64 KiB (up to the request's
@@ -143,6 +145,8 @@ class CommandAgent:
     _listeners: list[ReplyListener] = attrs.field(init=False, factory=list)
     _stopping: bool = attrs.field(init=False, default=False)
     _last_prune: float = attrs.field(init=False, default=0.0)
+    _listed: list[str] | None = attrs.field(init=False, default=None)
+    _initial: set[str] | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         if self.max_running < 1:
@@ -321,14 +325,13 @@ class CommandAgent:
         if not self.coordinator.lease_valid():
             self._cancel_all("coordination with ZooKeeper was lost")
             return
-        z = self.coordinator.znodes
         self._flush_unsent()
-        self._arm_watch(folder=True)
-        names = z.children(REQUESTS)
+        names = self._list_requests()
         if names is None:
             return  # no manager ever ran: the folder watch fires when one creates it
-        self._arm_watch(folder=False)
         live = set(names)
+        if self._initial is None:
+            self._initial = live
         with self._lock:
             self._done &= live
             running = dict(self._running)
@@ -337,13 +340,28 @@ class CommandAgent:
             if rid not in live:
                 self._cancel(run, "the request was deleted")
         todo = [n for n in names if n not in busy]
-        watched = [n for n in running if n in live]
-        # One pipelined round trip: each new request with this node's claim
-        # and reply (most requests name this node), and the running ones.
+        alive = {rid: run for rid, run in running.items() if rid in live}
+        mine, docs = self._read_requests(todo, alive, began)
+        if mine:
+            self._consider_all(mine, docs)
+        self._prune(live)
+
+    def _read_requests(
+        self, todo: list[str], running: Mapping[str, Run], began: float
+    ) -> tuple[list[Request], dict[str, Any]]:
+        """Read new and running requests; cancel what was cancelled; return this node's new ones."""
+        assert self._initial is not None
+        watched = list(running)
+        # One pipelined round trip: the new requests and the running ones,
+        # with this node's claim and reply for requests that were there
+        # when this process started (an earlier process of this node may
+        # have taken or answered them). Later ones were never seen by an
+        # earlier process; the claim's create still refuses a second taker.
+        inherited = [n for n in todo if n in self._initial]
         paths = [request_path(n) for n in todo + watched]
-        paths += [claim_path(n, self.node) for n in todo]
-        paths += [reply_path(n, self.node) for n in todo]
-        docs = z.get_many(paths)
+        paths += [claim_path(n, self.node) for n in inherited]
+        paths += [reply_path(n, self.node) for n in inherited]
+        docs = self.coordinator.znodes.get_many(paths)
         mine: list[Request] = []
         for rid in todo + watched:
             request = self._read(rid, docs.get(request_path(rid)))
@@ -359,20 +377,42 @@ class CommandAgent:
             else:
                 with self._lock:
                     self._done.add(rid)
-        if mine:
-            self._consider_all(mine, docs)
-        self._prune(live)
+        return mine, docs
+
+    def _list_requests(self) -> list[str] | None:
+        """The request ids: as the children watch last delivered them, or read now."""
+        self._arm_watch(folder=True)
+        with self._lock:
+            names, self._listed = self._listed, None
+        if names is None:
+            names = self.coordinator.znodes.children(REQUESTS)
+        if names is not None:
+            self._arm_watch(folder=False)
+        return names
 
     def _arm_watch(self, *, folder: bool) -> None:
         # A children watch can only be set on an existing folder; the exists
-        # watch sees the folder appear (the first manager creates it).
+        # watch sees the folder appear (the first manager creates it). The
+        # children watch hands over the list it read on re-arming, so a
+        # pass does not list the folder a second time.
         with self._lock:
             if self._loop is None or self._watches.get(folder) is not None:
                 return
             loop = self._loop
-        watch = self.coordinator.znodes.watch_changes(REQUESTS, loop.kick, children=not folder)
+        z = self.coordinator.znodes
+        if folder:
+            watch = z.watch_changes(REQUESTS, loop.kick)
+        else:
+            watch = z.watch_children(REQUESTS, self._on_list)
         with self._lock:
             self._watches[folder] = watch
+
+    def _on_list(self, names: list[str]) -> None:
+        with self._lock:
+            self._listed = names
+            loop = self._loop
+        if loop is not None:
+            loop.kick()
 
     def _read(self, rid: str, znode: Any) -> Request | None:
         if znode is None:
@@ -550,7 +590,7 @@ class CommandAgent:
         output, truncated, data = encode_output_text(value, min(request.max_output, cap))
         if len(data) <= MAX_OUTPUT or self._outputs is None:
             return output, truncated, None
-        return None, truncated, self._outputs.put(request.id, data)
+        return None, truncated, self._outputs.put(request.id, data, request.keep_until)
 
     # --- answers ----------------------------------------------------------------
 
@@ -636,4 +676,4 @@ class CommandAgent:
         self._last_prune = now
         self._markers.prune(live, self.marker_keep)
         if self._outputs is not None:
-            self._outputs.prune(live)
+            self._outputs.prune(self.clock())

@@ -5,6 +5,14 @@ replies of any request by its id, whichever manager sent it and whether
 or not that manager still lives; replies stay until someone collects
 them or the request's ``keep_until`` passes (then any live manager's
 garbage collector deletes them).
+
+The request is written twice in one pipelined batch: as the data of its
+results folder (``results/<id>``, the cache entry managers read) and as
+``requests/<id>``, which every node watches. Once every node asked has
+answered, the request leaves ``requests/`` (the manager that sees it
+complete, or any manager's garbage collector removes it): the folder
+every node lists on every change then holds only unanswered requests,
+not an hour of history.
 """
 
 from __future__ import annotations
@@ -324,7 +332,7 @@ class CommandClient:
         # order, so the folders exist before any node can see the request.
         self.coordinator.znodes.create_many(
             [
-                (f"{RESULTS}/{rid}", b""),
+                (f"{RESULTS}/{rid}", data),
                 (claim_path(rid), b""),
                 (reply_path(rid), b""),
                 (request_path(rid), data),
@@ -375,6 +383,8 @@ class CommandClient:
                 self._read_replies(rid, z.children(reply_path(rid)) or [], replies, malformed)
                 left = end - time.monotonic()
                 if asked <= replies.keys() | malformed:
+                    if asked <= replies.keys():
+                        self._retire(rid)
                     return _result(request, replies, malformed, set())
                 if left <= 0:
                     claimed = set(z.children(claim_path(rid)) or [])
@@ -428,10 +438,20 @@ class CommandClient:
 
     def _request(self, rid: str) -> Request:
         check_request_id(rid)
-        znode = self.coordinator.znodes.get(request_path(rid))
+        z = self.coordinator.znodes
+        znode = z.get(f"{RESULTS}/{rid}")
+        if znode is not None and not znode.data:
+            znode = z.get(request_path(rid))  # sent by a manager that kept no copy
         if znode is None:
             raise UnknownRequest(f"no command request {rid} (never sent, collected or expired)")
         return Request.from_json(znode.data, what=f"command request {rid}")
+
+    def _retire(self, rid: str) -> None:
+        """Take an answered request out of the folder nodes watch (its cache entry stays)."""
+        try:
+            self.coordinator.znodes.delete(request_path(rid))
+        except CoordinationError as exc:  # the garbage collector retires it later
+            logger.info("request %s stays in the node folder for now: %s", rid, exc)
 
     def _read_replies(
         self, rid: str, names: Sequence[str], replies: dict[str, Reply], malformed: set[str]
@@ -471,9 +491,9 @@ class CommandClient:
         """Delete a request and its replies; True if the request existed."""
         check_request_id(rid)
         z = self.coordinator.znodes
-        existed = z.delete(request_path(rid))
-        z.delete(f"{RESULTS}/{rid}", recursive=True)
-        return existed
+        live = z.delete(request_path(rid))
+        kept = z.delete(f"{RESULTS}/{rid}", recursive=True)
+        return live or kept
 
     def cancel(self, rid: str) -> bool:
         """Ask the nodes to cancel ``rid``; False when it does not exist.
@@ -483,71 +503,97 @@ class CommandClient:
         given stay.
         """
         check_request_id(rid)
+        kept = self._mark_cancelled(f"{RESULTS}/{rid}", rid)
+        live = self._mark_cancelled(request_path(rid), rid)
+        return kept or live
+
+    def _mark_cancelled(self, path: str, rid: str) -> bool:
+        """Set ``cancelled`` in the request at ``path`` (compare-and-set); False if absent."""
         z = self.coordinator.znodes
         for _ in range(10):
-            znode = z.get(request_path(rid))
-            if znode is None:
+            znode = z.get(path)
+            if znode is None or not znode.data:
                 return False
             request = Request.from_json(znode.data, what=f"command request {rid}")
             if request.cancelled:
                 return True
             data = attrs.evolve(request, cancelled=True).to_json()
-            if z.set(request_path(rid), data, version=znode.version) is not None:
+            if z.set(path, data, version=znode.version) is not None:
                 return True
         raise CommandError(f"could not cancel {rid}: the request kept changing")
 
     def list_requests(self) -> list[RequestSummary]:
         """Every request in the cache, oldest first (malformed ones are skipped and logged)."""
         z = self.coordinator.znodes
-        names = z.children(REQUESTS) or []
-        docs = z.get_many([request_path(n) for n in names])
-        counts = z.children_many([reply_path(n) for n in names])
-        result = []
-        for rid in names:
-            doc = docs.get(request_path(rid))
-            if doc is None:
-                continue
-            try:
-                req = Request.from_json(doc.data, what=f"command request {rid}")
-            except MalformedData as exc:
-                logger.warning("skipping request %s: %s", rid, exc)
-                continue
-            result.append(
-                RequestSummary(
-                    id=rid,
-                    command=req.command,
-                    nodes=len(req.nodes),
-                    replies=len(counts.get(reply_path(rid)) or []),
-                    requester=req.requester.user,
-                    created=req.created,
-                    expires=req.expires,
-                    cancelled=req.cancelled,
-                )
+        requests = self._cached(z.children(RESULTS) or [])
+        counts = z.children_many([reply_path(rid) for rid in requests])
+        return [
+            RequestSummary(
+                id=rid,
+                command=req.command,
+                nodes=len(req.nodes),
+                replies=len(counts.get(reply_path(rid)) or []),
+                requester=req.requester.user,
+                created=req.created,
+                expires=req.expires,
+                cancelled=req.cancelled,
             )
-        return result
+            for rid, req in requests.items()
+        ]
 
     def gc(self) -> int:
-        """Delete requests past ``keep_until`` and orphaned results; returns how many."""
+        """Delete requests past ``keep_until`` and orphaned results, retire answered ones.
+
+        Returns:
+            How many requests were deleted.
+        """
         z = self.coordinator.znodes
         now = self.clock()
-        names = z.children(REQUESTS) or []
-        docs = z.get_many([request_path(n) for n in names])
+        names = z.children(RESULTS) or []
+        pending = set(z.children(REQUESTS) or [])
+        cached = self._cached(names, malformed_too=True)
         removed = 0
         for rid in names:
-            doc = docs.get(request_path(rid))
+            request = cached.get(rid)
+            keep_until = _id_time(rid) + 7 * 86400 if request is None else request.keep_until
+            if now > keep_until and self.delete(rid):
+                removed += 1
+            elif request is None and rid not in pending and now - _id_time(rid) > ORPHAN_AGE:
+                z.delete(f"{RESULTS}/{rid}", recursive=True)  # a send that never finished
+        for rid in pending - set(names):  # a request without results: it cannot be answered
+            if now - _id_time(rid) > ORPHAN_AGE:
+                z.delete(request_path(rid))
+        expired = {rid for rid, request in cached.items() if now > request.keep_until}
+        still = sorted(pending & (set(cached) - expired))
+        answered = z.children_many([reply_path(rid) for rid in still])
+        for rid in still:
+            if set(cached[rid].nodes) <= set(answered.get(reply_path(rid)) or []):
+                self._retire(rid)
+        return removed
+
+    def _cached(self, names: Sequence[str], *, malformed_too: bool = False) -> dict[str, Request]:
+        """The requests of these cache entries (older entries: from ``requests/``).
+
+        Malformed ones are logged and left out; with ``malformed_too`` they
+        are left out silently (the garbage collector judges them by age).
+        """
+        z = self.coordinator.znodes
+        docs = z.get_many([f"{RESULTS}/{rid}" for rid in names])
+        bare = [rid for rid in names if (d := docs.get(f"{RESULTS}/{rid}")) and not d.data]
+        old = z.get_many([request_path(rid) for rid in bare])
+        found: dict[str, Request] = {}
+        for rid in names:
+            doc = docs.get(f"{RESULTS}/{rid}")
+            if doc is not None and not doc.data:
+                doc = old.get(request_path(rid))
             if doc is None:
                 continue
             try:
-                keep_until = Request.from_json(doc.data).keep_until
-            except MalformedData:
-                keep_until = _id_time(rid) + 7 * 86400  # only an operator could have written it
-            if now > keep_until and self.delete(rid):
-                removed += 1
-        live = set(names)
-        for rid in z.children(RESULTS) or []:
-            if rid not in live and now - _id_time(rid) > ORPHAN_AGE:
-                z.delete(f"{RESULTS}/{rid}", recursive=True)
-        return removed
+                found[rid] = Request.from_json(doc.data, what=f"command request {rid}")
+            except MalformedData as exc:
+                if not malformed_too:
+                    logger.warning("skipping request %s: %s", rid, exc)
+        return found
 
     # --- internals -----------------------------------------------------------------
 

@@ -7,7 +7,9 @@ its reply carries a :class:`~mhafail.commands.Blob` instead: the node's
 ``commands`` endpoint, the size and the SHA-256. Any manager fetches it
 by request id over an authenticated :mod:`mhafail.channel` connection
 (the cluster's shared secret or mutual TLS) until the request is
-collected or expires; then the node deletes the file.
+``keep_until`` passes; then the node deletes the file (its modification
+time is set to ``keep_until``). After a collect the file may linger until
+then, but no manager finds the reply that points at it.
 
 Wire protocol (service ``commands``), one fetch per connection: the
 manager sends ``{"op": "output", "id": ID}``; the node answers
@@ -111,8 +113,8 @@ class OutputStore:
         """Stop serving (the files stay for the next start)."""
         self._listener.stop(timeout=2.0)
 
-    def put(self, rid: str, data: bytes) -> Blob:
-        """Store ``rid``'s output durably; returns the blob its reply carries.
+    def put(self, rid: str, data: bytes, keep_until: float) -> Blob:
+        """Store ``rid``'s output durably until ``keep_until``; returns the blob its reply carries.
 
         Raises:
             CommandError: the file cannot be written.
@@ -128,6 +130,7 @@ class OutputStore:
                 os.fsync(fd)  # the reply acknowledges it: it must outlive a crash
             finally:
                 os.close(fd)
+            os.utime(tmp, (keep_until, keep_until))
             os.replace(tmp, path)
             dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -140,21 +143,18 @@ class OutputStore:
             raise CommandError(f"cannot store the output of {rid}: {exc}") from exc
         return Blob(endpoint=self.endpoint, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
-    def prune(self, live: set[str]) -> int:
-        """Delete the outputs of requests no longer in ZooKeeper (collected or expired).
-
-        ``live`` is the request list of the pass that calls this; a node
-        only answers requests it listed, so every output being written
-        belongs to a live request. Returns how many were deleted.
-        """
+    def prune(self, now: float | None = None) -> int:
+        """Delete the outputs whose request's ``keep_until`` passed; returns how many."""
         removed = 0
+        now = time.time() if now is None else now
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.directory):
-                if entry.name in live or entry.name.endswith(".tmp"):
+                if entry.name.endswith(".tmp"):
                     continue
                 with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-                    removed += 1
+                    if entry.stat().st_mtime < now:
+                        os.unlink(entry.path)
+                        removed += 1
         return removed
 
     def _serve(self, channel: Channel) -> None:

@@ -58,34 +58,37 @@ def manager(coordinator_factory: Callable[..., Coordinator]) -> CommandClient:
     return CommandClient(coordinator=coordinator_factory(), channel=SECURITY)
 
 
-def test_large_output_is_fetched_by_any_manager_until_collected(
+def test_large_output_is_fetched_by_any_manager_until_collected_or_expired(
     agent_factory: AgentFactory,
     manager: CommandClient,
     coordinator_factory: Callable[..., Coordinator],
 ) -> None:
-    """A 3 MB output goes by the channel; two managers fetch it by id; once the request is
-    collected the node deletes it and a fetch says it is unknown."""
+    """A 3 MB output goes by the channel; two managers fetch it by id; collected, no manager
+    finds it; past keep_until the node deletes it and a direct fetch says it is unknown."""
     agent = start_big(agent_factory, channel=SECURITY, prune_period=0.1, period=0.2)
     size = 3 * 1024 * 1024
     expected = [f"{i:08d}" for i in range(size // 11)]
-    rid = manager.unicast("n1", "app.big", {"size": size}, max_output=4 * 1024 * 1024)
+    rid = manager.unicast("n1", "app.big", {"size": size}, max_output=4 * 1024 * 1024, keep=2)
     reply = manager.wait(rid, 20).replies["n1"]
     assert reply.status is ReplyStatus.OK and reply.output is None and reply.blob is not None
     assert reply.blob.endpoint == agent.channel_endpoint
     assert manager.fetch_output(rid, "n1") == expected
     second = CommandClient(coordinator=coordinator_factory(), channel=SECURITY)
     assert second.fetch_output(rid, "n1") == expected
-    stored = Path(agent.state_dir) / "outputs" / rid
-    assert stored.exists()
     manager.collect(rid)
+    with pytest.raises(UnknownRequest):
+        second.fetch_output(rid, "n1")
+    short = manager.unicast("n1", "app.big", {"size": 100_000}, max_output=200_000, ttl=0.5, keep=0)
+    blob = manager.wait(short, 10).replies["n1"].blob
+    assert blob is not None
+    assert fetch(blob, short, SECURITY)
+    stored = Path(agent.state_dir) / "outputs" / short
     deadline = time.monotonic() + 10
     while stored.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not stored.exists()
-    with pytest.raises(UnknownRequest):
-        second.fetch_output(rid, "n1")
     with pytest.raises(UnknownRequest, match="no stored output"):
-        fetch(reply.blob, rid, SECURITY)
+        fetch(blob, short, SECURITY)
 
 
 def test_small_output_stays_in_zookeeper_and_fetch_returns_it(
