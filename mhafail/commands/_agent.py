@@ -10,9 +10,9 @@ For every request that names this node the agent, on its own loop thread:
    or its arguments fail the schema (``refused``);
 3. otherwise, only while the coordinator's lease is valid, writes the
    run-once markers of every request it takes in this pass (one append,
-   one ``fdatasync``), creates their claim znodes (pipelined), and runs
-   each handler on a thread of its own with the request's deadline and
-   output cap;
+   one ``fdatasync``) while it creates their claim znodes (pipelined),
+   and once both are done runs each handler on a thread of its own with
+   the request's deadline and output cap;
 4. appends ``started`` and the outcome to the audit jlog and creates its
    reply znode (retried until ZooKeeper takes it); an output too large for
    ZooKeeper waits on the node's reply channel (see ``_outputs``).
@@ -478,33 +478,50 @@ class CommandAgent:
             return None
 
     def _take_and_launch(self, ready: list[tuple[Request, Command, dict[str, Any]]]) -> None:
+        """Mark and claim a batch, then start the handlers of those both took.
+
+        The markers' sync (one ``fdatasync`` for the batch) runs on a helper
+        thread while the claims (pipelined) go to ZooKeeper: a handler
+        starts only after both are done. A claim without a durable marker
+        (a crash or a failed sync in between) makes the next pass answer
+        ``abandoned``; it never makes a request run.
+        """
         assert self._markers is not None
-        try:
-            # One fdatasync for the whole batch: every marker is durable
-            # before any of these handlers starts.
-            taken = self._markers.take_many([r.id for r, _, _ in ready])
-        except CommandError as exc:
-            logger.error("not running %d requests: %s", len(ready), exc)
-            return  # no marker, no run: the next pass tries again
-        for request, _, _ in ready:
-            self._trace("marked", request.id)
-            if request.id not in taken:
-                self._answer(request, ReplyStatus.ABANDONED, "taken before; not run again")
+        markers = self._markers
+        ids = [r.id for r, _, _ in ready]
+        box: dict[str, Any] = {}
+
+        def take() -> None:
+            try:
+                box["taken"] = markers.take_many(ids)
+            except CommandError as exc:
+                box["error"] = exc
+
+        syncer = threading.Thread(target=take, name=f"mhafail-markers-{self.node}", daemon=True)
+        syncer.start()
         claim = {"node": self.node, "host": socket.gethostname(), "pid": os.getpid()}
         claim["at"] = self.clock()
         data = json.dumps(claim).encode()
-        batch = [(r, c, a) for r, c, a in ready if r.id in taken]
         try:
             created = self.coordinator.znodes.create_many(
-                [(claim_path(r.id, self.node), data) for r, _, _ in batch]
+                [(claim_path(rid, self.node), data) for rid in ids]
             )
         except CoordinationError as exc:
-            # The markers stay: whether or not the claims landed, these never run now.
-            logger.warning("%d claims failed (%s); those requests will not run", len(batch), exc)
-            return
-        for request, command, args in batch:
+            logger.warning("%d claims failed (%s); those requests will not run", len(ids), exc)
+            created = None
+        syncer.join()
+        if "error" in box:
+            logger.error("not running %d requests: %s", len(ids), box["error"])
+            return  # no marker, no run: claims that landed make the next pass answer abandoned
+        if created is None:
+            return  # the markers stay: these never run now
+        taken: set[str] = box["taken"]
+        for request, command, args in ready:
+            self._trace("marked", request.id)
             self._trace("claimed", request.id)
-            if created.get(claim_path(request.id, self.node)):
+            if request.id not in taken:
+                self._answer(request, ReplyStatus.ABANDONED, "taken before; not run again")
+            elif created.get(claim_path(request.id, self.node)):
                 self._launch(request, command, args)
             else:
                 self._answer(

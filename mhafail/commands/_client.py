@@ -148,6 +148,9 @@ class CommandClient:
 
     _loop: ConvergeLoop | None = attrs.field(init=False, default=None)
     _layout: bool = attrs.field(init=False, default=False)
+    _retire_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _retiring: list[str] = attrs.field(init=False, factory=list)
+    _retirer: threading.Thread | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         if self.name:
@@ -384,7 +387,7 @@ class CommandClient:
                 left = end - time.monotonic()
                 if asked <= replies.keys() | malformed:
                     if asked <= replies.keys():
-                        self._retire(rid)
+                        self._retire(rid, now=False)
                     return _result(request, replies, malformed, set())
                 if left <= 0:
                     claimed = set(z.children(claim_path(rid)) or [])
@@ -446,12 +449,33 @@ class CommandClient:
             raise UnknownRequest(f"no command request {rid} (never sent, collected or expired)")
         return Request.from_json(znode.data, what=f"command request {rid}")
 
-    def _retire(self, rid: str) -> None:
-        """Take an answered request out of the folder nodes watch (its cache entry stays)."""
+    def _retire(self, rid: str, *, now: bool = True) -> None:
+        """Take an answered request out of the folder nodes watch (its cache entry stays).
+
+        With ``now`` False it is queued for a worker thread, off the caller's path.
+        """
+        if not now:
+            with self._retire_lock:
+                self._retiring.append(rid)
+                if self._retirer is None or not self._retirer.is_alive():
+                    self._retirer = threading.Thread(
+                        target=self._retire_queued, name="mhafail-command-retire", daemon=True
+                    )
+                    self._retirer.start()
+            return
         try:
             self.coordinator.znodes.delete(request_path(rid))
         except CoordinationError as exc:  # the garbage collector retires it later
             logger.info("request %s stays in the node folder for now: %s", rid, exc)
+
+    def _retire_queued(self) -> None:
+        while True:
+            with self._retire_lock:
+                if not self._retiring:
+                    self._retirer = None
+                    return
+                rid = self._retiring.pop(0)
+            self._retire(rid)
 
     def _read_replies(
         self, rid: str, names: Sequence[str], replies: dict[str, Reply], malformed: set[str]
