@@ -65,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 ORPHAN_AGE = 600.0
 """Seconds after which a results folder without its request is garbage."""
+RETIRE_DELAY = 0.5
+"""Seconds a manager gathers answered requests before it takes them out of the node folder."""
 
 
 @attrs.frozen
@@ -469,13 +471,17 @@ class CommandClient:
             logger.info("request %s stays in the node folder for now: %s", rid, exc)
 
     def _retire_queued(self) -> None:
+        # Batched: every retirement is a change of the folder each node
+        # watches, and deletions close together reach a node as one event.
         while True:
+            time.sleep(RETIRE_DELAY)
             with self._retire_lock:
-                if not self._retiring:
+                batch, self._retiring = self._retiring, []
+                if not batch:
                     self._retirer = None
                     return
-                rid = self._retiring.pop(0)
-            self._retire(rid)
+            for rid in batch:
+                self._retire(rid)
 
     def _read_replies(
         self, rid: str, names: Sequence[str], replies: dict[str, Reply], malformed: set[str]
