@@ -10,9 +10,9 @@ For every request that names this node the agent, on its own loop thread:
    or its arguments fail the schema (``refused``);
 3. otherwise, only while the coordinator's lease is valid, writes the
    run-once markers of every request it takes in this pass (one append,
-   one ``fdatasync``) while it creates their claim znodes (pipelined),
-   and once both are done runs each handler on a thread of its own with
-   the request's deadline and output cap;
+   one ``fdatasync``), creates their claim znodes (pipelined), and runs
+   each handler on a thread of its own with the request's deadline and
+   output cap;
 4. appends ``started`` and the outcome to the audit jlog and creates its
    reply znode (retried until ZooKeeper takes it); an output too large for
    ZooKeeper waits on the node's reply channel (see ``_outputs``).
@@ -59,7 +59,7 @@ from mhafail.commands._model import (
 )
 from mhafail.commands._outputs import OutputStore
 from mhafail.commands._registry import Command, CommandContext, Handler, Registry
-from mhafail.commands._runner import AgentStats, Run, supervise
+from mhafail.commands._runner import AgentStats, Outcome, Run, Watchdog, call_handler
 from mhafail.commands._schema import Arg, Schema
 from mhafail.coordination import ConvergeLoop, Coordinator, LeaseState, Watch, Znodes, check_name
 from mhafail.errors import (
@@ -138,6 +138,7 @@ class CommandAgent:
     _markers: Markers | None = attrs.field(init=False, default=None)
     _journal: AuditJournal | None = attrs.field(init=False, default=None)
     _outputs: OutputStore | None = attrs.field(init=False, default=None)
+    _watchdog: Watchdog | None = attrs.field(init=False, default=None)
     _running: dict[str, Run] = attrs.field(init=False, factory=dict)
     _done: set[str] = attrs.field(init=False, factory=set)
     _unsent: dict[str, Reply] = attrs.field(init=False, factory=dict)
@@ -239,6 +240,9 @@ class CommandAgent:
                 self._journal.close()
                 self._markers.close()
                 raise
+        self._watchdog = Watchdog(
+            f"mhafail-command-watchdog-{self.node}", self._settle, self._watch_cancel
+        )
         self._loop = ConvergeLoop(f"mhafail-commands-{self.node}", self._pass, period=self.period)
         self.coordinator.add_lease_listener(self._on_lease)
         self.coordinator.add_session_listener(self._on_session)
@@ -254,10 +258,11 @@ class CommandAgent:
         for watch in self._take_watches():
             watch.cancel()
         self._loop.stop(timeout=max(0.1, self.stop_timeout / 2))
-        runs = self._cancel_all("the agent is stopping")
-        for run in runs:
-            if run.thread is not None:
-                run.thread.join(max(0.0, end - time.monotonic()))
+        self._cancel_all("the agent is stopping")
+        # The watchdog answers for every cancelled run; wait for those replies.
+        self.wait_idle(max(0.0, end - time.monotonic()))
+        if self._watchdog is not None:
+            self._watchdog.stop(max(0.1, end - time.monotonic()))
         if self._journal is not None:
             self._journal.close()
         if self._markers is not None:
@@ -308,9 +313,9 @@ class CommandAgent:
             self._cancel(run, reason)
         return runs
 
-    @staticmethod
-    def _cancel(run: Run, reason: str) -> None:
-        run.cancel(reason)
+    def _cancel(self, run: Run, reason: str) -> None:
+        if run.cancel(reason) and self._watchdog is not None:
+            self._watchdog.poke(run)
 
     def _znodes(self) -> Znodes:
         z = self.coordinator.znodes
@@ -478,50 +483,33 @@ class CommandAgent:
             return None
 
     def _take_and_launch(self, ready: list[tuple[Request, Command, dict[str, Any]]]) -> None:
-        """Mark and claim a batch, then start the handlers of those both took.
-
-        The markers' sync (one ``fdatasync`` for the batch) runs on a helper
-        thread while the claims (pipelined) go to ZooKeeper: a handler
-        starts only after both are done. A claim without a durable marker
-        (a crash or a failed sync in between) makes the next pass answer
-        ``abandoned``; it never makes a request run.
-        """
+        """Mark a batch (one ``fdatasync``), claim it (pipelined), start what both took."""
         assert self._markers is not None
-        markers = self._markers
         ids = [r.id for r, _, _ in ready]
-        box: dict[str, Any] = {}
-
-        def take() -> None:
-            try:
-                box["taken"] = markers.take_many(ids)
-            except CommandError as exc:
-                box["error"] = exc
-
-        syncer = threading.Thread(target=take, name=f"mhafail-markers-{self.node}", daemon=True)
-        syncer.start()
+        try:
+            taken = self._markers.take_many(ids)
+        except CommandError as exc:
+            logger.error("not running %d requests: %s", len(ids), exc)
+            return  # no marker, no run: the next pass tries again
         claim = {"node": self.node, "host": socket.gethostname(), "pid": os.getpid()}
         claim["at"] = self.clock()
         data = json.dumps(claim).encode()
-        try:
-            created = self.coordinator.znodes.create_many(
-                [(claim_path(rid, self.node), data) for rid in ids]
-            )
-        except CoordinationError as exc:
-            logger.warning("%d claims failed (%s); those requests will not run", len(ids), exc)
-            created = None
-        syncer.join()
-        if "error" in box:
-            logger.error("not running %d requests: %s", len(ids), box["error"])
-            return  # no marker, no run: claims that landed make the next pass answer abandoned
-        if created is None:
-            return  # the markers stay: these never run now
-        taken: set[str] = box["taken"]
-        for request, command, args in ready:
+        batch = [(r, c, a) for r, c, a in ready if r.id in taken]
+        for request, _, _ in ready:
             self._trace("marked", request.id)
-            self._trace("claimed", request.id)
             if request.id not in taken:
                 self._answer(request, ReplyStatus.ABANDONED, "taken before; not run again")
-            elif created.get(claim_path(request.id, self.node)):
+        try:
+            created = self.coordinator.znodes.create_many(
+                [(claim_path(r.id, self.node), data) for r, _, _ in batch]
+            )
+        except CoordinationError as exc:
+            # The markers stay: whether or not the claims landed, these never run now.
+            logger.warning("%d claims failed (%s); those requests will not run", len(batch), exc)
+            return
+        for request, command, args in batch:
+            self._trace("claimed", request.id)
+            if created.get(claim_path(request.id, self.node)):
                 self._launch(request, command, args)
             else:
                 self._answer(
@@ -545,6 +533,8 @@ class CommandAgent:
             self._running[request.id] = run
             self._counts["ran"] = self._counts.get("ran", 0) + 1
         run.thread.start()
+        if self._watchdog is not None:
+            self._watchdog.watch(run)
 
     def _watch_cancel(self, run: Run) -> None:
         # Only handlers still running after a first wait get a watch: a
@@ -567,14 +557,22 @@ class CommandAgent:
             logger.info("request %s: no watch; cancels are seen within a period", run.request.id)
 
     def _run(self, run: Run, command: Command, args: dict[str, Any]) -> None:
-        request = run.request
-        started = self.clock()
-        self._audit(request, "started", args=args)
-        self._trace("started", request.id)
-        outcome = supervise(run, command, args, self._watch_cancel)
-        self._trace("done", request.id)
+        run.started = self.clock()
+        self._audit(run.request, "started", args=args)
+        self._trace("started", run.request.id)
+        outcome = call_handler(run, command, args)
+        self._trace("done", run.request.id)
+        self._settle(run, outcome)
+
+    def _settle(self, run: Run, outcome: Outcome) -> None:
+        """Send the run's one reply, unless the watchdog or the handler's thread already did."""
+        with self._lock:
+            if run.settled:
+                return
+            run.settled = True
         if run.watch is not None:
             run.watch.cancel()
+        request = run.request
         status, error = outcome.status, outcome.error
         output: Any = None
         truncated = False
@@ -591,7 +589,7 @@ class CommandAgent:
             output=output,
             error=error,
             truncated=truncated,
-            started=started,
+            started=run.started,
             finished=self.clock(),
             blob=blob,
         )
@@ -624,7 +622,9 @@ class CommandAgent:
         or queued, so no pass sees it as new in between.
         """
         self._audit(request, reply.status.value, error=reply.error)
-        sent = self._create_reply(reply)
+        # Without a lease ZooKeeper is likely out of reach: queue it rather
+        # than hold the caller (often the watchdog) for a request timeout.
+        sent = self.coordinator.lease_valid() and self._create_reply(reply)
         with self._lock:
             self._running.pop(reply.id, None)
             if not sent:
