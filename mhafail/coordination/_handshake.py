@@ -18,13 +18,21 @@ It reports ``timeOut`` (milliseconds) and the monotonic time the connection
 attempt started, before kazoo reports the connection as CONNECTED (both
 happen on kazoo's connection thread, in that order). Nothing of kazoo's is
 patched: the wrapper only observes bytes that pass through.
+
+The handler also waits with one ``select(2)`` call where kazoo's builds,
+registers and closes an epoll selector on every wait (to allow descriptors
+past ``FD_SETSIZE``): the connection thread waits several times per
+request, and that selector churn was about a fifth of a command node's CPU
+(benchmarks/bench_commands.py). Descriptors past the limit still go
+kazoo's way.
 """
 
 from __future__ import annotations
 
+import select
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kazoo.handlers.threading import SequentialThreadingHandler
@@ -33,6 +41,14 @@ from kazoo.handlers.threading import SequentialThreadingHandler
 OnNegotiated = Callable[[int, float], None]
 
 _PREFIX = 12  # length, protocolVersion, timeOut
+_FD_SETSIZE = 1024  # select(2) takes descriptors below this on Linux
+
+
+def _fd(obj: Any) -> int:
+    fd = obj if isinstance(obj, int) else int(obj.fileno())
+    if fd < 0:
+        raise ValueError(f"invalid file descriptor {fd}")
+    return fd
 
 
 class _SniffingSocket:
@@ -68,6 +84,29 @@ class NegotiationHandler(SequentialThreadingHandler):  # type: ignore[misc]
     def __init__(self, on_negotiated: OnNegotiated) -> None:
         super().__init__()
         self._on_negotiated = on_negotiated
+
+    def select(
+        self,
+        rlist: Sequence[Any],
+        wlist: Sequence[Any],
+        xlist: Sequence[Any],
+        timeout: float | None = None,
+    ) -> Any:
+        """kazoo's ``select``: one system call for descriptors below ``FD_SETSIZE``.
+
+        Raises:
+            ValueError: a closed or invalid descriptor (as kazoo's does).
+        """
+        try:
+            small = all(_fd(f) < _FD_SETSIZE for f in (*rlist, *wlist, *xlist))
+        except (OSError, TypeError, ValueError) as exc:
+            raise ValueError("Invalid event mask or fd") from exc
+        if not small:
+            return super().select(rlist, wlist, xlist, timeout)
+        try:
+            return select.select(rlist, wlist, xlist, timeout)
+        except OSError as exc:  # EBADF: kazoo's selector reports it as ValueError
+            raise ValueError("Invalid event mask or fd") from exc
 
     def create_connection(self, *args: Any, **kwargs: Any) -> Any:
         started = time.monotonic()
