@@ -41,14 +41,6 @@ from kazoo.handlers.threading import SequentialThreadingHandler
 OnNegotiated = Callable[[int, float], None]
 
 _PREFIX = 12  # length, protocolVersion, timeOut
-_FD_SETSIZE = 1024  # select(2) takes descriptors below this on Linux
-
-
-def _fd(obj: Any) -> int:
-    fd = obj if isinstance(obj, int) else int(obj.fileno())
-    if fd < 0:
-        raise ValueError(f"invalid file descriptor {fd}")
-    return fd
 
 
 class _SniffingSocket:
@@ -59,6 +51,10 @@ class _SniffingSocket:
         self._started = started
         self._report: OnNegotiated | None = report
         self._head = b""
+        # The connection thread calls these for every wait and write: the
+        # real socket's own methods, without a Python frame in between.
+        self.fileno: Callable[[], int] = sock.fileno
+        self.send: Callable[..., int] = sock.send
 
     def recv(self, size: int, *args: Any) -> bytes:
         data: bytes = self._sock.recv(size, *args)
@@ -69,9 +65,6 @@ class _SniffingSocket:
                 report, self._report = self._report, None
                 report(timeout_ms, self._started)
         return data
-
-    def fileno(self) -> int:
-        return int(self._sock.fileno())
 
     def __getattr__(self, name: str) -> Any:
         # send, setblocking, close, pending (TLS) ... go to the real socket.
@@ -98,13 +91,9 @@ class NegotiationHandler(SequentialThreadingHandler):  # type: ignore[misc]
             ValueError: a closed or invalid descriptor (as kazoo's does).
         """
         try:
-            small = all(_fd(f) < _FD_SETSIZE for f in (*rlist, *wlist, *xlist))
-        except (OSError, TypeError, ValueError) as exc:
-            raise ValueError("Invalid event mask or fd") from exc
-        if not small:
-            return super().select(rlist, wlist, xlist, timeout)
-        try:
             return select.select(rlist, wlist, xlist, timeout)
+        except ValueError:  # past FD_SETSIZE, or closed: kazoo's way decides
+            return super().select(rlist, wlist, xlist, timeout)
         except OSError as exc:  # EBADF: kazoo's selector reports it as ValueError
             raise ValueError("Invalid event mask or fd") from exc
 
