@@ -45,6 +45,7 @@ from mhafail.commands._model import (
     request_path,
 )
 from mhafail.commands._outputs import fetch
+from mhafail.commands._reading import cached_requests, read_replies, read_request
 from mhafail.commands._schema import (
     Selector,
     check_command_name,
@@ -355,12 +356,14 @@ class CommandClient:
             CommandInvalidArgument: not a request id.
             MalformedData: the request znode fails its checks.
         """
-        request = self._request(rid)
+        request = read_request(self.coordinator.znodes, rid)
         z = self.coordinator.znodes
         lists = z.children_many([claim_path(rid), reply_path(rid)])
         replies: dict[str, Reply] = {}
         malformed: set[str] = set()
-        self._read_replies(rid, lists.get(reply_path(rid)) or [], replies, malformed)
+        read_replies(
+            self.coordinator.znodes, rid, lists.get(reply_path(rid)) or [], replies, malformed
+        )
         return _result(request, replies, malformed, set(lists.get(claim_path(rid)) or []))
 
     def wait(self, rid: str, timeout: float) -> CommandResult:
@@ -379,13 +382,19 @@ class CommandClient:
             reply_path(check_request_id(rid)), lambda _: changed.set(), children=True
         )
         try:
-            request = self._request(rid)
+            request = read_request(self.coordinator.znodes, rid)
             asked = set(request.nodes)
             replies: dict[str, Reply] = {}
             malformed: set[str] = set()
             while True:
                 changed.clear()
-                self._read_replies(rid, z.children(reply_path(rid)) or [], replies, malformed)
+                read_replies(
+                    self.coordinator.znodes,
+                    rid,
+                    z.children(reply_path(rid)) or [],
+                    replies,
+                    malformed,
+                )
                 left = end - time.monotonic()
                 if asked <= replies.keys() | malformed:
                     if asked <= replies.keys():
@@ -441,16 +450,6 @@ class CommandClient:
         except ValueError as exc:
             raise MalformedData(f"the output of {node} for {rid} is not JSON: {exc}") from exc
 
-    def _request(self, rid: str) -> Request:
-        check_request_id(rid)
-        z = self.coordinator.znodes
-        znode = z.get(f"{RESULTS}/{rid}")
-        if znode is not None and not znode.data:
-            znode = z.get(request_path(rid))  # sent by a manager that kept no copy
-        if znode is None:
-            raise UnknownRequest(f"no command request {rid} (never sent, collected or expired)")
-        return Request.from_json(znode.data, what=f"command request {rid}")
-
     def _retire(self, rid: str, *, now: bool = True) -> None:
         """Take an answered request out of the folder nodes watch (its cache entry stays).
 
@@ -482,30 +481,6 @@ class CommandClient:
                     return
             for rid in batch:
                 self._retire(rid)
-
-    def _read_replies(
-        self, rid: str, names: Sequence[str], replies: dict[str, Reply], malformed: set[str]
-    ) -> None:
-        """Read the replies in ``names`` not read yet into ``replies`` (or ``malformed``)."""
-        new = [n for n in names if n not in replies and n not in malformed]
-        if not new:
-            return
-        docs = self.coordinator.znodes.get_many([reply_path(rid, n) for n in new])
-        for node in new:
-            doc = docs.get(reply_path(rid, node))
-            if doc is None:
-                continue
-            try:
-                reply = Reply.from_json(doc.data, what=f"reply of {node} to {rid}")
-                if reply.node != node or reply.id != rid:
-                    raise MalformedData(
-                        f"reply znode {node} of {rid} names {reply.node}/{reply.id}"
-                    )
-            except MalformedData as exc:
-                logger.warning("skipping a reply: %s", exc)
-                malformed.add(node)
-                continue
-            replies[node] = reply
 
     def collect(self, rid: str) -> CommandResult:
         """Read the request and its replies, then delete them (the cache entry is used up).
@@ -555,7 +530,7 @@ class CommandClient:
     def list_requests(self) -> list[RequestSummary]:
         """Every request in the cache, oldest first (malformed ones are skipped and logged)."""
         z = self.coordinator.znodes
-        requests = self._cached(z.children(RESULTS) or [])
+        requests = cached_requests(self.coordinator.znodes, z.children(RESULTS) or [])
         counts = z.children_many([reply_path(rid) for rid in requests])
         return [
             RequestSummary(
@@ -581,7 +556,7 @@ class CommandClient:
         now = self.clock()
         names = z.children(RESULTS) or []
         pending = set(z.children(REQUESTS) or [])
-        cached = self._cached(names, malformed_too=True)
+        cached = cached_requests(self.coordinator.znodes, names, malformed_too=True)
         removed = 0
         for rid in names:
             request = cached.get(rid)
@@ -600,30 +575,6 @@ class CommandClient:
             if set(cached[rid].nodes) <= set(answered.get(reply_path(rid)) or []):
                 self._retire(rid)
         return removed
-
-    def _cached(self, names: Sequence[str], *, malformed_too: bool = False) -> dict[str, Request]:
-        """The requests of these cache entries (older entries: from ``requests/``).
-
-        Malformed ones are logged and left out; with ``malformed_too`` they
-        are left out silently (the garbage collector judges them by age).
-        """
-        z = self.coordinator.znodes
-        docs = z.get_many([f"{RESULTS}/{rid}" for rid in names])
-        bare = [rid for rid in names if (d := docs.get(f"{RESULTS}/{rid}")) and not d.data]
-        old = z.get_many([request_path(rid) for rid in bare])
-        found: dict[str, Request] = {}
-        for rid in names:
-            doc = docs.get(f"{RESULTS}/{rid}")
-            if doc is not None and not doc.data:
-                doc = old.get(request_path(rid))
-            if doc is None:
-                continue
-            try:
-                found[rid] = Request.from_json(doc.data, what=f"command request {rid}")
-            except MalformedData as exc:
-                if not malformed_too:
-                    logger.warning("skipping request %s: %s", rid, exc)
-        return found
 
     # --- internals -----------------------------------------------------------------
 
