@@ -12,12 +12,17 @@ and, for the baseline, a plain TCP server that answers ``ping`` lines.
   (no authentication, no durability, no run-once marker).
 * Requests/s: ``--concurrent`` broadcasts sent at once from threads; the
   figure is broadcasts completed (all 10 replies) per second.
+* ``--profile``: every node records each step of each request with
+  ``CommandAgent(trace=...)`` (monotonic clock, shared by the processes of
+  one machine); the summary then gives, per step, the median and p99 time
+  since the manager began the broadcast, over all nodes and rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -42,7 +47,13 @@ def node_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     coordinator = Coordinator(hosts=args.zk, cluster=args.cluster, open_acl=True).start()
     membership = Membership(coordinator=coordinator, info=NodeInfo(name=args.node)).start()
-    agent = CommandAgent(coordinator=coordinator, node=args.node, state_dir=args.state_dir)
+    steps: list[tuple[str, str, float]] = []
+    agent = CommandAgent(
+        coordinator=coordinator,
+        node=args.node,
+        state_dir=args.state_dir,
+        trace=(lambda step, rid, at: steps.append((step, rid, at))) if args.profile else None,
+    )
     register_builtins(agent, membership=membership)
     agent.start()
     server = socket.create_server(("127.0.0.1", 0))
@@ -58,9 +69,18 @@ def node_main(args: argparse.Namespace) -> int:
     threading.Thread(target=serve, daemon=True).start()
     print(json.dumps({"ready": args.node, "port": server.getsockname()[1]}), flush=True)
     stop.wait()
+    if args.profile:
+        threads = {}
+        for thread in threading.enumerate():
+            if thread.native_id is not None:
+                threads[thread.name] = round(cpu_seconds(os.getpid(), thread.native_id), 2)
+        threads["(process)"] = round(cpu_seconds(os.getpid()), 2)
+        Path(args.state_dir, "threads.json").write_text(json.dumps(threads))
     agent.stop()
     membership.stop()
     coordinator.stop()
+    if args.profile:
+        Path(args.state_dir, "trace.json").write_text(json.dumps(steps))
     return 0
 
 
@@ -82,18 +102,40 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
 
 
-def measure(client: Any, ports: list[int], args: argparse.Namespace) -> dict[str, Any]:
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User plus system CPU time of a process (or one of its threads) so far (Linux /proc)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    client: Any,
+    ports: list[int],
+    args: argparse.Namespace,
+    began_at: dict[str, list[float]],
+    pids: dict[str, list[int]],
+) -> dict[str, Any]:
     """Round trips beside the naive baseline, then concurrent broadcasts."""
     client.wait(client.broadcast("ping"), 10)  # warm up
     broadcast: list[float] = []
     naive: list[float] = []
+    cpu_before = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
     for _ in range(args.rounds):
-        began = time.perf_counter()
-        result = client.wait(client.broadcast("ping", keep=60), 10)
-        broadcast.append(time.perf_counter() - began)
+        began = time.monotonic()
+        rid = client.broadcast("ping", keep=60)
+        sent = time.monotonic()
+        result = client.wait(rid, 10)
+        done = time.monotonic()
+        broadcast.append(done - began)
+        began_at[rid] = [began, sent, done]
         if len(result.replies) != args.nodes:
             raise RuntimeError(f"incomplete broadcast: {result}")
         naive.append(naive_round(ports))
+    cpu = {
+        k: round(1000 * (sum(cpu_seconds(p) for p in v) - cpu_before[k]) / args.rounds, 1)
+        for k, v in pids.items()
+    }
     ids: list[str] = []
     lock = threading.Lock()
 
@@ -122,8 +164,32 @@ def measure(client: Any, ports: list[int], args: argparse.Namespace) -> dict[str
         "concurrent_broadcasts": len(ids),
         "broadcasts_per_s": round(len(ids) / elapsed, 1),
         "node_requests_per_s": round(len(ids) * args.nodes / elapsed, 1),
+        "cpu_ms_per_round": cpu,
     }
     return summary
+
+
+STEPS = ("sent", "pass", "seen", "marked", "claimed", "started", "done", "replied", "gathered")
+
+
+def profile(began_at: dict[str, list[float]], state_dirs: list[Path]) -> dict[str, Any]:
+    """Per step, median and p99 ms since the broadcast began (all nodes, all rounds)."""
+    since: dict[str, list[float]] = {step: [] for step in STEPS}
+    for began, sent, done in began_at.values():
+        since["sent"].append(sent - began)
+        since["gathered"].append(done - began)
+    for directory in state_dirs:
+        path = directory / "trace.json"
+        if not path.exists():
+            continue
+        for step, rid, at in json.loads(path.read_text()):
+            if rid in began_at and step in since:
+                since[step].append(at - began_at[rid][0])
+    return {
+        step: {"p50_ms": round(pct(v, 50), 1), "p99_ms": round(pct(v, 99), 1)}
+        for step, v in since.items()
+        if v
+    }
 
 
 def main() -> int:
@@ -138,6 +204,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--concurrent", type=int, default=50)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="per-step timestamps")
     args = parser.parse_args()
     if args.node_process:
         return node_main(args)
@@ -152,29 +219,47 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             ports = []
-            for i in range(args.nodes):
+            dirs = [Path(tmp) / f"n{i}" for i in range(args.nodes)]
+            for i, state_dir in enumerate(dirs):
                 proc = subprocess.Popen(
                     [sys.executable, __file__, "--node-process", "--zk", server.address,
                      "--cluster", args.cluster, "--node", f"n{i}",
-                     "--state-dir", str(Path(tmp) / f"n{i}")],
+                     "--state-dir", str(state_dir)] + (["--profile"] if args.profile else []),
                     stdout=subprocess.PIPE,
                 )  # fmt: skip
                 procs.append(proc)
             for proc in procs:
                 assert proc.stdout is not None
                 ports.append(json.loads(proc.stdout.readline())["port"])
+            began_at: dict[str, list[float]] = {}
             with Coordinator(hosts=server.address, cluster=args.cluster, open_acl=True) as c:
-                summary = measure(CommandClient(coordinator=c), ports, args)
-                print(json.dumps(summary, indent=2))
+                assert server.pid is not None
+                pids = {
+                    "nodes": [p.pid for p in procs],
+                    "zookeeper": [server.pid],
+                    "manager": [os.getpid()],
+                }
+                summary = measure(CommandClient(coordinator=c), ports, args, began_at, pids)
+            stop_all(procs)
+            if args.profile:
+                summary["steps_since_broadcast"] = profile(began_at, dirs)
+                summary["node_n0_thread_cpu_s"] = json.loads((dirs[0] / "threads.json").read_text())
+            print(json.dumps(summary, indent=2))
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(10)
-            if proc.stdout is not None:
-                proc.stdout.close()
+        stop_all(procs)
         server.cleanup()
     return 0
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM the node processes and wait for them (idempotent)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 * ``send [--all | --node N | --select SEL] NAME [KEY=VALUE | KEY:=JSON ...] [--wait S]``
 * ``get ID [--wait S] [--collect]``: any manager reads any request's replies.
+* ``output ID NODE --secret-file F``: a node's whole output, also one too
+  large for ZooKeeper (fetched from the node's reply channel).
 * ``list``: the requests in the cache.
 * ``cancel ID``.
 * ``serve --node N --state-dir DIR``: a node that registers and runs the
@@ -49,6 +51,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ttl", type=float, default=60.0, help="seconds a node may still start it")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a handler may run")
     p.add_argument("--manager", default="", help="manager name recorded in the request")
+    p.add_argument(
+        "--max-output", type=int, default=64 * 1024, metavar="BYTES",
+        help="largest output per node; above 64 KiB it waits on the node's reply channel",
+    )  # fmt: skip
     p.set_defaults(func=_send)
 
     p = actions.add_parser("get", help="print a request's replies (any manager)")
@@ -58,6 +64,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait for all replies")
     p.add_argument("--collect", action="store_true", help="delete the request after reading")
     p.set_defaults(func=_get)
+
+    _register_output(actions)
 
     p = actions.add_parser("list", help="list cached requests")
     add_zk_flags(p)
@@ -77,7 +85,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--role", action="append", default=[], help="role or LABEL=VALUE (repeat)")
     p.add_argument("--session-timeout", type=float, default=10.0)
     p.add_argument("--events", action="store_true", help="print JSON events on stdout")
+    p.add_argument("--secret-file", help="serve large outputs on a reply channel with this secret")
+    p.add_argument("--channel-listen", default="127.0.0.1:0", metavar="HOST:PORT")
     p.set_defaults(func=_serve)
+
+
+def _register_output(actions: Any) -> None:
+    p = actions.add_parser("output", help="print one node's whole output (any manager)")
+    add_zk_flags(p)
+    add_json_flag(p)
+    p.add_argument("id", metavar="ID")
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("--secret-file", help="the cluster's shared secret (mode 0600)")
+    p.add_argument("--max-size", type=int, default=64 * 1024 * 1024, metavar="BYTES")
+    p.set_defaults(func=_output)
 
 
 def _coordinator(args: argparse.Namespace, **extra: Any) -> Any:
@@ -98,7 +119,7 @@ def _send(args: argparse.Namespace) -> int:
     payload = parse_cli_args(args.args)
     with _coordinator(args) as coordinator:
         client = CommandClient(coordinator=coordinator, name=args.manager)
-        opts = {"ttl": args.ttl, "timeout": args.timeout}
+        opts = {"ttl": args.ttl, "timeout": args.timeout, "max_output": args.max_output}
         if args.all:
             rid = client.broadcast(args.name, payload, **opts)
         elif args.node:
@@ -125,6 +146,22 @@ def _get(args: argparse.Namespace) -> int:
             client.delete(args.id)
     emit(args, result.to_dict(), _text)
     return _status(result)
+
+
+def _output(args: argparse.Namespace) -> int:
+    from mhafail.channel import ChannelSecurity, read_secret_file
+    from mhafail.commands import CommandClient
+
+    channel = None
+    if args.secret_file is not None:
+        channel = ChannelSecurity(secret=read_secret_file(args.secret_file))
+    with _coordinator(args) as coordinator:
+        client = CommandClient(coordinator=coordinator, channel=channel)
+        value = client.fetch_output(args.id, args.node, max_size=args.max_size)
+    emit(
+        args, {"id": args.id, "node": args.node, "output": value}, lambda d: json.dumps(d["output"])
+    )
+    return 0
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -154,6 +191,9 @@ def _text(data: dict[str, Any]) -> str:
     lines = [f"request {data['id']}: {data['request']['command']}"]
     for node, reply in data["replies"].items():
         detail = reply["error"] if reply["status"] != "ok" else json.dumps(reply["output"])
+        if reply.get("blob"):
+            size = reply["blob"]["size"]
+            detail = f"{size} bytes on the reply channel: mhafail cmd output {data['id']} {node}"
         cut = " (truncated)" if reply["truncated"] else ""
         lines.append(f"  {node:<16} {reply['status']:<9} {detail}{cut}")
     for node in data["running"]:
@@ -201,7 +241,18 @@ def _serve(args: argparse.Namespace) -> int:
         started_at=time.time(),
     )
     membership = Membership(coordinator=coordinator, info=info).start()
-    agent = CommandAgent(coordinator=coordinator, node=args.node, state_dir=args.state_dir)
+    channel = None
+    if args.secret_file is not None:
+        from mhafail.channel import ChannelSecurity, read_secret_file
+
+        channel = ChannelSecurity(secret=read_secret_file(args.secret_file))
+    agent = CommandAgent(
+        coordinator=coordinator,
+        node=args.node,
+        state_dir=args.state_dir,
+        channel=channel,
+        channel_listen=args.channel_listen,
+    )
     register_builtins(agent, membership=membership)
     agent.add_listener(lambda r: event("reply", id=r.id, status=r.status.value))
     agent.start()

@@ -9,10 +9,19 @@ For every request that names this node the agent, on its own loop thread:
    or when the command is unknown, not allowed for the requester's role,
    or its arguments fail the schema (``refused``);
 3. otherwise, only while the coordinator's lease is valid, writes the
-   run-once marker (fsynced), creates its claim znode, and runs the handler
-   on a thread of its own with the request's deadline and output cap;
+   run-once markers of every request it takes in this pass (one append,
+   one ``fdatasync``), creates their claim znodes (pipelined), and runs
+   each handler on a thread of its own with the request's deadline and
+   output cap;
 4. appends ``started`` and the outcome to the audit jlog and creates its
-   reply znode (retried until ZooKeeper takes it).
+   reply znode (retried until ZooKeeper takes it); an output too large for
+   ZooKeeper waits on the node's reply channel (see ``_outputs``).
+
+A new request costs a node two ZooKeeper round trips before its handler
+starts (read it; create the claim: the folder list comes with the
+watch's re-arm) and one after (the reply). Requests that were there when
+the process started are also checked for an earlier process's claim and
+reply. One process per node name and state directory.
 
 A request therefore runs at most once per node: the marker is on disk
 before the handler starts, and a node never runs a request whose marker
@@ -34,19 +43,23 @@ from typing import Any
 
 import attrs
 
+from mhafail.channel import ChannelSecurity
 from mhafail.commands._journal import AuditJournal, Markers
 from mhafail.commands._model import (
-    COMMANDS,
+    MAX_OUTPUT,
     REQUESTS,
+    Blob,
     Reply,
     ReplyStatus,
     Request,
     claim_path,
-    encode_output,
+    encode_output_text,
     reply_path,
     request_path,
 )
+from mhafail.commands._outputs import OutputStore
 from mhafail.commands._registry import Command, CommandContext, Handler, Registry
+from mhafail.commands._runner import AgentStats, Outcome, Run, Watchdog, call_handler
 from mhafail.commands._schema import Arg, Schema
 from mhafail.coordination import ConvergeLoop, Coordinator, LeaseState, Watch, Znodes, check_name
 from mhafail.errors import (
@@ -60,34 +73,9 @@ from mhafail.errors import (
 logger = logging.getLogger(__name__)
 
 ReplyListener = Callable[[Reply], None]
-
-
-@attrs.define(eq=False)
-class _Run:
-    request: Request
-    ctx: CommandContext
-    reason: str = ""
-    thread: threading.Thread | None = None
-    watch: Watch | None = None
-
-
-@attrs.frozen
-class AgentStats:
-    """What an agent did since it started.
-
-    Attributes:
-        ran: handlers started.
-        answered: replies written.
-        refused: requests refused (unknown, not allowed, bad arguments).
-        malformed: request znodes skipped as malformed.
-        running: handlers running now.
-    """
-
-    ran: int
-    answered: int
-    refused: int
-    malformed: int
-    running: int
+Tracer = Callable[[str, str, float], None]
+"""``trace(step, request_id, monotonic_time)``: ``pass`` (the pass that saw it
+began), ``seen``, ``marked``, ``claimed``, ``started``, ``done``, ``replied``."""
 
 
 def _path(value: str | os.PathLike[str]) -> Path:
@@ -109,8 +97,19 @@ class CommandAgent:
         max_running: handlers allowed at once; more requests wait.
         period: seconds between passes when no watch fires.
         marker_keep: seconds a marker is kept after its request is gone.
+        prune_period: seconds between clean-ups of old markers and of
+            stored outputs past their request's ``keep_until``.
         stop_timeout: the longest :meth:`stop` waits for handlers and ZooKeeper.
         clock: wall clock for expiry (``time.time``).
+        channel: with it, outputs over 64 KiB (up to the request's
+            ``max_output``) go by the reply channel: stored in
+            ``<state_dir>/outputs`` and served on ``channel_listen`` to
+            managers that pass this security (the cluster's shared secret
+            or mutual TLS). Without it they are cut to 64 KiB.
+        channel_listen: ``host:port`` of the reply channel (port 0: any).
+        channel_advertise: ``host:port`` replies name (default: the bound one).
+        trace: called at each step of each request (benchmarks, debugging;
+            must not block).
 
     Thread safety: register commands before :meth:`start`; the rest may be
     called from any thread. Handlers run on threads of their own.
@@ -124,8 +123,13 @@ class CommandAgent:
     max_running: int = 16
     period: float = 2.0
     marker_keep: float = 7 * 86400.0
+    prune_period: float = 60.0
     stop_timeout: float = 2.0
     clock: Callable[[], float] = time.time
+    channel: ChannelSecurity | None = None
+    channel_listen: str = "127.0.0.1:0"
+    channel_advertise: str | None = None
+    trace: Tracer | None = None
 
     _registry: Registry = attrs.field(init=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
@@ -133,13 +137,17 @@ class CommandAgent:
     _watches: dict[bool, Watch] = attrs.field(init=False, factory=dict)
     _markers: Markers | None = attrs.field(init=False, default=None)
     _journal: AuditJournal | None = attrs.field(init=False, default=None)
-    _running: dict[str, _Run] = attrs.field(init=False, factory=dict)
+    _outputs: OutputStore | None = attrs.field(init=False, default=None)
+    _watchdog: Watchdog | None = attrs.field(init=False, default=None)
+    _running: dict[str, Run] = attrs.field(init=False, factory=dict)
     _done: set[str] = attrs.field(init=False, factory=set)
     _unsent: dict[str, Reply] = attrs.field(init=False, factory=dict)
     _counts: dict[str, int] = attrs.field(init=False, factory=dict)
     _listeners: list[ReplyListener] = attrs.field(init=False, factory=list)
     _stopping: bool = attrs.field(init=False, default=False)
     _last_prune: float = attrs.field(init=False, default=0.0)
+    _listed: list[str] | None = attrs.field(init=False, default=None)
+    _initial: set[str] | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         if self.max_running < 1:
@@ -210,15 +218,31 @@ class CommandAgent:
     # --- life cycle -------------------------------------------------------------
 
     def start(self) -> CommandAgent:
-        """Open the markers and audit jlog and start taking requests.
+        """Open the markers and audit jlog, start the reply channel and take requests.
 
         Raises:
             CommandError: the state directory or audit jlog cannot be used.
+            ChannelError: the reply channel cannot listen (see ``Listener.start``).
         """
         if self._loop is not None:
             raise CommandError("command agent already started")
         self._markers = Markers(self.state_dir / "markers")
         self._journal = AuditJournal(self.audit_log or self.state_dir / "commands.jlog")
+        if self.channel is not None:
+            try:
+                self._outputs = OutputStore(
+                    self.state_dir / "outputs",
+                    self.channel,
+                    listen=self.channel_listen,
+                    advertise=self.channel_advertise,
+                ).start()
+            except BaseException:
+                self._journal.close()
+                self._markers.close()
+                raise
+        self._watchdog = Watchdog(
+            f"mhafail-command-watchdog-{self.node}", self._settle, self._watch_cancel
+        )
         self._loop = ConvergeLoop(f"mhafail-commands-{self.node}", self._pass, period=self.period)
         self.coordinator.add_lease_listener(self._on_lease)
         self.coordinator.add_session_listener(self._on_session)
@@ -234,12 +258,22 @@ class CommandAgent:
         for watch in self._take_watches():
             watch.cancel()
         self._loop.stop(timeout=max(0.1, self.stop_timeout / 2))
-        runs = self._cancel_all("the agent is stopping")
-        for run in runs:
-            if run.thread is not None:
-                run.thread.join(max(0.0, end - time.monotonic()))
+        self._cancel_all("the agent is stopping")
+        # The watchdog answers for every cancelled run; wait for those replies.
+        self.wait_idle(max(0.0, end - time.monotonic()))
+        if self._watchdog is not None:
+            self._watchdog.stop(max(0.1, end - time.monotonic()))
         if self._journal is not None:
             self._journal.close()
+        if self._markers is not None:
+            self._markers.close()
+        if self._outputs is not None:
+            self._outputs.stop()
+
+    @property
+    def channel_endpoint(self) -> str | None:
+        """``host:port`` the reply channel serves (None: no channel, or not started)."""
+        return None if self._outputs is None else self._outputs.endpoint
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no handler runs and no reply waits to be sent; False on timeout."""
@@ -272,18 +306,16 @@ class CommandAgent:
             self._watches.clear()
         return watches
 
-    def _cancel_all(self, reason: str) -> list[_Run]:
+    def _cancel_all(self, reason: str) -> list[Run]:
         with self._lock:
             runs = list(self._running.values())
         for run in runs:
             self._cancel(run, reason)
         return runs
 
-    @staticmethod
-    def _cancel(run: _Run, reason: str) -> None:
-        if not run.ctx.cancelled.is_set():
-            run.reason = reason
-            run.ctx.cancelled.set()
+    def _cancel(self, run: Run, reason: str) -> None:
+        if run.cancel(reason) and self._watchdog is not None:
+            self._watchdog.poke(run)
 
     def _znodes(self) -> Znodes:
         z = self.coordinator.znodes
@@ -292,19 +324,19 @@ class CommandAgent:
     # --- one pass -------------------------------------------------------------------
 
     def _pass(self) -> None:
+        began = time.monotonic()
         if self._stopping:
             return
         if not self.coordinator.lease_valid():
             self._cancel_all("coordination with ZooKeeper was lost")
             return
-        z = self.coordinator.znodes
         self._flush_unsent()
-        self._arm_watch(folder=True)
-        names = z.children(REQUESTS)
+        names = self._list_requests()
         if names is None:
             return  # no manager ever ran: the folder watch fires when one creates it
-        self._arm_watch(folder=False)
         live = set(names)
+        if self._initial is None:
+            self._initial = live
         with self._lock:
             self._done &= live
             running = dict(self._running)
@@ -313,8 +345,28 @@ class CommandAgent:
             if rid not in live:
                 self._cancel(run, "the request was deleted")
         todo = [n for n in names if n not in busy]
-        watched = [n for n in running if n in live]
-        docs = z.get_many([request_path(n) for n in todo + watched])
+        alive = {rid: run for rid, run in running.items() if rid in live}
+        mine, docs = self._read_requests(todo, alive, began)
+        if mine:
+            self._consider_all(mine, docs)
+        self._prune(live)
+
+    def _read_requests(
+        self, todo: list[str], running: Mapping[str, Run], began: float
+    ) -> tuple[list[Request], dict[str, Any]]:
+        """Read new and running requests; cancel what was cancelled; return this node's new ones."""
+        assert self._initial is not None
+        watched = list(running)
+        # One pipelined round trip: the new requests and the running ones,
+        # with this node's claim and reply for requests that were there
+        # when this process started (an earlier process of this node may
+        # have taken or answered them). Later ones were never seen by an
+        # earlier process; the claim's create still refuses a second taker.
+        inherited = [n for n in todo if n in self._initial]
+        paths = [request_path(n) for n in todo + watched]
+        paths += [claim_path(n, self.node) for n in inherited]
+        paths += [reply_path(n, self.node) for n in inherited]
+        docs = self.coordinator.znodes.get_many(paths)
         mine: list[Request] = []
         for rid in todo + watched:
             request = self._read(rid, docs.get(request_path(rid)))
@@ -324,23 +376,48 @@ class CommandAgent:
                 if request.cancelled:
                     self._cancel(running[rid], "cancelled by the requester")
             elif self.node in request.nodes:
+                self._trace("pass", rid, began)
+                self._trace("seen", rid)
                 mine.append(request)
             else:
-                self._done.add(rid)
-        if mine:
-            self._consider_all(mine)
-        self._prune(live)
+                with self._lock:
+                    self._done.add(rid)
+        return mine, docs
+
+    def _list_requests(self) -> list[str] | None:
+        """The request ids: as the children watch last delivered them, or read now."""
+        self._arm_watch(folder=True)
+        with self._lock:
+            names, self._listed = self._listed, None
+        if names is None:
+            names = self.coordinator.znodes.children(REQUESTS)
+        if names is not None:
+            self._arm_watch(folder=False)
+        return names
 
     def _arm_watch(self, *, folder: bool) -> None:
         # A children watch can only be set on an existing folder; the exists
-        # watch sees the folder appear (the first manager creates it).
+        # watch sees the folder appear (the first manager creates it). The
+        # children watch hands over the list it read on re-arming, so a
+        # pass does not list the folder a second time.
         with self._lock:
             if self._loop is None or self._watches.get(folder) is not None:
                 return
             loop = self._loop
-        watch = self.coordinator.znodes.watch_changes(REQUESTS, loop.kick, children=not folder)
+        z = self.coordinator.znodes
+        if folder:
+            watch = z.watch_changes(REQUESTS, loop.kick)
+        else:
+            watch = z.watch_children(REQUESTS, self._on_list)
         with self._lock:
             self._watches[folder] = watch
+
+    def _on_list(self, names: list[str]) -> None:
+        with self._lock:
+            self._listed = names
+            loop = self._loop
+        if loop is not None:
+            loop.kick()
 
     def _read(self, rid: str, znode: Any) -> Request | None:
         if znode is None:
@@ -358,19 +435,16 @@ class CommandAgent:
             return None
         return request
 
-    def _consider_all(self, requests: list[Request]) -> None:
-        z = self.coordinator.znodes
-        paths = [claim_path(r.id, self.node) for r in requests]
-        paths += [reply_path(r.id, self.node) for r in requests]
-        state = z.get_many(paths)
+    def _consider_all(self, requests: list[Request], docs: Mapping[str, Any]) -> None:
+        assert self._markers is not None
+        ready: list[tuple[Request, Command, dict[str, Any]]] = []
         for request in requests:
             rid = request.id
-            if state.get(reply_path(rid, self.node)) is not None:
+            if docs.get(reply_path(rid, self.node)) is not None:
                 with self._lock:
                     self._done.add(rid)
                 continue
-            assert self._markers is not None
-            if state.get(claim_path(rid, self.node)) is not None or self._markers.exists(rid):
+            if docs.get(claim_path(rid, self.node)) is not None or self._markers.exists(rid):
                 # Taken before (an earlier process of this node): never again.
                 self._answer(
                     request,
@@ -379,64 +453,76 @@ class CommandAgent:
                     "coordination) and does not run it again",
                 )
                 continue
-            self._consider(request)
+            checked = self._check(request)
+            if checked is not None:
+                ready.append((request, *checked))
+        with self._lock:
+            room = self.max_running - len(self._running)
+        if len(ready) > room:
+            ready = ready[: max(0, room)]  # the rest wait for a free slot
+            if self._loop is not None:
+                self._loop.kick_after(0.05)
+        if ready and self.coordinator.lease_valid() and not self._stopping:
+            self._take_and_launch(ready)
 
-    def _consider(self, request: Request) -> None:  # noqa: PLR0911 - one early answer per reason not to run
+    def _check(self, request: Request) -> tuple[Command, dict[str, Any]] | None:
+        """The command and checked arguments, or None after answering why not."""
         if request.cancelled:
             self._answer(request, ReplyStatus.CANCELLED, "cancelled before it ran")
-            return
+            return None
         if self.clock() > request.expires:
             self._answer(
                 request, ReplyStatus.EXPIRED, "the request expired before this node saw it"
             )
-            return
+            return None
         try:
-            command, args = self._registry.check(request)
+            return self._registry.check(request)
         except CommandInvalidArgument as exc:
             self._count("refused")
             self._answer(request, ReplyStatus.REFUSED, str(exc))
-            return
-        with self._lock:
-            if len(self._running) >= self.max_running:
-                if self._loop is not None:
-                    self._loop.kick_after(0.05)
-                return
-        if not self.coordinator.lease_valid() or self._stopping:
-            return
+            return None
+
+    def _take_and_launch(self, ready: list[tuple[Request, Command, dict[str, Any]]]) -> None:
+        """Mark a batch (one ``fdatasync``), claim it (pipelined), start what both took."""
         assert self._markers is not None
+        ids = [r.id for r, _, _ in ready]
         try:
-            if not self._markers.take(request.id):
-                self._answer(request, ReplyStatus.ABANDONED, "taken before; not run again")
-                return
+            taken = self._markers.take_many(ids)
         except CommandError as exc:
-            logger.error("not running request %s: %s", request.id, exc)
+            logger.error("not running %d requests: %s", len(ids), exc)
             return  # no marker, no run: the next pass tries again
-        claim = json.dumps(
-            {
-                "node": self.node,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "at": self.clock(),
-            }
-        ).encode()
+        claim = {"node": self.node, "host": socket.gethostname(), "pid": os.getpid()}
+        claim["at"] = self.clock()
+        data = json.dumps(claim).encode()
+        batch = [(r, c, a) for r, c, a in ready if r.id in taken]
+        for request, _, _ in ready:
+            self._trace("marked", request.id)
+            if request.id not in taken:
+                self._answer(request, ReplyStatus.ABANDONED, "taken before; not run again")
         try:
-            created = self.coordinator.znodes.create(claim_path(request.id, self.node), claim)
-        except CoordinationError as exc:
-            # The marker stays: whether or not the claim landed, it never runs now.
-            logger.warning("request %s: claim failed (%s); it will not run", request.id, exc)
-            return
-        if created is None:
-            self._answer(
-                request, ReplyStatus.ABANDONED, "another process claimed it under this node's name"
+            created = self.coordinator.znodes.create_many(
+                [(claim_path(r.id, self.node), data) for r, _, _ in batch]
             )
+        except CoordinationError as exc:
+            # The markers stay: whether or not the claims landed, these never run now.
+            logger.warning("%d claims failed (%s); those requests will not run", len(batch), exc)
             return
-        self._launch(request, command, args)
+        for request, command, args in batch:
+            self._trace("claimed", request.id)
+            if created.get(claim_path(request.id, self.node)):
+                self._launch(request, command, args)
+            else:
+                self._answer(
+                    request,
+                    ReplyStatus.ABANDONED,
+                    "another process claimed it under this node's name",
+                )
 
     def _launch(self, request: Request, command: Command, args: dict[str, Any]) -> None:
         ctx = CommandContext(
             request=request, node=self.node, deadline=time.monotonic() + request.timeout
         )
-        run = _Run(request=request, ctx=ctx)
+        run = Run(request=request, ctx=ctx)
         run.thread = threading.Thread(
             target=self._run,
             args=(run, command, args),
@@ -446,57 +532,56 @@ class CommandAgent:
         with self._lock:
             self._running[request.id] = run
             self._counts["ran"] = self._counts.get("ran", 0) + 1
-        if self._loop is not None:
-            # A cancel rewrites the request: look at once, not at the next period.
-            try:
-                run.watch = self.coordinator.znodes.watch_changes(
-                    request_path(request.id), self._loop.kick
-                )
-            except CoordinationError:
-                logger.info("request %s: no watch; cancels are seen within a period", request.id)
         run.thread.start()
+        if self._watchdog is not None:
+            self._watchdog.watch(run)
 
-    def _run(self, run: _Run, command: Command, args: dict[str, Any]) -> None:
-        request, ctx = run.request, run.ctx
-        started = self.clock()
-        self._audit(request, "started", args=args)
-        box: dict[str, Any] = {}
-        done = threading.Event()
+    def _watch_cancel(self, run: Run) -> None:
+        # Only handlers still running after a first wait get a watch: a
+        # quick command is done before a cancel could matter, and a watch
+        # per request would cost every node a round trip and a pass.
+        loop = self._loop
+        if loop is None:
+            return
+        first = [True]
 
-        def call() -> None:
-            try:
-                box["value"] = command.handler(ctx, args)
-            except Exception as exc:  # the handler's failure is the reply, not ours
-                box["error"] = f"{type(exc).__name__}: {exc}"
-            finally:
-                done.set()
+        def changed(_path: str) -> None:
+            if first:
+                first.clear()  # the call at registration: nothing changed yet
+            else:
+                loop.kick()
 
-        threading.Thread(target=call, name=f"mhafail-handler-{request.id}", daemon=True).start()
-        status = ReplyStatus.OK
-        error = ""
-        while not done.wait(min(ctx.remaining(), 0.05)):
-            if ctx.cancelled.is_set():
-                status, error = ReplyStatus.CANCELLED, run.reason or "cancelled"
-                break
-            if ctx.remaining() <= 0:
-                ctx.cancelled.set()
-                status, error = ReplyStatus.TIMEOUT, f"not done within {request.timeout:g} s"
-                break
+        try:
+            run.watch = self.coordinator.znodes.watch_changes(request_path(run.request.id), changed)
+        except CoordinationError:
+            logger.info("request %s: no watch; cancels are seen within a period", run.request.id)
+
+    def _run(self, run: Run, command: Command, args: dict[str, Any]) -> None:
+        run.started = self.clock()
+        self._audit(run.request, "started", args=args)
+        self._trace("started", run.request.id)
+        outcome = call_handler(run, command, args)
+        self._trace("done", run.request.id)
+        self._settle(run, outcome)
+
+    def _settle(self, run: Run, outcome: Outcome) -> None:
+        """Send the run's one reply, unless the watchdog or the handler's thread already did."""
+        with self._lock:
+            if run.settled:
+                return
+            run.settled = True
         if run.watch is not None:
             run.watch.cancel()
-        if status is ReplyStatus.OK and run.reason:
-            # Cancelled while the handler was finishing (often: because of it).
-            status, error = ReplyStatus.CANCELLED, run.reason
+        request = run.request
+        status, error = outcome.status, outcome.error
         output: Any = None
         truncated = False
+        blob = None
         if status is ReplyStatus.OK:
-            if "error" in box:
-                status, error = ReplyStatus.ERROR, str(box["error"])[:2000]
-            else:
-                try:
-                    output, truncated = encode_output(box.get("value"), request.max_output)
-                except CommandInvalidArgument as exc:
-                    status, error = ReplyStatus.ERROR, str(exc)[:2000]
+            try:
+                output, truncated, blob = self._output(request, outcome.value)
+            except CommandError as exc:
+                status, error = ReplyStatus.ERROR, str(exc)[:2000]
         reply = Reply(
             id=request.id,
             node=self.node,
@@ -504,12 +589,23 @@ class CommandAgent:
             output=output,
             error=error,
             truncated=truncated,
-            started=started,
+            started=run.started,
             finished=self.clock(),
+            blob=blob,
         )
-        with self._lock:
-            self._running.pop(request.id, None)
         self._send(request, reply)
+
+    def _output(self, request: Request, value: Any) -> tuple[Any, bool, Blob | None]:
+        """The reply's output, whether it was cut, and its blob when it is too big for ZooKeeper.
+
+        Raises:
+            CommandError: not JSON, or a large output could not be stored.
+        """
+        cap = request.max_output if self._outputs is not None else MAX_OUTPUT
+        output, truncated, data = encode_output_text(value, min(request.max_output, cap))
+        if len(data) <= MAX_OUTPUT or self._outputs is None:
+            return output, truncated, None
+        return None, truncated, self._outputs.put(request.id, data, request.keep_until)
 
     # --- answers ----------------------------------------------------------------
 
@@ -520,33 +616,53 @@ class CommandAgent:
         self._send(request, reply)
 
     def _send(self, request: Request, reply: Reply) -> None:
+        """Audit, then write the reply; one the loop retries if ZooKeeper does not take it.
+
+        A running request stays in ``_running`` until its reply is written
+        or queued, so no pass sees it as new in between.
+        """
         self._audit(request, reply.status.value, error=reply.error)
+        # Without a lease ZooKeeper is likely out of reach: queue it rather
+        # than hold the caller (often the watchdog) for a request timeout.
+        sent = self.coordinator.lease_valid() and self._create_reply(reply)
         with self._lock:
-            self._unsent[reply.id] = reply
-        self._flush_unsent()
+            self._running.pop(reply.id, None)
+            if not sent:
+                self._unsent[reply.id] = reply
+        if not sent and self._loop is not None and not self._stopping:
+            self._loop.kick_after(0.5)
 
     def _flush_unsent(self) -> None:
         with self._lock:
             pending = list(self._unsent.values())
         for reply in pending:
+            if self._create_reply(reply):
+                with self._lock:
+                    self._unsent.pop(reply.id, None)
+
+    def _create_reply(self, reply: Reply) -> bool:
+        """Write one reply znode; False when ZooKeeper could not be asked (try again)."""
+        try:
+            self._znodes().create(reply_path(reply.id, self.node), reply.to_json())
+        except AccessDenied as exc:
+            logger.error("reply to %s refused by ZooKeeper: %s", reply.id, exc)
+        except CoordinationError as exc:
+            logger.info("reply to %s not sent yet: %s", reply.id, exc)
+            return False
+        self._trace("replied", reply.id)
+        with self._lock:
+            self._done.add(reply.id)
+            self._counts["answered"] = self._counts.get("answered", 0) + 1
+        for listener in list(self._listeners):
             try:
-                self._znodes().create(reply_path(reply.id, self.node), reply.to_json())
-            except AccessDenied as exc:
-                logger.error("reply to %s refused by ZooKeeper: %s", reply.id, exc)
-            except CoordinationError as exc:
-                logger.info("reply to %s not sent yet: %s", reply.id, exc)
-                if self._loop is not None and not self._stopping:
-                    self._loop.kick_after(0.5)
-                continue
-            with self._lock:
-                self._unsent.pop(reply.id, None)
-                self._done.add(reply.id)
-                self._counts["answered"] = self._counts.get("answered", 0) + 1
-            for listener in list(self._listeners):
-                try:
-                    listener(reply)
-                except Exception:
-                    logger.exception("reply listener %r failed", listener)
+                listener(reply)
+            except Exception:
+                logger.exception("reply listener %r failed", listener)
+        return True
+
+    def _trace(self, step: str, rid: str, at: float | None = None) -> None:
+        if self.trace is not None:
+            self.trace(step, rid, time.monotonic() if at is None else at)
 
     def _audit(self, request: Request, event: str, **extra: Any) -> None:
         if self._journal is None:
@@ -572,13 +688,9 @@ class CommandAgent:
 
     def _prune(self, live: set[str]) -> None:
         now = time.monotonic()
-        if now - self._last_prune < 60 or self._markers is None:
+        if now - self._last_prune < self.prune_period or self._markers is None:
             return
         self._last_prune = now
         self._markers.prune(live, self.marker_keep)
-
-
-def ensure_layout(znodes: Znodes) -> None:
-    """Create ``commands/`` folders that are missing (operators; nodes may only read)."""
-    for folder in (f"{COMMANDS}/requests", f"{COMMANDS}/results", f"{COMMANDS}/managers"):
-        znodes.ensure(folder)
+        if self._outputs is not None:
+            self._outputs.prune(self.clock())

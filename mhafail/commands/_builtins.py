@@ -13,12 +13,12 @@ command             what it does                              needs
 ``config.pull``     apply the published head now              config agents
 ``logs.status``     every local jlog subscriber's backlog     a JlogService
 ``audit.count``     a series' count for a key or CIDR         audit series
+``spool.status``    this node's spool: messages, due, fence   a Spool
 ==================  ========================================  =====================
 
 ``vip.move``/``drain``/``undrain`` write operator-only znodes (docs/security.md):
 a node running with the node role answers ``error`` (AccessDenied) and
 changes nothing; in an open or single-identity cluster they work.
-``spool.status`` is registered by the spool component when it exists.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from mhafail.commands._registry import CommandContext
-from mhafail.commands._schema import Arg
+from mhafail.commands._schema import Arg, ArgKind
 from mhafail.coordination import Membership
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from mhafail.commands._agent import CommandAgent
     from mhafail.config import ConfigAgent
     from mhafail.logs import JlogService
+    from mhafail.spool import Spool
 
 _NODE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 
@@ -51,6 +52,7 @@ def register_builtins(
     config_agents: Sequence[ConfigAgent] = (),
     jlog_service: JlogService | None = None,
     audit_series: Mapping[str, AuditSeries] | None = None,
+    spool: Spool | None = None,
 ) -> list[str]:
     """Register the built-ins ``agent`` can serve; returns their names.
 
@@ -61,6 +63,7 @@ def register_builtins(
         config_agents: enables ``config.status`` and ``config.pull``.
         jlog_service: enables ``logs.status``.
         audit_series: series name -> series; enables ``audit.count``.
+        spool: this node's open spool; enables ``spool.status``.
     """
     started = time.time()
     coordinator = agent.coordinator
@@ -112,7 +115,34 @@ def register_builtins(
             help="an audit series' count for an address, CIDR or key",
         )
         names.append("audit.count")
+    if spool is not None:
+        names.append(_register_spool(agent, spool))
     return names
+
+
+def _register_spool(agent: CommandAgent, spool: Spool) -> str:
+    def spool_status(ctx: CommandContext, args: dict[str, Any]) -> Any:
+        fence = spool.fence
+        state = getattr(fence, "state", None)  # a SpoolLock says more than a bare fence
+        return {
+            "node": spool.node,
+            "directory": str(spool.directory),
+            "messages": len(spool),
+            "due": len(spool.due(limit=args["limit"])),
+            "due_limit": args["limit"],
+            "token": fence.token,
+            "fence_valid": fence.valid(),
+            "lock": None if state is None else str(getattr(state, "value", state)),
+            "problems": list(spool.problems[-20:]),
+        }
+
+    agent.register(
+        "spool.status",
+        spool_status,
+        [Arg("limit", ArgKind.INT, required=False, default=1000, minimum=1, maximum=100000)],
+        help="this node's spool: messages, messages due (up to limit), fence, problems",
+    )
+    return "spool.status"
 
 
 def _register_vip(agent: CommandAgent) -> list[str]:

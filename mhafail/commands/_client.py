@@ -5,6 +5,14 @@ replies of any request by its id, whichever manager sent it and whether
 or not that manager still lives; replies stay until someone collects
 them or the request's ``keep_until`` passes (then any live manager's
 garbage collector deletes them).
+
+The request is written twice in one pipelined batch: as the data of its
+results folder (``results/<id>``, the cache entry managers read) and as
+``requests/<id>``, which every node watches. Once every node asked has
+answered, the request leaves ``requests/`` (the manager that sees it
+complete, or any manager's garbage collector removes it): the folder
+every node lists on every change then holds only unanswered requests,
+not an hour of history.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from typing import Any
 
 import attrs
 
-from mhafail.commands._agent import ensure_layout
+from mhafail.channel import ChannelSecurity
 from mhafail.commands._model import (
     MANAGERS,
+    MAX_CHANNEL_OUTPUT,
     MAX_OUTPUT,
     REQUESTS,
     RESULTS,
@@ -35,13 +44,15 @@ from mhafail.commands._model import (
     reply_path,
     request_path,
 )
+from mhafail.commands._outputs import fetch
+from mhafail.commands._reading import cached_requests, read_replies, read_request
 from mhafail.commands._schema import (
     Selector,
     check_command_name,
     check_plain_args,
     node_labels,
 )
-from mhafail.coordination import ConvergeLoop, Coordinator, NodeInfo, check_name
+from mhafail.coordination import ConvergeLoop, Coordinator, NodeInfo, Znodes, check_name
 from mhafail.errors import (
     CommandError,
     CommandInvalidArgument,
@@ -55,6 +66,8 @@ logger = logging.getLogger(__name__)
 
 ORPHAN_AGE = 600.0
 """Seconds after which a results folder without its request is garbage."""
+RETIRE_DELAY = 0.5
+"""Seconds a manager gathers answered requests before it takes them out of the node folder."""
 
 
 @attrs.frozen
@@ -124,6 +137,8 @@ class CommandClient:
             collector runs. Sending and reading need neither.
         gc_period: seconds between garbage-collection passes.
         clock: wall clock (``time.time``) for request times and expiry.
+        channel: how to authenticate to the nodes' reply channels (the
+            cluster's shared secret or TLS), for :meth:`fetch_output`.
 
     Thread safety: every method may be called from any thread.
     """
@@ -132,9 +147,13 @@ class CommandClient:
     name: str = ""
     gc_period: float = 10.0
     clock: Callable[[], float] = time.time
+    channel: ChannelSecurity | None = None
 
     _loop: ConvergeLoop | None = attrs.field(init=False, default=None)
     _layout: bool = attrs.field(init=False, default=False)
+    _retire_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _retiring: list[str] = attrs.field(init=False, factory=list)
+    _retirer: threading.Thread | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         if self.name:
@@ -272,7 +291,9 @@ class CommandClient:
             keep: seconds after ``ttl`` that the request and replies are
                 kept when nobody collects them.
             timeout: seconds a node lets the handler run.
-            max_output: largest output (JSON bytes) in a reply.
+            max_output: largest output (JSON bytes) a node sends; above
+                64 KiB, nodes with a reply channel keep it for
+                :meth:`fetch_output` (others cut it to 64 KiB).
 
         Raises:
             CommandInvalidArgument: a bad name, argument, node list or option.
@@ -291,8 +312,8 @@ class CommandClient:
             raise CommandInvalidArgument(
                 "ttl and timeout must be within (0, 86400] s, keep within [0, 604800] s"
             )
-        if not 0 < max_output <= MAX_OUTPUT:
-            raise CommandInvalidArgument(f"max_output must be 1-{MAX_OUTPUT} bytes")
+        if not 0 < max_output <= MAX_CHANNEL_OUTPUT:
+            raise CommandInvalidArgument(f"max_output must be 1-{MAX_CHANNEL_OUTPUT} bytes")
         now = self.clock()
         request = Request(
             id=new_request_id(now),
@@ -317,7 +338,7 @@ class CommandClient:
         # order, so the folders exist before any node can see the request.
         self.coordinator.znodes.create_many(
             [
-                (f"{RESULTS}/{rid}", b""),
+                (f"{RESULTS}/{rid}", data),
                 (claim_path(rid), b""),
                 (reply_path(rid), b""),
                 (request_path(rid), data),
@@ -335,63 +356,131 @@ class CommandClient:
             CommandInvalidArgument: not a request id.
             MalformedData: the request znode fails its checks.
         """
-        check_request_id(rid)
+        request = read_request(self.coordinator.znodes, rid)
         z = self.coordinator.znodes
-        znode = z.get(request_path(rid))
-        if znode is None:
-            raise UnknownRequest(f"no command request {rid} (never sent, collected or expired)")
-        request = Request.from_json(znode.data, what=f"command request {rid}")
         lists = z.children_many([claim_path(rid), reply_path(rid)])
-        claimed = set(lists.get(claim_path(rid)) or [])
-        answered = lists.get(reply_path(rid)) or []
-        docs = z.get_many([reply_path(rid, n) for n in answered])
         replies: dict[str, Reply] = {}
-        malformed: list[str] = []
-        for node in answered:
-            doc = docs.get(reply_path(rid, node))
-            if doc is None:
-                continue
-            try:
-                reply = Reply.from_json(doc.data, what=f"reply of {node} to {rid}")
-                if reply.node != node or reply.id != rid:
-                    raise MalformedData(
-                        f"reply znode {node} of {rid} names {reply.node}/{reply.id}"
-                    )
-            except MalformedData as exc:
-                logger.warning("skipping a reply: %s", exc)
-                malformed.append(node)
-                continue
-            replies[node] = reply
-        asked = request.nodes
-        return CommandResult(
-            request=request,
-            replies=dict(sorted(replies.items())),
-            running=tuple(n for n in asked if n in claimed and n not in replies),
-            pending=tuple(n for n in asked if n not in claimed and n not in replies),
-            malformed=tuple(malformed),
+        malformed: set[str] = set()
+        read_replies(
+            self.coordinator.znodes, rid, lists.get(reply_path(rid)) or [], replies, malformed
         )
+        return _result(request, replies, malformed, set(lists.get(claim_path(rid)) or []))
 
     def wait(self, rid: str, timeout: float) -> CommandResult:
         """Block until every node asked answered or ``timeout`` passed; return what there is.
+
+        Each change of the reply folder costs two round trips (list it,
+        read only the new replies); the claims are read only on timeout.
 
         Raises:
             UnknownRequest: no such request.
         """
         changed = threading.Event()
         end = time.monotonic() + timeout
-        watch = self.coordinator.znodes.watch_changes(
+        z = self.coordinator.znodes
+        watch = z.watch_changes(
             reply_path(check_request_id(rid)), lambda _: changed.set(), children=True
         )
         try:
+            request = read_request(self.coordinator.znodes, rid)
+            asked = set(request.nodes)
+            replies: dict[str, Reply] = {}
+            malformed: set[str] = set()
             while True:
                 changed.clear()
-                result = self.get(rid)
+                read_replies(
+                    self.coordinator.znodes,
+                    rid,
+                    z.children(reply_path(rid)) or [],
+                    replies,
+                    malformed,
+                )
                 left = end - time.monotonic()
-                if result.complete or left <= 0:
-                    return result
+                if asked <= replies.keys() | malformed:
+                    if asked <= replies.keys():
+                        self._retire(rid, now=False)
+                    return _result(request, replies, malformed, set())
+                if left <= 0:
+                    claimed = set(z.children(claim_path(rid)) or [])
+                    return _result(request, replies, malformed, claimed)
                 changed.wait(min(left, 1.0))
         finally:
             watch.cancel()
+
+    def fetch_output(
+        self, rid: str, node: str, *, max_size: int = MAX_CHANNEL_OUTPUT, timeout: float = 30.0
+    ) -> Any:
+        """The whole output of ``node``'s reply to ``rid``, from ZooKeeper or its reply channel.
+
+        Any manager may fetch it, until the request is collected or expires.
+
+        Args:
+            rid: the request id.
+            node: the answering node.
+            max_size: refuse outputs larger than this (bytes), before fetching.
+            timeout: seconds for the whole fetch.
+
+        Returns:
+            The output's JSON value (the cut text when the reply is ``truncated``).
+
+        Raises:
+            UnknownRequest: no reply (not answered, collected or expired), or
+                the node no longer has the output.
+            CommandInvalidArgument: a bad id or node, or the output is over ``max_size``.
+            CommandError: the output is on a reply channel and this client has no ``channel``.
+            MalformedData: the reply, or the fetched bytes, fail their checks.
+            ChannelError: the node cannot be reached or authenticated.
+        """
+        check_request_id(rid)
+        check_name("node name", node)
+        znode = self.coordinator.znodes.get(reply_path(rid, node))
+        if znode is None:
+            raise UnknownRequest(f"no reply from {node} to {rid} (not yet, collected or expired)")
+        reply = Reply.from_json(znode.data, what=f"reply of {node} to {rid}")
+        if reply.blob is None:
+            return reply.output
+        if self.channel is None:
+            raise CommandError(
+                f"the output of {node} for {rid} ({reply.blob.size} bytes) waits on its reply "
+                "channel: give the CommandClient a channel (the cluster's shared secret)"
+            )
+        data = fetch(reply.blob, rid, self.channel, max_size=max_size, timeout=timeout)
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise MalformedData(f"the output of {node} for {rid} is not JSON: {exc}") from exc
+
+    def _retire(self, rid: str, *, now: bool = True) -> None:
+        """Take an answered request out of the folder nodes watch (its cache entry stays).
+
+        With ``now`` False it is queued for a worker thread, off the caller's path.
+        """
+        if not now:
+            with self._retire_lock:
+                self._retiring.append(rid)
+                if self._retirer is None or not self._retirer.is_alive():
+                    self._retirer = threading.Thread(
+                        target=self._retire_queued, name="mhafail-command-retire", daemon=True
+                    )
+                    self._retirer.start()
+            return
+        try:
+            self.coordinator.znodes.delete(request_path(rid))
+        except CoordinationError as exc:  # the garbage collector retires it later
+            logger.info("request %s stays in the node folder for now: %s", rid, exc)
+
+    def _retire_queued(self) -> None:
+        # Batched: every retirement is a change of the folder each node
+        # watches, and deletions close together reach a node as one event.
+        while True:
+            time.sleep(RETIRE_DELAY)
+            with self._retire_lock:
+                batch, self._retiring = self._retiring, []
+                if not batch:
+                    self._retirer = None
+                    return
+            for rid in batch:
+                self._retire(rid)
 
     def collect(self, rid: str) -> CommandResult:
         """Read the request and its replies, then delete them (the cache entry is used up).
@@ -407,9 +496,9 @@ class CommandClient:
         """Delete a request and its replies; True if the request existed."""
         check_request_id(rid)
         z = self.coordinator.znodes
-        existed = z.delete(request_path(rid))
-        z.delete(f"{RESULTS}/{rid}", recursive=True)
-        return existed
+        live = z.delete(request_path(rid))
+        kept = z.delete(f"{RESULTS}/{rid}", recursive=True)
+        return live or kept
 
     def cancel(self, rid: str) -> bool:
         """Ask the nodes to cancel ``rid``; False when it does not exist.
@@ -419,70 +508,72 @@ class CommandClient:
         given stay.
         """
         check_request_id(rid)
+        kept = self._mark_cancelled(f"{RESULTS}/{rid}", rid)
+        live = self._mark_cancelled(request_path(rid), rid)
+        return kept or live
+
+    def _mark_cancelled(self, path: str, rid: str) -> bool:
+        """Set ``cancelled`` in the request at ``path`` (compare-and-set); False if absent."""
         z = self.coordinator.znodes
         for _ in range(10):
-            znode = z.get(request_path(rid))
-            if znode is None:
+            znode = z.get(path)
+            if znode is None or not znode.data:
                 return False
             request = Request.from_json(znode.data, what=f"command request {rid}")
             if request.cancelled:
                 return True
             data = attrs.evolve(request, cancelled=True).to_json()
-            if z.set(request_path(rid), data, version=znode.version) is not None:
+            if z.set(path, data, version=znode.version) is not None:
                 return True
         raise CommandError(f"could not cancel {rid}: the request kept changing")
 
     def list_requests(self) -> list[RequestSummary]:
         """Every request in the cache, oldest first (malformed ones are skipped and logged)."""
         z = self.coordinator.znodes
-        names = z.children(REQUESTS) or []
-        docs = z.get_many([request_path(n) for n in names])
-        counts = z.children_many([reply_path(n) for n in names])
-        result = []
-        for rid in names:
-            doc = docs.get(request_path(rid))
-            if doc is None:
-                continue
-            try:
-                req = Request.from_json(doc.data, what=f"command request {rid}")
-            except MalformedData as exc:
-                logger.warning("skipping request %s: %s", rid, exc)
-                continue
-            result.append(
-                RequestSummary(
-                    id=rid,
-                    command=req.command,
-                    nodes=len(req.nodes),
-                    replies=len(counts.get(reply_path(rid)) or []),
-                    requester=req.requester.user,
-                    created=req.created,
-                    expires=req.expires,
-                    cancelled=req.cancelled,
-                )
+        requests = cached_requests(self.coordinator.znodes, z.children(RESULTS) or [])
+        counts = z.children_many([reply_path(rid) for rid in requests])
+        return [
+            RequestSummary(
+                id=rid,
+                command=req.command,
+                nodes=len(req.nodes),
+                replies=len(counts.get(reply_path(rid)) or []),
+                requester=req.requester.user,
+                created=req.created,
+                expires=req.expires,
+                cancelled=req.cancelled,
             )
-        return result
+            for rid, req in requests.items()
+        ]
 
     def gc(self) -> int:
-        """Delete requests past ``keep_until`` and orphaned results; returns how many."""
+        """Delete requests past ``keep_until`` and orphaned results, retire answered ones.
+
+        Returns:
+            How many requests were deleted.
+        """
         z = self.coordinator.znodes
         now = self.clock()
-        names = z.children(REQUESTS) or []
-        docs = z.get_many([request_path(n) for n in names])
+        names = z.children(RESULTS) or []
+        pending = set(z.children(REQUESTS) or [])
+        cached = cached_requests(self.coordinator.znodes, names, malformed_too=True)
         removed = 0
         for rid in names:
-            doc = docs.get(request_path(rid))
-            if doc is None:
-                continue
-            try:
-                keep_until = Request.from_json(doc.data).keep_until
-            except MalformedData:
-                keep_until = _id_time(rid) + 7 * 86400  # only an operator could have written it
+            request = cached.get(rid)
+            keep_until = _id_time(rid) + 7 * 86400 if request is None else request.keep_until
             if now > keep_until and self.delete(rid):
                 removed += 1
-        live = set(names)
-        for rid in z.children(RESULTS) or []:
-            if rid not in live and now - _id_time(rid) > ORPHAN_AGE:
-                z.delete(f"{RESULTS}/{rid}", recursive=True)
+            elif request is None and rid not in pending and now - _id_time(rid) > ORPHAN_AGE:
+                z.delete(f"{RESULTS}/{rid}", recursive=True)  # a send that never finished
+        for rid in pending - set(names):  # a request without results: it cannot be answered
+            if now - _id_time(rid) > ORPHAN_AGE:
+                z.delete(request_path(rid))
+        expired = {rid for rid, request in cached.items() if now > request.keep_until}
+        still = sorted(pending & (set(cached) - expired))
+        answered = z.children_many([reply_path(rid) for rid in still])
+        for rid in still:
+            if set(cached[rid].nodes) <= set(answered.get(reply_path(rid)) or []):
+                self._retire(rid)
         return removed
 
     # --- internals -----------------------------------------------------------------
@@ -510,6 +601,26 @@ class CommandClient:
             host=socket.gethostname()[:255],
             pid=os.getpid(),
         )
+
+
+def _result(
+    request: Request, replies: dict[str, Reply], malformed: set[str], claimed: set[str]
+) -> CommandResult:
+    asked = request.nodes
+    answered = replies.keys() | malformed
+    return CommandResult(
+        request=request,
+        replies=dict(sorted(replies.items())),
+        running=tuple(n for n in asked if n in claimed and n not in answered),
+        pending=tuple(n for n in asked if n not in claimed and n not in answered),
+        malformed=tuple(sorted(malformed)),
+    )
+
+
+def ensure_layout(znodes: Znodes) -> None:
+    """Create ``commands/`` folders that are missing (operators; nodes may only read)."""
+    for folder in (REQUESTS, RESULTS, MANAGERS):
+        znodes.ensure(folder)
 
 
 def _id_time(rid: str) -> float:

@@ -9,7 +9,8 @@ ZooKeeper layout under the cluster root::
 
     commands/requests/<id>                  the request (operators only)
     commands/results/<id>/claims/<node>     a node took the request, before running it
-    commands/results/<id>/replies/<node>    its answer, written once
+    commands/results/<id>/replies/<node>    its answer, written once (large output:
+                                            a Blob pointing at the node's reply channel)
     commands/managers/<name>                live command managers (ephemeral)
 
 The two folders of ``results/<id>`` are created *before* the request, so
@@ -41,12 +42,15 @@ MANAGERS = f"{COMMANDS}/managers"
 MAX_REQUEST_BYTES = 48 * 1024
 MAX_REPLY_BYTES = 96 * 1024
 MAX_OUTPUT = 64 * 1024
-"""Largest output (JSON bytes) a reply carries in ZooKeeper; larger output is cut."""
+"""Largest output (JSON bytes) a reply carries in ZooKeeper (and the default cap)."""
+MAX_CHANNEL_OUTPUT = 64 * 1024 * 1024
+"""Largest output a request may ask for; above ``MAX_OUTPUT`` it goes by the reply channel."""
 MAX_NODES = 1000
 MAX_TEXT = 255
 MAX_ERROR = 2000
 
-_ID_RE = re.compile(r"[0-9]{13}-[0-9a-f]{12}")
+ID_RE = re.compile(r"[0-9]{13}-[0-9a-f]{12}")
+"""What a request id looks like."""
 _NODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
@@ -58,7 +62,7 @@ def new_request_id(now: float | None = None) -> str:
 
 def check_request_id(value: str) -> str:
     """Return ``value`` if it is a request id, else raise CommandInvalidArgument."""
-    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
         raise CommandInvalidArgument(
             f"invalid request id {value!r}: expected 13 digits, '-', 12 hex digits"
         )
@@ -137,7 +141,8 @@ class Request:
         keep_until: wall-clock time after which managers delete the request
             and its replies, collected or not.
         timeout: seconds a node lets the handler run.
-        max_output: largest output (JSON bytes) a reply carries.
+        max_output: largest output (JSON bytes) a reply carries; above
+            ``MAX_OUTPUT`` only nodes with a reply channel send it whole.
         cancelled: set by ``CommandClient.cancel``.
     """
 
@@ -180,7 +185,7 @@ class Request:
                 raise MalformedData(f"malformed {what}: args must be an object")
             check_plain_args(args)
             max_output = _int(raw, "max_output", what)
-            if not 0 < max_output <= MAX_OUTPUT:
+            if not 0 < max_output <= MAX_CHANNEL_OUTPUT:
                 raise MalformedData(f"malformed {what}: max_output out of range")
             cancelled = raw.get("cancelled", False)
             if not isinstance(cancelled, bool):
@@ -210,6 +215,51 @@ class Request:
             raise MalformedData(f"malformed {what}: {exc}") from exc
 
 
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_ENDPOINT_RE = re.compile(r"[A-Za-z0-9.:\[\]-]{3,300}")
+
+
+@attrs.frozen
+class Blob:
+    """Where a reply's large output waits: a node's reply channel.
+
+    Attributes:
+        endpoint: ``host:port`` of the node's ``commands`` channel listener.
+        size: bytes of the output's JSON text.
+        sha256: hex SHA-256 of those bytes; the fetcher checks it.
+    """
+
+    endpoint: str
+    size: int
+    sha256: str
+
+    @classmethod
+    def from_raw(cls, raw: Any, what: str) -> Blob:
+        """Check a reply's ``blob`` object.
+
+        Raises:
+            MalformedData: not an endpoint, a size within ``MAX_CHANNEL_OUTPUT``
+                and a SHA-256.
+        """
+        if not isinstance(raw, dict):
+            raise MalformedData(f"malformed {what}: blob must be an object")
+        endpoint = raw.get("endpoint")
+        if not isinstance(endpoint, str) or not _ENDPOINT_RE.fullmatch(endpoint):
+            raise MalformedData(f"malformed {what}: blob endpoint must be host:port")
+        size = raw.get("size")
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise MalformedData(f"malformed {what}: blob size must be an integer")
+        if not MAX_OUTPUT < size <= MAX_CHANNEL_OUTPUT:
+            raise MalformedData(
+                f"malformed {what}: blob size {size} is outside {MAX_OUTPUT + 1}-"
+                f"{MAX_CHANNEL_OUTPUT} bytes"
+            )
+        sha = raw.get("sha256")
+        if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha):
+            raise MalformedData(f"malformed {what}: blob sha256 must be 64 hex digits")
+        return cls(endpoint=endpoint, size=size, sha256=sha)
+
+
 @attrs.frozen
 class Reply:
     """One node's answer (``commands/results/<id>/replies/<node>``).
@@ -218,13 +268,16 @@ class Reply:
         id: the request id.
         node: the answering node.
         status: what happened.
-        output: the handler's JSON value (None unless ``OK``); when the
-            output was larger than the request's ``max_output``, the first
-            ``max_output`` characters of its JSON text, with ``truncated``.
+        output: the handler's JSON value (None unless ``OK``, and None when
+            ``blob`` is set); when the output was larger than the request's
+            ``max_output``, the first ``max_output`` characters of its JSON
+            text, with ``truncated``.
         error: why, for every status but ``OK``.
         truncated: the output was cut to the cap.
         started: wall-clock time the handler started (0: it never did).
         finished: wall-clock time of the answer.
+        blob: an output over ``MAX_OUTPUT`` bytes waits on the node's reply
+            channel (``CommandClient.fetch_output``); None otherwise.
     """
 
     id: str
@@ -235,11 +288,14 @@ class Reply:
     truncated: bool = False
     started: float = 0.0
     finished: float = 0.0
+    blob: Blob | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+        """JSON-ready form (``blob`` only when set)."""
         doc = attrs.asdict(self)
         doc["status"] = self.status.value
+        if self.blob is None:
+            del doc["blob"]
         return doc
 
     def to_json(self) -> bytes:
@@ -264,6 +320,7 @@ class Reply:
         error = raw.get("error", "")
         if not isinstance(error, str) or len(error) > MAX_ERROR:
             raise MalformedData(f"malformed {what}: error must be a short string")
+        blob = None if raw.get("blob") is None else Blob.from_raw(raw["blob"], what)
         try:
             return cls(
                 id=check_request_id(_text(raw, "id", what)),
@@ -274,6 +331,7 @@ class Reply:
                 truncated=truncated,
                 started=_number(raw, "started", what),
                 finished=_number(raw, "finished", what),
+                blob=blob,
             )
         except CommandInvalidArgument as exc:
             raise MalformedData(f"malformed {what}: {exc}") from exc
@@ -285,17 +343,29 @@ def encode_output(value: Any, cap: int) -> tuple[Any, bool]:
     Raises:
         CommandInvalidArgument: the value is not JSON (a handler bug).
     """
+    output, truncated, _ = encode_output_text(value, cap)
+    return output, truncated
+
+
+def encode_output_text(value: Any, cap: int) -> tuple[Any, bool, bytes]:
+    """As :func:`encode_output`, plus the output's JSON text (at most ``cap`` bytes).
+
+    Raises:
+        CommandInvalidArgument: the value is not JSON (a handler bug).
+    """
     try:
-        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        data = json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
         raise CommandInvalidArgument(f"the handler returned a non-JSON value: {exc}") from exc
-    if len(text.encode()) <= cap:
-        return value, False
+    if len(data) <= cap:
+        return value, False, data
     # The cut text is itself JSON-encoded in the reply, where escapes grow it.
-    cut = text.encode()[:cap].decode(errors="ignore")
-    while len(json.dumps(cut).encode()) > cap:
+    cut = data[:cap].decode(errors="ignore")
+    encoded = json.dumps(cut).encode()
+    while len(encoded) > cap:
         cut = cut[: len(cut) * 3 // 4]
-    return cut, True
+        encoded = json.dumps(cut).encode()
+    return cut, True, encoded
 
 
 def _text(raw: Mapping[str, Any], field: str, what: str, default: str | None = None) -> str:

@@ -18,13 +18,21 @@ It reports ``timeOut`` (milliseconds) and the monotonic time the connection
 attempt started, before kazoo reports the connection as CONNECTED (both
 happen on kazoo's connection thread, in that order). Nothing of kazoo's is
 patched: the wrapper only observes bytes that pass through.
+
+The handler also waits with one ``select(2)`` call where kazoo's builds,
+registers and closes an epoll selector on every wait (to allow descriptors
+past ``FD_SETSIZE``): the connection thread waits several times per
+request, and that selector churn was about a fifth of a command node's CPU
+(benchmarks/bench_commands.py). Descriptors past the limit still go
+kazoo's way.
 """
 
 from __future__ import annotations
 
+import select
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kazoo.handlers.threading import SequentialThreadingHandler
@@ -43,6 +51,10 @@ class _SniffingSocket:
         self._started = started
         self._report: OnNegotiated | None = report
         self._head = b""
+        # The connection thread calls these for every wait and write: the
+        # real socket's own methods, without a Python frame in between.
+        self.fileno: Callable[[], int] = sock.fileno
+        self.send: Callable[..., int] = sock.send
 
     def recv(self, size: int, *args: Any) -> bytes:
         data: bytes = self._sock.recv(size, *args)
@@ -53,9 +65,6 @@ class _SniffingSocket:
                 report, self._report = self._report, None
                 report(timeout_ms, self._started)
         return data
-
-    def fileno(self) -> int:
-        return int(self._sock.fileno())
 
     def __getattr__(self, name: str) -> Any:
         # send, setblocking, close, pending (TLS) ... go to the real socket.
@@ -68,6 +77,25 @@ class NegotiationHandler(SequentialThreadingHandler):  # type: ignore[misc]
     def __init__(self, on_negotiated: OnNegotiated) -> None:
         super().__init__()
         self._on_negotiated = on_negotiated
+
+    def select(
+        self,
+        rlist: Sequence[Any],
+        wlist: Sequence[Any],
+        xlist: Sequence[Any],
+        timeout: float | None = None,
+    ) -> Any:
+        """kazoo's ``select``: one system call for descriptors below ``FD_SETSIZE``.
+
+        Raises:
+            ValueError: a closed or invalid descriptor (as kazoo's does).
+        """
+        try:
+            return select.select(rlist, wlist, xlist, timeout)
+        except ValueError:  # past FD_SETSIZE, or closed: kazoo's way decides
+            return super().select(rlist, wlist, xlist, timeout)
+        except OSError as exc:  # EBADF: kazoo's selector reports it as ValueError
+            raise ValueError("Invalid event mask or fd") from exc
 
     def create_connection(self, *args: Any, **kwargs: Any) -> Any:
         started = time.monotonic()

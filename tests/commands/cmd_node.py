@@ -2,6 +2,8 @@
 
 ``test.slow seconds=S`` appends the request id to ``--count-file`` (fsynced)
 before it waits, so a test can count executions across crashes.
+``test.big size=N`` answers a string of N characters; with ``--secret-file``
+the node serves outputs over 64 KiB on its reply channel (``--channel-listen``).
 Run: ``python cmd_node.py --zk HOSTS --cluster C --node N --state-dir D --count-file F``
 (an open cluster; the tests set MHAFAIL_ZK_OPEN).
 """
@@ -16,6 +18,7 @@ import threading
 import time
 from typing import Any
 
+from mhafail.channel import ChannelSecurity, read_secret_file
 from mhafail.commands import Arg, ArgKind, CommandAgent, CommandContext, register_builtins
 from mhafail.coordination import Coordinator, LeaseState, Membership, NodeInfo
 
@@ -31,6 +34,8 @@ def main() -> int:
     for flag in ("--zk", "--cluster", "--node", "--state-dir", "--count-file"):
         parser.add_argument(flag, required=True)
     parser.add_argument("--session-timeout", type=float, default=2.0)
+    parser.add_argument("--secret-file")
+    parser.add_argument("--channel-listen", default="127.0.0.1:0")
     args = parser.parse_args()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -40,8 +45,16 @@ def main() -> int:
     ).start()  # fmt: skip
     coordinator.add_lease_listener(lambda s: emit("lease", state=s.value))
     membership = Membership(coordinator=coordinator, info=NodeInfo(name=args.node)).start()
+    channel = None
+    if args.secret_file:
+        channel = ChannelSecurity(secret=read_secret_file(args.secret_file))
     agent = CommandAgent(
-        coordinator=coordinator, node=args.node, state_dir=args.state_dir, period=0.5
+        coordinator=coordinator,
+        node=args.node,
+        state_dir=args.state_dir,
+        period=0.5,
+        channel=channel,
+        channel_listen=args.channel_listen,
     )
     register_builtins(agent, membership=membership)
 
@@ -55,9 +68,13 @@ def main() -> int:
         ctx.cancelled.wait(a["seconds"])
         return "slept"
 
+    @agent.command("test.big", [Arg("size", ArgKind.INT, maximum=64 * 1024 * 1024)])
+    def big(ctx: CommandContext, a: dict[str, Any]) -> Any:
+        return "x" * a["size"]
+
     agent.add_listener(lambda r: emit("reply", id=r.id, status=r.status.value))
     agent.start()
-    emit("ready", lease=LeaseState.VALID.value)
+    emit("ready", lease=LeaseState.VALID.value, channel=agent.channel_endpoint)
     stop.wait()
     began = time.monotonic()
     agent.stop()

@@ -23,6 +23,7 @@ from mhafail.commands import (
 from mhafail.commands._model import RESULTS, request_path
 from mhafail.errors import CommandInvalidArgument, UnknownRequest
 from mhafail.jlog import Jlog, Whence
+from mhafail.spool import Envelope, NodePaths, Spool, SpoolLock
 
 pytestmark = pytest.mark.zookeeper
 
@@ -284,3 +285,48 @@ def test_agent_without_zookeeper_accepts_nothing(
     time.sleep(0.5)
     assert client.get(rid).pending == ("n1",)
     assert agent.stats.ran == 1
+
+
+def test_trace_reports_every_step_of_a_request_in_order(
+    agent_factory: AgentFactory, client: CommandClient
+) -> None:
+    """The trace hook sees pass, seen, marked, claimed, started, done, replied, in time order."""
+    steps: list[tuple[str, str, float]] = []
+    started(agent_factory, "n1", trace=lambda *step: steps.append(step)).start()
+    rid = client.unicast("n1", "ping")
+    client.wait(rid, 10)
+    mine = [(step, at) for step, r, at in steps if r == rid]
+    names = ["pass", "seen", "marked", "claimed", "started", "done", "replied"]
+    assert [s for s, _ in mine] == names
+    assert [at for _, at in mine] == sorted(at for _, at in mine)
+
+
+def test_spool_status_reports_the_nodes_spool(
+    agent_factory: AgentFactory,
+    client: CommandClient,
+    coordinator_factory: Callable[..., Any],
+    zk_cluster: str,
+    tmp_path: Path,
+) -> None:
+    """With a spool wired in, spool.status answers its message count, due count, lock and token;
+    without one the command does not exist."""
+    coordinator = coordinator_factory()
+    lock = SpoolLock(coordinator=coordinator, paths=NodePaths(tmp_path, zk_cluster, "n1").create())
+    token = lock.acquire(5)
+    spool = Spool(directory=lock.paths.spool, node="n1", fence=lock, group_commit=False).open()
+    try:
+        for _ in range(3):
+            spool.put(Envelope(sender="a@example.org", recipients=("b@example.net",)), b"hi")
+        agent = agent_factory("n1", coordinator=coordinator)
+        assert "spool.status" in register_builtins(agent, spool=spool)
+        agent.start()
+        plain = started(agent_factory, "n2")
+        plain.start()
+        result = client.wait(client.broadcast("spool.status", {"limit": "2"}), 10)
+        status = result.replies["n1"].output
+        assert status["messages"] == 3 and status["due"] == 2 and status["lock"] == "held"
+        assert status["token"] == token and status["fence_valid"] is True
+        assert result.replies["n2"].status is ReplyStatus.REFUSED
+    finally:
+        spool.close()
+        lock.release()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 import mhafail.commands
+from mhafail.channel import ChannelSecurity
 from mhafail.cli import main
 from mhafail.commands import CommandAgent, register_builtins
 from mhafail.testing import ZooKeeperServer
@@ -60,3 +63,32 @@ def test_cli_send_get_list_cancel(
     assert main(["cmd", "send", *zk, "--node", "nobody", "ping"]) == 2
     assert main(["cmd", "send", *zk, "--all", "Bad Name"]) == 2
     assert "invalid command name" in capsys.readouterr().err
+
+
+@pytest.mark.zookeeper
+def test_cli_output_fetches_a_large_output_by_the_reply_channel(
+    agent_factory: AgentFactory,
+    zookeeper: ZooKeeperServer,
+    zk_cluster: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """send names the reply channel for a 200 KB output; output prints it whole with the
+    secret and exits 2 with a clear message without it."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"cli-reply-channel-secret")
+    secret.chmod(0o600)
+    agent = agent_factory("n1", channel=ChannelSecurity(secret=secret.read_bytes()))
+    agent.register("app.big", lambda ctx, args: "y" * 200_000)
+    agent.start()
+    zk = ["--zk", zookeeper.address, "--cluster", zk_cluster]
+    assert main(["cmd", "send", *zk, "--node", "n1", "app.big", "--max-output", "300000"]) == 0
+    captured = capsys.readouterr()
+    assert "200002 bytes on the reply channel" in captured.out
+    found = re.search(r"request ([0-9]{13}-[0-9a-f]{12})", captured.err)
+    assert found is not None
+    rid = found.group(1)
+    assert main(["cmd", "output", *zk, rid, "n1", "--secret-file", str(secret), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["output"] == "y" * 200_000
+    assert main(["cmd", "output", *zk, rid, "n1"]) == 2
+    assert "give the CommandClient a channel" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from mhafail.commands import (
     Arg,
     ArgKind,
+    Blob,
     Reply,
     ReplyStatus,
     Request,
@@ -22,7 +23,7 @@ from mhafail.commands import (
     Selector,
     parse_cli_args,
 )
-from mhafail.commands._model import encode_output
+from mhafail.commands._model import MAX_CHANNEL_OUTPUT, MAX_OUTPUT, encode_output
 from mhafail.commands._schema import node_labels
 from mhafail.errors import CommandInvalidArgument, MalformedData
 
@@ -159,3 +160,37 @@ def test_fuzz_reply_znode(data: bytes) -> None:
         Reply.from_json(data)
     ok = Reply(id=VALID.id, node="n1", status=ReplyStatus.OK, output=[1])
     assert Reply.from_json(ok.to_json()) == ok
+
+
+BLOB = {"endpoint": "127.0.0.1:7411", "size": 100_000, "sha256": "ab" * 32}
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(sorted(BLOB)), json_values, max_size=3) | json_values)
+def test_fuzz_reply_blob(changes: Any) -> None:
+    """A reply whose blob has any fields replaced (or is any value) decodes with a checked
+    blob or raises MalformedData, nothing else."""
+    doc = json.loads(Reply(id=VALID.id, node="n1", status=ReplyStatus.OK).to_json())
+    doc["blob"] = {**BLOB, **changes} if isinstance(changes, dict) else changes
+    with contextlib.suppress(MalformedData):
+        reply = Reply.from_json(json.dumps(doc).encode())
+        if reply.blob is not None:
+            assert MAX_OUTPUT < reply.blob.size <= MAX_CHANNEL_OUTPUT
+            assert len(reply.blob.sha256) == 64
+
+
+def test_blob_round_trips_and_bad_blobs_name_the_problem() -> None:
+    """A reply with a blob survives its JSON form; a bad size, hash or endpoint is named."""
+    good = Reply(id=VALID.id, node="n1", status=ReplyStatus.OK, blob=Blob(**BLOB))
+    assert Reply.from_json(good.to_json()) == good
+    for field, value, words in (
+        ("size", MAX_CHANNEL_OUTPUT + 1, "blob size"),
+        ("size", 10, "blob size"),
+        ("size", True, "blob size"),
+        ("sha256", "xyz", "sha256"),
+        ("endpoint", "no port or/slash", "endpoint"),
+    ):
+        doc = json.loads(good.to_json())
+        doc["blob"][field] = value
+        with pytest.raises(MalformedData, match=words):
+            Reply.from_json(json.dumps(doc).encode())

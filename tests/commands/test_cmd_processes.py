@@ -7,14 +7,18 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mhafail.channel import ChannelSecurity
 from mhafail.commands import CommandClient, ReplyStatus
-from mhafail.testing import EventProcess, TcpProxy, ZooKeeperServer
+from mhafail.commands._model import reply_path
+from mhafail.coordination import Coordinator
+from mhafail.errors import ChannelAuthFailed
+from mhafail.testing import EventProcess, TcpProxy, ZooKeeperServer, free_port
 
 pytestmark = pytest.mark.zookeeper
 
@@ -25,14 +29,15 @@ NODE_SCRIPT = Path(__file__).with_name("cmd_node.py")
 def node_factory(
     zookeeper: ZooKeeperServer, zk_cluster: str, tmp_path: Path
 ) -> Iterator[Callable[..., EventProcess]]:
-    """``make(name, zk=None)``: a started node process (through ``zk`` if given); ended after."""
+    """``make(name, zk=None, extra=())``: a started node process (through ``zk`` if
+    given, with ``extra`` arguments); ended after."""
     made: list[EventProcess] = []
 
-    def make(name: str, zk: str | None = None) -> EventProcess:
+    def make(name: str, zk: str | None = None, extra: Sequence[str] = ()) -> EventProcess:
         argv = [
             sys.executable, str(NODE_SCRIPT), "--zk", zk or zookeeper.address,
             "--cluster", zk_cluster, "--node", name, "--state-dir", str(tmp_path / name),
-            "--count-file", str(tmp_path / f"{name}.count"),
+            "--count-file", str(tmp_path / f"{name}.count"), *extra,
         ]  # fmt: skip
         proc = EventProcess(argv, name=name, log_dir=tmp_path)
         made.append(proc)
@@ -138,3 +143,37 @@ def test_sigterm_ends_a_node_within_5s_with_zookeeper_unreachable(
     assert time.monotonic() - began < 5
     stopped = [e for e in node.events if e["event"] == "stopped"]
     assert stopped and stopped[0]["took"] < 5, json.dumps(node.events[-3:])
+
+
+def test_several_megabytes_of_output_reach_any_manager_by_the_reply_channel(
+    node_factory: Callable[..., EventProcess],
+    client: CommandClient,
+    coordinator_factory: Callable[..., Coordinator],
+    tmp_path: Path,
+) -> None:
+    """A 6 MB output stays out of ZooKeeper; any manager with the secret fetches it whole by
+    request id, also after the node process restarted; a wrong secret is refused."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"commands-secret-0123456789")
+    secret.chmod(0o600)
+    port = free_port()
+    extra = ["--secret-file", str(secret), "--channel-listen", f"127.0.0.1:{port}"]
+    node = node_factory("n1", extra=extra)
+    size = 6 * 1024 * 1024
+    rid = client.unicast("n1", "test.big", {"size": size}, max_output=8 * 1024 * 1024)
+    reply = client.wait(rid, 20).replies["n1"]
+    assert reply.status is ReplyStatus.OK and reply.output is None and not reply.truncated
+    assert reply.blob is not None and reply.blob.size == size + 2  # a JSON string's quotes
+    znode = client.coordinator.znodes.get(reply_path(rid, "n1"))
+    assert znode is not None and len(znode.data) < 2048
+    security = ChannelSecurity(secret=secret.read_bytes())
+    other = CommandClient(coordinator=coordinator_factory(), channel=security)
+    assert other.fetch_output(rid, "n1") == "x" * size
+    node.kill()
+    node.start(timeout=20)
+    assert other.fetch_output(rid, "n1") == "x" * size
+    intruder = CommandClient(
+        coordinator=coordinator_factory(), channel=ChannelSecurity(secret=b"w" * 26)
+    )
+    with pytest.raises(ChannelAuthFailed):
+        intruder.fetch_output(rid, "n1")

@@ -94,12 +94,15 @@ def test_credential_less_client_can_neither_enqueue_read_nor_forge(
     cluster: Cluster, raw: Callable[..., Any]
 ) -> None:
     """Without credentials: no request, no read, no claim, no reply, no delete."""
-    _, _, rid, base, _ = cluster
+    client, _, rid, base, _ = cluster
+    pending = client.send("app.once", nodes=["n9"])  # nobody answers: it stays for nodes
     attacker = raw()
     new = "1700000000000-0123456789ab"
     assert refused(lambda: attacker.create(f"{base}/{request_path(new)}", b"{}"))
-    assert refused(lambda: attacker.get(f"{base}/{request_path(rid)}"))
-    assert refused(lambda: attacker.set(f"{base}/{request_path(rid)}", b"{}"))
+    assert refused(lambda: attacker.get(f"{base}/{request_path(pending)}"))
+    assert refused(lambda: attacker.get(f"{base}/commands/results/{rid}"))  # the kept copy
+    assert refused(lambda: attacker.set(f"{base}/{request_path(pending)}", b"{}"))
+    assert refused(lambda: attacker.set(f"{base}/commands/results/{rid}", b"{}"))
     assert refused(lambda: attacker.set(f"{base}/{reply_path(rid, 'n1')}", FORGED % rid.encode()))
     assert refused(lambda: attacker.create(f"{base}/{reply_path(rid, 'n2')}", b"{}"))
     assert refused(lambda: attacker.create(f"{base}/{claim_path(rid, 'n2')}", b"{}"))
@@ -111,20 +114,24 @@ def test_node_role_cannot_enqueue_forge_or_replay(
 ) -> None:
     """A node's identity may not create or rewrite requests, rewrite or delete a reply or claim."""
     client, agent, rid, base, runs = cluster
+    pending = client.send("app.once", nodes=["n9"])  # nobody answers: it stays for nodes
     insider = raw(NODE)
-    data, _ = insider.get(f"{base}/{request_path(rid)}")  # nodes read requests
+    data, _ = insider.get(f"{base}/{request_path(pending)}")  # nodes read requests
     new = "1700000000000-0123456789ab"
     # Enqueue: a new request, or a copy of an old one under a new id.
     assert refused(lambda: insider.create(f"{base}/{request_path(new)}", data))
     assert refused(lambda: insider.create(f"{base}/commands/results/{new}", b""))
     # Widen an existing request to more nodes or another command.
-    assert refused(lambda: insider.set(f"{base}/{request_path(rid)}", data.replace(b"n1", b"n2")))
+    assert refused(
+        lambda: insider.set(f"{base}/{request_path(pending)}", data.replace(b"n9", b"n1"))
+    )
+    assert refused(lambda: insider.set(f"{base}/commands/results/{rid}", data))
     # Forge a result: rewrite or withdraw the node's answer.
     assert refused(lambda: insider.set(f"{base}/{reply_path(rid, 'n1')}", FORGED % rid.encode()))
     assert refused(lambda: insider.delete(f"{base}/{reply_path(rid, 'n1')}"))
     # Replay: undo the claim (and the reply) so the node would take the request again.
     assert refused(lambda: insider.delete(f"{base}/{claim_path(rid, 'n1')}"))
-    assert refused(lambda: insider.delete(f"{base}/{request_path(rid)}"))
+    assert refused(lambda: insider.delete(f"{base}/{request_path(pending)}"))
     assert refused(lambda: insider.delete(f"{base}/commands/results/{rid}/replies"))
     # Through the library: a CommandClient with node credentials is refused by ZooKeeper.
     with pytest.raises(AccessDenied):
@@ -139,7 +146,7 @@ def test_replayed_request_is_not_run_twice_even_by_an_operator(
     """Re-creating an answered request (same id, claims and replies gone) does not rerun it."""
     client, _, rid, base, runs = cluster
     root = raw(OPERATOR)  # even the operator's identity: the local marker still says no
-    data, _ = root.get(f"{base}/{request_path(rid)}")
+    data, _ = root.get(f"{base}/commands/results/{rid}")  # the copy managers keep
     client.delete(rid)
     time.sleep(0.5)  # let the agent see it gone (else it keeps it as done: also no rerun)
     policy = AclPolicy(operators=(OP_ID,), nodes=(NODE_ID,))
