@@ -142,7 +142,7 @@ def test_a_put_that_stalls_past_the_lease_is_undone(
     local: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """If the lease runs out during the rename/fsync, the message is removed and refused."""
-    import mhafail.spool._spool as spool_module
+    import mhafail.spool._commit as spool_module
 
     real = spool_module.fsync_dir
 
