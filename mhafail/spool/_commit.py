@@ -37,6 +37,8 @@ from mhafail.spool._files import fsync_dir, sync_batch, write_failed, write_tmp
 from mhafail.spool._message import Message
 from mhafail.spool._wal import SEGMENT_SIZE, CommitLog, pending, recover
 
+MAX_SEALED = 4  # segments waiting for a checkpoint before puts wait for it
+
 logger = logging.getLogger(__name__)
 
 MSG, TMP = "msg", "tmp"
@@ -154,25 +156,25 @@ class Committer:
     # --- puts ---------------------------------------------------------------
 
     def write(self, item: Put) -> None:
-        """Write the temporary file in the caller's thread (not yet durable).
+        """Without group commit, write the temporary file in the caller's thread.
 
-        Creating files is the slow part on many disks; callers do it in
-        parallel, the committer only logs and renames.
+        With group commit there is no file to write: the committer logs
+        the message, and a checkpoint files it later (unless it is gone by
+        then). Either way the fence is checked first.
 
         Raises:
             SpoolFenced, SpoolWriteFailed.
         """
         if not self.valid():
             raise SpoolFenced("this process no longer holds the spool; nothing was written")
+        if self.group:
+            return
         try:
             item.fd = write_tmp(
                 self.directory / TMP / item.message_id, [item.header, item.data], sync=False
             )
         except OSError as exc:
             raise write_failed("cannot write to the spool", exc) from exc
-        if self.group:
-            os.close(item.fd)  # durable through the log, not through this file
-            item.fd = -1
 
     def submit(self, item: Put) -> None:
         """Commit ``item`` (written) now, or queue it for the committer thread."""
@@ -205,44 +207,36 @@ class Committer:
                 return
 
     def _commit_logged(self, log: CommitLog, batch: list[Put]) -> None:
-        """Log, rename and re-check one batch inside one section; settle each future."""
-        tmp = self.directory / TMP
+        """Log one batch and re-check the lease inside one section; settle each future."""
+        if log.sealed() >= MAX_SEALED:
+            # Filing lags behind (file creation is slow): wait, so that the
+            # log stays bounded; puts then go at the pace of the checkpoints.
+            self._wake.set()
+            log.wait_sealed_below(MAX_SEALED, 30.0)
         try:
             with self.section():
-                todo = []
+                todo, seen = [], set()
                 for item in batch:
-                    if os.path.lexists(self.msg_dir / item.message_id):
-                        self._fail(
-                            [item], SpoolInvalidArgument(f"message {item.message_id} exists")
-                        )
+                    # No stat per message here (every syscall is a chance to
+                    # lose the GIL for a switch interval); Spool.put checked
+                    # ids given by the caller against msg/, new ids are unique.
+                    if item.message_id in seen or log.holds(item.message_id):
+                        self._fail([item], SpoolInvalidArgument(f"{item.message_id} exists"))
                     else:
+                        seen.add(item.message_id)
                         todo.append(item)
                 if not todo:
                     return
-                renamed: list[Put] = []
-                failure: list[OSError] = []
-
-                def rename_all() -> None:
-                    try:
-                        for item in todo:
-                            os.rename(tmp / item.message_id, self.msg_dir / item.message_id)
-                            renamed.append(item)
-                    except OSError as exc:
-                        failure.append(exc)
-
                 ids = [item.message_id for item in todo]
                 try:
-                    log.put([(i.message_id, i.header + i.data) for i in todo], rename_all)
+                    log.put([(i.message_id, i.header + i.data) for i in todo])
                 except OSError as exc:
                     # Some records may have reached the disk: drop them (best effort).
                     self._drop(log, ids, force=True)
                     raise write_failed("cannot write to the spool", exc) from exc
-                if failure:
-                    self._drop(log, ids)
-                    raise write_failed("cannot commit to the spool", failure[0])
                 if not self.valid():
                     # Stalled past the lease (a pause, a slow disk): nobody was
-                    # told yet, and under the fence no takeover saw the files.
+                    # told yet, and under the fence no takeover saw the records.
                     self._drop(log, ids)
                     raise SpoolFenced("the lease ran out while writing; nothing was kept")
         except SpoolError as exc:
@@ -312,10 +306,20 @@ class Committer:
             if not item.future.done():
                 item.future.set_exception(exc)
 
-    # --- removals and checkpoints --------------------------------------------
+    # --- reads, removals and checkpoints -------------------------------------
+
+    def holds(self, message_id: str) -> bool:
+        """True when the message is in the log, not yet (or not only) in ``msg/``."""
+        return self.log is not None and self.log.holds(message_id)
+
+    def read(self, message_id: str) -> bytes | None:
+        """The file bytes of a message that is in the log only (None: read ``msg/``)."""
+        return None if self.log is None else self.log.read(message_id)
 
     def remove(self, message_id: str, unlink: Callable[[str], None]) -> None:
-        """Remove a message durably (call inside a section): ``unlink(id)``, then make it stick.
+        """Remove a message durably (inside a section): ``unlink(id)``, then make it stick.
+
+        ``unlink`` must accept a message that has no file yet (in the log only).
 
         Raises:
             OSError: the removal may not be durable.

@@ -284,6 +284,8 @@ class Spool:
         """
         committer = self._running()
         item = self._prepare(envelope, data, message_id)
+        if message_id is not None and self._present(item.message_id):
+            raise SpoolInvalidArgument(f"message {item.message_id} already exists")
         committer.write(item)
         committer.submit(item)
         return item.future.result()
@@ -292,6 +294,8 @@ class Spool:
         """:meth:`put` for asyncio: the event loop is never blocked."""
         committer = self._running()
         item = self._prepare(envelope, data, message_id)
+        if message_id is not None and self._present(item.message_id):
+            raise SpoolInvalidArgument(f"message {item.message_id} already exists")
         await asyncio.to_thread(committer.write, item)
         await asyncio.to_thread(committer.submit, item)
         return await asyncio.wrap_future(item.future)
@@ -341,7 +345,8 @@ class Spool:
         """
         message = self.get(message_id)
         try:
-            raw = (self.msg_dir / message_id).read_bytes()
+            logged = self._running().read(message_id)
+            raw = (self.msg_dir / message_id).read_bytes() if logged is None else logged
             _, offset = decode_header(raw, what=f"message file {message_id}")
         except FileNotFoundError as exc:
             raise UnknownMessage(f"message {message_id} left spool {self.directory}") from exc
@@ -362,7 +367,7 @@ class Spool:
             UnknownMessage: the message is no longer here (taken over).
         """
         with self._section():
-            if not (self.msg_dir / check_id(message_id)).exists():
+            if not self._present(check_id(message_id)):
                 self._forget(message_id)
                 raise UnknownMessage(f"message {message_id} left spool {self.directory}")
             return self.get(message_id)
@@ -397,7 +402,7 @@ class Spool:
             return updated
         path = self.msg_dir / (message_id + STATE_SUFFIX)
         with self._section():
-            if not (self.msg_dir / message_id).exists():
+            if not self._present(message_id):
                 self._forget(message_id)
                 raise UnknownMessage(f"message {message_id} left spool {self.directory}")
             replace_durably(path, encode_state(updated), tmp=self.directory / TMP / path.name)
@@ -432,17 +437,20 @@ class Spool:
         self._remove(message_id)
         return final
 
+    def _present(self, message_id: str) -> bool:
+        """True when the message is still here: filed in ``msg/`` or in the commit log."""
+        return self._running().holds(message_id) or (self.msg_dir / message_id).exists()
+
     def _remove(self, message_id: str) -> None:
         def unlink(mid: str) -> None:
-            try:
-                os.unlink(self.msg_dir / mid)
-            except FileNotFoundError as exc:
-                self._forget(mid)
-                raise UnknownMessage(f"message {mid} left spool {self.directory}") from exc
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.msg_dir / (mid + STATE_SUFFIX))
+            for name in (mid, mid + STATE_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.msg_dir / name)
 
         with self._section():
+            if not self._present(message_id):
+                self._forget(message_id)
+                raise UnknownMessage(f"message {message_id} left spool {self.directory}")
             try:
                 self._running().remove(message_id, unlink)
             except OSError as exc:

@@ -140,14 +140,18 @@ def pending(directory: Path) -> bool:
     return bool(segments(directory)[0])
 
 
-def _write_file(path: Path, tmp: Path, body: bytes) -> None:
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+def _write_new(path: Path, body: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
         view = memoryview(body)
         while view:
             view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
+
+
+def _write_file(path: Path, tmp: Path, body: bytes) -> None:
+    _write_new(tmp, body)
     os.rename(tmp, path)
 
 
@@ -221,16 +225,21 @@ def _retire(wal_dir: Path, seq: int) -> None:
 
 
 class CommitLog:
-    """The append side of one spool's log (used by the spool's committer).
+    """The append side of one spool's log, and where logged messages are until filed.
+
+    A put is logged and acknowledged without a file of its own: its bytes
+    stay in the log (readable with :meth:`read`) until a checkpoint files
+    it into ``msg/``, or a removal drops it first (then it never gets one).
 
     Args:
         directory: the spool directory.
         segment_size: bytes per segment (a batch larger than that gets a
             segment of its own, grown as it is written).
 
-    Thread-safe: appends, drops and checkpoints serialise on one mutex,
-    except the flushes of a checkpoint, which run outside it.
-    Call :func:`recover` first: a new log starts after the newest segment.
+    Thread-safe: one mutex guards the state; a checkpoint's file creation
+    and flushes run outside it. Lock order: the spool's fence section,
+    then the mutex. Call :func:`recover` first: a new log starts after the
+    newest segment.
     """
 
     def __init__(self, directory: Path, *, segment_size: int = SEGMENT_SIZE) -> None:
@@ -238,48 +247,66 @@ class CommitLog:
         self.wal_dir = directory / WAL
         self.segment_size = segment_size
         self.mutex = threading.Lock()
+        self._retired = threading.Condition(self.mutex)
         self._fd = -1
         self._seq = 0
         self._offset = 0
+        self._fds: dict[int, int] = {}  # every unretired segment, for reads
         self._sealed: list[int] = []
         self._ids: dict[int, set[str]] = {}  # segment -> puts logged there
-        self._live: dict[str, int] = {}  # id -> its segment, until retired
+        self._live: dict[str, tuple[int, int, int]] = {}  # id -> (seq, offset, length)
+        self._filed: set[str] = set()  # live ids already filed in msg/
         used, spares = segments(directory)
         self._next = max(used + spares, default=0) + 1
 
     # --- writing -------------------------------------------------------------
 
-    def put(self, items: list[tuple[str, bytes]], then: Callable[[], None]) -> None:
-        """Log the puts ``(id, file bytes)`` durably (one write, one flush), then ``then()``.
-
-        ``then`` (the renames into ``msg/``) runs before the segment can
-        be sealed, so a checkpoint of the segment covers its renames.
+    def put(self, items: list[tuple[str, bytes]]) -> None:
+        """Log the puts ``(id, file bytes)`` durably: one write, one flush.
 
         Raises:
-            OSError: not logged (the segment is sealed, never written
-                again), or from ``then`` (logged: drop them).
+            OSError: not logged (the segment is sealed, never written again).
         """
         with self.mutex:
             seq = self._room(sum(_HEAD.size + 1 + _ID_LEN + len(b) for _, b in items) + BLOCK)
-            self._write(padded(b"".join(encode(seq, PUT, mid, body) for mid, body in items)))
+            chunks, where, pos = [], [], self._offset
+            for mid, body in items:
+                record = encode(seq, PUT, mid, body)
+                chunks.append(record)
+                where.append((mid, (seq, pos + len(record) - len(body), len(body))))
+                pos += len(record)
+            self._write(padded(b"".join(chunks)))
             ids = self._ids.setdefault(seq, set())
-            for mid, _ in items:
+            for mid, loc in where:
                 ids.add(mid)
-                self._live[mid] = seq
-            then()
+                self._live[mid] = loc
+
+    def holds(self, message_id: str) -> bool:
+        """True while ``message_id``'s put is in the log (filed or not)."""
+        with self.mutex:
+            return message_id in self._live
+
+    def read(self, message_id: str) -> bytes | None:
+        """The file bytes of a logged message not yet filed (None: read ``msg/``)."""
+        with self.mutex:
+            loc = self._live.get(message_id)
+            if loc is None or message_id in self._filed:
+                return None
+            seq, offset, length = loc
+            return os.pread(self._fds[seq], length, offset)
 
     def drop(
         self, message_ids: Iterable[str], *, unlink: Callable[[str], None], force: bool = False
     ) -> bool:
-        """Remove messages: ``unlink(id)`` each, then log drops for those still in the log.
+        """Remove messages: ``unlink(id)`` each, then log drops for those in the log.
 
         ``force`` logs a drop for every id (puts whose logging failed: some
         of their records may have reached the disk all the same).
 
         Returns:
             True when drops were logged (the removal is durable); False
-            when none of the messages is in the log any more: the caller
-            makes the removal durable (an fsync of ``msg/``).
+            when none of the messages is in the log: the caller makes the
+            removal durable (an fsync of ``msg/``).
 
         Raises:
             OSError: from ``unlink`` or the log (the segment is sealed).
@@ -293,6 +320,9 @@ class CommitLog:
                 return False
             seq = self._room(len(logged) * (_HEAD.size + 1 + _ID_LEN) + BLOCK)
             self._write(padded(b"".join(encode(seq, DROP, mid) for mid in logged)))
+            for mid in logged:
+                self._live.pop(mid, None)
+                self._filed.discard(mid)
             return True
 
     def _room(self, size: int) -> int:
@@ -332,6 +362,7 @@ class CommitLog:
         # The name must be durable before a record in the file is acknowledged.
         fsync_dir(self.wal_dir)
         self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self._fds[seq] = self._fd
         self._seq, self._offset = seq, 0
 
     def _zero_fill(self, tmp: Path, path: Path) -> None:
@@ -347,8 +378,7 @@ class CommitLog:
 
     def _seal(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            self._fd = -1  # stays open in _fds for reads until retired
             self._sealed.append(self._seq)
 
     # --- checkpoints -----------------------------------------------------------
@@ -358,17 +388,29 @@ class CommitLog:
         with self.mutex:
             return len(self._sealed)
 
+    def wait_sealed_below(self, limit: int, timeout: float) -> bool:
+        """Wait until fewer than ``limit`` segments wait for a checkpoint."""
+        with self._retired:
+            return self._retired.wait_for(lambda: len(self._sealed) < limit, timeout)
+
     def checkpoint(
         self,
         section: Callable[[], contextlib.AbstractContextManager[None]],
         *,
         everything: bool = False,
+        chunk: int = 64,
     ) -> int:
-        """Make ``msg/`` durable and retire the sealed segments; return how many.
+        """File the sealed segments' messages, make ``msg/`` durable, retire the segments.
 
         Args:
-            section: the spool's fence section (retiring changes the spool).
+            section: the spool's fence section (filing and retiring change
+                the spool; one section per ``chunk`` files, so a takeover's
+                claim never waits long).
             everything: seal the active segment first (a clean close).
+            chunk: files created per section.
+
+        Returns:
+            How many segments were retired.
 
         Raises:
             OSError: nothing was retired (retried at the next checkpoint).
@@ -381,40 +423,65 @@ class CommitLog:
             names = [mid for seq in todo for mid in self._ids.get(seq, ())]
         if not todo:
             return 0
-        msg_dir = self.directory / "msg"
+        msg_dir, tmp_dir = self.directory / "msg", self.directory / "tmp"
+        for start in range(0, len(names), chunk):
+            with section():
+                for mid in names[start : start + chunk]:
+                    self._file(mid, msg_dir / mid, tmp_dir / mid)
         sync_files(self.directory, [msg_dir / mid for mid in names])
         fsync_dir(msg_dir)
-        with section():
+        with section(), self._retired:
             for seq in todo:
+                with contextlib.suppress(KeyError, OSError):
+                    os.close(self._fds.pop(seq))
                 _retire(self.wal_dir, seq)
             fsync_dir(self.wal_dir)
-        with self.mutex:
             for seq in todo:
                 if seq in self._sealed:  # not reset meanwhile
                     self._sealed.remove(seq)
                 for mid in self._ids.pop(seq, ()):
-                    if self._live.get(mid) == seq:
+                    if self._live.get(mid, (0, 0, 0))[0] == seq:
                         del self._live[mid]
+                        self._filed.discard(mid)
+            self._retired.notify_all()
         return len(todo)
 
+    def _file(self, mid: str, path: Path, tmp: Path) -> None:
+        """Give a logged message its file in ``msg/`` (unless it was dropped meanwhile)."""
+        body = self.read(mid)
+        if body is None:
+            return
+        _write_new(tmp, body)  # the slow part (a new inode), outside the mutex
+        with self.mutex:
+            if mid in self._live and mid not in self._filed:
+                os.rename(tmp, path)
+                self._filed.add(mid)
+                return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
     def reset(self) -> None:
-        """Forget the active and sealed segments (call under ``mutex``, then :func:`recover`).
+        """Forget every segment (call under ``mutex``, then :func:`recover`).
 
         For a spool held again under a new token: whoever held it meanwhile
         may have replayed and retired the segments, so start afresh.
         """
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._fd = -1
         self._sealed.clear()
         self._ids.clear()
         self._live.clear()
+        self._filed.clear()
         used, spares = segments(self.directory)
         self._next = max([*used, *spares, self._next - 1]) + 1
+        self._retired.notify_all()
 
     def close(self) -> None:
-        """Close the active segment (it stays to be replayed unless checkpointed)."""
+        """Close the segments (unretired ones stay, to be replayed)."""
         with self.mutex:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            self._fd = -1
