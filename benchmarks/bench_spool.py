@@ -49,13 +49,14 @@ from mhafail.spool import (
     Takeover,
     TakeoverEvent,
 )
+from mhafail.spool._wal import logged as wal_logged
 from mhafail.testing import ZooKeeperServer
 
 ENV = Envelope(sender="bench@example.org", recipients=("rcpt@example.net",))
 
 
-def maildir_put(root: Path, data: bytes, *, dir_fsync: bool) -> None:
-    """One maildir delivery: tmp, fsync, rename (and optionally fsync new/)."""
+def maildir_put(root: Path, data: bytes, *, dir_fsync: bool) -> Path:
+    """One maildir delivery: tmp, fsync, rename (and optionally fsync new/); the file."""
     name = f"{time.time_ns()}.{secrets.token_hex(4)}"
     tmp = root / "tmp" / name
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -71,6 +72,7 @@ def maildir_put(root: Path, data: bytes, *, dir_fsync: bool) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+    return root / "new" / name
 
 
 def rate(put: object, count: int, clients: int) -> float:
@@ -94,7 +96,15 @@ def coordinator(zk: ZooKeeperServer, cluster: str) -> Coordinator:
 
 
 def spool_rate(
-    work: Path, c: Coordinator, data: bytes, *, group: bool, count: int, clients: int, tag: str
+    work: Path,
+    c: Coordinator,
+    data: bytes,
+    *,
+    group: bool,
+    count: int,
+    clients: int,
+    tag: str,
+    deliver: bool = False,
 ) -> tuple[float, float]:
     """Acknowledged puts per second into a fresh fenced spool, and the same counting its close.
 
@@ -107,8 +117,14 @@ def spool_rate(
     lock = SpoolLock(coordinator=c, paths=paths)
     lock.acquire(10)
     spool = Spool(directory=paths.spool, node=paths.node, fence=lock, group_commit=group).open()
+
+    def put() -> None:
+        mid = spool.put(ENV, data)
+        if deliver:
+            spool.done(mid)
+
     start = time.perf_counter()
-    acked = rate(lambda: spool.put(ENV, data), count, clients)
+    acked = rate(put, count, clients)
     spool.close()  # group commit: every message filed, msg/ durable, the log retired
     elapsed = time.perf_counter() - start
     lock.release()
@@ -126,6 +142,8 @@ def bench_puts(
         ("maildir: tmp, fsync, rename, fsync dir", "mdd", True),
         ("spool, fsync per message", "each", False),
         ("spool, group commit (commit log)", "group", True),
+        ("maildir + fsync dir, each then unlinked", "mdx", True),
+        ("spool, group commit, each then done()", "gdone", True),
     ]
     closing = "  same, counting the close (files them all)"
     table: dict[tuple[str, int], list[float]] = {}
@@ -138,38 +156,53 @@ def bench_puts(
                         md = work / f"maildir-{where}"
                         for sub in ("tmp", "new", "cur"):
                             (md / sub).mkdir(parents=True)
-                        r = rate(
-                            lambda md=md, d=flag: maildir_put(md, data, dir_fsync=d),
-                            count,
-                            threads,
-                        )
+
+                        def put(md: Path = md, d: bool = flag, x: bool = tag == "mdx") -> None:
+                            path = maildir_put(md, data, dir_fsync=d)
+                            if x:
+                                path.unlink()
+
+                        r = rate(put, count, threads)
                     else:
                         r, with_close = spool_rate(
-                            work, c, data, group=flag, count=count, clients=threads, tag=where
+                            work,
+                            c,
+                            data,
+                            group=flag,
+                            count=count,
+                            clients=threads,
+                            tag=where,
+                            deliver=tag == "gdone",
                         )
-                        if flag:
-                            table.setdefault((closing, threads), []).append(with_close)
                     table.setdefault((label, threads), []).append(r)
+                    if tag == "group":
+                        table.setdefault((closing, threads), []).append(with_close)
     finally:
         c.stop()
     print(f"\nput of {size}-byte messages, {count} per row, same disk ({work}), {runs} runs")
     head = " ".join(f"{'run ' + str(n):>9}" for n in range(1, runs + 1))
     print(f"{'writer':<42} {'clients':>7} {head}  (msg/s)")
-    for (label, threads), rates in table.items():
+    for (label, threads), rates in sorted(table.items(), key=lambda kv: kv[0][1]):
         cells = " ".join(f"{r:>9.0f}" for r in rates)
         print(f"{label:<42} {threads:>7} {cells}")
     base = "maildir: tmp, fsync, rename, fsync dir"
-    print(f"\nratio to {base!r} at the same number of clients, per run:")
-    for (label, threads), rates in table.items():
+    print(f"\nratio to {base!r} (or its row with unlink) at the same number of clients:")
+    for (label, threads), rates in sorted(table.items(), key=lambda kv: kv[0][1]):
         if not label.startswith("maildir"):
-            ratios = [r / b for r, b in zip(rates, table[(base, threads)], strict=True)]
+            against = "maildir + fsync dir, each then unlinked" if "done" in label else base
+            ratios = [r / b for r, b in zip(rates, table[(against, threads)], strict=True)]
             cells = " ".join(f"{x:>8.1f}x" for x in ratios)
             print(f"{label:<42} {threads:>7} {cells}")
 
 
-def bench_takeover(work: Path, zk: ZooKeeperServer, count: int) -> None:
-    """Print the time from a holder's session end to a survivor's completed takeover."""
-    root = work / "san-takeover"
+def bench_takeover(work: Path, zk: ZooKeeperServer, count: int, *, crashed: bool) -> None:
+    """Print the time from a holder's session end to a survivor's completed takeover.
+
+    ``crashed``: the holder does not close its spool (as if SIGKILLed): what
+    it acknowledged last is in its commit log only, and the survivor
+    replays it (one new file per message) before moving the rest.
+    """
+    root = work / f"san-takeover-{crashed}"
     root.mkdir()
     cluster = f"benchtake{secrets.token_hex(3)}"
     dead_c = coordinator(zk, cluster)
@@ -180,7 +213,9 @@ def bench_takeover(work: Path, zk: ZooKeeperServer, count: int) -> None:
     data = os.urandom(4096)
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(lambda _: dead.put(ENV, data), range(count)))
-    dead.close()
+    if not crashed:
+        dead.close()
+    logged = sum(1 for mid in wal_logged(dead_paths.spool) if not (dead.msg_dir / mid).exists())
     dead_m = Membership(coordinator=dead_c, info=NodeInfo(name="dead")).start()
 
     c = coordinator(zk, cluster)
@@ -209,7 +244,9 @@ def bench_takeover(work: Path, zk: ZooKeeperServer, count: int) -> None:
     dead_c.stop()  # the session ends at once: the server drops its ephemerals
     done.wait(60)
     end = marks.get("complete", float("nan"))
-    print(f"\ntakeover of {count} messages (4 KiB each), grace 0, one survivor")
+    how = "holder crashed" if crashed else "holder closed its spool first"
+    print(f"\ntakeover of {count} messages (4 KiB each), grace 0, one survivor, {how}")
+    print(f"  in the commit log only          : {logged}")
     print(f"  session end -> takeover started : {marks.get('started', float('nan')) - start:.3f} s")
     print(f"  session end -> takeover complete: {end - start:.3f} s")
     print(f"  messages moved                  : {int(marks.get('moved', 0))}")
@@ -218,6 +255,7 @@ def bench_takeover(work: Path, zk: ZooKeeperServer, count: int) -> None:
     lock.release()
     m.stop()
     c.stop()
+    dead.close()  # fenced by now: no checkpoint
 
 
 def main() -> None:
@@ -246,7 +284,8 @@ def main() -> None:
                 runs=args.runs,
             )
             if not args.skip_takeover:
-                bench_takeover(Path(tmp), zk, args.takeover)
+                for crashed in (False, True):
+                    bench_takeover(Path(tmp), zk, args.takeover, crashed=crashed)
     finally:
         zk.cleanup()
 

@@ -26,7 +26,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from mhafail.spool._files import fsync_dir, sync_batch, write_failed, write_tmp
 from mhafail.spool._message import Message
 from mhafail.spool._wal import SEGMENT_SIZE, CommitLog, pending, recover
 
-MAX_SEALED = 4  # segments waiting for a checkpoint before puts wait for it
+MAX_SEALED = 1  # segments waiting for a checkpoint before puts wait (bounds a replay)
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,14 @@ class Put:
     message: Message
     future: Future[str]
     fd: int = -1  # the written, not yet durable temporary file (fsync per message)
+
+
+@attrs.define
+class Drop:
+    """One removal on its way (``done``, ``bounce``): logged with the next batch."""
+
+    message_id: str
+    future: Future[None]
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -83,7 +91,9 @@ class Committer:
     name: str = "spool"
 
     log: CommitLog | None = attrs.field(init=False, default=None)
-    _queue: queue.SimpleQueue[Put | None] = attrs.field(init=False, factory=queue.SimpleQueue)
+    _queue: queue.SimpleQueue[Put | Drop | None] = attrs.field(
+        init=False, factory=queue.SimpleQueue
+    )
     _threads: list[threading.Thread] = attrs.field(init=False, factory=list)
     _wake: threading.Event = attrs.field(init=False, factory=threading.Event)
     _stopping: threading.Event = attrs.field(init=False, factory=threading.Event)
@@ -200,40 +210,37 @@ class Committer:
                     break
                 batch.append(more)
             if self.log is None:
-                self._commit_each(batch)
+                self._commit_each([item for item in batch if isinstance(item, Put)])
             else:
                 self._commit_logged(self.log, batch)
             if stop:
                 return
 
-    def _commit_logged(self, log: CommitLog, batch: list[Put]) -> None:
-        """Log one batch and re-check the lease inside one section; settle each future."""
+    def _commit_logged(self, log: CommitLog, batch: list[Put | Drop]) -> None:
+        """Log one batch of puts and removals, re-check the lease, in one section; settle each."""
         if log.sealed() >= MAX_SEALED:
             # Filing lags behind (file creation is slow): wait, so that the
             # log stays bounded; puts then go at the pace of the checkpoints.
             self._wake.set()
             log.wait_sealed_below(MAX_SEALED, 30.0)
+        drops = [item for item in batch if isinstance(item, Drop)]
         try:
             with self.section():
-                todo, seen = [], set()
-                for item in batch:
-                    # No stat per message here (every syscall is a chance to
-                    # lose the GIL for a switch interval); Spool.put checked
-                    # ids given by the caller against msg/, new ids are unique.
-                    if item.message_id in seen or log.holds(item.message_id):
-                        self._fail([item], SpoolInvalidArgument(f"{item.message_id} exists"))
-                    else:
-                        seen.add(item.message_id)
-                        todo.append(item)
-                if not todo:
+                todo = self._admit(log, batch)
+                if not todo and not drops:
                     return
                 ids = [item.message_id for item in todo]
                 try:
-                    log.put([(i.message_id, i.header + i.data) for i in todo])
+                    unlogged = log.put(
+                        [(i.message_id, i.header + i.data) for i in todo],
+                        [d.message_id for d in drops],
+                        self._unlink,
+                    )
                 except OSError as exc:
                     # Some records may have reached the disk: drop them (best effort).
                     self._drop(log, ids, force=True)
                     raise write_failed("cannot write to the spool", exc) from exc
+                self._settle(drops, unlogged)
                 if not self.valid():
                     # Stalled past the lease (a pause, a slow disk): nobody was
                     # told yet, and under the fence no takeover saw the records.
@@ -247,6 +254,42 @@ class Committer:
             item.future.set_result(item.message_id)
         if log.sealed():
             self._wake.set()
+
+    def _admit(self, log: CommitLog, batch: list[Put | Drop]) -> list[Put]:
+        """The puts of ``batch`` with ids not taken; the others are failed."""
+        todo, seen = [], set()
+        for item in batch:
+            # No stat per message here (every syscall is a chance to lose the
+            # GIL for a switch interval): Spool.put checked ids given by the
+            # caller against msg/, and new ids are unique.
+            if not isinstance(item, Put):
+                continue
+            if item.message_id in seen or log.holds(item.message_id):
+                self._fail([item], SpoolInvalidArgument(f"{item.message_id} exists"))
+            else:
+                seen.add(item.message_id)
+                todo.append(item)
+        return todo
+
+    def _settle(self, drops: list[Drop], unlogged: list[str]) -> None:
+        """Acknowledge the removals (logged, or filed for good: then fsync ``msg/``)."""
+        if unlogged:
+            try:
+                fsync_dir(self.msg_dir)
+            except OSError as exc:
+                failed = set(unlogged)
+                self._fail(
+                    [d for d in drops if d.message_id in failed],
+                    write_failed("cannot remove messages", exc),
+                )
+        for drop in drops:
+            if not drop.future.done():
+                drop.future.set_result(None)  # logged inside the section: durable
+
+    def _unlink(self, mid: str) -> None:
+        for name in (mid, mid + ".state"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.msg_dir / name)
 
     def _drop(self, log: CommitLog, ids: list[str], *, force: bool = False) -> None:
         def unlink(mid: str) -> None:
@@ -299,10 +342,11 @@ class Committer:
         with contextlib.suppress(OSError):
             fsync_dir(self.msg_dir)
 
-    def _fail(self, batch: list[Put], exc: SpoolError) -> None:
+    def _fail(self, batch: Sequence[Put | Drop], exc: SpoolError) -> None:
         for item in batch:
-            with contextlib.suppress(OSError):
-                os.unlink(self.directory / TMP / item.message_id)
+            if isinstance(item, Put) and not self.group:  # only then a tmp file
+                with contextlib.suppress(OSError):
+                    os.unlink(self.directory / TMP / item.message_id)
             if not item.future.done():
                 item.future.set_exception(exc)
 
@@ -316,18 +360,26 @@ class Committer:
         """The file bytes of a message that is in the log only (None: read ``msg/``)."""
         return None if self.log is None else self.log.read(message_id)
 
-    def remove(self, message_id: str, unlink: Callable[[str], None]) -> None:
-        """Remove a message durably (inside a section): ``unlink(id)``, then make it stick.
+    def remove(self, message_id: str) -> None:
+        """Remove a message durably (its file and state file, and from the log).
 
-        ``unlink`` must accept a message that has no file yet (in the log only).
+        With group commit the removal is queued and logged with the next
+        batch (a drop record; the committer's section). Without, call it
+        inside a section: unlink, then an fsync of ``msg/``.
 
         Raises:
-            OSError: the removal may not be durable.
+            SpoolFenced, SpoolWriteFailed: the removal may not be durable.
         """
-        if self.log is None or not self.log.drop([message_id], unlink=unlink):
-            if self.log is None:
-                unlink(message_id)
+        if self._threads:
+            drop = Drop(message_id, Future())
+            self._queue.put(drop)
+            drop.future.result()
+            return
+        self._unlink(message_id)
+        try:
             fsync_dir(self.msg_dir)
+        except OSError as exc:
+            raise write_failed(f"cannot remove {message_id}", exc) from exc
 
     def _checkpoint_loop(self) -> None:
         log = self.log

@@ -442,19 +442,21 @@ class Spool:
         return self._running().holds(message_id) or (self.msg_dir / message_id).exists()
 
     def _remove(self, message_id: str) -> None:
-        def unlink(mid: str) -> None:
-            for name in (mid, mid + STATE_SUFFIX):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.msg_dir / name)
-
+        committer = self._running()
+        if committer.log is not None:
+            with self._section():
+                present = self._present(message_id)
+            if not present:
+                self._forget(message_id)
+                raise UnknownMessage(f"message {message_id} left spool {self.directory}")
+            committer.remove(message_id)  # group-committed with the next batch
+            self._forget(message_id)
+            return
         with self._section():
             if not self._present(message_id):
                 self._forget(message_id)
                 raise UnknownMessage(f"message {message_id} left spool {self.directory}")
-            try:
-                self._running().remove(message_id, unlink)
-            except OSError as exc:
-                raise write_failed(f"cannot remove {message_id}", exc) from exc
+            committer.remove(message_id)
             self._forget(message_id)
 
     def _forget(self, message_id: str) -> None:

@@ -52,7 +52,7 @@ import re
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from mhafail.spool._files import DIR_MODE, FILE_MODE, fsync_dir, sync_files
@@ -133,6 +133,28 @@ def segments(directory: Path) -> tuple[list[int], list[int]]:
         if match is not None:
             (spares if match.group(1) else used).append(int(match.group(2), 16))
     return sorted(used), sorted(spares)
+
+
+def logged(directory: Path) -> dict[str, bytes]:
+    """The messages in the log of the spool in ``directory``, not dropped, with their bytes.
+
+    A read-only look (no lock taken: status, ``spool list``); some of them
+    may also be filed in ``msg/`` already.
+    """
+    used, _ = segments(directory)
+    puts: dict[str, bytes] = {}
+    dropped: set[str] = set()
+    for seq in used:
+        try:
+            raw = (directory / WAL / _name(seq)).read_bytes()
+        except FileNotFoundError:
+            continue  # retired while we looked
+        for kind, message_id, body in scan(raw, seq):
+            if kind == PUT:
+                puts[message_id] = body
+            else:
+                dropped.add(message_id)
+    return {mid: body for mid, body in puts.items() if mid not in dropped}
 
 
 def pending(directory: Path) -> bool:
@@ -261,25 +283,49 @@ class CommitLog:
 
     # --- writing -------------------------------------------------------------
 
-    def put(self, items: list[tuple[str, bytes]]) -> None:
-        """Log the puts ``(id, file bytes)`` durably: one write, one flush.
+    def put(
+        self,
+        items: list[tuple[str, bytes]],
+        drops: Sequence[str] = (),
+        unlink: Callable[[str], None] | None = None,
+    ) -> list[str]:
+        """Log puts ``(id, file bytes)`` and removals durably: one write, one flush.
+
+        Each of ``drops`` is first unlinked (``unlink(id)``, under the
+        mutex, so that no checkpoint files it meanwhile), then logged if
+        its put is in the log.
+
+        Returns:
+            The dropped ids whose put is not in the log (filed and
+            retired): the caller fsyncs ``msg/`` to make their removal durable.
 
         Raises:
             OSError: not logged (the segment is sealed, never written again).
         """
         with self.mutex:
-            seq = self._room(sum(_HEAD.size + 1 + _ID_LEN + len(b) for _, b in items) + BLOCK)
+            for mid in drops:
+                if unlink is not None:
+                    unlink(mid)
+            logged = [mid for mid in drops if mid in self._live]
+            done = set(logged)
+            size = sum(_HEAD.size + 1 + _ID_LEN + len(b) for _, b in items)
+            seq = self._room(size + len(logged) * (_HEAD.size + 1 + _ID_LEN) + BLOCK)
             chunks, where, pos = [], [], self._offset
             for mid, body in items:
                 record = encode(seq, PUT, mid, body)
                 chunks.append(record)
                 where.append((mid, (seq, pos + len(record) - len(body), len(body))))
                 pos += len(record)
+            chunks.extend(encode(seq, DROP, mid) for mid in logged)
             self._write(padded(b"".join(chunks)))
             ids = self._ids.setdefault(seq, set())
             for mid, loc in where:
                 ids.add(mid)
                 self._live[mid] = loc
+            for mid in logged:
+                self._live.pop(mid, None)
+                self._filed.discard(mid)
+            return [mid for mid in drops if mid not in done]
 
     def holds(self, message_id: str) -> bool:
         """True while ``message_id``'s put is in the log (filed or not)."""
