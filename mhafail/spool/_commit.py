@@ -26,6 +26,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -37,7 +38,9 @@ from mhafail.spool._files import fsync_dir, sync_batch, write_failed, write_tmp
 from mhafail.spool._message import Message
 from mhafail.spool._wal import SEGMENT_SIZE, CommitLog, pending, recover
 
-MAX_SEALED = 1  # segments waiting for a checkpoint before puts wait (bounds a replay)
+FILE_AT = 2  # sealed segments from which a checkpoint files their messages
+MAX_SEALED = 3  # sealed segments at which puts wait for the checkpoint (bounds a replay)
+IDLE = 0.5  # seconds without a put after which a checkpoint files what is left
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +227,7 @@ class Committer:
             self._wake.set()
             log.wait_sealed_below(MAX_SEALED, 30.0)
         drops = [item for item in batch if isinstance(item, Drop)]
+        sealed = log.sealed()
         try:
             with self.section():
                 todo = self._admit(log, batch)
@@ -252,8 +256,8 @@ class Committer:
         self.committed(todo)
         for item in todo:
             item.future.set_result(item.message_id)
-        if log.sealed():
-            self._wake.set()
+        if log.sealed() != sealed:
+            self._wake.set()  # a segment was sealed: it may retire (or need filing)
 
     def _admit(self, log: CommitLog, batch: list[Put | Drop]) -> list[Put]:
         """The puts of ``batch`` with ids not taken; the others are failed."""
@@ -385,11 +389,16 @@ class Committer:
         log = self.log
         assert log is not None
         while not self._stopping.is_set():
-            self._wake.wait(1.0)
+            self._wake.wait(IDLE)
             self._wake.clear()
             if self._stopping.is_set() or not log.sealed() or not self.valid():
                 continue  # fenced: whoever takes the spool replays the log
+            # Filing costs a new file per message (about 1 ms of disk and CPU
+            # here): only under pressure or when idle. Until then segments
+            # whose messages were all delivered retire without any file.
+            pressed = log.sealed() >= FILE_AT
+            idle = time.monotonic() - log.last_put >= IDLE
             try:
-                log.checkpoint(self.section)
+                log.checkpoint(self.section, file=pressed or idle)
             except (OSError, SpoolError) as exc:
                 logger.warning("spool %s: checkpoint failed (retried): %s", self.directory, exc)

@@ -73,7 +73,7 @@ from mhafail.spool._message import (
     new_id,
     with_results,
 )
-from mhafail.spool._wal import SEGMENT_SIZE, recover
+from mhafail.spool._wal import SEGMENT_SIZE, logged, recover
 
 logger = logging.getLogger(__name__)
 
@@ -444,9 +444,8 @@ class Spool:
     def _remove(self, message_id: str) -> None:
         committer = self._running()
         if committer.log is not None:
-            with self._section():
-                present = self._present(message_id)
-            if not present:
+            # The committer's section fences the removal; no section here.
+            if not self._present(message_id):
                 self._forget(message_id)
                 raise UnknownMessage(f"message {message_id} left spool {self.directory}")
             committer.remove(message_id)  # group-committed with the next batch
@@ -564,9 +563,10 @@ class Spool:
 
 
 def count_messages(directory: Path) -> int:
-    """How many message files a spool directory holds (no lock, no validation)."""
+    """How many messages a spool directory holds, filed or in its commit log (no lock)."""
     try:
-        return sum(1 for n in os.listdir(directory / MSG) if not n.endswith(STATE_SUFFIX))
+        names = {n for n in os.listdir(directory / MSG) if not n.endswith(STATE_SUFFIX)}
+        return len(names | logged(directory).keys())
     except FileNotFoundError:
         return 0
     except OSError as exc:

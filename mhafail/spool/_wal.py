@@ -51,6 +51,7 @@ import os
 import re
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -274,6 +275,7 @@ class CommitLog:
         self._seq = 0
         self._offset = 0
         self._fds: dict[int, int] = {}  # every unretired segment, for reads
+        self.last_put = 0.0  # time.monotonic() of the last put logged
         self._sealed: list[int] = []
         self._ids: dict[int, set[str]] = {}  # segment -> puts logged there
         self._live: dict[str, tuple[int, int, int]] = {}  # id -> (seq, offset, length)
@@ -318,6 +320,8 @@ class CommitLog:
                 pos += len(record)
             chunks.extend(encode(seq, DROP, mid) for mid in logged)
             self._write(padded(b"".join(chunks)))
+            if items:
+                self.last_put = time.monotonic()
             ids = self._ids.setdefault(seq, set())
             for mid, loc in where:
                 ids.add(mid)
@@ -444,6 +448,7 @@ class CommitLog:
         section: Callable[[], contextlib.AbstractContextManager[None]],
         *,
         everything: bool = False,
+        file: bool = True,
         chunk: int = 64,
     ) -> int:
         """File the sealed segments' messages, make ``msg/`` durable, retire the segments.
@@ -453,6 +458,9 @@ class CommitLog:
                 the spool; one section per ``chunk`` files, so a takeover's
                 claim never waits long).
             everything: seal the active segment first (a clean close).
+            file: False: file nothing, only retire the oldest sealed
+                segments whose messages are all gone (removed before they
+                needed a file: the common case when delivery keeps up).
             chunk: files created per section.
 
         Returns:
@@ -466,6 +474,11 @@ class CommitLog:
             if everything:
                 self._seal()
             todo = list(self._sealed)
+            if not file:
+                # Oldest first only: a later segment may hold the drops of an
+                # older one's puts; retired alone, a replay would resurrect them.
+                empty = [not (self._ids.get(seq, set()) & self._live.keys()) for seq in todo]
+                todo = todo[: empty.index(False)] if False in empty else todo
             names = [mid for seq in todo for mid in self._ids.get(seq, ())]
         if not todo:
             return 0

@@ -320,3 +320,51 @@ def test_the_scan_keeps_whole_batches_and_stops_at_a_torn_or_stale_one() -> None
     flipped = bytearray(a + b)
     flipped[len(a) + 30] ^= 1
     assert [m for _, m, _ in scan(bytes(flipped), 7)] == ["0" * 26, "1" * 26]
+
+
+def test_segments_of_delivered_messages_retire_without_any_file(
+    local_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Accepted and done before filing: full segments retire and no message file is ever made."""
+    made = local_factory(group=True)
+    spool_dir = made.paths.spool
+    made.spool.close()
+    spool = Spool(directory=spool_dir, node="n1", fence=made.fence, segment_size=64 * 1024).open()
+    creates: list[str] = []
+    real_open = os.open
+
+    def opened(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_CREAT and os.path.basename(os.path.dirname(path)) in ("msg", "tmp"):
+            creates.append(str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", opened)
+
+    for _ in range(60):  # about 9 segments of 64 KiB, each delivered as it arrives
+        spool.done(spool.put(ENV, b"z" * 9000))
+    end = time.monotonic() + 5
+    while len(segments(spool_dir)[0]) > 1 and time.monotonic() < end:
+        time.sleep(0.05)
+    assert len(segments(spool_dir)[0]) <= 1  # all but the active one retired
+    spool.close()
+    assert creates == []
+    assert os.listdir(spool_dir / "msg") == []
+
+
+def test_operators_see_messages_that_are_in_the_log_only(local_factory: Callable[..., Any]) -> None:
+    """spool list/show and the status count include acknowledged messages not yet filed."""
+    from mhafail.spool import list_messages, show_message
+    from mhafail.spool._spool import count_messages
+
+    made = local_factory(group=True)
+    ids = [made.spool.put(ENV, f"m{i}".encode()) for i in range(3)]
+    made.spool.defer(ids[0], 2e9, "451 later")
+    assert os.listdir(made.paths.spool / "msg") == [ids[0] + ".state"]
+    listed, problems = list_messages(made.paths.root, "c1", "n1")
+    assert problems == []
+    assert [m.id for m in listed] == ids
+    assert listed[0].attempts == 1
+    assert show_message(made.paths.root, "c1", "n1", ids[2]).id == ids[2]
+    assert count_messages(made.paths.spool) == 3
+    made.spool.done(ids[1])
+    assert count_messages(made.paths.spool) == 2
