@@ -132,16 +132,15 @@ def reopen_and_check(spool_dir: Path, token: int, acked: dict[str, int]) -> Spoo
             continue
         if i == -2 and mid not in spool.ids():
             continue  # killed inside done(): removed, or (below) still whole
-        i = max(i, 0)
         assert mid in spool.ids()
-        assert spool.read(mid) == bytes([65 + i]) * 70000
+        assert spool.read(mid) == bytes([65 + max(i, 0)]) * 70000
     for mid in spool.ids():
         assert len(spool.read(mid)) == 70000
     return spool
 
 
 def test_killed_at_each_step_of_a_group_commit_keeps_every_acked_message(tmp_path: Path) -> None:
-    """SIGKILL at each step of puts, a done and the close, then power loss: acked stays, done stays gone."""
+    """SIGKILL at each step of puts, a done, the close; power loss: acked stays, done stays gone."""
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     killed = 0
