@@ -1,22 +1,21 @@
-"""Making puts durable: an fsync per message, or group commit through the commit log.
+"""Making puts and removals durable: an fsync per message, or group commit through a log.
 
 Without group commit a put is: write ``tmp/<id>``, fsync it, rename it
-into ``msg/``, fsync ``msg/`` (two flushes per message).
+into ``msg/``, fsync ``msg/`` (two flushes and a new file per message); a
+removal: unlink, fsync ``msg/``.
 
-With group commit (the default) callers write their ``tmp/`` files in
-their own threads, unflushed; one committer thread takes every put that
-is waiting (up to ``max_batch``), and, inside one fence section, logs the
-batch's files in the commit log with one write and one ``fdatasync``
-(``_wal.py``), renames them into ``msg/`` and re-checks the lease; only
-then are the puts acknowledged. A checkpointer thread makes ``msg/``
-durable once per log segment (``syncfs``, an fsync of ``msg/``) and
-retires the segment. So a batch of N concurrent puts costs one flush of
-one file instead of 2N flushes, no directory fsync, and no journal commit
-of the file system (the segment's blocks exist already).
-
-Removals (``done``, ``bounce``) of a message still in the log log a drop
-record (one flush) instead of an fsync of ``msg/``, so that a replay does
-not resurrect them.
+With group commit (the default) callers only queue their puts and
+removals; one committer thread takes everything waiting (up to
+``max_batch``) and, inside one fence section, logs the batch in the
+commit log with one write and one ``fdatasync`` (``_wal.py``) and re-checks
+the lease; only then are the callers answered. No file is created: a
+message lives in the log until a checkpoint files it, and one removed
+before that never gets a file. The checkpointer thread retires full
+segments whose messages are all gone, and files the rest only under
+pressure (``FILE_AT`` segments waiting) or when puts pause (``IDLE``):
+creating a file is the expensive step on many disks (about 1 ms here, and
+it does not scale with threads). At ``MAX_SEALED`` waiting segments puts
+wait for the checkpointer, which bounds the log (and a replay).
 """
 
 from __future__ import annotations

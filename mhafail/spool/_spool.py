@@ -16,7 +16,8 @@ checkpoint, once its put is in the commit log (``wal/``, replayed into
 :meth:`Spool.put` returns only when one of the two is durable: without
 group commit, the file is fsynced, renamed into ``msg/`` and ``msg/``
 fsynced; with group commit (the default), the batch is in the log and
-flushed, and renamed into ``msg/`` (``_commit.py``). Both happen inside a
+flushed (a checkpoint files it into ``msg/`` later, unless it is gone by
+then: ``_commit.py``). Both happen inside a
 fence section, followed by a re-check of the lease: a put that stalled
 past the lease is undone (removed and dropped from the log, still under
 the fence, so no takeover can have seen it) and refused. So a crash or a

@@ -1,13 +1,14 @@
 """The spool's commit log: many concurrent puts made durable by one ``fdatasync``.
 
-A group commit appends the whole files of a batch of messages to the
-active *segment* of the log and flushes it once; only then are the
-messages renamed into ``msg/`` (not yet durable there) and acknowledged.
-A *checkpoint*, every segment or so, makes ``msg/`` durable in one go
-(``syncfs`` and an fsync of ``msg/``) and retires the segments it covers.
-After a crash, :func:`recover` replays the segments not yet retired: a
-message acknowledged is in the log, so it is rewritten into ``msg/`` if
-the crash lost it there (a power loss, the node's cache lost with it).
+A group commit appends a batch of messages (each one's whole file) and
+removals to the active *segment* of the log and flushes it once; then the
+puts are acknowledged. A message stays in the log only until a
+*checkpoint* files it into ``msg/`` (a new file, made durable in bulk:
+``syncfs`` and an fsync of ``msg/``) and retires its segment; one removed
+before that never gets a file. After a crash, :func:`recover` replays the
+segments not yet retired: every message acknowledged is in the log, so it
+is rewritten into ``msg/`` if the crash lost it there (a power loss, the
+node's cache lost with it) or had not filed it yet.
 
 Layout (``<spool>/wal/``)::
 
