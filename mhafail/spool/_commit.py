@@ -32,7 +32,7 @@ from pathlib import Path
 
 import attrs
 
-from mhafail.errors import SpoolError, SpoolFenced, SpoolInvalidArgument
+from mhafail.errors import SpoolError, SpoolFenced, SpoolInvalidArgument, UnknownMessage
 from mhafail.spool._files import fsync_dir, sync_batch, write_failed, write_tmp
 from mhafail.spool._message import Message
 from mhafail.spool._wal import SEGMENT_SIZE, CommitLog, pending, recover
@@ -66,6 +66,7 @@ class Drop:
 
     message_id: str
     future: Future[None]
+    state: bool = True  # it may have a state file (it was deferred, or imported)
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -233,17 +234,24 @@ class Committer:
                 if not todo and not drops:
                     return
                 ids = [item.message_id for item in todo]
+                states = {d.message_id: d.state for d in drops}
+                missing: set[str] = set()
+
+                def unlink(mid: str, filed: bool) -> None:
+                    if not self._unlink(mid, filed=filed, state=states.get(mid, True)):
+                        missing.add(mid)
+
                 try:
                     unlogged = log.put(
                         [(i.message_id, i.header + i.data) for i in todo],
                         [d.message_id for d in drops],
-                        self._unlink,
+                        unlink,
                     )
                 except OSError as exc:
                     # Some records may have reached the disk: drop them (best effort).
                     self._drop(log, ids, force=True)
                     raise write_failed("cannot write to the spool", exc) from exc
-                self._settle(drops, unlogged)
+                self._settle(drops, unlogged, missing)
                 if not self.valid():
                     # Stalled past the lease (a pause, a slow disk): nobody was
                     # told yet, and under the fence no takeover saw the records.
@@ -255,27 +263,30 @@ class Committer:
         self.committed(todo)
         for item in todo:
             item.future.set_result(item.message_id)
-        if log.sealed() != sealed:
-            self._wake.set()  # a segment was sealed: it may retire (or need filing)
+        if log.sealed() != sealed or (drops and sealed):
+            self._wake.set()  # a sealed segment may be retirable (or need filing)
 
     def _admit(self, log: CommitLog, batch: list[Put | Drop]) -> list[Put]:
         """The puts of ``batch`` with ids not taken; the others are failed."""
         todo, seen = [], set()
+        taken = log.holding(item.message_id for item in batch if isinstance(item, Put))
         for item in batch:
             # No stat per message here (every syscall is a chance to lose the
             # GIL for a switch interval): Spool.put checked ids given by the
             # caller against msg/, and new ids are unique.
             if not isinstance(item, Put):
                 continue
-            if item.message_id in seen or log.holds(item.message_id):
+            if item.message_id in seen or item.message_id in taken:
                 self._fail([item], SpoolInvalidArgument(f"{item.message_id} exists"))
             else:
                 seen.add(item.message_id)
                 todo.append(item)
         return todo
 
-    def _settle(self, drops: list[Drop], unlogged: list[str]) -> None:
+    def _settle(self, drops: list[Drop], unlogged: list[str], missing: set[str]) -> None:
         """Acknowledge the removals (logged, or filed for good: then fsync ``msg/``)."""
+        gone = [d for d in drops if d.message_id in missing and d.message_id in unlogged]
+        self._fail(gone, UnknownMessage("the message is no longer in this spool"))
         if unlogged:
             try:
                 fsync_dir(self.msg_dir)
@@ -289,10 +300,19 @@ class Committer:
             if not drop.future.done():
                 drop.future.set_result(None)  # logged inside the section: durable
 
-    def _unlink(self, mid: str) -> None:
-        for name in (mid, mid + ".state"):
+    def _unlink(self, mid: str, *, filed: bool = True, state: bool = True) -> bool:
+        """Unlink the files a message may have; False when its message file was missing."""
+        # Only the files that may exist: every syscall is a chance to wait
+        # a switch interval for the GIL.
+        if state:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.msg_dir / name)
+                os.unlink(self.msg_dir / (mid + ".state"))
+        if filed:
+            try:
+                os.unlink(self.msg_dir / mid)
+            except FileNotFoundError:
+                return False
+        return True
 
     def _drop(self, log: CommitLog, ids: list[str], *, force: bool = False) -> None:
         def unlink(mid: str) -> None:
@@ -363,8 +383,10 @@ class Committer:
         """The file bytes of a message that is in the log only (None: read ``msg/``)."""
         return None if self.log is None else self.log.read(message_id)
 
-    def remove(self, message_id: str) -> None:
+    def remove(self, message_id: str, *, state: bool = True) -> None:
         """Remove a message durably (its file and state file, and from the log).
+
+        ``state=False`` says it has no state file (never deferred).
 
         With group commit the removal is queued and logged with the next
         batch (a drop record; the committer's section). Without, call it
@@ -374,7 +396,7 @@ class Committer:
             SpoolFenced, SpoolWriteFailed: the removal may not be durable.
         """
         if self._threads:
-            drop = Drop(message_id, Future())
+            drop = Drop(message_id, Future(), state)
             self._queue.put(drop)
             drop.future.result()
             return
@@ -395,9 +417,11 @@ class Committer:
             # Filing costs a new file per message (about 1 ms of disk and CPU
             # here): only under pressure or when idle. Until then segments
             # whose messages were all delivered retire without any file.
-            pressed = log.sealed() >= FILE_AT
-            idle = time.monotonic() - log.last_put >= IDLE
             try:
-                log.checkpoint(self.section, file=pressed or idle)
+                log.checkpoint(self.section, file=False)
+                pressed = log.sealed() >= FILE_AT
+                idle = time.monotonic() - log.last_put >= IDLE
+                if log.sealed() and (pressed or idle):
+                    log.checkpoint(self.section)
             except (OSError, SpoolError) as exc:
                 logger.warning("spool %s: checkpoint failed (retried): %s", self.directory, exc)

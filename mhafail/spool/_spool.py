@@ -445,11 +445,17 @@ class Spool:
     def _remove(self, message_id: str) -> None:
         committer = self._running()
         if committer.log is not None:
-            # The committer's section fences the removal; no section here.
-            if not self._present(message_id):
+            # The committer's section fences the removal, and it tells a
+            # message that is gone (UnknownMessage); no section here.
+            with self._lock:
+                known = self._index.get(message_id)
+            # A state file exists only once an attempt was recorded (defer).
+            state = known is None or known.attempts > 0
+            try:
+                committer.remove(message_id, state=state)  # group-committed with the next batch
+            except UnknownMessage as exc:
                 self._forget(message_id)
-                raise UnknownMessage(f"message {message_id} left spool {self.directory}")
-            committer.remove(message_id)  # group-committed with the next batch
+                raise UnknownMessage(f"message {message_id} left spool {self.directory}") from exc
             self._forget(message_id)
             return
         with self._section():

@@ -290,13 +290,14 @@ class CommitLog:
         self,
         items: list[tuple[str, bytes]],
         drops: Sequence[str] = (),
-        unlink: Callable[[str], None] | None = None,
+        unlink: Callable[[str, bool], None] | None = None,
     ) -> list[str]:
         """Log puts ``(id, file bytes)`` and removals durably: one write, one flush.
 
-        Each of ``drops`` is first unlinked (``unlink(id)``, under the
-        mutex, so that no checkpoint files it meanwhile), then logged if
-        its put is in the log.
+        Each of ``drops`` is first unlinked (``unlink(id, filed)``, under
+        the mutex, so that no checkpoint files it meanwhile; ``filed`` is
+        False for a message that never had a file), then logged if its put
+        is in the log.
 
         Returns:
             The dropped ids whose put is not in the log (filed and
@@ -308,7 +309,7 @@ class CommitLog:
         with self.mutex:
             for mid in drops:
                 if unlink is not None:
-                    unlink(mid)
+                    unlink(mid, mid in self._filed or mid not in self._live)
             logged = [mid for mid in drops if mid in self._live]
             done = set(logged)
             size = sum(_HEAD.size + 1 + _ID_LEN + len(b) for _, b in items)
@@ -435,9 +436,13 @@ class CommitLog:
     # --- checkpoints -----------------------------------------------------------
 
     def sealed(self) -> int:
-        """How many segments wait for a checkpoint."""
+        """How many segments wait for a checkpoint (a hint: read without the mutex)."""
+        return len(self._sealed)
+
+    def holding(self, message_ids: Iterable[str]) -> set[str]:
+        """Which of ``message_ids`` are in the log (one mutex round for a batch)."""
         with self.mutex:
-            return len(self._sealed)
+            return {mid for mid in message_ids if mid in self._live}
 
     def wait_sealed_below(self, limit: int, timeout: float) -> bool:
         """Wait until fewer than ``limit`` segments wait for a checkpoint."""
