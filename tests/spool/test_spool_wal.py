@@ -388,3 +388,25 @@ def test_operators_see_messages_that_are_in_the_log_only(local_factory: Callable
     assert count_messages(made.paths.spool) == 3
     made.spool.done(ids[1])
     assert count_messages(made.paths.spool) == 2
+
+
+def test_done_twice_is_an_unknown_message_logged_or_filed(
+    local_factory: Callable[..., Any],
+) -> None:
+    """A second done() raises UnknownMessage, whether the message was in the log or filed."""
+    from mhafail.errors import UnknownMessage
+
+    made = local_factory(group=True)
+    logged = made.spool.put(ENV, b"in the log")
+    made.spool.done(logged)
+    with pytest.raises(UnknownMessage):
+        made.spool.done(logged)
+    filed = made.spool.put(ENV, b"filed")
+    made.spool.close()  # files it, retires the log
+    again = Spool(directory=made.paths.spool, node="n1", fence=made.fence).open()
+    assert os.listdir(made.paths.spool / "msg") == [filed]
+    again.done(filed)
+    assert os.listdir(made.paths.spool / "msg") == []
+    with pytest.raises(UnknownMessage):
+        again.done(filed)
+    again.close()
