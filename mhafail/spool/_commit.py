@@ -40,6 +40,7 @@ from mhafail.spool._wal import SEGMENT_SIZE, CommitLog, pending, recover
 FILE_AT = 2  # sealed segments from which a checkpoint files their messages
 MAX_SEALED = 3  # sealed segments at which puts wait for the checkpoint (bounds a replay)
 IDLE = 0.5  # seconds without a put after which a checkpoint files what is left
+HOLD = 0.02  # seconds one fence section may span consecutive batches
 
 logger = logging.getLogger(__name__)
 
@@ -196,70 +197,94 @@ class Committer:
         else:
             self._commit_each([item])
 
+    def _gather(self, first: Put | Drop | None) -> tuple[list[Put | Drop], bool]:
+        """``first`` and everything queued behind it (up to ``max_batch``); and stop?"""
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < self.max_batch:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                return batch, True
+            batch.append(more)
+        return batch, False
+
     def _commit_loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
+        stop = False
+        while not stop:
+            batch, stop = self._gather(self._queue.get())
             if self.log is None:
                 self._commit_each([item for item in batch if isinstance(item, Put)])
-            else:
-                self._commit_logged(self.log, batch)
-            if stop:
-                return
+            elif batch:
+                stop = self._commit_logged(self.log, batch, stop)
 
-    def _commit_logged(self, log: CommitLog, batch: list[Put | Drop]) -> None:
-        """Log one batch of puts and removals, re-check the lease, in one section; settle each."""
+    def _commit_logged(self, log: CommitLog, batch: list[Put | Drop], stop: bool) -> bool:
+        """Log ``batch``, and the batches queued behind it, in one section; settle each.
+
+        One section spans consecutive batches for up to ``HOLD`` seconds (a
+        takeover's claim waits that much longer at most): entering one
+        costs three system calls, each a chance to wait for the GIL.
+
+        Returns:
+            True when the committer is to stop.
+        """
         if log.sealed() >= MAX_SEALED:
             # Filing lags behind (file creation is slow): wait, so that the
             # log stays bounded; puts then go at the pace of the checkpoints.
             self._wake.set()
             log.wait_sealed_below(MAX_SEALED, 30.0)
-        drops = [item for item in batch if isinstance(item, Drop)]
-        sealed = log.sealed()
         try:
             with self.section():
-                todo = self._admit(log, batch)
-                if not todo and not drops:
-                    return
-                ids = [item.message_id for item in todo]
-                states = {d.message_id: d.state for d in drops}
-                missing: set[str] = set()
-
-                def unlink(mid: str, filed: bool) -> None:
-                    if not self._unlink(mid, filed=filed, state=states.get(mid, True)):
-                        missing.add(mid)
-
-                try:
-                    unlogged = log.put(
-                        [(i.message_id, i.header + i.data) for i in todo],
-                        [d.message_id for d in drops],
-                        unlink,
-                    )
-                except OSError as exc:
-                    # Some records may have reached the disk: drop them (best effort).
-                    self._drop(log, ids, force=True)
-                    raise write_failed("cannot write to the spool", exc) from exc
-                self._settle(drops, unlogged, missing)
-                if not self.valid():
-                    # Stalled past the lease (a pause, a slow disk): nobody was
-                    # told yet, and under the fence no takeover saw the records.
-                    self._drop(log, ids)
-                    raise SpoolFenced("the lease ran out while writing; nothing was kept")
+                end = time.monotonic() + HOLD
+                while True:
+                    self._log_batch(log, batch)
+                    if stop or self._queue.empty() or time.monotonic() >= end:
+                        return stop
+                    if log.sealed() >= MAX_SEALED:
+                        return stop
+                    batch, stop = self._gather(self._queue.get())
         except SpoolError as exc:
             self._fail(batch, exc)
+        return stop
+
+    def _log_batch(self, log: CommitLog, batch: list[Put | Drop]) -> None:
+        """Log one batch and re-check the lease (inside a section); settle each.
+
+        Raises:
+            SpoolError: the batch failed (its callers are told by the caller).
+        """
+        drops = [item for item in batch if isinstance(item, Drop)]
+        sealed = log.sealed()
+        todo = self._admit(log, batch)
+        if not todo and not drops:
             return
+        ids = [item.message_id for item in todo]
+        states = {d.message_id: d.state for d in drops}
+        missing: set[str] = set()
+
+        def unlink(mid: str, filed: bool) -> None:
+            if not self._unlink(mid, filed=filed, state=states.get(mid, True)):
+                missing.add(mid)
+
+        try:
+            unlogged = log.put(
+                [(i.message_id, i.header + i.data) for i in todo],
+                [d.message_id for d in drops],
+                unlink,
+            )
+        except OSError as exc:
+            # Some records may have reached the disk: drop them (best effort).
+            self._drop(log, ids, force=True)
+            raise write_failed("cannot write to the spool", exc) from exc
+        self._settle(drops, unlogged, missing)
+        if not self.valid():
+            # Stalled past the lease (a pause, a slow disk): nobody was told
+            # yet, and under the fence no takeover saw the records.
+            self._drop(log, ids)
+            raise SpoolFenced("the lease ran out while writing; nothing was kept")
         self.committed(todo)
         for item in todo:
             item.future.set_result(item.message_id)
