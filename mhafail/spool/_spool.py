@@ -150,10 +150,12 @@ class Spool:
     # --- life cycle --------------------------------------------------------
 
     def open(self) -> Spool:
-        """Create the layout if missing, clear ``tmp/`` and load the index.
+        """Create the layout if missing, clear ``tmp/``, replay the commit log, load the index.
 
         Raises:
             SpoolWriteFailed: the directory cannot be created or read.
+            SpoolFenced: there is a commit log to replay (the last holder
+                crashed) and the fence is not held.
         """
         try:
             for sub in (MSG, TMP, BAD):
@@ -297,8 +299,13 @@ class Spool:
         item = self._prepare(envelope, data, message_id)
         if message_id is not None and self._present(item.message_id):
             raise SpoolInvalidArgument(f"message {item.message_id} already exists")
-        await asyncio.to_thread(committer.write, item)
-        await asyncio.to_thread(committer.submit, item)
+        if committer.group:
+            # Nothing here blocks: a fence check and a queue put.
+            committer.write(item)
+            committer.submit(item)
+        else:
+            await asyncio.to_thread(committer.write, item)
+            await asyncio.to_thread(committer.submit, item)
         return await asyncio.wrap_future(item.future)
 
     def _committed(self, batch: list[Put]) -> None:
