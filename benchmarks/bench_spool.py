@@ -30,12 +30,14 @@ spool over. The figure is from the close to the survivor's "complete".
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import secrets
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -93,6 +95,67 @@ def coordinator(zk: ZooKeeperServer, cluster: str) -> Coordinator:
     return Coordinator(
         hosts=zk.address, cluster=cluster, session_timeout=2.0, server_tick=0.1, open_acl=True
     ).start()
+
+
+def async_rate(call: Callable[[], Awaitable[object]], count: int, tasks: int) -> float:
+    """Messages per second for ``count`` awaits of ``call()`` from ``tasks`` asyncio tasks."""
+
+    async def main() -> float:
+        left = count
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await call()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(tasks)))
+        return count / (time.perf_counter() - start)
+
+    return asyncio.run(main())
+
+
+def bench_asyncio(
+    work: Path, zk: ZooKeeperServer, *, count: int, size: int, tasks: int, runs: int
+) -> None:
+    """Print put rates from asyncio tasks (an aiosmtpd server's shape), side by side."""
+    data = os.urandom(size)
+    c = coordinator(zk, "benchaio")
+    rows: dict[str, list[float]] = {}
+    try:
+        for run in range(1, runs + 1):
+            md = work / f"aio-maildir-{run}"
+            for sub in ("tmp", "new", "cur"):
+                (md / sub).mkdir(parents=True)
+            with ThreadPoolExecutor(tasks) as pool:
+
+                async def put_md(md: Path = md, pool: ThreadPoolExecutor = pool) -> None:
+                    loop = asyncio.get_running_loop()
+                    await loop.run_in_executor(pool, lambda: maildir_put(md, data, dir_fsync=True))
+
+                rows.setdefault("maildir + fsync dir, in a thread pool", []).append(
+                    async_rate(put_md, count, tasks)
+                )
+            root = work / f"aio-san-{run}"
+            root.mkdir()
+            paths = NodePaths(root, "benchaio", f"a{run}").create()
+            lock = SpoolLock(coordinator=c, paths=paths)
+            lock.acquire(10)
+            spool = Spool(directory=paths.spool, node=paths.node, fence=lock).open()
+            rows.setdefault("spool, group commit, aput", []).append(
+                async_rate(lambda spool=spool: spool.aput(ENV, data), count, tasks)
+            )
+            spool.close()
+            lock.release()
+    finally:
+        c.stop()
+    print(f"\nasyncio: {tasks} tasks, {count} puts of {size} bytes per row, {runs} runs (msg/s)")
+    for label, rates in rows.items():
+        print(f"{label:<42} " + " ".join(f"{r:>9.0f}" for r in rates))
+    base = rows["maildir + fsync dir, in a thread pool"]
+    ratios = [r / b for r, b in zip(rows["spool, group commit, aput"], base, strict=True)]
+    print(f"{'ratio':<42} " + " ".join(f"{x:>8.1f}x" for x in ratios))
 
 
 def spool_rate(
