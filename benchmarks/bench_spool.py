@@ -22,6 +22,10 @@ threads, each into a fresh directory):
   (a message delivered before its segment is checkpointed never gets a
   file; here none is delivered) and retires the log.
 
+Asyncio (an aiosmtpd server's shape): ``--clients`` tasks on one event
+loop; the spool's ``aput`` against the durable maildir writer run in a
+thread pool of as many threads.
+
 Takeover: a node holds ``--takeover`` messages; its session is closed (the
 server expires it at once) and a survivor with ``grace=0`` takes the
 spool over. The figure is from the close to the survivor's "complete".
@@ -345,6 +349,9 @@ def main() -> None:
                 size=args.size,
                 clients=args.clients,
                 runs=args.runs,
+            )
+            bench_asyncio(
+                Path(tmp), zk, count=args.count, size=args.size, tasks=args.clients, runs=args.runs
             )
             if not args.skip_takeover:
                 for crashed in (False, True):

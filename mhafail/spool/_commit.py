@@ -448,5 +448,7 @@ class Committer:
                 idle = time.monotonic() - log.last_put >= IDLE
                 if log.sealed() and (pressed or idle):
                     log.checkpoint(self.section)
+            except SpoolFenced as exc:
+                logger.info("spool %s: no checkpoint: %s", self.directory, exc)
             except (OSError, SpoolError) as exc:
                 logger.warning("spool %s: checkpoint failed (retried): %s", self.directory, exc)
