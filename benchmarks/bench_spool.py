@@ -5,14 +5,26 @@ Needs ZooKeeper (Debian's ``zookeeper`` package) for the fenced spool and
 the takeover; everything is written to one temporary directory on the
 local disk, so every writer shares the same file system.
 
-Put rates (messages of ``--size`` bytes, ``--clients`` concurrent threads):
+Put rates (messages of ``--size`` bytes, ``--clients`` concurrent threads,
+``--runs`` times; every row writes the same data with the same number of
+threads, each into a fresh directory):
 
 * maildir: the classic writer: write to ``tmp/``, fsync, rename into
   ``new/``. Without an fsync of the directory the rename may not survive a
-  power loss, so it is shown both ways; "+ dir fsync" is the durability
-  the spool gives.
+  power loss, so it is shown both ways; "fsync dir" is the durability the
+  spool gives (an acknowledged message survives a power loss), and the
+  baseline of the ratios, at the same number of clients.
 * spool, fsync per message: ``Spool(group_commit=False)``.
-* spool, group commit: ``Spool(group_commit=True)`` (the default).
+* spool, group commit: ``Spool(group_commit=True)`` (the default): the
+  commit log; each acknowledged message is as durable as with "fsync dir".
+  Shown twice: the rate of acknowledgements, and the same run counting
+  the spool's close, which files every message still in the log only
+  (a message delivered before its segment is checkpointed never gets a
+  file; here none is delivered) and retires the log.
+
+Asyncio (an aiosmtpd server's shape): ``--clients`` tasks on one event
+loop; the spool's ``aput`` against the durable maildir writer run in a
+thread pool of as many threads.
 
 Takeover: a node holds ``--takeover`` messages; its session is closed (the
 server expires it at once) and a survivor with ``grace=0`` takes the
@@ -22,12 +34,14 @@ spool over. The figure is from the close to the survivor's "complete".
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import secrets
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -41,13 +55,14 @@ from mhafail.spool import (
     Takeover,
     TakeoverEvent,
 )
+from mhafail.spool._wal import logged as wal_logged
 from mhafail.testing import ZooKeeperServer
 
 ENV = Envelope(sender="bench@example.org", recipients=("rcpt@example.net",))
 
 
-def maildir_put(root: Path, data: bytes, *, dir_fsync: bool) -> None:
-    """One maildir delivery: tmp, fsync, rename (and optionally fsync new/)."""
+def maildir_put(root: Path, data: bytes, *, dir_fsync: bool) -> Path:
+    """One maildir delivery: tmp, fsync, rename (and optionally fsync new/); the file."""
     name = f"{time.time_ns()}.{secrets.token_hex(4)}"
     tmp = root / "tmp" / name
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -63,6 +78,7 @@ def maildir_put(root: Path, data: bytes, *, dir_fsync: bool) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+    return root / "new" / name
 
 
 def rate(put: object, count: int, clients: int) -> float:
@@ -85,45 +101,175 @@ def coordinator(zk: ZooKeeperServer, cluster: str) -> Coordinator:
     ).start()
 
 
-def bench_puts(work: Path, zk: ZooKeeperServer, count: int, size: int, clients: int) -> None:
-    """Print the put rates side by side."""
+def async_rate(call: Callable[[], Awaitable[object]], count: int, tasks: int) -> float:
+    """Messages per second for ``count`` awaits of ``call()`` from ``tasks`` asyncio tasks."""
+
+    async def main() -> float:
+        left = count
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await call()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(tasks)))
+        return count / (time.perf_counter() - start)
+
+    return asyncio.run(main())
+
+
+def bench_asyncio(
+    work: Path, zk: ZooKeeperServer, *, count: int, size: int, tasks: int, runs: int
+) -> None:
+    """Print put rates from asyncio tasks (an aiosmtpd server's shape), side by side."""
     data = os.urandom(size)
-    rows: list[tuple[str, int, float]] = []
-    for dir_fsync in (False, True):
-        for threads in sorted({1, clients}):
-            md = work / f"maildir-{dir_fsync}-{threads}"
+    c = coordinator(zk, "benchaio")
+    rows: dict[str, list[float]] = {}
+    try:
+        for run in range(1, runs + 1):
+            md = work / f"aio-maildir-{run}"
             for sub in ("tmp", "new", "cur"):
                 (md / sub).mkdir(parents=True)
-            label = "maildir (tmp, fsync, rename" + (", dir fsync)" if dir_fsync else ")")
-            r = rate(lambda md=md, d=dir_fsync: maildir_put(md, data, dir_fsync=d), count, threads)
-            rows.append((label, threads, r))
-    c = coordinator(zk, "benchputs")
-    try:
-        for group in (False, True):
-            (work / f"san-{group}").mkdir()
-            paths = NodePaths(work / f"san-{group}", "benchputs", f"n{int(group)}").create()
+            with ThreadPoolExecutor(tasks) as pool:
+
+                async def put_md(md: Path = md, pool: ThreadPoolExecutor = pool) -> None:
+                    loop = asyncio.get_running_loop()
+                    await loop.run_in_executor(pool, lambda: maildir_put(md, data, dir_fsync=True))
+
+                rows.setdefault("maildir + fsync dir, in a thread pool", []).append(
+                    async_rate(put_md, count, tasks)
+                )
+            root = work / f"aio-san-{run}"
+            root.mkdir()
+            paths = NodePaths(root, "benchaio", f"a{run}").create()
             lock = SpoolLock(coordinator=c, paths=paths)
             lock.acquire(10)
-            spool = Spool(directory=paths.spool, node=paths.node, fence=lock, group_commit=group)
-            spool.open()
-            label = "spool, group commit" if group else "spool, fsync per message"
-            for threads in sorted({1, clients}):
-                r = rate(lambda s=spool: s.put(ENV, data), count, threads)
-                rows.append((label, threads, r))
+            spool = Spool(directory=paths.spool, node=paths.node, fence=lock).open()
+            rows.setdefault("spool, group commit, aput", []).append(
+                async_rate(lambda spool=spool: spool.aput(ENV, data), count, tasks)
+            )
             spool.close()
             lock.release()
     finally:
         c.stop()
-    base = {t: r for label, t, r in rows if label.startswith("maildir (tmp, fsync, rename, dir")}
-    print(f"\nput of {size}-byte messages, {count} per row, same disk ({work})")
-    print(f"{'writer':<44} {'clients':>7} {'msg/s':>10} {'x maildir+dir fsync':>20}")
-    for label, threads, r in rows:
-        print(f"{label:<44} {threads:>7} {r:>10.0f} {r / base[threads]:>19.1f}x")
+    print(f"\nasyncio: {tasks} tasks, {count} puts of {size} bytes per row, {runs} runs (msg/s)")
+    for label, rates in rows.items():
+        print(f"{label:<42} " + " ".join(f"{r:>9.0f}" for r in rates))
+    base = rows["maildir + fsync dir, in a thread pool"]
+    ratios = [r / b for r, b in zip(rows["spool, group commit, aput"], base, strict=True)]
+    print(f"{'ratio':<42} " + " ".join(f"{x:>8.1f}x" for x in ratios))
 
 
-def bench_takeover(work: Path, zk: ZooKeeperServer, count: int) -> None:
-    """Print the time from a holder's session end to a survivor's completed takeover."""
-    root = work / "san-takeover"
+def spool_rate(
+    work: Path,
+    c: Coordinator,
+    data: bytes,
+    *,
+    group: bool,
+    count: int,
+    clients: int,
+    tag: str,
+    deliver: bool = False,
+) -> tuple[float, float]:
+    """Acknowledged puts per second into a fresh fenced spool, and the same counting its close.
+
+    The close of a group-commit spool files every message still in the
+    log only (one new file each) and retires the log.
+    """
+    root = work / f"san-{tag}"
+    root.mkdir()
+    paths = NodePaths(root, "benchputs", f"n{tag}").create()
+    lock = SpoolLock(coordinator=c, paths=paths)
+    lock.acquire(10)
+    spool = Spool(directory=paths.spool, node=paths.node, fence=lock, group_commit=group).open()
+
+    def put() -> None:
+        mid = spool.put(ENV, data)
+        if deliver:
+            spool.done(mid)
+
+    start = time.perf_counter()
+    acked = rate(put, count, clients)
+    spool.close()  # group commit: every message filed, msg/ durable, the log retired
+    elapsed = time.perf_counter() - start
+    lock.release()
+    return acked, count / elapsed
+
+
+def bench_puts(
+    work: Path, zk: ZooKeeperServer, *, count: int, size: int, clients: int, runs: int
+) -> None:
+    """Print the put rates side by side, ``runs`` times, and the ratio at equal concurrency."""
+    data = os.urandom(size)
+    c = coordinator(zk, "benchputs")
+    writers = [
+        ("maildir: tmp, fsync, rename", "md", False),
+        ("maildir: tmp, fsync, rename, fsync dir", "mdd", True),
+        ("spool, fsync per message", "each", False),
+        ("spool, group commit (commit log)", "group", True),
+        ("maildir + fsync dir, each then unlinked", "mdx", True),
+        ("spool, group commit, each then done()", "gdone", True),
+    ]
+    closing = "  same, counting the close (files them all)"
+    table: dict[tuple[str, int], list[float]] = {}
+    try:
+        for run in range(1, runs + 1):
+            for label, tag, flag in writers:
+                for threads in sorted({1, clients}):
+                    where = f"{tag}-{threads}-{run}"
+                    if tag.startswith("md"):
+                        md = work / f"maildir-{where}"
+                        for sub in ("tmp", "new", "cur"):
+                            (md / sub).mkdir(parents=True)
+
+                        def put(md: Path = md, d: bool = flag, x: bool = tag == "mdx") -> None:
+                            path = maildir_put(md, data, dir_fsync=d)
+                            if x:
+                                path.unlink()
+
+                        r = rate(put, count, threads)
+                    else:
+                        r, with_close = spool_rate(
+                            work,
+                            c,
+                            data,
+                            group=flag,
+                            count=count,
+                            clients=threads,
+                            tag=where,
+                            deliver=tag == "gdone",
+                        )
+                    table.setdefault((label, threads), []).append(r)
+                    if tag == "group":
+                        table.setdefault((closing, threads), []).append(with_close)
+    finally:
+        c.stop()
+    print(f"\nput of {size}-byte messages, {count} per row, same disk ({work}), {runs} runs")
+    head = " ".join(f"{'run ' + str(n):>9}" for n in range(1, runs + 1))
+    print(f"{'writer':<42} {'clients':>7} {head}  (msg/s)")
+    for (label, threads), rates in sorted(table.items(), key=lambda kv: kv[0][1]):
+        cells = " ".join(f"{r:>9.0f}" for r in rates)
+        print(f"{label:<42} {threads:>7} {cells}")
+    base = "maildir: tmp, fsync, rename, fsync dir"
+    print(f"\nratio to {base!r} (or its row with unlink) at the same number of clients:")
+    for (label, threads), rates in sorted(table.items(), key=lambda kv: kv[0][1]):
+        if not label.startswith("maildir"):
+            against = "maildir + fsync dir, each then unlinked" if "done" in label else base
+            ratios = [r / b for r, b in zip(rates, table[(against, threads)], strict=True)]
+            cells = " ".join(f"{x:>8.1f}x" for x in ratios)
+            print(f"{label:<42} {threads:>7} {cells}")
+
+
+def bench_takeover(work: Path, zk: ZooKeeperServer, count: int, *, crashed: bool) -> None:
+    """Print the time from a holder's session end to a survivor's completed takeover.
+
+    ``crashed``: the holder does not close its spool (as if SIGKILLed): what
+    it acknowledged last is in its commit log only, and the survivor
+    replays it (one new file per message) before moving the rest.
+    """
+    root = work / f"san-takeover-{crashed}"
     root.mkdir()
     cluster = f"benchtake{secrets.token_hex(3)}"
     dead_c = coordinator(zk, cluster)
@@ -134,7 +280,9 @@ def bench_takeover(work: Path, zk: ZooKeeperServer, count: int) -> None:
     data = os.urandom(4096)
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(lambda _: dead.put(ENV, data), range(count)))
-    dead.close()
+    if not crashed:
+        dead.close()
+    logged = sum(1 for mid in wal_logged(dead_paths.spool) if not (dead.msg_dir / mid).exists())
     dead_m = Membership(coordinator=dead_c, info=NodeInfo(name="dead")).start()
 
     c = coordinator(zk, cluster)
@@ -163,7 +311,9 @@ def bench_takeover(work: Path, zk: ZooKeeperServer, count: int) -> None:
     dead_c.stop()  # the session ends at once: the server drops its ephemerals
     done.wait(60)
     end = marks.get("complete", float("nan"))
-    print(f"\ntakeover of {count} messages (4 KiB each), grace 0, one survivor")
+    how = "holder crashed" if crashed else "holder closed its spool first"
+    print(f"\ntakeover of {count} messages (4 KiB each), grace 0, one survivor, {how}")
+    print(f"  in the commit log only          : {logged}")
     print(f"  session end -> takeover started : {marks.get('started', float('nan')) - start:.3f} s")
     print(f"  session end -> takeover complete: {end - start:.3f} s")
     print(f"  messages moved                  : {int(marks.get('moved', 0))}")
@@ -172,25 +322,40 @@ def bench_takeover(work: Path, zk: ZooKeeperServer, count: int) -> None:
     lock.release()
     m.stop()
     c.stop()
+    dead.close()  # fenced by now: no checkpoint
 
 
 def main() -> None:
     """Run the spool benchmarks."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts (smoke run)")
-    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--count", type=int, default=4000)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--takeover", type=int, default=10000)
+    parser.add_argument("--runs", type=int, default=3, help="repeat the put comparison")
+    parser.add_argument("--skip-takeover", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.count, args.takeover = 200, 1000
+        args.count, args.takeover, args.runs = 200, 1000, 1
     print(f"python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPUs")
     zk = ZooKeeperServer(tick_time=100).start()
     try:
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
-            bench_puts(Path(tmp), zk, args.count, args.size, args.clients)
-            bench_takeover(Path(tmp), zk, args.takeover)
+            bench_puts(
+                Path(tmp),
+                zk,
+                count=args.count,
+                size=args.size,
+                clients=args.clients,
+                runs=args.runs,
+            )
+            bench_asyncio(
+                Path(tmp), zk, count=args.count, size=args.size, tasks=args.clients, runs=args.runs
+            )
+            if not args.skip_takeover:
+                for crashed in (False, True):
+                    bench_takeover(Path(tmp), zk, args.takeover, crashed=crashed)
     finally:
         zk.cleanup()
 

@@ -22,7 +22,7 @@ import fcntl
 import os
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from mhafail.errors import SpoolWriteFailed
@@ -74,6 +74,35 @@ def sync_batch(directory: Path, fds: list[int]) -> None:
     if _SYNCFS(fds[0]) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(directory))
+
+
+def sync_files(directory: Path, paths: Iterable[Path]) -> None:
+    """Make the data of the files ``paths`` (in ``directory``'s file system) durable.
+
+    One ``syncfs(2)`` where there is one (Linux), else an fsync of each
+    file; a file that is gone meanwhile is skipped.
+
+    Raises:
+        OSError: a flush failed.
+    """
+    if _SYNCFS is not None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if _SYNCFS(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), str(directory))
+        finally:
+            os.close(fd)
+        return
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_failed(what: str, exc: OSError) -> SpoolWriteFailed:

@@ -8,6 +8,7 @@ loops carry them out with proper tokens.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -19,9 +20,10 @@ from mhafail.coordination import Coordinator
 from mhafail.errors import MalformedData, SpoolError, SpoolInvalidArgument, UnknownMessage
 from mhafail.spool._fence import read_record
 from mhafail.spool._journal import read_journal
-from mhafail.spool._message import Message, check_id
+from mhafail.spool._message import Message, apply_state, check_id, decode_header
 from mhafail.spool._paths import NodePaths, check_root, node_names
 from mhafail.spool._spool import MSG, STATE_SUFFIX, count_messages, read_message
+from mhafail.spool._wal import logged
 from mhafail.spool._znodes import (
     OPS,
     SPOOL,
@@ -125,12 +127,13 @@ def list_messages(
         names = sorted(os.listdir(paths.spool / MSG))
     except FileNotFoundError:
         names = []
-    for name in names:
+    in_log = logged(paths.spool)  # acknowledged, not filed yet (or filed lately)
+    for name in sorted(set(names) | in_log.keys()):
         if name.endswith(STATE_SUFFIX):
             continue
         try:
             check_id(name)
-            message, _ = read_message(paths.spool / MSG / name)
+            message = _read(paths.spool, name, in_log)
         except FileNotFoundError:
             continue  # moved or finished while we looked
         except (SpoolInvalidArgument, MalformedData, OSError) as exc:
@@ -140,6 +143,20 @@ def list_messages(
         if limit is not None and len(messages) >= limit:
             break
     return messages, problems
+
+
+def _read(spool: Path, name: str, in_log: dict[str, bytes]) -> Message:
+    """A message from its file, or from the commit log when it has none yet."""
+    try:
+        return read_message(spool / MSG / name)[0]
+    except FileNotFoundError:
+        if name not in in_log:
+            raise
+    message, _ = decode_header(in_log[name], what=f"logged message {name}")
+    state = spool / MSG / (name + STATE_SUFFIX)
+    with contextlib.suppress(FileNotFoundError):
+        message = apply_state(message, state.read_bytes(), what=f"state file {state.name}")
+    return message
 
 
 def show_message(root: Path, cluster: str, node: str, message_id: str) -> Message:
@@ -152,7 +169,7 @@ def show_message(root: Path, cluster: str, node: str, message_id: str) -> Messag
     """
     paths = NodePaths(root, cluster, node).check()
     try:
-        message, _ = read_message(paths.spool / MSG / check_id(message_id))
+        message = _read(paths.spool, check_id(message_id), logged(paths.spool))
     except FileNotFoundError as exc:
         raise UnknownMessage(f"no message {message_id} in the spool of {node}") from exc
     except (MalformedData, OSError) as exc:

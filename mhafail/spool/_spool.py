@@ -7,22 +7,22 @@ Layout of a spool directory (``NodePaths.spool``)::
     msg/<id>.state  its mutable state (attempts, next try, recipients); optional
     tmp/            files being written (removed at open)
     bad/            files that failed validation (quarantined, reported)
+    wal/            the commit log of group commit (see _wal.py)
     import.journal  the journal of a takeover of this spool (see _takeover.py)
 
-Durability: a message exists once ``msg/<id>`` exists, and that name is
-only ever created by a rename of a fully written, fsynced file, followed
-by an fsync of ``msg/``. :meth:`Spool.put` returns only after all of that,
-inside a fence section, and after re-checking the lease: a put that
-stalled past the lease is undone (the file removed again, still under the
-fence, so no takeover can have seen it) and refused. So a crash or a fence
-at any instant leaves a message either wholly in the spool and
+Durability: a message exists once ``msg/<id>`` exists or, until the next
+checkpoint, once its put is in the commit log (``wal/``, replayed into
+``msg/`` by whoever opens or takes the spool next: ``_wal.py``).
+:meth:`Spool.put` returns only when one of the two is durable: without
+group commit, the file is fsynced, renamed into ``msg/`` and ``msg/``
+fsynced; with group commit (the default), the batch is in the log and
+flushed (a checkpoint files it into ``msg/`` later, unless it is gone by
+then: ``_commit.py``). Both happen inside a
+fence section, followed by a re-check of the lease: a put that stalled
+past the lease is undone (removed and dropped from the log, still under
+the fence, so no takeover can have seen it) and refused. So a crash or a
+fence at any instant leaves a message either wholly in the spool and
 acknowledged, or absent and not acknowledged.
-
-Group commit: with ``group_commit=True`` puts from many threads or tasks
-are written by one committer thread in batches: each batch's files are
-written, fsynced, renamed, and ``msg/`` fsynced once. The durability of
-each put is the same as alone; file systems with a journal (ext4, xfs)
-commit the batch's fsyncs together.
 
 Concurrency: all methods are thread-safe. ``a``-prefixed coroutines run
 the blocking work off the event loop (aiosmtpd handlers must not block).
@@ -35,7 +35,6 @@ import contextlib
 import errno
 import logging
 import os
-import queue
 import threading
 import time
 import zlib
@@ -49,17 +48,16 @@ from mhafail.errors import (
     MalformedData,
     MessageTooLarge,
     SpoolError,
-    SpoolFenced,
     SpoolInvalidArgument,
     SpoolWriteFailed,
     UnknownMessage,
 )
+from mhafail.spool._commit import Committer, Put
 from mhafail.spool._fence import Fence
 from mhafail.spool._files import (
     DIR_MODE,
     fsync_dir,
     replace_durably,
-    sync_batch,
     write_failed,
     write_tmp,
 )
@@ -76,21 +74,12 @@ from mhafail.spool._message import (
     new_id,
     with_results,
 )
+from mhafail.spool._wal import SEGMENT_SIZE, logged, recover
 
 logger = logging.getLogger(__name__)
 
 MSG, TMP, BAD = "msg", "tmp", "bad"
 STATE_SUFFIX = ".state"
-
-
-@attrs.define
-class _Put:
-    message_id: str
-    header: bytes
-    data: bytes
-    message: Message
-    future: Future[str]
-    fd: int = -1  # the written, not yet durable temporary file
 
 
 def read_message(path: Path, *, has_state: bool = True) -> tuple[Message, int]:
@@ -129,8 +118,10 @@ class Spool:
         node: this node's name, recorded as the origin of new messages.
         fence: the right to change the directory (a started ``SpoolLock``).
         max_size: the largest message data accepted (bytes).
-        group_commit: batch concurrent puts on a committer thread.
+        group_commit: batch concurrent puts on a committer thread, made
+            durable by one flush of the commit log (``_commit.py``).
         max_batch: the most puts in one group commit.
+        segment_size: bytes per commit log segment (group commit).
         clock: wall-clock time (``time.time``), for ``created``/``next_try``.
 
     Call :meth:`open` before use and :meth:`close` after.
@@ -142,14 +133,14 @@ class Spool:
     max_size: int = 50 * 1024 * 1024
     group_commit: bool = True
     max_batch: int = 256
+    segment_size: int = SEGMENT_SIZE
     clock: Callable[[], float] = time.time
 
     problems: list[str] = attrs.field(init=False, factory=list)
     _index: dict[str, Message] = attrs.field(init=False, factory=dict)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _token: int | None = attrs.field(init=False, default=None)
-    _queue: queue.SimpleQueue[_Put | None] = attrs.field(init=False, factory=queue.SimpleQueue)
-    _committer: threading.Thread | None = attrs.field(init=False, default=None)
+    _committer: Committer | None = attrs.field(init=False, default=None)
 
     @property
     def msg_dir(self) -> Path:
@@ -159,10 +150,12 @@ class Spool:
     # --- life cycle --------------------------------------------------------
 
     def open(self) -> Spool:
-        """Create the layout if missing, clear ``tmp/`` and load the index.
+        """Create the layout if missing, clear ``tmp/``, replay the commit log, load the index.
 
         Raises:
             SpoolWriteFailed: the directory cannot be created or read.
+            SpoolFenced: there is a commit log to replay (the last holder
+                crashed) and the fence is not held.
         """
         try:
             for sub in (MSG, TMP, BAD):
@@ -172,20 +165,29 @@ class Spool:
                 leftover.unlink(missing_ok=True)
         except OSError as exc:
             raise write_failed(f"cannot open spool {self.directory}", exc) from exc
-        self._reload()
-        if self.group_commit and self._committer is None:
-            self._committer = threading.Thread(
-                target=self._commit_loop, name=f"mhafail-spool-{self.node}", daemon=True
+        if self._committer is None:
+            # Replay before the first load (which drops orphan state files).
+            self._token = self.fence.token
+            committer = Committer(
+                directory=self.directory,
+                section=self._section,
+                valid=self.fence.valid,
+                committed=self._committed,
+                group=self.group_commit,
+                max_batch=self.max_batch,
+                segment_size=self.segment_size,
+                name=self.node,
             )
-            self._committer.start()
+            committer.start()  # replays a log left by a crash
+            self._committer = committer
+        self._reload()
         return self
 
     def close(self) -> None:
-        """Stop the committer (pending puts finish first). Idempotent; bounded."""
+        """Commit pending puts, checkpoint the log, stop. Idempotent; bounded."""
         committer, self._committer = self._committer, None
         if committer is not None:
-            self._queue.put(None)
-            committer.join(5.0)
+            committer.stop()
 
     def __len__(self) -> int:
         with self._lock:
@@ -236,12 +238,16 @@ class Spool:
     def _section(self) -> Iterator[None]:
         with self.fence.section():
             if self._token != self.fence.token:
-                self._reload()  # we hold the spool under a new token: disk is the truth
+                # We hold the spool under a new token: disk is the truth, and
+                # whoever held it meanwhile may have replayed our log.
+                if self._committer is not None:
+                    self._committer.replay()
+                self._reload()
             yield
 
     # --- accepting mail ----------------------------------------------------
 
-    def _prepare(self, envelope: Envelope, data: bytes, message_id: str | None) -> _Put:
+    def _prepare(self, envelope: Envelope, data: bytes, message_id: str | None) -> Put:
         if not isinstance(envelope, Envelope):
             raise SpoolInvalidArgument(f"invalid envelope: {type(envelope).__name__}")
         if not isinstance(data, bytes | bytearray | memoryview):
@@ -255,7 +261,13 @@ class Spool:
         header, message = encode_header(
             mid, envelope, origin=self.node, created=self.clock(), data=data
         )
-        return _Put(mid, header, data, message, Future())
+        return Put(mid, header, data, message, Future())
+
+    def _running(self) -> Committer:
+        committer = self._committer
+        if committer is None:
+            raise SpoolError(f"spool {self.directory} is not open")
+        return committer
 
     def put(self, envelope: Envelope, data: bytes, *, message_id: str | None = None) -> str:
         """Store a message durably and return its id; then, and only then, acknowledge it.
@@ -273,114 +285,33 @@ class Spool:
             SpoolFenced: this process no longer holds the spool; nothing
                 was written (answer 421 and stop accepting).
         """
+        committer = self._running()
         item = self._prepare(envelope, data, message_id)
-        self._write(item)
-        if self._committer is None:
-            self._commit([item])
-        else:
-            self._queue.put(item)
+        if message_id is not None and self._present(item.message_id):
+            raise SpoolInvalidArgument(f"message {item.message_id} already exists")
+        committer.write(item)
+        committer.submit(item)
         return item.future.result()
 
     async def aput(self, envelope: Envelope, data: bytes, *, message_id: str | None = None) -> str:
         """:meth:`put` for asyncio: the event loop is never blocked."""
+        committer = self._running()
         item = self._prepare(envelope, data, message_id)
-        await asyncio.to_thread(self._write, item)
-        if self._committer is None:
-            await asyncio.to_thread(self._commit, [item])
+        if message_id is not None and self._present(item.message_id):
+            raise SpoolInvalidArgument(f"message {item.message_id} already exists")
+        if committer.group:
+            # Nothing here blocks: a fence check and a queue put.
+            committer.write(item)
+            committer.submit(item)
         else:
-            self._queue.put(item)
+            await asyncio.to_thread(committer.write, item)
+            await asyncio.to_thread(committer.submit, item)
         return await asyncio.wrap_future(item.future)
 
-    def _write(self, item: _Put) -> None:
-        """Write the temporary file in the caller's thread (not yet durable).
-
-        Creating files is the slow part on many disks; callers do it in
-        parallel, the committer only makes the batch durable and renames.
-        """
-        if not self.fence.valid():
-            raise SpoolFenced("this process no longer holds the spool; nothing was written")
-        try:
-            item.fd = write_tmp(
-                self.directory / TMP / item.message_id, [item.header, item.data], sync=False
-            )
-        except OSError as exc:
-            raise write_failed("cannot write to the spool", exc) from exc
-
-    def _commit_loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
-            self._commit(batch)
-            if stop:
-                return
-
-    def _commit(self, batch: list[_Put]) -> None:
-        """Write, fsync, rename and fsync ``msg/`` for a batch; settle each future."""
-        tmp = self.directory / TMP
-        written = list(batch)
-        try:
-            # One flush makes the whole batch durable instead of one per message.
-            sync_batch(tmp, [item.fd for item in written])
-        except OSError as exc:
-            self._fail(written, batch, write_failed("cannot write to the spool", exc))
-            return
-        finally:
-            for item in written:
-                os.close(item.fd)
-                item.fd = -1
-        renamed: list[_Put] = []
-        try:
-            with self._section():
-                try:
-                    for item in written:
-                        if os.path.lexists(self.msg_dir / item.message_id):
-                            raise SpoolInvalidArgument(f"message {item.message_id} already exists")
-                        os.rename(tmp / item.message_id, self.msg_dir / item.message_id)
-                        renamed.append(item)
-                    fsync_dir(self.msg_dir)
-                except OSError as exc:
-                    self._undo(renamed)
-                    raise write_failed("cannot commit to the spool", exc) from exc
-                if not self.fence.valid():
-                    # Stalled past the lease (a pause, a slow disk): nobody was
-                    # told yet, and under the fence no takeover saw the files.
-                    self._undo(renamed)
-                    raise SpoolFenced("the lease ran out while writing; nothing was kept")
-        except SpoolError as exc:
-            self._fail(written, batch, exc)
-            return
+    def _committed(self, batch: list[Put]) -> None:
         with self._lock:
-            for item in written:
+            for item in batch:
                 self._index[item.message_id] = item.message
-        for item in written:
-            item.future.set_result(item.message_id)
-
-    def _undo(self, renamed: list[_Put]) -> None:
-        for item in renamed:
-            with contextlib.suppress(OSError):
-                os.unlink(self.msg_dir / item.message_id)
-        with contextlib.suppress(OSError):
-            fsync_dir(self.msg_dir)
-
-    def _fail(self, written: list[_Put], batch: list[_Put], exc: SpoolError) -> None:
-        for item in written:
-            with contextlib.suppress(OSError):
-                os.unlink(self.directory / TMP / item.message_id)
-        for item in batch:
-            if not item.future.done():
-                item.future.set_exception(exc)
 
     # --- delivering --------------------------------------------------------
 
@@ -422,7 +353,8 @@ class Spool:
         """
         message = self.get(message_id)
         try:
-            raw = (self.msg_dir / message_id).read_bytes()
+            logged = self._running().read(message_id)
+            raw = (self.msg_dir / message_id).read_bytes() if logged is None else logged
             _, offset = decode_header(raw, what=f"message file {message_id}")
         except FileNotFoundError as exc:
             raise UnknownMessage(f"message {message_id} left spool {self.directory}") from exc
@@ -443,7 +375,7 @@ class Spool:
             UnknownMessage: the message is no longer here (taken over).
         """
         with self._section():
-            if not (self.msg_dir / check_id(message_id)).exists():
+            if not self._present(check_id(message_id)):
                 self._forget(message_id)
                 raise UnknownMessage(f"message {message_id} left spool {self.directory}")
             return self.get(message_id)
@@ -478,7 +410,7 @@ class Spool:
             return updated
         path = self.msg_dir / (message_id + STATE_SUFFIX)
         with self._section():
-            if not (self.msg_dir / message_id).exists():
+            if not self._present(message_id):
                 self._forget(message_id)
                 raise UnknownMessage(f"message {message_id} left spool {self.directory}")
             replace_durably(path, encode_state(updated), tmp=self.directory / TMP / path.name)
@@ -513,21 +445,31 @@ class Spool:
         self._remove(message_id)
         return final
 
+    def _present(self, message_id: str) -> bool:
+        """True when the message is still here: filed in ``msg/`` or in the commit log."""
+        return self._running().holds(message_id) or (self.msg_dir / message_id).exists()
+
     def _remove(self, message_id: str) -> None:
-        with self._section():
+        committer = self._running()
+        if committer.log is not None:
+            # The committer's section fences the removal, and it tells a
+            # message that is gone (UnknownMessage); no section here.
+            with self._lock:
+                known = self._index.get(message_id)
+            # A state file exists only once an attempt was recorded (defer).
+            state = known is None or known.attempts > 0
             try:
-                os.unlink(self.msg_dir / message_id)
-            except FileNotFoundError as exc:
+                committer.remove(message_id, state=state)  # group-committed with the next batch
+            except UnknownMessage as exc:
                 self._forget(message_id)
                 raise UnknownMessage(f"message {message_id} left spool {self.directory}") from exc
-            except OSError as exc:
-                raise write_failed(f"cannot remove {message_id}", exc) from exc
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.msg_dir / (message_id + STATE_SUFFIX))
-            try:
-                fsync_dir(self.msg_dir)
-            except OSError as exc:
-                raise write_failed(f"cannot remove {message_id}", exc) from exc
+            self._forget(message_id)
+            return
+        with self._section():
+            if not self._present(message_id):
+                self._forget(message_id)
+                raise UnknownMessage(f"message {message_id} left spool {self.directory}")
+            committer.remove(message_id)
             self._forget(message_id)
 
     def _forget(self, message_id: str) -> None:
@@ -577,6 +519,8 @@ class Spool:
         src = source / MSG
         with self._section(), source_fence.section():
             try:
+                # Messages acknowledged by the source may be in its commit log only.
+                recover(source)
                 # One listing of each directory instead of a failing call per
                 # message: a takeover of 10,000 messages is mostly renames.
                 here = set(os.listdir(self.msg_dir))
@@ -633,9 +577,10 @@ class Spool:
 
 
 def count_messages(directory: Path) -> int:
-    """How many message files a spool directory holds (no lock, no validation)."""
+    """How many messages a spool directory holds, filed or in its commit log (no lock)."""
     try:
-        return sum(1 for n in os.listdir(directory / MSG) if not n.endswith(STATE_SUFFIX))
+        names = {n for n in os.listdir(directory / MSG) if not n.endswith(STATE_SUFFIX)}
+        return len(names | logged(directory).keys())
     except FileNotFoundError:
         return 0
     except OSError as exc:

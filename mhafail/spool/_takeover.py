@@ -14,7 +14,8 @@ by the membership view, the operator orders and a timer):
    one can; the others see it held and leave it.
 4. It claims the spool's lock file with that token (an exclusive OFD lock:
    the dead holder, if only frozen, can change nothing afterwards), finishes
-   any interrupted import (``_journal.py``), and moves the messages into
+   any interrupted import (``_journal.py``), replays the spool's commit
+   log (``_wal.py``: what the node acknowledged last), and moves the messages into
    its own spool in batches, by rename, journalled. Its own spool's fence
    and the source's are both checked for every batch.
 5. It records the takeover complete and drops the lock.
@@ -47,6 +48,8 @@ from mhafail.spool._message import Message, check_id
 from mhafail.spool._paths import NODES, NodePaths, node_names
 from mhafail.spool._placement import rank
 from mhafail.spool._spool import MSG, STATE_SUFFIX, Spool, count_messages
+from mhafail.spool._wal import pending as wal_pending
+from mhafail.spool._wal import recover
 from mhafail.spool._znodes import (
     OPS,
     SPOOL,
@@ -235,6 +238,8 @@ class Takeover:
         except SpoolError as exc:
             logger.warning("cannot read the spool of %s: %s", node, exc)
             return False
+        if wal_pending(spool):
+            return True  # acknowledged messages may be in its commit log only
         view = read_journal(spool)
         return bool(view.entries) and not view.complete
 
@@ -279,6 +284,10 @@ class Takeover:
             view = read_journal(source.spool)
             if view.open_batch() is not None:
                 resolve(source.spool, self.paths.root / NODES, view)
+            with fence.section():
+                # What the node acknowledged last may be in its commit log
+                # only (its cache of msg/ died with it): replay it first.
+                recover(source.spool)
             record = TakeoverRecord(
                 by=me,
                 token=token,

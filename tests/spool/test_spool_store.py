@@ -142,7 +142,7 @@ def test_a_put_that_stalls_past_the_lease_is_undone(
     local: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """If the lease runs out during the rename/fsync, the message is removed and refused."""
-    import mhafail.spool._spool as spool_module
+    import mhafail.spool._commit as spool_module
 
     real = spool_module.fsync_dir
 
@@ -174,6 +174,8 @@ def test_group_commit_puts_from_many_threads(local_factory: Callable[..., Any]) 
     with ThreadPoolExecutor(16) as pool:
         ids = list(pool.map(lambda i: made.spool.put(ENV, str(i).encode()), range(300)))
     assert len(set(ids)) == 300
+    assert [made.spool.read(i) for i in ids] == [str(i).encode() for i in range(300)]
+    made.spool.close()  # the checkpoint files every message
     assert sorted(os.listdir(made.paths.spool / "msg")) == sorted(ids)
 
 

@@ -1,0 +1,454 @@
+"""Making puts and removals durable: an fsync per message, or group commit through a log.
+
+Without group commit a put is: write ``tmp/<id>``, fsync it, rename it
+into ``msg/``, fsync ``msg/`` (two flushes and a new file per message); a
+removal: unlink, fsync ``msg/``.
+
+With group commit (the default) callers only queue their puts and
+removals; one committer thread takes everything waiting (up to
+``max_batch``) and, inside one fence section, logs the batch in the
+commit log with one write and one ``fdatasync`` (``_wal.py``) and re-checks
+the lease; only then are the callers answered. No file is created: a
+message lives in the log until a checkpoint files it, and one removed
+before that never gets a file. The checkpointer thread retires full
+segments whose messages are all gone, and files the rest only under
+pressure (``FILE_AT`` segments waiting) or when puts pause (``IDLE``):
+creating a file is the expensive step on many disks (about 1 ms here, and
+it does not scale with threads). At ``MAX_SEALED`` waiting segments puts
+wait for the checkpointer, which bounds the log (and a replay).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+
+import attrs
+
+from mhafail.errors import SpoolError, SpoolFenced, SpoolInvalidArgument, UnknownMessage
+from mhafail.spool._files import fsync_dir, sync_batch, write_failed, write_tmp
+from mhafail.spool._message import Message
+from mhafail.spool._wal import SEGMENT_SIZE, CommitLog, pending, recover
+
+FILE_AT = 2  # sealed segments from which a checkpoint files their messages
+MAX_SEALED = 3  # sealed segments at which puts wait for the checkpoint (bounds a replay)
+IDLE = 0.5  # seconds without a put after which a checkpoint files what is left
+HOLD = 0.02  # seconds one fence section may span consecutive batches
+
+logger = logging.getLogger(__name__)
+
+MSG, TMP = "msg", "tmp"
+
+Section = Callable[[], contextlib.AbstractContextManager[None]]
+
+
+@attrs.define
+class Put:
+    """One put on its way: the message's file in two parts, and the caller's future."""
+
+    message_id: str
+    header: bytes
+    data: bytes
+    message: Message
+    future: Future[str]
+    fd: int = -1  # the written, not yet durable temporary file (fsync per message)
+
+
+@attrs.define
+class Drop:
+    """One removal on its way (``done``, ``bounce``): logged with the next batch."""
+
+    message_id: str
+    future: Future[None]
+    state: bool = True  # it may have a state file (it was deferred, or imported)
+
+
+@attrs.define(kw_only=True, eq=False)
+class Committer:
+    """Commits puts into one spool directory.
+
+    Args:
+        directory: the spool directory (``msg/`` and ``tmp/`` exist).
+        section: the spool's fence section (every change runs inside one).
+        valid: the fence's cheap validity check (the lease).
+        committed: told the puts of each committed batch (the index).
+        group: group commit through the log, on a committer thread.
+        max_batch: the most puts in one group commit.
+        segment_size: bytes per log segment.
+        name: for the threads' names.
+    """
+
+    directory: Path
+    section: Section
+    valid: Callable[[], bool]
+    committed: Callable[[list[Put]], None]
+    group: bool = True
+    max_batch: int = 256
+    segment_size: int = SEGMENT_SIZE
+    name: str = "spool"
+
+    log: CommitLog | None = attrs.field(init=False, default=None)
+    _queue: queue.SimpleQueue[Put | Drop | None] = attrs.field(
+        init=False, factory=queue.SimpleQueue
+    )
+    _threads: list[threading.Thread] = attrs.field(init=False, factory=list)
+    _wake: threading.Event = attrs.field(init=False, factory=threading.Event)
+    _stopping: threading.Event = attrs.field(init=False, factory=threading.Event)
+
+    @property
+    def msg_dir(self) -> Path:
+        """Where committed messages live."""
+        return self.directory / MSG
+
+    def start(self) -> None:
+        """Replay a log left by a crash (inside a section), then start the threads.
+
+        Raises:
+            SpoolFenced: there is a log to replay and the spool is not ours.
+            SpoolWriteFailed: the replay or the log cannot be written.
+        """
+        if pending(self.directory):
+            with self.section():
+                self.replay()
+        if not self.group:
+            return
+        try:
+            self.log = CommitLog(self.directory, segment_size=self.segment_size)
+        except OSError as exc:
+            raise write_failed(f"cannot open the commit log of {self.directory}", exc) from exc
+        for target, what in ((self._commit_loop, "commit"), (self._checkpoint_loop, "checkpoint")):
+            thread = threading.Thread(
+                target=target, name=f"mhafail-spool-{what}-{self.name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, *, timeout: float = 5.0) -> None:
+        """Commit what is queued, checkpoint everything (if still ours), stop. Bounded."""
+        if not self._threads:
+            return
+        self._queue.put(None)
+        self._threads[0].join(timeout)
+        self._stopping.set()
+        self._wake.set()
+        self._threads[1].join(timeout)
+        self._threads.clear()
+        log = self.log
+        if log is None:
+            return
+        if self.valid():
+            try:
+                log.checkpoint(self.section, everything=True)
+            except (OSError, SpoolError) as exc:
+                logger.warning("spool %s: no checkpoint at close: %s", self.directory, exc)
+        log.close()
+
+    def replay(self) -> int:
+        """Replay the log from disk (call inside a section: at open, or under a new token).
+
+        Raises:
+            SpoolWriteFailed: the replay could not finish.
+        """
+        lock = self.log.mutex if self.log is not None else contextlib.nullcontext()
+        with lock:
+            try:
+                if self.log is not None:
+                    self.log.reset()
+                return recover(self.directory)
+            except OSError as exc:
+                raise write_failed(
+                    f"cannot replay the commit log of {self.directory}", exc
+                ) from exc
+
+    # --- puts ---------------------------------------------------------------
+
+    def write(self, item: Put) -> None:
+        """Without group commit, write the temporary file in the caller's thread.
+
+        With group commit there is no file to write: the committer logs
+        the message, and a checkpoint files it later (unless it is gone by
+        then). Either way the fence is checked first.
+
+        Raises:
+            SpoolFenced, SpoolWriteFailed.
+        """
+        if not self.valid():
+            raise SpoolFenced("this process no longer holds the spool; nothing was written")
+        if self.group:
+            return
+        try:
+            item.fd = write_tmp(
+                self.directory / TMP / item.message_id, [item.header, item.data], sync=False
+            )
+        except OSError as exc:
+            raise write_failed("cannot write to the spool", exc) from exc
+
+    def submit(self, item: Put) -> None:
+        """Commit ``item`` (written) now, or queue it for the committer thread."""
+        if self._threads:
+            self._queue.put(item)
+        else:
+            self._commit_each([item])
+
+    def _gather(self, first: Put | Drop | None) -> tuple[list[Put | Drop], bool]:
+        """``first`` and everything queued behind it (up to ``max_batch``); and stop?"""
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < self.max_batch:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                return batch, True
+            batch.append(more)
+        return batch, False
+
+    def _commit_loop(self) -> None:
+        stop = False
+        while not stop:
+            batch, stop = self._gather(self._queue.get())
+            if self.log is None:
+                self._commit_each([item for item in batch if isinstance(item, Put)])
+            elif batch:
+                stop = self._commit_logged(self.log, batch, stop)
+
+    def _commit_logged(self, log: CommitLog, batch: list[Put | Drop], stop: bool) -> bool:
+        """Log ``batch``, and the batches queued behind it, in one section; settle each.
+
+        One section spans consecutive batches for up to ``HOLD`` seconds (a
+        takeover's claim waits that much longer at most): entering one
+        costs three system calls, each a chance to wait for the GIL.
+
+        Returns:
+            True when the committer is to stop.
+        """
+        if log.sealed() >= MAX_SEALED:
+            # Filing lags behind (file creation is slow): wait, so that the
+            # log stays bounded; puts then go at the pace of the checkpoints.
+            self._wake.set()
+            log.wait_sealed_below(MAX_SEALED, 30.0)
+        try:
+            with self.section():
+                end = time.monotonic() + HOLD
+                while True:
+                    self._log_batch(log, batch)
+                    if stop or self._queue.empty() or time.monotonic() >= end:
+                        return stop
+                    if log.sealed() >= MAX_SEALED:
+                        return stop
+                    batch, stop = self._gather(self._queue.get())
+        except SpoolError as exc:
+            self._fail(batch, exc)
+        return stop
+
+    def _log_batch(self, log: CommitLog, batch: list[Put | Drop]) -> None:
+        """Log one batch and re-check the lease (inside a section); settle each.
+
+        Raises:
+            SpoolError: the batch failed (its callers are told by the caller).
+        """
+        drops = [item for item in batch if isinstance(item, Drop)]
+        sealed = log.sealed()
+        todo = self._admit(log, batch)
+        if not todo and not drops:
+            return
+        ids = [item.message_id for item in todo]
+        states = {d.message_id: d.state for d in drops}
+        missing: set[str] = set()
+
+        def unlink(mid: str, filed: bool) -> None:
+            if not self._unlink(mid, filed=filed, state=states.get(mid, True)):
+                missing.add(mid)
+
+        try:
+            unlogged = log.put(
+                [(i.message_id, i.header + i.data) for i in todo],
+                [d.message_id for d in drops],
+                unlink,
+            )
+        except OSError as exc:
+            # Some records may have reached the disk: drop them (best effort).
+            self._drop(log, ids, force=True)
+            raise write_failed("cannot write to the spool", exc) from exc
+        self._settle(drops, unlogged, missing)
+        if not self.valid():
+            # Stalled past the lease (a pause, a slow disk): nobody was told
+            # yet, and under the fence no takeover saw the records.
+            self._drop(log, ids)
+            raise SpoolFenced("the lease ran out while writing; nothing was kept")
+        self.committed(todo)
+        for item in todo:
+            item.future.set_result(item.message_id)
+        if log.sealed() != sealed or (drops and sealed):
+            self._wake.set()  # a sealed segment may be retirable (or need filing)
+
+    def _admit(self, log: CommitLog, batch: list[Put | Drop]) -> list[Put]:
+        """The puts of ``batch`` with ids not taken; the others are failed."""
+        todo, seen = [], set()
+        taken = log.holding(item.message_id for item in batch if isinstance(item, Put))
+        for item in batch:
+            # No stat per message here (every syscall is a chance to lose the
+            # GIL for a switch interval): Spool.put checked ids given by the
+            # caller against msg/, and new ids are unique.
+            if not isinstance(item, Put):
+                continue
+            if item.message_id in seen or item.message_id in taken:
+                self._fail([item], SpoolInvalidArgument(f"{item.message_id} exists"))
+            else:
+                seen.add(item.message_id)
+                todo.append(item)
+        return todo
+
+    def _settle(self, drops: list[Drop], unlogged: list[str], missing: set[str]) -> None:
+        """Acknowledge the removals (logged, or filed for good: then fsync ``msg/``)."""
+        gone = [d for d in drops if d.message_id in missing and d.message_id in unlogged]
+        self._fail(gone, UnknownMessage("the message is no longer in this spool"))
+        if unlogged:
+            try:
+                fsync_dir(self.msg_dir)
+            except OSError as exc:
+                failed = set(unlogged)
+                self._fail(
+                    [d for d in drops if d.message_id in failed],
+                    write_failed("cannot remove messages", exc),
+                )
+        for drop in drops:
+            if not drop.future.done():
+                drop.future.set_result(None)  # logged inside the section: durable
+
+    def _unlink(self, mid: str, *, filed: bool = True, state: bool = True) -> bool:
+        """Unlink the files a message may have; False when its message file was missing."""
+        # Only the files that may exist: every syscall is a chance to wait
+        # a switch interval for the GIL.
+        if state:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.msg_dir / (mid + ".state"))
+        if filed:
+            try:
+                os.unlink(self.msg_dir / mid)
+            except FileNotFoundError:
+                return False
+        return True
+
+    def _drop(self, log: CommitLog, ids: list[str], *, force: bool = False) -> None:
+        def unlink(mid: str) -> None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.msg_dir / mid)
+
+        with contextlib.suppress(OSError):
+            log.drop(ids, unlink=unlink, force=force)
+
+    def _commit_each(self, batch: list[Put]) -> None:
+        """Fsync, rename and fsync ``msg/`` (no log); settle each future."""
+        tmp = self.directory / TMP
+        try:
+            # One flush makes the whole batch durable instead of one per message.
+            sync_batch(tmp, [item.fd for item in batch])
+        except OSError as exc:
+            self._fail(batch, write_failed("cannot write to the spool", exc))
+            return
+        finally:
+            for item in batch:
+                os.close(item.fd)
+                item.fd = -1
+        renamed: list[Put] = []
+        try:
+            with self.section():
+                try:
+                    for item in batch:
+                        if os.path.lexists(self.msg_dir / item.message_id):
+                            raise SpoolInvalidArgument(f"message {item.message_id} already exists")
+                        os.rename(tmp / item.message_id, self.msg_dir / item.message_id)
+                        renamed.append(item)
+                    fsync_dir(self.msg_dir)
+                except OSError as exc:
+                    self._undo(renamed)
+                    raise write_failed("cannot commit to the spool", exc) from exc
+                if not self.valid():
+                    self._undo(renamed)
+                    raise SpoolFenced("the lease ran out while writing; nothing was kept")
+        except SpoolError as exc:
+            self._fail(batch, exc)
+            return
+        self.committed(batch)
+        for item in batch:
+            item.future.set_result(item.message_id)
+
+    def _undo(self, renamed: list[Put]) -> None:
+        for item in renamed:
+            with contextlib.suppress(OSError):
+                os.unlink(self.msg_dir / item.message_id)
+        with contextlib.suppress(OSError):
+            fsync_dir(self.msg_dir)
+
+    def _fail(self, batch: Sequence[Put | Drop], exc: SpoolError) -> None:
+        for item in batch:
+            if isinstance(item, Put) and not self.group:  # only then a tmp file
+                with contextlib.suppress(OSError):
+                    os.unlink(self.directory / TMP / item.message_id)
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+    # --- reads, removals and checkpoints -------------------------------------
+
+    def holds(self, message_id: str) -> bool:
+        """True when the message is in the log, not yet (or not only) in ``msg/``."""
+        return self.log is not None and self.log.holds(message_id)
+
+    def read(self, message_id: str) -> bytes | None:
+        """The file bytes of a message that is in the log only (None: read ``msg/``)."""
+        return None if self.log is None else self.log.read(message_id)
+
+    def remove(self, message_id: str, *, state: bool = True) -> None:
+        """Remove a message durably (its file and state file, and from the log).
+
+        ``state=False`` says it has no state file (never deferred).
+
+        With group commit the removal is queued and logged with the next
+        batch (a drop record; the committer's section). Without, call it
+        inside a section: unlink, then an fsync of ``msg/``.
+
+        Raises:
+            SpoolFenced, SpoolWriteFailed: the removal may not be durable.
+        """
+        if self._threads:
+            drop = Drop(message_id, Future(), state)
+            self._queue.put(drop)
+            drop.future.result()
+            return
+        self._unlink(message_id)
+        try:
+            fsync_dir(self.msg_dir)
+        except OSError as exc:
+            raise write_failed(f"cannot remove {message_id}", exc) from exc
+
+    def _checkpoint_loop(self) -> None:
+        log = self.log
+        assert log is not None
+        while not self._stopping.is_set():
+            self._wake.wait(IDLE)
+            self._wake.clear()
+            if self._stopping.is_set() or not log.sealed() or not self.valid():
+                continue  # fenced: whoever takes the spool replays the log
+            # Filing costs a new file per message (about 1 ms of disk and CPU
+            # here): only under pressure or when idle. Until then segments
+            # whose messages were all delivered retire without any file.
+            try:
+                log.checkpoint(self.section, file=False)
+                pressed = log.sealed() >= FILE_AT
+                idle = time.monotonic() - log.last_put >= IDLE
+                if log.sealed() and (pressed or idle):
+                    log.checkpoint(self.section)
+            except SpoolFenced as exc:
+                logger.info("spool %s: no checkpoint: %s", self.directory, exc)
+            except (OSError, SpoolError) as exc:
+                logger.warning("spool %s: checkpoint failed (retried): %s", self.directory, exc)
