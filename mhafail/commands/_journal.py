@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mhafail._fs import fsync_dir
 from mhafail.commands._model import ID_RE as _ID_RE
 from mhafail.commands._model import check_request_id
 from mhafail.errors import CommandError, JlogError
@@ -139,7 +140,7 @@ class Markers:
         )
         try:
             os.fsync(fd)
-            _fsync_dir(self.directory)  # the file must outlive a crash before any id in it
+            fsync_dir(self.directory)  # the file must outlive a crash before any id in it
         except OSError:
             os.close(fd)
             raise
@@ -186,14 +187,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _fsync_dir(directory: Path) -> None:
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class AuditJournal:

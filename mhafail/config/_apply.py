@@ -26,19 +26,12 @@ from pathlib import Path
 
 import attrs
 
+from mhafail._fs import fsync_dir
 from mhafail.config._repo import GitStore
 from mhafail.errors import RepositoryError
 
 VERSIONS = "versions"
 CURRENT = "current"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -142,7 +135,7 @@ class Checkouts:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(link)
             raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def discard(self, tmp: Path) -> None:
         """Remove a temporary checkout."""

@@ -53,15 +53,6 @@ def file_size(fd: int) -> int:
     return os.lseek(fd, 0, os.SEEK_END)
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (new or renamed files) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def open_rw(path: Path, *, create: bool = False) -> int:
     """Open a jlog file read-write (libjlog opens everything ``O_RDWR``)."""
     flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import attrs
 
+from mhafail._fs import fsync_dir
 from mhafail.errors import JlogExists, JlogInvalidArgument
 
 from . import _format as fmt
@@ -17,7 +18,6 @@ from ._files import (
     DIR_MODE,
     FILE_MODE,
     ensure_dir,
-    fsync_dir,
     list_segments,
     open_rw,
     os_errors,

@@ -250,7 +250,20 @@ class SegmentView:
             unpack = self.header.unpack_from
             hsize = self.header.size
             limit = stop - base
+            i0 = first - 1
+            # Every index entry must point at its record, as read_block checks
+            # them: a damaged entry in the middle of the span is corruption
+            # here too (a walk from the first entry alone would not see it).
+            # Entries this view indexed itself were checked by that walk.
+            expected = None
+            if not any(lo <= i0 and i0 + count <= hi for lo, hi in self._walked):
+                expected = iter(self.offsets[i0 : i0 + count])
             for marker in range(first, first + count):
+                if expected is not None and base + pos != next(expected):
+                    raise JlogCorrupt(
+                        f"segment {self.log:08x} does not match its index at record {marker}; "
+                        "run repair()"
+                    )
                 if pos + hsize > limit:
                     raise JlogCorrupt(
                         f"segment {self.log:08x}: record {marker} at offset {base + pos} runs "

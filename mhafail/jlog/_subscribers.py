@@ -19,6 +19,7 @@ from pathlib import Path
 
 import attrs
 
+from mhafail._fs import fsync_dir
 from mhafail.errors import (
     JlogCorrupt,
     JlogInvalidArgument,
@@ -32,7 +33,6 @@ from ._cursor import Cursor
 from ._files import (
     FILE_MODE,
     MetaLock,
-    fsync_dir,
     list_checkpoint_files,
     list_segments,
     open_rw,

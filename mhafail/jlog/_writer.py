@@ -29,12 +29,12 @@ from types import TracebackType
 
 import attrs
 
+from mhafail._fs import fsync_dir
 from mhafail.errors import JlogClosed, JlogCorrupt, JlogError, JlogInvalidArgument
 
 from . import _format as fmt
 from ._files import (
     file_size,
-    fsync_dir,
     list_segments,
     open_rw,
     os_errors,

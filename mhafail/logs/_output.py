@@ -25,6 +25,7 @@ from pathlib import Path
 
 import attrs
 
+from mhafail._fs import fsync_dir
 from mhafail.errors import LogsInvalidArgument
 
 DEFAULT_PATTERN = "%Y/%m/%d/{log}/{cluster}/{node}"
@@ -226,12 +227,3 @@ class _Entry:
     fd: int
     users: int
     used: float
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so that names created or renamed in it survive a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

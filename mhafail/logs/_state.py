@@ -20,10 +20,9 @@ from pathlib import Path
 
 import attrs
 
+from mhafail._fs import fsync_dir
 from mhafail.errors import LogsError
 from mhafail.jlog import MessageId
-
-from ._output import fsync_dir
 
 #: Largest state file read (a real one is about 150 bytes).
 MAX_STATE = 64 * 1024

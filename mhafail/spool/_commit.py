@@ -32,8 +32,9 @@ from pathlib import Path
 
 import attrs
 
+from mhafail._fs import fsync_dir
 from mhafail.errors import SpoolError, SpoolFenced, SpoolInvalidArgument, UnknownMessage
-from mhafail.spool._files import fsync_dir, sync_batch, write_failed, write_tmp
+from mhafail.spool._files import sync_batch, write_failed, write_tmp
 from mhafail.spool._message import Message
 from mhafail.spool._wal import SEGMENT_SIZE, CommitLog, pending, recover
 

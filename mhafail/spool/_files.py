@@ -25,21 +25,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from mhafail._fs import fsync_dir
 from mhafail.errors import SpoolWriteFailed
 
 FILE_MODE = 0o640
 DIR_MODE = 0o750
 
 _FLOCK = "hhqqixxxx"  # struct flock on Linux x86-64/aarch64: type, whence, start, len, pid
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory, making the renames and unlinks in it durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _load_syncfs() -> Callable[[int], int] | None:

@@ -28,9 +28,10 @@ from typing import Any
 
 import attrs
 
+from mhafail._fs import fsync_dir
 from mhafail._json import decode_object
 from mhafail.errors import MalformedData
-from mhafail.spool._files import FILE_MODE, fsync_dir, write_failed
+from mhafail.spool._files import FILE_MODE, write_failed
 from mhafail.spool._message import check_id
 
 logger = logging.getLogger(__name__)

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import attrs
 
+from mhafail._fs import fsync_dir
 from mhafail.errors import (
     MalformedData,
     MessageTooLarge,
@@ -56,7 +57,6 @@ from mhafail.spool._commit import Committer, Put
 from mhafail.spool._fence import Fence
 from mhafail.spool._files import (
     DIR_MODE,
-    fsync_dir,
     replace_durably,
     write_failed,
     write_tmp,

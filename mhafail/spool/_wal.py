@@ -57,7 +57,8 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from mhafail.spool._files import DIR_MODE, FILE_MODE, fsync_dir, sync_files
+from mhafail._fs import fsync_dir
+from mhafail.spool._files import DIR_MODE, FILE_MODE, sync_files
 
 logger = logging.getLogger(__name__)
 

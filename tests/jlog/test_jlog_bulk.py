@@ -204,3 +204,25 @@ def test_damaged_segments_read_the_same_in_blocks_as_in_batches(
             file.write_bytes(bytes(raw))
             outcomes.append(_drain_outcome(path, bulk))
         assert outcomes[0] == outcomes[1]
+
+
+def test_a_damaged_index_entry_mid_span_is_corruption_for_both_readers(
+    fuzz_bases: dict[bool, Path], tmp_path: Path
+) -> None:
+    """An index entry off by one byte inside a batch: read_batch refuses it as read_many does.
+
+    read_batch walked the records from the span's first entry and never
+    looked at the entries inside it, so it returned every record where
+    read_many (which uses each entry) raised JlogCorrupt (found by the
+    fuzz test above).
+    """
+    outcomes = []
+    for bulk in (False, True):
+        path = tmp_path / f"j{bulk}"
+        shutil.copytree(fuzz_bases[False], path)
+        index = path / "00000000.idx"
+        raw = bytearray(index.read_bytes())
+        raw[8] ^= 1  # the second record's offset, 27 -> 26
+        index.write_bytes(bytes(raw))
+        outcomes.append(_drain_outcome(path, bulk))
+    assert outcomes[0] == outcomes[1] == ([], "JlogCorrupt")
