@@ -61,6 +61,14 @@ def _str(doc: dict[str, Any], key: str, what: str, *, optional: bool = False) ->
     return value
 
 
+def _one_of(doc: dict[str, Any], key: str, allowed: tuple[str, ...], what: str) -> str:
+    """The string field ``key``, which must be one of ``allowed``."""
+    value: str = _str(doc, key, what)
+    if value not in allowed:
+        raise MalformedData(f"malformed {what}: unknown {key} {value!r}")
+    return value
+
+
 def _node(value: Any, what: str) -> str:
     try:
         return check_name("node name", value)
@@ -93,9 +101,7 @@ class LockHolder:
         """
         what = f"lock znode {node.path}"
         doc = decode_object(node.data, what=what, max_bytes=4096, max_depth=1)
-        purpose = _str(doc, "purpose", what)
-        if purpose not in ("own", "takeover"):
-            raise MalformedData(f"malformed {what}: unknown purpose {purpose!r}")
+        purpose = _one_of(doc, "purpose", ("own", "takeover"), what)
         return cls(
             holder=_node(doc.get("holder"), what),
             purpose=purpose,
@@ -129,9 +135,7 @@ class TakeoverRecord:
         """
         what = f"takeover znode {node.path}"
         doc = decode_object(node.data, what=what, max_bytes=4096, max_depth=1)
-        state = _str(doc, "state", what)
-        if state not in ("importing", "complete"):
-            raise MalformedData(f"malformed {what}: unknown state {state!r}")
+        state = _one_of(doc, "state", ("importing", "complete"), what)
         ints = [doc.get(k, 0) for k in ("token", "moved", "order")]
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in ints):
             raise MalformedData(f"malformed {what}: token, moved and order must be integers")

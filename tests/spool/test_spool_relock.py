@@ -28,6 +28,19 @@ def wait(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.fixture
+def cut_off(
+    coordinator_factory: Factory, tcp_proxy_factory: Callable[[str], TcpProxy],
+    zookeeper: ZooKeeperServer, tmp_path: Path,
+) -> tuple[TcpProxy, SpoolLock, NodePaths]:  # fmt: skip
+    """A re-acquiring lock held through a proxy (T = 1 s); the test cuts the proxy."""
+    proxy = tcp_proxy_factory(zookeeper.address)
+    c = coordinator_factory(hosts=proxy.address, session_timeout=1.0, server_tick=0.1)
+    paths = NodePaths(tmp_path, "c1", "n1").create()
+    lock = SpoolLock(coordinator=c, paths=paths, reacquire=True, reacquire_interval=0.2)
+    return proxy, lock, paths
+
+
 def test_a_bad_retry_interval_is_refused(coordinator_factory: Factory, tmp_path: Path) -> None:
     """A non-positive, non-numeric or huge reacquire_interval raises SpoolInvalidArgument."""
     paths = NodePaths(tmp_path, "c1", "n1")
@@ -39,14 +52,10 @@ def test_a_bad_retry_interval_is_refused(coordinator_factory: Factory, tmp_path:
 
 
 def test_after_a_session_loss_the_lock_is_taken_back_and_the_spool_works(
-    coordinator_factory: Factory, tcp_proxy_factory: Callable[[str], TcpProxy],
-    zookeeper: ZooKeeperServer, tmp_path: Path,
-) -> None:  # fmt: skip
+    cut_off: tuple[TcpProxy, SpoolLock, NodePaths],
+) -> None:
     """Cut off past the session, the lock is FENCED; reconnected, it is HELD again on its own."""
-    proxy = tcp_proxy_factory(zookeeper.address)
-    c = coordinator_factory(hosts=proxy.address, session_timeout=1.0, server_tick=0.1)
-    paths = NodePaths(tmp_path, "c1", "n1").create()
-    lock = SpoolLock(coordinator=c, paths=paths, reacquire=True, reacquire_interval=0.2)
+    proxy, lock, paths = cut_off
     states: list[LockState] = []
     lock.add_listener(states.append)
     first = lock.acquire(5)
@@ -68,14 +77,10 @@ def test_after_a_session_loss_the_lock_is_taken_back_and_the_spool_works(
 
 
 def test_the_retry_waits_for_the_spools_current_holder(
-    coordinator_factory: Factory, tcp_proxy_factory: Callable[[str], TcpProxy],
-    zookeeper: ZooKeeperServer, tmp_path: Path,
-) -> None:  # fmt: skip
+    cut_off: tuple[TcpProxy, SpoolLock, NodePaths], coordinator_factory: Factory
+) -> None:
     """While another holder (a survivor importing) has the spool, retries wait; then they win."""
-    proxy = tcp_proxy_factory(zookeeper.address)
-    c = coordinator_factory(hosts=proxy.address, session_timeout=1.0, server_tick=0.1)
-    paths = NodePaths(tmp_path, "c1", "n1").create()
-    lock = SpoolLock(coordinator=c, paths=paths, reacquire=True, reacquire_interval=0.2)
+    proxy, lock, paths = cut_off
     lock.acquire(5)
     proxy.cut()
     wait(lambda: lock.state is LockState.FENCED)
@@ -91,14 +96,10 @@ def test_the_retry_waits_for_the_spools_current_holder(
 
 
 def test_release_ends_the_retries_and_holds_nothing(
-    coordinator_factory: Factory, tcp_proxy_factory: Callable[[str], TcpProxy],
-    zookeeper: ZooKeeperServer, tmp_path: Path,
-) -> None:  # fmt: skip
+    cut_off: tuple[TcpProxy, SpoolLock, NodePaths],
+) -> None:
     """A fenced lock released by the application stays released once ZooKeeper is back."""
-    proxy = tcp_proxy_factory(zookeeper.address)
-    c = coordinator_factory(hosts=proxy.address, session_timeout=1.0, server_tick=0.1)
-    paths = NodePaths(tmp_path, "c1", "n1").create()
-    lock = SpoolLock(coordinator=c, paths=paths, reacquire=True, reacquire_interval=0.2)
+    proxy, lock, _ = cut_off
     lock.acquire(5)
     proxy.cut()
     wait(lambda: lock.state is LockState.FENCED)
