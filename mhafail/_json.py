@@ -1,6 +1,6 @@
 """Safe decoding of JSON that another process wrote (znodes, frames, state files).
 
-Shared data is outside input (DESIGN.md rule 8): a peer, a squatter or a
+Shared data is outside input (safety rule 8): a peer, a squatter or a
 bug can put anything there. ``json.loads`` alone is not safe for it: a
 document of ``"[" * 5000`` raises ``RecursionError`` (not a ``ValueError``),
 ``1e400`` becomes ``inf``, ``NaN`` is accepted, and a top-level list where an

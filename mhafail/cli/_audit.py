@@ -40,7 +40,7 @@ from typing import Any
 import attrs
 
 from mhafail.cli._signals import STOP_CLOSE, STOP_ZK_TIMEOUT, stop_on_signals
-from mhafail.cli._zkargs import add_zk_flags, zk_security
+from mhafail.cli._zkargs import add_zk_flags, coordinator_for
 from mhafail.errors import AuditInvalidArgument, MhafailError
 
 
@@ -138,7 +138,7 @@ def _emit(event: str, **fields: Any) -> None:
 def _node(args: argparse.Namespace) -> int:
     from mhafail.audit import ASLogger, ClusterAudit, SnapshotStore
     from mhafail.channel import read_secret_file
-    from mhafail.coordination import Coordinator, Membership, NodeInfo
+    from mhafail.coordination import Membership, NodeInfo
 
     series = [
         parse_series_spec(spec, track_intervals=args.log_dir is not None) for spec in args.series
@@ -167,13 +167,8 @@ def _node(args: argparse.Namespace) -> int:
     coordinator = None
     membership = None
     try:
-        coordinator = Coordinator(
-            hosts=args.zk,
-            cluster=args.cluster,
-            session_timeout=args.session_timeout,
-            connect_timeout=args.connect_timeout,
-            close_timeout=STOP_CLOSE,
-            **zk_security(args),
+        coordinator = coordinator_for(
+            args, session_timeout=args.session_timeout, close_timeout=STOP_CLOSE
         ).start()
         info = NodeInfo(
             name=args.node,

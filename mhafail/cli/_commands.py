@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from mhafail.cli._output import add_json_flag, emit
-from mhafail.cli._zkargs import add_zk_flags, zk_security
+from mhafail.cli._zkargs import add_zk_flags, coordinator_for
 
 
 def register(subparsers: Any) -> None:
@@ -102,15 +102,8 @@ def _register_output(actions: Any) -> None:
 
 
 def _coordinator(args: argparse.Namespace, **extra: Any) -> Any:
-    from mhafail.coordination import Coordinator
 
-    return Coordinator(
-        hosts=args.zk,
-        cluster=args.cluster,
-        connect_timeout=args.connect_timeout,
-        **zk_security(args),
-        **extra,
-    )
+    return coordinator_for(args, **extra)
 
 
 def _send(args: argparse.Namespace) -> int:

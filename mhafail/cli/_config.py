@@ -24,7 +24,7 @@ import attrs
 
 from mhafail.cli._output import add_json_flag, emit
 from mhafail.cli._signals import STOP_CLOSE, stop_on_signals
-from mhafail.cli._zkargs import add_zk_security_flags, zk_security
+from mhafail.cli._zkargs import add_zk_security_flags, coordinator_for
 
 KAZOO_LOGGER = "mhafail.coordination.kazoo"
 
@@ -112,7 +112,6 @@ def _replica_flags(parser: argparse.ArgumentParser) -> None:
 @contextmanager
 def _repository(args: argparse.Namespace, *, zk: bool) -> Iterator[Any]:
     from mhafail.config import ConfigRepository
-    from mhafail.coordination import Coordinator
 
     if not zk or not args.zk:
         yield ConfigRepository(name=args.repo, base=args.dir, node=args.node)
@@ -121,12 +120,7 @@ def _repository(args: argparse.Namespace, *, zk: bool) -> Iterator[Any]:
         # kazoo logs every failed connection attempt (up to 14 lines before
         # the one-line error); a short command's error says it all.
         logging.getLogger(KAZOO_LOGGER).setLevel(logging.CRITICAL)
-    with Coordinator(
-        hosts=args.zk,
-        cluster=args.cluster,
-        connect_timeout=args.connect_timeout,
-        **zk_security(args),
-    ) as coordinator:
+    with coordinator_for(args) as coordinator:
         yield ConfigRepository(
             name=args.repo,
             base=args.dir,
@@ -292,7 +286,6 @@ def _thaw(args: argparse.Namespace) -> int:
 def _agent(args: argparse.Namespace) -> int:
     from mhafail.config import CheckCommand, ConfigNode, UpdateMode, syntax_check
     from mhafail.config._validate import Validator
-    from mhafail.coordination import Coordinator
     from mhafail.errors import InvalidArgument
 
     if not args.listen.startswith("127.") and args.listen != "::1" and args.port == 0:
@@ -301,13 +294,8 @@ def _agent(args: argparse.Namespace) -> int:
     if args.check_cmd:
         validators.append(CheckCommand(shlex.split(args.check_cmd)))
     stop = stop_on_signals()
-    coordinator = Coordinator(
-        hosts=args.zk,
-        cluster=args.cluster,
-        session_timeout=args.session_timeout,
-        connect_timeout=args.connect_timeout,
-        close_timeout=STOP_CLOSE,
-        **zk_security(args),
+    coordinator = coordinator_for(
+        args, session_timeout=args.session_timeout, close_timeout=STOP_CLOSE
     ).start()
     try:
         node = ConfigNode(

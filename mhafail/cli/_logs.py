@@ -26,7 +26,7 @@ from typing import Any
 
 from mhafail.cli._output import add_json_flag, emit
 from mhafail.cli._signals import STOP_CLOSE, STOP_ZK_TIMEOUT, stop_on_signals
-from mhafail.cli._zkargs import add_zk_flags, add_zk_security_flags, zk_security
+from mhafail.cli._zkargs import add_zk_flags, add_zk_security_flags, coordinator_for, zk_security
 from mhafail.errors import LogsInvalidArgument
 
 #: Largest member znode read by ``logs status`` and ``logs tail`` (bytes).
@@ -370,17 +370,11 @@ def _endpoints(coordinator: Any) -> dict[str, str]:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from mhafail.coordination import Coordinator
     from mhafail.errors import LogsError
     from mhafail.logs import query_status
 
     secret = _secret(args.secret_file)
-    with Coordinator(
-        hosts=args.zk,
-        cluster=args.cluster,
-        connect_timeout=args.connect_timeout,
-        **zk_security(args),
-    ) as coordinator:
+    with coordinator_for(args) as coordinator:
         endpoints = _endpoints(coordinator)
         managers = coordinator.znodes.children("managers") or []
     rows: list[dict[str, Any]] = []
@@ -425,18 +419,12 @@ def _status_text(data: dict[str, Any]) -> str:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from mhafail.coordination import Coordinator
     from mhafail.errors import StreamRefused
     from mhafail.logs._client import open_request
     from mhafail.logs._framing import Framing, frame_records
     from mhafail.logs._protocol import FrameType, Reassembly, decode_records, encode_frame
 
-    with Coordinator(
-        hosts=args.zk,
-        cluster=args.cluster,
-        connect_timeout=args.connect_timeout,
-        **zk_security(args),
-    ) as coordinator:
+    with coordinator_for(args) as coordinator:
         endpoint = _endpoints(coordinator).get(args.node)
     if endpoint is None:
         raise LogsInvalidArgument(f"node {args.node!r} is not live or serves no logs")

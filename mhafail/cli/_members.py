@@ -12,7 +12,7 @@ from mhafail.cli._output import add_json_flag, emit
 
 # Re-exported: other command modules import it from here.
 from mhafail.cli._zkargs import add_zk_flags as add_zk_flags  # noqa: PLC0414
-from mhafail.cli._zkargs import zk_security
+from mhafail.cli._zkargs import coordinator_for
 
 
 def register(subparsers: Any) -> None:
@@ -24,15 +24,10 @@ def register(subparsers: Any) -> None:
 
 
 def _members(args: argparse.Namespace) -> int:
-    from mhafail.coordination import Coordinator, NodeInfo
+    from mhafail.coordination import NodeInfo
     from mhafail.errors import InvalidArgument
 
-    with Coordinator(
-        hosts=args.zk,
-        cluster=args.cluster,
-        connect_timeout=args.connect_timeout,
-        **zk_security(args),
-    ) as coordinator:
+    with coordinator_for(args) as coordinator:
         names = coordinator.znodes.children("members") or []
         members = []
         for name in names:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mhafail.cli._output import add_json_flag, emit
-from mhafail.cli._zkargs import add_zk_flags, zk_security
+from mhafail.cli._zkargs import add_zk_flags, coordinator_for
 
 
 def register(subparsers: Any) -> None:
@@ -56,17 +56,6 @@ def register(subparsers: Any) -> None:
     drain.set_defaults(func=_drain)
 
 
-def _coordinator(args: argparse.Namespace) -> Any:
-    from mhafail.coordination import Coordinator
-
-    return Coordinator(
-        hosts=args.zk,
-        cluster=args.cluster,
-        connect_timeout=args.connect_timeout,
-        **zk_security(args),
-    )
-
-
 def _when(value: float | None) -> str:
     if not value:
         return "-"
@@ -76,7 +65,7 @@ def _when(value: float | None) -> str:
 def _status(args: argparse.Namespace) -> int:
     from mhafail.spool import spool_status
 
-    with _coordinator(args) as c:
+    with coordinator_for(args) as c:
         rows = [s.to_dict() for s in spool_status(c, args.root)]
     emit(args, {"cluster": args.cluster, "spools": rows}, _status_text)
     return 0
@@ -156,7 +145,7 @@ def _show_text(m: dict[str, Any]) -> str:
 def _import(args: argparse.Namespace) -> int:
     from mhafail.spool import order_import, wait_imported
 
-    with _coordinator(args) as c:
+    with coordinator_for(args) as c:
         zxid = order_import(c, args.node, to=args.to)
         record = wait_imported(c, args.node, order=zxid, timeout=args.wait) if args.wait else None
     return _report(args, "import", record)
@@ -165,7 +154,7 @@ def _import(args: argparse.Namespace) -> int:
 def _drain(args: argparse.Namespace) -> int:
     from mhafail.spool import order_drain, wait_imported
 
-    with _coordinator(args) as c:
+    with coordinator_for(args) as c:
         changed = order_drain(c, args.node, to=args.to, clear=args.clear)
         if args.clear:
             emit(args, {"node": args.node, "cleared": changed}, _cleared_text)

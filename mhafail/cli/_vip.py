@@ -15,7 +15,7 @@ from typing import Any
 
 from mhafail.cli._output import add_json_flag, emit
 from mhafail.cli._signals import STOP_CLOSE, stop_on_signals
-from mhafail.cli._zkargs import add_zk_flags, add_zk_security_flags, zk_security
+from mhafail.cli._zkargs import add_zk_flags, add_zk_security_flags, coordinator_for, zk_security
 from mhafail.errors import InvalidArgument
 
 
@@ -86,21 +86,10 @@ def register(subparsers: Any) -> None:
     agent.set_defaults(func=_agent)
 
 
-def _coordinator(args: argparse.Namespace) -> Any:
-    from mhafail.coordination import Coordinator
-
-    return Coordinator(
-        hosts=args.zk,
-        cluster=args.cluster,
-        connect_timeout=args.connect_timeout,
-        **zk_security(args),
-    )
-
-
 def _show(args: argparse.Namespace) -> int:
     from mhafail.vip import show
 
-    with _coordinator(args) as c:
+    with coordinator_for(args) as c:
         rows = [s.to_dict() for s in show(c)]
     emit(args, {"cluster": args.cluster, "vips": rows}, _show_text)
     return 0
@@ -126,7 +115,7 @@ def _show_text(data: dict[str, Any]) -> str:
 def _move(args: argparse.Namespace) -> int:
     from mhafail.vip import clear_move, move, wait_owner
 
-    with _coordinator(args) as c:
+    with coordinator_for(args) as c:
         if args.clear:
             cleared = clear_move(c, args.address)
             print("move target cleared" if cleared else "no move target was set")
@@ -144,7 +133,7 @@ def _move(args: argparse.Namespace) -> int:
 def _drain(args: argparse.Namespace) -> int:
     from mhafail.vip import drain
 
-    with _coordinator(args) as c:
+    with coordinator_for(args) as c:
         drain(c, args.node)
     print(f"{args.node} drained")
     return 0
@@ -153,7 +142,7 @@ def _drain(args: argparse.Namespace) -> int:
 def _undrain(args: argparse.Namespace) -> int:
     from mhafail.vip import undrain
 
-    with _coordinator(args) as c:
+    with coordinator_for(args) as c:
         was = undrain(c, args.node)
     print(f"{args.node} undrained" if was else f"{args.node} was not drained")
     return 0

@@ -122,3 +122,20 @@ def zk_security(
     if tls or ca or cert or key:
         kwargs["tls"] = TlsSettings(ca=ca, certfile=cert, keyfile=key)
     return kwargs
+
+
+def coordinator_for(args: argparse.Namespace, **extra: Any) -> Any:
+    """A (not yet started) Coordinator for the ZooKeeper flags of ``args``.
+
+    ``extra`` goes to the Coordinator as is (a session timeout, a close
+    timeout). Raises what :func:`zk_security` raises.
+    """
+    from mhafail.coordination import Coordinator
+
+    return Coordinator(
+        hosts=args.zk,
+        cluster=args.cluster,
+        connect_timeout=args.connect_timeout,
+        **zk_security(args),
+        **extra,
+    )

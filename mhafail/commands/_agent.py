@@ -26,7 +26,7 @@ reply. One process per node name and state directory.
 A request therefore runs at most once per node: the marker is on disk
 before the handler starts, and a node never runs a request whose marker
 or claim exists. Without a valid lease the agent starts nothing and
-cancels what runs (DESIGN.md rule 5).
+cancels what runs (safety rule 5).
 """
 
 from __future__ import annotations

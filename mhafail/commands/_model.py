@@ -1,6 +1,6 @@
 """Requests and replies: frozen values, their znode paths and their JSON forms.
 
-Both are shared data (DESIGN.md rule 8): a request is written by a manager
+Both are shared data (safety rule 8): a request is written by a manager
 and read by every node, a reply is written by a node and read by every
 manager, so each decoder checks every field's type and size and raises
 :class:`~mhafail.errors.MalformedData` for anything else.

@@ -1,7 +1,7 @@
 """ConfigAgent: the per-node loop that fetches, validates and applies the head.
 
 Every pass re-reads the desired state (the head znode and the node's mode
-override) and converges on it (DESIGN.md rule 2): a watch on the head, a
+override) and converges on it (safety rule 2): a watch on the head, a
 watch on the mode override, every reconnect, every membership change and a
 timer only *kick* the loop. Kicks during a pass coalesce, and each pass
 starts with a short debounce pause, so a burst of commits is applied once,

@@ -22,7 +22,7 @@ from mhafail.errors import InvalidChange
 
 CONFIG = "config"
 
-# Caps on what another process may make us parse (DESIGN.md rule 8).
+# Caps on what another process may make us parse (safety rule 8).
 MAX_HEAD_BYTES = 128 * 1024
 MAX_REPORT_BYTES = 128 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024

@@ -8,7 +8,7 @@ coordinator adds two threads of its own:
   lease, and notices when the lease runs out (it waits on a condition with
   the deadline as timeout);
 * the *dispatcher* runs every listener, in order, so that no application
-  code ever runs on kazoo's threads (DESIGN.md, "Threads and asyncio").
+  code ever runs on kazoo's threads (docs/architecture.md, "Threads").
 
 Listeners must not block: a slow listener delays the ones behind it.
 """
@@ -148,7 +148,7 @@ class Coordinator:
             acknowledge the session's close.
         monotonic: the clock for the lease (injectable for tests).
 
-    The lease rests only on facts the ZooKeeper leader vouches for (DESIGN.md
+    The lease rests only on facts the ZooKeeper leader vouches for (safety
     rule 6): heartbeats are ``sync`` requests, which a follower answers only
     after the leader did, chained as :class:`ProofChain` explains, and
     connect responses, which a server sends only after the leader created or
@@ -251,7 +251,7 @@ class Coordinator:
             raise CoordinationError("coordinator already started")
         self._dispatcher = Dispatcher(f"mhafail-dispatch-{self.cluster}")
         # Lease events get a thread of their own so that no slow state or
-        # watch listener can delay a release (DESIGN.md rule 1).
+        # watch listener can delay a release (safety rule 1).
         self._lease_dispatcher = Dispatcher(f"mhafail-lease-events-{self.cluster}")
         self._client = self._make_client()
         self._client.add_listener(self._on_kazoo_state)
@@ -584,7 +584,7 @@ class Coordinator:
         if not reply.ok or reply.epoch != self._epoch or reply.session_id != self._session_id:
             return False  # failed, or sent on an earlier connection: proves nothing now
         if self._session_timeout_ms is None:
-            return True  # no negotiated timeout, no lease (DESIGN.md rule 6)
+            return True  # no negotiated timeout, no lease (safety rule 6)
         proof = self._chain.answered(reply.sent_at, reply.replied_at)
         if proof is not None:
             self._lease.confirm(proof)

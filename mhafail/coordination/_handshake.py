@@ -5,7 +5,7 @@ connection handler and keeps only the *requested* value on the client
 (``_session_timeout``). A lease computed from the requested timeout is
 unsafe whenever the server caps it lower (``maxSessionTimeout``, or
 ``20 x tickTime`` by default): the server expires the session sooner than
-the client believes (DESIGN.md rule 6).
+the client believes (safety rule 6).
 
 kazoo's public extension point for I/O is the *handler* (gevent and
 eventlet handlers are swapped in the same way). This module's handler

@@ -1,6 +1,6 @@
 """ConvergeLoop: a component's own worker thread that converges on demand.
 
-Watches fire once and can be missed across reconnects (DESIGN.md rule 2),
+Watches fire once and can be missed across reconnects (safety rule 2),
 so components do not act on the content of an event: an event only *kicks*
 the loop, and the loop re-reads the desired state and converges. Kicks
 that arrive while a pass runs coalesce into one more pass; a timer kicks

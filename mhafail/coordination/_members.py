@@ -13,7 +13,7 @@ from mhafail._json import decode_object
 from mhafail.coordination._names import check_name
 from mhafail.errors import InvalidArgument, MalformedData
 
-# Caps for a member znode written by another process (DESIGN.md rule 8).
+# Caps for a member znode written by another process (safety rule 8).
 MAX_MEMBER_BYTES = 16 * 1024
 MAX_LIST_ITEMS = 64
 MAX_ENDPOINTS = 32

@@ -4,7 +4,7 @@ Registration is an ephemeral znode, so it lives exactly as long as the
 session: a crashed node leaves every view when its session times out. The
 view is rebuilt by a ConvergeLoop kicked by the children watch, by every
 reconnect and every new session, and by a timer, so a missed watch only
-delays it (DESIGN.md rule 2).
+delays it (safety rule 2).
 """
 
 from __future__ import annotations

@@ -394,7 +394,7 @@ class Znodes:
         The callback runs on the coordinator's dispatcher thread, never on
         kazoo's. It gets ``[]`` while ``path`` does not exist. kazoo re-arms
         the watch across reconnects; components still re-read on reconnect
-        (DESIGN.md rule 2) because a change can fall between two watches.
+        (safety rule 2) because a change can fall between two watches.
         """
         watch = Watch()
         self.ensure(path)

@@ -4,7 +4,7 @@ A spooled message is one immutable file ``<id>`` (a header line of JSON,
 then the data) and, once something happened to it, a small mutable state
 file ``<id>.state``. Both are written to a temporary name, fsynced and
 renamed, so a reader only ever sees whole files; still, a spool directory
-is shared storage (DESIGN.md rule 8), so everything read back is validated
+is shared storage (safety rule 8), so everything read back is validated
 and a bad file is reported, never trusted.
 """
 

@@ -5,7 +5,7 @@ its own temporary directory, on free loopback ports, killed with us if we
 die. Debian's ``zookeeper`` package provides the jar (``/usr/share/java``);
 its manifest names the libraries it needs. We keep the NIO connection
 factory: Debian's jar does not put netty-codec on its class path, so the
-netty factory hangs clients (DESIGN.md, "Testing strategy").
+netty factory hangs clients (docs/architecture.md, "Testing strategy").
 """
 
 from __future__ import annotations

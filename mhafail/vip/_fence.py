@@ -1,6 +1,6 @@
 """The agent's side of the fence: start it, feed it, and watch that it works.
 
-Two rules shape this module (DESIGN.md rule 7):
+Two rules shape this module (safety rule 7):
 
 * **nothing the agent writes to the fence may block**: the fence's stdin is
   non-blocking, lease deadlines are coalesced to the latest one, and a

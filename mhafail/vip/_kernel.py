@@ -7,7 +7,7 @@ lease was checked under the same lock, and the expiry path takes that lock
 before removing.
 
 A check is only as good as the moment it was made: the process can stall
-between the check and the action (DESIGN.md rule 6). So the lease is
+between the check and the action (safety rule 6). So the lease is
 checked again after every step that can stall: after the fence notice and
 the netlink call of an add (an add that finds the lease gone is undone at
 once), and immediately before every announcement. Addresses carry a kernel
@@ -338,7 +338,7 @@ class Kernel:
     def _announce(self, due: list[tuple[str, int]]) -> None:
         with self._lock:
             # Only the current plumbing of a VIP: a resumed process must not
-            # pull clients to an address it is about to lose (DESIGN.md rule 1);
+            # pull clients to an address it is about to lose (safety rule 1);
             # _send asks the lease before each one.
             vips = [
                 self._plumbed[address]
@@ -350,7 +350,7 @@ class Kernel:
     def _send(self, vips: list[Vip]) -> None:
         # Called with the lock held. The plumber asks the lease immediately
         # before each address's packets: a stale announcement would pull
-        # clients to an address this node is about to lose (DESIGN.md rule 1).
+        # clients to an address this node is about to lose (safety rule 1).
         if not vips or not self._lease_valid():
             return
         try:

@@ -1,6 +1,6 @@
 """VipManager: one owner per VIP, elected through ZooKeeper, plumbed by netlink.
 
-Safety (DESIGN.md rule 1), in the order things happen:
+Safety (safety rule 1), in the order things happen:
 
 * claim before plumb: an address is added only after this node created its
   ephemeral claim ``vips/<address>/owner`` in the current session, and only

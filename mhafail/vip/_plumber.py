@@ -19,7 +19,7 @@ connections and explicit binds.
 Addresses can carry a lifetime (``valid_for``): the kernel deletes an
 address on its own when its valid lifetime runs out, which is the last
 line of defence when the agent and its fence are frozen together
-(DESIGN.md rule 7). The kernel counts lifetimes in whole seconds.
+(safety rule 7). The kernel counts lifetimes in whole seconds.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ after each batch of input it read (the agent's proof that the fence is
 alive and reading). Writes to stdout never block the fence: if the agent
 stops reading, acknowledgements are dropped.
 
-Rules (DESIGN.md rule 7):
+Rules (safety rule 7):
 
 * past the deadline, every managed address is removed, and removed *again*
   every few milliseconds for as long as the deadline stays past: an agent

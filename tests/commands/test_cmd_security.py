@@ -9,23 +9,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from kazoo import exceptions as kex  # noqa: TID251 - the attacker is a raw kazoo client
-from kazoo.client import KazooClient  # noqa: TID251 - the attacker is a raw kazoo client
+from zk_attack import NODE, NODE_ID, OP_ID, OPERATOR, refused
 
 from mhafail.commands import CommandAgent, CommandClient, ReplyStatus, register_builtins
 from mhafail.commands._model import claim_path, reply_path, request_path
-from mhafail.coordination import Coordinator, Credentials, Membership, NodeInfo
+from mhafail.coordination import Coordinator, Membership, NodeInfo
 from mhafail.coordination._acl import AclPolicy
-from mhafail.coordination._auth import digest_id
 from mhafail.errors import AccessDenied
-from mhafail.testing import ZooKeeperServer
 
 pytestmark = pytest.mark.zookeeper
-
-OP_ID = digest_id("ops", "op-secret")
-NODE_ID = digest_id("mta", "node-secret")
-OPERATOR = Credentials(user="ops", password="op-secret", operators=(OP_ID,), nodes=(NODE_ID,))  # noqa: S106 - a throwaway test identity
-NODE = Credentials(user="mta", password="node-secret", operators=(OP_ID,), nodes=(NODE_ID,))  # noqa: S106 - a throwaway test identity
 
 
 class Cluster(NamedTuple):
@@ -36,24 +28,6 @@ class Cluster(NamedTuple):
     rid: str
     base: str
     runs: list[str]
-
-
-@pytest.fixture
-def raw(zookeeper: ZooKeeperServer) -> Iterator[Callable[..., Any]]:
-    """Raw kazoo clients (the attacker), optionally with digest auth; closed after the test."""
-    made: list[Any] = []
-
-    def make(auth: Credentials | None = None) -> Any:
-        data = None if auth is None else [("digest", f"{auth.user}:{auth.password}")]
-        client = KazooClient(hosts=zookeeper.address, auth_data=data)
-        client.start(timeout=10)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.stop()
-        client.close()
 
 
 @pytest.fixture
@@ -76,15 +50,6 @@ def cluster(
     client.stop()
     agent.stop()
     membership.stop()
-
-
-def refused(call: Callable[[], object]) -> bool:
-    """True when ZooKeeper's ACLs refuse the call."""
-    try:
-        call()
-    except kex.NoAuthError:
-        return True
-    return False
 
 
 FORGED = b'{"id":"%s","node":"n1","status":"ok","output":"forged","started":1,"finished":1}'

@@ -1,4 +1,4 @@
-"""The safety ordering of the fencing lease (DESIGN.md rule 1)."""
+"""The safety ordering of the fencing lease (safety rule 1)."""
 
 import threading
 import time

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kazoo.client import KazooClient
-from kazoo.exceptions import NoAuthError, NodeExistsError
+from kazoo.exceptions import NodeExistsError
 from kazoo.security import OPEN_ACL_UNSAFE
+from zk_attack import RawClients, refused
 
 from mhafail.cli import main
 from mhafail.coordination import (
@@ -106,21 +106,16 @@ def make(sasl_zookeeper: ZooKeeperServer, cluster: str) -> Iterator[Factory]:
 @pytest.fixture
 def raw(sasl_zookeeper: ZooKeeperServer) -> Iterator[Callable[..., Any]]:
     """Raw kazoo clients (the attacker), optionally logged in with SASL; closed after the test."""
-    made: list[Any] = []
+    clients = RawClients(sasl_zookeeper.address)
 
     def factory(user: str | None = None) -> Any:
         sasl = None
         if user is not None:
             sasl = {"mechanism": "DIGEST-MD5", "username": user, "password": USERS[user]}
-        client = KazooClient(hosts=sasl_zookeeper.address, sasl_options=sasl)
-        client.start(timeout=10)
-        made.append(client)
-        return client
+        return clients(sasl_options=sasl)
 
     yield factory
-    for client in made:
-        client.stop()
-        client.close()
+    clients.close()
 
 
 @pytest.fixture
@@ -135,15 +130,6 @@ def claimed(make: Factory, cluster: str) -> Iterator[tuple[Coordinator, Coordina
     assert node.znodes.create(f"vips/{VIP}/declared/n1", b"{}", ephemeral=True, makepath=True)
     yield operator, node, f"/mhafail/{cluster}"
     membership.stop()
-
-
-def refused(call: Callable[[], object]) -> bool:
-    """True when ZooKeeper's ACLs refuse the call."""
-    try:
-        call()
-    except NoAuthError:
-        return True
-    return False
 
 
 @pytest.mark.zookeeper

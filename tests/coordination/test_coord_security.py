@@ -8,12 +8,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from kazoo import exceptions as kex
-from kazoo.client import KazooClient
 from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
+from zk_attack import NODE, NODE_ID, OPERATOR, refused
 
 from mhafail.coordination import Coordinator, Credentials, Membership, NodeInfo, Role
-from mhafail.coordination._auth import digest_id
 from mhafail.errors import AccessDenied, CoordinationError, InvalidArgument, UnsafeAcl
 from mhafail.testing import ZooKeeperServer
 from mhafail.vip import drain, move
@@ -21,31 +19,9 @@ from mhafail.vip._paths import Claim
 
 pytestmark = pytest.mark.zookeeper
 
-OP_ID = digest_id("ops", "op-secret")
-NODE_ID = digest_id("mta", "node-secret")
-OPERATOR = Credentials(user="ops", password="op-secret", operators=(OP_ID,), nodes=(NODE_ID,))
-NODE = Credentials(user="mta", password="node-secret", operators=(OP_ID,), nodes=(NODE_ID,))
 VIP = "198.18.0.50"
 
 Factory = Callable[..., Coordinator]
-
-
-@pytest.fixture
-def raw(zookeeper: ZooKeeperServer) -> Iterator[Callable[..., Any]]:
-    """Raw kazoo clients (the attacker), optionally with digest auth; closed after the test."""
-    made: list[Any] = []
-
-    def make(auth: Credentials | None = None) -> Any:
-        data = None if auth is None else [("digest", f"{auth.user}:{auth.password}")]
-        client = KazooClient(hosts=zookeeper.address, auth_data=data)
-        client.start(timeout=10)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.stop()
-        client.close()
 
 
 @pytest.fixture
@@ -63,15 +39,6 @@ def credentialed(
     assert node.znodes.create(f"vips/{VIP}/declared/n1", b"{}", ephemeral=True, makepath=True)
     yield operator, node, f"/mhafail/{zk_cluster}"
     membership.stop()
-
-
-def refused(call: Callable[[], object]) -> bool:
-    """True when ZooKeeper's ACLs refuse the call."""
-    try:
-        call()
-    except kex.NoAuthError:
-        return True
-    return False
 
 
 def test_credential_less_client_cannot_touch_a_credentialed_cluster(

@@ -2,45 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kazoo import exceptions as kex
-from kazoo.client import KazooClient
+from zk_attack import NODE, OPERATOR, refused
 
-from mhafail.coordination import Coordinator, Credentials
-from mhafail.coordination._auth import digest_id
+from mhafail.coordination import Coordinator
 from mhafail.errors import AccessDenied
 from mhafail.spool import NodePaths, SpoolLock, order_drain
-from mhafail.testing import ZooKeeperServer
 
 pytestmark = pytest.mark.zookeeper
 
-OP_ID = digest_id("ops", "op-secret")
-NODE_ID = digest_id("mta", "node-secret")
-OPERATOR = Credentials(user="ops", password="op-secret", operators=(OP_ID,), nodes=(NODE_ID,))
-NODE = Credentials(user="mta", password="node-secret", operators=(OP_ID,), nodes=(NODE_ID,))
-
 
 @pytest.fixture
-def attacker(zookeeper: ZooKeeperServer) -> Iterator[Any]:
+def attacker(raw: Callable[..., Any]) -> Any:
     """A raw kazoo client without credentials."""
-    client = KazooClient(hosts=zookeeper.address)
-    client.start(timeout=10)
-    yield client
-    client.stop()
-    client.close()
-
-
-def refused(call: Callable[[], object]) -> bool:
-    """True when ZooKeeper's ACLs refuse the call."""
-    try:
-        call()
-    except kex.NoAuthError:
-        return True
-    return False
+    return raw()
 
 
 def test_credential_less_client_cannot_take_or_delete_a_spool_lock(

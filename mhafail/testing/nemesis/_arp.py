@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import attrs
 
 from mhafail.testing._netns import Host, run_in_netns
+from mhafail.testing.nemesis._reader import SocketWatcher
 
 ETH_P_ALL = 0x0003
 ETH_P_ARP = 0x0806
@@ -102,7 +103,7 @@ def neighbour_solicitation(src_mac: bytes, src_ip: str, target: str) -> bytes:
     return eth_dst + src_mac + struct.pack("!H", ETH_P_IPV6) + ip6 + body
 
 
-class ArpObserver:
+class ArpObserver(SocketWatcher):
     """Probes ``addresses`` from ``host`` every ``interval`` s and records who answers.
 
     Args:
@@ -251,17 +252,3 @@ class ArpObserver:
         with self._lock:
             mac = self._last.get(str(ipaddress.ip_address(address)))
         return None if mac is None else self.macs.get(mac, mac)
-
-    def close(self) -> None:
-        """Stop probing (the record stays available). Idempotent."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(2)
-        with contextlib.suppress(OSError):
-            self._sock.close()
-
-    def __enter__(self) -> ArpObserver:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

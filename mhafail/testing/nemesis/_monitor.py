@@ -17,7 +17,6 @@ cuts the kernel does not report, such as netem loss).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import select
@@ -31,6 +30,7 @@ import attrs
 from mhafail.errors import TestingError
 from mhafail.testing._netns import NetnsLab, run_in_netns
 from mhafail.testing.nemesis import _netlink as nl
+from mhafail.testing.nemesis._reader import SocketWatcher
 
 ADD, DELETE, DETACH, ATTACH = "add", "del", "detach", "attach"
 
@@ -150,7 +150,7 @@ def _normal(address: str) -> str:
     return str(ipaddress.ip_interface(address).ip)
 
 
-class OverlapMonitor:
+class OverlapMonitor(SocketWatcher):
     """Watches ``addresses`` on ``nodes`` (name -> netns) in kernel order.
 
     Args:
@@ -314,17 +314,3 @@ class OverlapMonitor:
             if time.monotonic() >= end:
                 return False
             time.sleep(0.01)
-
-    def close(self) -> None:
-        """Stop reading (the record stays available). Idempotent."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(2)
-        with contextlib.suppress(OSError):
-            self._sock.close()
-
-    def __enter__(self) -> OverlapMonitor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
