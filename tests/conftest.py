@@ -31,4 +31,3 @@ def raw(zookeeper: ZooKeeperServer) -> Iterator[Callable[..., Any]]:
     clients = RawClients(zookeeper.address)
     yield clients
     clients.close()
-
