@@ -59,13 +59,20 @@ def cluster(
         kw.setdefault("claim_step", 0.1)
         kw.setdefault("reconcile_interval", 1.0)
         kw.setdefault("announce_schedule", (0.0, 0.2))
-        manager = VipManager(
-            coordinator=c,
-            membership=m,
-            plumber=plumber,
-            vips=[parse_vip(f"{v}/24@eth0") if "@" not in v else parse_vip(v) for v in vips],
-            **kw,  # type: ignore[arg-type]
-        ).start()
+        try:
+            manager = VipManager(
+                coordinator=c,
+                membership=m,
+                plumber=plumber,
+                vips=[parse_vip(f"{v}/24@eth0") if "@" not in v else parse_vip(v) for v in vips],
+                **kw,  # type: ignore[arg-type]
+            ).start()
+        except Exception:
+            # A refused spec: nobody else would stop these, and a membership
+            # left running logs "converge pass postponed" for the rest of the run.
+            m.stop()
+            c.stop()
+            raise
         node = Node(name, c, m, plumber, manager, proxy)
         made.append(node)
         return node
