@@ -92,7 +92,9 @@ class Releaser:
 
     def _run(self) -> None:
         armed = self._armed
-        while True:
+        # Checked before each wait: disarm() may clear the event after
+        # stop() set it, but never after this check saw _stopped unset.
+        while not self._stopped:
             # The timeout lets the thread notice a writer that was dropped
             # without close().
             armed.wait(1.0)
