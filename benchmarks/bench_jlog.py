@@ -134,9 +134,7 @@ def main() -> None:
             )
             print(f"write       {size:>5} B  {rate:>12,.0f} msg/s")
             rate = _best(runs, lambda s=size: bench_syscall_floor(root, s, count))
-            print(
-                f"(lock/record) {size:>5} B {rate:>10,.0f} appends/s  (lock+lseek+pwrite+unlock)"
-            )
+            print(f"(lock/record) {size:>5} B {rate:>10,.0f} appends/s  (lock+lseek+pwrite+unlock)")
             rate = _best(
                 runs, lambda p=payload: bench_write_many(_fresh(root, "m"), p, count, 1000)
             )
