@@ -13,6 +13,9 @@ else can append, so it knows where the segment ends and each record is one
   writer then waits :data:`HANDOFF` before locking again, because the
   kernel does not hand a released lock to a waiter: without the pause a
   busy writer would re-lock before the woken waiter runs;
+- when another writer of the same process and jlog is about to lock, and
+  no thread is writing through this one (two writers used in turn by one
+  thread would otherwise wait :data:`IDLE` for each other at every switch);
 - at rollover, before every ``fdatasync`` of the durability policy, before
   ``write_many``, at close, and in a forked child (which reopens its files:
   an inherited descriptor shares the parent's open file description, and
@@ -109,19 +112,38 @@ class Releaser:
                 time.sleep(delay)
 
 
-class ForkAware(Protocol):
-    """A writer that must reopen its files in a forked child."""
+class Tracked(Protocol):
+    """A writer known to the process: its peers and forked children reach it."""
+
+    @property
+    def jlog_id(self) -> tuple[int, int]:
+        """``(st_dev, st_ino)`` of the jlog directory."""
 
     def after_fork_in_child(self) -> None:
         """Forget the parent's lock and threads; reopen files (runs in the child)."""
 
+    def release_nowait(self) -> None:
+        """End the burst now unless a thread is writing through this writer."""
 
-_writers: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+
+_writers: weakref.WeakSet[Tracked] = weakref.WeakSet()
 
 
-def track(writer: ForkAware) -> None:
+def track(writer: Tracked) -> None:
     """Have ``writer.after_fork_in_child()`` called in every forked child."""
     _writers.add(writer)
+
+
+def file_id(path: os.PathLike[str]) -> tuple[int, int]:
+    """``(st_dev, st_ino)`` of ``path``: the same jlog under any spelling of its path."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def others(writer: Tracked) -> list[Tracked]:
+    """The other writers of this process on the same jlog."""
+    key = writer.jlog_id
+    return [w for w in list(_writers) if w is not writer and w.jlog_id == key]
 
 
 def _after_fork_in_child() -> None:

@@ -83,6 +83,7 @@ class JlogWriter:
         self, path: str | os.PathLike[str], *, durability: Durability | None = None
     ) -> None:
         self.path = Path(path)
+        self.jlog_id = _burst.file_id(self.path)
         self.durability = durability if durability is not None else Durability.none()
         self._tlock = threading.Lock()
         self._closed = False
@@ -309,6 +310,8 @@ class JlogWriter:
         now = time.monotonic()
         if now < self._handoff_until:
             time.sleep(self._handoff_until - now)
+        for other in _burst.others(self):
+            other.release_nowait()
         while True:
             fd = self._seg_fd
             lock(fd)
@@ -357,6 +360,18 @@ class JlogWriter:
         if handoff:
             self._handoff_until = time.monotonic() + _burst.HANDOFF
         unlock(self._seg_fd)
+
+    def release_nowait(self) -> None:
+        """End the burst now unless a thread is writing through this writer.
+
+        Called by another writer of this process that is about to lock a
+        segment (it may be this writer's); never blocks.
+        """
+        if self._held and self._tlock.acquire(blocking=False):
+            try:
+                self._release()
+            finally:
+                self._tlock.release()
 
     def release_if_due(self) -> float | None:
         """The releaser's check: end an idle or overlong burst.

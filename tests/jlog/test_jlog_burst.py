@@ -228,3 +228,16 @@ def test_threads_sharing_a_writer_during_bursts_lose_nothing(tmp_path: Path) -> 
     pairs = _read_all(jlog)
     for n in range(4):
         assert [i for w, i in pairs if w == f"t{n}"] == list(range(1000))
+
+
+def test_a_second_writer_in_the_process_ends_the_first_ones_idle_burst(tmp_path: Path) -> None:
+    """Two writers of one jlog used in turn by one thread hand the lock over at once."""
+    jlog, path = _new(tmp_path)
+    with jlog.writer() as first, Jlog.open(tmp_path / "." / "j").writer() as second:
+        for i in range(200):
+            first.write(payload("first", i))
+            second.write(payload("second", i))
+            assert not first._held  # released for the second, not after an idle wait
+    pairs = _read_all(jlog)
+    assert [w for w, _ in pairs] == ["first", "second"] * 200
+    assert path.is_dir()
