@@ -2,8 +2,8 @@
 
 Run ``python benchmarks/bench_jlog.py`` (``--quick`` for a short smoke run).
 Each figure uses a fresh jlog in a temporary directory on the local disk
-with the default 4 MiB segments; reads go through ``read_batch`` with a
-checkpoint after every batch, like a real consumer.
+with the default 4 MiB segments; reads go through ``read_batch`` and
+``read_many`` with a checkpoint after every batch, like a real consumer.
 """
 
 from __future__ import annotations
