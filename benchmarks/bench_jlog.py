@@ -2,8 +2,8 @@
 
 Run ``python benchmarks/bench_jlog.py`` (``--quick`` for a short smoke run).
 Each figure uses a fresh jlog in a temporary directory on the local disk
-with the default 4 MiB segments; reads go through ``read_batch`` with a
-checkpoint after every batch, like a real consumer.
+with the default 4 MiB segments; reads go through ``read_batch`` and
+``read_many`` with a checkpoint after every batch, like a real consumer.
 """
 
 from __future__ import annotations
@@ -54,11 +54,12 @@ def bench_write_many(jlog: Jlog, payload: bytes, count: int, batch: int) -> floa
 
 
 def bench_syscall_floor(root: Path, size: int, count: int) -> float:
-    """Return appends/s of ``write()``'s four system calls alone, without Python around them.
+    """Return appends/s of a bare per-record locked append (four system calls, no Python).
 
     OFD lock, ``lseek`` to the end, ``pwrite`` of one record, unlock: what
-    any multi-process append (libjlog's too) makes per record, so no
-    ``write()`` in Python can go faster than this on the same machine.
+    an append costs when it locks per record, as libjlog does and as
+    ``write()`` did before it kept the lock across a burst (one ``pwrite``
+    per record now; docs/jlog.md, "Concurrency").
     """
     record = b"r" * (size + 16)
     fd = os.open(root / "floor", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -133,9 +134,7 @@ def main() -> None:
             )
             print(f"write       {size:>5} B  {rate:>12,.0f} msg/s")
             rate = _best(runs, lambda s=size: bench_syscall_floor(root, s, count))
-            print(
-                f"(floor)     {size:>5} B  {rate:>12,.0f} appends/s  (write()'s 4 syscalls alone)"
-            )
+            print(f"(lock/record) {size:>5} B {rate:>10,.0f} appends/s  (lock+lseek+pwrite+unlock)")
             rate = _best(
                 runs, lambda p=payload: bench_write_many(_fresh(root, "m"), p, count, 1000)
             )

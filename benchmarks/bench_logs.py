@@ -79,7 +79,7 @@ def _start_nodes(zk: str, cluster: str, root: Path) -> list[subprocess.Popen[byt
         argv = [
             sys.executable, "-m", "mhafail", "logs", "serve", "--zk", zk, "--cluster", cluster,
             "--node", node, "--log", f"mainlog={root / node / 'mainlog'}", "--manager", "bench",
-            "--session-timeout", "2", *auth,
+            "--session-timeout", "2", "--zk-open", *auth,
         ]  # fmt: skip
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE))
     for proc in procs:

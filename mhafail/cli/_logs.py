@@ -94,6 +94,7 @@ def _register_serve(actions: Any) -> None:
     p.add_argument("--session-timeout", type=float, default=10.0)
     p.add_argument("--heartbeat", type=float, default=1.0)
     p.add_argument("--poll-interval", type=float, default=0.05)
+    p.add_argument("--busy-poll-interval", type=float, default=0.005)
     p.add_argument(
         "--max-frame",
         type=int,
@@ -236,6 +237,7 @@ def _serve(args: argparse.Namespace) -> int:
         allow_unauthenticated=args.allow_unauthenticated,
         heartbeat=args.heartbeat,
         poll_interval=args.poll_interval,
+        busy_poll_interval=args.busy_poll_interval,
         max_frame=args.max_frame,
     ).start()
     try:

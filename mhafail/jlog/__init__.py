@@ -9,6 +9,8 @@ Python processes can share a jlog, and it fixes libjlog's known traps
 """
 
 from ._block import MessageBlock as MessageBlock
+from ._durability import Durability as Durability
+from ._durability import DurabilityMode as DurabilityMode
 from ._format import Message as Message
 from ._format import MessageId as MessageId
 from ._format import Meta as Meta
@@ -29,8 +31,6 @@ from ._repair import RepairReport as RepairReport
 from ._repair import inspect as inspect
 from ._repair import repair as repair
 from ._subscribers import SubscriberInfo as SubscriberInfo
-from ._writer import Durability as Durability
-from ._writer import DurabilityMode as DurabilityMode
 from ._writer import JlogWriter as JlogWriter
 
 __all__ = [

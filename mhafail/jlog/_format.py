@@ -13,6 +13,8 @@ import enum
 import re
 import struct
 from collections.abc import Sequence
+from itertools import repeat
+from operator import add
 from typing import Final, NamedTuple
 
 import attrs
@@ -395,19 +397,27 @@ def walk_records(buf: bytes | memoryview, magic: int, start: int = 0, base: int 
     unpack = (_LZ4_WALK if compressed else _PLAIN_WALK).unpack_from
     hsize = LZ4_HEADER.size if compressed else PLAIN_HEADER.size
     size = len(buf)
+    last = size - hsize
     offsets: list[int] = []
     append = offsets.append
     pos = start
-    while pos + hsize <= size:
+    # The hottest loop of reading: one unpack, one test, one append per
+    # record. A record running past the buffer is only noticed after the
+    # loop (its end is then past ``last`` too) and taken back there.
+    while pos <= last:
         found, length = unpack(buf, pos)
         if found != magic:
-            return Walk(offsets, pos, WalkStop.BAD_MAGIC)
-        nxt = pos + hsize + length
-        if nxt > size:
-            return Walk(offsets, pos, WalkStop.INCOMPLETE)
-        append(base + pos)
-        pos = nxt
-    return Walk(offsets, pos, WalkStop.END if pos == size else WalkStop.INCOMPLETE)
+            return Walk(_rebase(offsets, base), pos, WalkStop.BAD_MAGIC)
+        append(pos)
+        pos += length + hsize
+    if pos > size:
+        pos = offsets.pop()
+        return Walk(_rebase(offsets, base), pos, WalkStop.INCOMPLETE)
+    return Walk(_rebase(offsets, base), pos, WalkStop.END if pos == size else WalkStop.INCOMPLETE)
+
+
+def _rebase(offsets: list[int], base: int) -> list[int]:
+    return list(map(add, offsets, repeat(base))) if base else offsets
 
 
 def record_end(header: bytes | memoryview, offset: int, magic: int) -> int:

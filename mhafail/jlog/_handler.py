@@ -7,7 +7,8 @@ import logging
 import os
 from typing import Literal
 
-from ._writer import Durability, JlogWriter
+from ._durability import Durability
+from ._writer import JlogWriter
 
 
 class JlogHandler(logging.Handler):

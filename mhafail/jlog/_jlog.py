@@ -14,6 +14,7 @@ from mhafail.errors import JlogExists, JlogInvalidArgument
 from . import _format as fmt
 from . import _subscribers as subs
 from ._cursor import Cursor
+from ._durability import Durability
 from ._files import (
     DIR_MODE,
     FILE_MODE,
@@ -28,7 +29,7 @@ from ._lock import locked
 from ._reader import JlogReader, JlogTail
 from ._repair import InspectReport, RepairReport, inspect, repair
 from ._segment import SegmentView
-from ._writer import Durability, JlogWriter
+from ._writer import JlogWriter
 
 
 @attrs.frozen

@@ -1,10 +1,12 @@
 """Appending to a jlog: :class:`JlogWriter` and its :class:`Durability` policy.
 
-Concurrency: every append takes the segment's exclusive lock (an OFD lock,
-which conflicts with libjlog's POSIX locks), measures the file and writes
-whole records at its end with one ``pwrite``, so several writer processes
-(C or Python) interleave whole records. A thread lock serializes the
-threads sharing one :class:`JlogWriter`.
+Concurrency: every append happens under the segment's exclusive lock (an
+OFD lock, which conflicts with libjlog's POSIX locks) and writes whole
+records at the segment's end with one ``pwrite``, so several writer
+processes (C or Python) interleave whole records. ``write()`` keeps the lock
+across a burst of calls and releases it within a few milliseconds (see
+:mod:`._burst` for when, and how long other writers can wait). A thread
+lock serializes the threads sharing one :class:`JlogWriter`.
 
 Crash safety: when a write returns, its records are in the kernel's page
 cache, so they survive the crash of this process; what survives a power
@@ -17,8 +19,6 @@ reader ever sees a partial record and the log goes on.
 
 from __future__ import annotations
 
-import enum
-import fcntl
 import itertools
 import logging
 import os
@@ -32,7 +32,9 @@ import attrs
 from mhafail._fs import fsync_dir
 from mhafail.errors import JlogClosed, JlogCorrupt, JlogError, JlogInvalidArgument
 
+from . import _burst
 from . import _format as fmt
+from ._durability import Durability, DurabilityMode
 from ._files import (
     file_size,
     list_segments,
@@ -43,68 +45,14 @@ from ._files import (
     read_meta_fd,
     write_meta_fd,
 )
-from ._lock import LOCK_BYTES, OFD_SETLKW, UNLOCK_BYTES, lock, locked, unlock
+from ._lock import lock, locked, unlock
 
 log_ = logging.getLogger(__name__)
 
-
-class DurabilityMode(enum.Enum):
-    """How a writer syncs segment data to disk."""
-
-    NONE = "none"
-    FSYNC = "fsync"
-    GROUP = "group"
-
-
-@attrs.frozen
-class Durability:
-    """What a caller can rely on once ``write()``/``write_many()`` returns.
-
-    - :meth:`none`: records are in the OS page cache. They survive a crash
-      of the writing process, not a power loss or kernel crash (data is
-      synced at rollover and close only, like libjlog in every safety mode).
-    - :meth:`fsync`: every call ends with ``fdatasync``: the records also
-      survive a power loss. Slowest; ``write_many`` pays it once per batch.
-    - :meth:`group`: ``fdatasync`` once ``max_records`` records are unsynced
-      and/or ``max_delay`` seconds after the oldest unsynced write (a
-      background thread enforces the delay even when writes stop). A
-      process crash loses nothing; a power loss loses at most the last
-      ``max_records`` records or ``max_delay`` seconds of writes.
-
-    Attributes:
-        mode: the policy.
-        max_records: group commit: sync after this many unsynced records.
-        max_delay: group commit: sync at most this many seconds after a write.
-    """
-
-    mode: DurabilityMode = DurabilityMode.NONE
-    max_records: int | None = None
-    max_delay: float | None = None
-
-    @classmethod
-    def none(cls) -> Durability:
-        """No fsync by the writer: survives process crashes only."""
-        return cls(DurabilityMode.NONE)
-
-    @classmethod
-    def fsync(cls) -> Durability:
-        """``fdatasync`` before every write returns: survives power loss."""
-        return cls(DurabilityMode.FSYNC)
-
-    @classmethod
-    def group(cls, *, max_records: int | None = None, max_delay: float | None = None) -> Durability:
-        """Group commit by record count and/or delay.
-
-        Raises:
-            JlogInvalidArgument: neither bound given, or one is not positive.
-        """
-        if max_records is None and max_delay is None:
-            raise JlogInvalidArgument("group commit needs max_records and/or max_delay")
-        if max_records is not None and max_records < 1:
-            raise JlogInvalidArgument("group commit max_records must be >= 1")
-        if max_delay is not None and not max_delay > 0:
-            raise JlogInvalidArgument("group commit max_delay must be > 0 seconds")
-        return cls(DurabilityMode.GROUP, max_records, max_delay)
+# write() runs once per record: module-level names are faster than attributes.
+_time_ns = time.time_ns
+_monotonic = time.monotonic
+_pwrite = os.pwrite
 
 
 class _CorruptTail(Exception):
@@ -135,11 +83,23 @@ class JlogWriter:
         self, path: str | os.PathLike[str], *, durability: Durability | None = None
     ) -> None:
         self.path = Path(path)
+        self.jlog_id = _burst.file_id(self.path)
         self.durability = durability if durability is not None else Durability.none()
         self._tlock = threading.Lock()
         self._closed = False
         self._seg_fd = -1
-        self._known_end: int | None = None
+        self._known_end = -1
+        """Where the segment ends, as far as this writer knows (-1: unknown)."""
+        # Burst state (see _burst): whether this writer holds the segment
+        # lock now, since when, its last write, when it may lock again after
+        # a handoff, and until when it locks once per record.
+        self._held = False
+        self._held_since = 0.0
+        self._burst_until = 0.0
+        self._last_write = 0.0
+        self._handoff_until = 0.0
+        self._contended_until = 0.0
+        self._releaser: _burst.Releaser | None = None
         self._unsynced = 0
         self._first_unsynced = 0.0
         self.truncated_bytes = 0
@@ -170,7 +130,7 @@ class JlogWriter:
             self._policy = self.durability.mode
             self._limit = meta.unit_limit
             self._magic_bytes = fmt.U32.pack(meta.hdr_magic)
-            self._durable = self.durability.mode is not DurabilityMode.NONE
+            self._durable = self._syncing = self.durability.mode is not DurabilityMode.NONE
             if self._durable:
                 fsync_dir(self.path)
             self._flush_pre_commit()
@@ -179,6 +139,10 @@ class JlogWriter:
             raise
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._start_flusher()
+        _burst.track(self)
+
+    def _start_flusher(self) -> None:
         if self.durability.mode is DurabilityMode.GROUP and self.durability.max_delay is not None:
             self._flusher = threading.Thread(
                 target=self._flush_loop, name=f"jlog-flush {self.path.name}", daemon=True
@@ -200,18 +164,37 @@ class JlogWriter:
         """
         if isinstance(payload, str):
             raise JlogInvalidArgument("jlog payloads are bytes; encode the str first")
-        sec, nsec = divmod(time.time_ns(), 1_000_000_000)
+        ns = _time_ns()
+        sec, usec = ns // 1_000_000_000, ns // 1000 % 1_000_000
         if self._plain and len(payload) <= 0xFFFFFFFF:
-            record = self._pack(self._magic, sec, nsec // 1000, len(payload)) + payload
+            record = self._pack(self._magic, sec, usec, len(payload)) + payload
         else:
-            record = self._codec.encode(payload, sec, nsec // 1000)
+            record = self._codec.encode(payload, sec, usec)
         with self._tlock:
             if self._closed:
                 raise JlogClosed("write() on a closed JlogWriter")
             try:
-                if not self._append_one(record):
-                    self._append([record])
-                if self._policy is not DurabilityMode.NONE:
+                if not self._held:
+                    self._acquire()
+                # The burst holds the segment lock: nobody else appends, so
+                # the end is known (no lseek) and the record is one pwrite.
+                end = self._known_end
+                size = len(record)
+                try:
+                    written = _pwrite(self._seg_fd, record, end)
+                    if written != size:
+                        pwrite_all(self._seg_fd, memoryview(record)[written:], end + written)
+                except BaseException:
+                    # A partial record may be on disk: the next burst must
+                    # measure the file and cut it off, not write over it.
+                    self._known_end = -1
+                    self._release()
+                    raise
+                end = self._known_end = end + size
+                now = self._last_write = _monotonic()
+                if end >= self._limit or now >= self._burst_until:
+                    self._end_burst(end, now)
+                if self._syncing:
                     self._after_write(1)
             except OSError as exc:
                 raise JlogError(f"cannot append to jlog {self.path}: {exc}") from exc
@@ -242,6 +225,7 @@ class JlogWriter:
         with self._tlock:
             if self._closed:
                 raise JlogClosed("write_many() on a closed JlogWriter")
+            self._release()
             self._append(records)
             self._after_write(len(records))
 
@@ -265,12 +249,15 @@ class JlogWriter:
             if self._closed:
                 return
             self._closed = True
+            self._release()
             if self._seg_fd >= 0:
                 os.fdatasync(self._seg_fd)
             self._close_fds()
         if self._flusher is not None:
             self._stop.set()
             self._flusher.join()
+        if self._releaser is not None:
+            self._releaser.stop()
 
     def __enter__(self) -> JlogWriter:
         return self
@@ -316,32 +303,122 @@ class JlogWriter:
             if roll or corrupt:
                 self._rollover()
 
-    def _append_one(self, record: bytes) -> bool:
-        """Fast path of :meth:`_append` for one record (tlock held).
+    # --- bursts (see _burst) -------------------------------------------------
 
-        Returns:
-            False when the segment needs a tail check or a rollover first;
-            the caller then takes the general path.
-        """
-        fd = self._seg_fd
-        # The calls are inlined (same as lock(), file_size(), unlock()): at
-        # a few microseconds per record, every Python call shows.
-        if OFD_SETLKW is None:  # pragma: no cover - non-Linux
-            return False
-        fcntl.fcntl(fd, OFD_SETLKW, LOCK_BYTES)
-        try:
-            size = os.lseek(fd, 0, os.SEEK_END)
-            if size != self._known_end or size >= self._limit:
-                return False
-            written = os.pwrite(fd, record, size)
-            if written != len(record):
-                pwrite_all(fd, memoryview(record)[written:], size + written)
-            end = self._known_end = size + len(record)
-        finally:
-            fcntl.fcntl(fd, OFD_SETLKW, UNLOCK_BYTES)
+    def _acquire(self) -> None:
+        """Take the segment lock on a segment with room, with its end known (tlock held)."""
+        now = time.monotonic()
+        if now < self._handoff_until:
+            time.sleep(self._handoff_until - now)
+        for other in _burst.others(self):
+            other.release_nowait()
+        while True:
+            fd = self._seg_fd
+            lock(fd)
+            try:
+                size = file_size(fd)
+                if size != self._known_end:
+                    size = self._check_tail(fd, size)
+            except _CorruptTail as exc:
+                unlock(fd)
+                log_.error("jlog %s: %s; rolling over to a new segment", self.path, exc)
+                self._rollover()
+                continue
+            except BaseException:
+                unlock(fd)
+                raise
+            if size >= self._limit:
+                unlock(fd)
+                self._rollover()
+                continue
+            self._held = True
+            self._known_end = size
+            now = self._held_since = time.monotonic()
+            if now < self._contended_until:
+                self._burst_until = 0.0  # one record, then unlock
+                return
+            self._burst_until = now + _burst.MAX_HOLD
+            if self._releaser is None:
+                self._releaser = _burst.Releaser(self, f"jlog-release {self.path.name}")
+            self._releaser.arm(self)
+            return
+
+    def _end_burst(self, end: int, now: float) -> None:
+        """After a write that filled the segment or ran out the burst's time (tlock held)."""
         if end >= self._limit:
             self._rollover()
-        return True
+        else:
+            self._release(handoff=now >= self._contended_until)
+
+    def _release(self, *, handoff: bool = False) -> None:
+        """End the burst: unlock the segment if this writer holds it (tlock held)."""
+        if not self._held:
+            return
+        self._held = False
+        if self._releaser is not None:
+            self._releaser.disarm()
+        if handoff:
+            self._handoff_until = time.monotonic() + _burst.HANDOFF
+        unlock(self._seg_fd)
+
+    def release_nowait(self) -> None:
+        """End the burst now unless a thread is writing through this writer.
+
+        Called by another writer of this process that is about to lock a
+        segment (it may be this writer's); never blocks.
+        """
+        if self._held and self._tlock.acquire(blocking=False):
+            try:
+                self._release()
+            finally:
+                self._tlock.release()
+
+    def release_if_due(self) -> float | None:
+        """The releaser's check: end an idle or overlong burst.
+
+        Returns:
+            Seconds until the burst is due to end, or None when none is held.
+        """
+        with self._tlock:
+            if not self._held:
+                if self._releaser is not None:
+                    self._releaser.disarm()
+                return None
+            now = time.monotonic()
+            due = min(self._last_write + _burst.IDLE, self._held_since + _burst.MAX_HOLD)
+            if now < due:
+                return due - now
+            self._release(handoff=now - self._held_since >= _burst.MAX_HOLD)
+            return None
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's lock and threads and reopen the files (in a forked child).
+
+        The inherited descriptors share the parent's open file descriptions,
+        so locking them would not exclude the parent, and keeping them open
+        would keep the parent's lock alive if the parent died holding it.
+        """
+        self._tlock = threading.Lock()
+        self._held = False
+        self._releaser = None
+        self._stop = threading.Event()
+        self._flusher = None
+        old = (self._seg_fd, self._meta_fd)
+        self._seg_fd = self._meta_fd = -1
+        for fd in old:
+            if fd >= 0:
+                os.close(fd)
+        if self._closed:
+            return
+        try:
+            self._meta_fd = open_rw(self.path / fmt.METASTORE)
+            self._seg_fd = open_rw(self.path / fmt.segment_name(self._log), create=True)
+        except OSError as exc:
+            log_.error("jlog %s: a forked child cannot reopen its writer: %s", self.path, exc)
+            self._closed = True
+            self._close_fds()
+            return
+        self._start_flusher()
 
     def _tail_hint(self, size: int) -> int:
         """Where to start checking a segment's tail: its last indexed record, or 0."""
@@ -370,7 +447,11 @@ class JlogWriter:
             _CorruptTail: the tail holds bytes that are not records.
         """
         known = self._known_end
-        start = known if known is not None and known <= size else self._tail_hint(size)
+        if known >= 0 and known != size:
+            # Records this writer did not write: another writer is busy,
+            # so lock once per record for a while (see _burst).
+            self._contended_until = time.monotonic() + _burst.CONTENDED
+        start = known if 0 <= known <= size else self._tail_hint(size)
         buf = pread_all(fd, size - start, start)
         walk = fmt.walk_records(buf, self.meta.hdr_magic)
         if walk.stop is fmt.WalkStop.BAD_MAGIC and walk.end == 0 and start > 0:
@@ -400,6 +481,7 @@ class JlogWriter:
 
     def _rollover(self) -> None:
         """Sync and close the segment, then move to ``storage_log + 1`` or adopt a newer one."""
+        self._release()
         os.fdatasync(self._seg_fd)
         os.close(self._seg_fd)
         self._seg_fd = -1
@@ -420,11 +502,13 @@ class JlogWriter:
                 fd = open_rw(self.path / fmt.segment_name(new), create=True)
         self._log = new
         self._seg_fd = fd
-        self._known_end = None
+        self._known_end = -1
 
     # --- durability ------------------------------------------------------------
 
     def _sync(self) -> None:
+        # Nobody should wait for the segment lock through a disk flush.
+        self._release()
         os.fdatasync(self._seg_fd)
         self._unsynced = 0
 

@@ -114,6 +114,9 @@ class JlogService:
         heartbeat: seconds of silence before sending a heartbeat; a peer
             silent for three heartbeats (its or ours, the longer) is dropped.
         poll_interval: seconds between jlog polls when a stream is idle.
+        busy_poll_interval: seconds between jlog polls while a stream is
+            busy (it sent records within the last second): what bounds the
+            wait of a record written just after a poll that found nothing.
         handshake_timeout: seconds a client has for the channel handshake,
             and again for its OPEN.
         max_connections: connections open at once (handshakes included);
@@ -137,6 +140,7 @@ class JlogService:
     window_bytes: int = 16 * 1024 * 1024
     heartbeat: float = 1.0
     poll_interval: float = 0.05
+    busy_poll_interval: float = 0.005
     handshake_timeout: float = 5.0
     max_connections: int = 128
 
@@ -152,8 +156,15 @@ class JlogService:
             check_log_name(name)
         if self.max_frame < MIN_MAX_FRAME:
             raise LogsInvalidArgument(f"max_frame must be at least {MIN_MAX_FRAME} bytes")
-        if self.heartbeat <= 0 or self.poll_interval <= 0 or self.batch_records <= 0:
-            raise LogsInvalidArgument("heartbeat, poll_interval and batch_records must be > 0")
+        if (
+            self.heartbeat <= 0
+            or self.poll_interval <= 0
+            or self.busy_poll_interval <= 0
+            or self.batch_records <= 0
+        ):
+            raise LogsInvalidArgument(
+                "heartbeat, poll_interval, busy_poll_interval and batch_records must be > 0"
+            )
 
     @property
     def endpoint(self) -> str:

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _OPS = ("stream", "tail", "status", "list")
+BUSY_FOR = 1.0
+"""Seconds after sending records during which a stream polls at ``busy_poll_interval``."""
 
 
 class Refusal(Exception):
@@ -252,6 +254,7 @@ class Session:
         self._last_sent = self._acked
         now = time.monotonic()
         last_send = last_recv = now
+        last_records = -BUSY_FOR
         heartbeat = encode_frame(FrameType.HEARTBEAT)
         while not self.stop.is_set() and not svc._stopping.is_set():
             sent = False
@@ -273,11 +276,11 @@ class Session:
                     sent = True
             now = time.monotonic()
             if sent:
-                last_send = now
+                last_send = last_records = now
             elif now - last_send >= svc.heartbeat:
                 conn.send(heartbeat, self.dead_after)
                 last_send = now
-            frames = conn.recv(0.0 if sent and room else svc.poll_interval)
+            frames = conn.recv(0.0 if sent and room else self._poll_wait(now - last_records))
             now = time.monotonic()
             if frames:
                 last_recv = now
@@ -291,6 +294,14 @@ class Session:
                     _, n, size = inflight.popleft()
                     in_records -= n
                     in_bytes -= size
+
+    def _poll_wait(self, since_records: float) -> float:
+        """How long to wait for the peer before polling the jlog again."""
+        if since_records < BUSY_FOR:
+            # A busy log gets its next records soon: waiting the idle
+            # interval would add up to that much to their latency.
+            return self.service.busy_poll_interval
+        return self.service.poll_interval
 
     def _handle(self, frame: Frame, reader: JlogReader | None) -> MessageId | None:
         """Act on one frame from the peer; return the id it acknowledged, if any."""

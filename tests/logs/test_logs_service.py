@@ -245,6 +245,13 @@ def test_unauthenticated_non_loopback_service_is_refused(tmp_path: Path) -> None
         JlogService(node="n1", logs={"bad/name": tmp_path / "x"})
 
 
+def test_poll_intervals_must_be_positive(tmp_path: Path) -> None:
+    """A zero idle or busy poll interval is refused when the service is configured."""
+    for field in ("poll_interval", "busy_poll_interval"):
+        with pytest.raises(LogsInvalidArgument, match="busy_poll_interval"):
+            JlogService(node="n1", logs={"l": tmp_path / "l"}, **{field: 0.0})
+
+
 def test_the_secret_stays_out_of_repr(service: JlogService) -> None:
     """The shared secret never appears in the service's repr (logs, tracebacks)."""
     assert SECRET.decode() not in repr(service)
