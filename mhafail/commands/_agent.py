@@ -33,10 +33,8 @@ cancels what runs (DESIGN.md rule 5).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -61,6 +59,7 @@ from mhafail.commands._outputs import OutputStore
 from mhafail.commands._registry import Command, CommandContext, Handler, Registry
 from mhafail.commands._runner import AgentStats, Outcome, Run, Watchdog, call_handler
 from mhafail.commands._schema import Arg, Schema
+from mhafail.commands._taking import take
 from mhafail.coordination import ConvergeLoop, Coordinator, LeaseState, Znodes, check_name
 from mhafail.errors import (
     CommandError,
@@ -443,31 +442,14 @@ class CommandAgent:
             return None
 
     def _take_and_launch(self, ready: list[tuple[Request, Command, dict[str, Any]]]) -> None:
-        """Claim a batch (one transaction) and mark it (one sync) at once; run what both took.
-
-        Both happen before any handler starts, in either order: a claim or
-        a marker alone means "taken", and a taken request is never run
-        again (it is answered ``abandoned``).
-        """
+        """Claim and mark a batch at once (see ``_taking``); run what both took."""
         assert self._markers is not None
-        markers = self._markers
         ids = [r.id for r, _, _ in ready]
-        claim = {"node": self.node, "host": socket.gethostname(), "pid": os.getpid()}
-        claim["at"] = self.clock()
-        data = json.dumps(claim).encode()
-        taken: set[str] = set()
-
-        def mark() -> None:
-            # While ZooKeeper works on the claims: the sync and the round trip overlap.
-            taken.update(markers.take_many(ids))
-
         try:
-            created = self.coordinator.znodes.create_each(
-                [(claim_path(rid, self.node), data) for rid in ids], meanwhile=mark
-            )
+            taken = take(self.coordinator.znodes, self._markers, self.node, ids, self.clock())
         except CommandError as exc:
             logger.error("not running %d requests: %s", len(ids), exc)
-            return  # no marker: not run; the claims may exist: answered abandoned later
+            return  # no marker: not run; claims that landed: answered abandoned later
         except CoordinationError as exc:
             # The markers stay: whether or not the claims landed, these never run now.
             logger.warning("%d claims failed (%s); those requests will not run", len(ids), exc)
@@ -475,10 +457,10 @@ class CommandAgent:
         for request, command, args in ready:
             self._trace("marked", request.id)
             self._trace("claimed", request.id)
-            if request.id not in taken:
-                self._answer(request, ReplyStatus.ABANDONED, "taken before; not run again")
-            elif created.get(claim_path(request.id, self.node)):
+            if request.id in taken.run:
                 self._launch(request, command, args)
+            elif request.id in taken.marked_before:
+                self._answer(request, ReplyStatus.ABANDONED, "taken before; not run again")
             else:
                 self._answer(
                     request,
