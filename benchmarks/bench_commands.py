@@ -40,6 +40,8 @@ def node_main(args: argparse.Namespace) -> int:
     """One node: an agent with the built-ins and a naive TCP ping server."""
     import signal
 
+    profiles = start_cprofile() if args.cprofile else None
+
     from mhafail.commands import CommandAgent, register_builtins
     from mhafail.coordination import Coordinator, Membership, NodeInfo
 
@@ -81,7 +83,44 @@ def node_main(args: argparse.Namespace) -> int:
     coordinator.stop()
     if args.profile:
         Path(args.state_dir, "trace.json").write_text(json.dumps(steps))
+    if profiles is not None:
+        save_cprofile(profiles, Path(args.state_dir, "cprofile.txt"))
     return 0
+
+
+def start_cprofile() -> list[Any]:
+    """Profile every thread started from now on (``--cprofile``; not the main thread, which
+    only starts the node); returns the profiles."""
+    import cProfile
+
+    profiles: list[Any] = []
+    run = threading.Thread.run
+
+    def profiled(self: threading.Thread) -> None:
+        profile = cProfile.Profile(time.thread_time)  # CPU, not waiting
+        profiles.append(profile)
+        profile.enable()
+        try:
+            run(self)
+        finally:
+            profile.disable()
+
+    threading.Thread.run = profiled  # type: ignore[method-assign]
+    return profiles
+
+
+def save_cprofile(profiles: list[Any], path: Path) -> None:
+    """Write the merged profiles of all threads, by own time, to ``path``."""
+    import io
+    import pstats
+
+    out = io.StringIO()
+    stats = pstats.Stats(profiles[0], stream=out)
+    for profile in profiles[1:]:
+        stats.add(profile)
+    stats.sort_stats("tottime").print_stats(45)
+    stats.sort_stats("cumulative").print_stats(60)
+    path.write_text(out.getvalue())
 
 
 def naive_round(ports: list[int]) -> float:
@@ -205,6 +244,9 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=50)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--profile", action="store_true", help="per-step timestamps")
+    parser.add_argument(
+        "--cprofile", metavar="FILE", help="cProfile every thread of node n0; write it to FILE"
+    )
     args = parser.parse_args()
     if args.node_process:
         return node_main(args)
@@ -224,7 +266,8 @@ def main() -> int:
                 proc = subprocess.Popen(
                     [sys.executable, __file__, "--node-process", "--zk", server.address,
                      "--cluster", args.cluster, "--node", f"n{i}",
-                     "--state-dir", str(state_dir)] + (["--profile"] if args.profile else []),
+                     "--state-dir", str(state_dir)] + (["--profile"] if args.profile else [])
+                    + (["--cprofile", "1"] if args.cprofile and i == 0 else []),
                     stdout=subprocess.PIPE,
                 )  # fmt: skip
                 procs.append(proc)
@@ -241,6 +284,8 @@ def main() -> int:
                 }
                 summary = measure(CommandClient(coordinator=c), ports, args, began_at, pids)
             stop_all(procs)
+            if args.cprofile:
+                Path(args.cprofile).write_text((dirs[0] / "cprofile.txt").read_text())
             if args.profile:
                 summary["steps_since_broadcast"] = profile(began_at, dirs)
                 summary["node_n0_thread_cpu_s"] = json.loads((dirs[0] / "threads.json").read_text())

@@ -14,8 +14,6 @@ and nodes may only add their own claim and reply. See docs/commands.md.
 from mhafail.commands._agent import CommandAgent as CommandAgent
 from mhafail.commands._builtins import register_builtins as register_builtins
 from mhafail.commands._client import CommandClient as CommandClient
-from mhafail.commands._client import CommandResult as CommandResult
-from mhafail.commands._client import RequestSummary as RequestSummary
 from mhafail.commands._model import Blob as Blob
 from mhafail.commands._model import Reply as Reply
 from mhafail.commands._model import ReplyStatus as ReplyStatus
@@ -23,6 +21,8 @@ from mhafail.commands._model import Request as Request
 from mhafail.commands._model import Requester as Requester
 from mhafail.commands._registry import Command as Command
 from mhafail.commands._registry import CommandContext as CommandContext
+from mhafail.commands._results import CommandResult as CommandResult
+from mhafail.commands._results import RequestSummary as RequestSummary
 from mhafail.commands._runner import AgentStats as AgentStats
 from mhafail.commands._schema import Arg as Arg
 from mhafail.commands._schema import ArgKind as ArgKind

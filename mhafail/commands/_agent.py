@@ -17,11 +17,13 @@ For every request that names this node the agent, on its own loop thread:
    reply znode (retried until ZooKeeper takes it); an output too large for
    ZooKeeper waits on the node's reply channel (see ``_outputs``).
 
-A new request costs a node two ZooKeeper round trips before its handler
-starts (read it; create the claim: the folder list comes with the
-watch's re-arm) and one after (the reply). Requests that were there when
-the process started are also checked for an earlier process's claim and
-reply. One process per node name and state directory.
+A new request costs a node three ZooKeeper requests: the list that
+re-arms the folder's watch (``_feed``), reading the request, and one
+transaction for the claims of a pass, overlapped with the marker's sync,
+before the handler starts; one transaction after (the reply, ``_answers``).
+Requests that were there when the process started are also checked for an
+earlier process's claim and reply. One process per node name and state
+directory.
 
 A request therefore runs at most once per node: the marker is on disk
 before the handler starts, and a node never runs a request whose marker
@@ -31,10 +33,8 @@ cancels what runs (safety rule 5).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,16 +44,14 @@ from typing import Any
 import attrs
 
 from mhafail.channel import ChannelSecurity
+from mhafail.commands._answers import Answers, Tracer
+from mhafail.commands._feed import RequestFeed
 from mhafail.commands._journal import AuditJournal, Markers
 from mhafail.commands._model import (
-    MAX_OUTPUT,
-    REQUESTS,
-    Blob,
     Reply,
     ReplyStatus,
     Request,
     claim_path,
-    encode_output_text,
     reply_path,
     request_path,
 )
@@ -61,9 +59,9 @@ from mhafail.commands._outputs import OutputStore
 from mhafail.commands._registry import Command, CommandContext, Handler, Registry
 from mhafail.commands._runner import AgentStats, Outcome, Run, Watchdog, call_handler
 from mhafail.commands._schema import Arg, Schema
-from mhafail.coordination import ConvergeLoop, Coordinator, LeaseState, Watch, Znodes, check_name
+from mhafail.commands._taking import take
+from mhafail.coordination import ConvergeLoop, Coordinator, LeaseState, Znodes, check_name
 from mhafail.errors import (
-    AccessDenied,
     CommandError,
     CommandInvalidArgument,
     CoordinationError,
@@ -73,9 +71,6 @@ from mhafail.errors import (
 logger = logging.getLogger(__name__)
 
 ReplyListener = Callable[[Reply], None]
-Tracer = Callable[[str, str, float], None]
-"""``trace(step, request_id, monotonic_time)``: ``pass`` (the pass that saw it
-began), ``seen``, ``marked``, ``claimed``, ``started``, ``done``, ``replied``."""
 
 
 def _path(value: str | os.PathLike[str]) -> Path:
@@ -134,19 +129,18 @@ class CommandAgent:
     _registry: Registry = attrs.field(init=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _loop: ConvergeLoop | None = attrs.field(init=False, default=None)
-    _watches: dict[bool, Watch] = attrs.field(init=False, factory=dict)
+    _feed: RequestFeed | None = attrs.field(init=False, default=None)
     _markers: Markers | None = attrs.field(init=False, default=None)
     _journal: AuditJournal | None = attrs.field(init=False, default=None)
     _outputs: OutputStore | None = attrs.field(init=False, default=None)
+    _answers: Answers | None = attrs.field(init=False, default=None)
     _watchdog: Watchdog | None = attrs.field(init=False, default=None)
     _running: dict[str, Run] = attrs.field(init=False, factory=dict)
     _done: set[str] = attrs.field(init=False, factory=set)
-    _unsent: dict[str, Reply] = attrs.field(init=False, factory=dict)
     _counts: dict[str, int] = attrs.field(init=False, factory=dict)
     _listeners: list[ReplyListener] = attrs.field(init=False, factory=list)
     _stopping: bool = attrs.field(init=False, default=False)
     _last_prune: float = attrs.field(init=False, default=0.0)
-    _listed: list[str] | None = attrs.field(init=False, default=None)
     _initial: set[str] | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
@@ -240,10 +234,12 @@ class CommandAgent:
                 self._journal.close()
                 self._markers.close()
                 raise
+        self._answers = Answers(self.node, self._journal, self._outputs, self.clock, self.trace)
         self._watchdog = Watchdog(
             f"mhafail-command-watchdog-{self.node}", self._settle, self._watch_cancel
         )
         self._loop = ConvergeLoop(f"mhafail-commands-{self.node}", self._pass, period=self.period)
+        self._feed = RequestFeed(self._znodes, self._loop.kick, self.period)
         self.coordinator.add_lease_listener(self._on_lease)
         self.coordinator.add_session_listener(self._on_session)
         self._loop.start()
@@ -255,8 +251,8 @@ class CommandAgent:
             return
         end = time.monotonic() + self.stop_timeout
         self._stopping = True
-        for watch in self._take_watches():
-            watch.cancel()
+        if self._feed is not None:
+            self._feed.reset()
         self._loop.stop(timeout=max(0.1, self.stop_timeout / 2))
         self._cancel_all("the agent is stopping")
         # The watchdog answers for every cancelled run; wait for those replies.
@@ -279,8 +275,9 @@ class CommandAgent:
         """Block until no handler runs and no reply waits to be sent; False on timeout."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
+            unsent = self._answers.unsent() if self._answers is not None else set()
             with self._lock:
-                if not self._running and not self._unsent:
+                if not self._running and not unsent:
                     return True
             time.sleep(0.01)
         return False
@@ -295,16 +292,10 @@ class CommandAgent:
             self._loop.kick()
 
     def _on_session(self, _session: int) -> None:
-        for watch in self._take_watches():
-            watch.cancel()  # watches do not survive a session: arm new ones
+        if self._feed is not None:
+            self._feed.reset()  # watches do not survive a session: arm new ones
         if self._loop is not None:
             self._loop.kick()
-
-    def _take_watches(self) -> list[Watch]:
-        with self._lock:
-            watches = list(self._watches.values())
-            self._watches.clear()
-        return watches
 
     def _cancel_all(self, reason: str) -> list[Run]:
         with self._lock:
@@ -325,28 +316,27 @@ class CommandAgent:
 
     def _pass(self) -> None:
         began = time.monotonic()
-        if self._stopping:
+        if self._stopping or self._feed is None or self._answers is None:
             return
         if not self.coordinator.lease_valid():
             self._cancel_all("coordination with ZooKeeper was lost")
             return
-        self._flush_unsent()
-        names = self._list_requests()
+        for reply in self._answers.flush(self._znodes()):
+            self._written(reply)
+        names, fresh = self._feed.names()
         if names is None:
-            return  # no manager ever ran: the folder watch fires when one creates it
+            return  # no list yet: the watch's first one starts a pass
         live = set(names)
         if self._initial is None:
             self._initial = live
+        unsent = self._answers.unsent()
         with self._lock:
-            self._done &= live
+            if fresh:
+                self._done &= live
             running = dict(self._running)
-            busy = self._done | set(running) | set(self._unsent)
-        for rid, run in running.items():
-            if rid not in live:
-                self._cancel(run, "the request was deleted")
+            busy = self._done | set(running) | unsent
         todo = [n for n in names if n not in busy]
-        alive = {rid: run for rid, run in running.items() if rid in live}
-        mine, docs = self._read_requests(todo, alive, began)
+        mine, docs = self._read_requests(todo, running, began)
         if mine:
             self._consider_all(mine, docs)
         self._prune(live)
@@ -354,7 +344,8 @@ class CommandAgent:
     def _read_requests(
         self, todo: list[str], running: Mapping[str, Run], began: float
     ) -> tuple[list[Request], dict[str, Any]]:
-        """Read new and running requests; cancel what was cancelled; return this node's new ones."""
+        """Read new and running requests; cancel what was cancelled or deleted; return this
+        node's new ones."""
         assert self._initial is not None
         watched = list(running)
         # One pipelined round trip: the new requests and the running ones,
@@ -366,8 +357,11 @@ class CommandAgent:
         paths = [request_path(n) for n in todo + watched]
         paths += [claim_path(n, self.node) for n in inherited]
         paths += [reply_path(n, self.node) for n in inherited]
-        docs = self.coordinator.znodes.get_many(paths)
+        docs = self.coordinator.znodes.get_many(paths) if paths else {}
         mine: list[Request] = []
+        for rid in watched:
+            if docs.get(request_path(rid)) is None:
+                self._cancel(running[rid], "the request was deleted")
         for rid in todo + watched:
             request = self._read(rid, docs.get(request_path(rid)))
             if request is None:
@@ -383,41 +377,6 @@ class CommandAgent:
                 with self._lock:
                     self._done.add(rid)
         return mine, docs
-
-    def _list_requests(self) -> list[str] | None:
-        """The request ids: as the children watch last delivered them, or read now."""
-        self._arm_watch(folder=True)
-        with self._lock:
-            names, self._listed = self._listed, None
-        if names is None:
-            names = self.coordinator.znodes.children(REQUESTS)
-        if names is not None:
-            self._arm_watch(folder=False)
-        return names
-
-    def _arm_watch(self, *, folder: bool) -> None:
-        # A children watch can only be set on an existing folder; the exists
-        # watch sees the folder appear (the first manager creates it). The
-        # children watch hands over the list it read on re-arming, so a
-        # pass does not list the folder a second time.
-        with self._lock:
-            if self._loop is None or self._watches.get(folder) is not None:
-                return
-            loop = self._loop
-        z = self.coordinator.znodes
-        if folder:
-            watch = z.watch_changes(REQUESTS, loop.kick)
-        else:
-            watch = z.watch_children(REQUESTS, self._on_list)
-        with self._lock:
-            self._watches[folder] = watch
-
-    def _on_list(self, names: list[str]) -> None:
-        with self._lock:
-            self._listed = names
-            loop = self._loop
-        if loop is not None:
-            loop.kick()
 
     def _read(self, rid: str, znode: Any) -> Request | None:
         if znode is None:
@@ -483,34 +442,25 @@ class CommandAgent:
             return None
 
     def _take_and_launch(self, ready: list[tuple[Request, Command, dict[str, Any]]]) -> None:
-        """Mark a batch (one ``fdatasync``), claim it (pipelined), start what both took."""
+        """Claim and mark a batch at once (see ``_taking``); run what both took."""
         assert self._markers is not None
         ids = [r.id for r, _, _ in ready]
         try:
-            taken = self._markers.take_many(ids)
+            taken = take(self.coordinator.znodes, self._markers, self.node, ids, self.clock())
         except CommandError as exc:
             logger.error("not running %d requests: %s", len(ids), exc)
-            return  # no marker, no run: the next pass tries again
-        claim = {"node": self.node, "host": socket.gethostname(), "pid": os.getpid()}
-        claim["at"] = self.clock()
-        data = json.dumps(claim).encode()
-        batch = [(r, c, a) for r, c, a in ready if r.id in taken]
-        for request, _, _ in ready:
-            self._trace("marked", request.id)
-            if request.id not in taken:
-                self._answer(request, ReplyStatus.ABANDONED, "taken before; not run again")
-        try:
-            created = self.coordinator.znodes.create_many(
-                [(claim_path(r.id, self.node), data) for r, _, _ in batch]
-            )
+            return  # no marker: not run; claims that landed: answered abandoned later
         except CoordinationError as exc:
             # The markers stay: whether or not the claims landed, these never run now.
-            logger.warning("%d claims failed (%s); those requests will not run", len(batch), exc)
+            logger.warning("%d claims failed (%s); those requests will not run", len(ids), exc)
             return
-        for request, command, args in batch:
+        for request, command, args in ready:
+            self._trace("marked", request.id)
             self._trace("claimed", request.id)
-            if created.get(claim_path(request.id, self.node)):
+            if request.id in taken.run:
                 self._launch(request, command, args)
+            elif request.id in taken.marked_before:
+                self._answer(request, ReplyStatus.ABANDONED, "taken before; not run again")
             else:
                 self._answer(
                     request,
@@ -557,8 +507,9 @@ class CommandAgent:
             logger.info("request %s: no watch; cancels are seen within a period", run.request.id)
 
     def _run(self, run: Run, command: Command, args: dict[str, Any]) -> None:
+        assert self._answers is not None
         run.started = self.clock()
-        self._audit(run.request, "started", args=args)
+        self._answers.audit(run.request, "started", args=args)
         self._trace("started", run.request.id)
         outcome = call_handler(run, command, args)
         self._trace("done", run.request.id)
@@ -566,54 +517,20 @@ class CommandAgent:
 
     def _settle(self, run: Run, outcome: Outcome) -> None:
         """Send the run's one reply, unless the watchdog or the handler's thread already did."""
+        assert self._answers is not None
         with self._lock:
             if run.settled:
                 return
             run.settled = True
         if run.watch is not None:
             run.watch.cancel()
-        request = run.request
-        status, error = outcome.status, outcome.error
-        output: Any = None
-        truncated = False
-        blob = None
-        if status is ReplyStatus.OK:
-            try:
-                output, truncated, blob = self._output(request, outcome.value)
-            except CommandError as exc:
-                status, error = ReplyStatus.ERROR, str(exc)[:2000]
-        reply = Reply(
-            id=request.id,
-            node=self.node,
-            status=status,
-            output=output,
-            error=error,
-            truncated=truncated,
-            started=run.started,
-            finished=self.clock(),
-            blob=blob,
-        )
-        self._send(request, reply)
-
-    def _output(self, request: Request, value: Any) -> tuple[Any, bool, Blob | None]:
-        """The reply's output, whether it was cut, and its blob when it is too big for ZooKeeper.
-
-        Raises:
-            CommandError: not JSON, or a large output could not be stored.
-        """
-        cap = request.max_output if self._outputs is not None else MAX_OUTPUT
-        output, truncated, data = encode_output_text(value, min(request.max_output, cap))
-        if len(data) <= MAX_OUTPUT or self._outputs is None:
-            return output, truncated, None
-        return None, truncated, self._outputs.put(request.id, data, request.keep_until)
+        self._send(run.request, self._answers.outcome(run.request, outcome, run.started))
 
     # --- answers ----------------------------------------------------------------
 
     def _answer(self, request: Request, status: ReplyStatus, error: str) -> None:
-        reply = Reply(
-            id=request.id, node=self.node, status=status, error=error, finished=self.clock()
-        )
-        self._send(request, reply)
+        assert self._answers is not None
+        self._send(request, self._answers.refusal(request, status, error))
 
     def _send(self, request: Request, reply: Reply) -> None:
         """Audit, then write the reply; one the loop retries if ZooKeeper does not take it.
@@ -621,35 +538,22 @@ class CommandAgent:
         A running request stays in ``_running`` until its reply is written
         or queued, so no pass sees it as new in between.
         """
-        self._audit(request, reply.status.value, error=reply.error)
+        answers = self._answers
+        assert answers is not None
+        answers.audit(request, reply.status.value, error=reply.error)
         # Without a lease ZooKeeper is likely out of reach: queue it rather
         # than hold the caller (often the watchdog) for a request timeout.
-        sent = self.coordinator.lease_valid() and self._create_reply(reply)
+        sent = self.coordinator.lease_valid() and answers.write(self._znodes(), reply)
+        if not sent:
+            answers.queue(reply)
         with self._lock:
             self._running.pop(reply.id, None)
-            if not sent:
-                self._unsent[reply.id] = reply
-        if not sent and self._loop is not None and not self._stopping:
+        if sent:
+            self._written(reply)
+        elif self._loop is not None and not self._stopping:
             self._loop.kick_after(0.5)
 
-    def _flush_unsent(self) -> None:
-        with self._lock:
-            pending = list(self._unsent.values())
-        for reply in pending:
-            if self._create_reply(reply):
-                with self._lock:
-                    self._unsent.pop(reply.id, None)
-
-    def _create_reply(self, reply: Reply) -> bool:
-        """Write one reply znode; False when ZooKeeper could not be asked (try again)."""
-        try:
-            self._znodes().create(reply_path(reply.id, self.node), reply.to_json())
-        except AccessDenied as exc:
-            logger.error("reply to %s refused by ZooKeeper: %s", reply.id, exc)
-        except CoordinationError as exc:
-            logger.info("reply to %s not sent yet: %s", reply.id, exc)
-            return False
-        self._trace("replied", reply.id)
+    def _written(self, reply: Reply) -> None:
         with self._lock:
             self._done.add(reply.id)
             self._counts["answered"] = self._counts.get("answered", 0) + 1
@@ -658,29 +562,10 @@ class CommandAgent:
                 listener(reply)
             except Exception:
                 logger.exception("reply listener %r failed", listener)
-        return True
 
     def _trace(self, step: str, rid: str, at: float | None = None) -> None:
-        if self.trace is not None:
-            self.trace(step, rid, time.monotonic() if at is None else at)
-
-    def _audit(self, request: Request, event: str, **extra: Any) -> None:
-        if self._journal is None:
-            return
-        who = request.requester
-        record = {
-            "t": self.clock(),
-            "event": event,
-            "id": request.id,
-            "node": self.node,
-            "command": request.command,
-            "args": extra.pop("args", request.args),
-            "user": who.user,
-            "role": who.role,
-            "manager": who.manager,
-            **extra,
-        }
-        self._journal.append(record)
+        if self._answers is not None:
+            self._answers.trace(step, rid, at)
 
     def _count(self, key: str) -> None:
         with self._lock:

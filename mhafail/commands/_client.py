@@ -6,13 +6,12 @@ or not that manager still lives; replies stay until someone collects
 them or the request's ``keep_until`` passes (then any live manager's
 garbage collector deletes them).
 
-The request is written twice in one pipelined batch: as the data of its
+The request is written twice in one transaction: as the data of its
 results folder (``results/<id>``, the cache entry managers read) and as
 ``requests/<id>``, which every node watches. Once every node asked has
-answered, the request leaves ``requests/`` (the manager that sees it
-complete, or any manager's garbage collector removes it): the folder
+answered, the request leaves ``requests/`` (see ``_cleanup``): the folder
 every node lists on every change then holds only unanswered requests,
-not an hour of history.
+not an hour of history. Reading replies back is in ``_results``.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 import attrs
 
 from mhafail.channel import ChannelSecurity
+from mhafail.commands._cleanup import Retirer, collect_garbage
 from mhafail.commands._model import (
     MANAGERS,
     MAX_CHANNEL_OUTPUT,
@@ -45,7 +44,8 @@ from mhafail.commands._model import (
     request_path,
 )
 from mhafail.commands._outputs import fetch
-from mhafail.commands._reading import cached_requests, read_replies, read_request
+from mhafail.commands._reading import cached_requests
+from mhafail.commands._results import CommandResult, RequestSummary, current, gather
 from mhafail.commands._schema import (
     Selector,
     check_command_name,
@@ -63,66 +63,6 @@ from mhafail.errors import (
 )
 
 logger = logging.getLogger(__name__)
-
-ORPHAN_AGE = 600.0
-"""Seconds after which a results folder without its request is garbage."""
-RETIRE_DELAY = 0.5
-"""Seconds a manager gathers answered requests before it takes them out of the node folder."""
-
-
-@attrs.frozen
-class CommandResult:
-    """A request and every answer so far.
-
-    Attributes:
-        request: the request.
-        replies: node -> its reply.
-        running: nodes that took the request and have not answered.
-        pending: nodes asked that have neither taken nor answered it.
-        malformed: nodes whose reply znode failed its checks (reported, skipped).
-    """
-
-    request: Request
-    replies: Mapping[str, Reply]
-    running: tuple[str, ...]
-    pending: tuple[str, ...]
-    malformed: tuple[str, ...] = ()
-
-    @property
-    def complete(self) -> bool:
-        """True when every node asked has answered."""
-        return not self.running and not self.pending and not self.malformed
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        req = attrs.asdict(self.request)
-        return {
-            "id": self.request.id,
-            "request": req,
-            "replies": {n: r.to_dict() for n, r in self.replies.items()},
-            "running": list(self.running),
-            "pending": list(self.pending),
-            "malformed": list(self.malformed),
-            "complete": self.complete,
-        }
-
-
-@attrs.frozen
-class RequestSummary:
-    """One line of :meth:`CommandClient.list`."""
-
-    id: str
-    command: str
-    nodes: int
-    replies: int
-    requester: str
-    created: float
-    expires: float
-    cancelled: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return attrs.asdict(self)
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -151,13 +91,12 @@ class CommandClient:
 
     _loop: ConvergeLoop | None = attrs.field(init=False, default=None)
     _layout: bool = attrs.field(init=False, default=False)
-    _retire_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
-    _retiring: list[str] = attrs.field(init=False, factory=list)
-    _retirer: threading.Thread | None = attrs.field(init=False, default=None)
+    _retirer: Retirer = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.name:
             check_name("manager name", self.name)
+        self._retirer = Retirer(lambda: self.coordinator.znodes)
 
     # --- life cycle ---------------------------------------------------------
 
@@ -334,9 +273,9 @@ class CommandClient:
             raise CommandInvalidArgument(f"request refused: {exc}") from exc
         self._ensure_layout()
         rid = request.id
-        # One pipelined batch: ZooKeeper applies a session's requests in
-        # order, so the folders exist before any node can see the request.
-        self.coordinator.znodes.create_many(
+        # One transaction: the folders exist before any node can see the
+        # request, and a send cut short leaves nothing half made.
+        taken = self.coordinator.znodes.create_all(
             [
                 (f"{RESULTS}/{rid}", data),
                 (claim_path(rid), b""),
@@ -344,6 +283,8 @@ class CommandClient:
                 (request_path(rid), data),
             ]
         )
+        if taken is not None:
+            raise CommandError(f"request id {rid} is taken ({taken} exists); send again")
         return rid
 
     # --- reading -------------------------------------------------------------------
@@ -356,56 +297,23 @@ class CommandClient:
             CommandInvalidArgument: not a request id.
             MalformedData: the request znode fails its checks.
         """
-        request = read_request(self.coordinator.znodes, rid)
-        z = self.coordinator.znodes
-        lists = z.children_many([claim_path(rid), reply_path(rid)])
-        replies: dict[str, Reply] = {}
-        malformed: set[str] = set()
-        read_replies(
-            self.coordinator.znodes, rid, lists.get(reply_path(rid)) or [], replies, malformed
-        )
-        return _result(request, replies, malformed, set(lists.get(claim_path(rid)) or []))
+        return current(self.coordinator.znodes, rid)
 
     def wait(self, rid: str, timeout: float) -> CommandResult:
         """Block until every node asked answered or ``timeout`` passed; return what there is.
 
-        Each change of the reply folder costs two round trips (list it,
-        read only the new replies); the claims are read only on timeout.
+        Each change of the reply folder costs one round trip (the list
+        that re-arms the watch) and a read of each new reply; the claims
+        are read only on timeout. A request every node answered leaves
+        the node folder soon after (batched, off the caller's path).
 
         Raises:
             UnknownRequest: no such request.
         """
-        changed = threading.Event()
-        end = time.monotonic() + timeout
-        z = self.coordinator.znodes
-        watch = z.watch_changes(
-            reply_path(check_request_id(rid)), lambda _: changed.set(), children=True
-        )
-        try:
-            request = read_request(self.coordinator.znodes, rid)
-            asked = set(request.nodes)
-            replies: dict[str, Reply] = {}
-            malformed: set[str] = set()
-            while True:
-                changed.clear()
-                read_replies(
-                    self.coordinator.znodes,
-                    rid,
-                    z.children(reply_path(rid)) or [],
-                    replies,
-                    malformed,
-                )
-                left = end - time.monotonic()
-                if asked <= replies.keys() | malformed:
-                    if asked <= replies.keys():
-                        self._retire(rid, now=False)
-                    return _result(request, replies, malformed, set())
-                if left <= 0:
-                    claimed = set(z.children(claim_path(rid)) or [])
-                    return _result(request, replies, malformed, claimed)
-                changed.wait(min(left, 1.0))
-        finally:
-            watch.cancel()
+        result = gather(self.coordinator.znodes, rid, timeout)
+        if not result.running and not result.pending and not result.malformed:
+            self._retirer.add(rid)
+        return result
 
     def fetch_output(
         self, rid: str, node: str, *, max_size: int = MAX_CHANNEL_OUTPUT, timeout: float = 30.0
@@ -449,38 +357,6 @@ class CommandClient:
             return json.loads(data)
         except ValueError as exc:
             raise MalformedData(f"the output of {node} for {rid} is not JSON: {exc}") from exc
-
-    def _retire(self, rid: str, *, now: bool = True) -> None:
-        """Take an answered request out of the folder nodes watch (its cache entry stays).
-
-        With ``now`` False it is queued for a worker thread, off the caller's path.
-        """
-        if not now:
-            with self._retire_lock:
-                self._retiring.append(rid)
-                if self._retirer is None or not self._retirer.is_alive():
-                    self._retirer = threading.Thread(
-                        target=self._retire_queued, name="mhafail-command-retire", daemon=True
-                    )
-                    self._retirer.start()
-            return
-        try:
-            self.coordinator.znodes.delete(request_path(rid))
-        except CoordinationError as exc:  # the garbage collector retires it later
-            logger.info("request %s stays in the node folder for now: %s", rid, exc)
-
-    def _retire_queued(self) -> None:
-        # Batched: every retirement is a change of the folder each node
-        # watches, and deletions close together reach a node as one event.
-        while True:
-            time.sleep(RETIRE_DELAY)
-            with self._retire_lock:
-                batch, self._retiring = self._retiring, []
-                if not batch:
-                    self._retirer = None
-                    return
-            for rid in batch:
-                self._retire(rid)
 
     def collect(self, rid: str) -> CommandResult:
         """Read the request and its replies, then delete them (the cache entry is used up).
@@ -552,29 +428,7 @@ class CommandClient:
         Returns:
             How many requests were deleted.
         """
-        z = self.coordinator.znodes
-        now = self.clock()
-        names = z.children(RESULTS) or []
-        pending = set(z.children(REQUESTS) or [])
-        cached = cached_requests(self.coordinator.znodes, names, malformed_too=True)
-        removed = 0
-        for rid in names:
-            request = cached.get(rid)
-            keep_until = _id_time(rid) + 7 * 86400 if request is None else request.keep_until
-            if now > keep_until and self.delete(rid):
-                removed += 1
-            elif request is None and rid not in pending and now - _id_time(rid) > ORPHAN_AGE:
-                z.delete(f"{RESULTS}/{rid}", recursive=True)  # a send that never finished
-        for rid in pending - set(names):  # a request without results: it cannot be answered
-            if now - _id_time(rid) > ORPHAN_AGE:
-                z.delete(request_path(rid))
-        expired = {rid for rid, request in cached.items() if now > request.keep_until}
-        still = sorted(pending & (set(cached) - expired))
-        answered = z.children_many([reply_path(rid) for rid in still])
-        for rid in still:
-            if set(cached[rid].nodes) <= set(answered.get(reply_path(rid)) or []):
-                self._retire(rid)
-        return removed
+        return collect_garbage(self.coordinator.znodes, self.clock(), self.delete)
 
     # --- internals -----------------------------------------------------------------
 
@@ -603,26 +457,7 @@ class CommandClient:
         )
 
 
-def _result(
-    request: Request, replies: dict[str, Reply], malformed: set[str], claimed: set[str]
-) -> CommandResult:
-    asked = request.nodes
-    answered = replies.keys() | malformed
-    return CommandResult(
-        request=request,
-        replies=dict(sorted(replies.items())),
-        running=tuple(n for n in asked if n in claimed and n not in answered),
-        pending=tuple(n for n in asked if n not in claimed and n not in answered),
-        malformed=tuple(sorted(malformed)),
-    )
-
-
 def ensure_layout(znodes: Znodes) -> None:
     """Create ``commands/`` folders that are missing (operators; nodes may only read)."""
     for folder in (REQUESTS, RESULTS, MANAGERS):
         znodes.ensure(folder)
-
-
-def _id_time(rid: str) -> float:
-    head = rid.partition("-")[0]
-    return int(head) / 1000 if head.isdigit() else 0.0

@@ -323,6 +323,100 @@ class Znodes:
                 result[item[0]] = True
         return result, orphans
 
+    def create_all(
+        self, items: Sequence[tuple[str, bytes]], *, meanwhile: Callable[[], None] | None = None
+    ) -> str | None:
+        """Create every znode of ``items`` in one transaction: all of them or none.
+
+        One request and one round trip however many znodes, and cheaper
+        per znode than :meth:`create` (kazoo hands each plain create's
+        answer over to another thread once more).
+
+        Args:
+            items: (path, data) pairs; persistent znodes with the policy's ACLs.
+            meanwhile: called after the transaction is sent and before its
+                answer is awaited (overlap local work with the round trip);
+                what it raises is raised, the transaction still happens.
+
+        Returns:
+            None when every znode was created; else the first path that
+            already existed (then none was created).
+
+        Raises:
+            CoordinationUnavailable: ZooKeeper could not be asked (the
+                transaction may or may not have happened).
+            AccessDenied: the ACLs refuse one of them (none was created).
+            CoordinationError: a parent is missing (none was created).
+        """
+        if not items:
+            if meanwhile is not None:
+                meanwhile()
+            return None
+        with translated(f"create {len(items)} znodes"):
+            tx = self._client.transaction()
+            for path, data in items:
+                tx.create(self._abs(path), data, acl=self._acls.acl_for(path))
+            answer = tx.commit_async()
+            if meanwhile is not None:
+                meanwhile()
+            results = answer.get(timeout=self._timeout)
+            failure = _first_failure(results)
+            if failure is None:
+                return None
+            index, exc = failure
+            if isinstance(exc, kex.NodeExistsError):
+                return items[index][0]
+            raise exc
+
+    def create_each(
+        self, items: Sequence[tuple[str, bytes]], *, meanwhile: Callable[[], None] | None = None
+    ) -> dict[str, bool]:
+        """Create the znodes of ``items`` that do not exist, in as few transactions as possible.
+
+        The usual case (none exists) is one transaction; each znode found
+        existing costs one more.
+
+        Returns:
+            path -> True if created, False if it already existed.
+
+        Raises:
+            as :meth:`create_all` (``meanwhile`` runs once, with the first
+            transaction).
+        """
+        result: dict[str, bool] = {}
+        rest = list(items)
+        while rest:
+            existing = self.create_all(rest, meanwhile=meanwhile)
+            meanwhile = None
+            if existing is None:
+                result.update((path, True) for path, _ in rest)
+                break
+            result[existing] = False
+            rest = [(p, d) for p, d in rest if p != existing]
+        return result
+
+    def delete_all(self, paths: Sequence[str]) -> int:
+        """Delete the znodes of ``paths`` that exist, in as few transactions as possible.
+
+        Deleted together, they reach a watcher of their parent as one change.
+
+        Returns:
+            How many were deleted.
+        """
+        rest = list(dict.fromkeys(paths))
+        while rest:
+            with translated(f"delete {len(rest)} znodes"):
+                tx = self._client.transaction()
+                for path in rest:
+                    tx.delete(self._abs(path))
+                failure = _first_failure(tx.commit_async().get(timeout=self._timeout))
+                if failure is not None and not isinstance(failure[1], kex.NoNodeError):
+                    raise failure[1]
+            if failure is None:
+                return len(rest)
+            del rest[failure[0]]  # gone already: the rest again, without it
+        return 0
+
     def acl_problems(self) -> list[tuple[str, str]]:
         """Every znode under the root whose ACL the cluster's policy does not allow.
 
@@ -388,6 +482,42 @@ class Znodes:
         self._dispatcher.post(callback, path)
         return watch
 
+    def watch_list(self, path: str, callback: Callable[[list[str] | None], None]) -> Watch:
+        """Call ``callback(sorted_children)`` soon and after every change of ``path``'s child list.
+
+        One round trip per change: the read that re-arms the watch is the
+        list handed over, asynchronously (kazoo's ``ChildrenWatch`` recipe,
+        behind :meth:`watch_children`, reads synchronously on kazoo's event
+        thread and adds a session listener per watch). The callback gets
+        None when ``path`` does not exist; the watch then ends (register
+        again once it exists). Callbacks run on the dispatcher thread, in
+        order. Watches do not survive a new session: register again then;
+        a read that fails (the connection going away) delivers nothing, so
+        callers also re-read on reconnect and on a timer (DESIGN.md rule 2).
+        """
+        watch = Watch()
+        abs_path = self._abs(path)
+
+        def arm() -> None:
+            if not watch.cancelled:
+                self._client.get_children_async(abs_path, watch=on_event).rawlink(listed)
+
+        def listed(answer: Any) -> None:
+            # kazoo's completion thread: hand over, return.
+            if watch.cancelled:
+                return
+            if answer.successful():
+                self._dispatcher.post(callback, sorted(answer.value))
+            elif isinstance(answer.exception, kex.NoNodeError):
+                self._dispatcher.post(callback, None)
+
+        def on_event(_event: Any) -> None:
+            arm()
+
+        with translated(f"watch list {path}"):
+            arm()
+        return watch
+
     def watch_children(self, path: str, callback: Callable[[list[str]], None]) -> Watch:
         """Call ``callback(sorted_children)`` now and after every change of ``path``.
 
@@ -426,6 +556,15 @@ class Znodes:
         with translated(f"watch data {path}"):
             DataWatch(self._client, self._abs(path), on_data)
         return watch
+
+
+def _first_failure(results: Sequence[Any]) -> tuple[int, Exception] | None:
+    """The index and error of the operation that failed a transaction (None: it succeeded)."""
+    for index, result in enumerate(results):
+        rolled_back = isinstance(result, (kex.RolledBackError, kex.RuntimeInconsistency))
+        if isinstance(result, Exception) and not rolled_back:
+            return index, result
+    return None
 
 
 def _znode(path: str, data: bytes, stat: Any) -> Znode:
