@@ -17,6 +17,7 @@ checked change set on a checked parent).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from mhafail.config._paths import check_sha
@@ -46,7 +47,13 @@ def init_export(path: Path) -> GitStore:
 
 
 def export(
-    source: GitStore, dest: Path, sha: str, ref: str = BRANCH, base: str | None = None
+    source: GitStore,
+    dest: Path,
+    sha: str,
+    *,
+    ref: str = BRANCH,
+    base: str | None = None,
+    objects: Sequence[str] | None = None,
 ) -> None:
     """Copy commit ``sha`` (checked by the caller) from ``source`` into ``dest``.
 
@@ -60,7 +67,9 @@ def export(
 
     ``base``: a commit the caller knows ``sha`` builds on (its parent); if
     it is exported already, only what it does not reach is copied, without
-    asking git for ``dest``'s branch first.
+    asking git for ``dest``'s branch first. ``objects``: with ``base``,
+    every object ``sha`` adds to it (the committer knows them: it just
+    wrote them), so that git need not be asked either.
 
     Raises:
         RepositoryError: git failed.
@@ -68,7 +77,11 @@ def export(
     check_sha(sha)
     if base is not None and not exported(dest, check_sha(base)):
         base = None
-    if not _link_objects(source, dest, sha, base):
+    if base is not None and objects is not None:
+        linked = _link(source, dest, [*objects, sha])
+    else:
+        linked = _link_objects(source, dest, sha, base)
+    if not linked:
         source.git("push", "--quiet", "--no-verify", str(dest), f"+{sha}:{ref}")
         return
     if ref != PROPOSED:  # a proposal is served by sha; a ref would cost a process
@@ -92,10 +105,15 @@ def _link_objects(source: GitStore, dest: Path, sha: str, base: str | None) -> b
         if base is not None and not source.has_commit(base):
             base = None
     out = source.git("rev-list", "--objects", sha, *([f"^{base}"] if base else []))
+    # rev-list lists commits first: reversed, the commit comes last.
+    return _link(source, dest, [line[:40].decode() for line in reversed(out.splitlines())])
+
+
+def _link(source: GitStore, dest: Path, oids: Sequence[str]) -> bool:
+    """Hard-link ``oids`` into ``dest`` in this order (commit last); False: one is not loose."""
     src, dst = source.path / ".git" / "objects", Path(dest) / "objects"
     # Commits last: a commit object in ``dest`` means its closure is there.
-    for line in reversed(out.splitlines()):
-        oid = line[:40].decode()
+    for oid in dict.fromkeys(oids):
         target = dst / oid[:2] / oid[2:]
         if target.exists():
             continue

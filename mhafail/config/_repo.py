@@ -34,6 +34,14 @@ from pathlib import Path
 import git
 
 from mhafail.config._model import LogEntry
+from mhafail.config._objects import (
+    LooseObjects,
+    build_tree,
+    compress,
+    encode_commit,
+    object_id,
+    parse_commit,
+)
 from mhafail.config._paths import check_sha
 from mhafail.config._safefs import read_regular, remove_file, write_file
 from mhafail.errors import InvalidChange, RepositoryError
@@ -45,8 +53,14 @@ _GIT_TIMEOUT = 120.0
 # What git prints when transfer.fsckObjects refuses a received object.
 _FSCK_FAILURE = re.compile(r"fsck error|error: object [0-9a-f]{40}: \w+:")
 _ZERO = "0" * 40
+_HEX40 = re.compile(r"[0-9a-f]{40}")
 # Applied as the last (winning) attribute rules: no conversion, no filter.
 _NO_FILTERS = "* -text -ident -filter !eol !working-tree-encoding\n"
+# Tree bodies and object sizes by (objects directory, sha): objects never
+# change, and a node checks the same unchanged subtrees on every commit.
+_TREES: dict[tuple[str, str], bytes] = {}
+_SIZES: dict[tuple[str, str], tuple[bytes, int]] = {}
+_CACHE_MAX = 4096
 
 
 def write_files(root: Path, changes: Mapping[str, bytes | None]) -> None:
@@ -236,8 +250,29 @@ class GitStore:
         return self.git("merge-base", old, new, check=False).decode().strip() == old
 
     def main(self) -> str | None:
-        """The sha of the local branch (None in a fresh repository)."""
-        return self.resolve(BRANCH)
+        """The sha of the local branch (None in a fresh repository).
+
+        Read from the ref file (or ``packed-refs``) without starting git:
+        it runs several times per commit on every node.
+        """
+        git_dir = self.path / ".git"
+        try:
+            text = (git_dir / BRANCH).read_bytes().strip()
+        except FileNotFoundError:
+            text = b""
+        except OSError:
+            return self.resolve(BRANCH)
+        if not text:
+            try:
+                packed = (git_dir / "packed-refs").read_bytes()
+            except FileNotFoundError:
+                return None
+            suffix = b" " + BRANCH.encode()
+            text = next((ln[:40] for ln in packed.splitlines() if ln.endswith(suffix)), b"")
+            if not text:
+                return None
+        sha = text.decode(errors="replace")
+        return sha if _HEX40.fullmatch(sha) else self.resolve(BRANCH)
 
     def files(self, sha: str | None) -> list[str]:
         """All file paths in commit ``sha`` (empty for None)."""
@@ -373,37 +408,54 @@ class GitStore:
         message: str,
         author: str,
         when: float,
+        written: list[str] | None = None,
     ) -> str:
         """Create the commit whose tree is ``parent`` with ``paths`` taken from ``staged``.
 
-        ``paths`` that no longer exist in ``staged`` are deleted. The commit
-        object is written but no ref points at it.
+        ``paths`` that no longer exist in ``staged`` are deleted. The
+        objects are written in-process (:mod:`._objects`: the blobs, the
+        trees on the changed paths, the commit), byte-identical to what
+        ``hash-object --no-filters``, ``write-tree`` and ``commit-tree``
+        write; no ref points at the commit.
+
+        Args:
+            written: if given, receives the sha of every object the new
+                commit adds to ``parent``'s (what a peer needs besides it).
 
         Returns:
             The new commit's sha.
 
         Raises:
-            InvalidChange: the result equals the parent's tree (nothing to commit).
+            InvalidChange: the result equals the parent's tree (nothing to
+                commit), or the change set does not fit the parent's tree.
         """
-        name, email = parse_author(author)
-        present = [p for p in paths if (staged / p).is_file()]
-        with self._temp_index() as env:
-            if parent is not None:
-                self.git("read-tree", parent, env=env)
-            shas: list[str] = []
-            if present:
-                listing = "".join(f"{staged / p}\n" for p in present).encode()
-                out = self.git("hash-object", "-w", "--stdin-paths", "--no-filters", input=listing)
-                shas = out.decode().split()
-            info = [f"100644 {sha}\t{p}" for p, sha in zip(present, shas, strict=True)]
-            info += [f"0 {'0' * 40}\t{p}" for p in paths if p not in set(present)]
-            self.git(
-                "update-index", "--index-info", input=("\n".join(info) + "\n").encode(), env=env
-            )
-            tree = self.git("write-tree", env=env).decode().strip()
-        if parent is not None and tree == self._tree(parent):
+        who = parse_author(author)
+        loose = self.loose
+        new_objects: list[str] = []
+
+        def write(kind: bytes, body: bytes) -> str:
+            sha = object_id(kind, body)
+            pending[sha] = compress(kind, body)
+            new_objects.append(sha)
+            return sha
+
+        pending: dict[str, bytes] = {}
+        files: dict[str, str | None] = {}
+        for path in paths:
+            target = staged / path
+            files[path] = write(b"blob", target.read_bytes()) if target.is_file() else None
+        old_tree = self.tree_of(parent) if parent is not None else None
+        tree = build_tree(old_tree, files, self.read_tree, write)
+        if tree is None:
+            tree = write(b"tree", b"")
+        if tree == old_tree:
             raise InvalidChange("nothing to commit: the change set leaves the tree as it is")
-        return self._commit_tree(tree, parent, message, (name, email), when)
+        body = encode_commit(tree, parent, who, int(when), message)
+        sha = write(b"commit", body)
+        loose.store(pending)
+        if written is not None:
+            written.extend(dict.fromkeys(new_objects))
+        return sha
 
     def commit_tree_of(
         self,
@@ -428,7 +480,108 @@ class GitStore:
         return self._commit_tree(tree, parent, message, (name, email), when)
 
     def _tree(self, commit: str) -> str:
-        return self.git("rev-parse", f"{commit}^{{tree}}").decode().strip()
+        return self.tree_of(commit)
+
+    # --- objects in-process ---------------------------------------------------------
+
+    @property
+    def loose(self) -> LooseObjects:
+        """The repository's loose objects (read and written without git)."""
+        git_dir = self.path / ".git"
+        return LooseObjects((git_dir if git_dir.is_dir() else self.path) / "objects")
+
+    def read_objects(self, shas: Sequence[str]) -> dict[str, tuple[bytes, bytes]]:
+        """``(type, body)`` of each object in ``shas`` that is here (missing ones left out).
+
+        Loose objects are read in-process; packed ones with one
+        ``git cat-file --batch`` for all of them. Trees are cached by
+        repository and sha (an object never changes).
+        """
+        loose = self.loose
+        key = str(loose.objects)
+        found: dict[str, tuple[bytes, bytes]] = {}
+        missing: list[str] = []
+        for sha in dict.fromkeys(shas):
+            cached = _TREES.get((key, sha))
+            if cached is not None:
+                found[sha] = (b"tree", cached)
+                continue
+            try:
+                obj = loose.read(sha)
+            except InvalidChange as exc:
+                raise RepositoryError(f"{self.path}: {exc}") from exc
+            if obj is None:
+                missing.append(sha)
+            else:
+                found[sha] = obj
+        if missing:
+            out = self.git("cat-file", "--batch", input="".join(f"{s}\n" for s in missing).encode())
+            pos = 0
+            for sha in missing:
+                eol = out.index(b"\n", pos)
+                header = out[pos:eol].split()
+                pos = eol + 1
+                if len(header) == 3:
+                    size = int(header[2])
+                    found[sha] = (header[1], out[pos : pos + size])
+                    pos += size + 1
+        if len(_TREES) > _CACHE_MAX:
+            _TREES.clear()
+        for sha, (kind, body) in found.items():
+            if kind == b"tree":
+                _TREES[(key, sha)] = body
+        return found
+
+    def object_sizes(self, shas: Sequence[str]) -> dict[str, tuple[bytes, int]]:
+        """``(type, size)`` of each object in ``shas`` that is here; cached like trees."""
+        loose = self.loose
+        key = str(loose.objects)
+        found: dict[str, tuple[bytes, int]] = {}
+        missing: list[str] = []
+        for sha in dict.fromkeys(shas):
+            info = _SIZES.get((key, sha)) or loose.size(sha)
+            if info is None:
+                missing.append(sha)
+            else:
+                found[sha] = info
+        if missing:
+            out = self.git(
+                "cat-file", "--batch-check", input="".join(f"{s}\n" for s in missing).encode()
+            )
+            for sha, line in zip(missing, out.splitlines(), strict=False):
+                header = line.split()
+                if len(header) == 3:
+                    found[sha] = (header[1], int(header[2]))
+        if len(_SIZES) > _CACHE_MAX:
+            _SIZES.clear()
+        for sha, info in found.items():
+            _SIZES[(key, sha)] = info
+        return found
+
+    def read_tree(self, sha: str) -> bytes:
+        """The body of tree ``sha``.
+
+        Raises:
+            RepositoryError: it is not here (or is not a tree).
+        """
+        obj = self.read_objects([sha]).get(sha)
+        if obj is None or obj[0] != b"tree":
+            raise RepositoryError(f"tree {sha[:12]} is not in {self.path}")
+        return obj[1]
+
+    def tree_of(self, commit: str) -> str:
+        """The tree sha of commit ``commit``.
+
+        Raises:
+            RepositoryError: it is not here (or is not a commit).
+        """
+        obj = self.read_objects([commit]).get(commit)
+        if obj is None or obj[0] != b"commit":
+            raise RepositoryError(f"commit {commit[:12]} is not in {self.path}")
+        try:
+            return parse_commit(obj[1])[0]
+        except InvalidChange as exc:
+            raise RepositoryError(f"commit {commit[:12]}: {exc}") from exc
 
     def _commit_tree(
         self, tree: str, parent: str | None, message: str, who: tuple[str, str], when: float

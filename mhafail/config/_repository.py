@@ -297,11 +297,13 @@ class ConfigRepository:
             GitStore(self.export_dir).git("update-ref", ref, sha)
             self._refs[ref] = sha
 
-    def _export(self, sha: str, ref: str, base: str | None = None) -> None:
+    def _export(
+        self, sha: str, ref: str, base: str | None = None, objects: Sequence[str] | None = None
+    ) -> None:
         """Copy a checked or own commit into the export repository, creating it if needed."""
         if not (self.export_dir / "HEAD").is_file():
             init_export(self.export_dir)  # a repository made by an older version
-        export(self.store, self.export_dir, sha, ref=ref, base=base)
+        export(self.store, self.export_dir, sha, ref=ref, base=base, objects=objects)
 
     def _fetch(self, sha: str, origin: str, peers: Sequence[tuple[str, str]] | None) -> None:
         candidates = self.peers() if peers is None else peers
@@ -373,6 +375,7 @@ class ConfigRepository:
                 head, version = self._read_head()
                 parent, rebased = self._parent_for(head, base_sha, set(checked), rebase)
                 staged = self._stage_and_validate(parent, checked)
+                written: list[str] = []
                 try:
                     sha = self.store.write_commit(
                         parent=parent,
@@ -381,11 +384,12 @@ class ConfigRepository:
                         message=message,
                         author=author,
                         when=time.time(),
+                        written=written,
                     )
                 finally:
                     shutil.rmtree(staged.parent, ignore_errors=True)
                 # Served before the CAS, so peers can fetch it the moment it wins.
-                self._export(sha, OUTGOING, parent)
+                self._export(sha, OUTGOING, parent, written)
                 holders = replicate(self, sha, replicas, parent)
                 result = publish(
                     self,
