@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mhafail.config._paths import check_sha
+from mhafail.config._refs import read_ref, update_ref
 from mhafail.config._repo import BRANCH, GitStore
 
 EXPORT_OK = "git-daemon-export-ok"
@@ -85,7 +86,7 @@ def export(
         source.git("push", "--quiet", "--no-verify", str(dest), f"+{sha}:{ref}")
         return
     if ref != PROPOSED:  # a proposal is served by sha; a ref would cost a process
-        GitStore(dest).git("update-ref", ref, sha)
+        update_ref(Path(dest), ref, sha)
 
 
 def exported(dest: Path, sha: str) -> bool:
@@ -100,8 +101,7 @@ def exported(dest: Path, sha: str) -> bool:
 def _link_objects(source: GitStore, dest: Path, sha: str, base: str | None) -> bool:
     """Hard-link the objects of ``sha``'s closure missing from ``dest``; False: push instead."""
     if base is None:
-        have = GitStore(dest).git("rev-parse", "-q", "--verify", BRANCH, check=False)
-        base = have.decode().strip() or None
+        base = read_ref(Path(dest), BRANCH)
         if base is not None and not source.has_commit(base):
             base = None
     out = source.git("rev-list", "--objects", sha, *([f"^{base}"] if base else []))

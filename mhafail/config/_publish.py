@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from mhafail.config._fetch import MAX_PACK_BYTES, pack_commit
 from mhafail.config._model import Head, NodeReport, applied_path, head_path, proposal_path
-from mhafail.config._repo import BRANCH, GitStore
+from mhafail.config._refs import update_ref
+from mhafail.config._repo import BRANCH
 from mhafail.coordination import ConnectionState, Znode
 from mhafail.errors import (
     CoordinationUnavailable,
@@ -145,22 +146,20 @@ def publish(
             won = znodes.set(head_path(repo.name), new.to_json(), version=version) is not None
     except CoordinationUnavailable as exc:
         won = settle(repo, sha, version, exc)
-    served = GitStore(repo.export_dir)  # _export() created it before the CAS
+    served = repo.export_dir  # _export() created it before the CAS
     if not won:
         logger.info("%s: lost the head CAS with %s", repo.name, sha[:12])
-        served.git("update-ref", "-d", OUTGOING, check=False)
+        with contextlib.suppress(RepositoryError):
+            update_ref(served, OUTGOING, None)
         return None
     repo._verified.add(sha)
     # Published: main moves to it, and the outgoing ref is no longer needed.
     # Nothing after the CAS may raise: the caller would see a failure
     # for a commit that is live (peers can fetch it by sha regardless).
     try:
-        served.git(
-            "update-ref",
-            "--stdin",
-            input=f"update {BRANCH} {sha}\ndelete {OUTGOING}\n".encode(),
-        )
-    except RepositoryError as exc:
+        update_ref(served, BRANCH, sha)
+        update_ref(served, OUTGOING, None)
+    except (RepositoryError, OSError) as exc:
         logger.warning("%s: export ref not moved to %s: %s", repo.name, sha[:12], exc)
     logger.info("%s: published %s (%s)", repo.name, sha[:12], new.message.splitlines()[0])
     return new

@@ -35,14 +35,17 @@ import git
 
 from mhafail.config._model import LogEntry
 from mhafail.config._objects import (
+    TREE_MODE,
     LooseObjects,
     build_tree,
     compress,
     encode_commit,
     object_id,
     parse_commit,
+    parse_tree,
 )
 from mhafail.config._paths import check_sha
+from mhafail.config._refs import read_ref, update_ref
 from mhafail.config._safefs import read_regular, remove_file, write_file
 from mhafail.errors import InvalidChange, RepositoryError
 
@@ -53,7 +56,6 @@ _GIT_TIMEOUT = 120.0
 # What git prints when transfer.fsckObjects refuses a received object.
 _FSCK_FAILURE = re.compile(r"fsck error|error: object [0-9a-f]{40}: \w+:")
 _ZERO = "0" * 40
-_HEX40 = re.compile(r"[0-9a-f]{40}")
 # Applied as the last (winning) attribute rules: no conversion, no filter.
 _NO_FILTERS = "* -text -ident -filter !eol !working-tree-encoding\n"
 # Tree bodies and object sizes by (objects directory, sha): objects never
@@ -255,24 +257,10 @@ class GitStore:
         Read from the ref file (or ``packed-refs``) without starting git:
         it runs several times per commit on every node.
         """
-        git_dir = self.path / ".git"
         try:
-            text = (git_dir / BRANCH).read_bytes().strip()
-        except FileNotFoundError:
-            text = b""
-        except OSError:
+            return read_ref(self.path / ".git", BRANCH)
+        except RepositoryError:
             return self.resolve(BRANCH)
-        if not text:
-            try:
-                packed = (git_dir / "packed-refs").read_bytes()
-            except FileNotFoundError:
-                return None
-            suffix = b" " + BRANCH.encode()
-            text = next((ln[:40] for ln in packed.splitlines() if ln.endswith(suffix)), b"")
-            if not text:
-                return None
-        sha = text.decode(errors="replace")
-        return sha if _HEX40.fullmatch(sha) else self.resolve(BRANCH)
 
     def files(self, sha: str | None) -> list[str]:
         """All file paths in commit ``sha`` (empty for None)."""
@@ -285,8 +273,7 @@ class GitStore:
         """Paths that differ between commits ``old`` and ``new`` (all of ``new`` if None)."""
         if old is None:
             return self.files(new)
-        out = self.git("diff-tree", "-r", "-z", "--name-only", "--no-renames", old, new)
-        return sorted(_decode_path(p) for p in out.split(b"\0") if p)
+        return sorted(path for path, _, _, _ in self.changes(old, new))
 
     def read(self, sha: str, path: str) -> bytes | None:
         """The content of ``path`` at ``sha``, or None when it is not a file there."""
@@ -326,26 +313,73 @@ class GitStore:
         ``old`` None: every file of ``new``. A file deleted in ``new`` has
         mode None. Directories are not listed.
         """
-        result: list[tuple[str, str | None, str]] = []
-        if old is None:
-            for item in self.git("ls-tree", "-r", "-z", "--full-tree", new).split(b"\0"):
-                if item:
-                    meta, _, raw = item.partition(b"\t")
-                    mode, _, blob = meta.decode().split(" ")
-                    result.append((_decode_path(raw), mode, blob))
-            return result
-        out = self.git("diff-tree", "-r", "-z", "--no-renames", old, new)
-        fields = out.split(b"\0")
-        for meta, raw in zip(fields[0::2], fields[1::2], strict=False):
-            if meta.startswith(b":"):
-                _, mode, _, blob, status = meta[1:].decode().split(" ")
-                result.append((_decode_path(raw), None if status == "D" else mode, blob))
+        return [(p, m, b or a or "") for p, m, b, a in self.changes(old, new)]
+
+    def changes(
+        self, old: str | None, new: str
+    ) -> list[tuple[str, str | None, str | None, str | None]]:
+        """``(path, new mode, new blob, old blob)`` of every file that differs, old -> new.
+
+        A file that is not in ``new`` has new mode and blob None; one not
+        in ``old`` has old blob None. Read in-process from the tree
+        objects (this runs on every node for every commit), skipping
+        unchanged subtrees by their sha.
+
+        Raises:
+            InvalidChange: a name that is not UTF-8.
+            RepositoryError: a commit or tree is not here.
+        """
+        result: list[tuple[str, str | None, str | None, str | None]] = []
+        old_tree = self.tree_of(old) if old is not None else None
+        self._diff(old_tree, self.tree_of(new), "", result)
         return result
+
+    def _diff(
+        self,
+        old: str | None,
+        new: str | None,
+        where: str,
+        out: list[tuple[str, str | None, str | None, str | None]],
+    ) -> None:
+        if old == new:
+            return
+        before = {e[1]: e for e in parse_tree(self.read_tree(old))} if old else {}
+        after = {e[1]: e for e in parse_tree(self.read_tree(new))} if new else {}
+        for name in sorted(before.keys() | after.keys()):
+            path = where + _decode_path(name)
+            a, b = before.get(name), after.get(name)
+            a_tree = a is not None and a[0] == TREE_MODE
+            b_tree = b is not None and b[0] == TREE_MODE
+            if a_tree or b_tree:
+                self._diff(
+                    a[2] if a_tree and a else None, b[2] if b_tree and b else None, path + "/", out
+                )
+            a_file = a if a is not None and not a_tree else None
+            b_file = b if b is not None and not b_tree else None
+            if b_file is not None:
+                if a_file is None or (a_file[0], a_file[2]) != (b_file[0], b_file[2]):
+                    out.append((path, b_file[0].decode(), b_file[2], a_file and a_file[2]))
+            elif a_file is not None:
+                out.append((path, None, None, a_file[2]))
+
+    def sync_index(self, old: str | None, new: str) -> None:
+        """Make the index entries of the paths ``old`` -> ``new`` changes match ``new``.
+
+        One ``git update-index`` for the changed paths: a ``git reset``
+        re-read the whole tree. Other index entries (an operator's staged
+        edits) are left as they are.
+        """
+        lines = [
+            f"{mode} {blob}\t{path}" if mode is not None else f"0 {_ZERO}\t{path}"
+            for path, mode, blob in self.entries(old, new)
+        ]
+        if lines:
+            self.git("update-index", "--index-info", input=("\n".join(lines) + "\n").encode())
 
     def write_entries(self, dest: Path, entries: Sequence[tuple[str, str | None, str]]) -> None:
         """Write (or delete, mode None) the given files under ``dest``, raw, confined."""
         wanted = [(p, m, b) for p, m, b in entries if m is not None]
-        blobs = self.read_many([b for _, _, b in wanted])
+        blobs = self.read_blobs([b for _, _, b in wanted])
         for path, mode, _ in entries:
             if mode is None:
                 remove_file(dest, path)
@@ -644,31 +678,13 @@ class GitStore:
 
     # --- working copy ---------------------------------------------------------
 
-    def read_many(self, specs: Sequence[str]) -> list[bytes | None]:
-        """Blob contents for ``sha:path`` specs in one ``git cat-file --batch`` run.
-
-        The process is one-shot and waited for (no persistent cat-file).
-        Specs that name no blob give None.
-        """
-        if not specs:
-            return []
-        out = self.git("cat-file", "--batch", input="".join(f"{s}\n" for s in specs).encode())
-        results: list[bytes | None] = []
-        pos = 0
-        for _ in specs:
-            eol = out.index(b"\n", pos)
-            header = out[pos:eol].split()
-            pos = eol + 1
-            if len(header) == 3 and header[1] == b"blob":
-                size = int(header[2])
-                results.append(out[pos : pos + size])
-                pos += size + 1
-            elif len(header) == 3:
-                pos += int(header[2]) + 1  # a tree or commit: not a file
-                results.append(None)
-            else:
-                results.append(None)  # "<spec> missing"
-        return results
+    def read_blobs(self, shas: Sequence[str]) -> list[bytes | None]:
+        """The contents of blobs ``shas`` (None: not here, or not a blob), mostly in-process."""
+        found = self.read_objects(shas)
+        return [
+            obj[1] if (obj := found.get(sha)) is not None and obj[0] == b"blob" else None
+            for sha in shas
+        ]
 
     def _worktree_file(self, path: str) -> bytes | None:
         try:
@@ -678,13 +694,15 @@ class GitStore:
 
     def _plan(self, old: str | None, new: str) -> tuple[list[str], dict[str, bytes | None]]:
         """Conflicting paths, and the files to write, to move the working copy old -> new."""
-        # One diff and one read for both sides: each git process counts
-        # (this runs on every node for every commit).
-        paths = self.changed_paths(old, new)
-        specs = [f"{new}:{p}" for p in paths] + ([f"{old}:{p}" for p in paths] if old else [])
-        blobs = self.read_many(specs)
-        news = blobs[: len(paths)]
-        olds = blobs[len(paths) :] if old else [None] * len(paths)
+        # In-process diff and reads: this runs on every node for every commit.
+        changed = self.changes(old, new)
+        paths = [path for path, _, _, _ in changed]
+        wanted = [
+            sha for _, _, new_blob, old_blob in changed for sha in (new_blob, old_blob) if sha
+        ]
+        by_sha = dict(zip(wanted, self.read_blobs(wanted), strict=True))
+        news = [by_sha.get(sha) if sha else None for _, _, sha, _ in changed]
+        olds = [by_sha.get(sha) if sha else None for _, _, _, sha in changed]
         conflicts: list[str] = []
         writes: dict[str, bytes | None] = {}
         for path, before, after in zip(paths, olds, news, strict=True):
@@ -751,8 +769,10 @@ class GitStore:
         # Unique temporary names, no links followed, nothing outside the
         # working copy (the paths come from a checked commit all the same).
         write_files(self.path, writes)
-        self.git("update-ref", BRANCH, target, old or _ZERO)
-        self.git("reset", "-q")  # index := target; the working copy stays as written
+        update_ref(self.path / ".git", BRANCH, target, old)
+        # The index follows (for operators' `git status`), for the paths
+        # that changed only: `git reset` re-read the whole tree.
+        self.sync_index(old, target)
 
     def _stash_and_reset(self, target: str) -> str | None:
         saved = None

@@ -53,6 +53,7 @@ from mhafail.config._model import (
 )
 from mhafail.config._paths import Limits, absolute_path, check_changes, check_sha
 from mhafail.config._publish import OUTGOING, publish, replicate
+from mhafail.config._refs import update_ref
 from mhafail.config._repo import BRANCH, GitStore, parse_author
 from mhafail.config._safefs import read_regular
 from mhafail.config._trees import check_tree
@@ -294,7 +295,7 @@ class ConfigRepository:
                 self._verified.add(sha)
                 self._refs[ref] = sha
         if ref != PROPOSED and self._refs.get(ref) != sha:
-            GitStore(self.export_dir).git("update-ref", ref, sha)
+            update_ref(self.export_dir, ref, sha)
             self._refs[ref] = sha
 
     def _export(
