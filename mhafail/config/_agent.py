@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 import attrs
 
 from mhafail.config._export import PROPOSED
-from mhafail.config._fetch import unpack_commit
+from mhafail.config._fetch import unbundle, unpack_commit
 from mhafail.config._model import (
     MAX_HOLDS,
     ApplyOutcome,
@@ -286,13 +286,21 @@ class ConfigAgent:
                 origin, parent = about.get("origin", ""), about.get("parent")
                 check_name("node name", origin)
                 parent = check_sha(parent) if parent is not None else None
-                if pack:
-                    try:
+                objects = None
+                try:
+                    if pack and about.get("objects") == "loose":
+                        objects = unbundle(repo.store, pack, sha, parent, repo.limits)
+                    elif pack:
                         unpack_commit(repo.store, pack)
-                    except InvalidChange as exc:  # fetched below instead, checked there
-                        logger.warning("%s: proposal %s: %s", repo.name, sha[:12], exc)
+                except InvalidChange as exc:  # fetched below instead, checked there
+                    logger.warning("%s: proposal %s: %s", repo.name, sha[:12], exc)
                 repo.ensure_commit(
-                    sha, origin=origin, peers=self._peers(), ref=PROPOSED, parent=parent
+                    sha,
+                    origin=origin,
+                    peers=self._peers(),
+                    ref=PROPOSED,
+                    parent=parent,
+                    objects=objects,
                 )
             except (ValueError, AttributeError, InvalidArgument, ConfigError, OSError) as exc:
                 logger.info("%s: not holding proposal %s: %s", repo.name, sha[:12], exc)

@@ -20,9 +20,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from mhafail.config._objects import parse_commit, parse_tree
 from mhafail.config._paths import check_sha
 from mhafail.config._refs import read_ref, update_ref
 from mhafail.config._repo import BRANCH, GitStore
+from mhafail.errors import InvalidChange
 
 EXPORT_OK = "git-daemon-export-ok"
 PROPOSED = "refs/mhafail/proposed"
@@ -69,8 +71,10 @@ def export(
     ``base``: a commit the caller knows ``sha`` builds on (its parent); if
     it is exported already, only what it does not reach is copied, without
     asking git for ``dest``'s branch first. ``objects``: with ``base``,
-    every object ``sha`` adds to it (the committer knows them: it just
-    wrote them), so that git need not be asked either.
+    the objects ``sha`` adds to it (the committer just wrote them, a
+    holder just received them), so that git need not be asked either; they
+    are used only if every object their trees and the commit name is among
+    them or in ``dest`` already (else git lists what is missing).
 
     Raises:
         RepositoryError: git failed.
@@ -78,7 +82,7 @@ def export(
     check_sha(sha)
     if base is not None and not exported(dest, check_sha(base)):
         base = None
-    if base is not None and objects is not None:
+    if base is not None and objects is not None and _closed(source, dest, sha, objects):
         linked = _link(source, dest, [*objects, sha])
     else:
         linked = _link_objects(source, dest, sha, base)
@@ -87,6 +91,30 @@ def export(
         return
     if ref != PROPOSED:  # a proposal is served by sha; a ref would cost a process
         update_ref(Path(dest), ref, sha)
+
+
+def _closed(source: GitStore, dest: Path, sha: str, objects: Sequence[str]) -> bool:
+    """True when every object that ``sha`` and ``objects`` name is among them or in ``dest``."""
+    mine = {*objects, sha}
+    found = source.read_objects([o for o in mine if not exported(dest, o) or o == sha])
+    for oid in mine:
+        obj = found.get(oid)
+        if obj is None:
+            continue  # in dest already (checked, complete) or a blob: names nothing
+        kind, body = obj
+        try:
+            if kind == b"tree":
+                named = [child for _, _, child in parse_tree(body)]
+            elif kind == b"commit":
+                tree, parents = parse_commit(body)
+                named = [tree, *parents]
+            else:
+                continue
+        except InvalidChange:
+            return False
+        if any(n not in mine and not exported(dest, n) for n in named):
+            return False
+    return True
 
 
 def exported(dest: Path, sha: str) -> bool:

@@ -13,9 +13,10 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from mhafail.config._fetch import MAX_PACK_BYTES, pack_commit
+from mhafail.config._fetch import MAX_PACK_BYTES, bundle_commit, pack_commit
 from mhafail.config._model import Head, NodeReport, applied_path, head_path, proposal_path
 from mhafail.config._refs import update_ref
 from mhafail.config._repo import BRANCH
@@ -48,12 +49,18 @@ def holds(node: str, znode: Znode | None, sha: str) -> bool:
 
 
 def replicate(
-    repo: ConfigRepository, sha: str, replicas: int | None, parent: str | None
+    repo: ConfigRepository,
+    sha: str,
+    replicas: int | None,
+    parent: str | None,
+    objects: Sequence[str] | None = None,
 ) -> tuple[str, ...]:
     """Propose ``sha`` and wait until enough other nodes hold it; return them.
 
-    The proposal carries the commit's new objects (a git pack of what
-    ``parent`` does not reach) when they fit in :data:`MAX_PACK_BYTES`:
+    The proposal carries the commit's new objects when they fit in
+    :data:`MAX_PACK_BYTES`: the loose object files of ``objects`` (what
+    the commit adds to ``parent``, known to a committer that just wrote
+    them), else a git pack of what ``parent`` does not reach:
     agents store them with git's checks instead of each fetching from this
     node's git daemon, which was most of the time a commit took.
 
@@ -81,14 +88,19 @@ def replicate(
             sha=sha,
         )
     path = proposal_path(repo.name, sha)
-    data = json.dumps({"origin": repo.node, "parent": parent, "time": time.time()}).encode()
-    pack = pack_commit(repo.store, sha, parent)
+    about: dict[str, object] = {"origin": repo.node, "parent": parent, "time": time.time()}
+    if objects is not None and parent is not None:
+        about["objects"] = "loose"
+        pack = bundle_commit(repo.store, sha, objects)
+    else:
+        pack = pack_commit(repo.store, sha, parent)
+    data = json.dumps(about).encode()
     if len(pack) <= MAX_PACK_BYTES:
         data += b"\n" + pack
     znodes.create(path, data, ephemeral=True, makepath=True)
     try:
         end = time.monotonic() + repo.replicate_timeout
-        pause = 0.002
+        pause = 0.001
         while True:
             found = znodes.get_many([applied_path(repo.name, m) for m in others])
             holders = tuple(m for m in others if holds(m, found[applied_path(repo.name, m)], sha))
@@ -104,7 +116,7 @@ def replicate(
                     holders=holders,
                 )
             time.sleep(pause)
-            pause = min(0.02, pause * 2)
+            pause = min(0.008, pause * 2)
     finally:
         with contextlib.suppress(CoordinationUnavailable):
             znodes.delete(path)  # ephemeral: it goes with the session anyway

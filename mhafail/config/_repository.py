@@ -254,6 +254,7 @@ class ConfigRepository:
         peers: Sequence[tuple[str, str]] | None = None,
         ref: str = BRANCH,
         parent: str | None = None,
+        objects: Sequence[str] | None = None,
     ) -> None:
         """Make sure commit ``sha`` is here, safe, and served to peers.
 
@@ -268,7 +269,8 @@ class ConfigRepository:
         export repository's ref that names it (``main``: the published
         head; :data:`PROPOSED`: a proposal, not published yet). ``parent``:
         the commit ``sha`` is said to build on, a hint that saves git work
-        when it is exported already (never trusted for anything else).
+        when it is exported already (never trusted for anything else);
+        ``objects``: what ``sha`` adds to it, if known (see :func:`export`).
 
         Raises:
             InvalidChange: ``sha`` is not a sha, or the commit (or what a
@@ -291,7 +293,7 @@ class ConfigRepository:
                 except RepositoryError:
                     self._fetch(sha, origin, peers)
                     check_tree(store, sha, self.limits)
-                self._export(sha, ref, parent)
+                self._export(sha, ref, parent, objects)
                 self._verified.add(sha)
                 self._refs[ref] = sha
         if ref != PROPOSED and self._refs.get(ref) != sha:
@@ -391,7 +393,7 @@ class ConfigRepository:
                     shutil.rmtree(staged.parent, ignore_errors=True)
                 # Served before the CAS, so peers can fetch it the moment it wins.
                 self._export(sha, OUTGOING, parent, written)
-                holders = replicate(self, sha, replicas, parent)
+                holders = replicate(self, sha, replicas, parent, written)
                 result = publish(
                     self,
                     sha=sha,
