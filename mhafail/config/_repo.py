@@ -33,6 +33,7 @@ from pathlib import Path
 
 import git
 
+from mhafail.config._index import update_index
 from mhafail.config._model import LogEntry
 from mhafail.config._objects import (
     TREE_MODE,
@@ -365,13 +366,17 @@ class GitStore:
     def sync_index(self, old: str | None, new: str) -> None:
         """Make the index entries of the paths ``old`` -> ``new`` changes match ``new``.
 
-        One ``git update-index`` for the changed paths: a ``git reset``
-        re-read the whole tree. Other index entries (an operator's staged
-        edits) are left as they are.
+        In-process (:mod:`._index`), or one ``git update-index`` when the
+        index is not in a plain format; a ``git reset`` re-read the whole
+        tree. Other index entries (an operator's staged edits) are left as
+        they are.
         """
+        changes = self.entries(old, new)
+        if update_index(self.path / ".git", changes):
+            return
         lines = [
             f"{mode} {blob}\t{path}" if mode is not None else f"0 {_ZERO}\t{path}"
-            for path, mode, blob in self.entries(old, new)
+            for path, mode, blob in changes
         ]
         if lines:
             self.git("update-index", "--index-info", input=("\n".join(lines) + "\n").encode())

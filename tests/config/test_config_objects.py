@@ -314,3 +314,159 @@ def test_loose_store_is_idempotent(tmp_path: Path) -> None:
     assert loose.read(sha) == (b"blob", b"abc")
     assert loose.size(sha) == (b"blob", 3)
     assert [p.name for p in loose.path(sha).parent.iterdir()] == [sha[2:]]
+
+
+def _commit_worktree(store: GitStore, when: int) -> str:
+    """Commit the working copy with git itself (the reference)."""
+    _git(store.path, "add", "-A")
+    stamp = f"@{when} +0000"
+    env = {
+        "GIT_AUTHOR_NAME": "T", "GIT_AUTHOR_EMAIL": "t@x", "GIT_AUTHOR_DATE": stamp,
+        "GIT_COMMITTER_NAME": "T", "GIT_COMMITTER_EMAIL": "t@x", "GIT_COMMITTER_DATE": stamp,
+    }  # fmt: skip
+    _git(store.path, "commit", "-q", "-m", "c", env=env)
+    return _git(store.path, "rev-parse", "HEAD").decode().strip()
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_index_follows_like_git(tmp_path: Path, split: bool) -> None:
+    """After a move the index lists exactly the new tree (status clean), in-process or via git."""
+    from mhafail.config._index import update_index
+
+    store = GitStore.init(tmp_path / "r")
+    _stage(store.path, {"global/a.conf": b"a\n", "global/d/x.conf": b"x\n", "b.conf": b"b\n"})
+    one = _commit_worktree(store, 1)
+    if split:
+        _git(store.path, "update-index", "--split-index")
+    staged = tmp_path / "s"
+    _stage(staged, {"global/d": b"now a file\n", "c.conf": b"c\n"})
+    paths = ["global/d/x.conf", "global/d", "b.conf", "c.conf"]
+    two = store.write_commit(
+        parent=one, paths=paths, staged=staged, message="two\n", author=AUTHOR, when=2
+    )
+    writes: dict[str, bytes | None] = {
+        "global/d/x.conf": None, "b.conf": None, "global/d": b"now a file\n", "c.conf": b"c\n"
+    }  # fmt: skip
+    assert update_index(store.path / ".git", []) is not split  # split index: git's job
+    store.move_branch(one, two, writes)
+    assert store.main() == two
+    listed = _git(store.path, "ls-files", "-s").decode()
+    tree = _git(store.path, "ls-tree", "-r", two).decode()
+    assert sorted(ln.split()[1] + " " + ln.split("\t")[1] for ln in listed.splitlines()) == sorted(
+        ln.split()[2] + " " + ln.split("\t")[1] for ln in tree.splitlines()
+    )
+    assert _git(store.path, "status", "--porcelain") == b""
+    _git(store.path, "fsck", "--strict", "--no-dangling")
+    assert b"mhafail" in _git(store.path, "reflog", "main")
+
+
+def test_ref_moves_only_from_the_expected_value(tmp_path: Path) -> None:
+    """update_ref refuses a stale old value and a held lock, and git reads what it wrote."""
+    from mhafail.config._refs import read_ref, update_ref
+    from mhafail.errors import RepositoryError
+
+    store = GitStore.init(tmp_path / "r")
+    _stage(store.path, {"a": b"1"})
+    one = _commit_worktree(store, 1)
+    git_dir = store.path / ".git"
+    with pytest.raises(RepositoryError, match="expected nothing"):
+        update_ref(git_dir, "refs/heads/main", one, None)
+    (git_dir / "refs/heads/main.lock").write_text("")
+    with pytest.raises(RepositoryError, match="locked"):
+        update_ref(git_dir, "refs/heads/main", one, one)
+    (git_dir / "refs/heads/main.lock").unlink()
+    update_ref(git_dir, "refs/mhafail/x", one, None)
+    assert _git(store.path, "rev-parse", "refs/mhafail/x").decode().strip() == one
+    _git(store.path, "pack-refs", "--all")
+    assert read_ref(git_dir, "refs/mhafail/x") == one  # from packed-refs
+    with pytest.raises(RepositoryError, match="packed"):
+        update_ref(git_dir, "refs/mhafail/x", None)
+    assert read_ref(git_dir, "refs/mhafail/nope") is None
+
+
+def _bundle(objects: list[tuple[bytes, bytes]]) -> tuple[bytes, dict[str, bytes]]:
+    """A proposal bundle of ``(type, body)`` objects, and their shas by body."""
+    out, shas = b"", {}
+    for kind, body in objects:
+        sha = object_id(kind, body)
+        data = compress(kind, body)
+        out += b"%s %d\n%s" % (sha.encode(), len(data), data)
+        shas[body] = sha
+    return out, shas
+
+
+def _proposal(tmp_path: Path, names: list[tuple[bytes, bytes]]) -> tuple[GitStore, str, str, bytes]:
+    """A holder repository with a parent commit, and a bundle for a child with ``names``."""
+    from mhafail.config._objects import encode_commit
+
+    store = GitStore.init(tmp_path / "holder")
+    base_tree = store.loose.write(b"tree", b"")
+    parent = store.loose.write(b"commit", encode_commit(base_tree, None, ("T", "t@x"), 1, "p\n"))
+    blob = b"data\n"
+    tree = encode_tree([(mode, name, object_id(b"blob", blob)) for mode, name in names])
+    commit = encode_commit(object_id(b"tree", tree), parent, ("T", "t@x"), 2, "c\n")
+    data, _ = _bundle([(b"blob", blob), (b"tree", tree), (b"commit", commit)])
+    _PARTS[data] = [(b"tree", tree), (b"commit", commit)]
+    return store, parent, object_id(b"commit", commit), data
+
+
+_PARTS: dict[bytes, list[tuple[bytes, bytes]]] = {}
+
+
+def test_unbundle_stores_a_clean_proposal(tmp_path: Path) -> None:
+    """A well-formed proposal is stored loose, commit last, and its whole tree checks clean."""
+    from mhafail.config._fetch import unbundle
+    from mhafail.config._paths import Limits
+    from mhafail.config._trees import check_tree
+
+    store, parent, sha, data = _proposal(tmp_path, [(b"100644", b"a.conf")])
+    order = unbundle(store, data, sha, parent, Limits())
+    assert order[-1] == sha and all(store.loose.has(o) for o in order)
+    assert [f.path for f in check_tree(store, sha)] == ["a.conf"]
+
+
+@pytest.mark.parametrize(
+    ("names", "match"),
+    [
+        ([(b"100644", b"..")], "invalid path"),
+        ([(b"100644", b".git")], "reserved"),
+        ([(b"100644", b".GIT")], "reserved"),
+        ([(b"120000", b"link")], "not a regular file"),
+        ([(b"160000", b"sub")], "not a regular file"),
+        ([(b"100644", b"\xff")], "UTF-8"),
+        ([(b"100644", b"a\\b")], "invalid path"),
+    ],
+)
+def test_unbundle_refuses_unsafe_trees(
+    tmp_path: Path, names: list[tuple[bytes, bytes]], match: str
+) -> None:
+    """A proposal whose tree holds an unsafe name, a link or a submodule is refused, none stored."""
+    from mhafail.config._fetch import unbundle
+    from mhafail.config._paths import Limits
+
+    store, parent, sha, data = _proposal(tmp_path, names)
+    with pytest.raises(InvalidChange, match=match):
+        unbundle(store, data, sha, parent, Limits())
+    assert not store.loose.has(sha)
+
+
+def test_unbundle_refuses_bad_framing_and_links(tmp_path: Path) -> None:
+    """Wrong parent, unreached extras, missing objects, corrupt or truncated data: refused."""
+    from mhafail.config._fetch import unbundle
+    from mhafail.config._paths import Limits
+
+    store, parent, sha, data = _proposal(tmp_path, [(b"100644", b"a.conf")])
+    limits = Limits()
+    with pytest.raises(InvalidChange, match="does not build on"):
+        unbundle(store, data, sha, None, limits)
+    extra, _ = _bundle([(b"blob", b"unreached")])
+    with pytest.raises(InvalidChange, match="does not reach"):
+        unbundle(store, data + extra, sha, parent, limits)
+    without_blob, _ = _bundle(_PARTS[data])
+    with pytest.raises(InvalidChange, match="not here"):
+        unbundle(store, without_blob, sha, parent, limits)
+    with pytest.raises(InvalidChange, match="truncated"):
+        unbundle(store, data[:-5], sha, parent, limits)
+    with pytest.raises(InvalidChange, match="bad object header"):
+        unbundle(store, b"garbage\n" + data, sha, parent, limits)
+    assert not store.loose.has(sha)
