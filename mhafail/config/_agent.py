@@ -157,7 +157,11 @@ class ConfigAgent:
                 repo.name,
             )
         self._loop = ConvergeLoop(
-            f"mhafail-config-{repo.name}", self._pass, period=self.period, retry=self.period
+            f"mhafail-config-{repo.name}",
+            self._pass,
+            period=self.period,
+            retry=self.period,
+            settle=self.debounce,
         )
         loop = self._loop
         coordinator.add_state_listener(
@@ -187,7 +191,9 @@ class ConfigAgent:
             self._loop.stop()
 
     def _pass(self) -> None:
-        self.converge()
+        # The loop waited ``debounce`` already, and kicks in that time are
+        # covered: a head move and its proposal's removal make one pass.
+        self._converge()
 
     def kick(self) -> None:
         """Ask for a pass now (e.g. after thawing the local mode)."""
@@ -226,6 +232,9 @@ class ConfigAgent:
         """
         if self.debounce > 0:
             time.sleep(self.debounce)
+        return self._converge()
+
+    def _converge(self) -> ApplyOutcome:
         repo = self.repository
         self._hold_proposals()
         mode = repo.mode_override() or self.mode

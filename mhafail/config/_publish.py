@@ -3,8 +3,9 @@
 ``replicate`` proposes a commit (``config/<repo>/proposals/<sha>``,
 ephemeral) and waits until enough other nodes' reports list it in
 ``holds``; ``publish`` moves the head by compare-and-set, only on a live
-connection; ``settle`` finds out, by an ordered re-read, whether a
-compare-and-set that got no answer took effect.
+connection, and ``withdraw`` removes the proposal after it; ``settle``
+finds out, by an ordered re-read, whether a compare-and-set that got no
+answer took effect.
 """
 
 from __future__ import annotations
@@ -117,9 +118,20 @@ def replicate(
                 )
             time.sleep(pause)
             pause = min(0.008, pause * 2)
-    finally:
-        with contextlib.suppress(CoordinationUnavailable):
-            znodes.delete(path)  # ephemeral: it goes with the session anyway
+    except BaseException:
+        withdraw(repo, sha)
+        raise
+
+
+def withdraw(repo: ConfigRepository, sha: str) -> None:
+    """Remove the proposal of ``sha`` (after its compare-and-set, won or lost).
+
+    After, not before: agents see the head move and the proposal go in
+    one pass instead of two. Never raises: the proposal is ephemeral and
+    goes with the session anyway.
+    """
+    with contextlib.suppress(CoordinationUnavailable):
+        repo.znodes().delete(proposal_path(repo.name, sha))
 
 
 def publish(

@@ -52,7 +52,7 @@ from mhafail.config._model import (
     mode_path,
 )
 from mhafail.config._paths import Limits, absolute_path, check_changes, check_sha
-from mhafail.config._publish import OUTGOING, publish, replicate
+from mhafail.config._publish import OUTGOING, publish, replicate, withdraw
 from mhafail.config._refs import update_ref
 from mhafail.config._repo import BRANCH, GitStore, parse_author
 from mhafail.config._safefs import read_regular
@@ -394,15 +394,18 @@ class ConfigRepository:
                 # Served before the CAS, so peers can fetch it the moment it wins.
                 self._export(sha, OUTGOING, parent, written)
                 holders = replicate(self, sha, replicas, parent, written)
-                result = publish(
-                    self,
-                    sha=sha,
-                    parent=head.sha if head else None,
-                    head=head,
-                    version=version,
-                    message=message,
-                    author=author,
-                )
+                try:
+                    result = publish(
+                        self,
+                        sha=sha,
+                        parent=head.sha if head else None,
+                        head=head,
+                        version=version,
+                        message=message,
+                        author=author,
+                    )
+                finally:
+                    withdraw(self, sha)
                 if result is not None:
                     self._after_publish(base_sha, sha, checked if parent == base_sha else None)
                     return Commit(
@@ -472,15 +475,18 @@ class ConfigRepository:
             holders = replicate(self, new, replicas, git_parent)
             paths = tuple(self.store.changed_paths(git_parent, new))
             local = self.store.main()
-            result = publish(
-                self,
-                sha=new,
-                parent=parent,
-                head=head,
-                version=version,
-                message=text,
-                author=author,
-            )
+            try:
+                result = publish(
+                    self,
+                    sha=new,
+                    parent=parent,
+                    head=head,
+                    version=version,
+                    message=text,
+                    author=author,
+                )
+            finally:
+                withdraw(self, new)
             if result is None:
                 raise HeadConflict("another commit was published first; retry", head=None)
             self._after_publish(local, new)
