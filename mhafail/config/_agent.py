@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 import attrs
 
 from mhafail.config._export import PROPOSED
-from mhafail.config._fetch import unpack_commit
+from mhafail.config._fetch import unbundle, unpack_commit
 from mhafail.config._model import (
     MAX_HOLDS,
     ApplyOutcome,
@@ -157,7 +157,11 @@ class ConfigAgent:
                 repo.name,
             )
         self._loop = ConvergeLoop(
-            f"mhafail-config-{repo.name}", self._pass, period=self.period, retry=self.period
+            f"mhafail-config-{repo.name}",
+            self._pass,
+            period=self.period,
+            retry=self.period,
+            settle=self.debounce,
         )
         loop = self._loop
         coordinator.add_state_listener(
@@ -187,7 +191,9 @@ class ConfigAgent:
             self._loop.stop()
 
     def _pass(self) -> None:
-        self.converge()
+        # The loop waited ``debounce`` already, and kicks in that time are
+        # covered: a head move and its proposal's removal make one pass.
+        self._converge()
 
     def kick(self) -> None:
         """Ask for a pass now (e.g. after thawing the local mode)."""
@@ -226,6 +232,9 @@ class ConfigAgent:
         """
         if self.debounce > 0:
             time.sleep(self.debounce)
+        return self._converge()
+
+    def _converge(self) -> ApplyOutcome:
         repo = self.repository
         self._hold_proposals()
         mode = repo.mode_override() or self.mode
@@ -286,13 +295,21 @@ class ConfigAgent:
                 origin, parent = about.get("origin", ""), about.get("parent")
                 check_name("node name", origin)
                 parent = check_sha(parent) if parent is not None else None
-                if pack:
-                    try:
+                objects = None
+                try:
+                    if pack and about.get("objects") == "loose":
+                        objects = unbundle(repo.store, pack, sha, parent, repo.limits)
+                    elif pack:
                         unpack_commit(repo.store, pack)
-                    except InvalidChange as exc:  # fetched below instead, checked there
-                        logger.warning("%s: proposal %s: %s", repo.name, sha[:12], exc)
+                except InvalidChange as exc:  # fetched below instead, checked there
+                    logger.warning("%s: proposal %s: %s", repo.name, sha[:12], exc)
                 repo.ensure_commit(
-                    sha, origin=origin, peers=self._peers(), ref=PROPOSED, parent=parent
+                    sha,
+                    origin=origin,
+                    peers=self._peers(),
+                    ref=PROPOSED,
+                    parent=parent,
+                    objects=objects,
                 )
             except (ValueError, AttributeError, InvalidArgument, ConfigError, OSError) as exc:
                 logger.info("%s: not holding proposal %s: %s", repo.name, sha[:12], exc)

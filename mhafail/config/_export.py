@@ -17,10 +17,14 @@ checked change set on a checked parent).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+from mhafail.config._objects import parse_commit, parse_tree
 from mhafail.config._paths import check_sha
+from mhafail.config._refs import read_ref, update_ref
 from mhafail.config._repo import BRANCH, GitStore
+from mhafail.errors import InvalidChange
 
 EXPORT_OK = "git-daemon-export-ok"
 PROPOSED = "refs/mhafail/proposed"
@@ -46,7 +50,13 @@ def init_export(path: Path) -> GitStore:
 
 
 def export(
-    source: GitStore, dest: Path, sha: str, ref: str = BRANCH, base: str | None = None
+    source: GitStore,
+    dest: Path,
+    sha: str,
+    *,
+    ref: str = BRANCH,
+    base: str | None = None,
+    objects: Sequence[str] | None = None,
 ) -> None:
     """Copy commit ``sha`` (checked by the caller) from ``source`` into ``dest``.
 
@@ -60,7 +70,11 @@ def export(
 
     ``base``: a commit the caller knows ``sha`` builds on (its parent); if
     it is exported already, only what it does not reach is copied, without
-    asking git for ``dest``'s branch first.
+    asking git for ``dest``'s branch first. ``objects``: with ``base``,
+    the objects ``sha`` adds to it (the committer just wrote them, a
+    holder just received them), so that git need not be asked either; they
+    are used only if every object their trees and the commit name is among
+    them or in ``dest`` already (else git lists what is missing).
 
     Raises:
         RepositoryError: git failed.
@@ -68,11 +82,39 @@ def export(
     check_sha(sha)
     if base is not None and not exported(dest, check_sha(base)):
         base = None
-    if not _link_objects(source, dest, sha, base):
+    if base is not None and objects is not None and _closed(source, dest, sha, objects):
+        linked = _link(source, dest, [*objects, sha])
+    else:
+        linked = _link_objects(source, dest, sha, base)
+    if not linked:
         source.git("push", "--quiet", "--no-verify", str(dest), f"+{sha}:{ref}")
         return
     if ref != PROPOSED:  # a proposal is served by sha; a ref would cost a process
-        GitStore(dest).git("update-ref", ref, sha)
+        update_ref(Path(dest), ref, sha)
+
+
+def _closed(source: GitStore, dest: Path, sha: str, objects: Sequence[str]) -> bool:
+    """True when every object that ``sha`` and ``objects`` name is among them or in ``dest``."""
+    mine = {*objects, sha}
+    found = source.read_objects([o for o in mine if not exported(dest, o) or o == sha])
+    for oid in mine:
+        obj = found.get(oid)
+        if obj is None:
+            continue  # in dest already (checked, complete) or a blob: names nothing
+        kind, body = obj
+        try:
+            if kind == b"tree":
+                named = [child for _, _, child in parse_tree(body)]
+            elif kind == b"commit":
+                tree, parents = parse_commit(body)
+                named = [tree, *parents]
+            else:
+                continue
+        except InvalidChange:
+            return False
+        if any(n not in mine and not exported(dest, n) for n in named):
+            return False
+    return True
 
 
 def exported(dest: Path, sha: str) -> bool:
@@ -87,15 +129,19 @@ def exported(dest: Path, sha: str) -> bool:
 def _link_objects(source: GitStore, dest: Path, sha: str, base: str | None) -> bool:
     """Hard-link the objects of ``sha``'s closure missing from ``dest``; False: push instead."""
     if base is None:
-        have = GitStore(dest).git("rev-parse", "-q", "--verify", BRANCH, check=False)
-        base = have.decode().strip() or None
+        base = read_ref(Path(dest), BRANCH)
         if base is not None and not source.has_commit(base):
             base = None
     out = source.git("rev-list", "--objects", sha, *([f"^{base}"] if base else []))
+    # rev-list lists commits first: reversed, the commit comes last.
+    return _link(source, dest, [line[:40].decode() for line in reversed(out.splitlines())])
+
+
+def _link(source: GitStore, dest: Path, oids: Sequence[str]) -> bool:
+    """Hard-link ``oids`` into ``dest`` in this order (commit last); False: one is not loose."""
     src, dst = source.path / ".git" / "objects", Path(dest) / "objects"
     # Commits last: a commit object in ``dest`` means its closure is there.
-    for line in reversed(out.splitlines()):
-        oid = line[:40].decode()
+    for oid in dict.fromkeys(oids):
         target = dst / oid[:2] / oid[2:]
         if target.exists():
             continue

@@ -3,8 +3,9 @@
 ``replicate`` proposes a commit (``config/<repo>/proposals/<sha>``,
 ephemeral) and waits until enough other nodes' reports list it in
 ``holds``; ``publish`` moves the head by compare-and-set, only on a live
-connection; ``settle`` finds out, by an ordered re-read, whether a
-compare-and-set that got no answer took effect.
+connection, and ``withdraw`` removes the proposal after it; ``settle``
+finds out, by an ordered re-read, whether a compare-and-set that got no
+answer took effect.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from mhafail.config._fetch import MAX_PACK_BYTES, pack_commit
+from mhafail.config._fetch import MAX_PACK_BYTES, bundle_commit, pack_commit
 from mhafail.config._model import Head, NodeReport, applied_path, head_path, proposal_path
-from mhafail.config._repo import BRANCH, GitStore
+from mhafail.config._refs import update_ref
+from mhafail.config._repo import BRANCH
 from mhafail.coordination import ConnectionState, Znode
 from mhafail.errors import (
     CoordinationUnavailable,
@@ -47,12 +50,18 @@ def holds(node: str, znode: Znode | None, sha: str) -> bool:
 
 
 def replicate(
-    repo: ConfigRepository, sha: str, replicas: int | None, parent: str | None
+    repo: ConfigRepository,
+    sha: str,
+    replicas: int | None,
+    parent: str | None,
+    objects: Sequence[str] | None = None,
 ) -> tuple[str, ...]:
     """Propose ``sha`` and wait until enough other nodes hold it; return them.
 
-    The proposal carries the commit's new objects (a git pack of what
-    ``parent`` does not reach) when they fit in :data:`MAX_PACK_BYTES`:
+    The proposal carries the commit's new objects when they fit in
+    :data:`MAX_PACK_BYTES`: the loose object files of ``objects`` (what
+    the commit adds to ``parent``, known to a committer that just wrote
+    them), else a git pack of what ``parent`` does not reach:
     agents store them with git's checks instead of each fetching from this
     node's git daemon, which was most of the time a commit took.
 
@@ -80,14 +89,19 @@ def replicate(
             sha=sha,
         )
     path = proposal_path(repo.name, sha)
-    data = json.dumps({"origin": repo.node, "parent": parent, "time": time.time()}).encode()
-    pack = pack_commit(repo.store, sha, parent)
+    about: dict[str, object] = {"origin": repo.node, "parent": parent, "time": time.time()}
+    if objects is not None and parent is not None:
+        about["objects"] = "loose"
+        pack = bundle_commit(repo.store, sha, objects)
+    else:
+        pack = pack_commit(repo.store, sha, parent)
+    data = json.dumps(about).encode()
     if len(pack) <= MAX_PACK_BYTES:
         data += b"\n" + pack
     znodes.create(path, data, ephemeral=True, makepath=True)
     try:
         end = time.monotonic() + repo.replicate_timeout
-        pause = 0.002
+        pause = 0.001
         while True:
             found = znodes.get_many([applied_path(repo.name, m) for m in others])
             holders = tuple(m for m in others if holds(m, found[applied_path(repo.name, m)], sha))
@@ -103,10 +117,21 @@ def replicate(
                     holders=holders,
                 )
             time.sleep(pause)
-            pause = min(0.02, pause * 2)
-    finally:
-        with contextlib.suppress(CoordinationUnavailable):
-            znodes.delete(path)  # ephemeral: it goes with the session anyway
+            pause = min(0.008, pause * 2)
+    except BaseException:
+        withdraw(repo, sha)
+        raise
+
+
+def withdraw(repo: ConfigRepository, sha: str) -> None:
+    """Remove the proposal of ``sha`` (after its compare-and-set, won or lost).
+
+    After, not before: agents see the head move and the proposal go in
+    one pass instead of two. Never raises: the proposal is ephemeral and
+    goes with the session anyway.
+    """
+    with contextlib.suppress(CoordinationUnavailable):
+        repo.znodes().delete(proposal_path(repo.name, sha))
 
 
 def publish(
@@ -145,22 +170,20 @@ def publish(
             won = znodes.set(head_path(repo.name), new.to_json(), version=version) is not None
     except CoordinationUnavailable as exc:
         won = settle(repo, sha, version, exc)
-    served = GitStore(repo.export_dir)  # _export() created it before the CAS
+    served = repo.export_dir  # _export() created it before the CAS
     if not won:
         logger.info("%s: lost the head CAS with %s", repo.name, sha[:12])
-        served.git("update-ref", "-d", OUTGOING, check=False)
+        with contextlib.suppress(RepositoryError):
+            update_ref(served, OUTGOING, None)
         return None
     repo._verified.add(sha)
     # Published: main moves to it, and the outgoing ref is no longer needed.
     # Nothing after the CAS may raise: the caller would see a failure
     # for a commit that is live (peers can fetch it by sha regardless).
     try:
-        served.git(
-            "update-ref",
-            "--stdin",
-            input=f"update {BRANCH} {sha}\ndelete {OUTGOING}\n".encode(),
-        )
-    except RepositoryError as exc:
+        update_ref(served, BRANCH, sha)
+        update_ref(served, OUTGOING, None)
+    except (RepositoryError, OSError) as exc:
         logger.warning("%s: export ref not moved to %s: %s", repo.name, sha[:12], exc)
     logger.info("%s: published %s (%s)", repo.name, sha[:12], new.message.splitlines()[0])
     return new

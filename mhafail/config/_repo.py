@@ -33,8 +33,20 @@ from pathlib import Path
 
 import git
 
+from mhafail.config._index import update_index
 from mhafail.config._model import LogEntry
+from mhafail.config._objects import (
+    TREE_MODE,
+    LooseObjects,
+    build_tree,
+    compress,
+    encode_commit,
+    object_id,
+    parse_commit,
+    parse_tree,
+)
 from mhafail.config._paths import check_sha
+from mhafail.config._refs import read_ref, update_ref
 from mhafail.config._safefs import read_regular, remove_file, write_file
 from mhafail.errors import InvalidChange, RepositoryError
 
@@ -47,6 +59,11 @@ _FSCK_FAILURE = re.compile(r"fsck error|error: object [0-9a-f]{40}: \w+:")
 _ZERO = "0" * 40
 # Applied as the last (winning) attribute rules: no conversion, no filter.
 _NO_FILTERS = "* -text -ident -filter !eol !working-tree-encoding\n"
+# Tree bodies and object sizes by (objects directory, sha): objects never
+# change, and a node checks the same unchanged subtrees on every commit.
+_TREES: dict[tuple[str, str], bytes] = {}
+_SIZES: dict[tuple[str, str], tuple[bytes, int]] = {}
+_CACHE_MAX = 4096
 
 
 def write_files(root: Path, changes: Mapping[str, bytes | None]) -> None:
@@ -236,8 +253,15 @@ class GitStore:
         return self.git("merge-base", old, new, check=False).decode().strip() == old
 
     def main(self) -> str | None:
-        """The sha of the local branch (None in a fresh repository)."""
-        return self.resolve(BRANCH)
+        """The sha of the local branch (None in a fresh repository).
+
+        Read from the ref file (or ``packed-refs``) without starting git:
+        it runs several times per commit on every node.
+        """
+        try:
+            return read_ref(self.path / ".git", BRANCH)
+        except RepositoryError:
+            return self.resolve(BRANCH)
 
     def files(self, sha: str | None) -> list[str]:
         """All file paths in commit ``sha`` (empty for None)."""
@@ -250,8 +274,7 @@ class GitStore:
         """Paths that differ between commits ``old`` and ``new`` (all of ``new`` if None)."""
         if old is None:
             return self.files(new)
-        out = self.git("diff-tree", "-r", "-z", "--name-only", "--no-renames", old, new)
-        return sorted(_decode_path(p) for p in out.split(b"\0") if p)
+        return sorted(path for path, _, _, _ in self.changes(old, new))
 
     def read(self, sha: str, path: str) -> bytes | None:
         """The content of ``path`` at ``sha``, or None when it is not a file there."""
@@ -291,26 +314,77 @@ class GitStore:
         ``old`` None: every file of ``new``. A file deleted in ``new`` has
         mode None. Directories are not listed.
         """
-        result: list[tuple[str, str | None, str]] = []
-        if old is None:
-            for item in self.git("ls-tree", "-r", "-z", "--full-tree", new).split(b"\0"):
-                if item:
-                    meta, _, raw = item.partition(b"\t")
-                    mode, _, blob = meta.decode().split(" ")
-                    result.append((_decode_path(raw), mode, blob))
-            return result
-        out = self.git("diff-tree", "-r", "-z", "--no-renames", old, new)
-        fields = out.split(b"\0")
-        for meta, raw in zip(fields[0::2], fields[1::2], strict=False):
-            if meta.startswith(b":"):
-                _, mode, _, blob, status = meta[1:].decode().split(" ")
-                result.append((_decode_path(raw), None if status == "D" else mode, blob))
+        return [(p, m, b or a or "") for p, m, b, a in self.changes(old, new)]
+
+    def changes(
+        self, old: str | None, new: str
+    ) -> list[tuple[str, str | None, str | None, str | None]]:
+        """``(path, new mode, new blob, old blob)`` of every file that differs, old -> new.
+
+        A file that is not in ``new`` has new mode and blob None; one not
+        in ``old`` has old blob None. Read in-process from the tree
+        objects (this runs on every node for every commit), skipping
+        unchanged subtrees by their sha.
+
+        Raises:
+            InvalidChange: a name that is not UTF-8.
+            RepositoryError: a commit or tree is not here.
+        """
+        result: list[tuple[str, str | None, str | None, str | None]] = []
+        old_tree = self.tree_of(old) if old is not None else None
+        self._diff(old_tree, self.tree_of(new), "", result)
         return result
+
+    def _diff(
+        self,
+        old: str | None,
+        new: str | None,
+        where: str,
+        out: list[tuple[str, str | None, str | None, str | None]],
+    ) -> None:
+        if old == new:
+            return
+        before = {e[1]: e for e in parse_tree(self.read_tree(old))} if old else {}
+        after = {e[1]: e for e in parse_tree(self.read_tree(new))} if new else {}
+        for name in sorted(before.keys() | after.keys()):
+            path = where + _decode_path(name)
+            a, b = before.get(name), after.get(name)
+            a_tree = a is not None and a[0] == TREE_MODE
+            b_tree = b is not None and b[0] == TREE_MODE
+            if a_tree or b_tree:
+                self._diff(
+                    a[2] if a_tree and a else None, b[2] if b_tree and b else None, path + "/", out
+                )
+            a_file = a if a is not None and not a_tree else None
+            b_file = b if b is not None and not b_tree else None
+            if b_file is not None:
+                if a_file is None or (a_file[0], a_file[2]) != (b_file[0], b_file[2]):
+                    out.append((path, b_file[0].decode(), b_file[2], a_file and a_file[2]))
+            elif a_file is not None:
+                out.append((path, None, None, a_file[2]))
+
+    def sync_index(self, old: str | None, new: str) -> None:
+        """Make the index entries of the paths ``old`` -> ``new`` changes match ``new``.
+
+        In-process (:mod:`._index`), or one ``git update-index`` when the
+        index is not in a plain format; a ``git reset`` re-read the whole
+        tree. Other index entries (an operator's staged edits) are left as
+        they are.
+        """
+        changes = self.entries(old, new)
+        if update_index(self.path / ".git", changes):
+            return
+        lines = [
+            f"{mode} {blob}\t{path}" if mode is not None else f"0 {_ZERO}\t{path}"
+            for path, mode, blob in changes
+        ]
+        if lines:
+            self.git("update-index", "--index-info", input=("\n".join(lines) + "\n").encode())
 
     def write_entries(self, dest: Path, entries: Sequence[tuple[str, str | None, str]]) -> None:
         """Write (or delete, mode None) the given files under ``dest``, raw, confined."""
         wanted = [(p, m, b) for p, m, b in entries if m is not None]
-        blobs = self.read_many([b for _, _, b in wanted])
+        blobs = self.read_blobs([b for _, _, b in wanted])
         for path, mode, _ in entries:
             if mode is None:
                 remove_file(dest, path)
@@ -373,37 +447,54 @@ class GitStore:
         message: str,
         author: str,
         when: float,
+        written: list[str] | None = None,
     ) -> str:
         """Create the commit whose tree is ``parent`` with ``paths`` taken from ``staged``.
 
-        ``paths`` that no longer exist in ``staged`` are deleted. The commit
-        object is written but no ref points at it.
+        ``paths`` that no longer exist in ``staged`` are deleted. The
+        objects are written in-process (:mod:`._objects`: the blobs, the
+        trees on the changed paths, the commit), byte-identical to what
+        ``hash-object --no-filters``, ``write-tree`` and ``commit-tree``
+        write; no ref points at the commit.
+
+        Args:
+            written: if given, receives the sha of every object the new
+                commit adds to ``parent``'s (what a peer needs besides it).
 
         Returns:
             The new commit's sha.
 
         Raises:
-            InvalidChange: the result equals the parent's tree (nothing to commit).
+            InvalidChange: the result equals the parent's tree (nothing to
+                commit), or the change set does not fit the parent's tree.
         """
-        name, email = parse_author(author)
-        present = [p for p in paths if (staged / p).is_file()]
-        with self._temp_index() as env:
-            if parent is not None:
-                self.git("read-tree", parent, env=env)
-            shas: list[str] = []
-            if present:
-                listing = "".join(f"{staged / p}\n" for p in present).encode()
-                out = self.git("hash-object", "-w", "--stdin-paths", "--no-filters", input=listing)
-                shas = out.decode().split()
-            info = [f"100644 {sha}\t{p}" for p, sha in zip(present, shas, strict=True)]
-            info += [f"0 {'0' * 40}\t{p}" for p in paths if p not in set(present)]
-            self.git(
-                "update-index", "--index-info", input=("\n".join(info) + "\n").encode(), env=env
-            )
-            tree = self.git("write-tree", env=env).decode().strip()
-        if parent is not None and tree == self._tree(parent):
+        who = parse_author(author)
+        loose = self.loose
+        new_objects: list[str] = []
+
+        def write(kind: bytes, body: bytes) -> str:
+            sha = object_id(kind, body)
+            pending[sha] = compress(kind, body)
+            new_objects.append(sha)
+            return sha
+
+        pending: dict[str, bytes] = {}
+        files: dict[str, str | None] = {}
+        for path in paths:
+            target = staged / path
+            files[path] = write(b"blob", target.read_bytes()) if target.is_file() else None
+        old_tree = self.tree_of(parent) if parent is not None else None
+        tree = build_tree(old_tree, files, self.read_tree, write)
+        if tree is None:
+            tree = write(b"tree", b"")
+        if tree == old_tree:
             raise InvalidChange("nothing to commit: the change set leaves the tree as it is")
-        return self._commit_tree(tree, parent, message, (name, email), when)
+        body = encode_commit(tree, parent, who, int(when), message)
+        sha = write(b"commit", body)
+        loose.store(pending)
+        if written is not None:
+            written.extend(dict.fromkeys(new_objects))
+        return sha
 
     def commit_tree_of(
         self,
@@ -428,7 +519,108 @@ class GitStore:
         return self._commit_tree(tree, parent, message, (name, email), when)
 
     def _tree(self, commit: str) -> str:
-        return self.git("rev-parse", f"{commit}^{{tree}}").decode().strip()
+        return self.tree_of(commit)
+
+    # --- objects in-process ---------------------------------------------------------
+
+    @property
+    def loose(self) -> LooseObjects:
+        """The repository's loose objects (read and written without git)."""
+        git_dir = self.path / ".git"
+        return LooseObjects((git_dir if git_dir.is_dir() else self.path) / "objects")
+
+    def read_objects(self, shas: Sequence[str]) -> dict[str, tuple[bytes, bytes]]:
+        """``(type, body)`` of each object in ``shas`` that is here (missing ones left out).
+
+        Loose objects are read in-process; packed ones with one
+        ``git cat-file --batch`` for all of them. Trees are cached by
+        repository and sha (an object never changes).
+        """
+        loose = self.loose
+        key = str(loose.objects)
+        found: dict[str, tuple[bytes, bytes]] = {}
+        missing: list[str] = []
+        for sha in dict.fromkeys(shas):
+            cached = _TREES.get((key, sha))
+            if cached is not None:
+                found[sha] = (b"tree", cached)
+                continue
+            try:
+                obj = loose.read(sha)
+            except InvalidChange as exc:
+                raise RepositoryError(f"{self.path}: {exc}") from exc
+            if obj is None:
+                missing.append(sha)
+            else:
+                found[sha] = obj
+        if missing:
+            out = self.git("cat-file", "--batch", input="".join(f"{s}\n" for s in missing).encode())
+            pos = 0
+            for sha in missing:
+                eol = out.index(b"\n", pos)
+                header = out[pos:eol].split()
+                pos = eol + 1
+                if len(header) == 3:
+                    size = int(header[2])
+                    found[sha] = (header[1], out[pos : pos + size])
+                    pos += size + 1
+        if len(_TREES) > _CACHE_MAX:
+            _TREES.clear()
+        for sha, (kind, body) in found.items():
+            if kind == b"tree":
+                _TREES[(key, sha)] = body
+        return found
+
+    def object_sizes(self, shas: Sequence[str]) -> dict[str, tuple[bytes, int]]:
+        """``(type, size)`` of each object in ``shas`` that is here; cached like trees."""
+        loose = self.loose
+        key = str(loose.objects)
+        found: dict[str, tuple[bytes, int]] = {}
+        missing: list[str] = []
+        for sha in dict.fromkeys(shas):
+            info = _SIZES.get((key, sha)) or loose.size(sha)
+            if info is None:
+                missing.append(sha)
+            else:
+                found[sha] = info
+        if missing:
+            out = self.git(
+                "cat-file", "--batch-check", input="".join(f"{s}\n" for s in missing).encode()
+            )
+            for sha, line in zip(missing, out.splitlines(), strict=False):
+                header = line.split()
+                if len(header) == 3:
+                    found[sha] = (header[1], int(header[2]))
+        if len(_SIZES) > _CACHE_MAX:
+            _SIZES.clear()
+        for sha, info in found.items():
+            _SIZES[(key, sha)] = info
+        return found
+
+    def read_tree(self, sha: str) -> bytes:
+        """The body of tree ``sha``.
+
+        Raises:
+            RepositoryError: it is not here (or is not a tree).
+        """
+        obj = self.read_objects([sha]).get(sha)
+        if obj is None or obj[0] != b"tree":
+            raise RepositoryError(f"tree {sha[:12]} is not in {self.path}")
+        return obj[1]
+
+    def tree_of(self, commit: str) -> str:
+        """The tree sha of commit ``commit``.
+
+        Raises:
+            RepositoryError: it is not here (or is not a commit).
+        """
+        obj = self.read_objects([commit]).get(commit)
+        if obj is None or obj[0] != b"commit":
+            raise RepositoryError(f"commit {commit[:12]} is not in {self.path}")
+        try:
+            return parse_commit(obj[1])[0]
+        except InvalidChange as exc:
+            raise RepositoryError(f"commit {commit[:12]}: {exc}") from exc
 
     def _commit_tree(
         self, tree: str, parent: str | None, message: str, who: tuple[str, str], when: float
@@ -491,31 +683,13 @@ class GitStore:
 
     # --- working copy ---------------------------------------------------------
 
-    def read_many(self, specs: Sequence[str]) -> list[bytes | None]:
-        """Blob contents for ``sha:path`` specs in one ``git cat-file --batch`` run.
-
-        The process is one-shot and waited for (no persistent cat-file).
-        Specs that name no blob give None.
-        """
-        if not specs:
-            return []
-        out = self.git("cat-file", "--batch", input="".join(f"{s}\n" for s in specs).encode())
-        results: list[bytes | None] = []
-        pos = 0
-        for _ in specs:
-            eol = out.index(b"\n", pos)
-            header = out[pos:eol].split()
-            pos = eol + 1
-            if len(header) == 3 and header[1] == b"blob":
-                size = int(header[2])
-                results.append(out[pos : pos + size])
-                pos += size + 1
-            elif len(header) == 3:
-                pos += int(header[2]) + 1  # a tree or commit: not a file
-                results.append(None)
-            else:
-                results.append(None)  # "<spec> missing"
-        return results
+    def read_blobs(self, shas: Sequence[str]) -> list[bytes | None]:
+        """The contents of blobs ``shas`` (None: not here, or not a blob), mostly in-process."""
+        found = self.read_objects(shas)
+        return [
+            obj[1] if (obj := found.get(sha)) is not None and obj[0] == b"blob" else None
+            for sha in shas
+        ]
 
     def _worktree_file(self, path: str) -> bytes | None:
         try:
@@ -525,13 +699,15 @@ class GitStore:
 
     def _plan(self, old: str | None, new: str) -> tuple[list[str], dict[str, bytes | None]]:
         """Conflicting paths, and the files to write, to move the working copy old -> new."""
-        # One diff and one read for both sides: each git process counts
-        # (this runs on every node for every commit).
-        paths = self.changed_paths(old, new)
-        specs = [f"{new}:{p}" for p in paths] + ([f"{old}:{p}" for p in paths] if old else [])
-        blobs = self.read_many(specs)
-        news = blobs[: len(paths)]
-        olds = blobs[len(paths) :] if old else [None] * len(paths)
+        # In-process diff and reads: this runs on every node for every commit.
+        changed = self.changes(old, new)
+        paths = [path for path, _, _, _ in changed]
+        wanted = [
+            sha for _, _, new_blob, old_blob in changed for sha in (new_blob, old_blob) if sha
+        ]
+        by_sha = dict(zip(wanted, self.read_blobs(wanted), strict=True))
+        news = [by_sha.get(sha) if sha else None for _, _, sha, _ in changed]
+        olds = [by_sha.get(sha) if sha else None for _, _, _, sha in changed]
         conflicts: list[str] = []
         writes: dict[str, bytes | None] = {}
         for path, before, after in zip(paths, olds, news, strict=True):
@@ -598,8 +774,10 @@ class GitStore:
         # Unique temporary names, no links followed, nothing outside the
         # working copy (the paths come from a checked commit all the same).
         write_files(self.path, writes)
-        self.git("update-ref", BRANCH, target, old or _ZERO)
-        self.git("reset", "-q")  # index := target; the working copy stays as written
+        update_ref(self.path / ".git", BRANCH, target, old)
+        # The index follows (for operators' `git status`), for the paths
+        # that changed only: `git reset` re-read the whole tree.
+        self.sync_index(old, target)
 
     def _stash_and_reset(self, target: str) -> str | None:
         saved = None

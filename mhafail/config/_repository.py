@@ -52,7 +52,8 @@ from mhafail.config._model import (
     mode_path,
 )
 from mhafail.config._paths import Limits, absolute_path, check_changes, check_sha
-from mhafail.config._publish import OUTGOING, publish, replicate
+from mhafail.config._publish import OUTGOING, publish, replicate, withdraw
+from mhafail.config._refs import update_ref
 from mhafail.config._repo import BRANCH, GitStore, parse_author
 from mhafail.config._safefs import read_regular
 from mhafail.config._trees import check_tree
@@ -253,6 +254,7 @@ class ConfigRepository:
         peers: Sequence[tuple[str, str]] | None = None,
         ref: str = BRANCH,
         parent: str | None = None,
+        objects: Sequence[str] | None = None,
     ) -> None:
         """Make sure commit ``sha`` is here, safe, and served to peers.
 
@@ -267,7 +269,8 @@ class ConfigRepository:
         export repository's ref that names it (``main``: the published
         head; :data:`PROPOSED`: a proposal, not published yet). ``parent``:
         the commit ``sha`` is said to build on, a hint that saves git work
-        when it is exported already (never trusted for anything else).
+        when it is exported already (never trusted for anything else);
+        ``objects``: what ``sha`` adds to it, if known (see :func:`export`).
 
         Raises:
             InvalidChange: ``sha`` is not a sha, or the commit (or what a
@@ -290,18 +293,20 @@ class ConfigRepository:
                 except RepositoryError:
                     self._fetch(sha, origin, peers)
                     check_tree(store, sha, self.limits)
-                self._export(sha, ref, parent)
+                self._export(sha, ref, parent, objects)
                 self._verified.add(sha)
                 self._refs[ref] = sha
         if ref != PROPOSED and self._refs.get(ref) != sha:
-            GitStore(self.export_dir).git("update-ref", ref, sha)
+            update_ref(self.export_dir, ref, sha)
             self._refs[ref] = sha
 
-    def _export(self, sha: str, ref: str, base: str | None = None) -> None:
+    def _export(
+        self, sha: str, ref: str, base: str | None = None, objects: Sequence[str] | None = None
+    ) -> None:
         """Copy a checked or own commit into the export repository, creating it if needed."""
         if not (self.export_dir / "HEAD").is_file():
             init_export(self.export_dir)  # a repository made by an older version
-        export(self.store, self.export_dir, sha, ref=ref, base=base)
+        export(self.store, self.export_dir, sha, ref=ref, base=base, objects=objects)
 
     def _fetch(self, sha: str, origin: str, peers: Sequence[tuple[str, str]] | None) -> None:
         candidates = self.peers() if peers is None else peers
@@ -373,6 +378,7 @@ class ConfigRepository:
                 head, version = self._read_head()
                 parent, rebased = self._parent_for(head, base_sha, set(checked), rebase)
                 staged = self._stage_and_validate(parent, checked)
+                written: list[str] = []
                 try:
                     sha = self.store.write_commit(
                         parent=parent,
@@ -381,21 +387,25 @@ class ConfigRepository:
                         message=message,
                         author=author,
                         when=time.time(),
+                        written=written,
                     )
                 finally:
                     shutil.rmtree(staged.parent, ignore_errors=True)
                 # Served before the CAS, so peers can fetch it the moment it wins.
-                self._export(sha, OUTGOING, parent)
-                holders = replicate(self, sha, replicas, parent)
-                result = publish(
-                    self,
-                    sha=sha,
-                    parent=head.sha if head else None,
-                    head=head,
-                    version=version,
-                    message=message,
-                    author=author,
-                )
+                self._export(sha, OUTGOING, parent, written)
+                holders = replicate(self, sha, replicas, parent, written)
+                try:
+                    result = publish(
+                        self,
+                        sha=sha,
+                        parent=head.sha if head else None,
+                        head=head,
+                        version=version,
+                        message=message,
+                        author=author,
+                    )
+                finally:
+                    withdraw(self, sha)
                 if result is not None:
                     self._after_publish(base_sha, sha, checked if parent == base_sha else None)
                     return Commit(
@@ -465,15 +475,18 @@ class ConfigRepository:
             holders = replicate(self, new, replicas, git_parent)
             paths = tuple(self.store.changed_paths(git_parent, new))
             local = self.store.main()
-            result = publish(
-                self,
-                sha=new,
-                parent=parent,
-                head=head,
-                version=version,
-                message=text,
-                author=author,
-            )
+            try:
+                result = publish(
+                    self,
+                    sha=new,
+                    parent=parent,
+                    head=head,
+                    version=version,
+                    message=text,
+                    author=author,
+                )
+            finally:
+                withdraw(self, new)
             if result is None:
                 raise HeadConflict("another commit was published first; retry", head=None)
             self._after_publish(local, new)

@@ -13,13 +13,11 @@ out, advances its working copy to it, or re-serves it to peers.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
 from collections.abc import Iterator
 
 import attrs
 
+from mhafail.config._objects import parse_commit
 from mhafail.config._paths import Limits, check_component, check_path, check_sha
 from mhafail.config._repo import GitStore
 from mhafail.errors import InvalidChange, RepositoryError
@@ -84,110 +82,47 @@ def check_tree(store: GitStore, commit: str, limits: Limits | None = None) -> li
     """
     limits = limits or Limits()
     check_sha(commit)
-    # One cat-file process answers every level in turn (it used to be one
-    # git process per level plus two: most of the time a node spent
-    # holding a proposal).
-    with _Objects(store) as objects:
-        root = objects.ask("info", [f"{commit}^{{tree}}"])[0]
-        if root is None or root[1] != b"tree":
-            raise RepositoryError(f"commit {commit[:12]} is not in the repository")
-        level = [("", root[0].decode())]
-        found: list[tuple[str, bool, str]] = []
-        entries = 0
-        while level:
-            deeper: list[tuple[str, str]] = []
-            answers = objects.ask("contents", [sha for _, sha in level])
-            for (where, sha), answer in zip(level, answers, strict=True):
-                if answer is None or answer[1] != b"tree":
-                    raise RepositoryError(
-                        f"{commit[:12]}: tree {where or '/'} ({sha[:12]}) is missing"
+    # Read in-process (loose objects, cached trees), git only for packed
+    # ones: this runs for every proposal on every node, and it used to be
+    # one git process per level, then one cat-file process per check.
+    top = store.read_objects([commit]).get(commit)
+    if top is None or top[0] != b"commit":
+        raise RepositoryError(f"commit {commit[:12]} is not in the repository")
+    try:
+        root = parse_commit(top[1])[0]
+    except InvalidChange as exc:
+        raise InvalidChange(f"commit {commit[:12]}: {exc}") from None
+    level = [("", root)]
+    found: list[tuple[str, bool, str]] = []
+    entries = 0
+    while level:
+        deeper: list[tuple[str, str]] = []
+        answers = store.read_objects([sha for _, sha in level])
+        for where, sha in level:
+            answer = answers.get(sha)
+            if answer is None or answer[0] != b"tree":
+                raise RepositoryError(f"{commit[:12]}: tree {where or '/'} ({sha[:12]}) is missing")
+            for mode, name, child in _entries(answer[1], where):
+                path = where + name
+                check_path(path, limits)
+                entries += 1
+                if entries > limits.max_tree_entries:
+                    raise InvalidChange(
+                        f"commit {commit[:12]}: more than {limits.max_tree_entries} tree entries"
                     )
-                for mode, name, child in _entries(answer[2], where):
-                    path = where + name
-                    check_path(path, limits)
-                    entries += 1
-                    if entries > limits.max_tree_entries:
-                        raise InvalidChange(
-                            f"commit {commit[:12]}: more than {limits.max_tree_entries} "
-                            "tree entries"
-                        )
-                    if mode == _TREE_MODE:
-                        deeper.append((path + "/", child))
-                    elif mode in _FILE_MODES:
-                        found.append((path, mode == b"100755", child))
-                    else:
-                        kind = _KINDS.get(mode, f"mode {mode.decode(errors='replace')}")
-                        raise InvalidChange(
-                            f"{path}: is {kind}; a config tree holds only files and directories"
-                        )
-            level = deeper
-        blobs = sorted({blob for _, _, blob in found})
-        sizes = {
-            blob: int(answer[2])
-            for blob, answer in zip(blobs, objects.ask("info", blobs), strict=True)
-            if answer is not None and answer[1] == b"blob"
-        }
+                if mode == _TREE_MODE:
+                    deeper.append((path + "/", child))
+                elif mode in _FILE_MODES:
+                    found.append((path, mode == b"100755", child))
+                else:
+                    kind = _KINDS.get(mode, f"mode {mode.decode(errors='replace')}")
+                    raise InvalidChange(
+                        f"{path}: is {kind}; a config tree holds only files and directories"
+                    )
+        level = deeper
+    infos = store.object_sizes(sorted({blob for _, _, blob in found}))
+    sizes = {blob: size for blob, (kind, size) in infos.items() if kind == b"blob"}
     return _sized(commit, found, sizes, limits)
-
-
-class _Objects:
-    """One ``git cat-file --batch-command`` process, asked level by level, always reaped."""
-
-    def __init__(self, store: GitStore) -> None:
-        env = {**os.environ, "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"}
-        for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
-            env.pop(var, None)
-        try:
-            self._proc = subprocess.Popen(
-                ["git", "-C", str(store.path), "cat-file", "--batch-command"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                env=env,
-            )
-        except OSError as exc:
-            raise RepositoryError(f"cannot run git: {exc}") from exc
-
-    def __enter__(self) -> _Objects:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        proc = self._proc
-        with contextlib.suppress(OSError):
-            assert proc.stdin is not None
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def ask(self, command: str, names: list[str]) -> list[tuple[bytes, bytes, bytes] | None]:
-        """``(oid, type, body)`` per name (``info``: body is the size); None when missing."""
-        stdin, stdout = self._proc.stdin, self._proc.stdout
-        assert stdin is not None and stdout is not None
-        try:
-            stdin.write("".join(f"{command} {n}\n" for n in names).encode())
-            stdin.flush()
-            answers: list[tuple[bytes, bytes, bytes] | None] = []
-            for _ in names:
-                header = stdout.readline().split()
-                if len(header) != 3:
-                    if not header:
-                        raise RepositoryError("git cat-file ended early")
-                    answers.append(None)  # "<name> missing" / "ambiguous"
-                    continue
-                if command == "info":
-                    answers.append((header[0], header[1], header[2]))
-                    continue
-                size = int(header[2])
-                body = stdout.read(size + 1)[:size]
-                answers.append((header[0], header[1], body))
-        except (OSError, ValueError) as exc:
-            raise RepositoryError(f"git cat-file failed: {exc}") from exc
-        return answers
 
 
 def _sized(

@@ -28,6 +28,9 @@ class ConvergeLoop:
             ``retry`` seconds, never propagated.
         period: seconds between passes when nothing kicks (None: never).
         retry: seconds before retrying a pass that raised.
+        settle: seconds to wait after a kick before the pass starts; kicks
+            in that time are covered by the pass (one pass for a burst of
+            events that arrive together, not one pass plus one more).
     """
 
     def __init__(
@@ -37,8 +40,10 @@ class ConvergeLoop:
         *,
         period: float | None = None,
         retry: float = 0.5,
+        settle: float = 0.0,
     ) -> None:
         self._converge = converge
+        self._settle = settle
         self._period = period
         self._retry = retry
         self._cond = threading.Condition()
@@ -104,6 +109,12 @@ class ConvergeLoop:
                 if self._wake_at is not None and time.monotonic() >= self._wake_at:
                     self._wake_at = None
                     self._kicked = True
+                if self._stopping:
+                    return
+                # Kicks notify the condition too: wait out the whole time.
+                settled = time.monotonic() + self._settle
+                while not self._stopping and (left := settled - time.monotonic()) > 0:
+                    self._cond.wait(left)
                 if self._stopping:
                     return
                 self._kicked = False
