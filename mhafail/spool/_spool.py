@@ -261,7 +261,7 @@ class Spool:
         header, message = encode_header(
             mid, envelope, origin=self.node, created=self.clock(), data=data
         )
-        return Put(mid, header, data, message, Future())
+        return Put(mid, header, data, message)
 
     def _running(self) -> Committer:
         committer = self._committer
@@ -291,7 +291,9 @@ class Spool:
             raise SpoolInvalidArgument(f"message {item.message_id} already exists")
         committer.write(item)
         committer.submit(item)
-        return item.future.result()
+        if item.error is not None:
+            raise item.error
+        return item.message_id
 
     async def aput(self, envelope: Envelope, data: bytes, *, message_id: str | None = None) -> str:
         """:meth:`put` for asyncio: the event loop is never blocked."""
@@ -299,10 +301,11 @@ class Spool:
         item = self._prepare(envelope, data, message_id)
         if message_id is not None and self._present(item.message_id):
             raise SpoolInvalidArgument(f"message {item.message_id} already exists")
+        item.future = Future()
         if committer.group:
             # Nothing here blocks: a fence check and a queue put.
             committer.write(item)
-            committer.submit(item)
+            committer.enqueue(item)
         else:
             await asyncio.to_thread(committer.write, item)
             await asyncio.to_thread(committer.submit, item)
