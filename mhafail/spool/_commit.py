@@ -197,6 +197,7 @@ class Committer:
             )
             thread.start()
             self._threads.append(thread)
+        self._wake.set()  # the checkpointer makes a spare segment ready at once
 
     def stop(self, *, timeout: float = 5.0) -> None:
         """Commit what is queued, checkpoint everything (if still ours), stop. Bounded."""
@@ -552,8 +553,14 @@ class Committer:
         while not self._stopping.is_set():
             self._wake.wait(IDLE)
             self._wake.clear()
-            if self._stopping.is_set() or not log.sealed() or not self.valid():
+            if self._stopping.is_set() or not self.valid():
                 continue  # fenced: whoever takes the spool replays the log
+            try:
+                log.prepare_spare(self.section)
+            except (OSError, SpoolError) as exc:
+                logger.info("spool %s: no spare segment made: %s", self.directory, exc)
+            if not log.sealed():
+                continue
             # Filing costs a new file per message (about 1 ms of disk and CPU
             # here): only under pressure or when idle. Until then segments
             # whose messages were all delivered retire without any file.

@@ -225,6 +225,8 @@ class FileFence:
             lock = self._lock()
         except OSError as exc:
             raise SpoolFenced(f"spool {self.directory}: cannot open the lock file: {exc}") from exc
+        if lock.fd < 0:  # closed by close() meanwhile
+            raise SpoolFenced(f"spool {self.directory}: the fence was closed")
         if not lock.lock(shared=True, timeout=self.lock_timeout):
             with self._guard:
                 self._free.append(lock)
@@ -233,9 +235,10 @@ class FileFence:
             self._verify(lock)
             yield
         finally:
-            lock.unlock()
             with self._guard:
-                self._free.append(lock)
+                if lock.fd >= 0:  # else closed by close() meanwhile: the lock went with it
+                    lock.unlock()
+                    self._free.append(lock)
 
     def _verify(self, lock: OfdLock) -> None:
         try:
@@ -255,11 +258,11 @@ class FileFence:
     def close(self) -> None:
         """Revoke and close every lock file descriptor this fence opened."""
         self._revoked = True
-        with self._guard:
+        with self._guard:  # a section's end returns its lock under the guard too
             opened, self._opened = self._opened, []
             self._free.clear()
-        for lock in opened:
-            lock.close()
+            for lock in opened:
+                lock.close()
 
 
 def status(record: LockRecord | None) -> dict[str, Any]:

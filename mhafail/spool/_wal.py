@@ -418,7 +418,31 @@ class CommitLog:
         self._fds[seq] = self._fd
         self._seq, self._offset = seq, 0
 
-    def _zero_fill(self, tmp: Path, path: Path) -> None:
+    def prepare_spare(self, section: Callable[[], contextlib.AbstractContextManager[None]]) -> bool:
+        """Zero-fill a spare segment ahead of need, if there is none; True when one was made.
+
+        For the checkpointer thread: the segment a full one hands over to is
+        then ready, and the put that fills a segment does not wait for 8 MiB
+        of zeros to be written. The zeros are written outside the fence
+        section (a takeover's claim does not wait for them), the name is
+        given inside one.
+        """
+        with self.mutex:
+            if segments(self.directory)[1]:
+                return False
+            seq, self._next = self._next, self._next + 1
+        if not self.wal_dir.is_dir():
+            with section():
+                self.wal_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+                fsync_dir(self.directory)
+        tmp = self.wal_dir / "new.spare"
+        self._zero_fill(tmp, None)
+        with section():
+            os.rename(tmp, self.wal_dir / _name(seq, spare=True))
+            fsync_dir(self.wal_dir)
+        return True
+
+    def _zero_fill(self, tmp: Path, path: Path | None) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
         try:
             left = self.segment_size
@@ -427,7 +451,8 @@ class CommitLog:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, path)
+        if path is not None:
+            os.rename(tmp, path)
 
     def _seal(self) -> None:
         if self._fd >= 0:
