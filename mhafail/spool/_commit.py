@@ -27,6 +27,7 @@ bounds the log (and a replay).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -35,7 +36,6 @@ import threading
 import time
 from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -64,16 +64,19 @@ class Ticket:
 
     A caller in a thread waits on ``waiter``, a lock of its own held from
     the start: released once when the outcome is set, or earlier to hand it
-    the lead. An asyncio caller (and a caller without group commit) gets a
-    ``future`` instead. Only the leader (or the caller itself, without
-    group commit) settles tickets, so a waiter is never released twice.
+    the lead. Only the leader (or the caller itself, without group commit)
+    settles tickets, so a waiter is never released twice. An asyncio caller
+    awaits ``future`` (of its ``loop``) instead: the leader resolves all of
+    one batch's futures with one call into their loop (:func:`wake_loops`),
+    not one wake-up of the loop per put.
     """
 
-    __slots__ = ("error", "future", "lead", "settled", "waiter")
+    __slots__ = ("error", "future", "lead", "loop", "settled", "waiter")
 
-    def __init__(self, future: Future[str] | Future[None] | None = None) -> None:
-        self.future: Future[Any] | None = future
+    def __init__(self) -> None:
         self.waiter: Any = None  # a held _thread.lock (thread callers under group commit)
+        self.loop: asyncio.AbstractEventLoop | None = None  # asyncio callers
+        self.future: asyncio.Future[Any] | None = None
         self.error: SpoolError | None = None
         self.settled = False
         self.lead = False  # woken to lead, not settled
@@ -83,22 +86,43 @@ class Ticket:
         return None
 
     def settle(self, error: SpoolError | None = None) -> None:
-        """Set the outcome (the first one counts) and wake the caller."""
+        """Set the outcome (the first one counts) and wake a thread caller."""
         if self.settled:
             return
         self.settled = True
         self.error = error
-        if self.future is not None:
-            if error is None:
-                self.future.set_result(self.value())
-            else:
-                self.future.set_exception(error)
-        elif self.waiter is not None:
+        if self.waiter is not None:
             self.waiter.release()
 
     def done(self) -> bool:
         """True once settled."""
         return self.settled
+
+    def resolve(self) -> None:
+        """In the caller's loop: hand the outcome to ``future`` (unless cancelled)."""
+        future = self.future
+        if future is None or future.done():
+            return
+        if self.error is None:
+            future.set_result(self.value())
+        else:
+            future.set_exception(self.error)
+
+
+def _resolve_all(tickets: list[Ticket]) -> None:
+    for ticket in tickets:
+        ticket.resolve()
+
+
+def wake_loops(batch: Sequence[Ticket]) -> None:
+    """Resolve the settled asyncio tickets of ``batch``: one call per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Ticket]] = {}
+    for ticket in batch:
+        if ticket.loop is not None and ticket.settled:
+            by_loop.setdefault(ticket.loop, []).append(ticket)
+    for loop, tickets in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(_resolve_all, tickets)
 
 
 class Put(Ticket):
@@ -112,9 +136,8 @@ class Put(Ticket):
         header: bytes,
         data: bytes,
         message: Message,
-        future: Future[str] | None = None,
     ) -> None:
-        super().__init__(future)
+        super().__init__()
         self.message_id = message_id
         self.header = header
         self.data = data
@@ -295,7 +318,7 @@ class Committer:
             lead, item.lead = item.lead, False
 
     def enqueue(self, item: Put) -> None:
-        """Queue ``item`` (it has a future) without blocking: the event loop's way in."""
+        """Queue ``item`` (its ``loop`` and ``future`` set) without blocking: asyncio's way in."""
         if not self._threads:
             raise SpoolError(f"spool {self.directory}: enqueue needs group commit")
         with self._mu:
@@ -356,7 +379,10 @@ class Committer:
             with self.section():
                 end = time.monotonic() + HOLD
                 while True:
-                    self._log_batch(log, batch)
+                    try:
+                        self._log_batch(log, batch)
+                    finally:
+                        wake_loops(batch)
                     batch = []
                     if time.monotonic() >= end or log.sealed() >= MAX_SEALED:
                         break
@@ -365,6 +391,13 @@ class Committer:
                         return  # the lead ended in _take
         except SpoolError as exc:
             self._fail(batch, exc)
+            wake_loops(batch)
+        except Exception as exc:
+            # A bug must not leave the lead taken (every caller would wait
+            # forever): fail the batch, hand the lead on.
+            logger.exception("spool %s: group commit failed", self.directory)
+            self._fail(batch, SpoolError(f"group commit failed: {exc!r}"))
+            wake_loops(batch)
         self._hand_off()
 
     def _log_batch(self, log: CommitLog, batch: list[Put | Drop]) -> None:

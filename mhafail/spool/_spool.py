@@ -39,7 +39,6 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future
 from pathlib import Path
 
 import attrs
@@ -301,15 +300,18 @@ class Spool:
         item = self._prepare(envelope, data, message_id)
         if message_id is not None and self._present(item.message_id):
             raise SpoolInvalidArgument(f"message {item.message_id} already exists")
-        item.future = Future()
         if committer.group:
             # Nothing here blocks: a fence check and a queue put.
+            loop = asyncio.get_running_loop()
+            item.loop, item.future = loop, loop.create_future()
             committer.write(item)
             committer.enqueue(item)
-        else:
-            await asyncio.to_thread(committer.write, item)
-            await asyncio.to_thread(committer.submit, item)
-        return await asyncio.wrap_future(item.future)
+            return str(await item.future)
+        await asyncio.to_thread(committer.write, item)
+        await asyncio.to_thread(committer.submit, item)
+        if item.error is not None:
+            raise item.error
+        return item.message_id
 
     def _committed(self, batch: list[Put]) -> None:
         with self._lock:
