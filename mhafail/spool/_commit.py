@@ -252,6 +252,19 @@ class Committer:
                 logger.warning("spool %s: no checkpoint at close: %s", self.directory, exc)
         log.close()
 
+    def checkpoint(self) -> int:
+        """File every message in the log only, make ``msg/`` durable, retire the log.
+
+        Raises:
+            SpoolFenced, SpoolWriteFailed.
+        """
+        if self.log is None:
+            return 0
+        try:
+            return self.log.checkpoint(self.section, everything=True)
+        except OSError as exc:
+            raise write_failed(f"cannot checkpoint {self.directory}", exc) from exc
+
     def replay(self) -> int:
         """Replay the log from disk (call inside a section: at open, or under a new token).
 
@@ -592,7 +605,7 @@ class Committer:
                 log.prepare_spare(self.section)
             except (OSError, SpoolError) as exc:
                 logger.info("spool %s: no spare segment made: %s", self.directory, exc)
-            if not log.sealed():
+            if not log.waiting():
                 continue
             # Filing costs a new file per message (about 1 ms of disk and CPU
             # here): only under pressure or when idle. Until then segments
@@ -601,7 +614,7 @@ class Committer:
                 log.checkpoint(self.section, file=False)
                 pressed = log.sealed() >= FILE_AT
                 idle = time.monotonic() - log.last_put >= IDLE
-                if log.sealed() and (pressed or idle):
+                if log.waiting() and (pressed or idle):
                     log.checkpoint(self.section)
             except SpoolFenced as exc:
                 logger.info("spool %s: no checkpoint: %s", self.directory, exc)

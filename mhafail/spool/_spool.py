@@ -188,6 +188,18 @@ class Spool:
         if committer is not None:
             committer.stop()
 
+    def checkpoint(self) -> int:
+        """Give every message still in the commit log only its file now; return segments retired.
+
+        The checkpointer does this on its own under pressure or when puts
+        pause; a clean :meth:`close` does it too. Takeovers and replays
+        never need it (they read the log).
+
+        Raises:
+            SpoolFenced, SpoolWriteFailed.
+        """
+        return self._running().checkpoint()
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._index)
@@ -504,6 +516,64 @@ class Spool:
         return await asyncio.to_thread(self.claim, message_id)
 
     # --- takeover ------------------------------------------------------------
+
+    def adopt_log(self, source: Path, source_fence: Fence, name: str) -> list[str]:
+        """Take over the commit log of another spool directory (a takeover's first step).
+
+        Both fences are held. With group commit the source's ``wal/`` is
+        renamed into this spool's log as a whole (``CommitLog.adopt``): the
+        messages it acknowledged last come over with no file made each, and
+        their state files follow them. Without group commit the source's
+        log is replayed into its ``msg/`` instead (moved then by
+        :meth:`adopt`).
+
+        Returns:
+            The ids now in this spool's log.
+
+        Raises:
+            SpoolFenced, SpoolWriteFailed.
+        """
+        log = self._running().log
+        with self._section(), source_fence.section():
+            try:
+                if log is None:
+                    recover(source)
+                    return []
+                ids = log.adopt(source, name)
+                src = source / MSG
+                there = set(os.listdir(src))
+                states = [mid for mid in ids if mid + STATE_SUFFIX in there]
+                for mid in states:
+                    os.rename(src / (mid + STATE_SUFFIX), self.msg_dir / (mid + STATE_SUFFIX))
+                if states:
+                    fsync_dir(self.msg_dir)
+                    fsync_dir(src)
+            except OSError as exc:
+                raise write_failed("cannot take over the commit log", exc) from exc
+            loaded: dict[str, Message] = {}
+            for mid in ids:
+                message = self._decode_logged(log.read(mid) or b"", mid, mid in states)
+                if message is not None:
+                    loaded[mid] = message
+        with self._lock:
+            self._index.update(loaded)
+        return ids
+
+    def _decode_logged(self, raw: bytes, mid: str, has_state: bool) -> Message | None:
+        state = self.msg_dir / (mid + STATE_SUFFIX)
+        try:
+            message, _ = decode_header(raw, what=f"logged message {mid}")
+            if message.id != mid:
+                raise MalformedData(f"logged message {mid}: its header names {message.id}")
+            if has_state:
+                message = apply_state(message, state.read_bytes(), what=f"state file {state.name}")
+        except (MalformedData, OSError) as exc:
+            # It stays in the log; filed at the next checkpoint, the load quarantines it.
+            problem = f"spool {self.directory}: cannot index {mid}: {exc}"
+            logger.warning("%s", problem)
+            self.problems.append(problem)
+            return None
+        return message
 
     def adopt(self, source: Path, source_fence: Fence, ids: Iterable[str]) -> list[str]:
         """Move messages from another spool directory into this one, keeping their ids.

@@ -50,6 +50,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import struct
 import threading
 import time
@@ -73,6 +74,9 @@ _MAGIC = b"MHW1"
 _ID_LEN = 26
 PUT, DROP = b"P", b"D"
 _SEGMENT = re.compile(r"(spare\.)?([0-9a-f]{16})")
+IMPORTED = "in."
+_IMPORT = re.compile(r"in\.[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_NESTING = 8
 _ZEROS = bytes(1 << 20)
 
 
@@ -100,6 +104,13 @@ def scan(raw: bytes | memoryview, seq: int) -> Iterator[tuple[bytes, str, bytes]
     scan goes on at the next block boundary unless it is on one already.
     """
     view = memoryview(raw)
+    for kind, message_id, at, length in scan_at(view, seq):
+        yield kind, message_id, bytes(view[at : at + length])
+
+
+def scan_at(raw: bytes | memoryview, seq: int) -> Iterator[tuple[bytes, str, int, int]]:
+    """As :func:`scan`, with where each record's body is: ``(kind, id, offset, length)``."""
+    view = memoryview(raw)
     offset = 0
     seqb = struct.pack("<Q", seq)
     while offset + _HEAD.size <= len(view):
@@ -119,8 +130,46 @@ def scan(raw: bytes | memoryview, seq: int) -> Iterator[tuple[bytes, str, bytes]
             return
         if kind not in (PUT, DROP):
             return
-        yield kind, message_id, bytes(payload[1 + _ID_LEN :])
+        yield kind, message_id, start + 1 + _ID_LEN, length - 1 - _ID_LEN
         offset = start + length
+
+
+def tree(wal_dir: Path, *, depth: int = 0) -> list[tuple[Path, int]]:
+    """Every segment in use of the log in ``wal_dir`` and of the logs imported into it.
+
+    Imported logs (``in.<name>/``, taken over from a dead node's spool:
+    :meth:`CommitLog.adopt`; they may hold imports of their own) come
+    first, deepest first: they are older than the log they were imported
+    into, which may hold drops of their puts. Each log's segments by seq.
+    Shared data: symlinks and names that fit no pattern are ignored, and
+    nesting is bounded.
+    """
+    try:
+        names = sorted(os.listdir(wal_dir))
+    except FileNotFoundError:
+        return []
+    found: list[tuple[Path, int]] = []
+    used: list[int] = []
+    for name in names:
+        path = wal_dir / name
+        if _IMPORT.fullmatch(name) and depth < MAX_NESTING:
+            if path.is_dir() and not path.is_symlink():
+                found.extend(tree(path, depth=depth + 1))
+            continue
+        match = _SEGMENT.fullmatch(name)
+        if match is not None and not match.group(1):
+            used.append(int(match.group(2), 16))
+    found.extend((wal_dir / _name(seq), seq) for seq in sorted(used))
+    return found
+
+
+def _imports(wal_dir: Path) -> list[Path]:
+    """The logs imported directly into ``wal_dir``."""
+    try:
+        names = os.listdir(wal_dir)
+    except FileNotFoundError:
+        return []
+    return [wal_dir / n for n in sorted(names) if _IMPORT.fullmatch(n)]
 
 
 def segments(directory: Path) -> tuple[list[int], list[int]]:
@@ -144,12 +193,11 @@ def logged(directory: Path) -> dict[str, bytes]:
     A read-only look (no lock taken: status, ``spool list``); some of them
     may also be filed in ``msg/`` already.
     """
-    used, _ = segments(directory)
     puts: dict[str, bytes] = {}
     dropped: set[str] = set()
-    for seq in used:
+    for path, seq in tree(directory / WAL):
         try:
-            raw = (directory / WAL / _name(seq)).read_bytes()
+            raw = path.read_bytes()
         except FileNotFoundError:
             continue  # retired while we looked
         for kind, message_id, body in scan(raw, seq):
@@ -162,7 +210,7 @@ def logged(directory: Path) -> dict[str, bytes]:
 
 def pending(directory: Path) -> bool:
     """True when the spool in ``directory`` has log segments to replay (no lock taken)."""
-    return bool(segments(directory)[0])
+    return bool(tree(directory / WAL))
 
 
 def _write_new(path: Path, body: bytes) -> None:
@@ -199,14 +247,14 @@ def recover(directory: Path, *, msg: str = "msg", tmp: str = "tmp") -> int:
     Raises:
         OSError: the replay could not finish (nothing was retired).
     """
-    used, _ = segments(directory)
-    if not used:
-        return 0
     wal_dir, msg_dir, tmp_dir = directory / WAL, directory / msg, directory / tmp
+    found = tree(wal_dir)
+    if not found:
+        return 0
     puts: dict[str, bytes] = {}
     dropped: set[str] = set()
-    for seq in used:
-        raw = (wal_dir / _name(seq)).read_bytes()
+    for path, seq in found:
+        raw = path.read_bytes()
         for kind, message_id, body in scan(raw, seq):
             if kind == PUT:
                 puts[message_id] = body
@@ -226,9 +274,7 @@ def recover(directory: Path, *, msg: str = "msg", tmp: str = "tmp") -> int:
                 os.unlink(msg_dir / name)
     sync_files(directory, rewritten)
     fsync_dir(msg_dir)
-    for seq in used:
-        _retire(wal_dir, seq)
-    fsync_dir(wal_dir)
+    _retire_all(wal_dir, found)
     if rewritten or dropped:
         logger.warning(
             "spool %s: replayed its commit log: %d messages rewritten, %d dropped ones removed",
@@ -237,6 +283,16 @@ def recover(directory: Path, *, msg: str = "msg", tmp: str = "tmp") -> int:
             len(dropped),
         )
     return len(rewritten)
+
+
+def _retire_all(wal_dir: Path, found: list[tuple[Path, int]]) -> None:
+    """Retire the segments of a replay: ours (kept as spares), imported logs (removed)."""
+    for path, seq in found:
+        if path.parent == wal_dir:
+            _retire(wal_dir, seq)
+    for imported in _imports(wal_dir):
+        shutil.rmtree(imported, ignore_errors=True)
+    fsync_dir(wal_dir)
 
 
 def _retire(wal_dir: Path, seq: int) -> None:
@@ -282,6 +338,8 @@ class CommitLog:
         self._ids: dict[int, set[str]] = {}  # segment -> puts logged there
         self._live: dict[str, tuple[int, int, int]] = {}  # id -> (seq, offset, length)
         self._filed: set[str] = set()  # live ids already filed in msg/
+        self._foreign: dict[int, Path] = {}  # key (< 0) -> segment of an imported log
+        self._next_foreign = -1
         used, spares = segments(directory)
         self._next = max(used + spares, default=0) + 1
 
@@ -462,7 +520,15 @@ class CommitLog:
     # --- checkpoints -----------------------------------------------------------
 
     def sealed(self) -> int:
-        """How many segments wait for a checkpoint (a hint: read without the mutex)."""
+        """How many of this log's own segments wait for a checkpoint (a hint, no mutex).
+
+        Segments of imported logs do not count: a takeover does not make
+        puts wait for their filing (:meth:`waiting` counts them).
+        """
+        return len(self._sealed) - len(self._foreign)
+
+    def waiting(self) -> int:
+        """How many segments wait for a checkpoint, imported ones included (a hint)."""
         return len(self._sealed)
 
     def holding(self, message_ids: Iterable[str]) -> set[str]:
@@ -473,7 +539,7 @@ class CommitLog:
     def wait_sealed_below(self, limit: int, timeout: float) -> bool:
         """Wait until fewer than ``limit`` segments wait for a checkpoint."""
         with self._retired:
-            return self._retired.wait_for(lambda: len(self._sealed) < limit, timeout)
+            return self._retired.wait_for(lambda: self.sealed() < limit, timeout)
 
     def checkpoint(
         self,
@@ -525,7 +591,12 @@ class CommitLog:
             for seq in todo:
                 with contextlib.suppress(KeyError, OSError):
                     os.close(self._fds.pop(seq))
-                _retire(self.wal_dir, seq)
+                if seq in self._foreign:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._foreign.pop(seq))
+                else:
+                    _retire(self.wal_dir, seq)
+            self._drop_imports()
             fsync_dir(self.wal_dir)
             for seq in todo:
                 if seq in self._sealed:  # not reset meanwhile
@@ -551,6 +622,87 @@ class CommitLog:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
+    def adopt(self, source: Path, name: str) -> list[str]:
+        """Take the commit log of the spool ``source`` over: one rename of its ``wal/`` into ours.
+
+        For a takeover (call inside both spools' fence sections): the
+        messages the dead node acknowledged last, still in its log only,
+        come over without a file created each. Its log is scanned first;
+        the file in ``source/msg`` of every message in it is unlinked (a
+        logged message's record is its authority, and a dropped one must
+        stay gone) and ``source/msg`` made durable; then ``source/wal``
+        is renamed to ``wal/in.<name>`` here, at once and whole, so that
+        every message is in exactly one spool at every instant (a crash
+        before the rename leaves them in the source's log, replayed by
+        whoever holds it next; after, in ours). Its segments are then read
+        like ours and retired, oldest first, before ours (ours may hold
+        drops of their puts), once their messages are gone or filed.
+
+        Returns:
+            The ids of the messages that came over (in our log only).
+
+        Raises:
+            OSError: the log was not taken over if ``source/wal`` is still there.
+        """
+        src_wal = source / WAL
+        found = tree(src_wal)
+        if not found:
+            return []
+        puts: dict[str, tuple[int, int, int]] = {}  # id -> (segment index, offset, length)
+        dropped: set[str] = set()
+        for index, (path, seq) in enumerate(found):
+            for kind, mid, at, length in scan_at(path.read_bytes(), seq):
+                if kind == PUT:
+                    puts[mid] = (index, at, length)
+                else:
+                    dropped.add(mid)
+        live = {mid: loc for mid, loc in puts.items() if mid not in dropped}
+        src_msg = source / "msg"
+        for mid in sorted(dropped | live.keys()):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(src_msg / mid)
+            if mid in dropped:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(src_msg / (mid + ".state"))
+        fsync_dir(src_msg)  # before the rename: no copy may come back in the source
+        with self.mutex:
+            if not self.wal_dir.is_dir():
+                self.wal_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+                fsync_dir(self.directory)
+            target, n = self.wal_dir / (IMPORTED + name), 0
+            while os.path.lexists(target):
+                n += 1
+                target = self.wal_dir / f"{IMPORTED}{name}.{n}"
+            os.rename(src_wal, target)
+            fsync_dir(self.wal_dir)
+            fsync_dir(source)
+            keys: list[int] = []
+            for path, _ in found:
+                key, self._next_foreign = self._next_foreign, self._next_foreign - 1
+                moved = target / path.relative_to(src_wal)
+                self._fds[key] = os.open(moved, os.O_RDONLY | os.O_CLOEXEC)
+                self._foreign[key] = moved
+                self._ids[key] = set()
+                keys.append(key)
+            came = []
+            for mid, (index, at, length) in live.items():
+                if mid in self._live:
+                    continue  # already ours (cannot happen: ids are unique)
+                self._ids[keys[index]].add(mid)
+                self._live[mid] = (keys[index], at, length)
+                came.append(mid)
+            front = sum(1 for key in self._sealed if key in self._foreign)
+            self._sealed[front:front] = keys
+            self._retired.notify_all()
+        return sorted(came)
+
+    def _drop_imports(self) -> None:
+        """Remove imported logs none of whose segments is left (their spares with them)."""
+        left = {p.relative_to(self.wal_dir).parts[0] for p in self._foreign.values()}
+        for imported in _imports(self.wal_dir):
+            if imported.name not in left:
+                shutil.rmtree(imported, ignore_errors=True)
+
     def reset(self) -> None:
         """Forget every segment (call under ``mutex``, then :func:`recover`).
 
@@ -565,6 +717,7 @@ class CommitLog:
         self._ids.clear()
         self._live.clear()
         self._filed.clear()
+        self._foreign.clear()
         used, spares = segments(self.directory)
         self._next = max([*used, *spares, self._next - 1]) + 1
         self._retired.notify_all()
