@@ -49,260 +49,57 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
-import struct
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from mhafail._fs import fsync_dir
 from mhafail.spool._files import DIR_MODE, FILE_MODE, sync_files
+from mhafail.spool._walscan import (
+    BLOCK,
+    DROP,
+    IMPORTED,
+    PUT,
+    RECORD_OVERHEAD,
+    WAL,
+    encode,
+    imports,
+    logged,
+    padded,
+    pending,
+    recover,
+    retire,
+    scan,
+    scan_at,
+    segment_name,
+    segments,
+    tree,
+    write_new,
+)
+
+__all__ = [  # the read side lives in _walscan; these names are used from here too
+    "DROP",
+    "PUT",
+    "SEGMENT_SIZE",
+    "WAL",
+    "CommitLog",
+    "encode",
+    "logged",
+    "padded",
+    "pending",
+    "recover",
+    "scan",
+    "scan_at",
+    "segments",
+    "tree",
+]
 
 logger = logging.getLogger(__name__)
 
-WAL = "wal"
-SPARE = "spare."
 SEGMENT_SIZE = 8 * 1024 * 1024
-MAX_SPARES = 2
-
-_HEAD = struct.Struct("<4sQII")
-BLOCK = 4096  # batches are block-aligned: a torn write of one never touches an earlier one
-_MAGIC = b"MHW1"
-_ID_LEN = 26
-PUT, DROP = b"P", b"D"
-_SEGMENT = re.compile(r"(spare\.)?([0-9a-f]{16})")
-IMPORTED = "in."
-_IMPORT = re.compile(r"in\.[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-MAX_NESTING = 8
 _ZEROS = bytes(1 << 20)
-
-
-def _name(seq: int, *, spare: bool = False) -> str:
-    return f"{SPARE if spare else ''}{seq:016x}"
-
-
-def encode(seq: int, kind: bytes, message_id: str, body: bytes = b"") -> bytes:
-    """One record of segment ``seq``."""
-    payload = kind + message_id.encode("ascii") + body
-    seqb = struct.pack("<Q", seq)
-    return _HEAD.pack(_MAGIC, seq, len(payload), zlib.crc32(payload, zlib.crc32(seqb))) + payload
-
-
-def padded(records: bytes) -> bytes:
-    """A batch's records padded with zeros to a whole number of blocks."""
-    return records + bytes(-len(records) % BLOCK)
-
-
-def scan(raw: bytes | memoryview, seq: int) -> Iterator[tuple[bytes, str, bytes]]:
-    """The valid records of segment ``seq`` (``raw`` its contents), in order.
-
-    Batches start on block boundaries; a record that does not check out
-    ends its batch (the padding, or a torn unacknowledged one), and the
-    scan goes on at the next block boundary unless it is on one already.
-    """
-    view = memoryview(raw)
-    for kind, message_id, at, length in scan_at(view, seq):
-        yield kind, message_id, bytes(view[at : at + length])
-
-
-def scan_at(raw: bytes | memoryview, seq: int) -> Iterator[tuple[bytes, str, int, int]]:
-    """As :func:`scan`, with where each record's body is: ``(kind, id, offset, length)``."""
-    view = memoryview(raw)
-    offset = 0
-    seqb = struct.pack("<Q", seq)
-    while offset + _HEAD.size <= len(view):
-        magic, rseq, length, crc = _HEAD.unpack_from(view, offset)
-        start = offset + _HEAD.size
-        good = magic == _MAGIC and rseq == seq and 1 + _ID_LEN <= length <= len(view) - start
-        payload = view[start : start + length] if good else view[0:0]
-        if not good or zlib.crc32(payload, zlib.crc32(seqb)) != crc:
-            if offset % BLOCK == 0:
-                return
-            offset += -offset % BLOCK
-            continue
-        kind = bytes(payload[:1])
-        try:
-            message_id = bytes(payload[1 : 1 + _ID_LEN]).decode("ascii")
-        except UnicodeDecodeError:
-            return
-        if kind not in (PUT, DROP):
-            return
-        yield kind, message_id, start + 1 + _ID_LEN, length - 1 - _ID_LEN
-        offset = start + length
-
-
-def tree(wal_dir: Path, *, depth: int = 0) -> list[tuple[Path, int]]:
-    """Every segment in use of the log in ``wal_dir`` and of the logs imported into it.
-
-    Imported logs (``in.<name>/``, taken over from a dead node's spool:
-    :meth:`CommitLog.adopt`; they may hold imports of their own) come
-    first, deepest first: they are older than the log they were imported
-    into, which may hold drops of their puts. Each log's segments by seq.
-    Shared data: symlinks and names that fit no pattern are ignored, and
-    nesting is bounded.
-    """
-    try:
-        names = sorted(os.listdir(wal_dir))
-    except FileNotFoundError:
-        return []
-    found: list[tuple[Path, int]] = []
-    used: list[int] = []
-    for name in names:
-        path = wal_dir / name
-        if _IMPORT.fullmatch(name) and depth < MAX_NESTING:
-            if path.is_dir() and not path.is_symlink():
-                found.extend(tree(path, depth=depth + 1))
-            continue
-        match = _SEGMENT.fullmatch(name)
-        if match is not None and not match.group(1):
-            used.append(int(match.group(2), 16))
-    found.extend((wal_dir / _name(seq), seq) for seq in sorted(used))
-    return found
-
-
-def _imports(wal_dir: Path) -> list[Path]:
-    """The logs imported directly into ``wal_dir``."""
-    try:
-        names = os.listdir(wal_dir)
-    except FileNotFoundError:
-        return []
-    return [wal_dir / n for n in sorted(names) if _IMPORT.fullmatch(n)]
-
-
-def segments(directory: Path) -> tuple[list[int], list[int]]:
-    """The seqs of the segments in use and of the spares in ``<directory>/wal``, sorted."""
-    try:
-        names = os.listdir(directory / WAL)
-    except FileNotFoundError:
-        return [], []
-    used: list[int] = []
-    spares: list[int] = []
-    for name in names:
-        match = _SEGMENT.fullmatch(name)
-        if match is not None:
-            (spares if match.group(1) else used).append(int(match.group(2), 16))
-    return sorted(used), sorted(spares)
-
-
-def logged(directory: Path) -> dict[str, bytes]:
-    """The messages in the log of the spool in ``directory``, not dropped, with their bytes.
-
-    A read-only look (no lock taken: status, ``spool list``); some of them
-    may also be filed in ``msg/`` already.
-    """
-    puts: dict[str, bytes] = {}
-    dropped: set[str] = set()
-    for path, seq in tree(directory / WAL):
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            continue  # retired while we looked
-        for kind, message_id, body in scan(raw, seq):
-            if kind == PUT:
-                puts[message_id] = body
-            else:
-                dropped.add(message_id)
-    return {mid: body for mid, body in puts.items() if mid not in dropped}
-
-
-def pending(directory: Path) -> bool:
-    """True when the spool in ``directory`` has log segments to replay (no lock taken)."""
-    return bool(tree(directory / WAL))
-
-
-def _write_new(path: Path, body: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-    try:
-        view = memoryview(body)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, tmp: Path, body: bytes) -> None:
-    _write_new(tmp, body)
-    os.rename(tmp, path)
-
-
-def _same(path: Path, body: bytes) -> bool:
-    try:
-        with path.open("rb") as f:
-            return f.read(len(body) + 1) == body
-    except FileNotFoundError:
-        return False
-
-
-def recover(directory: Path, *, msg: str = "msg", tmp: str = "tmp") -> int:
-    """Replay the log of the spool in ``directory`` into ``msg/``; return files rewritten.
-
-    Call only while holding the spool (inside a fence section). Every
-    put not dropped is made present and whole in ``msg/``, every dropped
-    message absent; then ``msg/`` is made durable and the segments are
-    retired. Idempotent: a crash midway replays again.
-
-    Raises:
-        OSError: the replay could not finish (nothing was retired).
-    """
-    wal_dir, msg_dir, tmp_dir = directory / WAL, directory / msg, directory / tmp
-    found = tree(wal_dir)
-    if not found:
-        return 0
-    puts: dict[str, bytes] = {}
-    dropped: set[str] = set()
-    for path, seq in found:
-        raw = path.read_bytes()
-        for kind, message_id, body in scan(raw, seq):
-            if kind == PUT:
-                puts[message_id] = body
-            else:
-                dropped.add(message_id)
-    rewritten: list[Path] = []
-    for message_id, body in puts.items():
-        if message_id in dropped:
-            continue
-        path = msg_dir / message_id
-        if not _same(path, body):
-            _write_file(path, tmp_dir / message_id, body)
-            rewritten.append(path)
-    for message_id in dropped:
-        for name in (message_id, message_id + ".state"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(msg_dir / name)
-    sync_files(directory, rewritten)
-    fsync_dir(msg_dir)
-    _retire_all(wal_dir, found)
-    if rewritten or dropped:
-        logger.warning(
-            "spool %s: replayed its commit log: %d messages rewritten, %d dropped ones removed",
-            directory,
-            len(rewritten),
-            len(dropped),
-        )
-    return len(rewritten)
-
-
-def _retire_all(wal_dir: Path, found: list[tuple[Path, int]]) -> None:
-    """Retire the segments of a replay: ours (kept as spares), imported logs (removed)."""
-    for path, seq in found:
-        if path.parent == wal_dir:
-            _retire(wal_dir, seq)
-    for imported in _imports(wal_dir):
-        shutil.rmtree(imported, ignore_errors=True)
-    fsync_dir(wal_dir)
-
-
-def _retire(wal_dir: Path, seq: int) -> None:
-    _, spares = segments(wal_dir.parent)
-    # Gone already: retired by a replay (the spool was taken again meanwhile).
-    with contextlib.suppress(FileNotFoundError):
-        if len(spares) >= MAX_SPARES:
-            os.unlink(wal_dir / _name(seq))
-        else:
-            os.rename(wal_dir / _name(seq), wal_dir / _name(seq, spare=True))
 
 
 class CommitLog:
@@ -371,8 +168,8 @@ class CommitLog:
                     unlink(mid, mid in self._filed or mid not in self._live)
             logged = [mid for mid in drops if mid in self._live]
             done = set(logged)
-            size = sum(_HEAD.size + 1 + _ID_LEN + len(b) for _, b in items)
-            seq = self._room(size + len(logged) * (_HEAD.size + 1 + _ID_LEN) + BLOCK)
+            size = sum(RECORD_OVERHEAD + len(b) for _, b in items)
+            seq = self._room(size + len(logged) * RECORD_OVERHEAD + BLOCK)
             chunks, where, pos = [], [], self._offset
             for mid, body in items:
                 record = encode(seq, PUT, mid, body)
@@ -429,7 +226,7 @@ class CommitLog:
             logged = [mid for mid in ids if force or mid in self._live]
             if not logged:
                 return False
-            seq = self._room(len(logged) * (_HEAD.size + 1 + _ID_LEN) + BLOCK)
+            seq = self._room(len(logged) * RECORD_OVERHEAD + BLOCK)
             self._write(padded(b"".join(encode(seq, DROP, mid) for mid in logged)))
             for mid in logged:
                 self._live.pop(mid, None)
@@ -464,10 +261,10 @@ class CommitLog:
             self.wal_dir.mkdir(mode=DIR_MODE, exist_ok=True)
             fsync_dir(self.directory)  # its name too must be durable before a record
         seq, self._next = self._next, self._next + 1
-        path = self.wal_dir / _name(seq)
+        path = self.wal_dir / segment_name(seq)
         _, spares = segments(self.directory)
         if spares:
-            os.rename(self.wal_dir / _name(spares[0], spare=True), path)
+            os.rename(self.wal_dir / segment_name(spares[0], spare=True), path)
         else:
             self._zero_fill(self.wal_dir / "new", path)
         # The name must be durable before a record in the file is acknowledged.
@@ -496,7 +293,7 @@ class CommitLog:
         tmp = self.wal_dir / "new.spare"
         self._zero_fill(tmp, None)
         with section():
-            os.rename(tmp, self.wal_dir / _name(seq, spare=True))
+            os.rename(tmp, self.wal_dir / segment_name(seq, spare=True))
             fsync_dir(self.wal_dir)
         return True
 
@@ -595,8 +392,8 @@ class CommitLog:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self._foreign.pop(seq))
                 else:
-                    _retire(self.wal_dir, seq)
-            self._drop_imports()
+                    retire(self.wal_dir, seq)
+            self._dropimports()
             fsync_dir(self.wal_dir)
             for seq in todo:
                 if seq in self._sealed:  # not reset meanwhile
@@ -613,7 +410,7 @@ class CommitLog:
         body = self.read(mid)
         if body is None:
             return
-        _write_new(tmp, body)  # the slow part (a new inode), outside the mutex
+        write_new(tmp, body)  # the slow part (a new inode), outside the mutex
         with self.mutex:
             if mid in self._live and mid not in self._filed:
                 os.rename(tmp, path)
@@ -696,10 +493,10 @@ class CommitLog:
             self._retired.notify_all()
         return sorted(came)
 
-    def _drop_imports(self) -> None:
+    def _dropimports(self) -> None:
         """Remove imported logs none of whose segments is left (their spares with them)."""
         left = {p.relative_to(self.wal_dir).parts[0] for p in self._foreign.values()}
-        for imported in _imports(self.wal_dir):
+        for imported in imports(self.wal_dir):
             if imported.name not in left:
                 shutil.rmtree(imported, ignore_errors=True)
 
