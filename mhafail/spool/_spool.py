@@ -117,7 +117,7 @@ class Spool:
         node: this node's name, recorded as the origin of new messages.
         fence: the right to change the directory (a started ``SpoolLock``).
         max_size: the largest message data accepted (bytes).
-        group_commit: batch concurrent puts on a committer thread, made
+        group_commit: batch concurrent puts (the callers commit for each other), made
             durable by one flush of the commit log (``_commit.py``).
         max_batch: the most puts in one group commit.
         segment_size: bytes per commit log segment (group commit).
