@@ -4,31 +4,40 @@ Without group commit a put is: write ``tmp/<id>``, fsync it, rename it
 into ``msg/``, fsync ``msg/`` (two flushes and a new file per message); a
 removal: unlink, fsync ``msg/``.
 
-With group commit (the default) callers only queue their puts and
-removals; one committer thread takes everything waiting (up to
+With group commit (the default) the callers commit for each other
+(leader/follower): a caller queues its put or removal and, if no commit
+is in flight, becomes the *leader*: it takes everything waiting (up to
 ``max_batch``) and, inside one fence section, logs the batch in the
-commit log with one write and one ``fdatasync`` (``_wal.py``) and re-checks
-the lease; only then are the callers answered. No file is created: a
-message lives in the log until a checkpoint files it, and one removed
-before that never gets a file. The checkpointer thread retires full
-segments whose messages are all gone, and files the rest only under
-pressure (``FILE_AT`` segments waiting) or when puts pause (``IDLE``):
-creating a file is the expensive step on many disks (about 1 ms here, and
-it does not scale with threads). At ``MAX_SEALED`` waiting segments puts
-wait for the checkpointer, which bounds the log (and a replay).
+commit log with one write and one ``fdatasync`` (``_wal.py``), re-checks
+the lease and only then answers each caller of the batch; it goes on with
+what queued meanwhile for up to ``HOLD`` seconds, then hands the lead to
+the first caller still waiting. Followers just wait on a lock of their
+own, released once when their record is durable (or to lead). No thread
+hand-off per batch and one wake-up per caller: the CPU per put is what
+bounds the rate here. Callers that must not block (``aput``) are led by a
+background thread. No file is created: a message lives in the log until
+a checkpoint files it, and one removed before that never gets a file.
+The checkpointer thread retires full segments whose messages are all
+gone, and files the rest only under pressure (``FILE_AT`` segments
+waiting) or when puts pause (``IDLE``): creating a file is the expensive
+step on many disks (about 1 ms here, and it does not scale with threads).
+At ``MAX_SEALED`` waiting segments puts wait for the checkpointer, which
+bounds the log (and a replay).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import queue
 import threading
 import time
+from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -50,25 +59,105 @@ MSG, TMP = "msg", "tmp"
 Section = Callable[[], contextlib.AbstractContextManager[None]]
 
 
-@attrs.define
-class Put:
-    """One put on its way: the message's file in two parts, and the caller's future."""
+class Ticket:
+    """How the caller of one put or removal is told its outcome, once.
 
-    message_id: str
-    header: bytes
-    data: bytes
-    message: Message
-    future: Future[str]
-    fd: int = -1  # the written, not yet durable temporary file (fsync per message)
+    A caller in a thread waits on ``waiter``, a lock of its own held from
+    the start: released once when the outcome is set, or earlier to hand it
+    the lead. Only the leader (or the caller itself, without group commit)
+    settles tickets, so a waiter is never released twice. An asyncio caller
+    awaits ``future`` (of its ``loop``) instead: the leader resolves all of
+    one batch's futures with one call into their loop (:func:`wake_loops`),
+    not one wake-up of the loop per put.
+    """
+
+    __slots__ = ("error", "future", "lead", "loop", "settled", "waiter")
+
+    def __init__(self) -> None:
+        self.waiter: Any = None  # a held _thread.lock (thread callers under group commit)
+        self.loop: asyncio.AbstractEventLoop | None = None  # asyncio callers
+        self.future: asyncio.Future[Any] | None = None
+        self.error: SpoolError | None = None
+        self.settled = False
+        self.lead = False  # woken to lead, not settled
+
+    def value(self) -> str | None:
+        """What the caller gets back."""
+        return None
+
+    def settle(self, error: SpoolError | None = None) -> None:
+        """Set the outcome (the first one counts) and wake a thread caller."""
+        if self.settled:
+            return
+        self.settled = True
+        self.error = error
+        if self.waiter is not None:
+            self.waiter.release()
+
+    def done(self) -> bool:
+        """True once settled."""
+        return self.settled
+
+    def resolve(self) -> None:
+        """In the caller's loop: hand the outcome to ``future`` (unless cancelled)."""
+        future = self.future
+        if future is None or future.done():
+            return
+        if self.error is None:
+            future.set_result(self.value())
+        else:
+            future.set_exception(self.error)
 
 
-@attrs.define
-class Drop:
+def _resolve_all(tickets: list[Ticket]) -> None:
+    for ticket in tickets:
+        ticket.resolve()
+
+
+def wake_loops(batch: Sequence[Ticket]) -> None:
+    """Resolve the settled asyncio tickets of ``batch``: one call per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Ticket]] = {}
+    for ticket in batch:
+        if ticket.loop is not None and ticket.settled:
+            by_loop.setdefault(ticket.loop, []).append(ticket)
+    for loop, tickets in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(_resolve_all, tickets)
+
+
+class Put(Ticket):
+    """One put on its way: the message's file in two parts."""
+
+    __slots__ = ("data", "fd", "header", "message", "message_id")
+
+    def __init__(
+        self,
+        message_id: str,
+        header: bytes,
+        data: bytes,
+        message: Message,
+    ) -> None:
+        super().__init__()
+        self.message_id = message_id
+        self.header = header
+        self.data = data
+        self.message = message
+        self.fd = -1  # the written, not yet durable temporary file (fsync per message)
+
+    def value(self) -> str:
+        """The message id."""
+        return self.message_id
+
+
+class Drop(Ticket):
     """One removal on its way (``done``, ``bounce``): logged with the next batch."""
 
-    message_id: str
-    future: Future[None]
-    state: bool = True  # it may have a state file (it was deferred, or imported)
+    __slots__ = ("message_id", "state")
+
+    def __init__(self, message_id: str, state: bool = True) -> None:
+        super().__init__()
+        self.message_id = message_id
+        self.state = state  # it may have a state file (it was deferred, or imported)
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -80,7 +169,7 @@ class Committer:
         section: the spool's fence section (every change runs inside one).
         valid: the fence's cheap validity check (the lease).
         committed: told the puts of each committed batch (the index).
-        group: group commit through the log, on a committer thread.
+        group: group commit through the log, led by the callers.
         max_batch: the most puts in one group commit.
         segment_size: bytes per log segment.
         name: for the threads' names.
@@ -96,9 +185,10 @@ class Committer:
     name: str = "spool"
 
     log: CommitLog | None = attrs.field(init=False, default=None)
-    _queue: queue.SimpleQueue[Put | Drop | None] = attrs.field(
-        init=False, factory=queue.SimpleQueue
-    )
+    _mu: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _pending: list[Put | Drop] = attrs.field(init=False, factory=list)
+    _leader: bool = attrs.field(init=False, default=False)  # a commit is in flight
+    _kick: queue.SimpleQueue[bool] = attrs.field(init=False, factory=queue.SimpleQueue)
     _threads: list[threading.Thread] = attrs.field(init=False, factory=list)
     _wake: threading.Event = attrs.field(init=False, factory=threading.Event)
     _stopping: threading.Event = attrs.field(init=False, factory=threading.Event)
@@ -124,19 +214,30 @@ class Committer:
             self.log = CommitLog(self.directory, segment_size=self.segment_size)
         except OSError as exc:
             raise write_failed(f"cannot open the commit log of {self.directory}", exc) from exc
-        for target, what in ((self._commit_loop, "commit"), (self._checkpoint_loop, "checkpoint")):
+        for target, what in ((self._lead_loop, "commit"), (self._checkpoint_loop, "checkpoint")):
             thread = threading.Thread(
                 target=target, name=f"mhafail-spool-{what}-{self.name}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
+        self._wake.set()  # the checkpointer makes a spare segment ready at once
 
     def stop(self, *, timeout: float = 5.0) -> None:
         """Commit what is queued, checkpoint everything (if still ours), stop. Bounded."""
         if not self._threads:
             return
-        self._queue.put(None)
-        self._threads[0].join(timeout)
+        end = time.monotonic() + timeout
+        with self._mu:
+            if self._pending and not self._leader:
+                self._leader = True
+                self._kick.put(True)
+        while time.monotonic() < end:
+            with self._mu:
+                if not self._pending and not self._leader:
+                    break
+            time.sleep(0.005)
+        self._kick.put(False)
+        self._threads[0].join(max(0.0, end - time.monotonic()))
         self._stopping.set()
         self._wake.set()
         self._threads[1].join(timeout)
@@ -150,6 +251,19 @@ class Committer:
             except (OSError, SpoolError) as exc:
                 logger.warning("spool %s: no checkpoint at close: %s", self.directory, exc)
         log.close()
+
+    def checkpoint(self) -> int:
+        """File every message in the log only, make ``msg/`` durable, retire the log.
+
+        Raises:
+            SpoolFenced, SpoolWriteFailed.
+        """
+        if self.log is None:
+            return 0
+        try:
+            return self.log.checkpoint(self.section, everything=True)
+        except OSError as exc:
+            raise write_failed(f"cannot checkpoint {self.directory}", exc) from exc
 
     def replay(self) -> int:
         """Replay the log from disk (call inside a section: at open, or under a new token).
@@ -173,8 +287,8 @@ class Committer:
     def write(self, item: Put) -> None:
         """Without group commit, write the temporary file in the caller's thread.
 
-        With group commit there is no file to write: the committer logs
-        the message, and a checkpoint files it later (unless it is gone by
+        With group commit there is no file to write: the leader logs the
+        message, and a checkpoint files it later (unless it is gone by
         then). Either way the fence is checked first.
 
         Raises:
@@ -191,47 +305,84 @@ class Committer:
         except OSError as exc:
             raise write_failed("cannot write to the spool", exc) from exc
 
-    def submit(self, item: Put) -> None:
-        """Commit ``item`` (written) now, or queue it for the committer thread."""
-        if self._threads:
-            self._queue.put(item)
-        else:
-            self._commit_each([item])
+    def submit(self, item: Put | Drop) -> None:
+        """Commit ``item`` (written); return once it is settled (``item.error``: how it failed).
 
-    def _gather(self, first: Put | Drop | None) -> tuple[list[Put | Drop], bool]:
-        """``first`` and everything queued behind it (up to ``max_batch``); and stop?"""
-        if first is None:
-            return [], True
-        batch = [first]
-        while len(batch) < self.max_batch:
-            try:
-                more = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if more is None:
-                return batch, True
-            batch.append(more)
-        return batch, False
-
-    def _commit_loop(self) -> None:
-        stop = False
-        while not stop:
-            batch, stop = self._gather(self._queue.get())
-            if self.log is None:
-                self._commit_each([item for item in batch if isinstance(item, Put)])
-            elif batch:
-                stop = self._commit_logged(self.log, batch, stop)
-
-    def _commit_logged(self, log: CommitLog, batch: list[Put | Drop], stop: bool) -> bool:
-        """Log ``batch``, and the batches queued behind it, in one section; settle each.
-
-        One section spans consecutive batches for up to ``HOLD`` seconds (a
-        takeover's claim waits that much longer at most): entering one
-        costs three system calls, each a chance to wait for the GIL.
-
-        Returns:
-            True when the committer is to stop.
+        With group commit the caller leads a commit when none is in
+        flight, else waits for the leader; without, it commits alone.
         """
+        if not self._threads:
+            if isinstance(item, Put):
+                self._commit_each([item])
+            return
+        waiter = _allocate_lock()
+        waiter.acquire()
+        item.waiter = waiter
+        with self._mu:
+            self._pending.append(item)
+            lead = not self._leader
+            self._leader = True
+        while True:
+            if lead:
+                self._lead()
+            if item.settled:
+                return
+            waiter.acquire()
+            lead, item.lead = item.lead, False
+
+    def enqueue(self, item: Put) -> None:
+        """Queue ``item`` (its ``loop`` and ``future`` set) without blocking: asyncio's way in."""
+        if not self._threads:
+            raise SpoolError(f"spool {self.directory}: enqueue needs group commit")
+        with self._mu:
+            self._pending.append(item)
+            lead = not self._leader
+            self._leader = True
+        if lead:
+            self._kick.put(True)  # the background thread leads for it
+
+    def _take(self) -> list[Put | Drop]:
+        """The next batch (up to ``max_batch`` puts and removals); empty: the lead ends."""
+        with self._mu:
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            if not batch:
+                self._leader = False
+            return batch
+
+    def _hand_off(self) -> None:
+        """End this thread's lead: to the first thread still waiting, or the background thread."""
+        with self._mu:
+            if not self._pending:
+                self._leader = False
+                return
+            for item in self._pending:
+                if item.waiter is not None:
+                    item.lead = True
+                    item.waiter.release()
+                    return
+        self._kick.put(True)
+
+    def _lead_loop(self) -> None:
+        while self._kick.get():
+            self._lead()
+
+    def _lead(self) -> None:
+        """Commit batches while there are any, for up to ``HOLD`` seconds; then hand off.
+
+        One section spans consecutive batches (entering one costs three
+        system calls, each a chance to wait for the GIL); ``HOLD`` bounds
+        both how long a takeover's claim waits and how long one caller
+        leads for the others.
+        """
+        log = self.log
+        batch = self._take()
+        if not batch:
+            return
+        if log is None:
+            self._commit_each([item for item in batch if isinstance(item, Put)])
+            self._hand_off()
+            return
         if log.sealed() >= MAX_SEALED:
             # Filing lags behind (file creation is slow): wait, so that the
             # log stays bounded; puts then go at the pace of the checkpoints.
@@ -241,15 +392,26 @@ class Committer:
             with self.section():
                 end = time.monotonic() + HOLD
                 while True:
-                    self._log_batch(log, batch)
-                    if stop or self._queue.empty() or time.monotonic() >= end:
-                        return stop
-                    if log.sealed() >= MAX_SEALED:
-                        return stop
-                    batch, stop = self._gather(self._queue.get())
+                    try:
+                        self._log_batch(log, batch)
+                    finally:
+                        wake_loops(batch)
+                    batch = []
+                    if time.monotonic() >= end or log.sealed() >= MAX_SEALED:
+                        break
+                    batch = self._take()
+                    if not batch:
+                        return  # the lead ended in _take
         except SpoolError as exc:
             self._fail(batch, exc)
-        return stop
+            wake_loops(batch)
+        except Exception as exc:
+            # A bug must not leave the lead taken (every caller would wait
+            # forever): fail the batch, hand the lead on.
+            logger.exception("spool %s: group commit failed", self.directory)
+            self._fail(batch, SpoolError(f"group commit failed: {exc!r}"))
+            wake_loops(batch)
+        self._hand_off()
 
     def _log_batch(self, log: CommitLog, batch: list[Put | Drop]) -> None:
         """Log one batch and re-check the lease (inside a section); settle each.
@@ -288,7 +450,7 @@ class Committer:
             raise SpoolFenced("the lease ran out while writing; nothing was kept")
         self.committed(todo)
         for item in todo:
-            item.future.set_result(item.message_id)
+            item.settle()
         if log.sealed() != sealed or (drops and sealed):
             self._wake.set()  # a sealed segment may be retirable (or need filing)
 
@@ -323,8 +485,7 @@ class Committer:
                     write_failed("cannot remove messages", exc),
                 )
         for drop in drops:
-            if not drop.future.done():
-                drop.future.set_result(None)  # logged inside the section: durable
+            drop.settle()  # logged inside the section: durable (no-op when failed)
 
     def _unlink(self, mid: str, *, filed: bool = True, state: bool = True) -> bool:
         """Unlink the files a message may have; False when its message file was missing."""
@@ -382,7 +543,7 @@ class Committer:
             return
         self.committed(batch)
         for item in batch:
-            item.future.set_result(item.message_id)
+            item.settle()
 
     def _undo(self, renamed: list[Put]) -> None:
         for item in renamed:
@@ -396,8 +557,7 @@ class Committer:
             if isinstance(item, Put) and not self.group:  # only then a tmp file
                 with contextlib.suppress(OSError):
                     os.unlink(self.directory / TMP / item.message_id)
-            if not item.future.done():
-                item.future.set_exception(exc)
+            item.settle(exc)
 
     # --- reads, removals and checkpoints -------------------------------------
 
@@ -422,9 +582,10 @@ class Committer:
             SpoolFenced, SpoolWriteFailed: the removal may not be durable.
         """
         if self._threads:
-            drop = Drop(message_id, Future(), state)
-            self._queue.put(drop)
-            drop.future.result()
+            drop = Drop(message_id, state)
+            self.submit(drop)
+            if drop.error is not None:
+                raise drop.error
             return
         self._unlink(message_id)
         try:
@@ -438,8 +599,14 @@ class Committer:
         while not self._stopping.is_set():
             self._wake.wait(IDLE)
             self._wake.clear()
-            if self._stopping.is_set() or not log.sealed() or not self.valid():
+            if self._stopping.is_set() or not self.valid():
                 continue  # fenced: whoever takes the spool replays the log
+            try:
+                log.prepare_spare(self.section)
+            except (OSError, SpoolError) as exc:
+                logger.info("spool %s: no spare segment made: %s", self.directory, exc)
+            if not log.waiting():
+                continue
             # Filing costs a new file per message (about 1 ms of disk and CPU
             # here): only under pressure or when idle. Until then segments
             # whose messages were all delivered retire without any file.
@@ -447,7 +614,7 @@ class Committer:
                 log.checkpoint(self.section, file=False)
                 pressed = log.sealed() >= FILE_AT
                 idle = time.monotonic() - log.last_put >= IDLE
-                if log.sealed() and (pressed or idle):
+                if log.waiting() and (pressed or idle):
                     log.checkpoint(self.section)
             except SpoolFenced as exc:
                 logger.info("spool %s: no checkpoint: %s", self.directory, exc)

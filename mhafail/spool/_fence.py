@@ -136,8 +136,8 @@ class FileFence:
         self.purpose = purpose
         self.lock_timeout = lock_timeout
         self._revoked = False
-        self._local = threading.local()
-        self._opened: list[OfdLock] = []
+        self._opened: list[OfdLock] = []  # every lock file descriptor, for close
+        self._free: list[OfdLock] = []  # those not in a section now
         self._guard = threading.Lock()
 
     @property
@@ -198,12 +198,17 @@ class FileFence:
         return not self._revoked and self._lease_valid()
 
     def _lock(self) -> OfdLock:
-        lock: OfdLock | None = getattr(self._local, "lock", None)
-        if lock is None:
-            lock = OfdLock(self.path)
-            self._local.lock = lock
-            with self._guard:
-                self._opened.append(lock)
+        # One descriptor per section in progress, reused: an OFD lock belongs
+        # to its open file description, so two sections at once need two
+        # (one thread's unlock would drop the other's lock), but a
+        # descriptor per thread would grow with every thread that ever
+        # wrote (group commit's leaders are the callers' threads).
+        with self._guard:
+            if self._free:
+                return self._free.pop()
+        lock = OfdLock(self.path)
+        with self._guard:
+            self._opened.append(lock)
         return lock
 
     @contextlib.contextmanager
@@ -220,13 +225,20 @@ class FileFence:
             lock = self._lock()
         except OSError as exc:
             raise SpoolFenced(f"spool {self.directory}: cannot open the lock file: {exc}") from exc
+        if lock.fd < 0:  # closed by close() meanwhile
+            raise SpoolFenced(f"spool {self.directory}: the fence was closed")
         if not lock.lock(shared=True, timeout=self.lock_timeout):
+            with self._guard:
+                self._free.append(lock)
             raise SpoolFenced(f"spool {self.directory}: the lock file is held by a takeover")
         try:
             self._verify(lock)
             yield
         finally:
-            lock.unlock()
+            with self._guard:
+                if lock.fd >= 0:  # else closed by close() meanwhile: the lock went with it
+                    lock.unlock()
+                    self._free.append(lock)
 
     def _verify(self, lock: OfdLock) -> None:
         try:
@@ -246,10 +258,11 @@ class FileFence:
     def close(self) -> None:
         """Revoke and close every lock file descriptor this fence opened."""
         self._revoked = True
-        with self._guard:
+        with self._guard:  # a section's end returns its lock under the guard too
             opened, self._opened = self._opened, []
-        for lock in opened:
-            lock.close()
+            self._free.clear()
+            for lock in opened:
+                lock.close()
 
 
 def status(record: LockRecord | None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ A takeover of spool D by node S appends to ``D/import.journal`` (JSON
 lines, fsynced before the step they announce)::
 
     {"op": "begin", "by": S, "token": T, "t": ...}
+    {"op": "log", "to": S, "count": c}                its commit log renamed into S's
     {"op": "batch", "n": k, "to": S, "ids": [...]}     before moving batch k
     {"op": "moved", "n": k, "count": c}               after msg/ of both fsynced
     {"op": "complete", "by": S, "token": T, "moved": total}
@@ -62,7 +63,7 @@ class JournalView:
 
     def moved(self) -> int:
         """Messages moved by all batches recorded."""
-        return sum(int(e.get("count", 0)) for e in self.entries if e.get("op") == "moved")
+        return sum(int(e.get("count", 0)) for e in self.entries if e.get("op") in ("moved", "log"))
 
 
 def read_journal(spool: Path, name: str = JOURNAL) -> JournalView:
@@ -90,11 +91,12 @@ def read_journal(spool: Path, name: str = JOURNAL) -> JournalView:
 
 def _check(entry: dict[str, Any]) -> None:
     op = entry.get("op")
-    if op not in ("begin", "batch", "moved", "resolved", "complete"):
+    if op not in ("begin", "log", "batch", "moved", "resolved", "complete"):
         raise MalformedData(f"malformed journal entry: unknown op {op!r}")
     count = entry.get("count")
-    if op == "moved" and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
-        raise MalformedData("malformed journal entry: 'moved' needs a count >= 0")
+    bad = isinstance(count, bool) or not isinstance(count, int) or count < 0
+    if op in ("moved", "log") and bad:
+        raise MalformedData(f"malformed journal entry: {op!r} needs a count >= 0")
     if op == "batch":
         ids, to = entry.get("ids"), entry.get("to")
         if (
@@ -176,4 +178,4 @@ def retire(spool: Path) -> None:
 
 def moved_ids(entries: Iterable[dict[str, Any]]) -> int:
     """Total of ``moved`` counts (for status)."""
-    return sum(int(e.get("count", 0)) for e in entries if e.get("op") == "moved")
+    return sum(int(e.get("count", 0)) for e in entries if e.get("op") in ("moved", "log"))

@@ -39,7 +39,6 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future
 from pathlib import Path
 
 import attrs
@@ -118,7 +117,7 @@ class Spool:
         node: this node's name, recorded as the origin of new messages.
         fence: the right to change the directory (a started ``SpoolLock``).
         max_size: the largest message data accepted (bytes).
-        group_commit: batch concurrent puts on a committer thread, made
+        group_commit: batch concurrent puts (the callers commit for each other), made
             durable by one flush of the commit log (``_commit.py``).
         max_batch: the most puts in one group commit.
         segment_size: bytes per commit log segment (group commit).
@@ -188,6 +187,18 @@ class Spool:
         committer, self._committer = self._committer, None
         if committer is not None:
             committer.stop()
+
+    def checkpoint(self) -> int:
+        """Give every message still in the commit log only its file now; return segments retired.
+
+        The checkpointer does this on its own under pressure or when puts
+        pause; a clean :meth:`close` does it too. Takeovers and replays
+        never need it (they read the log).
+
+        Raises:
+            SpoolFenced, SpoolWriteFailed.
+        """
+        return self._running().checkpoint()
 
     def __len__(self) -> int:
         with self._lock:
@@ -261,7 +272,7 @@ class Spool:
         header, message = encode_header(
             mid, envelope, origin=self.node, created=self.clock(), data=data
         )
-        return Put(mid, header, data, message, Future())
+        return Put(mid, header, data, message)
 
     def _running(self) -> Committer:
         committer = self._committer
@@ -291,7 +302,9 @@ class Spool:
             raise SpoolInvalidArgument(f"message {item.message_id} already exists")
         committer.write(item)
         committer.submit(item)
-        return item.future.result()
+        if item.error is not None:
+            raise item.error
+        return item.message_id
 
     async def aput(self, envelope: Envelope, data: bytes, *, message_id: str | None = None) -> str:
         """:meth:`put` for asyncio: the event loop is never blocked."""
@@ -301,12 +314,16 @@ class Spool:
             raise SpoolInvalidArgument(f"message {item.message_id} already exists")
         if committer.group:
             # Nothing here blocks: a fence check and a queue put.
+            loop = asyncio.get_running_loop()
+            item.loop, item.future = loop, loop.create_future()
             committer.write(item)
-            committer.submit(item)
-        else:
-            await asyncio.to_thread(committer.write, item)
-            await asyncio.to_thread(committer.submit, item)
-        return await asyncio.wrap_future(item.future)
+            committer.enqueue(item)
+            return str(await item.future)
+        await asyncio.to_thread(committer.write, item)
+        await asyncio.to_thread(committer.submit, item)
+        if item.error is not None:
+            raise item.error
+        return item.message_id
 
     def _committed(self, batch: list[Put]) -> None:
         with self._lock:
@@ -499,6 +516,64 @@ class Spool:
         return await asyncio.to_thread(self.claim, message_id)
 
     # --- takeover ------------------------------------------------------------
+
+    def adopt_log(self, source: Path, source_fence: Fence, name: str) -> list[str]:
+        """Take over the commit log of another spool directory (a takeover's first step).
+
+        Both fences are held. With group commit the source's ``wal/`` is
+        renamed into this spool's log as a whole (``CommitLog.adopt``): the
+        messages it acknowledged last come over with no file made each, and
+        their state files follow them. Without group commit the source's
+        log is replayed into its ``msg/`` instead (moved then by
+        :meth:`adopt`).
+
+        Returns:
+            The ids now in this spool's log.
+
+        Raises:
+            SpoolFenced, SpoolWriteFailed.
+        """
+        log = self._running().log
+        with self._section(), source_fence.section():
+            try:
+                if log is None:
+                    recover(source)
+                    return []
+                ids = log.adopt(source, name)
+                src = source / MSG
+                there = set(os.listdir(src))
+                states = [mid for mid in ids if mid + STATE_SUFFIX in there]
+                for mid in states:
+                    os.rename(src / (mid + STATE_SUFFIX), self.msg_dir / (mid + STATE_SUFFIX))
+                if states:
+                    fsync_dir(self.msg_dir)
+                    fsync_dir(src)
+            except OSError as exc:
+                raise write_failed("cannot take over the commit log", exc) from exc
+            loaded: dict[str, Message] = {}
+            for mid in ids:
+                message = self._decode_logged(log.read(mid) or b"", mid, mid in states)
+                if message is not None:
+                    loaded[mid] = message
+        with self._lock:
+            self._index.update(loaded)
+        return ids
+
+    def _decode_logged(self, raw: bytes, mid: str, has_state: bool) -> Message | None:
+        state = self.msg_dir / (mid + STATE_SUFFIX)
+        try:
+            message, _ = decode_header(raw, what=f"logged message {mid}")
+            if message.id != mid:
+                raise MalformedData(f"logged message {mid}: its header names {message.id}")
+            if has_state:
+                message = apply_state(message, state.read_bytes(), what=f"state file {state.name}")
+        except (MalformedData, OSError) as exc:
+            # It stays in the log; filed at the next checkpoint, the load quarantines it.
+            problem = f"spool {self.directory}: cannot index {mid}: {exc}"
+            logger.warning("%s", problem)
+            self.problems.append(problem)
+            return None
+        return message
 
     def adopt(self, source: Path, source_fence: Fence, ids: Iterable[str]) -> list[str]:
         """Move messages from another spool directory into this one, keeping their ids.

@@ -14,10 +14,11 @@ by the membership view, the operator orders and a timer):
    one can; the others see it held and leave it.
 4. It claims the spool's lock file with that token (an exclusive OFD lock:
    the dead holder, if only frozen, can change nothing afterwards), finishes
-   any interrupted import (``_journal.py``), replays the spool's commit
-   log (``_wal.py``: what the node acknowledged last), and moves the messages into
-   its own spool in batches, by rename, journalled. Its own spool's fence
-   and the source's are both checked for every batch.
+   any interrupted import (``_journal.py``), takes the spool's commit log
+   over by renaming it into its own (``CommitLog.adopt``: what the node
+   acknowledged last, with no file made per message), and moves the filed
+   messages into its own spool in batches, by rename, journalled. Its own
+   spool's fence and the source's are both checked for every step.
 5. It records the takeover complete and drops the lock.
 
 Killed midway, its lock vanishes with its session and another survivor
@@ -49,7 +50,6 @@ from mhafail.spool._paths import NODES, NodePaths, node_names
 from mhafail.spool._placement import rank
 from mhafail.spool._spool import MSG, STATE_SUFFIX, Spool, count_messages
 from mhafail.spool._wal import pending as wal_pending
-from mhafail.spool._wal import recover
 from mhafail.spool._znodes import (
     OPS,
     SPOOL,
@@ -284,10 +284,6 @@ class Takeover:
             view = read_journal(source.spool)
             if view.open_batch() is not None:
                 resolve(source.spool, self.paths.root / NODES, view)
-            with fence.section():
-                # What the node acknowledged last may be in its commit log
-                # only (its cache of msg/ died with it): replay it first.
-                recover(source.spool)
             record = TakeoverRecord(
                 by=me,
                 token=token,
@@ -311,6 +307,14 @@ class Takeover:
         moved = 0
         try:
             journal.append("begin", by=me, token=token)
+            # What the node acknowledged last may be in its commit log only:
+            # the log comes over whole, by one rename (no file per message).
+            logged = self.spool.adopt_log(source.spool, fence, f"{source.node}.{token:x}")
+            journal.append("log", to=me, count=len(logged))
+            if logged:
+                moved += len(logged)
+                self._emit(TakeoverEvent(EventKind.BATCH, source.node, token, moved))
+                self._hook(logged)
             ids = _ids(source.spool)
             for number, start in enumerate(range(0, len(ids), self.batch), 1):
                 if self._stopping.is_set():

@@ -49,204 +49,57 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-import struct
+import shutil
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from mhafail._fs import fsync_dir
 from mhafail.spool._files import DIR_MODE, FILE_MODE, sync_files
+from mhafail.spool._walscan import (
+    BLOCK,
+    DROP,
+    IMPORTED,
+    PUT,
+    RECORD_OVERHEAD,
+    WAL,
+    encode,
+    imports,
+    logged,
+    padded,
+    pending,
+    recover,
+    retire,
+    scan,
+    scan_at,
+    segment_name,
+    segments,
+    tree,
+    write_new,
+)
+
+__all__ = [  # the read side lives in _walscan; these names are used from here too
+    "DROP",
+    "PUT",
+    "SEGMENT_SIZE",
+    "WAL",
+    "CommitLog",
+    "encode",
+    "logged",
+    "padded",
+    "pending",
+    "recover",
+    "scan",
+    "scan_at",
+    "segments",
+    "tree",
+]
 
 logger = logging.getLogger(__name__)
 
-WAL = "wal"
-SPARE = "spare."
 SEGMENT_SIZE = 8 * 1024 * 1024
-MAX_SPARES = 2
-
-_HEAD = struct.Struct("<4sQII")
-BLOCK = 4096  # batches are block-aligned: a torn write of one never touches an earlier one
-_MAGIC = b"MHW1"
-_ID_LEN = 26
-PUT, DROP = b"P", b"D"
-_SEGMENT = re.compile(r"(spare\.)?([0-9a-f]{16})")
 _ZEROS = bytes(1 << 20)
-
-
-def _name(seq: int, *, spare: bool = False) -> str:
-    return f"{SPARE if spare else ''}{seq:016x}"
-
-
-def encode(seq: int, kind: bytes, message_id: str, body: bytes = b"") -> bytes:
-    """One record of segment ``seq``."""
-    payload = kind + message_id.encode("ascii") + body
-    seqb = struct.pack("<Q", seq)
-    return _HEAD.pack(_MAGIC, seq, len(payload), zlib.crc32(payload, zlib.crc32(seqb))) + payload
-
-
-def padded(records: bytes) -> bytes:
-    """A batch's records padded with zeros to a whole number of blocks."""
-    return records + bytes(-len(records) % BLOCK)
-
-
-def scan(raw: bytes | memoryview, seq: int) -> Iterator[tuple[bytes, str, bytes]]:
-    """The valid records of segment ``seq`` (``raw`` its contents), in order.
-
-    Batches start on block boundaries; a record that does not check out
-    ends its batch (the padding, or a torn unacknowledged one), and the
-    scan goes on at the next block boundary unless it is on one already.
-    """
-    view = memoryview(raw)
-    offset = 0
-    seqb = struct.pack("<Q", seq)
-    while offset + _HEAD.size <= len(view):
-        magic, rseq, length, crc = _HEAD.unpack_from(view, offset)
-        start = offset + _HEAD.size
-        good = magic == _MAGIC and rseq == seq and 1 + _ID_LEN <= length <= len(view) - start
-        payload = view[start : start + length] if good else view[0:0]
-        if not good or zlib.crc32(payload, zlib.crc32(seqb)) != crc:
-            if offset % BLOCK == 0:
-                return
-            offset += -offset % BLOCK
-            continue
-        kind = bytes(payload[:1])
-        try:
-            message_id = bytes(payload[1 : 1 + _ID_LEN]).decode("ascii")
-        except UnicodeDecodeError:
-            return
-        if kind not in (PUT, DROP):
-            return
-        yield kind, message_id, bytes(payload[1 + _ID_LEN :])
-        offset = start + length
-
-
-def segments(directory: Path) -> tuple[list[int], list[int]]:
-    """The seqs of the segments in use and of the spares in ``<directory>/wal``, sorted."""
-    try:
-        names = os.listdir(directory / WAL)
-    except FileNotFoundError:
-        return [], []
-    used: list[int] = []
-    spares: list[int] = []
-    for name in names:
-        match = _SEGMENT.fullmatch(name)
-        if match is not None:
-            (spares if match.group(1) else used).append(int(match.group(2), 16))
-    return sorted(used), sorted(spares)
-
-
-def logged(directory: Path) -> dict[str, bytes]:
-    """The messages in the log of the spool in ``directory``, not dropped, with their bytes.
-
-    A read-only look (no lock taken: status, ``spool list``); some of them
-    may also be filed in ``msg/`` already.
-    """
-    used, _ = segments(directory)
-    puts: dict[str, bytes] = {}
-    dropped: set[str] = set()
-    for seq in used:
-        try:
-            raw = (directory / WAL / _name(seq)).read_bytes()
-        except FileNotFoundError:
-            continue  # retired while we looked
-        for kind, message_id, body in scan(raw, seq):
-            if kind == PUT:
-                puts[message_id] = body
-            else:
-                dropped.add(message_id)
-    return {mid: body for mid, body in puts.items() if mid not in dropped}
-
-
-def pending(directory: Path) -> bool:
-    """True when the spool in ``directory`` has log segments to replay (no lock taken)."""
-    return bool(segments(directory)[0])
-
-
-def _write_new(path: Path, body: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-    try:
-        view = memoryview(body)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, tmp: Path, body: bytes) -> None:
-    _write_new(tmp, body)
-    os.rename(tmp, path)
-
-
-def _same(path: Path, body: bytes) -> bool:
-    try:
-        with path.open("rb") as f:
-            return f.read(len(body) + 1) == body
-    except FileNotFoundError:
-        return False
-
-
-def recover(directory: Path, *, msg: str = "msg", tmp: str = "tmp") -> int:
-    """Replay the log of the spool in ``directory`` into ``msg/``; return files rewritten.
-
-    Call only while holding the spool (inside a fence section). Every
-    put not dropped is made present and whole in ``msg/``, every dropped
-    message absent; then ``msg/`` is made durable and the segments are
-    retired. Idempotent: a crash midway replays again.
-
-    Raises:
-        OSError: the replay could not finish (nothing was retired).
-    """
-    used, _ = segments(directory)
-    if not used:
-        return 0
-    wal_dir, msg_dir, tmp_dir = directory / WAL, directory / msg, directory / tmp
-    puts: dict[str, bytes] = {}
-    dropped: set[str] = set()
-    for seq in used:
-        raw = (wal_dir / _name(seq)).read_bytes()
-        for kind, message_id, body in scan(raw, seq):
-            if kind == PUT:
-                puts[message_id] = body
-            else:
-                dropped.add(message_id)
-    rewritten: list[Path] = []
-    for message_id, body in puts.items():
-        if message_id in dropped:
-            continue
-        path = msg_dir / message_id
-        if not _same(path, body):
-            _write_file(path, tmp_dir / message_id, body)
-            rewritten.append(path)
-    for message_id in dropped:
-        for name in (message_id, message_id + ".state"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(msg_dir / name)
-    sync_files(directory, rewritten)
-    fsync_dir(msg_dir)
-    for seq in used:
-        _retire(wal_dir, seq)
-    fsync_dir(wal_dir)
-    if rewritten or dropped:
-        logger.warning(
-            "spool %s: replayed its commit log: %d messages rewritten, %d dropped ones removed",
-            directory,
-            len(rewritten),
-            len(dropped),
-        )
-    return len(rewritten)
-
-
-def _retire(wal_dir: Path, seq: int) -> None:
-    _, spares = segments(wal_dir.parent)
-    # Gone already: retired by a replay (the spool was taken again meanwhile).
-    with contextlib.suppress(FileNotFoundError):
-        if len(spares) >= MAX_SPARES:
-            os.unlink(wal_dir / _name(seq))
-        else:
-            os.rename(wal_dir / _name(seq), wal_dir / _name(seq, spare=True))
 
 
 class CommitLog:
@@ -282,6 +135,8 @@ class CommitLog:
         self._ids: dict[int, set[str]] = {}  # segment -> puts logged there
         self._live: dict[str, tuple[int, int, int]] = {}  # id -> (seq, offset, length)
         self._filed: set[str] = set()  # live ids already filed in msg/
+        self._foreign: dict[int, Path] = {}  # key (< 0) -> segment of an imported log
+        self._next_foreign = -1
         used, spares = segments(directory)
         self._next = max(used + spares, default=0) + 1
 
@@ -313,8 +168,8 @@ class CommitLog:
                     unlink(mid, mid in self._filed or mid not in self._live)
             logged = [mid for mid in drops if mid in self._live]
             done = set(logged)
-            size = sum(_HEAD.size + 1 + _ID_LEN + len(b) for _, b in items)
-            seq = self._room(size + len(logged) * (_HEAD.size + 1 + _ID_LEN) + BLOCK)
+            size = sum(RECORD_OVERHEAD + len(b) for _, b in items)
+            seq = self._room(size + len(logged) * RECORD_OVERHEAD + BLOCK)
             chunks, where, pos = [], [], self._offset
             for mid, body in items:
                 record = encode(seq, PUT, mid, body)
@@ -371,7 +226,7 @@ class CommitLog:
             logged = [mid for mid in ids if force or mid in self._live]
             if not logged:
                 return False
-            seq = self._room(len(logged) * (_HEAD.size + 1 + _ID_LEN) + BLOCK)
+            seq = self._room(len(logged) * RECORD_OVERHEAD + BLOCK)
             self._write(padded(b"".join(encode(seq, DROP, mid) for mid in logged)))
             for mid in logged:
                 self._live.pop(mid, None)
@@ -406,10 +261,10 @@ class CommitLog:
             self.wal_dir.mkdir(mode=DIR_MODE, exist_ok=True)
             fsync_dir(self.directory)  # its name too must be durable before a record
         seq, self._next = self._next, self._next + 1
-        path = self.wal_dir / _name(seq)
+        path = self.wal_dir / segment_name(seq)
         _, spares = segments(self.directory)
         if spares:
-            os.rename(self.wal_dir / _name(spares[0], spare=True), path)
+            os.rename(self.wal_dir / segment_name(spares[0], spare=True), path)
         else:
             self._zero_fill(self.wal_dir / "new", path)
         # The name must be durable before a record in the file is acknowledged.
@@ -418,7 +273,31 @@ class CommitLog:
         self._fds[seq] = self._fd
         self._seq, self._offset = seq, 0
 
-    def _zero_fill(self, tmp: Path, path: Path) -> None:
+    def prepare_spare(self, section: Callable[[], contextlib.AbstractContextManager[None]]) -> bool:
+        """Zero-fill a spare segment ahead of need, if there is none; True when one was made.
+
+        For the checkpointer thread: the segment a full one hands over to is
+        then ready, and the put that fills a segment does not wait for 8 MiB
+        of zeros to be written. The zeros are written outside the fence
+        section (a takeover's claim does not wait for them), the name is
+        given inside one.
+        """
+        with self.mutex:
+            if segments(self.directory)[1]:
+                return False
+            seq, self._next = self._next, self._next + 1
+        if not self.wal_dir.is_dir():
+            with section():
+                self.wal_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+                fsync_dir(self.directory)
+        tmp = self.wal_dir / "new.spare"
+        self._zero_fill(tmp, None)
+        with section():
+            os.rename(tmp, self.wal_dir / segment_name(seq, spare=True))
+            fsync_dir(self.wal_dir)
+        return True
+
+    def _zero_fill(self, tmp: Path, path: Path | None) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
         try:
             left = self.segment_size
@@ -427,7 +306,8 @@ class CommitLog:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, path)
+        if path is not None:
+            os.rename(tmp, path)
 
     def _seal(self) -> None:
         if self._fd >= 0:
@@ -437,7 +317,15 @@ class CommitLog:
     # --- checkpoints -----------------------------------------------------------
 
     def sealed(self) -> int:
-        """How many segments wait for a checkpoint (a hint: read without the mutex)."""
+        """How many of this log's own segments wait for a checkpoint (a hint, no mutex).
+
+        Segments of imported logs do not count: a takeover does not make
+        puts wait for their filing (:meth:`waiting` counts them).
+        """
+        return len(self._sealed) - len(self._foreign)
+
+    def waiting(self) -> int:
+        """How many segments wait for a checkpoint, imported ones included (a hint)."""
         return len(self._sealed)
 
     def holding(self, message_ids: Iterable[str]) -> set[str]:
@@ -448,7 +336,7 @@ class CommitLog:
     def wait_sealed_below(self, limit: int, timeout: float) -> bool:
         """Wait until fewer than ``limit`` segments wait for a checkpoint."""
         with self._retired:
-            return self._retired.wait_for(lambda: len(self._sealed) < limit, timeout)
+            return self._retired.wait_for(lambda: self.sealed() < limit, timeout)
 
     def checkpoint(
         self,
@@ -500,7 +388,12 @@ class CommitLog:
             for seq in todo:
                 with contextlib.suppress(KeyError, OSError):
                     os.close(self._fds.pop(seq))
-                _retire(self.wal_dir, seq)
+                if seq in self._foreign:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._foreign.pop(seq))
+                else:
+                    retire(self.wal_dir, seq)
+            self._dropimports()
             fsync_dir(self.wal_dir)
             for seq in todo:
                 if seq in self._sealed:  # not reset meanwhile
@@ -517,7 +410,7 @@ class CommitLog:
         body = self.read(mid)
         if body is None:
             return
-        _write_new(tmp, body)  # the slow part (a new inode), outside the mutex
+        write_new(tmp, body)  # the slow part (a new inode), outside the mutex
         with self.mutex:
             if mid in self._live and mid not in self._filed:
                 os.rename(tmp, path)
@@ -525,6 +418,87 @@ class CommitLog:
                 return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+    def adopt(self, source: Path, name: str) -> list[str]:
+        """Take the commit log of the spool ``source`` over: one rename of its ``wal/`` into ours.
+
+        For a takeover (call inside both spools' fence sections): the
+        messages the dead node acknowledged last, still in its log only,
+        come over without a file created each. Its log is scanned first;
+        the file in ``source/msg`` of every message in it is unlinked (a
+        logged message's record is its authority, and a dropped one must
+        stay gone) and ``source/msg`` made durable; then ``source/wal``
+        is renamed to ``wal/in.<name>`` here, at once and whole, so that
+        every message is in exactly one spool at every instant (a crash
+        before the rename leaves them in the source's log, replayed by
+        whoever holds it next; after, in ours). Its segments are then read
+        like ours and retired, oldest first, before ours (ours may hold
+        drops of their puts), once their messages are gone or filed.
+
+        Returns:
+            The ids of the messages that came over (in our log only).
+
+        Raises:
+            OSError: the log was not taken over if ``source/wal`` is still there.
+        """
+        src_wal = source / WAL
+        found = tree(src_wal)
+        if not found:
+            return []
+        puts: dict[str, tuple[int, int, int]] = {}  # id -> (segment index, offset, length)
+        dropped: set[str] = set()
+        for index, (path, seq) in enumerate(found):
+            for kind, mid, at, length in scan_at(path.read_bytes(), seq):
+                if kind == PUT:
+                    puts[mid] = (index, at, length)
+                else:
+                    dropped.add(mid)
+        live = {mid: loc for mid, loc in puts.items() if mid not in dropped}
+        src_msg = source / "msg"
+        for mid in sorted(dropped | live.keys()):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(src_msg / mid)
+            if mid in dropped:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(src_msg / (mid + ".state"))
+        fsync_dir(src_msg)  # before the rename: no copy may come back in the source
+        with self.mutex:
+            if not self.wal_dir.is_dir():
+                self.wal_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+                fsync_dir(self.directory)
+            target, n = self.wal_dir / (IMPORTED + name), 0
+            while os.path.lexists(target):
+                n += 1
+                target = self.wal_dir / f"{IMPORTED}{name}.{n}"
+            os.rename(src_wal, target)
+            fsync_dir(self.wal_dir)
+            fsync_dir(source)
+            keys: list[int] = []
+            for path, _ in found:
+                key, self._next_foreign = self._next_foreign, self._next_foreign - 1
+                moved = target / path.relative_to(src_wal)
+                self._fds[key] = os.open(moved, os.O_RDONLY | os.O_CLOEXEC)
+                self._foreign[key] = moved
+                self._ids[key] = set()
+                keys.append(key)
+            came = []
+            for mid, (index, at, length) in live.items():
+                if mid in self._live:
+                    continue  # already ours (cannot happen: ids are unique)
+                self._ids[keys[index]].add(mid)
+                self._live[mid] = (keys[index], at, length)
+                came.append(mid)
+            front = sum(1 for key in self._sealed if key in self._foreign)
+            self._sealed[front:front] = keys
+            self._retired.notify_all()
+        return sorted(came)
+
+    def _dropimports(self) -> None:
+        """Remove imported logs none of whose segments is left (their spares with them)."""
+        left = {p.relative_to(self.wal_dir).parts[0] for p in self._foreign.values()}
+        for imported in imports(self.wal_dir):
+            if imported.name not in left:
+                shutil.rmtree(imported, ignore_errors=True)
 
     def reset(self) -> None:
         """Forget every segment (call under ``mutex``, then :func:`recover`).
@@ -540,6 +514,7 @@ class CommitLog:
         self._ids.clear()
         self._live.clear()
         self._filed.clear()
+        self._foreign.clear()
         used, spares = segments(self.directory)
         self._next = max([*used, *spares, self._next - 1]) + 1
         self._retired.notify_all()

@@ -183,7 +183,7 @@ def test_aput_does_not_block_the_event_loop(local_factory: Callable[..., Any]) -
     """While a put waits for the lock file, other tasks of the loop keep running."""
     made = local_factory(group=True)
     blocker = OfdLock(made.paths.spool / "lock")
-    assert blocker.try_lock()  # a takeover's claim in progress
+    assert blocker.lock(timeout=5)  # a takeover's claim in progress
 
     async def main() -> tuple[int, str]:
         ticks = 0

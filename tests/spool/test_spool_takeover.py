@@ -152,7 +152,13 @@ def test_importer_killed_midway_another_finishes_without_duplicate_or_loss(
     """The survivor importing a dead spool is SIGKILLed after one batch; the other finishes."""
     first, second = rank("a", ["b", "c"])
     a = spawn("a")
-    ids = put(a, 1500)
+    ids = put(a, 1200)
+    a.send("file")  # filed in msg/: moved in batches of 20 (the log comes over at once)
+    a.wait_event(lambda e: e["event"] == "filed", 30)
+    a.send("put 300")  # these stay in the log only
+    later = a.wait_event(lambda e: e["event"] == "put" and e["ids"][0] not in ids, 60)
+    assert later["count"] == 300
+    ids += later["ids"]
     importer = spawn(first, "--batch", "20")
     finisher = spawn(second, "--deliver", "--batch", "500")
     a.kill()

@@ -210,6 +210,10 @@ def test_group_commit_acks_after_one_shared_log_flush_with_no_file_created(
         return real_open(path, flags, *args, **kwargs)
 
     made.spool.put(ENV, b"warm")  # the first segment is made before the measured puts
+    # ... and the spare the checkpointer makes ahead of need (off the put path).
+    deadline = time.monotonic() + 10
+    while not segments(made.paths.spool)[1] and time.monotonic() < deadline:
+        time.sleep(0.01)
     log.clear()
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     monkeypatch.setattr(os, "rename", rename)

@@ -2,10 +2,11 @@
 
 Run as ``python spool_node.py --zk ... --cluster ... --node ... --root ...``.
 Prints one JSON event per line (``ready``, ``lock``, ``takeover``, ``acked``,
-``refused``, ``delivered``, ``fenced``) with ``t`` from ``time.monotonic()``.
+``refused``, ``delivered``, ``fenced``, ``filed``) with ``t`` from ``time.monotonic()``.
 Commands on stdin: ``put N`` (N messages from 16 threads), ``produce`` (a
 message every few milliseconds until fenced), ``deliver`` (deliver what is
-due to the sink at ``--sink``: one line ``<id> <node>`` per message).
+due to the sink at ``--sink``: one line ``<id> <node>`` per message),
+``file`` (a checkpoint: every message in the commit log gets its file).
 """
 
 from __future__ import annotations
@@ -154,6 +155,8 @@ class Node:
                 threading.Thread(target=self.produce, daemon=True).start()
             elif words[0] == "deliver":
                 self.delivering = True
+            elif words[0] == "file":
+                emit("filed", segments=self.spool.checkpoint())
 
 
 def main() -> None:
