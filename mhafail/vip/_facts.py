@@ -1,0 +1,141 @@
+"""The VIP manager's caches of ZooKeeper facts, and how watch events update them.
+
+Placement runs on these caches; ownership never rests on them. A claim
+is won only by creating its ephemeral znode, so a cache that is behind
+costs at most a create that fails (or a wait), never a second owner.
+
+A watch hands over what its re-arming read saw (``Znodes.watch_seen``).
+Most of a failover is told completely by that: a vanished claim, a
+shrunken declaration list, a claim created in a session whose node is
+already known. Those are applied here without another read, which is
+what lets survivors claim a crashed node's VIPs straight from the expiry's
+watch events. The rest (a claim by an unknown session, a new declaration
+whose content must be read, a read that failed) is marked dirty for the
+next pass to read, pipelined.
+
+A read that started before an event may finish after it. The event's fact
+then wins (:meth:`Facts.fresher`): whatever changed after its re-arming read
+fires the watch that read armed, so the latest event is never older than
+the last change, and nothing has to be read twice.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from mhafail.coordination import Seen, Znode
+from mhafail.errors import InvalidVipSpec
+from mhafail.vip._paths import Claim
+from mhafail.vip._spec import Vip
+
+
+@attrs.define
+class Facts:
+    """What the manager knows of claims and declarations (guarded by its lock).
+
+    Attributes:
+        owners: address -> the claim as last known (None: unclaimed).
+        declared: address -> node -> that node's declaration (others only).
+        dirty_owners: addresses whose claim must be read again.
+        dirty_declared: addresses whose declaration list must be read again.
+        sessions: session id -> node name, learned from claims read, so a
+            claim created in a known session needs no read.
+        events: how many watch events were applied so far.
+        owner_event: address -> ``events`` when its claim watch last applied.
+        declared_event: address -> ``events`` when its list watch last applied.
+    """
+
+    owners: dict[str, Claim | None] = attrs.field(factory=dict)
+    declared: dict[str, dict[str, Vip]] = attrs.field(factory=dict)
+    dirty_owners: set[str] = attrs.field(factory=set)
+    dirty_declared: set[str] = attrs.field(factory=set)
+    sessions: dict[int, str] = attrs.field(factory=dict)
+    events: int = 0
+    owner_event: dict[str, int] = attrs.field(factory=dict)
+    declared_event: dict[str, int] = attrs.field(factory=dict)
+
+    def fresher(self, events: dict[str, int], key: str, since: int) -> bool:
+        """True when a watch event applied to ``key`` after ``since`` (a read's start)."""
+        return events.get(key, -1) > since
+
+    def know(self, key: str, claim: Claim | None) -> None:
+        """Record what this node itself just did to ``key``'s claim (created or deleted it).
+
+        Counts as an event: a read that started earlier does not overwrite it.
+        """
+        self.events += 1
+        self.owner_event[key] = self.events
+        self.learn(key, claim)
+
+    def learn_read(self, key: str, claim: Claim | None, since: int) -> None:
+        """Record a claim read by a request sent after ``events`` was ``since``."""
+        if not self.fresher(self.owner_event, key, since):
+            self.learn(key, claim)
+
+    def learn(self, key: str, claim: Claim | None) -> None:
+        """Record a claim for ``key`` (callers check it is not older than the cache)."""
+        self.owners[key] = claim
+        if claim is not None:
+            if len(self.sessions) > 4096:
+                self.sessions.clear()  # bounded: a forgotten session only costs a read
+            self.sessions[claim.session] = claim.node
+
+
+def apply_owner(facts: Facts, key: str, seen: Seen) -> None:
+    """Apply a claim watch's read of ``key``'s claim znode."""
+    if not seen.known:
+        facts.dirty_owners.add(key)
+        return
+    facts.events += 1
+    facts.owner_event[key] = facts.events
+    if not seen.exists:
+        facts.owners[key] = None
+    else:
+        cached = facts.owners.get(key)
+        node = facts.sessions.get(seen.ephemeral_owner)
+        if cached is not None and cached.session == seen.ephemeral_owner:
+            pass  # the claim we know
+        elif node is not None:
+            facts.owners[key] = Claim(node=node, session=seen.ephemeral_owner, since=0.0)
+        else:
+            facts.dirty_owners.add(key)
+            del facts.owner_event[key]  # told nothing: a read must not be skipped
+
+
+def apply_declared(facts: Facts, key: str, seen: Seen, me: str) -> None:
+    """Apply a declaration-list watch's read of ``key``'s declarers."""
+    if not seen.known or seen.children is None:
+        facts.dirty_declared.add(key)
+        return
+    facts.events += 1
+    facts.declared_event[key] = facts.events
+    names = set(seen.children) - {me}
+    known = facts.declared.setdefault(key, {})
+    for gone in set(known) - names:
+        del known[gone]  # withdrawn, or its session ended: nothing to read
+    if names - set(known):
+        facts.dirty_declared.add(key)  # a new declaration's content must be read
+        del facts.declared_event[key]
+
+
+def claim_of(node: Znode | None) -> Claim | None:
+    """The claim in a claim znode (None when absent or malformed)."""
+    if node is None:
+        return None
+    return Claim.from_json(node.data, node.ephemeral_owner)
+
+
+def declaration_of(data: bytes) -> Vip:
+    """Decode a declaration znode (size and depth capped; see mhafail._json).
+
+    Raises:
+        InvalidVipSpec: the declaration is malformed.
+    """
+    from mhafail._json import decode_object
+    from mhafail.errors import MalformedData
+    from mhafail.vip._paths import MAX_DOC_BYTES
+
+    try:
+        return Vip.from_dict(decode_object(data, what="declaration", max_bytes=MAX_DOC_BYTES))
+    except MalformedData as exc:
+        raise InvalidVipSpec(str(exc)) from exc
