@@ -81,8 +81,16 @@ class Facts:
             self.sessions[claim.session] = claim.node
 
 
-def apply_owner(facts: Facts, key: str, seen: Seen) -> None:
-    """Apply a claim watch's read of ``key``'s claim znode."""
+def apply_owner(facts: Facts, key: str, seen: Seen, session: int | None) -> None:
+    """Apply a claim watch's read of ``key``'s claim znode (``session``: this node's now).
+
+    A read that shows another session's claim while this node holds the
+    claim in ``session`` is older than this node's create (nobody else
+    deletes our claims; the session's end resets the cache): the standby's
+    own thread may have learned the claim before the dispatcher applied an
+    earlier read. It is read again instead of believed, so a pass never
+    takes an address away from the node that holds its claim.
+    """
     if not seen.known:
         facts.dirty_owners.add(key)
         return
@@ -95,6 +103,9 @@ def apply_owner(facts: Facts, key: str, seen: Seen) -> None:
         node = facts.sessions.get(seen.ephemeral_owner)
         if cached is not None and cached.session == seen.ephemeral_owner:
             pass  # the claim we know
+        elif cached is not None and session is not None and cached.session == session:
+            facts.dirty_owners.add(key)  # ours since: an older read, or a foreign hand
+            del facts.owner_event[key]
         elif node is not None:
             facts.owners[key] = Claim(node=node, session=seen.ephemeral_owner, since=0.0)
         else:

@@ -186,8 +186,9 @@ class VipManager:
         claims made by a converge pass, ``pass`` (it began), ``read`` (its
         reads done), ``decided`` (placement done, claims sent) and
         ``claimed``; then ``fenced`` (the fence was told), ``plumbed``
-        and ``announced`` (the first burst). Runs on the event thread, like
-        the other callbacks.
+        and ``announced`` (the first burst). A handover by this node:
+        ``removed`` (the address is gone) then ``released`` (its claim
+        deleted). Runs on the event thread, like the other callbacks.
         """
         self._steps.append(callback)
 
@@ -481,7 +482,7 @@ class VipManager:
 
             def on_owner(seen: Seen, key: str = key) -> None:
                 with self._lock:
-                    apply_owner(self._facts, key, seen)
+                    apply_owner(self._facts, key, seen, self.coordinator.session_id)
                 kick()
 
             def on_declared(seen: Seen, key: str = key) -> None:
@@ -874,6 +875,7 @@ class VipManager:
         if run_hooks and vip.key in self._kernel.plumbed():
             self._run_pre_release(vip)
         if self._kernel.remove(vip):
+            self._step("removed", time.monotonic(), 1)
             self._emit(self._release, vip)
         session = self.coordinator.session_id
         with self._lock:
@@ -888,6 +890,7 @@ class VipManager:
             node = z.get(owner_path(vip.key))
             if node is not None and node.ephemeral_owner == session:
                 z.delete(owner_path(vip.key), version=node.version)
+        self._step("released", time.monotonic(), 1)
         with self._lock:
             self._facts.know(vip.key, None)
 
