@@ -86,6 +86,28 @@ class Seen:
     children: tuple[str, ...] | None = None
 
 
+class Pending:
+    """A request sent by :meth:`Znodes.create_soon`, answered later."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+
+    def outcome(self, timeout: float) -> bool | None:
+        """Wait up to ``timeout`` s: True created, False it existed, None failed or no answer.
+
+        The waiting thread is woken by kazoo's reader directly (no hand-over).
+        """
+        if self._request is None:
+            return None
+        try:
+            self._request.get(timeout=timeout)
+        except kex.NodeExistsError:
+            return False
+        except Exception:  # any failure or no answer yet: unknown, the caller reads again
+            return None
+        return True
+
+
 class Znodes:
     """Znode operations under ``root``; obtained from ``Coordinator.znodes``.
 
@@ -486,42 +508,21 @@ class Znodes:
             arm()
         return watch
 
-    def create_soon(
-        self,
-        path: str,
-        data: bytes,
-        done: Callable[[bool | None], None],
-        *,
-        ephemeral: bool = False,
-    ) -> None:
-        """Send a create without waiting; ``done(outcome)`` follows on kazoo's completion thread.
+    def create_soon(self, path: str, data: bytes, *, ephemeral: bool = False) -> Pending:
+        """Send a create without waiting for it; :meth:`Pending.outcome` waits.
 
-        ``outcome`` is True when created, False when it already existed, None
-        when the request failed (connection trouble, missing parent, ACL).
-        ``done`` must not block (hand the outcome to a thread of your own).
-        Never raises for ZooKeeper's answer; a request that cannot even be
-        sent calls ``done(None)`` at once.
+        Safe to call from kazoo's own threads (it never blocks): for sending
+        a request the moment an event arrives (``watch_seen``'s ``on_gone``).
+        Never raises: a request that cannot even be sent is a Pending whose
+        outcome is None.
         """
-
-        def answered(answer: Any) -> None:
-            try:
-                answer.get_nowait()
-            except kex.NodeExistsError:
-                outcome: bool | None = False
-            except Exception:  # any failure: unknown, the caller reads again
-                outcome = None
-            else:
-                outcome = True
-            done(outcome)
-
         try:
             request = self._client.create_async(
                 self._abs(path), data, acl=self._acls.acl_for(path), ephemeral=ephemeral
             )
         except Exception:  # not even sent (closed client, bad path): unknown
-            done(None)
-            return
-        request.rawlink(answered)
+            request = None
+        return Pending(request)
 
     def watch_children(self, path: str, callback: Callable[[list[str]], None]) -> Watch:
         """Call ``callback(sorted_children)`` now and after every change of ``path``.

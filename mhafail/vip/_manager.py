@@ -782,13 +782,15 @@ class VipManager:
         with self._lock:
             for key in keys:
                 self._facts.know(key, claim)
-        self._step("gone", gone_at, len(keys))
-        self._step("claimed", time.monotonic(), len(keys))
-        for key in keys:
-            logger.info("%s: claimed %s (its owner let go)", self._me, key)
+        claimed_at = time.monotonic()
         try:
             self._plumb_many([self._by_key[k] for k in keys])
         finally:
+            # Told only now: the event thread and the log would delay the plumbing.
+            self._step("gone", gone_at, len(keys))
+            self._step("claimed", claimed_at, len(keys))
+            for key in keys:
+                logger.info("%s: claimed %s (its owner let go)", self._me, key)
             if self._loop is not None:
                 self._loop.kick()
 
@@ -874,9 +876,8 @@ class VipManager:
         logger.info("%s: releasing %s: %s", self._me, vip.key, reason)
         if run_hooks and vip.key in self._kernel.plumbed():
             self._run_pre_release(vip)
-        if self._kernel.remove(vip):
-            self._step("removed", time.monotonic(), 1)
-            self._emit(self._release, vip)
+        removed = self._kernel.remove(vip)
+        removed_at = time.monotonic()
         session = self.coordinator.session_id
         with self._lock:
             cached = self._facts.owners.get(vip.key)
@@ -890,9 +891,14 @@ class VipManager:
             node = z.get(owner_path(vip.key))
             if node is not None and node.ephemeral_owner == session:
                 z.delete(owner_path(vip.key), version=node.version)
-        self._step("released", time.monotonic(), 1)
+        released_at = time.monotonic()
         with self._lock:
             self._facts.know(vip.key, None)
+        # Told only now: waking the event thread earlier would delay the release.
+        if removed:
+            self._step("removed", removed_at, 1)
+            self._emit(self._release, vip)
+        self._step("released", released_at, 1)
 
     def _run_pre_release(self, vip: Vip) -> None:
         for hook in list(self._pre_release):

@@ -5,10 +5,10 @@ nodes this node is the successor of (``_placement.successions``). The claim
 watch of such a VIP calls :meth:`Standby.gone` on kazoo's event thread the
 moment ZooKeeper notifies the claim's deletion (a planned handover commits
 its release, or the owner's session expires), and the claim is sent at
-once, without a re-read or a converge pass. The answers are collected on
-the standby's own thread and every claim won since the last batch is
-handed to ``on_won`` together (one fence notice, one netlink batch, one
-announcement burst).
+once, without a re-read or a converge pass. The standby's own thread waits
+for the answers (woken by kazoo's reader directly) and hands every claim
+won in a burst to ``on_won`` together (one fence notice, one netlink
+batch, one announcement burst).
 
 Nothing here weakens the safety rules: the owner still removes its address
 before it deletes its claim; the claim is an ephemeral znode of this
@@ -28,15 +28,18 @@ import threading
 import time
 from collections.abc import Callable
 
-from mhafail.coordination import Znodes
+from mhafail.coordination import Pending, Znodes
 from mhafail.vip._paths import Claim, owner_path
 
 logger = logging.getLogger(__name__)
 
 WonCallback = Callable[[list[str], Claim, float], None]
 
-BATCH_WAIT = 0.02  # seconds the first answer of a burst waits for the rest
+BATCH_WAIT = 0.02  # seconds the first claim of a burst waits for the rest
 BURST_GAP = 0.005  # a burst of deletions goes on while they come closer than this
+ANSWER_WAIT = 2.0  # seconds to wait for a claim's answer (then the converge pass looks)
+
+_Sent = tuple[str, Claim, Pending, float]  # address, claim, its request, when its owner let go
 
 
 class Standby:
@@ -69,9 +72,7 @@ class Standby:
         self._in_flight: set[str] = set()
         self._sent = 0  # claims sent since the last batch began
         self._last_sent = 0.0
-        self._answers: queue.SimpleQueue[tuple[str, Claim, bool | None, float] | None] = (
-            queue.SimpleQueue()
-        )
+        self._sent_queue: queue.SimpleQueue[_Sent | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -97,57 +98,50 @@ class Standby:
             self._in_flight.add(address)
             self._sent += 1
             self._last_sent = at
-
-        def done(outcome: bool | None) -> None:
-            self._answers.put((address, claim, outcome, at))
-
-        self._znodes().create_soon(owner_path(address), claim.to_json(), done, ephemeral=True)
+        pending = self._znodes().create_soon(owner_path(address), claim.to_json(), ephemeral=True)
+        self._sent_queue.put((address, claim, pending, at))
 
     def stop(self) -> None:
         """Send no more claims; end the thread (answers still in flight are dropped)."""
         with self._lock:
             self._planned = frozenset()
-        self._answers.put(None)
+        self._sent_queue.put(None)
         self._thread.join(2.0)
 
-    def _collect(self) -> list[tuple[str, Claim, bool | None, float]] | None:
-        """The next batch of answers (None: stop).
+    def _collect(self) -> list[_Sent] | None:
+        """The next batch of sent claims (None: stop).
 
-        After the first answer, wait for the claims still in flight
-        (pipelined, so they follow within a round trip) and, while the
-        deletions keep coming (a dead session's claims are notified one by
-        one), for the next ones; at most ``BATCH_WAIT`` seconds, then plumb
-        them as one batch. A lone handover waits for nothing.
+        A lone handover is handled at once. While deletions keep coming (a
+        dead session's claims are notified one by one, a few ms apart), the
+        claims sent meanwhile join the batch, for at most ``BATCH_WAIT``
+        seconds: their answers are then waited for together and the won
+        ones plumbed as one batch.
         """
-        first = self._answers.get()
+        first = self._sent_queue.get()
         if first is None:
             return None
         batch = [first]
         end = time.monotonic() + BATCH_WAIT
-        with self._lock:
-            burst, self._sent = self._sent > 1, 0
         while True:
             now = time.monotonic()
             with self._lock:
-                self._in_flight.difference_update(entry[0] for entry in batch)
-                burst = burst or self._sent > 0
-                timeout = 0.0
-                if self._in_flight:
-                    timeout = end - now
-                elif burst:
-                    timeout = min(end - now, self._last_sent + BURST_GAP - now)
+                burst = self._sent > 1 and now - self._last_sent < BURST_GAP
+                timeout = min(end - now, self._last_sent + BURST_GAP - now) if burst else 0.0
             try:
                 entry = (
-                    self._answers.get(timeout=timeout)
+                    self._sent_queue.get(timeout=timeout)
                     if timeout > 0
-                    else self._answers.get_nowait()
+                    else self._sent_queue.get_nowait()
                 )
             except queue.Empty:
-                return batch
+                break
             if entry is None:
-                self._answers.put(None)  # stop after this batch
-                return batch
+                self._sent_queue.put(None)  # stop after this batch
+                break
             batch.append(entry)
+        with self._lock:
+            self._sent = 0
+        return batch
 
     def _run(self) -> None:
         while (batch := self._collect()) is not None:
@@ -155,7 +149,11 @@ class Standby:
             claims: dict[tuple[str, int], Claim] = {}
             first: dict[tuple[str, int], float] = {}
             lost = False
-            for address, claim, outcome, at in batch:
+            for address, claim, pending, at in batch:
+                # Pipelined: the first answer takes a round trip, the rest follow it.
+                outcome = pending.outcome(ANSWER_WAIT)
+                with self._lock:
+                    self._in_flight.discard(address)
                 if outcome:
                     # One group per session (the claims differ only in ``since``).
                     group = (claim.node, claim.session)
