@@ -21,12 +21,19 @@ the last change, and nothing has to be read twice.
 
 from __future__ import annotations
 
+import functools
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
 import attrs
 
-from mhafail.coordination import Seen, Znode
+from mhafail.coordination import Seen, Znode, Znodes
 from mhafail.errors import InvalidVipSpec
-from mhafail.vip._paths import Claim
+from mhafail.vip._paths import Claim, declared_path, owner_path
 from mhafail.vip._spec import Vip
+
+logger = logging.getLogger(__name__)
 
 
 @attrs.define
@@ -150,3 +157,91 @@ def declaration_of(data: bytes) -> Vip:
         return Vip.from_dict(decode_object(data, what="declaration", max_bytes=MAX_DOC_BYTES))
     except MalformedData as exc:
         raise InvalidVipSpec(str(exc)) from exc
+
+
+def read_dirty(z: Znodes, facts: Facts, lock: threading.Lock, me: str) -> None:
+    """Read (pipelined) the claims and declaration lists marked dirty; apply what is not older."""
+    with lock:
+        owners, facts.dirty_owners = facts.dirty_owners, set()
+        declared, facts.dirty_declared = facts.dirty_declared, set()
+        since = facts.events
+    if not owners and not declared:
+        return
+    fresh = z.get_many([owner_path(k) for k in owners])
+    lists = z.children_many([declared_path(k) for k in declared]) if declared else {}
+    with lock:
+        for k in owners:
+            facts.learn_read(k, claim_of(fresh[owner_path(k)]), since)
+        known = {k: dict(facts.declared.get(k, {})) for k in declared}
+    wanted = []
+    for k in declared:
+        names = set(lists[declared_path(k)] or []) - {me}
+        for gone in set(known[k]) - names:
+            del known[k][gone]  # a node withdrew: nothing to read
+        wanted += [declared_path(k, n) for n in names - set(known[k])]
+    read_declarations(z.get_many(wanted), known)
+    with lock:
+        for k, decls in known.items():
+            if not facts.fresher(facts.declared_event, k, since):
+                facts.declared[k] = decls
+
+
+def read_declarations(nodes: dict[str, Znode | None], into: dict[str, dict[str, Vip]]) -> None:
+    """Decode declaration znodes into ``into[address][node]``; malformed ones are skipped."""
+    for path, znode in nodes.items():
+        if znode is not None:
+            key, node = path.split("/")[1], path.rsplit("/", 1)[1]
+            try:
+                into[key][node] = declaration_of(znode.data)
+            except InvalidVipSpec:
+                logger.warning("ignoring malformed declaration of %s by %s", key, node)
+
+
+MEMBERS = "members"  # Membership's folder (mhafail.coordination)
+
+
+def watch_facts(
+    z: Znodes,
+    keys: Sequence[str],
+    *,
+    facts: Facts,
+    lock: threading.Lock,
+    me: str,
+    session: Callable[[], int | None],
+    changed: Callable[[], None],
+    gone: Callable[[str], None],
+    members: Callable[[list[str]], None],
+) -> None:
+    """Watch every claim, declaration list and the member list; apply each event to ``facts``.
+
+    A dead node's member znode, claims and declarations vanish in one
+    session expiry. Each watch hands over what its re-arming read saw
+    (``Znodes.watch_seen``), applied here at once: a vanished claim or a
+    shrunken list needs no second read, so the survivors claim straight
+    from the events. Only what a watch cannot tell (who holds a new claim,
+    what a new declaration says) is marked dirty for the next pass. A
+    claim's deletion also calls ``gone(address)`` on kazoo's event thread
+    (the standby); the member list calls ``members(names)``; every applied
+    event calls ``changed()``. Register again after a new session.
+    """
+    for key in keys:
+
+        def on_owner(seen: Seen, key: str = key) -> None:
+            with lock:
+                apply_owner(facts, key, seen, session())
+            changed()
+
+        def on_declared(seen: Seen, key: str = key) -> None:
+            with lock:
+                apply_declared(facts, key, seen, me)
+            changed()
+
+        z.watch_seen(owner_path(key), on_owner, on_gone=functools.partial(gone, key))
+        z.watch_seen(declared_path(key), on_declared, children=True)
+
+    def on_members(seen: Seen) -> None:
+        if seen.known and seen.children is not None:  # else the passes' reads list them
+            members(list(seen.children))
+            changed()
+
+    z.watch_seen(MEMBERS, on_members, children=True)

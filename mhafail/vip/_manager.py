@@ -25,7 +25,6 @@ session and every ``reconcile_interval`` seconds.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -41,12 +40,17 @@ from mhafail.coordination import (
     Dispatcher,
     LeaseState,
     Membership,
-    Seen,
     Znode,
     Znodes,
 )
-from mhafail.errors import CoordinationError, InvalidVipSpec, PlumbingError, VipError
-from mhafail.vip._facts import Facts, apply_declared, apply_owner, claim_of, declaration_of
+from mhafail.errors import CoordinationError, PlumbingError, VipError
+from mhafail.vip._facts import (
+    Facts,
+    claim_of,
+    read_declarations,
+    read_dirty,
+    watch_facts,
+)
 from mhafail.vip._fence import FenceProcess
 from mhafail.vip._kernel import Kernel
 from mhafail.vip._paths import (
@@ -463,80 +467,28 @@ class VipManager:
         z.watch_children(drained_path(), on_drained)
 
     def _watch_claims(self) -> None:
-        """Light watches on every claim, declaration list and the member list.
+        """Light watches on every claim and declaration list and on the member list.
 
-        A dead node's member znode, claims and declarations vanish in one
-        session expiry. Each watch hands over what its re-arming read saw,
-        and that is applied to the caches at once: a vanished claim or a
-        shrunken list needs no second read, so the survivors claim straight
-        from the events (see :mod:`mhafail.vip._facts`). Only what a watch
-        cannot tell (who holds a new claim, what a new declaration says) is
-        marked dirty for the next pass to read, pipelined.
+        Applied to the caches straight from the events (see
+        :func:`mhafail.vip._facts.watch_facts`); a claim's deletion also
+        reaches the standby at once.
         """
-        z = self.coordinator.znodes
-        assert self._loop is not None
-        kick = self._loop.kick
-        assert self._standby is not None
-        gone = self._standby.gone
-        for key in self._by_key:
-
-            def on_owner(seen: Seen, key: str = key) -> None:
-                with self._lock:
-                    apply_owner(self._facts, key, seen, self.coordinator.session_id)
-                kick()
-
-            def on_declared(seen: Seen, key: str = key) -> None:
-                with self._lock:
-                    apply_declared(self._facts, key, seen, self._me)
-                kick()
-
-            z.watch_seen(owner_path(key), on_owner, on_gone=functools.partial(gone, key))
-            z.watch_seen(declared_path(key), on_declared, children=True)
-
-        def on_members(seen: Seen) -> None:
-            if not seen.known or seen.children is None:
-                return  # the periodic and dirty reads list the members too
-            self._note_members(list(seen.children))
-            kick()
-
-        z.watch_seen(MEMBERS, on_members, children=True)
+        assert self._loop is not None and self._standby is not None
+        watch_facts(
+            self.coordinator.znodes,
+            list(self._by_key),
+            facts=self._facts,
+            lock=self._lock,
+            me=self._me,
+            session=lambda: self.coordinator.session_id,
+            changed=self._loop.kick,
+            gone=self._standby.gone,
+            members=self._note_members,
+        )
 
     def _read_dirty(self) -> None:
         """Read what the watch events could not tell (see :mod:`mhafail.vip._facts`)."""
-        with self._lock:
-            owners, self._facts.dirty_owners = self._facts.dirty_owners, set()
-            declared, self._facts.dirty_declared = self._facts.dirty_declared, set()
-            since = self._facts.events
-        if not owners and not declared:
-            return
-        z = self.coordinator.znodes
-        fresh = z.get_many([owner_path(k) for k in owners])
-        lists = z.children_many([declared_path(k) for k in declared]) if declared else {}
-        with self._lock:
-            for k in owners:
-                self._facts.learn_read(k, claim_of(fresh[owner_path(k)]), since)
-            known = {k: dict(self._facts.declared.get(k, {})) for k in declared}
-        wanted = []
-        for k in declared:
-            names = set(lists[declared_path(k)] or []) - {self._me}
-            for gone in set(known[k]) - names:
-                del known[k][gone]  # a node withdrew: nothing to read
-            wanted += [declared_path(k, n) for n in names - set(known[k])]
-        self._read_declarations(z.get_many(wanted), known)
-        with self._lock:
-            for k, decls in known.items():
-                if not self._facts.fresher(self._facts.declared_event, k, since):
-                    self._facts.declared[k] = decls
-
-    @staticmethod
-    def _read_declarations(nodes: dict[str, Znode | None], into: dict[str, dict[str, Vip]]) -> None:
-        for path, znode in nodes.items():
-            if znode is not None:
-                key, node = path.split("/")[1], path.rsplit("/", 1)[1]
-                try:
-                    into[key][node] = declaration_of(znode.data)
-                except InvalidVipSpec:
-                    logger.warning("ignoring malformed declaration of %s by %s", key, node)
+        read_dirty(self.coordinator.znodes, self._facts, self._lock, self._me)
 
     def _declare(self) -> None:
         """Make sure this node's declarations exist in its current session."""
@@ -574,7 +526,7 @@ class VipManager:
             if n != self._me
         ]
         declared: dict[str, dict[str, Vip]] = {k: {} for k in keys}
-        self._read_declarations(z.get_many(decl_paths), declared)
+        read_declarations(z.get_many(decl_paths), declared)
         targets: dict[str, str] = {}
         for k in keys:
             target = target_nodes[target_path(k)]
