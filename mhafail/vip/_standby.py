@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 WonCallback = Callable[[list[str], Claim, float], None]
 
 BATCH_WAIT = 0.02  # seconds the first claim of a burst waits for the rest
-BURST_GAP = 0.005  # a burst of deletions goes on while they come closer than this
+BURST_GAP = 0.01  # a burst of deletions goes on while they come closer than this
 ANSWER_WAIT = 2.0  # seconds to wait for a claim's answer (then the converge pass looks)
 
 _Sent = tuple[str, Claim, Pending, float]  # address, claim, its request, when its owner let go
