@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -50,6 +51,8 @@ class Facts:
         events: how many watch events were applied so far.
         owner_event: address -> ``events`` when its claim watch last applied.
         declared_event: address -> ``events`` when its list watch last applied.
+        vanished: address -> monotonic time its claim was last seen to go
+            (the planned successor's turn: see ``VipManager._carry_out``).
     """
 
     owners: dict[str, Claim | None] = attrs.field(factory=dict)
@@ -60,6 +63,13 @@ class Facts:
     events: int = 0
     owner_event: dict[str, int] = attrs.field(factory=dict)
     declared_event: dict[str, int] = attrs.field(factory=dict)
+    vanished: dict[str, float] = attrs.field(factory=dict)
+
+    def drop(self, key: str) -> None:
+        """A claim is gone (its deletion seen, or its node departed)."""
+        if self.owners.get(key) is not None:
+            self.vanished[key] = time.monotonic()
+        self.owners[key] = None
 
     def fresher(self, events: dict[str, int], key: str, since: int) -> bool:
         """True when a watch event applied to ``key`` after ``since`` (a read's start)."""
@@ -104,7 +114,7 @@ def apply_owner(facts: Facts, key: str, seen: Seen, session: int | None) -> None
     facts.events += 1
     facts.owner_event[key] = facts.events
     if not seen.exists:
-        facts.owners[key] = None
+        facts.drop(key)
     else:
         cached = facts.owners.get(key)
         node = facts.sessions.get(seen.ephemeral_owner)

@@ -432,7 +432,7 @@ class VipManager:
             # claim that still exists just makes our create fail: safe).
             for key, claim in self._facts.owners.items():
                 if claim is not None and claim.node not in view and claim.node != self._me:
-                    self._facts.owners[key] = None
+                    self._facts.drop(key)
             names = frozenset(view.names)
             gone, self._members = self._members - names, names
         if gone:
@@ -562,7 +562,7 @@ class VipManager:
             self._departed = departed
             for key, claim in self._facts.owners.items():
                 if claim is not None and claim.node in new and claim.node != self._me:
-                    self._facts.owners[key] = None
+                    self._facts.drop(key)
         if new:
             self._step("departed", time.monotonic(), len(new))
 
@@ -646,8 +646,8 @@ class VipManager:
             self._loop.kick_after(wait)
         tally = _Tally(plumbed=list(readded))
         assert self._standby is not None
-        self._standby.plan(successions(self._me, inp, rankings))
-        to_claim, to_plumb = self._carry_out(decisions, now, tally)
+        planned = self._standby.plan(successions(self._me, inp, rankings))
+        to_claim, to_plumb = self._carry_out(decisions, now, tally, planned)
         decided_at = time.monotonic()
         won = self._claim(to_claim)
         if won:
@@ -671,11 +671,20 @@ class VipManager:
                 self._full_passes += 1
 
     def _carry_out(
-        self, decisions: dict[str, Decision], now: float, tally: _Tally
+        self, decisions: dict[str, Decision], now: float, tally: _Tally, planned: frozenset[str]
     ) -> tuple[list[Vip], list[Vip]]:
-        """Act on RELEASE and NONE now; return (VIPs to claim, VIPs to keep plumbed)."""
+        """Act on RELEASE and NONE now; return (VIPs to claim, VIPs to keep plumbed).
+
+        A claim that went less than ``claim_step`` ago is left to its planned
+        successor (``planned``: this node's plan before this pass): a pass
+        that runs while a dead node's claims are still vanishing ranks on a
+        half-updated cache and would take VIPs the successors are claiming,
+        and the surplus would move again once the view settles.
+        """
         assert self._standby is not None
         in_flight = self._standby.in_flight()  # the standby's claims, answered soon
+        with self._lock:
+            vanished = dict(self._facts.vanished)
         to_claim, to_plumb = [], []
         for key, decision in decisions.items():
             vip = self._by_key[key]
@@ -693,6 +702,11 @@ class VipManager:
                     assert self._loop is not None
                     self._loop.kick_after(since + decision.delay - now)
                     continue  # a better-ranked node has its turn first
+            gone_at = vanished.get(key)
+            if gone_at is not None and now - gone_at < self.claim_step and key not in planned:
+                assert self._loop is not None
+                self._loop.kick_after(gone_at + self.claim_step - now)
+                continue  # its planned successor's turn
             self._unclaimed_since.pop(key, None)
             if key not in in_flight:
                 to_claim.append(vip)

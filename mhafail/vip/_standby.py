@@ -70,16 +70,17 @@ class Standby:
         self._lock = threading.Lock()
         self._planned: frozenset[str] = frozenset()
         self._in_flight: set[str] = set()
-        self._sent = 0  # claims sent since the last batch began
-        self._last_sent = 0.0
+        self._last_sent = -1.0  # when the latest claim was sent
+        self._gap = 1.0  # seconds between the latest two claims sent
         self._sent_queue: queue.SimpleQueue[_Sent | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def plan(self, addresses: frozenset[str]) -> None:
-        """Claim these addresses as soon as their claims go (replaces the previous plan)."""
+    def plan(self, addresses: frozenset[str]) -> frozenset[str]:
+        """Claim these addresses as soon as their claims go; return the plan this replaces."""
         with self._lock:
-            self._planned = addresses
+            previous, self._planned = self._planned, addresses
+        return previous
 
     def in_flight(self) -> frozenset[str]:
         """Addresses whose claim was sent and not yet answered (the pass leaves them be)."""
@@ -96,8 +97,7 @@ class Standby:
             if claim is None:
                 return
             self._in_flight.add(address)
-            self._sent += 1
-            self._last_sent = at
+            self._gap, self._last_sent = at - self._last_sent, at
         pending = self._znodes().create_soon(owner_path(address), claim.to_json(), ephemeral=True)
         self._sent_queue.put((address, claim, pending, at))
 
@@ -125,7 +125,7 @@ class Standby:
         while True:
             now = time.monotonic()
             with self._lock:
-                burst = self._sent > 1 and now - self._last_sent < BURST_GAP
+                burst = self._gap < BURST_GAP  # the latest two came close together
                 timeout = min(end - now, self._last_sent + BURST_GAP - now) if burst else 0.0
             try:
                 entry = (
@@ -134,14 +134,11 @@ class Standby:
                     else self._sent_queue.get_nowait()
                 )
             except queue.Empty:
-                break
+                return batch
             if entry is None:
                 self._sent_queue.put(None)  # stop after this batch
-                break
+                return batch
             batch.append(entry)
-        with self._lock:
-            self._sent = 0
-        return batch
 
     def _run(self) -> None:
         while (batch := self._collect()) is not None:

@@ -72,3 +72,12 @@ def test_older_read_of_a_foreign_claim_does_not_unseat_our_own() -> None:
     apply_owner(facts, "a", Seen("vips/a/owner", known=True, exists=True, ephemeral_owner=5), 1)
     owner = facts.owners["a"]
     assert owner is not None and owner.node == "me" and facts.dirty_owners == {"a"}
+
+
+def test_a_vanished_claim_is_remembered_for_its_successors_turn() -> None:
+    """Seeing a held claim go records when, so a pass leaves it to the planned successor."""
+    facts = Facts()
+    facts.learn("a", Claim(node="n2", session=5, since=1.0))
+    apply_owner(facts, "a", Seen("vips/a/owner", known=True), 1)
+    apply_owner(facts, "b", Seen("vips/b/owner", known=True), 1)  # was unowned: nothing went
+    assert set(facts.vanished) == {"a"}
