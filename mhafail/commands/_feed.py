@@ -5,7 +5,7 @@ re-arms ZooKeeper's one-shot children watch is the new list
 (``Znodes.watch_list``), handed over here in order. The agent never lists
 the folder itself: a list read beside the watch could arrive after a newer
 one and make a running request look deleted. To converge anyway (a watch
-whose re-arm read failed is gone, DESIGN.md rule 2), the folder is
+whose re-arm read failed is gone, safety rule 2), the folder is
 listed after ``period`` seconds without a list from the watch: when that
 list differs from the watch's last, the watch is replaced by a fresh one,
 whose first list comes after everything the old one delivered.

@@ -177,13 +177,7 @@ def test_agent_and_fence_frozen_together_lose_the_vip_to_kernel_lifetimes(
 
 
 def test_cpu_starved_agent_and_fence_keep_one_owner(lab: Lab) -> None:
-    """Agent, fence and a busy loop held to 1.5 ms of CPU per 100 ms: never two owners.
-
-    Starvation decides nothing by itself: if the starved agent still proves
-    its lease it stays the one owner, else a survivor takes over once its
-    session ends. Either way the address keeps exactly one holder, and it
-    is never left without one for 20 s.
-    """
+    """Agent, fence and a busy loop held to 1.5 ms of CPU per 100 ms: no second owner."""
     old = lab.owner(V4)
     agent_pid = lab.agents[old].pid
     assert agent_pid is not None
@@ -200,15 +194,10 @@ def test_cpu_starved_agent_and_fence_keep_one_owner(lab: Lab) -> None:
                 except OSError as exc:  # a real-time fence cannot join a CFS-limited group
                     print(f"pid {pid} stays outside the starved group: {exc}")
             fault = time.monotonic()
-            try:
-                new = lab.new_owner(V4, old, 20)
-            except AssertionError:  # no takeover: the starved agent kept its lease
-                assert lab.monitor.holders(V4) == {old}, "the address was left without owner"
-                new = old
-            else:
-                lab.client_reaches(V4, new, fault)
+            new = lab.new_owner(V4, old, 20)
+            lab.client_reaches(V4, new, fault)
             time.sleep(2 * lab.timeout)
-        print(f"starved pids {moved}; owner {new} after {time.monotonic() - fault:.2f} s")
+        print(f"starved pids {moved}; survivor {new} after {time.monotonic() - fault:.2f} s")
     finally:
         busy.kill()
         busy.wait()
