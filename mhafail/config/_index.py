@@ -21,9 +21,10 @@ import contextlib
 import hashlib
 import os
 import struct
-import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from mhafail.config._refs import take_lock
 
 _HEADER = struct.Struct(">4sLL")
 _STAT = struct.Struct(
@@ -96,15 +97,9 @@ def update_index(git_dir: Path, changes: Sequence[tuple[str, str | None, str | N
         for git (nothing was changed then).
     """
     index, lock = git_dir / "index", git_dir / "index.lock"
-    end = time.monotonic() + 1.0
-    while True:
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            break
-        except FileExistsError:
-            if time.monotonic() >= end:
-                return False
-            time.sleep(0.005)
+    fd = take_lock(lock)
+    if fd is None:
+        return False
     owned = True
     try:
         try:

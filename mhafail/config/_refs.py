@@ -24,6 +24,22 @@ ANY = "any"
 """``old`` value of :func:`update_ref` meaning: whatever the ref holds now."""
 
 
+def take_lock(lock: Path, wait: float = 1.0) -> int | None:
+    """Create git's ``<file>.lock`` exclusively and return its descriptor.
+
+    Waits up to ``wait`` seconds for another process's lock, as git does;
+    None when it is still there then.
+    """
+    end = time.monotonic() + wait
+    while True:
+        try:
+            return os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            if time.monotonic() >= end:
+                return None
+            time.sleep(0.005)
+
+
 def read_ref(git_dir: Path, ref: str) -> str | None:
     """The sha ``ref`` holds (loose file first, then ``packed-refs``), or None.
 
@@ -60,15 +76,9 @@ def update_ref(git_dir: Path, ref: str, new: str | None, old: str | None = ANY) 
     path = git_dir / ref
     lock = path.with_name(path.name + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
-    end = time.monotonic() + 1.0
-    while True:
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            break
-        except FileExistsError:
-            if time.monotonic() >= end:
-                raise RepositoryError(f"{git_dir}: {ref} is locked ({lock} exists)") from None
-            time.sleep(0.005)
+    fd = take_lock(lock)
+    if fd is None:
+        raise RepositoryError(f"{git_dir}: {ref} is locked ({lock} exists)")
     owned = True  # the lock file is ours until renamed (then it may be another's)
     try:
         current = read_ref(git_dir, ref)
