@@ -354,5 +354,28 @@ def test_a_survivor_takes_a_failed_nodes_vips_over_in_batches(
     wait_for(lambda: sum(c for s, c in steps if s == "plumbed") == len(lost))
     plumbed = [c for s, c in steps if s == "plumbed"]
     assert len(plumbed) <= max(1, len(lost) // 2), steps  # not one netlink call per VIP
-    assert ("member-left", 1) in steps
+    assert ("departed", 1) in steps  # seen on the member list, before the view
+    wait_for(lambda: ("member-left", 1) in steps)
     assert all(network.max_holders(a) == 1 for a in addresses)
+
+
+def test_planned_successor_claims_on_the_release_notice(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """A graceful stop is taken over by the planned successor straight from the deletion notice."""
+    nodes = {n: cluster(n) for n in ("n1", "n2", "n3")}
+    wait_for(lambda: holder(network, A) is not None)
+    old = holder(network, A)
+    assert old is not None
+    steps: dict[str, list[tuple[float, str]]] = {n: [] for n in nodes}
+    for name, node in nodes.items():
+        node.manager.on_step(lambda step, at, _n, name=name: steps[name].append((at, step)))
+    time.sleep(0.3)  # a converge pass after the last move has planned the successor
+    nodes[old].stop(release=True)
+    wait_for(lambda: holder(network, A) not in (None, old))
+    new = holder(network, A)
+    assert new is not None
+    wait_for(lambda: any(step == "claimed" for _, step in steps[new]))
+    order = [step for _, step in sorted(steps[new])]
+    assert order[:2] == ["gone", "claimed"], order  # no converge pass in between
+    assert network.max_holders(A) == 1
