@@ -44,6 +44,7 @@ from mhafail.coordination import (
     Znodes,
 )
 from mhafail.errors import CoordinationError, PlumbingError, VipError
+from mhafail.vip._aside import Aside
 from mhafail.vip._facts import (
     Facts,
     claim_of,
@@ -114,6 +115,9 @@ class VipManager:
         validate_host: check the VIPs against the host's own addresses.
         kernel_lifetimes: plumb with kernel lifetimes renewed from the lease.
         stop_timeout: the longest :meth:`stop` waits for ZooKeeper.
+        lapse_holddown: seconds a node stands aside (declares and claims
+            nothing) after its lease lapsed while its session lived on
+            (see ``mhafail.vip._aside``); 0 turns standing aside off.
 
     Callbacks (``on_acquire``, ``on_release``) run in order on the manager's
     event thread; wrap them with ``mhafail.coordination.in_loop`` for asyncio.
@@ -132,6 +136,7 @@ class VipManager:
     validate_host: bool = True
     kernel_lifetimes: bool = True
     stop_timeout: float = 3.0
+    lapse_holddown: float = 30.0
 
     _me: str = attrs.field(init=False, default="")
     _by_key: dict[str, Vip] = attrs.field(init=False, factory=dict)
@@ -159,6 +164,9 @@ class VipManager:
     _stopping: bool = attrs.field(init=False, default=False)
     _fence_failed: str | None = attrs.field(init=False, default=None)
     _standby: Standby | None = attrs.field(init=False, default=None)
+    _aside: Aside = attrs.field(
+        init=False, default=attrs.Factory(lambda self: Aside(self.lapse_holddown), takes_self=True)
+    )
 
     # --- application API ----------------------------------------------------------
 
@@ -402,12 +410,76 @@ class VipManager:
         return True
 
     def _on_lease(self, state: LeaseState) -> None:
+        session = self.coordinator.session_id
         if state is LeaseState.EXPIRED and self._kernel is not None:
             for vip in self._kernel.remove_all():
                 logger.warning("%s: lease expired: removed %s", self._me, vip.key)
                 self._emit(self._release, vip)
+            with self._lock:
+                claims = self._facts.owners.values()
+                held = any(c is not None and c.session == session for c in claims)
+                self._aside.lapsed(session, held)
+        elif state is LeaseState.VALID:
+            with self._lock:
+                aside = self._aside.lease_back(session, time.monotonic())
+            if aside:
+                logger.warning(
+                    "%s: the lease lapsed while the session lived on: standing aside for %.0f s",
+                    self._me,
+                    self.lapse_holddown,
+                )
         if self._loop is not None:
             self._loop.kick()
+
+    def _stand_aside(self, now: float) -> None:
+        """Start, keep or end standing aside (the converge thread; see ``_aside``)."""
+        with self._lock:
+            start = self._aside.take_start()
+        if start:
+            try:
+                self._give_up_all()
+            except CoordinationError:
+                with self._lock:
+                    self._aside.retry_start()
+                raise  # the loop retries the pass
+        with self._lock:
+            if not self._aside.active(now):
+                if self._aside.over(now):
+                    logger.warning("%s: back after standing aside", self._me)
+                    self._full_read_due = True  # declare again in this pass
+                return
+            unowned = [k for k in self._by_key if self._facts.owners.get(k) is None]
+            limit = max(1.0, self.claim_step * (len(self._members) + 2))
+            back = not start and self._aside.watch_unowned(unowned, now, limit)
+            left = self._aside.left(now)
+        if back:
+            logger.warning("%s: back early: a VIP had no owner for %.1f s", self._me, limit)
+            self._full_read_due = True  # re-declare and re-read now
+        else:
+            assert self._loop is not None
+            self._loop.kick_after(min(left, limit))
+
+    def _give_up_all(self) -> None:
+        """Remove every address, then withdraw all declarations and claims in one transaction.
+
+        One round trip, because a node that stands aside is usually short of
+        CPU: survivors must not wait for a pass per VIP.
+        """
+        assert self._kernel is not None
+        for vip in self._kernel.remove_all():
+            self._emit(self._release, vip)
+        session = self.coordinator.session_id
+        with self._lock:
+            mine = [
+                k for k, c in self._facts.owners.items() if c is not None and c.session == session
+            ]
+        # Our ephemerals while our session lives: nobody else's (see _handover).
+        paths = [declared_path(k, self._me) for k in self._by_key]
+        self.coordinator.znodes.delete_all(paths + [owner_path(k) for k in mine])
+        with self._lock:
+            for key in mine:
+                self._facts.know(key, None)
+        logger.warning("%s: stood aside: released %s", self._me, ", ".join(mine) or "nothing")
 
     def _on_state(self, state: ConnectionState) -> None:
         if state is ConnectionState.CONNECTED and self._loop is not None:
@@ -585,11 +657,13 @@ class VipManager:
                 vips[key] = attrs.evolve(mine, preference=preference)
                 declared_by[key] = frozenset(decls)
             owners = {k: c.node for k, c in self._facts.owners.items() if c is not None}
+            # Standing aside, this node counts as drained in its own placement.
+            aside = {self._me} if self._aside.active(time.monotonic()) else set()
             inp = PlacementInput(
                 vips=vips,
                 declared_by=declared_by,
                 live=live | {self._me},
-                drained=self._drained,
+                drained=self._drained | aside,
                 targets=dict(self._targets),
                 owners=owners,
                 contested=frozenset(contested),
@@ -603,14 +677,18 @@ class VipManager:
             (addresses re-added to the kernel, stray addresses removed).
         """
         assert self._kernel is not None
+        with self._lock:
+            aside = self._aside.active(time.monotonic())
         if self._rewatch:
             self._rewatch = False
-            self._declare()  # the watches on declaration lists need them to exist
+            if not aside:
+                self._declare()  # the watches on declaration lists need them to exist
             self._watch_claims()
         if not full:
             self._read_dirty()
             return [], []
-        self._declare()
+        if not aside:
+            self._declare()
         self._read_all()
         readded, stray = self._kernel.verify(list(self._by_key.values()))
         for key in stray:
@@ -627,6 +705,7 @@ class VipManager:
             self._loop.kick_after(1.0)
             return
         now = time.monotonic()
+        self._stand_aside(now)
         full = self._full_read_due or now - self._last_full >= self.reconcile_interval
         readded, stray = self._refresh(full)
         read_at = time.monotonic()
@@ -741,6 +820,9 @@ class VipManager:
             return None
         if self.fence is not None and not self.fence.healthy():
             return None
+        with self._lock:
+            if self._aside.active(time.monotonic()):
+                return None
         return Claim(node=self._me, session=session, since=time.time())
 
     def _standby_won(self, keys: list[str], claim: Claim, gone_at: float) -> None:
