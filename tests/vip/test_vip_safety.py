@@ -199,6 +199,7 @@ def test_cpu_starved_agent_and_fence_keep_one_owner(lab: Lab) -> None:
                 new = lab.new_owner(V4, old, 20)
             except AssertionError:
                 import json as _j
+
                 for n, a in lab.agents.items():
                     for e in a.events:
                         if float(e.get("ts", e.get("t", t0)) or t0) >= t0 - 2:
