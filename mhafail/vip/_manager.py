@@ -26,6 +26,7 @@ session and every ``reconcile_interval`` seconds.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +44,7 @@ from mhafail.coordination import (
     Znode,
     Znodes,
 )
-from mhafail.errors import CoordinationError, PlumbingError, VipError
+from mhafail.errors import CoordinationError, InvalidVipSpec, PlumbingError, VipError
 from mhafail.vip._aside import Aside
 from mhafail.vip._facts import (
     Facts,
@@ -240,6 +241,10 @@ class VipManager:
             InvalidVipSpec: a VIP is refused (nothing was changed).
             CoordinationUnavailable: ZooKeeper could not be asked.
         """
+        if not 0 <= self.lapse_holddown < math.inf:
+            raise InvalidVipSpec(
+                f"lapse_holddown must be 0 or more seconds, not {self.lapse_holddown}"
+            )
         self._me = self.membership.info.name
         self._members = frozenset(self.membership.view.names)
         # The plumber leaves out addresses it marked as its own (an earlier

@@ -435,3 +435,10 @@ def test_a_lapse_that_ended_the_session_does_not_stand_aside(
     node.manager._aside.lease_back(12345, time.monotonic())  # another session's
     assert not node.manager._aside.active(time.monotonic())
     wait_for(lambda: holder(network, A) == "n1", 5)
+
+
+def test_a_negative_holddown_is_refused(cluster: Callable[..., Node], network: FakeNetwork) -> None:
+    """A negative lapse_holddown is refused at start, before anything is declared."""
+    with pytest.raises(InvalidVipSpec, match="lapse_holddown"):
+        cluster("n1", lapse_holddown=-1.0)
+    assert network.holders(A) == frozenset()
