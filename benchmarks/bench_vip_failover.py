@@ -1,16 +1,19 @@
 """VIP failover side by side with keepalived, and the 300-VIP takeover time (root).
 
     python benchmarks/bench_vip_failover.py [--trials 5] [--quick] [--harness DIR]
-        [--skip-peers] [--vips 300] [--scale-trials 1]
+        [--skip-peers] [--rows ka1,mh3,...] [--skip-scale] [--vips 300] [--scale-trials 1]
 
 Part 1 drives the peers' harness (``../shared/peers/failover_bench.py`` by
 default: network namespaces, a client probing the VIP every 10 ms) over, in
 one run: keepalived (advert_int 1) vs ``mhafail agent`` with a 3 s session
 (equal detection budgets: 3 x 1 s), keepalived-fast (advert_int 0.1) vs a
-0.5 s session, each for a crash and a graceful stop, and mhafail under a
-paused owner and a partitioned owner. Part 2 starts three agents with 300
-VIPs, crashes the node holding a third of them and times until every one
-answers from a survivor, with a per-step trace of the takeover. Needs
+0.5 s session and vs a 0.35 s session on a 50 ms tick (its master-down
+interval), each for a crash and a graceful stop, and mhafail under a
+paused owner and a partitioned owner. The agents run with ``--events``:
+after the table, the step trace of the first trial of each fault. Part 2
+starts three agents with 300 VIPs, crashes the node holding a third of
+them and times until every one answers from a survivor, with a per-step
+trace of the takeover. Needs
 root, keepalived and nftables (part 2 alone: root). Part 2 begins with the
 agent's own cost of plumbing, announcing and removing a third of the VIPs,
 one by one and in batches.
@@ -19,6 +22,7 @@ one by one and in batches.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import selectors
@@ -30,20 +34,23 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mhafail.testing import NetnsLab, ZooKeeperServer, run_in_netns
 
 REPO = Path(__file__).resolve().parent.parent
-ZK_CMD = "{py} -m mhafail zk serve --host {bridge_addr} --port 2181 --tick-time 150"
+ZK_CMD = "{py} -m mhafail zk serve --host {bridge_addr} --port 2181 --tick-time %d"
 AGENT = (
     "{py} -m mhafail agent --zk {dcs} --cluster bench --node {node} "
-    "--vip {vip}/{prefix}@{iface} --session-timeout %s --rebalance never --zk-open --zk-tick 0.15"
+    "--vip {vip}/{prefix}@{iface} --session-timeout %s --rebalance never --zk-open --zk-tick %s "
+    "--events"
 )
+RUNS = Path(tempfile.gettempdir()) / "pb-bench"  # the harness's RUN_ROOT: each run's logs
 
 
 def harness(
     path: Path, peer: str, faults: str, trials: int, extra: list[str]
-) -> list[dict[str, object]]:
+) -> list[dict[str, Any]]:
     argv = [sys.executable, str(path / "failover_bench.py"), "--peer", peer, "--fault", faults,
             "--trials", str(trials), *extra]  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -53,11 +60,53 @@ def harness(
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
-def mhafail_args(session: float) -> list[str]:
+def mhafail_args(session: float, tick_ms: int = 150) -> list[str]:
+    """Harness flags: ``mhafail agent``, ``session`` s, on a ZooKeeper ticking ``tick_ms``."""
     return [
-        "--node-cmd", AGENT % session, "--dcs", "cmd", "--dcs-cmd", ZK_CMD,
-        "--dcs-url", "198.18.0.1:2181", "--dcs-wait", "3", "--home", "", "--settle", "3",
+        "--node-cmd", AGENT % (session, tick_ms / 1000), "--dcs", "cmd",
+        "--dcs-cmd", ZK_CMD % tick_ms, "--dcs-url", "198.18.0.1:2181", "--dcs-wait", "3",
+        "--home", "", "--settle", "3",
     ]  # fmt: skip
+
+
+def trace(result: dict[str, Any]) -> str | None:
+    """The agents' step events of the first trial, in ms after the fault (None: no events).
+
+    Read from the node logs of the harness run (``--events`` lines); the
+    client's view comes from the harness's own per-trial figures.
+    """
+    trials = result.get("per_trial") or []
+    run_dir = RUNS.parent / str(result.get("run_dir", ""))
+    if not trials or not (run_dir / "prober.log").exists():
+        return None
+    first = trials[0]
+    start = _fault_time(run_dir / "prober.log", first)
+    if start is None:
+        return None
+    end = start + float(first.get("fault_to_new_ms") or 0) / 1000 + 1.0
+    lines = []
+    for log in sorted(run_dir.glob("*-daemon.gen*.log")):
+        steps = []
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == "step":
+                at = float(event["at"])
+                if start - 0.05 <= at <= end:
+                    steps.append(
+                        (at, f"{event['step']} {(at - start) * 1000:.1f} ({event['count']})")
+                    )
+        if steps:
+            node = log.name.split("-daemon")[0]
+            lines.append(f"    {node}: " + ", ".join(text for _, text in sorted(steps)))
+    if not lines:
+        return None
+    client = (f"    client: last answer from {first.get('old_owner')} "
+              f"{first.get('last_old_after_fault_ms')}, first from the new owner "
+              f"{first.get('fault_to_new_ms')}, window {first.get('window_ms')}")  # fmt: skip
+    return "\n".join([*lines, client])
 
 
 def row(label: str, result: dict[str, object]) -> str:
@@ -76,21 +125,61 @@ def row(label: str, result: dict[str, object]) -> str:
     )
 
 
-def side_by_side(path: Path, trials: int) -> None:
+# Every row of the side-by-side table: (id, label, peer, faults, harness flags).
+# Equal detection budgets: keepalived's master-down interval (3 x advert_int
+# plus skew) against mhafail's session timeout; "mh035" is the sub-second
+# budget of keepalived-fast (3 x 0.1 s + skew ~ 0.35 s) on a 50 ms tick.
+RUNS_TABLE = [
+    ("ka1", "keepalived advert_int 1", "keepalived", "crash,graceful", []),
+    ("mh3", "mhafail session 3 s", "custom", "crash,graceful", mhafail_args(3)),
+    ("kafast", "keepalived-fast advert_int 0.1", "keepalived-fast", "crash,graceful", []),
+    ("mh05", "mhafail session 0.5 s", "custom", "crash,graceful", mhafail_args(0.5)),
+    ("mh035", "mhafail session 0.35 s (tick 50 ms)", "custom", "crash,graceful,pause,partition",
+     [*mhafail_args(0.35, 50), "--pause-seconds", "2", "--partition-seconds", "2"]),
+    ("mh3faults", "mhafail session 3 s", "custom", "pause,partition",
+     [*mhafail_args(3), "--pause-seconds", "7", "--partition-seconds", "7"]),
+]  # fmt: skip
+
+
+def _fault_time(prober: Path, trial: dict[str, Any]) -> float | None:
+    """When the harness applied ``trial``'s fault (its per-trial figures omit it).
+
+    Found from the client's answers: the handover from the old owner to the
+    new one whose gap is the trial's window, minus the fault-to-new time.
+    """
+    old, new = trial.get("old_owner"), trial.get("new_owner")
+    window, to_new = trial.get("window_ms"), trial.get("fault_to_new_ms")
+    if None in (old, new, window, to_new):
+        return None
+    answers = []
+    for line in prober.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == "S":
+            answers.append((float(parts[2]), parts[3]))
+    answers.sort()
+    for (t_old, n_old), (t_new, n_new) in itertools.pairwise(answers):
+        if n_old == old and n_new == new and abs((t_new - t_old) * 1000 - window) < 0.2:
+            return t_new - to_new / 1000
+    return None
+
+
+def side_by_side(path: Path, trials: int, rows: set[str] | None) -> None:
     print("| peer | fault | trials ok | window ms min / median / max | fault -> new answers ms "
           "(median) | dual owner (trials, max ms) |")  # fmt: skip
     print("|---|---|---|---|---|---|")
-    runs = [
-        ("keepalived advert_int 1", "keepalived", "crash,graceful", []),
-        ("mhafail session 3 s", "custom", "crash,graceful", mhafail_args(3)),
-        ("keepalived-fast advert_int 0.1", "keepalived-fast", "crash,graceful", []),
-        ("mhafail session 0.5 s", "custom", "crash,graceful", mhafail_args(0.5)),
-        ("mhafail session 3 s", "custom", "pause,partition",
-         [*mhafail_args(3), "--pause-seconds", "7", "--partition-seconds", "7"]),
-    ]  # fmt: skip
-    for label, peer, faults, extra in runs:
+    traces = []
+    for key, label, peer, faults, extra in RUNS_TABLE:
+        if rows is not None and key not in rows:
+            continue
         for result in harness(path, peer, faults, trials, extra):
             print(row(label, result), flush=True)
+            if (steps := trace(result)) is not None:
+                traces.append(
+                    f"  {label}, {result['fault']}, trial 1 (ms after the fault):\n{steps}"
+                )
+    if traces:
+        print("\nstep traces:")
+        print("\n".join(traces), flush=True)
 
 
 def scale(vips: int, session: float) -> None:
@@ -262,8 +351,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one trial each, 30 VIPs")
-    parser.add_argument("--harness", type=Path, default=REPO.parent / "shared" / "peers")
+    default_harness = REPO.parent / "shared" / "peers"
+    if not default_harness.exists():  # a worktree under /work/wt
+        default_harness = REPO.parent.parent / "shared" / "peers"
+    parser.add_argument("--harness", type=Path, default=default_harness)
     parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument(
+        "--rows",
+        help="comma-separated rows of part 1 (default all): "
+        + ", ".join(key for key, *_ in RUNS_TABLE),
+    )
+    parser.add_argument("--skip-scale", action="store_true", help="no part 2")
     parser.add_argument("--vips", type=int, help="VIPs in part 2 (default 300, 30 with --quick)")
     parser.add_argument("--scale-trials", type=int, default=1, help="takeovers in part 2")
     args = parser.parse_args()
@@ -273,7 +371,9 @@ def main() -> None:
     if not args.skip_peers:
         if not (args.harness / "failover_bench.py").exists():
             raise SystemExit(f"no harness at {args.harness} (use --harness or --skip-peers)")
-        side_by_side(args.harness, trials)
+        side_by_side(args.harness, trials, set(args.rows.split(",")) if args.rows else None)
+    if args.skip_scale:
+        return
     vips = args.vips or (30 if args.quick else 300)
     plumbing(vips // 3)
     for _ in range(args.scale_trials):

@@ -73,6 +73,13 @@ def register(subparsers: Any) -> None:
     agent.add_argument("--rebalance", help="immediate | never | after:SECONDS (default after:30)")
     agent.add_argument("--claim-step", type=float)
     agent.add_argument(
+        "--lapse-holddown",
+        type=float,
+        metavar="SECONDS",
+        help="how long a node stands aside after its lease lapsed while its session lived "
+        "on (default 30; 0: never)",
+    )
+    agent.add_argument(
         "--plumber", default=None, help="netlink (default) or fake:PATH (tests, demos)"
     )
     agent.add_argument("--no-fence", action="store_true", help="run without the fence process")
@@ -174,6 +181,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "fence",
         "kernel_lifetimes",
         "zk_tick",
+        "lapse_holddown",
     }
     unknown = set(cfg) - known
     if unknown:
@@ -188,6 +196,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "claim_step",
         "plumber",
         "zk_tick",
+        "lapse_holddown",
     ):
         value = getattr(args, key)
         if value is not None:
@@ -298,6 +307,7 @@ def _agent(args: argparse.Namespace) -> int:
         vips=vips,
         rebalance=policy,
         claim_step=float(s.get("claim_step", 0.25)),
+        lapse_holddown=float(s.get("lapse_holddown", 30.0)),
         fence=fence,
         validate_host=plumber_spec == "netlink",
         kernel_lifetimes=bool(s.get("kernel_lifetimes", True)),

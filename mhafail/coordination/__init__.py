@@ -24,6 +24,8 @@ from mhafail.coordination._names import check_name as check_name
 from mhafail.coordination._names import parse_hosts as parse_hosts
 from mhafail.coordination._state import ConnectionState as ConnectionState
 from mhafail.coordination._state import LeaseState as LeaseState
+from mhafail.coordination._store import Pending as Pending
+from mhafail.coordination._store import Seen as Seen
 from mhafail.coordination._store import Watch as Watch
 from mhafail.coordination._store import Znode as Znode
 from mhafail.coordination._store import Znodes as Znodes
@@ -39,8 +41,10 @@ __all__ = [
     "LeaseState",
     "Membership",
     "NodeInfo",
+    "Pending",
     "ProofChain",
     "Role",
+    "Seen",
     "TlsSettings",
     "Watch",
     "Znode",

@@ -9,18 +9,22 @@ are :class:`~mhafail.errors.CoordinationUnavailable`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 from kazoo import exceptions as kex
+from kazoo.protocol.states import EventType
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
 from mhafail.coordination._acl import AclPolicy
 from mhafail.coordination._dispatch import Dispatcher
 from mhafail.coordination._kazoo import translated
 from mhafail.errors import AccessDenied, InvalidArgument
+
+logger = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -58,6 +62,50 @@ class Watch:
     def cancel(self) -> None:
         """Stop delivering changes (kazoo's watcher ends at its next event)."""
         self._cancelled = True
+
+
+@attrs.frozen
+class Seen:
+    """What a light watch (:meth:`Znodes.watch_seen`) read when it re-armed.
+
+    Attributes:
+        path: the watched path, relative to the cluster root.
+        known: False when the re-arming read failed (connection trouble):
+            nothing is known, re-read later.
+        exists: whether the znode existed at the read.
+        ephemeral_owner: its owning session when it exists and is
+            ephemeral, else 0 (an existence watch only).
+        children: its sorted child names (a children watch only; None
+            for an existence watch or an absent znode).
+    """
+
+    path: str
+    known: bool
+    exists: bool = False
+    ephemeral_owner: int = 0
+    children: tuple[str, ...] | None = None
+
+
+class Pending:
+    """A request sent by :meth:`Znodes.create_soon`, answered later."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+
+    def outcome(self, timeout: float) -> bool | None:
+        """Wait up to ``timeout`` s: True created, False it existed, None failed or no answer.
+
+        The waiting thread is woken by kazoo's reader directly (no hand-over).
+        """
+        if self._request is None:
+            return None
+        try:
+            self._request.get(timeout=timeout)
+        except kex.NodeExistsError:
+            return False
+        except Exception:  # any failure or no answer yet: unknown, the caller reads again
+            return None
+        return True
 
 
 class Znodes:
@@ -493,7 +541,7 @@ class Znodes:
         again once it exists). Callbacks run on the dispatcher thread, in
         order. Watches do not survive a new session: register again then;
         a read that fails (the connection going away) delivers nothing, so
-        callers also re-read on reconnect and on a timer (DESIGN.md rule 2).
+        callers also re-read on reconnect and on a timer (safety rule 2).
         """
         watch = Watch()
         abs_path = self._abs(path)
@@ -517,6 +565,94 @@ class Znodes:
         with translated(f"watch list {path}"):
             arm()
         return watch
+
+    def watch_seen(
+        self,
+        path: str,
+        callback: Callable[[Seen], None],
+        *,
+        children: bool = False,
+        on_gone: Callable[[], None] | None = None,
+    ) -> Watch:
+        """Like :meth:`watch_changes`, but hand over what the re-arming read saw.
+
+        Every ZooKeeper watch has to be re-armed with a read (``exists``,
+        or ``get_children`` with ``children``), and that read is the fresh
+        state: the callback gets it as a :class:`Seen`, so a burst of
+        events (a dead session's hundreds of ephemerals) needs no second
+        read. Callbacks run on the dispatcher thread in the order of the
+        reads, so the latest one holds the latest state; a later change
+        fires the watch the read armed. One callback also follows the
+        registration. A ``Seen`` with ``known`` False means the read
+        failed: read again before trusting a cache. Watches do not survive
+        a new session: register again then.
+
+        ``on_gone``, if given, runs on kazoo's event thread the moment a
+        deletion of ``path`` is notified, before the re-arming read: it is
+        for sending one request at once (:meth:`create_soon`), must not
+        block, and its exceptions are logged and dropped.
+        """
+        watch = Watch()
+        abs_path = self._abs(path)
+
+        def seen(answer: Any) -> None:
+            # kazoo's completion thread, in request order: hand over, return.
+            if watch.cancelled:
+                return
+            try:
+                value = answer.get_nowait()
+            except kex.NoNodeError:
+                result = Seen(path, known=True)
+            except Exception:  # any failure only means "unknown"
+                result = Seen(path, known=False)
+            else:
+                if children:
+                    result = Seen(path, known=True, exists=True, children=tuple(sorted(value)))
+                elif value is None:
+                    result = Seen(path, known=True)
+                else:
+                    result = Seen(
+                        path, known=True, exists=True, ephemeral_owner=value.ephemeralOwner
+                    )
+            self._dispatcher.post(callback, result)
+
+        def arm() -> None:
+            if watch.cancelled:
+                return
+            if children:
+                answer = self._client.get_children_async(abs_path, watch=on_event)
+            else:
+                answer = self._client.exists_async(abs_path, watch=on_event)
+            answer.rawlink(seen)
+
+        def on_event(event: Any) -> None:
+            # kazoo's event thread: never wait here.
+            if on_gone is not None and not watch.cancelled and event.type == EventType.DELETED:
+                try:
+                    on_gone()
+                except Exception:
+                    logger.exception("on_gone hook for %s failed", path)
+            arm()
+
+        with translated(f"watch {path}"):
+            arm()
+        return watch
+
+    def create_soon(self, path: str, data: bytes, *, ephemeral: bool = False) -> Pending:
+        """Send a create without waiting for it; :meth:`Pending.outcome` waits.
+
+        Safe to call from kazoo's own threads (it never blocks): for sending
+        a request the moment an event arrives (``watch_seen``'s ``on_gone``).
+        Never raises: a request that cannot even be sent is a Pending whose
+        outcome is None.
+        """
+        try:
+            request = self._client.create_async(
+                self._abs(path), data, acl=self._acls.acl_for(path), ephemeral=ephemeral
+            )
+        except Exception:  # not even sent (closed client, bad path): unknown
+            request = None
+        return Pending(request)
 
     def watch_children(self, path: str, callback: Callable[[list[str]], None]) -> Watch:
         """Call ``callback(sorted_children)`` now and after every change of ``path``.

@@ -26,6 +26,7 @@ session and every ``reconcile_interval`` seconds.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +45,14 @@ from mhafail.coordination import (
     Znodes,
 )
 from mhafail.errors import CoordinationError, InvalidVipSpec, PlumbingError, VipError
+from mhafail.vip._aside import Aside
+from mhafail.vip._facts import (
+    Facts,
+    claim_of,
+    read_declarations,
+    read_dirty,
+    watch_facts,
+)
 from mhafail.vip._fence import FenceProcess
 from mhafail.vip._kernel import Kernel
 from mhafail.vip._paths import (
@@ -54,10 +63,11 @@ from mhafail.vip._paths import (
     owner_path,
     target_path,
 )
-from mhafail.vip._placement import Action, Decision, PlacementInput, decide, rank
+from mhafail.vip._placement import Action, Decision, PlacementInput, decide, rank, successions
 from mhafail.vip._plumber import Plumber
 from mhafail.vip._policy import RebalancePolicy
 from mhafail.vip._spec import Vip, VipKind, validate_vips
+from mhafail.vip._standby import Standby
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +116,9 @@ class VipManager:
         validate_host: check the VIPs against the host's own addresses.
         kernel_lifetimes: plumb with kernel lifetimes renewed from the lease.
         stop_timeout: the longest :meth:`stop` waits for ZooKeeper.
+        lapse_holddown: seconds a node stands aside (declares and claims
+            nothing) after its lease lapsed while its session lived on
+            (see ``mhafail.vip._aside``); 0 turns standing aside off.
 
     Callbacks (``on_acquire``, ``on_release``) run in order on the manager's
     event thread; wrap them with ``mhafail.coordination.in_loop`` for asyncio.
@@ -124,21 +137,18 @@ class VipManager:
     validate_host: bool = True
     kernel_lifetimes: bool = True
     stop_timeout: float = 3.0
+    lapse_holddown: float = 30.0
 
     _me: str = attrs.field(init=False, default="")
     _by_key: dict[str, Vip] = attrs.field(init=False, factory=dict)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
-    _owners: dict[str, Claim | None] = attrs.field(init=False, factory=dict)
-    _owner_versions: dict[str, tuple[int, int]] = attrs.field(init=False, factory=dict)
-    _declared: dict[str, dict[str, Vip]] = attrs.field(init=False, factory=dict)
+    _facts: Facts = attrs.field(init=False, factory=Facts)
     _targets: dict[str, str] = attrs.field(init=False, factory=dict)
     _drained: frozenset[str] = attrs.field(init=False, default=frozenset())
     _view_changed: float = attrs.field(init=False, factory=time.monotonic)
     _full_read_due: bool = attrs.field(init=False, default=True)
     _last_full: float = attrs.field(init=False, default=0.0)
     _unclaimed_since: dict[str, float] = attrs.field(init=False, factory=dict)
-    _dirty_owners: set[str] = attrs.field(init=False, factory=set)
-    _dirty_declared: set[str] = attrs.field(init=False, factory=set)
     _rewatch: bool = attrs.field(init=False, default=False)
     _kernel: Kernel | None = attrs.field(init=False, default=None)
     _loop: ConvergeLoop | None = attrs.field(init=False, default=None)
@@ -154,6 +164,10 @@ class VipManager:
     _full_passes: int = attrs.field(init=False, default=0)
     _stopping: bool = attrs.field(init=False, default=False)
     _fence_failed: str | None = attrs.field(init=False, default=None)
+    _standby: Standby | None = attrs.field(init=False, default=None)
+    _aside: Aside = attrs.field(
+        init=False, default=attrs.Factory(lambda self: Aside(self.lapse_holddown), takes_self=True)
+    )
 
     # --- application API ----------------------------------------------------------
 
@@ -178,11 +192,16 @@ class VipManager:
 
         ``at`` is the ``time.monotonic()`` reading when the step ended;
         ``count`` how many VIPs (or members) it concerned. Steps:
-        ``member-left`` (a member's session ended, as seen here),
-        ``pass`` (the converge pass that made claims began), ``claimed``
-        (this node's claims created), ``fenced`` (the fence was
-        told), ``plumbed`` and ``announced`` (the first burst). Runs on the
-        event thread, like the other callbacks.
+        ``departed`` (the member list no longer has a member),
+        ``member-left`` (the membership view lost it); ``gone`` (the
+        first notice of the deletion of a claim this node was the planned
+        successor of) then ``claimed`` (those claims created); or, for
+        claims made by a converge pass, ``pass`` (it began), ``read`` (its
+        reads done), ``decided`` (placement done, claims sent) and
+        ``claimed``; then ``fenced`` (the fence was told), ``plumbed``
+        and ``announced`` (the first burst). A handover by this node:
+        ``removed`` (the address is gone) then ``released`` (its claim
+        deleted). Runs on the event thread, like the other callbacks.
         """
         self._steps.append(callback)
 
@@ -195,7 +214,7 @@ class VipManager:
     def owner_of(self, address: str) -> str | None:
         """The node holding the claim for ``address`` as last seen, or None."""
         with self._lock:
-            claim = self._owners.get(_key(address))
+            claim = self._facts.owners.get(_key(address))
         return None if claim is None else claim.node
 
     def binding_address(self, name: str) -> str | None:
@@ -222,6 +241,10 @@ class VipManager:
             InvalidVipSpec: a VIP is refused (nothing was changed).
             CoordinationUnavailable: ZooKeeper could not be asked.
         """
+        if not 0 <= self.lapse_holddown < math.inf:
+            raise InvalidVipSpec(
+                f"lapse_holddown must be 0 or more seconds, not {self.lapse_holddown}"
+            )
         self._me = self.membership.info.name
         self._members = frozenset(self.membership.view.names)
         # The plumber leaves out addresses it marked as its own (an earlier
@@ -240,6 +263,13 @@ class VipManager:
         if self.fence is not None:
             self.fence.on_failure(self._on_fence_failure)
         self._events = Dispatcher(f"mhafail-vip-events-{self._me}")
+        self._standby = Standby(
+            lambda: self.coordinator.znodes,
+            self._standby_ready,
+            self._standby_won,
+            lambda: self._loop.kick() if self._loop is not None else None,
+            name=f"mhafail-vip-standby-{self._me}",
+        )
         self.coordinator.add_lease_listener(self._on_lease)
         self.coordinator.add_state_listener(self._on_state)
         self.coordinator.add_session_listener(self._on_session)
@@ -261,6 +291,8 @@ class VipManager:
         if self._loop is None or self._stopping:
             return
         self._stopping = True
+        if self._standby is not None:
+            self._standby.stop()
         # A pass blocked in a ZooKeeper call is not waited for: the kernel is
         # closed first, so whatever it does next cannot plumb anything.
         self._loop.stop(timeout=0.5)
@@ -363,7 +395,9 @@ class VipManager:
             self._emit(self._release, vip)
         session = self.coordinator.session_id
         with self._lock:
-            mine = [k for k, c in self._owners.items() if c is not None and c.session == session]
+            mine = [
+                k for k, c in self._facts.owners.items() if c is not None and c.session == session
+            ]
         for key in mine:
             # Claims go too: without a fence this node must not hold VIPs,
             # and a survivor should not wait for it.
@@ -381,12 +415,76 @@ class VipManager:
         return True
 
     def _on_lease(self, state: LeaseState) -> None:
+        session = self.coordinator.session_id
         if state is LeaseState.EXPIRED and self._kernel is not None:
             for vip in self._kernel.remove_all():
                 logger.warning("%s: lease expired: removed %s", self._me, vip.key)
                 self._emit(self._release, vip)
+            with self._lock:
+                claims = self._facts.owners.values()
+                held = any(c is not None and c.session == session for c in claims)
+                self._aside.lapsed(session, held)
+        elif state is LeaseState.VALID:
+            with self._lock:
+                aside = self._aside.lease_back(session, time.monotonic())
+            if aside:
+                logger.warning(
+                    "%s: the lease lapsed while the session lived on: standing aside for %.0f s",
+                    self._me,
+                    self.lapse_holddown,
+                )
         if self._loop is not None:
             self._loop.kick()
+
+    def _stand_aside(self, now: float) -> None:
+        """Start, keep or end standing aside (the converge thread; see ``_aside``)."""
+        with self._lock:
+            start = self._aside.take_start()
+        if start:
+            try:
+                self._give_up_all()
+            except CoordinationError:
+                with self._lock:
+                    self._aside.retry_start()
+                raise  # the loop retries the pass
+        with self._lock:
+            if not self._aside.active(now):
+                if self._aside.over(now):
+                    logger.warning("%s: back after standing aside", self._me)
+                    self._full_read_due = True  # declare again in this pass
+                return
+            unowned = [k for k in self._by_key if self._facts.owners.get(k) is None]
+            limit = max(1.0, self.claim_step * (len(self._members) + 2))
+            back = not start and self._aside.watch_unowned(unowned, now, limit)
+            left = self._aside.left(now)
+        if back:
+            logger.warning("%s: back early: a VIP had no owner for %.1f s", self._me, limit)
+            self._full_read_due = True  # re-declare and re-read now
+        else:
+            assert self._loop is not None
+            self._loop.kick_after(min(left, limit))
+
+    def _give_up_all(self) -> None:
+        """Remove every address, then withdraw all declarations and claims in one transaction.
+
+        One round trip, because a node that stands aside is usually short of
+        CPU: survivors must not wait for a pass per VIP.
+        """
+        assert self._kernel is not None
+        for vip in self._kernel.remove_all():
+            self._emit(self._release, vip)
+        session = self.coordinator.session_id
+        with self._lock:
+            mine = [
+                k for k, c in self._facts.owners.items() if c is not None and c.session == session
+            ]
+        # Our ephemerals while our session lives: nobody else's (see _handover).
+        paths = [declared_path(k, self._me) for k in self._by_key]
+        self.coordinator.znodes.delete_all(paths + [owner_path(k) for k in mine])
+        with self._lock:
+            for key in mine:
+                self._facts.know(key, None)
+        logger.warning("%s: stood aside: released %s", self._me, ", ".join(mine) or "nothing")
 
     def _on_state(self, state: ConnectionState) -> None:
         if state is ConnectionState.CONNECTED and self._loop is not None:
@@ -397,7 +495,7 @@ class VipManager:
     def _on_session(self, _session: int) -> None:
         with self._lock:
             self._full_read_due = True
-            self._owners = {k: None for k in self._owners}
+            self._facts.owners = dict.fromkeys(self._facts.owners)
         if self._loop is not None:
             self._rewatch = True  # raw watches died with the old session
             self._loop.kick()
@@ -409,9 +507,9 @@ class VipManager:
             # of a session's ephemerals together: its claims are gone too. Act
             # on that now instead of waiting for hundreds of watch events (a
             # claim that still exists just makes our create fail: safe).
-            for key, claim in self._owners.items():
+            for key, claim in self._facts.owners.items():
                 if claim is not None and claim.node not in view and claim.node != self._me:
-                    self._owners[key] = None
+                    self._facts.drop(key)
             names = frozenset(view.names)
             gone, self._members = self._members - names, names
         if gone:
@@ -446,61 +544,28 @@ class VipManager:
         z.watch_children(drained_path(), on_drained)
 
     def _watch_claims(self) -> None:
-        """Light watches on every claim and declaration list (again after a new session).
+        """Light watches on every claim and declaration list and on the member list.
 
-        A dead node's hundreds of claims and declarations vanish at once;
-        these watches only mark the keys dirty, and the next pass re-reads
-        all dirty keys in one pipelined round trip.
+        Applied to the caches straight from the events (see
+        :func:`mhafail.vip._facts.watch_facts`); a claim's deletion also
+        reaches the standby at once.
         """
-        z = self.coordinator.znodes
-        assert self._loop is not None
-        kick = self._loop.kick
-        for key in self._by_key:
-
-            def on_owner(_path: str, key: str = key) -> None:
-                with self._lock:
-                    self._dirty_owners.add(key)
-                kick()
-
-            def on_declared(_path: str, key: str = key) -> None:
-                with self._lock:
-                    self._dirty_declared.add(key)
-                kick()
-
-            z.watch_changes(owner_path(key), on_owner)
-            z.watch_changes(declared_path(key), on_declared, children=True)
+        assert self._loop is not None and self._standby is not None
+        watch_facts(
+            self.coordinator.znodes,
+            list(self._by_key),
+            facts=self._facts,
+            lock=self._lock,
+            me=self._me,
+            session=lambda: self.coordinator.session_id,
+            changed=self._loop.kick,
+            gone=self._standby.gone,
+            members=self._note_members,
+        )
 
     def _read_dirty(self) -> None:
-        """Re-read the claims and declaration lists whose watches fired."""
-        with self._lock:
-            owners, self._dirty_owners = self._dirty_owners, set()
-            declared, self._dirty_declared = self._dirty_declared, set()
-        z = self.coordinator.znodes
-        if owners:
-            fresh = z.get_many([owner_path(k) for k in owners])
-            with self._lock:
-                for k in owners:
-                    self._owners[k] = _claim(fresh[owner_path(k)])
-        if declared:
-            lists = z.children_many([declared_path(k) for k in declared] + [MEMBERS])
-            self._note_members(lists[MEMBERS])
-            with self._lock:
-                known = {k: dict(self._declared.get(k, {})) for k in declared}
-            wanted = []
-            for k in declared:
-                names = set(lists[declared_path(k)] or [])
-                for gone in set(known[k]) - names:
-                    del known[k][gone]  # a node withdrew: nothing to read
-                wanted += [declared_path(k, n) for n in names - set(known[k]) - {self._me}]
-            for path, znode in z.get_many(wanted).items():
-                if znode is not None:
-                    key, node = path.split("/")[1], path.rsplit("/", 1)[1]
-                    try:
-                        known[key][node] = Vip.from_dict(_json(znode.data))
-                    except InvalidVipSpec:
-                        logger.warning("ignoring malformed declaration of %s by %s", key, node)
-            with self._lock:
-                self._declared.update(known)
+        """Read what the watch events could not tell (see :mod:`mhafail.vip._facts`)."""
+        read_dirty(self.coordinator.znodes, self._facts, self._lock, self._me)
 
     def _declare(self) -> None:
         """Make sure this node's declarations exist in its current session."""
@@ -523,25 +588,22 @@ class VipManager:
         """Re-read every fact placement depends on (pipelined: a few round trips)."""
         z = self.coordinator.znodes
         keys = list(self._by_key)
-        with self._lock:  # this read supersedes what the watches marked
-            self._dirty_owners.clear()
-            self._dirty_declared.clear()
+        with self._lock:  # this read supersedes what the watches marked, not what they applied
+            self._facts.dirty_owners.clear()
+            self._facts.dirty_declared.clear()
+            since = self._facts.events
         owner_nodes = z.get_many([owner_path(k) for k in keys])
         target_nodes = z.get_many([target_path(k) for k in keys])
         lists = z.children_many([declared_path(k) for k in keys] + [MEMBERS])
         self._note_members(lists[MEMBERS])
-        decl_paths = [declared_path(k, n) for k in keys for n in lists[declared_path(k)] or []]
-        decl_nodes = z.get_many(decl_paths)
+        decl_paths = [
+            declared_path(k, n)
+            for k in keys
+            for n in lists[declared_path(k)] or []
+            if n != self._me
+        ]
         declared: dict[str, dict[str, Vip]] = {k: {} for k in keys}
-        for path, znode in decl_nodes.items():
-            if znode is None:
-                continue
-            key, node = path.split("/")[1], path.rsplit("/", 1)[1]
-            try:
-                declared[key][node] = Vip.from_dict(_json(znode.data))
-            except InvalidVipSpec:
-                logger.warning("ignoring malformed declaration of %s by %s", key, node)
-        owners = {k: _claim(owner_nodes[owner_path(k)]) for k in keys}
+        read_declarations(z.get_many(decl_paths), declared)
         targets: dict[str, str] = {}
         for k in keys:
             target = target_nodes[target_path(k)]
@@ -549,23 +611,37 @@ class VipManager:
                 targets[k] = name
         drained = frozenset(z.children(drained_path()) or [])
         with self._lock:
-            self._owners, self._declared, self._targets = owners, declared, targets
+            facts = self._facts
+            for k in keys:
+                facts.learn_read(k, claim_of(owner_nodes[owner_path(k)]), since)
+                if facts.fresher(facts.declared_event, k, since):
+                    declared[k] = facts.declared.get(k, {})
+            facts.declared, self._targets = declared, targets
             self._drained = drained
             self._full_read_due = False
         self._last_full = time.monotonic()
 
     def _note_members(self, names: list[str] | None) -> None:
-        """Remember which members of the view ZooKeeper no longer lists (read with the claims).
+        """Remember which members of the view ZooKeeper no longer lists.
 
         A crashed node's member znode, claims and declarations vanish in
         one session expiry, but the membership view follows several round
         trips later; until then the survivors would count the dead node
         as live and have no room below their share for its VIPs (a mass
-        takeover came in two waves, the second after the view).
+        takeover came in two waves, the second after the view). The member
+        list's watch calls this as soon as the expiry is seen; the departed
+        node's claims went with its session, so they are dropped from the
+        cache at once (a claim that still exists just makes a create fail).
         """
         departed = frozenset(self.membership.view.names) - frozenset(names or [])
         with self._lock:
+            new = departed - self._departed
             self._departed = departed
+            for key, claim in self._facts.owners.items():
+                if claim is not None and claim.node in new and claim.node != self._me:
+                    self._facts.drop(key)
+        if new:
+            self._step("departed", time.monotonic(), len(new))
 
     def _snapshot(self) -> tuple[PlacementInput, tuple[str, ...]]:
         with self._lock:
@@ -576,7 +652,7 @@ class VipManager:
             declared_by: dict[str, frozenset[str]] = {}
             contested: set[str] = set()
             for key, mine in self._by_key.items():
-                decls = dict(self._declared.get(key, {}))
+                decls = dict(self._facts.declared.get(key, {}))
                 decls[self._me] = mine
                 prefs = {d.preference for d in decls.values() if d.preference is not None}
                 shapes = {(d.kind, d.binding, d.follow) for d in decls.values()}
@@ -585,12 +661,14 @@ class VipManager:
                 preference = next(iter(prefs)) if len(prefs) == 1 else None
                 vips[key] = attrs.evolve(mine, preference=preference)
                 declared_by[key] = frozenset(decls)
-            owners = {k: c.node for k, c in self._owners.items() if c is not None}
+            owners = {k: c.node for k, c in self._facts.owners.items() if c is not None}
+            # Standing aside, this node counts as drained in its own placement.
+            aside = {self._me} if self._aside.active(time.monotonic()) else set()
             inp = PlacementInput(
                 vips=vips,
                 declared_by=declared_by,
                 live=live | {self._me},
-                drained=self._drained,
+                drained=self._drained | aside,
                 targets=dict(self._targets),
                 owners=owners,
                 contested=frozenset(contested),
@@ -604,14 +682,18 @@ class VipManager:
             (addresses re-added to the kernel, stray addresses removed).
         """
         assert self._kernel is not None
+        with self._lock:
+            aside = self._aside.active(time.monotonic())
         if self._rewatch:
             self._rewatch = False
-            self._declare()  # the watches on declaration lists need them to exist
+            if not aside:
+                self._declare()  # the watches on declaration lists need them to exist
             self._watch_claims()
         if not full:
             self._read_dirty()
             return [], []
-        self._declare()
+        if not aside:
+            self._declare()
         self._read_all()
         readded, stray = self._kernel.verify(list(self._by_key.values()))
         for key in stray:
@@ -628,8 +710,10 @@ class VipManager:
             self._loop.kick_after(1.0)
             return
         now = time.monotonic()
+        self._stand_aside(now)
         full = self._full_read_due or now - self._last_full >= self.reconcile_interval
         readded, stray = self._refresh(full)
+        read_at = time.monotonic()
         inp, contested = self._snapshot()
         stable_for = now - self._view_changed
         rankings = rank(inp)
@@ -645,6 +729,46 @@ class VipManager:
             assert self._loop is not None
             self._loop.kick_after(wait)
         tally = _Tally(plumbed=list(readded))
+        assert self._standby is not None
+        planned = self._standby.plan(successions(self._me, inp, rankings))
+        to_claim, to_plumb = self._carry_out(decisions, now, tally, planned)
+        decided_at = time.monotonic()
+        won = self._claim(to_claim)
+        if won:
+            self._step("pass", now, len(won))  # when the pass that claimed them began
+            self._step("read", read_at, len(won))  # its reads done
+            self._step("decided", decided_at, len(won))  # placement done, claims sent
+            self._step("claimed", time.monotonic(), len(won))
+        tally.claimed += [vip.key for vip in won]
+        tally.plumbed += self._plumb_many(to_plumb + won)
+        self._last = PassResult(
+            decisions=tuple(decisions.values()),
+            claimed=tuple(tally.claimed),
+            released=tuple(tally.released),
+            plumbed=tuple(tally.plumbed),
+            removed=tuple(stray),
+            conflicts=contested,
+        )
+        if full:
+            with self._lock:
+                self._last_full_result = self._last
+                self._full_passes += 1
+
+    def _carry_out(
+        self, decisions: dict[str, Decision], now: float, tally: _Tally, planned: frozenset[str]
+    ) -> tuple[list[Vip], list[Vip]]:
+        """Act on RELEASE and NONE now; return (VIPs to claim, VIPs to keep plumbed).
+
+        A claim that went less than ``claim_step`` ago is left to its planned
+        successor (``planned``: this node's plan before this pass): a pass
+        that runs while a dead node's claims are still vanishing ranks on a
+        half-updated cache and would take VIPs the successors are claiming,
+        and the surplus would move again once the view settles.
+        """
+        assert self._standby is not None
+        in_flight = self._standby.in_flight()  # the standby's claims, answered soon
+        with self._lock:
+            vanished = dict(self._facts.vanished)
         to_claim, to_plumb = [], []
         for key, decision in decisions.items():
             vip = self._by_key[key]
@@ -662,26 +786,15 @@ class VipManager:
                     assert self._loop is not None
                     self._loop.kick_after(since + decision.delay - now)
                     continue  # a better-ranked node has its turn first
+            gone_at = vanished.get(key)
+            if gone_at is not None and now - gone_at < self.claim_step and key not in planned:
+                assert self._loop is not None
+                self._loop.kick_after(gone_at + self.claim_step - now)
+                continue  # its planned successor's turn
             self._unclaimed_since.pop(key, None)
-            to_claim.append(vip)
-        won = self._claim(to_claim)
-        if won:
-            self._step("pass", now, len(won))  # when the pass that claimed them began
-            self._step("claimed", time.monotonic(), len(won))
-        tally.claimed += [vip.key for vip in won]
-        tally.plumbed += self._plumb_many(to_plumb + won)
-        self._last = PassResult(
-            decisions=tuple(decisions.values()),
-            claimed=tuple(tally.claimed),
-            released=tuple(tally.released),
-            plumbed=tuple(tally.plumbed),
-            removed=tuple(stray),
-            conflicts=contested,
-        )
-        if full:
-            with self._lock:
-                self._last_full_result = self._last
-                self._full_passes += 1
+            if key not in in_flight:
+                to_claim.append(vip)
+        return to_claim, to_plumb
 
     def _act(self, vip: Vip, decision: Decision, tally: _Tally) -> None:
         """Carry out a RELEASE or NONE decision, recording it in ``tally``."""
@@ -689,16 +802,57 @@ class VipManager:
         if decision.action is Action.RELEASE:
             self._handover(vip, decision.reason, run_hooks=True)
             tally.released.append(vip.key)
-        elif self._kernel.remove(vip):
+        elif not self._holds(vip.key) and self._kernel.remove(vip):
             logger.warning("%s: removed %s: %s", self._me, vip.key, decision.reason)
             self._emit(self._release, vip)
+
+    def _holds(self, key: str) -> bool:
+        """Whether the cache says this session holds ``key``'s claim now (not the snapshot)."""
+        with self._lock:
+            claim = self._facts.owners.get(key)
+        return (
+            claim is not None
+            and claim.node == self._me
+            and (claim.session == self.coordinator.session_id)
+        )
+
+    def _standby_ready(self) -> Claim | None:
+        """The claim the standby may send now, or None (kazoo's event thread: no waiting)."""
+        session = self.coordinator.session_id
+        if self._stopping or self._kernel is None or self._fence_failed is not None:
+            return None
+        if session is None or not self.coordinator.lease_valid():
+            return None
+        if self.fence is not None and not self.fence.healthy():
+            return None
+        with self._lock:
+            if self._aside.active(time.monotonic()):
+                return None
+        return Claim(node=self._me, session=session, since=time.time())
+
+    def _standby_won(self, keys: list[str], claim: Claim, gone_at: float) -> None:
+        """Plumb the claims the standby won, in one batch (the standby's thread)."""
+        with self._lock:
+            for key in keys:
+                self._facts.know(key, claim)
+        claimed_at = time.monotonic()
+        try:
+            self._plumb_many([self._by_key[k] for k in keys])
+        finally:
+            # Told only now: the event thread and the log would delay the plumbing.
+            self._step("gone", gone_at, len(keys))
+            self._step("claimed", claimed_at, len(keys))
+            for key in keys:
+                logger.info("%s: claimed %s (its owner let go)", self._me, key)
+            if self._loop is not None:
+                self._loop.kick()
 
     def _plumb_many(self, vips: list[Vip]) -> list[str]:
         """Plumb the owned ones of ``vips`` in one batch; return the addresses newly added."""
         assert self._kernel is not None
         session = self.coordinator.session_id
         with self._lock:
-            claims = {v.key: self._owners.get(v.key) for v in vips}
+            claims = {v.key: self._facts.owners.get(v.key) for v in vips}
         mine = [
             v
             for v in vips
@@ -743,6 +897,8 @@ class VipManager:
             return []  # no VIP without a working fence
         z = self.coordinator.znodes
         claim = Claim(node=self._me, session=session, since=time.time())
+        with self._lock:
+            since = self._facts.events
         created = z.create_many(
             [(owner_path(v.key), claim.to_json()) for v in vips], ephemeral=True, makepath=True
         )
@@ -759,7 +915,11 @@ class VipManager:
                 logger.info("%s: claimed %s", self._me, vip.key)
         with self._lock:
             for vip in won:
-                self._owners[vip.key] = claim
+                self._facts.know(vip.key, claim)
+            for vip in lost:
+                if vip not in won:  # someone else's: learn whose, no re-read needed
+                    found = claim_of(existing.get(owner_path(vip.key)))
+                    self._facts.learn_read(vip.key, found, since)
         return won
 
     def _handover(
@@ -769,11 +929,11 @@ class VipManager:
         logger.info("%s: releasing %s: %s", self._me, vip.key, reason)
         if run_hooks and vip.key in self._kernel.plumbed():
             self._run_pre_release(vip)
-        if self._kernel.remove(vip):
-            self._emit(self._release, vip)
+        removed = self._kernel.remove(vip)
+        removed_at = time.monotonic()
         session = self.coordinator.session_id
         with self._lock:
-            cached = self._owners.get(vip.key)
+            cached = self._facts.owners.get(vip.key)
         z = self._bounded(end)
         if cached is not None and cached.session == session:
             # An ephemeral znode of our live session cannot belong to anyone
@@ -784,8 +944,14 @@ class VipManager:
             node = z.get(owner_path(vip.key))
             if node is not None and node.ephemeral_owner == session:
                 z.delete(owner_path(vip.key), version=node.version)
+        released_at = time.monotonic()
         with self._lock:
-            self._owners[vip.key] = None
+            self._facts.know(vip.key, None)
+        # Told only now: waking the event thread earlier would delay the release.
+        if removed:
+            self._step("removed", removed_at, 1)
+            self._emit(self._release, vip)
+        self._step("released", released_at, 1)
 
     def _run_pre_release(self, vip: Vip) -> None:
         for hook in list(self._pre_release):
@@ -812,24 +978,6 @@ def _key(address: str) -> str:
         return str(ipaddress.ip_address(address))
     except ValueError:
         return address
-
-
-def _claim(node: Znode | None) -> Claim | None:
-    if node is None:
-        return None
-    return Claim.from_json(node.data, node.ephemeral_owner)
-
-
-def _json(data: bytes) -> dict[str, object]:
-    """Decode a declaration znode (size and depth capped; see mhafail._json)."""
-    from mhafail._json import decode_object
-    from mhafail.errors import MalformedData
-    from mhafail.vip._paths import MAX_DOC_BYTES
-
-    try:
-        return decode_object(data, what="declaration", max_bytes=MAX_DOC_BYTES)
-    except MalformedData as exc:
-        raise InvalidVipSpec(str(exc)) from exc
 
 
 def _vip_json(vip: Vip) -> bytes:

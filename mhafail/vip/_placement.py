@@ -239,3 +239,39 @@ def _as_owner(
     if ranking[0] != me and rebalance_allowed:
         return Decision(address, Action.RELEASE, reason=f"rebalancing to {ranking[0]}")
     return Decision(address, Action.HOLD)
+
+
+def successions(
+    me: str, inp: PlacementInput, rankings: Mapping[str, tuple[str, ...]]
+) -> frozenset[str]:
+    """The VIPs another node holds that ``me`` should claim the moment its claim goes.
+
+    Every node computes the same answer from the same snapshot, so a VIP's
+    successor is known before its owner lets go (a planned move or a
+    shutdown) or dies: it is ranked first if the owner is moving it away,
+    else ranked first by the placement computed without the owner. Whoever
+    creates the claim first owns the VIP, so nodes that disagree (caches
+    behind) cost a failed create, never a second owner. Followers are left
+    to the converge pass (they go wherever their binding goes).
+    """
+    mine: set[str] = set()
+    staying: dict[str, list[str]] = {}
+    for address, owner in inp.owners.items():
+        vip = inp.vips.get(address)
+        if owner == me or vip is None or vip.follow is not None:
+            continue
+        ranking = rankings.get(address, ())
+        if ranking and ranking[0] != owner:
+            if ranking[0] == me:
+                mine.add(address)  # the owner is moving it here
+        else:
+            staying.setdefault(owner, []).append(address)
+    for owner, addresses in staying.items():
+        without = attrs.evolve(
+            inp,
+            live=inp.live - {owner},
+            owners={a: n for a, n in inp.owners.items() if n != owner},
+        )
+        after = rank(without)
+        mine.update(a for a in addresses if after.get(a, ())[:1] == (me,))
+    return frozenset(mine)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import attrs
 import pytest
 
-from mhafail.coordination import Coordinator, Membership, NodeInfo
+from mhafail.coordination import Coordinator, LeaseState, Membership, NodeInfo
 from mhafail.errors import InvalidVipSpec
 from mhafail.testing import FakeNetwork, FakePlumber, TcpProxy, ZooKeeperServer
 from mhafail.vip import RebalancePolicy, VipManager, drain, move, parse_vip, show, undrain
@@ -354,5 +354,91 @@ def test_a_survivor_takes_a_failed_nodes_vips_over_in_batches(
     wait_for(lambda: sum(c for s, c in steps if s == "plumbed") == len(lost))
     plumbed = [c for s, c in steps if s == "plumbed"]
     assert len(plumbed) <= max(1, len(lost) // 2), steps  # not one netlink call per VIP
-    assert ("member-left", 1) in steps
+    assert ("departed", 1) in steps  # seen on the member list, before the view
+    wait_for(lambda: ("member-left", 1) in steps)
     assert all(network.max_holders(a) == 1 for a in addresses)
+
+
+def test_planned_successor_claims_on_the_release_notice(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """A graceful stop is taken over by the planned successor straight from the deletion notice."""
+    nodes = {n: cluster(n) for n in ("n1", "n2", "n3")}
+    wait_for(lambda: holder(network, A) is not None)
+    old = holder(network, A)
+    assert old is not None
+    steps: dict[str, list[tuple[float, str]]] = {n: [] for n in nodes}
+    for name, node in nodes.items():
+        node.manager.on_step(lambda step, at, _n, name=name: steps[name].append((at, step)))
+    time.sleep(0.3)  # a converge pass after the last move has planned the successor
+    nodes[old].stop(release=True)
+    wait_for(lambda: holder(network, A) not in (None, old))
+    new = holder(network, A)
+    assert new is not None
+    wait_for(lambda: any(step == "claimed" for _, step in steps[new]))
+    order = [step for _, step in sorted(steps[new])]
+    assert order[:2] == ["gone", "claimed"], order  # no converge pass in between
+    assert network.max_holders(A) == 1
+
+
+def lapse_in_living_session(node: Node) -> None:
+    """What the coordinator tells a starved owner: its lease ran out, then came back.
+
+    The session lives on throughout (a stall just under the session timeout);
+    the real thing, a CPU-starved agent in namespaces, is in test_vip_safety.
+    """
+    node.manager._on_lease(LeaseState.EXPIRED)
+    node.manager._on_lease(LeaseState.VALID)
+
+
+def declarers(node: Node, address: str) -> set[str]:
+    return set(node.coordinator.znodes.children(f"vips/{address}/declared") or [])
+
+
+def test_owner_whose_lease_lapsed_in_a_living_session_stands_aside(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """A lapse the session outlived: the owner gives its VIPs up at once, declares again later."""
+    nodes = {n: cluster(n, lapse_holddown=2.0) for n in ("n1", "n2", "n3")}
+    wait_for(lambda: holder(network, A) is not None)
+    old = holder(network, A)
+    assert old is not None
+    session = nodes[old].coordinator.session_id
+    lapse_in_living_session(nodes[old])
+    wait_for(lambda: holder(network, A) not in (None, old), 5)
+    assert old not in declarers(nodes[old], A)  # no survivor waits for it to claim again
+    assert not nodes[old].manager.owned()
+    wait_for(lambda: old in declarers(nodes[old], A), 10)  # back after the hold-down
+    assert nodes[old].coordinator.session_id == session
+    assert network.max_holders(A) == 1
+
+
+def test_a_node_standing_aside_comes_back_when_nobody_takes_its_vips(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """Alone (or with every node aside), a node stands aside for its VIPs, not against them."""
+    node = cluster("n1", lapse_holddown=60.0)
+    wait_for(lambda: holder(network, A) == "n1")
+    lapse_in_living_session(node)
+    wait_for(lambda: "n1" not in declarers(node, A), 5)
+    wait_for(lambda: holder(network, A) == "n1", 10)  # long before the 60 s hold-down
+    assert network.max_holders(A) == 1
+
+
+def test_a_lapse_that_ended_the_session_does_not_stand_aside(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """A lease that comes back in a new session has no old claims to give up: no hold-down."""
+    node = cluster("n1", lapse_holddown=60.0)
+    wait_for(lambda: holder(network, A) == "n1")
+    node.manager._on_lease(LeaseState.EXPIRED)
+    node.manager._aside.lease_back(12345, time.monotonic())  # another session's
+    assert not node.manager._aside.active(time.monotonic())
+    wait_for(lambda: holder(network, A) == "n1", 5)
+
+
+def test_a_negative_holddown_is_refused(cluster: Callable[..., Node], network: FakeNetwork) -> None:
+    """A negative lapse_holddown is refused at start, before anything is declared."""
+    with pytest.raises(InvalidVipSpec, match="lapse_holddown"):
+        cluster("n1", lapse_holddown=-1.0)
+    assert network.holders(A) == frozenset()

@@ -159,3 +159,43 @@ def test_preferred_node_returning_gets_its_vip_back_by_policy() -> None:
         decide("n0", state, rankings, rebalance_allowed=True, claim_step=0)[a].action
         is Action.RELEASE
     )
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(3, 60), st.integers(2, 5), st.data())
+def test_successions_name_one_successor_that_placement_agrees_with(
+    n_vips: int, n_nodes: int, data: st.DataObject
+) -> None:
+    """Each held VIP has one planned successor: the node placement picks once the owner goes."""
+    from mhafail.vip._placement import successions
+
+    nodes = [f"n{i}" for i in range(n_nodes)]
+    v = vips_for(n_vips)
+    held = owners(rank(inp(v, nodes)))
+    snapshot = inp(v, nodes, owners=held)
+    rankings = rank(snapshot)
+    plans = {n: successions(n, snapshot, rankings) for n in nodes}
+    for address, owner in held.items():
+        successors = [n for n in nodes if address in plans[n]]
+        assert len(successors) == 1 and successors[0] != owner
+    gone = data.draw(st.sampled_from(nodes))
+    survivors = [n for n in nodes if n != gone]
+    rest = {a: n for a, n in held.items() if n != gone}
+    after = owners(rank(inp(v, nodes, live=survivors, owners=rest)))
+    for address, owner in held.items():
+        if owner == gone:
+            assert address in plans[after[address]]  # the planned successor is placement's pick
+
+
+def test_successor_of_a_planned_move_is_its_target() -> None:
+    """While an owner moves a VIP away, the move's target is its only planned successor."""
+    from mhafail.vip._placement import successions
+
+    v = vips_for(1)
+    (address,) = v
+    snapshot = inp(v, ["n0", "n1", "n2"], owners={address: "n0"}, targets={address: "n2"})
+    rankings = rank(snapshot)
+    assert rankings[address][0] == "n2"
+    assert successions("n2", snapshot, rankings) == {address}
+    assert successions("n1", snapshot, rankings) == frozenset()
+    assert successions("n0", snapshot, rankings) == frozenset()

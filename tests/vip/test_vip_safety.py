@@ -194,7 +194,17 @@ def test_cpu_starved_agent_and_fence_keep_one_owner(lab: Lab) -> None:
                 except OSError as exc:  # a real-time fence cannot join a CFS-limited group
                     print(f"pid {pid} stays outside the starved group: {exc}")
             fault = time.monotonic()
-            new = lab.new_owner(V4, old, 20)
+            t0 = time.time()
+            try:
+                new = lab.new_owner(V4, old, 20)
+            except AssertionError:
+                import json as _j
+
+                for n, a in lab.agents.items():
+                    for e in a.events:
+                        if float(e.get("ts", e.get("t", t0)) or t0) >= t0 - 2:
+                            print("DBG", n, _j.dumps(e))
+                raise
             lab.client_reaches(V4, new, fault)
             time.sleep(2 * lab.timeout)
         print(f"starved pids {moved}; survivor {new} after {time.monotonic() - fault:.2f} s")
