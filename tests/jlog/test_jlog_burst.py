@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ofd import try_ofd
 
 from mhafail.errors import JlogClosed, JlogInvalidArgument
 from mhafail.jlog import Durability, Jlog
@@ -21,7 +21,6 @@ HELPER = str(Path(__file__).parent / "jlog_proc.py")
 sys.path.insert(0, str(Path(__file__).parent))
 from jlog_proc import check, payload  # noqa: E402  (the helper is not an installed module)
 
-_FLOCK = struct.Struct("hh4xqqi4x")
 # Generous: the design bound is about 5 ms (docs/jlog.md), but these tests
 # prove release, not speed, on a shared machine.
 _RELEASE_WITHIN = 2.0
@@ -39,22 +38,12 @@ def _stop(proc: subprocess.Popen[str]) -> None:
     proc.communicate(timeout=10)
 
 
-def _try_lock(fd: int) -> bool:
-    """Try a non-blocking whole-file OFD write lock; release it at once; say if it was granted."""
-    try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, 0, 0, 0, 0))
-    except BlockingIOError:
-        return False
-    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, 0, 0, 0, 0))
-    return True
-
-
 def _wait_free(segment: Path) -> float:
     """Return how long until another descriptor can lock ``segment`` (fails past the bound)."""
     fd = os.open(segment, os.O_RDWR)
     try:
         start = time.monotonic()
-        while not _try_lock(fd):
+        while not try_ofd(fd):
             elapsed = time.monotonic() - start
             assert elapsed < _RELEASE_WITHIN, f"segment lock still held after {elapsed:.3f} s"
             time.sleep(0.0002)
@@ -200,11 +189,11 @@ def test_close_and_fsync_release_the_lock_at_once(tmp_path: Path) -> None:
     try:
         with jlog.writer(durability=Durability.fsync()) as writer:
             writer.write(b"synced")
-            assert _try_lock(fd)
+            assert try_ofd(fd)
         writer = jlog.writer()
         writer.write(b"burst")
         writer.close()
-        assert _try_lock(fd)
+        assert try_ofd(fd)
     finally:
         os.close(fd)
 

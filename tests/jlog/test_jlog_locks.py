@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from ofd import try_ofd
 
 from mhafail.jlog import _lock
-
-_FLOCK = struct.Struct("hh4xqqi4x")
-
-
-def _try_ofd(fd: int) -> bool:
-    """Try a non-blocking whole-file OFD write lock; return whether it was granted."""
-    try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, 0, 0, 0, 0))
-    except BlockingIOError:
-        return False
-    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, 0, 0, 0, 0))
-    return True
 
 
 def test_two_descriptors_in_one_process_exclude_each_other(tmp_path: Path) -> None:
@@ -35,10 +22,10 @@ def test_two_descriptors_in_one_process_exclude_each_other(tmp_path: Path) -> No
     b = os.open(path, os.O_RDWR)
     try:
         with _lock.locked(a):
-            assert not _try_ofd(b)
+            assert not try_ofd(b)
             os.close(os.open(path, os.O_RDONLY))  # closing another fd drops POSIX locks, not ours
-            assert not _try_ofd(b)
-        assert _try_ofd(b)
+            assert not try_ofd(b)
+        assert try_ofd(b)
     finally:
         os.close(a)
         os.close(b)
@@ -66,9 +53,9 @@ def test_posix_lock_of_another_process_blocks_us(tmp_path: Path) -> None:
     fd = os.open(path, os.O_RDWR)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert not _try_ofd(fd)
+        assert not try_ofd(fd)
         holder.communicate("\n", timeout=10)
-        assert _try_ofd(fd)
+        assert try_ofd(fd)
     finally:
         os.close(fd)
         if holder.poll() is None:
