@@ -313,7 +313,9 @@ class Takeover:
             journal.append("log", to=me, count=len(logged))
             if logged:
                 moved += len(logged)
-                self._emit(TakeoverEvent(EventKind.BATCH, source.node, token, moved))
+                self._emit(
+                    TakeoverEvent(EventKind.BATCH, source.node, token, moved, detail="commit log")
+                )
                 self._hook(logged)
             ids = _ids(source.spool)
             for number, start in enumerate(range(0, len(ids), self.batch), 1):
