@@ -274,7 +274,26 @@ PHASES = (
 )
 
 
-def bench_takeover(work: Path, zk: ZooKeeperServer, count: int, *, crashed: bool) -> dict[str, float]:
+def holder(
+    zk: ZooKeeperServer, root: Path, cluster: str, count: int, *, crashed: bool
+) -> tuple[Coordinator, Membership, Spool]:
+    """Node "dead", a member holding ``count`` messages (its spool closed unless ``crashed``)."""
+    dead_c = coordinator(zk, cluster)
+    dead_paths = NodePaths(root, cluster, "dead").create()
+    dead_lock = SpoolLock(coordinator=dead_c, paths=dead_paths)
+    dead_lock.acquire(10)
+    dead = Spool(directory=dead_paths.spool, node="dead", fence=dead_lock).open()
+    data = os.urandom(4096)
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda _: dead.put(ENV, data), range(count)))
+    if not crashed:
+        dead.close()
+    return dead_c, Membership(coordinator=dead_c, info=NodeInfo(name="dead")).start(), dead
+
+
+def bench_takeover(
+    work: Path, zk: ZooKeeperServer, count: int, *, crashed: bool
+) -> dict[str, float]:
     """Time a survivor's takeover of ``count`` messages, phase by phase; print and return it.
 
     ``crashed``: the holder does not close its spool (as if SIGKILLed): what
@@ -291,18 +310,7 @@ def bench_takeover(work: Path, zk: ZooKeeperServer, count: int, *, crashed: bool
     root = work / f"san-takeover-{crashed}-{secrets.token_hex(3)}"
     root.mkdir()
     cluster = f"benchtake{secrets.token_hex(3)}"
-    dead_c = coordinator(zk, cluster)
-    dead_paths = NodePaths(root, cluster, "dead").create()
-    dead_lock = SpoolLock(coordinator=dead_c, paths=dead_paths)
-    dead_lock.acquire(10)
-    dead = Spool(directory=dead_paths.spool, node="dead", fence=dead_lock).open()
-    data = os.urandom(4096)
-    with ThreadPoolExecutor(32) as pool:
-        list(pool.map(lambda _: dead.put(ENV, data), range(count)))
-    if not crashed:
-        dead.close()
-    dead_m = Membership(coordinator=dead_c, info=NodeInfo(name="dead")).start()
-
+    dead_c, dead_m, dead = holder(zk, root, cluster, count, crashed=crashed)
     c = coordinator(zk, cluster)
     m = Membership(coordinator=c, info=NodeInfo(name="survivor")).start()
     paths = NodePaths(root, cluster, "survivor").create()
@@ -336,26 +344,31 @@ def bench_takeover(work: Path, zk: ZooKeeperServer, count: int, *, crashed: bool
         time.sleep(0.005)
     time.sleep(0.05)  # the survivor's pass for the membership change has run
     # Counted at the crash (its checkpointer may have filed some while idle).
-    logged = sum(1 for mid in wal_logged(dead_paths.spool) if not (dead.msg_dir / mid).exists())
+    logged = sum(1 for mid in wal_logged(dead.directory) if not (dead.msg_dir / mid).exists())
     marks["end"] = time.perf_counter()
     dead_c.stop()  # the session ends at once: the server drops its ephemerals
     done.wait(60)
     how = "holder crashed" if crashed else "holder closed its spool first"
     print(f"\ntakeover of {count} messages (4 KiB each), grace 0, one survivor, {how}")
     print(f"  in the commit log only          : {logged}")
-    nan = float("nan")
-    for label, a, b in PHASES:
-        print(f"  {label:<32}: {marks.get(b, nan) - marks.get(a, nan):.3f} s")
-    print(f"  messages moved                  : {int(marks.get('moved', 0))}")
+    print_phases(marks)
     takeover.stop()
     spool.close()
     lock.release()
     m.stop()
     c.stop()
     dead.close()  # fenced by now: no checkpoint
-    result = {k: marks.get(k, nan) - marks["end"] for k in ("started", "log", "complete")}
+    result = {k: marks.get(k, float("nan")) - marks["end"] for k in ("started", "log", "complete")}
     result["logged"] = logged
     return result
+
+
+def print_phases(marks: dict[str, float]) -> None:
+    """Print one takeover's phases from its marks (perf_counter times)."""
+    nan = float("nan")
+    for label, a, b in PHASES:
+        print(f"  {label:<32}: {marks.get(b, nan) - marks.get(a, nan):.3f} s")
+    print(f"  messages moved                  : {int(marks.get('moved', 0))}")
 
 
 def takeover_summary(results: list[dict[str, float]]) -> None:

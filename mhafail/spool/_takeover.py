@@ -36,7 +36,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import attrs
 
@@ -137,6 +137,9 @@ class Takeover:
     _orders_seen: dict[tuple[str, int], float] = attrs.field(init=False, factory=dict)
     _listeners: list[Callable[[TakeoverEvent], None]] = attrs.field(init=False, factory=list)
     _watches: list[Watch] = attrs.field(init=False, factory=list)
+    _lock_watches: dict[str, Watch] = attrs.field(init=False, factory=dict)
+    _watch_session: int | None = attrs.field(init=False, default=None)
+    _watch_guard: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _stopping: threading.Event = attrs.field(init=False, factory=threading.Event)
 
     def add_listener(self, listener: Callable[[TakeoverEvent], None]) -> None:
@@ -151,24 +154,63 @@ class Takeover:
         self.coordinator.add_session_listener(self._loop.kick)
         self.coordinator.znodes.ensure(SPOOL)
         self._loop.start()
-        for path in (SPOOL, OPS):
-            self._watches.append(
-                self.coordinator.znodes.watch_changes(path, self._loop.kick, children=True)
-            )
+        self._watch(())
         return self
 
     def stop(self) -> None:
         """Stop after the current batch (bounded by ``stop_timeout``)."""
         self._stopping.set()
-        for watch in self._watches:
-            watch.cancel()
+        self._unwatch()
         if self._loop is not None:
             self._loop.stop(timeout=self.stop_timeout)
+        self._unwatch()  # a pass that was running may have added some
 
     def kick(self) -> None:
         """Ask for a pass now."""
         if self._loop is not None:
             self._loop.kick()
+
+    # --- watches ---------------------------------------------------------------
+
+    def _watch(self, nodes: Iterable[str]) -> None:
+        """Kick a pass on any change of the folders or of ``nodes``' lock znodes.
+
+        A spool's lock znode (``spool/<node>/lock``) is below the watched
+        child list of ``spool``: its deletion changes neither that list nor
+        the membership when its node had left the membership before the
+        lock went (a node stopping in that order, a partition that ends the
+        session later, a takeover that failed and dropped the lock). Without
+        a watch of its own a survivor heard of it only at its next periodic
+        pass, up to ``refresh`` seconds later (2 s of a 3 s benchmark
+        takeover, docs/benchmarks.md). Watches end with their session: all
+        are placed again under a new one.
+        """
+        loop, znodes = self._loop, self.coordinator.znodes
+        session = self.coordinator.session_id
+        if loop is None or self._stopping.is_set():
+            return
+        with self._watch_guard:
+            if session is not None and session != self._watch_session:
+                self._cancel_locked()
+                self._watch_session = session
+                for path in (SPOOL, OPS):
+                    self._watches.append(znodes.watch_changes(path, loop.kick, children=True))
+            wanted = set(nodes)
+            for node in set(self._lock_watches) - wanted:
+                self._lock_watches.pop(node).cancel()
+            for node in sorted(wanted - set(self._lock_watches)):
+                self._lock_watches[node] = znodes.watch_changes(lock_path(node), loop.kick)
+
+    def _unwatch(self) -> None:
+        with self._watch_guard:
+            self._cancel_locked()
+
+    def _cancel_locked(self) -> None:
+        for watch in [*self._watches, *self._lock_watches.values()]:
+            watch.cancel()
+        self._watches.clear()
+        self._lock_watches.clear()
+        self._watch_session = None
 
     # --- one pass ------------------------------------------------------------
 
@@ -188,6 +230,7 @@ class Takeover:
         self._obey(orders_by_node.get(me))
         drained = {n for n, o in orders_by_node.items() if o.action == "drain"}
         others = sorted(names - {me})
+        self._watch(others)  # before the read: no deletion can fall between the two
         found = znodes.get_many([lock_path(n) for n in others])
         records = znodes.get_many([takeover_path(n) for n in others])
         now = time.monotonic()
