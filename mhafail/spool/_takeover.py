@@ -43,12 +43,13 @@ import attrs
 from mhafail.coordination import ConvergeLoop, Coordinator, Membership, Watch
 from mhafail.errors import CoordinationError, MalformedData, SpoolError, SpoolFenced
 from mhafail.spool._fence import FileFence
+from mhafail.spool._files import MSG, STATE_SUFFIX
 from mhafail.spool._journal import Journal, read_journal, resolve
 from mhafail.spool._lock import LockState, SpoolLock, drop_lock, take_lock
 from mhafail.spool._message import Message, check_id
 from mhafail.spool._paths import NODES, NodePaths, node_names
 from mhafail.spool._placement import rank
-from mhafail.spool._spool import MSG, STATE_SUFFIX, Spool, count_messages
+from mhafail.spool._spool import Spool, count_messages
 from mhafail.spool._wal import pending as wal_pending
 from mhafail.spool._znodes import (
     OPS,
