@@ -24,7 +24,7 @@ from mhafail.spool import (
     Takeover,
     TakeoverEvent,
 )
-from mhafail.testing import TcpProxy, ZooKeeperServer
+from mhafail.testing import TcpProxy, ZooKeeperServer, expire_session
 
 pytestmark = pytest.mark.zookeeper
 
@@ -105,20 +105,45 @@ def test_a_lock_that_goes_after_its_node_left_starts_the_takeover_by_its_watch(
     dead.takeover.stop()
     dead.membership.stop()  # gone from the membership, its lock still held
     wait(lambda: "n2" not in survivor.membership.view.names)
-    loop = survivor.takeover._loop
-    assert loop is not None
-    # Two kicked passes: at least the second began after the view changed,
-    # and found n2 gone but its lock held (a pass running at the first kick
-    # may have begun before).
-    passes = loop.passes
-    for more in (1, 2):
-        survivor.takeover.kick()
-        assert loop.wait_passes(passes + more, 10.0)
+    passes_after_now(survivor)  # a pass found n2 gone but its lock held
     assert survivor.events == []
     dead.coordinator.stop()  # only the lock goes now: nothing else for a watch to see
     wait(lambda: any(e.kind is EventKind.COMPLETE for e in survivor.events), timeout=30.0)
     kinds = [e.kind for e in survivor.events]
     assert kinds[0] is EventKind.STARTED and kinds[-1] is EventKind.COMPLETE
+    assert set(survivor.spool.ids()) == mids
+
+
+def passes_after_now(stack: Stack) -> None:
+    """Wait for two kicked takeover passes: the second began after this call."""
+    loop = stack.takeover._loop
+    assert loop is not None
+    passes = loop.passes  # a pass running now may have begun before: hence two
+    for more in (1, 2):
+        stack.takeover.kick()
+        assert loop.wait_passes(passes + more, 10.0)
+
+
+def test_the_lock_watches_are_placed_again_under_a_new_session(
+    stacks: Callable[..., Stack],
+) -> None:
+    """After the survivor's session expired, a gone node's lock going still starts the takeover."""
+    survivor = stacks("n1", grace=0.0, refresh=3600.0)  # no periodic pass within the test
+    dead = stacks("n2", grace=600.0)
+    mids = {dead.spool.put(ENV, f"m{i}".encode()) for i in range(5)}
+    dead.takeover.stop()
+    passes_after_now(survivor)  # the watch of n2's lock is placed
+    old = expire_session(survivor.coordinator)
+    wait(lambda: survivor.coordinator.session_id not in (None, old))
+    survivor.lock.acquire(10)  # its own lock went with the old session
+    wait(lambda: "n1" in survivor.membership.view.names)
+    passes_after_now(survivor)
+    dead.membership.stop()
+    wait(lambda: "n2" not in survivor.membership.view.names)
+    passes_after_now(survivor)
+    assert [e for e in survivor.events if e.kind is not EventKind.FAILED] == []
+    dead.coordinator.stop()
+    wait(lambda: any(e.kind is EventKind.COMPLETE for e in survivor.events), timeout=30.0)
     assert set(survivor.spool.ids()) == mids
 
 
