@@ -1,7 +1,8 @@
 """Takeover: survivors import the spool of a node that is gone, exactly once.
 
 The protocol, run by every node's :class:`Takeover` (a ConvergeLoop kicked
-by the membership view, the operator orders and a timer):
+by the membership view, the list of spools, every other spool's lock znode,
+the operator orders, and a timer that only repairs a missed watch):
 
 1. A spool needs a takeover when it holds messages (or an unfinished
    import) and nobody holds its ZooKeeper lock, and either its node has
@@ -114,7 +115,8 @@ class Takeover:
         grace: seconds a node must be gone before its spool is taken.
         step: seconds each placement rank waits behind the one before.
         batch: messages per journalled batch.
-        refresh: seconds between passes when nothing happens.
+        refresh: seconds between passes when nothing happens (a repair: every
+            change that can make a takeover due kicks a pass by a watch).
         on_import: called with each imported message after its batch is
             durable (an application hook: logging, re-routing with
             ``defer``); exceptions are logged, never undo the import.
