@@ -166,7 +166,6 @@ class Takeover:
         self._unwatch()
         if self._loop is not None:
             self._loop.stop(timeout=self.stop_timeout)
-        self._unwatch()  # a pass that was running may have added some
 
     def kick(self) -> None:
         """Ask for a pass now."""
@@ -190,9 +189,10 @@ class Takeover:
         """
         loop, znodes = self._loop, self.coordinator.znodes
         session = self.coordinator.session_id
-        if loop is None or self._stopping.is_set():
-            return
         with self._watch_guard:
+            # Under the guard: stop() sets _stopping before it cancels under it.
+            if loop is None or self._stopping.is_set():
+                return
             if session is not None and session != self._watch_session:
                 self._cancel_locked()
                 self._watch_session = session
