@@ -26,9 +26,13 @@ Asyncio (an aiosmtpd server's shape): ``--clients`` tasks on one event
 loop; the spool's ``aput`` against the durable maildir writer run in a
 thread pool of as many threads.
 
-Takeover: a node holds ``--takeover`` messages; its session is closed (the
-server expires it at once) and a survivor with ``grace=0`` takes the
-spool over. The figure is from the close to the survivor's "complete".
+Takeover: a node holds ``--takeover`` messages; it leaves the membership,
+then its session is closed (the server drops its ephemerals at once) and a
+survivor with ``grace=0`` takes the spool over. Shown per phase, from the
+session end: to the survivor's "started" (lock and lock file taken), to its
+commit log adopted, to "complete". Once with the holder's spool closed,
+then ``--takeover-runs`` times with the holder crashed (spool not closed).
+``--only-takeover`` skips the put rates.
 """
 
 from __future__ import annotations
@@ -262,17 +266,18 @@ def bench_puts(
             print(f"{label:<42} {threads:>7} {cells}")
 
 
-def bench_takeover(work: Path, zk: ZooKeeperServer, count: int, *, crashed: bool) -> None:
-    """Print the time from a holder's session end to a survivor's completed takeover.
+PHASES = (
+    ("session end -> takeover started", "end", "started"),
+    ("takeover started -> log adopted", "started", "log"),
+    ("log adopted -> complete", "log", "complete"),
+    ("session end -> complete", "end", "complete"),
+)
 
-    ``crashed``: the holder does not close its spool (as if SIGKILLed): what
-    it acknowledged last is in its commit log only, and the survivor takes
-    that log over by renaming it into its own (no file per message) before
-    moving the filed rest.
-    """
-    root = work / f"san-takeover-{crashed}"
-    root.mkdir()
-    cluster = f"benchtake{secrets.token_hex(3)}"
+
+def holder(
+    zk: ZooKeeperServer, root: Path, cluster: str, count: int, *, crashed: bool
+) -> tuple[Coordinator, Membership, Spool]:
+    """Node "dead", a member holding ``count`` messages (its spool closed unless ``crashed``)."""
     dead_c = coordinator(zk, cluster)
     dead_paths = NodePaths(root, cluster, "dead").create()
     dead_lock = SpoolLock(coordinator=dead_c, paths=dead_paths)
@@ -283,8 +288,29 @@ def bench_takeover(work: Path, zk: ZooKeeperServer, count: int, *, crashed: bool
         list(pool.map(lambda _: dead.put(ENV, data), range(count)))
     if not crashed:
         dead.close()
-    dead_m = Membership(coordinator=dead_c, info=NodeInfo(name="dead")).start()
+    return dead_c, Membership(coordinator=dead_c, info=NodeInfo(name="dead")).start(), dead
 
+
+def bench_takeover(
+    work: Path, zk: ZooKeeperServer, count: int, *, crashed: bool
+) -> dict[str, float]:
+    """Time a survivor's takeover of ``count`` messages, phase by phase; print and return it.
+
+    ``crashed``: the holder does not close its spool (as if SIGKILLed): what
+    it acknowledged last is in its commit log only, and the survivor takes
+    that log over by renaming it into its own (no file per message) before
+    moving the filed rest.
+
+    The holder leaves the membership first and its session ends only once
+    the survivor has seen it gone: the order in which a survivor last
+    waited for its periodic pass (the lock's deletion fired no watch). A
+    SIGKILL drops both at once. Returns the phase marks, in seconds from
+    the session end (``started``, ``log``, ``complete``) and ``logged``.
+    """
+    root = work / f"san-takeover-{crashed}-{secrets.token_hex(3)}"
+    root.mkdir()
+    cluster = f"benchtake{secrets.token_hex(3)}"
+    dead_c, dead_m, dead = holder(zk, root, cluster, count, crashed=crashed)
     c = coordinator(zk, cluster)
     m = Membership(coordinator=c, info=NodeInfo(name="survivor")).start()
     paths = NodePaths(root, cluster, "survivor").create()
@@ -298,33 +324,60 @@ def bench_takeover(work: Path, zk: ZooKeeperServer, count: int, *, crashed: bool
     marks: dict[str, float] = {}
 
     def on_event(event: TakeoverEvent) -> None:
-        marks.setdefault(event.kind.value, time.perf_counter())
+        now = time.perf_counter()
+        marks.setdefault(event.kind.value, now)
+        if event.kind is EventKind.BATCH and event.detail == "commit log":
+            marks.setdefault("log", now)
         if event.kind is EventKind.COMPLETE:
+            marks.setdefault("log", marks["started"])  # no log adopted: the phase is empty
             marks["moved"] = event.moved
             done.set()
 
     takeover.add_listener(on_event)
     takeover.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while "dead" not in m.view.names and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
     dead_m.stop()
+    while "dead" in m.view.names and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)  # the survivor's pass for the membership change has run
     # Counted at the crash (its checkpointer may have filed some while idle).
-    logged = sum(1 for mid in wal_logged(dead_paths.spool) if not (dead.msg_dir / mid).exists())
-    start = time.perf_counter()
+    logged = sum(1 for mid in wal_logged(dead.directory) if not (dead.msg_dir / mid).exists())
+    marks["end"] = time.perf_counter()
     dead_c.stop()  # the session ends at once: the server drops its ephemerals
     done.wait(60)
-    end = marks.get("complete", float("nan"))
     how = "holder crashed" if crashed else "holder closed its spool first"
     print(f"\ntakeover of {count} messages (4 KiB each), grace 0, one survivor, {how}")
     print(f"  in the commit log only          : {logged}")
-    print(f"  session end -> takeover started : {marks.get('started', float('nan')) - start:.3f} s")
-    print(f"  session end -> takeover complete: {end - start:.3f} s")
-    print(f"  messages moved                  : {int(marks.get('moved', 0))}")
+    print_phases(marks)
     takeover.stop()
     spool.close()
     lock.release()
     m.stop()
     c.stop()
     dead.close()  # fenced by now: no checkpoint
+    result = {k: marks.get(k, float("nan")) - marks["end"] for k in ("started", "log", "complete")}
+    result["logged"] = logged
+    return result
+
+
+def print_phases(marks: dict[str, float]) -> None:
+    """Print one takeover's phases from its marks (perf_counter times)."""
+    nan = float("nan")
+    for label, a, b in PHASES:
+        print(f"  {label:<32}: {marks.get(b, nan) - marks.get(a, nan):.3f} s")
+    print(f"  messages moved                  : {int(marks.get('moved', 0))}")
+
+
+def takeover_summary(results: list[dict[str, float]]) -> None:
+    """Print the phases of repeated crashed-holder takeovers, one column per run."""
+    print(f"\ncrashed holder, {len(results)} runs (s from the session end)")
+    print(f"{'in the commit log only':<34}" + "".join(f"{r['logged']:>8.0f}" for r in results))
+    for label, a, b in PHASES:
+        cells = "".join(f"{r[b] - (0.0 if a == 'end' else r[a]):>8.3f}" for r in results)
+        print(f"{label:<34}{cells}")
 
 
 def main() -> None:
@@ -337,6 +390,12 @@ def main() -> None:
     parser.add_argument("--takeover", type=int, default=10000)
     parser.add_argument("--runs", type=int, default=3, help="repeat the put comparison")
     parser.add_argument("--skip-takeover", action="store_true")
+    parser.add_argument(
+        "--only-takeover", action="store_true", help="skip the put rates: the takeover only"
+    )
+    parser.add_argument(
+        "--takeover-runs", type=int, default=1, help="repeat the crashed-holder takeover"
+    )
     args = parser.parse_args()
     if args.quick:
         args.count, args.takeover, args.runs = 200, 1000, 1
@@ -344,20 +403,31 @@ def main() -> None:
     zk = ZooKeeperServer(tick_time=100).start()
     try:
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
-            bench_puts(
-                Path(tmp),
-                zk,
-                count=args.count,
-                size=args.size,
-                clients=args.clients,
-                runs=args.runs,
-            )
-            bench_asyncio(
-                Path(tmp), zk, count=args.count, size=args.size, tasks=args.clients, runs=args.runs
-            )
+            if not args.only_takeover:
+                bench_puts(
+                    Path(tmp),
+                    zk,
+                    count=args.count,
+                    size=args.size,
+                    clients=args.clients,
+                    runs=args.runs,
+                )
+                bench_asyncio(
+                    Path(tmp),
+                    zk,
+                    count=args.count,
+                    size=args.size,
+                    tasks=args.clients,
+                    runs=args.runs,
+                )
             if not args.skip_takeover:
-                for crashed in (False, True):
-                    bench_takeover(Path(tmp), zk, args.takeover, crashed=crashed)
+                bench_takeover(Path(tmp), zk, args.takeover, crashed=False)
+                results = [
+                    bench_takeover(Path(tmp), zk, args.takeover, crashed=True)
+                    for _ in range(args.takeover_runs)
+                ]
+                if len(results) > 1:
+                    takeover_summary(results)
     finally:
         zk.cleanup()
 

@@ -31,6 +31,11 @@ from mhafail.errors import SpoolWriteFailed
 FILE_MODE = 0o640
 DIR_MODE = 0o750
 
+# The spool directory's layout (see _spool.py): committed messages, files
+# being written, quarantined files, and the suffix of a message's state file.
+MSG, TMP, BAD = "msg", "tmp", "bad"
+STATE_SUFFIX = ".state"
+
 _FLOCK = "hhqqixxxx"  # struct flock on Linux x86-64/aarch64: type, whence, start, len, pid
 
 

@@ -19,10 +19,11 @@ import attrs
 from mhafail.coordination import Coordinator
 from mhafail.errors import MalformedData, SpoolError, SpoolInvalidArgument, UnknownMessage
 from mhafail.spool._fence import read_record
+from mhafail.spool._files import MSG, STATE_SUFFIX
 from mhafail.spool._journal import read_journal
 from mhafail.spool._message import Message, apply_state, check_id, decode_header
 from mhafail.spool._paths import NodePaths, check_root, node_names
-from mhafail.spool._spool import MSG, STATE_SUFFIX, count_messages, read_message
+from mhafail.spool._spool import count_messages, read_message
 from mhafail.spool._wal import logged
 from mhafail.spool._znodes import (
     OPS,

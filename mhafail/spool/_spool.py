@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import threading
@@ -43,7 +42,6 @@ from pathlib import Path
 
 import attrs
 
-from mhafail._fs import fsync_dir
 from mhafail.errors import (
     MalformedData,
     MessageTooLarge,
@@ -52,13 +50,17 @@ from mhafail.errors import (
     SpoolWriteFailed,
     UnknownMessage,
 )
+from mhafail.spool import _adopt
 from mhafail.spool._commit import Committer, Put
 from mhafail.spool._fence import Fence
 from mhafail.spool._files import (
+    BAD,
     DIR_MODE,
+    MSG,
+    STATE_SUFFIX,
+    TMP,
     replace_durably,
     write_failed,
-    write_tmp,
 )
 from mhafail.spool._message import (
     MAX_HEADER,
@@ -73,12 +75,9 @@ from mhafail.spool._message import (
     new_id,
     with_results,
 )
-from mhafail.spool._wal import SEGMENT_SIZE, logged, recover
+from mhafail.spool._wal import SEGMENT_SIZE, logged
 
 logger = logging.getLogger(__name__)
-
-MSG, TMP, BAD = "msg", "tmp", "bad"
-STATE_SUFFIX = ".state"
 
 
 def read_message(path: Path, *, has_state: bool = True) -> tuple[Message, int]:
@@ -518,137 +517,25 @@ class Spool:
     # --- takeover ------------------------------------------------------------
 
     def adopt_log(self, source: Path, source_fence: Fence, name: str) -> list[str]:
-        """Take over the commit log of another spool directory (a takeover's first step).
+        """Take over another spool directory's commit log, under both fences; the ids now here.
 
-        Both fences are held. With group commit the source's ``wal/`` is
-        renamed into this spool's log as a whole (``CommitLog.adopt``): the
-        messages it acknowledged last come over with no file made each, and
-        their state files follow them. Without group commit the source's
-        log is replayed into its ``msg/`` instead (moved then by
-        :meth:`adopt`).
-
-        Returns:
-            The ids now in this spool's log.
-
-        Raises:
-            SpoolFenced, SpoolWriteFailed.
+        A takeover's first step: one rename of the source's ``wal/`` into
+        this spool's log (``_adopt.adopt_log``). Raises SpoolFenced, SpoolWriteFailed.
         """
-        log = self._running().log
-        with self._section(), source_fence.section():
-            try:
-                if log is None:
-                    recover(source)
-                    return []
-                ids = log.adopt(source, name)
-                src = source / MSG
-                there = set(os.listdir(src))
-                states = [mid for mid in ids if mid + STATE_SUFFIX in there]
-                for mid in states:
-                    os.rename(src / (mid + STATE_SUFFIX), self.msg_dir / (mid + STATE_SUFFIX))
-                if states:
-                    fsync_dir(self.msg_dir)
-                    fsync_dir(src)
-            except OSError as exc:
-                raise write_failed("cannot take over the commit log", exc) from exc
-            loaded: dict[str, Message] = {}
-            for mid in ids:
-                message = self._decode_logged(log.read(mid) or b"", mid, mid in states)
-                if message is not None:
-                    loaded[mid] = message
-        with self._lock:
-            self._index.update(loaded)
-        return ids
-
-    def _decode_logged(self, raw: bytes, mid: str, has_state: bool) -> Message | None:
-        state = self.msg_dir / (mid + STATE_SUFFIX)
-        try:
-            message, _ = decode_header(raw, what=f"logged message {mid}")
-            if message.id != mid:
-                raise MalformedData(f"logged message {mid}: its header names {message.id}")
-            if has_state:
-                message = apply_state(message, state.read_bytes(), what=f"state file {state.name}")
-        except (MalformedData, OSError) as exc:
-            # It stays in the log; filed at the next checkpoint, the load quarantines it.
-            problem = f"spool {self.directory}: cannot index {mid}: {exc}"
-            logger.warning("%s", problem)
-            self.problems.append(problem)
-            return None
-        return message
+        return _adopt.adopt_log(self, source, source_fence, name)
 
     def adopt(self, source: Path, source_fence: Fence, ids: Iterable[str]) -> list[str]:
-        """Move messages from another spool directory into this one, keeping their ids.
+        """Move messages from another spool directory here by rename, keeping their ids.
 
-        Both fences are held: this spool's (we may write here) and the
-        source's (we hold the source by takeover). A rename moves each
-        message atomically, so it is in exactly one spool at every instant;
-        across file systems (``EXDEV``) it is copied durably, then removed
-        from the source.
-
-        Returns:
-            The ids now in this spool (those still in the source when asked).
-
-        Raises:
-            SpoolFenced, SpoolWriteFailed.
+        Under both fences; each message is in exactly one spool at every instant
+        (``_adopt.adopt``). Returns the ids now here. Raises SpoolFenced, SpoolWriteFailed.
         """
-        moved: list[tuple[str, bool]] = []
-        src = source / MSG
-        with self._section(), source_fence.section():
-            try:
-                # Messages acknowledged by the source may be in its commit log only.
-                recover(source)
-                # One listing of each directory instead of a failing call per
-                # message: a takeover of 10,000 messages is mostly renames.
-                here = set(os.listdir(self.msg_dir))
-                there = set(os.listdir(src))
-                for mid in ids:
-                    check_id(mid)
-                    has_state = mid + STATE_SUFFIX in there
-                    if mid in here:
-                        # Already here: a copy interrupted before the source was removed.
-                        (src / mid).unlink(missing_ok=True)
-                        (src / (mid + STATE_SUFFIX)).unlink(missing_ok=True)
-                    elif mid in there:
-                        self._move(src, mid, has_state)
-                        moved.append((mid, has_state))
-                fsync_dir(self.msg_dir)
-                fsync_dir(src)
-            except OSError as exc:
-                raise write_failed("cannot move messages into the spool", exc) from exc
-            loaded = [(mid, self._load(mid, has_state=state)) for mid, state in moved]
+        return _adopt.adopt(self, source, source_fence, ids)
+
+    def _indexed(self, messages: Iterable[tuple[str, Message]]) -> None:
+        """Add messages that came into the directory to the index (after an import)."""
         with self._lock:
-            for mid, message in loaded:
-                if message is not None:
-                    self._index[mid] = message
-        return [mid for mid, message in loaded if message is not None]
-
-    def _move(self, src: Path, mid: str, has_state: bool) -> None:
-        try:
-            os.rename(src / mid, self.msg_dir / mid)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            self._copy(src, mid)
-        if not has_state:
-            return
-        # The message first, its state after: a crash in between only resets
-        # the attempt count; the orphan state file is removed at the next load.
-        state = mid + STATE_SUFFIX
-        try:
-            os.rename(src / state, self.msg_dir / state)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            (self.msg_dir / state).write_bytes((src / state).read_bytes())
-            (src / state).unlink()
-
-    def _copy(self, src: Path, mid: str) -> None:
-        tmp = self.directory / TMP / mid
-        write_tmp(tmp, [(src / mid).read_bytes()])
-        os.rename(tmp, self.msg_dir / mid)
-        fsync_dir(self.msg_dir)
-        (src / mid).unlink()
+            self._index.update(messages)
 
 
 def count_messages(directory: Path) -> int:

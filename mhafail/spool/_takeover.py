@@ -1,7 +1,8 @@
 """Takeover: survivors import the spool of a node that is gone, exactly once.
 
 The protocol, run by every node's :class:`Takeover` (a ConvergeLoop kicked
-by the membership view, the operator orders and a timer):
+by the membership view, the list of spools, every other spool's lock znode,
+the operator orders, and a timer that only repairs a missed watch):
 
 1. A spool needs a takeover when it holds messages (or an unfinished
    import) and nobody holds its ZooKeeper lock, and either its node has
@@ -36,19 +37,20 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import attrs
 
 from mhafail.coordination import ConvergeLoop, Coordinator, Membership, Watch
 from mhafail.errors import CoordinationError, MalformedData, SpoolError, SpoolFenced
 from mhafail.spool._fence import FileFence
+from mhafail.spool._files import MSG, STATE_SUFFIX
 from mhafail.spool._journal import Journal, read_journal, resolve
 from mhafail.spool._lock import LockState, SpoolLock, drop_lock, take_lock
 from mhafail.spool._message import Message, check_id
 from mhafail.spool._paths import NODES, NodePaths, node_names
 from mhafail.spool._placement import rank
-from mhafail.spool._spool import MSG, STATE_SUFFIX, Spool, count_messages
+from mhafail.spool._spool import Spool, count_messages
 from mhafail.spool._wal import pending as wal_pending
 from mhafail.spool._znodes import (
     OPS,
@@ -113,7 +115,8 @@ class Takeover:
         grace: seconds a node must be gone before its spool is taken.
         step: seconds each placement rank waits behind the one before.
         batch: messages per journalled batch.
-        refresh: seconds between passes when nothing happens.
+        refresh: seconds between passes when nothing happens (a repair: every
+            change that can make a takeover due kicks a pass by a watch).
         on_import: called with each imported message after its batch is
             durable (an application hook: logging, re-routing with
             ``defer``); exceptions are logged, never undo the import.
@@ -137,6 +140,9 @@ class Takeover:
     _orders_seen: dict[tuple[str, int], float] = attrs.field(init=False, factory=dict)
     _listeners: list[Callable[[TakeoverEvent], None]] = attrs.field(init=False, factory=list)
     _watches: list[Watch] = attrs.field(init=False, factory=list)
+    _lock_watches: dict[str, Watch] = attrs.field(init=False, factory=dict)
+    _watch_session: int | None = attrs.field(init=False, default=None)
+    _watch_guard: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _stopping: threading.Event = attrs.field(init=False, factory=threading.Event)
 
     def add_listener(self, listener: Callable[[TakeoverEvent], None]) -> None:
@@ -151,17 +157,13 @@ class Takeover:
         self.coordinator.add_session_listener(self._loop.kick)
         self.coordinator.znodes.ensure(SPOOL)
         self._loop.start()
-        for path in (SPOOL, OPS):
-            self._watches.append(
-                self.coordinator.znodes.watch_changes(path, self._loop.kick, children=True)
-            )
+        self._watch(())
         return self
 
     def stop(self) -> None:
         """Stop after the current batch (bounded by ``stop_timeout``)."""
         self._stopping.set()
-        for watch in self._watches:
-            watch.cancel()
+        self._unwatch()
         if self._loop is not None:
             self._loop.stop(timeout=self.stop_timeout)
 
@@ -169,6 +171,49 @@ class Takeover:
         """Ask for a pass now."""
         if self._loop is not None:
             self._loop.kick()
+
+    # --- watches ---------------------------------------------------------------
+
+    def _watch(self, nodes: Iterable[str]) -> None:
+        """Kick a pass on any change of the folders or of ``nodes``' lock znodes.
+
+        A spool's lock znode (``spool/<node>/lock``) is below the watched
+        child list of ``spool``: its deletion changes neither that list nor
+        the membership when its node had left the membership before the
+        lock went (a node stopping in that order, a partition that ends the
+        session later, a takeover that failed and dropped the lock). Without
+        a watch of its own a survivor heard of it only at its next periodic
+        pass, up to ``refresh`` seconds later (2 s of a 3 s benchmark
+        takeover, docs/benchmarks.md). Watches end with their session: all
+        are placed again under a new one.
+        """
+        loop, znodes = self._loop, self.coordinator.znodes
+        session = self.coordinator.session_id
+        with self._watch_guard:
+            # Under the guard: stop() sets _stopping before it cancels under it.
+            if loop is None or self._stopping.is_set():
+                return
+            if session is not None and session != self._watch_session:
+                self._cancel_locked()
+                self._watch_session = session
+                for path in (SPOOL, OPS):
+                    self._watches.append(znodes.watch_changes(path, loop.kick, children=True))
+            wanted = set(nodes)
+            for node in set(self._lock_watches) - wanted:
+                self._lock_watches.pop(node).cancel()
+            for node in sorted(wanted - set(self._lock_watches)):
+                self._lock_watches[node] = znodes.watch_changes(lock_path(node), loop.kick)
+
+    def _unwatch(self) -> None:
+        with self._watch_guard:
+            self._cancel_locked()
+
+    def _cancel_locked(self) -> None:
+        for watch in [*self._watches, *self._lock_watches.values()]:
+            watch.cancel()
+        self._watches.clear()
+        self._lock_watches.clear()
+        self._watch_session = None
 
     # --- one pass ------------------------------------------------------------
 
@@ -188,6 +233,7 @@ class Takeover:
         self._obey(orders_by_node.get(me))
         drained = {n for n, o in orders_by_node.items() if o.action == "drain"}
         others = sorted(names - {me})
+        self._watch(others)  # before the read: no deletion can fall between the two
         found = znodes.get_many([lock_path(n) for n in others])
         records = znodes.get_many([takeover_path(n) for n in others])
         now = time.monotonic()
@@ -313,7 +359,9 @@ class Takeover:
             journal.append("log", to=me, count=len(logged))
             if logged:
                 moved += len(logged)
-                self._emit(TakeoverEvent(EventKind.BATCH, source.node, token, moved))
+                self._emit(
+                    TakeoverEvent(EventKind.BATCH, source.node, token, moved, detail="commit log")
+                )
                 self._hook(logged)
             ids = _ids(source.spool)
             for number, start in enumerate(range(0, len(ids), self.batch), 1):

@@ -24,7 +24,7 @@ from mhafail.spool import (
     Takeover,
     TakeoverEvent,
 )
-from mhafail.testing import TcpProxy, ZooKeeperServer
+from mhafail.testing import TcpProxy, ZooKeeperServer, expire_session
 
 pytestmark = pytest.mark.zookeeper
 
@@ -58,7 +58,7 @@ def stacks(coordinator_factory: Factory, tmp_path: Path) -> Iterator[Callable[..
     root.mkdir(exist_ok=True)
     made: list[Stack] = []
 
-    def make(name: str, *, grace: float = 60.0, **kwargs: Any) -> Stack:
+    def make(name: str, *, grace: float = 60.0, refresh: float = 0.2, **kwargs: Any) -> Stack:
         c = coordinator_factory(session_timeout=1.0, server_tick=0.1, **kwargs)
         m = Membership(coordinator=c, info=NodeInfo(name=name)).start()
         paths = NodePaths(root, c.cluster, name).create()
@@ -73,7 +73,7 @@ def stacks(coordinator_factory: Factory, tmp_path: Path) -> Iterator[Callable[..
             lock=lock,
             grace=grace,
             step=0.5,
-            refresh=0.2,
+            refresh=refresh,
         )
         events: list[TakeoverEvent] = []
         takeover.add_listener(events.append)
@@ -93,6 +93,58 @@ def wait(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > end:
             raise AssertionError("condition not reached")
         time.sleep(0.05)
+
+
+def test_a_lock_that_goes_after_its_node_left_starts_the_takeover_by_its_watch(
+    stacks: Callable[..., Stack],
+) -> None:
+    """A gone node's lock vanishing starts the takeover by itself, with no periodic pass."""
+    survivor = stacks("n1", grace=0.0, refresh=3600.0)  # no periodic pass within the test
+    dead = stacks("n2", grace=600.0)
+    mids = {dead.spool.put(ENV, f"m{i}".encode()) for i in range(20)}
+    dead.takeover.stop()
+    dead.membership.stop()  # gone from the membership, its lock still held
+    wait(lambda: "n2" not in survivor.membership.view.names)
+    passes_after_now(survivor)  # a pass found n2 gone but its lock held
+    assert survivor.events == []
+    dead.coordinator.stop()  # only the lock goes now: nothing else for a watch to see
+    wait(lambda: any(e.kind is EventKind.COMPLETE for e in survivor.events), timeout=30.0)
+    kinds = [e.kind for e in survivor.events]
+    assert kinds[0] is EventKind.STARTED and kinds[-1] is EventKind.COMPLETE
+    assert set(survivor.spool.ids()) == mids
+
+
+def passes_after_now(stack: Stack) -> None:
+    """Wait for two kicked takeover passes: the second began after this call."""
+    loop = stack.takeover._loop
+    assert loop is not None
+    passes = loop.passes  # a pass running now may have begun before: hence two
+    for more in (1, 2):
+        stack.takeover.kick()
+        assert loop.wait_passes(passes + more, 10.0)
+
+
+def test_the_lock_watches_are_placed_again_under_a_new_session(
+    stacks: Callable[..., Stack],
+) -> None:
+    """After the survivor's session expired, a gone node's lock going still starts the takeover."""
+    survivor = stacks("n1", grace=0.0, refresh=3600.0)  # no periodic pass within the test
+    dead = stacks("n2", grace=600.0)
+    mids = {dead.spool.put(ENV, f"m{i}".encode()) for i in range(5)}
+    dead.takeover.stop()
+    passes_after_now(survivor)  # the watch of n2's lock is placed
+    old = expire_session(survivor.coordinator)
+    wait(lambda: survivor.coordinator.session_id not in (None, old))
+    survivor.lock.acquire(10)  # its own lock went with the old session
+    wait(lambda: "n1" in survivor.membership.view.names)
+    passes_after_now(survivor)
+    dead.membership.stop()
+    wait(lambda: "n2" not in survivor.membership.view.names)
+    passes_after_now(survivor)
+    assert [e for e in survivor.events if e.kind is not EventKind.FAILED] == []
+    dead.coordinator.stop()
+    wait(lambda: any(e.kind is EventKind.COMPLETE for e in survivor.events), timeout=30.0)
+    assert set(survivor.spool.ids()) == mids
 
 
 def test_tokens_grow_and_a_held_lock_is_exclusive(
