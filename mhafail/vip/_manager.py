@@ -388,16 +388,20 @@ class VipManager:
         if self._loop is not None:
             self._loop.kick()
 
+    def _my_claims(self) -> list[str]:
+        """The keys whose claim the cache says this session holds."""
+        session = self.coordinator.session_id
+        with self._lock:
+            return [
+                k for k, c in self._facts.owners.items() if c is not None and c.session == session
+            ]
+
     def _recover_fence(self) -> bool:
         """Release everything, restart the fence; True when it works again."""
         assert self._kernel is not None and self.fence is not None
         for vip in self._kernel.remove_all():
             self._emit(self._release, vip)
-        session = self.coordinator.session_id
-        with self._lock:
-            mine = [
-                k for k, c in self._facts.owners.items() if c is not None and c.session == session
-            ]
+        mine = self._my_claims()
         for key in mine:
             # Claims go too: without a fence this node must not hold VIPs,
             # and a survivor should not wait for it.
@@ -473,11 +477,7 @@ class VipManager:
         assert self._kernel is not None
         for vip in self._kernel.remove_all():
             self._emit(self._release, vip)
-        session = self.coordinator.session_id
-        with self._lock:
-            mine = [
-                k for k, c in self._facts.owners.items() if c is not None and c.session == session
-            ]
+        mine = self._my_claims()
         # Our ephemerals while our session lives: nobody else's (see _handover).
         paths = [declared_path(k, self._me) for k in self._by_key]
         self.coordinator.znodes.delete_all(paths + [owner_path(k) for k in mine])

@@ -391,6 +391,13 @@ def lapse_in_living_session(node: Node) -> None:
     node.manager._on_lease(LeaseState.VALID)
 
 
+def lone_owner(cluster: Callable[..., Node], network: FakeNetwork) -> Node:
+    """One node, holding A, that would stand aside for a minute."""
+    node = cluster("n1", lapse_holddown=60.0)
+    wait_for(lambda: holder(network, A) == "n1")
+    return node
+
+
 def declarers(node: Node, address: str) -> set[str]:
     return set(node.coordinator.znodes.children(f"vips/{address}/declared") or [])
 
@@ -417,8 +424,7 @@ def test_a_node_standing_aside_comes_back_when_nobody_takes_its_vips(
     cluster: Callable[..., Node], network: FakeNetwork
 ) -> None:
     """Alone (or with every node aside), a node stands aside for its VIPs, not against them."""
-    node = cluster("n1", lapse_holddown=60.0)
-    wait_for(lambda: holder(network, A) == "n1")
+    node = lone_owner(cluster, network)
     lapse_in_living_session(node)
     wait_for(lambda: "n1" not in declarers(node, A), 5)
     wait_for(lambda: holder(network, A) == "n1", 10)  # long before the 60 s hold-down
@@ -429,8 +435,7 @@ def test_a_lapse_that_ended_the_session_does_not_stand_aside(
     cluster: Callable[..., Node], network: FakeNetwork
 ) -> None:
     """A lease that comes back in a new session has no old claims to give up: no hold-down."""
-    node = cluster("n1", lapse_holddown=60.0)
-    wait_for(lambda: holder(network, A) == "n1")
+    node = lone_owner(cluster, network)
     node.manager._on_lease(LeaseState.EXPIRED)
     node.manager._aside.lease_back(12345, time.monotonic())  # another session's
     assert not node.manager._aside.active(time.monotonic())
