@@ -15,9 +15,10 @@ each caller of the batch; it goes on with what queued meanwhile for up to
 ``HOLD`` seconds in the same section, then starts a new one. One wake-up
 per caller: the CPU per put, and with threads how fast CPython hands the
 GIL from one woken caller to the next, bound the rate here. (Callers
-leading for each other, leader/follower, was measured slower with 32
-threads on 2 cores: the leader, itself a caller, queued for the GIL
-behind the callers it had just woken after each system call.) No file is
+leading for each other, leader/follower, was about 25% slower with 32
+threads on 2 cores in an isolated A/B, not told apart in the full
+benchmark: the leader, itself a caller, queued for the GIL behind the
+callers it had just woken after each system call.) No file is
 created: a message lives in the log until a checkpoint files it, and one
 removed before that never gets a file.
 The checkpointer thread retires full segments whose messages are all
