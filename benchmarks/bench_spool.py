@@ -33,12 +33,26 @@ session end: to the survivor's "started" (lock and lock file taken), to its
 commit log adopted, to "complete". Once with the holder's spool closed,
 then ``--takeover-runs`` times with the holder crashed (spool not closed).
 ``--only-takeover`` skips the put rates.
+
+Thread driver: every threaded row (maildir and spool alike) runs
+``--clients`` plain threads, each looping over its share of the puts, as
+an MTA's session threads would; until session 5 a thread pool with one
+submit per message (its queue and futures cost a hand-off per put that
+was the benchmark's, not the writer's).
+
+``--bound`` (alone, no ZooKeeper): the spool's thread pattern with no
+spool in it: ``--clients`` threads each doing some Python work per put,
+then blocking on a lock of their own that one committer thread releases
+after one ``pwrite`` and one ``fdatasync`` per batch. What CPython threads
+allow on this machine, for the threaded put rows.
 """
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import asyncio
+import json
 import os
 import platform
 import secrets
@@ -48,6 +62,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from mhafail.coordination import Coordinator, Membership, NodeInfo
 from mhafail.spool import (
@@ -85,17 +100,135 @@ def maildir_put(root: Path, data: bytes, *, dir_fsync: bool) -> Path:
     return root / "new" / name
 
 
-def rate(put: object, count: int, clients: int) -> float:
-    """Messages per second for ``count`` calls of ``put()`` from ``clients`` threads."""
-    call = put  # a zero-argument callable
+def rate(put: Callable[[], object], count: int, clients: int) -> float:
+    """Messages per second for ``count`` calls of ``put()`` from ``clients`` threads.
+
+    Each thread loops over its share of the calls, as an MTA's session
+    threads would (no thread pool: a pool's queue and futures would add a
+    hand-off per call that is the benchmark's, not the writer's). Every
+    threaded row, maildir or spool, goes through this same driver.
+    """
+    shares = [count // clients + (i < count % clients) for i in range(clients)]
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            for _ in range(n):
+                put()
+        except BaseException as exc:  # surfaced below: a failed row must not look fast
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in shares]
     start = time.perf_counter()
-    if clients == 1:
-        for _ in range(count):
-            call()  # type: ignore[operator]
-    else:
-        with ThreadPoolExecutor(clients) as pool:
-            list(pool.map(lambda _: call(), range(count)))  # type: ignore[operator]
-    return count / (time.perf_counter() - start)
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return count / elapsed
+
+
+def bench_bound(work: Path, *, count: int, size: int, clients: int, runs: int) -> None:
+    """Print what CPython threads alone allow: the spool's put pattern with no spool in it.
+
+    ``clients`` threads each do ``units`` of Python work per put (one
+    unit: two ``json.dumps`` of a message header, about 7 us here), queue
+    a lock and block on it; one committer thread writes each batch with
+    one ``pwrite`` and one ``fdatasync`` into a pre-written file (as the
+    commit log does) and releases the batch's locks. The rate with 0
+    units is the cost of the wake-up and the GIL hand-off per put alone.
+    """
+    header = {
+        "id": "0" * 26,
+        "sender": ENV.sender,
+        "recipients": list(ENV.recipients),
+        "origin": "n1",
+        "created": 1.0,
+        "size": size,
+        "crc32": 0,
+    }
+    path = work / "bound.log"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    segment = 8 * 1024 * 1024
+    os.write(fd, bytes(segment))
+    os.fsync(fd)
+    print(f"\nbound: {clients} threads, {count} puts of {size} bytes, a bare committer (msg/s)")
+    try:
+        for units in (0, 1, 3, 5):
+            rates = [
+                _bound_run(
+                    fd,
+                    segment=segment,
+                    header=header,
+                    units=units,
+                    count=count,
+                    size=size,
+                    clients=clients,
+                )
+                for _ in range(runs)
+            ]
+            print(
+                f"{units:>2} units of Python per put            "
+                + " ".join(f"{r:>9.0f}" for r in rates)
+            )
+    finally:
+        os.close(fd)
+
+
+def _bound_run(
+    fd: int,
+    *,
+    segment: int,
+    header: dict[str, object],
+    units: int,
+    count: int,
+    size: int,
+    clients: int,
+) -> float:
+    mu = threading.Lock()
+    pending: list[Any] = []
+    kick = threading.Event()
+    stop = threading.Event()
+
+    def committer() -> None:
+        offset = 0
+        while not stop.is_set():
+            kick.wait(0.01)
+            kick.clear()
+            while True:
+                with mu:
+                    batch, pending[:] = pending[:], []
+                if not batch:
+                    break
+                data = bytes(len(batch) * (size + 64))
+                if offset + len(data) > segment:
+                    offset = 0
+                os.pwrite(fd, data, offset)
+                os.fdatasync(fd)
+                offset += len(data) + (-len(data) % 4096)
+                for waiter in batch:
+                    waiter.release()
+
+    def put() -> None:
+        for _ in range(units):
+            json.dumps(header, separators=(",", ":"))
+            json.dumps(header)
+        waiter = _thread.allocate_lock()
+        waiter.acquire()
+        with mu:
+            pending.append(waiter)
+        kick.set()
+        waiter.acquire()
+
+    thread = threading.Thread(target=committer, daemon=True)
+    thread.start()
+    try:
+        return rate(put, count, clients)
+    finally:
+        stop.set()
+        thread.join()
 
 
 def coordinator(zk: ZooKeeperServer, cluster: str) -> Coordinator:
@@ -396,10 +529,19 @@ def main() -> None:
     parser.add_argument(
         "--takeover-runs", type=int, default=1, help="repeat the crashed-holder takeover"
     )
+    parser.add_argument(
+        "--bound", action="store_true", help="only the bare thread pattern (what threads allow)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.count, args.takeover, args.runs = 200, 1000, 1
     print(f"python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPUs")
+    if args.bound:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
+            bench_bound(
+                Path(tmp), count=args.count, size=args.size, clients=args.clients, runs=args.runs
+            )
+        return
     zk = ZooKeeperServer(tick_time=100).start()
     try:
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:

@@ -4,19 +4,23 @@ Without group commit a put is: write ``tmp/<id>``, fsync it, rename it
 into ``msg/``, fsync ``msg/`` (two flushes and a new file per message); a
 removal: unlink, fsync ``msg/``.
 
-With group commit (the default) the callers commit for each other
-(leader/follower): a caller queues its put or removal and, if no commit
-is in flight, becomes the *leader*: it takes everything waiting (up to
-``max_batch``) and, inside one fence section, logs the batch in the
-commit log with one write and one ``fdatasync`` (``_wal.py``), re-checks
-the lease and only then answers each caller of the batch; it goes on with
-what queued meanwhile for up to ``HOLD`` seconds, then hands the lead to
-the first caller still waiting. Followers just wait on a lock of their
-own, released once when their record is durable (or to lead). No thread
-hand-off per batch and one wake-up per caller: the CPU per put is what
-bounds the rate here. Callers that must not block (``aput``) are led by a
-background thread. No file is created: a message lives in the log until
-a checkpoint files it, and one removed before that never gets a file.
+With group commit (the default) one committer thread commits for every
+caller: a caller queues its put or removal (kicking the committer if no
+commit is in flight) and waits on a lock of its own, released once when
+its record is durable (``aput`` awaits a future instead). The committer
+takes everything waiting (up to ``max_batch``) and, inside one fence
+section, logs the batch in the commit log with one write and one
+``fdatasync`` (``_wal.py``), re-checks the lease and only then answers
+each caller of the batch; it goes on with what queued meanwhile for up to
+``HOLD`` seconds in the same section, then starts a new one. One wake-up
+per caller: the CPU per put, and with threads how fast CPython hands the
+GIL from one woken caller to the next, bound the rate here. (Callers
+leading for each other, leader/follower, was about 25% slower with 32
+threads on 2 cores in an isolated A/B, not told apart in the full
+benchmark: the leader, itself a caller, queued for the GIL behind the
+callers it had just woken after each system call.) No file is
+created: a message lives in the log until a checkpoint files it, and one
+removed before that never gets a file.
 The checkpointer thread retires full segments whose messages are all
 gone, and files the rest only under pressure (``FILE_AT`` segments
 waiting) or when puts pause (``IDLE``): creating a file is the expensive
@@ -63,15 +67,15 @@ class Ticket:
     """How the caller of one put or removal is told its outcome, once.
 
     A caller in a thread waits on ``waiter``, a lock of its own held from
-    the start: released once when the outcome is set, or earlier to hand it
-    the lead. Only the leader (or the caller itself, without group commit)
-    settles tickets, so a waiter is never released twice. An asyncio caller
-    awaits ``future`` (of its ``loop``) instead: the leader resolves all of
+    the start: released once, when the outcome is set. Only the committer
+    (or the caller itself, without group commit) settles tickets, so a
+    waiter is never released twice. An asyncio caller
+    awaits ``future`` (of its ``loop``) instead: the committer resolves all of
     one batch's futures with one call into their loop (:func:`wake_loops`),
     not one wake-up of the loop per put.
     """
 
-    __slots__ = ("error", "future", "lead", "loop", "settled", "waiter")
+    __slots__ = ("error", "future", "loop", "settled", "waiter")
 
     def __init__(self) -> None:
         self.waiter: Any = None  # a held _thread.lock (thread callers under group commit)
@@ -79,7 +83,6 @@ class Ticket:
         self.future: asyncio.Future[Any] | None = None
         self.error: SpoolError | None = None
         self.settled = False
-        self.lead = False  # woken to lead, not settled
 
     def value(self) -> str | None:
         """What the caller gets back."""
@@ -169,7 +172,7 @@ class Committer:
         section: the spool's fence section (every change runs inside one).
         valid: the fence's cheap validity check (the lease).
         committed: told the puts of each committed batch (the index).
-        group: group commit through the log, led by the callers.
+        group: group commit through the log, by a committer thread.
         max_batch: the most puts in one group commit.
         segment_size: bytes per log segment.
         name: for the threads' names.
@@ -187,7 +190,8 @@ class Committer:
     log: CommitLog | None = attrs.field(init=False, default=None)
     _mu: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _pending: list[Put | Drop] = attrs.field(init=False, factory=list)
-    _leader: bool = attrs.field(init=False, default=False)  # a commit is in flight
+    _leader: bool = attrs.field(init=False, default=False)  # the committer was kicked
+    _closed: bool = attrs.field(init=False, default=False)  # the committer thread has ended
     _kick: queue.SimpleQueue[bool] = attrs.field(init=False, factory=queue.SimpleQueue)
     _threads: list[threading.Thread] = attrs.field(init=False, factory=list)
     _wake: threading.Event = attrs.field(init=False, factory=threading.Event)
@@ -238,6 +242,13 @@ class Committer:
             time.sleep(0.005)
         self._kick.put(False)
         self._threads[0].join(max(0.0, end - time.monotonic()))
+        with self._mu:
+            # Nobody commits from here on: whatever queued late fails (and
+            # is not written), as does whatever comes after.
+            self._closed = True
+            late, self._pending = self._pending, []
+        self._fail(late, SpoolError(f"spool {self.directory} is closed; nothing was written"))
+        wake_loops(late)
         self._stopping.set()
         self._wake.set()
         self._threads[1].join(timeout)
@@ -287,7 +298,7 @@ class Committer:
     def write(self, item: Put) -> None:
         """Without group commit, write the temporary file in the caller's thread.
 
-        With group commit there is no file to write: the leader logs the
+        With group commit there is no file to write: the committer logs the
         message, and a checkpoint files it later (unless it is gone by
         then). Either way the fence is checked first.
 
@@ -308,38 +319,38 @@ class Committer:
     def submit(self, item: Put | Drop) -> None:
         """Commit ``item`` (written); return once it is settled (``item.error``: how it failed).
 
-        With group commit the caller leads a commit when none is in
-        flight, else waits for the leader; without, it commits alone.
+        With group commit the committer thread commits it with whatever
+        else is queued; without, the caller commits alone.
         """
         if not self._threads:
             if isinstance(item, Put):
                 self._commit_each([item])
             return
+        # A plain lock per call (no Condition: its wait allocates a lock
+        # and takes a second one): one futex wake when it is released.
         waiter = _allocate_lock()
         waiter.acquire()
         item.waiter = waiter
-        with self._mu:
-            self._pending.append(item)
-            lead = not self._leader
-            self._leader = True
-        while True:
-            if lead:
-                self._lead()
-            if item.settled:
-                return
-            waiter.acquire()
-            lead, item.lead = item.lead, False
+        self._queue(item)
+        waiter.acquire()
 
     def enqueue(self, item: Put) -> None:
         """Queue ``item`` (its ``loop`` and ``future`` set) without blocking: asyncio's way in."""
         if not self._threads:
             raise SpoolError(f"spool {self.directory}: enqueue needs group commit")
+        self._queue(item)
+
+    def _queue(self, item: Put | Drop) -> None:
         with self._mu:
+            if self._closed:
+                item.settle(SpoolError(f"spool {self.directory} is closed; nothing was written"))
+                wake_loops([item])
+                return
             self._pending.append(item)
-            lead = not self._leader
+            kick = not self._leader
             self._leader = True
-        if lead:
-            self._kick.put(True)  # the background thread leads for it
+        if kick:
+            self._kick.put(True)  # the committer thread commits it
 
     def _take(self) -> list[Put | Drop]:
         """The next batch (up to ``max_batch`` puts and removals); empty: the lead ends."""
@@ -351,16 +362,11 @@ class Committer:
             return batch
 
     def _hand_off(self) -> None:
-        """End this thread's lead: to the first thread still waiting, or the background thread."""
+        """End this section of commits: go on in a new one if more is queued."""
         with self._mu:
             if not self._pending:
                 self._leader = False
                 return
-            for item in self._pending:
-                if item.waiter is not None:
-                    item.lead = True
-                    item.waiter.release()
-                    return
         self._kick.put(True)
 
     def _lead_loop(self) -> None:
@@ -372,8 +378,7 @@ class Committer:
 
         One section spans consecutive batches (entering one costs three
         system calls, each a chance to wait for the GIL); ``HOLD`` bounds
-        both how long a takeover's claim waits and how long one caller
-        leads for the others.
+        how long a takeover's claim waits for it.
         """
         log = self.log
         batch = self._take()

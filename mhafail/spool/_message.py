@@ -39,6 +39,10 @@ _NODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 _suffixes = [itertools.count(secrets.randbits(40))]
 
+# One encoder for every header: json.dumps with separators builds a new
+# JSONEncoder per call (a measurable share of a put's CPU). Same output.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
 
 def _reseed() -> None:
     _suffixes[0] = itertools.count(secrets.randbits(40))
@@ -227,7 +231,7 @@ def encode_header(
         "size": len(data),
         "crc32": crc,
     }
-    raw = MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n"
+    raw = MAGIC + _COMPACT.encode(header).encode() + b"\n"
     message = Message(
         id=message_id,
         sender=envelope.sender,

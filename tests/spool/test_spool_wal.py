@@ -414,3 +414,45 @@ def test_done_twice_is_an_unknown_message_logged_or_filed(
     with pytest.raises(UnknownMessage):
         again.done(filed)
     again.close()
+
+
+def test_puts_racing_close_either_land_or_fail_and_none_hangs(
+    local_factory: Callable[..., Any],
+) -> None:
+    """Puts from threads racing close() each return a kept id or raise SpoolError; none waits."""
+    from mhafail.errors import SpoolError
+
+    made = local_factory(group=True)
+    made.spool.put(ENV, b"warm")
+    acked: list[str] = []
+    failed: list[BaseException] = []
+    guard = threading.Lock()
+    go = threading.Event()
+
+    def client() -> None:
+        go.wait()
+        while True:  # until the close refuses it
+            try:
+                mid = made.spool.put(ENV, b"m" * 512)
+            except SpoolError as exc:
+                with guard:
+                    failed.append(exc)
+                return
+            with guard:
+                acked.append(mid)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    go.set()
+    time.sleep(0.01)
+    made.spool.close()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(failed) == 8  # every client met the close
+    reopened = Spool(directory=made.paths.spool, node="n1", fence=made.fence).open()
+    try:
+        assert set(acked) <= set(reopened.ids())  # every acknowledged put is kept
+    finally:
+        reopened.close()
