@@ -299,9 +299,9 @@ def _agent(args: argparse.Namespace) -> int:
     use_fence = plumber_spec == "netlink" and s.get("fence", True)
     beat = Beat(coordinator, s["node"], float(s["beat"])) if s.get("beat") is not None else None
     # Addresses are owned while the session lease and the beat lease both run.
-    deadline = (
-        coordinator.lease_deadline if beat is None else earliest(coordinator.lease_deadline, beat.deadline)
-    )
+    deadline = coordinator.lease_deadline
+    if beat is not None:
+        deadline = earliest(coordinator.lease_deadline, beat.deadline)
     budget = min(coordinator.effective_timeout, beat.budget if beat else math.inf)
     try:
         fence = (
