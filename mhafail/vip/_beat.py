@@ -196,7 +196,8 @@ class Beat:
                 return True
             # Failed on our beat (fenced), or on one of ``ops`` (a claim gone already)?
             found = znodes.get(beat_path(self.node))
-            if found is None or found.version != version:
+            moved = found is None or found.version != version
+            if moved and not self._adopt_own(znodes):
                 self._was_fenced()
             return False
 
@@ -211,30 +212,52 @@ class Beat:
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.interval
+                # Bounded by the lease: a write that hangs (ZooKeeper cut off)
+                # must not keep this thread from announcing the expiry.
+                deadline = self.deadline()
+                limit = self.interval if deadline is None else min(self.interval, deadline - now)
                 try:
-                    self._beat_once()
+                    self._beat_once(max(0.01, limit))
                 except CoordinationError as exc:
                     logger.warning("%s: beat failed: %s", self.node, exc)
             deadline = self.deadline()
             if deadline is not None and time.monotonic() >= deadline:
                 self._set_proof(None)  # announces EXPIRED
+                deadline = None
             waits = [next_beat - time.monotonic()]
-            if deadline is not None and deadline > time.monotonic():
+            if deadline is not None:
                 waits.append(deadline - time.monotonic())
             self._stop.wait(max(0.0, min(waits)))
 
-    def _beat_once(self) -> None:
-        z = self.coordinator.znodes
-        with self._write:
+    def _beat_once(self, limit: float) -> None:
+        z = self.coordinator.znodes.bounded(limit)
+        if not self._write.acquire(timeout=limit):
+            return  # a claim deletion is writing the beat right now
+        try:
             if self._version is None and not self._establish(z):
                 return
             assert self._version is not None
             sent = time.monotonic()
             node = z.set(beat_path(self.node), self._data(), version=self._version)
-            if node is None:
-                self._was_fenced()
-            else:
+            if node is not None:
                 self._wrote(node.version, sent)
+            elif not self._adopt_own(z):
+                self._was_fenced()
+        finally:
+            self._write.release()
+
+    def _adopt_own(self, z: Znodes) -> bool:
+        """After a failed write: True when the beat is still ours (an earlier write that
+        timed out was carried out later); its version is taken, without a proof."""
+        found = z.get(beat_path(self.node))
+        if (
+            found is None
+            or found.ephemeral_owner != self.coordinator.session_id
+            or beat_budget(found.data, self.node) is None
+        ):
+            return False
+        self._version = found.version
+        return True
 
     def _establish(self, z: Znodes) -> bool:
         """Find or create this session's beat znode (write lock held); True when ready."""
