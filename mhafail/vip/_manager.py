@@ -449,11 +449,17 @@ class VipManager:
                 continue
             paths = [owner_path(k) for k in keys]
             if fence(self.coordinator.znodes, self._me, node, version, paths):
-                logger.warning("%s: fenced %s (silent for its budget): %s", self._me, node, keys)
+                logger.warning(
+                    "%s: fenced %s at beat version %d (silent for its budget): %s",
+                    self._me,
+                    node,
+                    version,
+                    keys,
+                )
                 with self._lock:
                     for key in keys:
                         self._facts.drop(key)
-                self._step("fenced", now, len(keys))
+                self._step("silenced", now, len(keys))
             else:
                 with self._lock:  # it beat again, or a claim went: look again
                     self._facts.dirty_owners.update(keys)

@@ -41,7 +41,7 @@ def test_a_cut_off_owner_is_fenced_after_its_budget_not_its_session(
     fenced: list[str] = []
 
     def note(name: str) -> Callable[[str, float, int], None]:
-        return lambda step, _at, _n: fenced.append(name) if step == "fenced" else None
+        return lambda step, _at, _n: fenced.append(name) if step == "silenced" else None
 
     for name, node in nodes.items():
         node.manager.on_step(note(name))
