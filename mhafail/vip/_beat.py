@@ -45,6 +45,7 @@ its session expiry is its detector, as before.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -159,12 +160,19 @@ class Beat:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Stop beating (the lease runs out; the beat goes with the session)."""
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop beating and delete the beat (bounded by ``timeout``; else it goes with
+        the session). Survivors then neither wait for it nor fence it."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._set_proof(None)
+        with self._write:
+            version, self._version = self._version, None
+        if version is not None:
+            z = self.coordinator.znodes.bounded(timeout)
+            with contextlib.suppress(CoordinationError):  # else its session's end deletes it
+                z.delete(beat_path(self.node), version=version)
 
     def deadline(self) -> float | None:
         """Monotonic time the beat lease runs out, or None before any beat."""
