@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from fakecluster import A, Node, holder, wait_for
+from zk_attack import NODE, OPERATOR, refused
 
 from mhafail.coordination import Coordinator, Delete, LeaseState
 from mhafail.errors import InvalidVipSpec
@@ -133,3 +135,25 @@ def test_bad_beat_settings_are_refused(
         with pytest.raises(InvalidVipSpec, match=match):
             Beat(c, "n", budget, per_budget=per_budget).start()
         assert c.znodes.get(beat_path("n")) is None
+
+
+def test_with_acls_nodes_beat_and_fence_and_strangers_cannot(
+    coordinator_factory: Callable[..., Coordinator], zk_cluster: str, raw: Callable[..., Any]
+) -> None:
+    """Under the cluster's ACLs a node beats in beats/ (made by init) and another node may
+    fence it; a client without credentials can neither read nor overwrite a beat."""
+    coordinator_factory(credentials=OPERATOR)  # initialises the cluster, beats/ included
+    n, s = coordinator_factory(credentials=NODE), coordinator_factory(credentials=NODE)
+    beat = Beat(n, "n", 1.0).start()
+    try:
+        wait_for(beat.valid, 5)
+        seen = s.znodes.get(beat_path("n"))
+        assert seen is not None
+        stranger = raw()
+        path = f"/mhafail/{zk_cluster}/{beat_path('n')}"
+        assert refused(lambda: stranger.get(path))
+        assert refused(lambda: stranger.set(path, b'{"fenced_by": "evil"}'))
+        fenced = fence(s.znodes, "s", "n", seen.version, [])
+        assert fenced or s.znodes.get(beat_path("n")).version != seen.version  # type: ignore[union-attr]
+    finally:
+        beat.stop()
