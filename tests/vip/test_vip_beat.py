@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,11 +11,11 @@ import pytest
 from fakecluster import A, Node, holder, wait_for
 from zk_attack import NODE, OPERATOR, refused
 
-from mhafail.coordination import Coordinator, Delete, LeaseState
+from mhafail.coordination import Coordinator, Delete, LeaseState, Znode
 from mhafail.errors import InvalidVipSpec
 from mhafail.testing import FakeNetwork, ZooKeeperServer
 from mhafail.vip import Beat
-from mhafail.vip._beat import beat_path, fence
+from mhafail.vip._beat import BeatWatch, beat_path, earliest, fence, fence_marker
 from mhafail.vip._paths import owner_path
 
 pytestmark = pytest.mark.zookeeper
@@ -157,3 +158,25 @@ def test_with_acls_nodes_beat_and_fence_and_strangers_cannot(
         assert fenced or s.znodes.get(beat_path("n")).version != seen.version  # type: ignore[union-attr]
     finally:
         beat.stop()
+
+
+def test_overdue_follows_each_nodes_own_budget_and_fence_markers() -> None:
+    """A node is overdue after its own budget (plus drift) without a new version; a fence
+    marker makes it out at once; an unreadable beat is never fenced (as no beat at all)."""
+    watch = BeatWatch("me", lambda _s: None)
+    now = time.monotonic()
+    for name, budget in (("slow", 3.0), ("fast", 0.5)):
+        data = json.dumps({"node": name, "budget": budget}).encode()
+        watch._on_beat(name, Znode(beat_path(name), data, 1, 7, 0, 0))
+    watch._on_beat("odd", Znode(beat_path("odd"), b"not json", 1, 7, 0, 0))
+    assert watch.overdue(now) == {}
+    assert watch.overdue(now + 0.6) == {"fast": 1}
+    assert watch.overdue(now + 3.1) == {"fast": 1, "slow": 1}
+    watch._on_beat("slow", Znode(beat_path("slow"), fence_marker("x"), 2, 7, 0, 0))
+    assert watch.overdue(now) == {"slow": None}
+
+
+def test_earliest_deadline_is_none_when_either_lease_is_gone() -> None:
+    """Owning needs both leases: the earlier deadline, or none when either has none."""
+    assert earliest(lambda: 5.0, lambda: 3.0)() == 3.0
+    assert earliest(lambda: 5.0, lambda: None)() is None
