@@ -396,6 +396,17 @@ class BeatWatch:
         if budget is not None:
             self.changed(overdue_after(budget))
 
+    def next_due(self, now: float) -> float | None:
+        """Seconds until the next node becomes overdue (None: no node is pending)."""
+        with self._lock:
+            seen = list(self._seen.values())
+        waits = [
+            s.at + overdue_after(s.budget) - now
+            for s in seen
+            if not s.fenced and s.budget is not None and s.at + overdue_after(s.budget) > now
+        ]
+        return min(waits) if waits else None
+
     def overdue(self, now: float) -> dict[str, int | None]:
         """Nodes with no beat for their budget: name -> version to fence (None: fenced already)."""
         with self._lock:

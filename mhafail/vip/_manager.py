@@ -437,7 +437,12 @@ class VipManager:
 
     def _fence_overdue(self, now: float) -> None:
         """Fence every node that holds claims and has not beaten for its budget (see _beat)."""
-        if self._beats is None or not self._owning_valid():
+        if self._beats is None:
+            return
+        # A node's silence is noticed by time, not by an event: wake then.
+        if (due := self._beats.next_due(now)) is not None:
+            self._kick_after(due + 0.001)
+        if not self._owning_valid():
             return
         for node, version in self._beats.overdue(now).items():
             if version is None:
