@@ -60,10 +60,15 @@ def harness(
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
-def mhafail_args(session: float, tick_ms: int = 150) -> list[str]:
-    """Harness flags: ``mhafail agent``, ``session`` s, on a ZooKeeper ticking ``tick_ms``."""
+def mhafail_args(session: float, tick_ms: int = 150, beat: float | None = None) -> list[str]:
+    """Harness flags: ``mhafail agent``, ``session`` s, on a ZooKeeper ticking ``tick_ms``.
+
+    With ``beat``, the agents detect a silent owner by its beats within
+    that budget (``--beat``) instead of by its session expiry.
+    """
+    node_cmd = AGENT % (session, tick_ms / 1000) + ("" if beat is None else f" --beat {beat}")
     return [
-        "--node-cmd", AGENT % (session, tick_ms / 1000), "--dcs", "cmd",
+        "--node-cmd", node_cmd, "--dcs", "cmd",
         "--dcs-cmd", ZK_CMD % tick_ms, "--dcs-url", "198.18.0.1:2181", "--dcs-wait", "3",
         "--home", "", "--settle", "3",
     ]  # fmt: skip
@@ -138,6 +143,11 @@ RUNS_TABLE = [
      [*mhafail_args(0.35, 50), "--pause-seconds", "2", "--partition-seconds", "2"]),
     ("mh3faults", "mhafail session 3 s", "custom", "pause,partition",
      [*mhafail_args(3), "--pause-seconds", "7", "--partition-seconds", "7"]),
+    ("mhbeat3", "mhafail beats 3 s (session 3 s)", "custom", "crash,graceful,pause,partition",
+     [*mhafail_args(3, beat=3.0), "--pause-seconds", "7", "--partition-seconds", "7"]),
+    ("mhbeat035", "mhafail beats 0.35 s (session 1 s, tick 50 ms)", "custom",
+     "crash,graceful,pause,partition",
+     [*mhafail_args(1, 50, beat=0.35), "--pause-seconds", "2", "--partition-seconds", "2"]),
 ]  # fmt: skip
 
 

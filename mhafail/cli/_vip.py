@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import socket
 import sys
@@ -72,6 +73,13 @@ def register(subparsers: Any) -> None:
     )
     agent.add_argument("--rebalance", help="immediate | never | after:SECONDS (default after:30)")
     agent.add_argument("--claim-step", type=float)
+    agent.add_argument(
+        "--beat",
+        type=float,
+        metavar="SECONDS",
+        help="detect a silent owner by its beats within this budget instead of by its "
+        "session expiry (docs/vip.md, Beats); off by default",
+    )
     agent.add_argument(
         "--lapse-holddown",
         type=float,
@@ -182,6 +190,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "kernel_lifetimes",
         "zk_tick",
         "lapse_holddown",
+        "beat",
     }
     unknown = set(cfg) - known
     if unknown:
@@ -197,6 +206,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "plumber",
         "zk_tick",
         "lapse_holddown",
+        "beat",
     ):
         value = getattr(args, key)
         if value is not None:
@@ -238,9 +248,11 @@ def _plumber(spec: str, node: str, vips: list[Any]) -> Any:
 def _agent(args: argparse.Namespace) -> int:
     from mhafail.coordination import Coordinator, Membership, NodeInfo
     from mhafail.vip import (
+        Beat,
         FenceProcess,
         RebalancePolicy,
         VipManager,
+        earliest,
         parse_topology,
         parse_vip,
     )
@@ -285,12 +297,18 @@ def _agent(args: argparse.Namespace) -> int:
     )
     membership = Membership(coordinator=coordinator, info=info, stop_timeout=0.5).start()
     use_fence = plumber_spec == "netlink" and s.get("fence", True)
+    beat = Beat(coordinator, s["node"], float(s["beat"])) if s.get("beat") is not None else None
+    # Addresses are owned while the session lease and the beat lease both run.
+    deadline = coordinator.lease_deadline
+    if beat is not None:
+        deadline = earliest(coordinator.lease_deadline, beat.deadline)
+    budget = min(coordinator.effective_timeout, beat.budget if beat else math.inf)
     try:
         fence = (
             FenceProcess(
-                coordinator.lease_deadline,
-                interval=min(0.1, coordinator.effective_timeout / 8),
-                stall_limit=max(0.5, min(2.0, coordinator.effective_timeout / 2)),
+                deadline,
+                interval=min(0.1, budget / 8),
+                stall_limit=max(0.5, min(2.0, budget / 2)),
                 lifetimes=bool(s.get("kernel_lifetimes", True)),
             )
             if use_fence
@@ -308,6 +326,7 @@ def _agent(args: argparse.Namespace) -> int:
         rebalance=policy,
         claim_step=float(s.get("claim_step", 0.25)),
         lapse_holddown=float(s.get("lapse_holddown", 30.0)),
+        beat=beat,
         fence=fence,
         validate_host=plumber_spec == "netlink",
         kernel_lifetimes=bool(s.get("kernel_lifetimes", True)),

@@ -69,6 +69,10 @@ _NODE_PERMS: dict[tuple[str, ...], int] = {
     ("vips", "*", "owner"): READ,
     ("vips", "*", "declared"): READ | CREATE | DELETE,
     ("vips", "*", "declared", "*"): READ,
+    # A node writes its own beat; WRITE on the others' lets a survivor fence
+    # a silent one (mhafail.vip._beat): no more than DELETE on their claims.
+    ("beats",): READ | CREATE | DELETE,
+    ("beats", "*"): READ | WRITE,
     ("config", "*", "applied"): READ | CREATE | DELETE,
     ("config", "*", "applied", "*"): READ | WRITE,
     # No DELETE: a node must not undo a claim (that would replay a command)
@@ -84,6 +88,7 @@ _NODE_PERMS: dict[tuple[str, ...], int] = {
 LAYOUT = (
     "members",
     "vips",
+    "beats",
     "targets",
     "drained",
     "managers",

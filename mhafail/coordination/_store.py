@@ -22,6 +22,7 @@ from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from mhafail.coordination._acl import AclPolicy
 from mhafail.coordination._dispatch import Dispatcher
 from mhafail.coordination._kazoo import translated
+from mhafail.coordination._tx import Check, Op, SetData
 from mhafail.errors import AccessDenied, InvalidArgument
 
 logger = logging.getLogger(__name__)
@@ -442,6 +443,36 @@ class Znodes:
             result[existing] = False
             rest = [(p, d) for p, d in rest if p != existing]
         return result
+
+    def transact(self, ops: Sequence[Op]) -> bool:
+        """Run ``ops`` as one ZooKeeper transaction: all of them or none.
+
+        Returns:
+            True when every operation happened; False when one found its
+            znode absent or at another version (then none happened).
+
+        Raises:
+            CoordinationUnavailable: ZooKeeper could not be asked (the
+                transaction may or may not have happened).
+            AccessDenied: the ACLs refuse one of them (none happened).
+        """
+        if not ops:
+            return True
+        with translated(f"transaction of {len(ops)}"):
+            tx = self._client.transaction()
+            for op in ops:
+                if isinstance(op, Check):
+                    tx.check(self._abs(op.path), op.version)
+                elif isinstance(op, SetData):
+                    tx.set_data(self._abs(op.path), op.data, version=op.version)
+                else:
+                    tx.delete(self._abs(op.path), version=op.version)
+            failure = _first_failure(tx.commit_async().get(timeout=self._timeout))
+            if failure is None:
+                return True
+            if isinstance(failure[1], (kex.NoNodeError, kex.BadVersionError)):
+                return False
+            raise failure[1]
 
     def delete_all(self, paths: Sequence[str]) -> int:
         """Delete the znodes of ``paths`` that exist, in as few transactions as possible.

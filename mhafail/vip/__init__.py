@@ -8,6 +8,8 @@ Wiring::
 See docs/vip.md for the safety rules, placement and operations.
 """
 
+from mhafail.vip._beat import Beat as Beat
+from mhafail.vip._beat import earliest as earliest
 from mhafail.vip._fence import FenceProcess as FenceProcess
 from mhafail.vip._manager import PassResult as PassResult
 from mhafail.vip._manager import VipManager as VipManager
@@ -38,6 +40,7 @@ from mhafail.vip._spec import validate_vips as validate_vips
 
 __all__ = [
     "Action",
+    "Beat",
     "Decision",
     "FenceProcess",
     "NetlinkPlumber",
@@ -54,6 +57,7 @@ __all__ = [
     "clear_move",
     "decide",
     "drain",
+    "earliest",
     "listen_socket",
     "move",
     "outbound_socket",

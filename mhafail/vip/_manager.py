@@ -38,6 +38,7 @@ from mhafail.coordination import (
     ConnectionState,
     ConvergeLoop,
     Coordinator,
+    Delete,
     Dispatcher,
     LeaseState,
     Membership,
@@ -46,6 +47,7 @@ from mhafail.coordination import (
 )
 from mhafail.errors import CoordinationError, InvalidVipSpec, PlumbingError, VipError
 from mhafail.vip._aside import Aside
+from mhafail.vip._beat import Beat, BeatWatch, earliest, fence
 from mhafail.vip._facts import (
     Facts,
     claim_of,
@@ -116,6 +118,9 @@ class VipManager:
         validate_host: check the VIPs against the host's own addresses.
         kernel_lifetimes: plumb with kernel lifetimes renewed from the lease.
         stop_timeout: the longest :meth:`stop` waits for ZooKeeper.
+        beat: this node's beat (``mhafail.vip._beat``): survivors then fence a
+            silent owner after the beat's budget instead of waiting for its
+            session to expire. Started and stopped with the manager.
         lapse_holddown: seconds a node stands aside (declares and claims
             nothing) after its lease lapsed while its session lived on
             (see ``mhafail.vip._aside``); 0 turns standing aside off.
@@ -138,6 +143,7 @@ class VipManager:
     kernel_lifetimes: bool = True
     stop_timeout: float = 3.0
     lapse_holddown: float = 30.0
+    beat: Beat | None = None
 
     _me: str = attrs.field(init=False, default="")
     _by_key: dict[str, Vip] = attrs.field(init=False, factory=dict)
@@ -165,6 +171,7 @@ class VipManager:
     _stopping: bool = attrs.field(init=False, default=False)
     _fence_failed: str | None = attrs.field(init=False, default=None)
     _standby: Standby | None = attrs.field(init=False, default=None)
+    _beats: BeatWatch | None = attrs.field(init=False, default=None)
     _aside: Aside = attrs.field(
         init=False, default=attrs.Factory(lambda self: Aside(self.lapse_holddown), takes_self=True)
     )
@@ -255,10 +262,10 @@ class VipManager:
         self.plumber.ensure_absent_many(list(self._by_key.values()))
         self._kernel = Kernel(
             self.plumber,
-            self.coordinator.lease_valid,
+            self._owning_valid,
             fence=self.fence,
             announce_schedule=self.announce_schedule,
-            lease_deadline=self.coordinator.lease_deadline if self.kernel_lifetimes else None,
+            lease_deadline=self._owning_deadline if self.kernel_lifetimes else None,
         )
         if self.fence is not None:
             self.fence.on_failure(self._on_fence_failure)
@@ -271,6 +278,11 @@ class VipManager:
             name=f"mhafail-vip-standby-{self._me}",
         )
         self.coordinator.add_lease_listener(self._on_lease)
+        if self.beat is not None:
+            self.beat.add_listener(self._on_lease)
+            self.beat.on_fenced(self._on_fenced)
+            self._beats = BeatWatch(self._me, self._kick_after)
+            self.beat.start()
         self.coordinator.add_state_listener(self._on_state)
         self.coordinator.add_session_listener(self._on_session)
         self.membership.add_listener(self._on_view)
@@ -317,6 +329,10 @@ class VipManager:
         if self._zk_usable():
             self._withdraw(end)
         self._kernel.stop()
+        if self._beats is not None:
+            self._beats.stop()
+        if self.beat is not None:
+            self.beat.stop()
         if self.fence is not None:
             self.fence.close()
         if self._events is not None:
@@ -388,6 +404,71 @@ class VipManager:
         if self._loop is not None:
             self._loop.kick()
 
+    def _owning_valid(self) -> bool:
+        """Both leases run: the session's, and the beat's when beats are on."""
+        return self.coordinator.lease_valid() and (self.beat is None or self.beat.valid())
+
+    def _owning_deadline(self) -> float | None:
+        if self.beat is None:
+            return self.coordinator.lease_deadline()
+        return earliest(self.coordinator.lease_deadline, self.beat.deadline)()
+
+    def _kick_after(self, seconds: float) -> None:
+        if self._loop is not None:
+            self._loop.kick_after(seconds)
+
+    def _on_fenced(self) -> None:
+        """A survivor fenced this node (the beat thread, before it beats again).
+
+        The fence deleted our claims: forget them before the beat lease can
+        be valid again, so nothing is plumbed on a stale cache.
+        """
+        assert self._kernel is not None
+        for vip in self._kernel.remove_all():
+            logger.warning("%s: fenced: removed %s", self._me, vip.key)
+            self._emit(self._release, vip)
+        mine = self._my_claims()
+        with self._lock:
+            for key in mine:
+                self._facts.know(key, None)
+            self._full_read_due = True
+        if self._loop is not None:
+            self._loop.kick()
+
+    def _fence_overdue(self, now: float) -> None:
+        """Fence every node that holds claims and has not beaten for its budget (see _beat)."""
+        if self._beats is None:
+            return
+        # A node's silence is noticed by time, not by an event: wake then.
+        if (due := self._beats.next_due(now)) is not None:
+            self._kick_after(due + 0.001)
+        if not self._owning_valid():
+            return
+        for node, version in self._beats.overdue(now).items():
+            if version is None:
+                continue  # fenced already
+            with self._lock:
+                owners = self._facts.owners.items()
+                keys = [k for k, c in owners if c is not None and c.node == node]
+            if not keys:
+                continue
+            paths = [owner_path(k) for k in keys]
+            if fence(self.coordinator.znodes, self._me, node, version, paths):
+                logger.warning(
+                    "%s: fenced %s at beat version %d (silent for its budget): %s",
+                    self._me,
+                    node,
+                    version,
+                    keys,
+                )
+                with self._lock:
+                    for key in keys:
+                        self._facts.drop(key)
+                self._step("silenced", now, len(keys))
+            else:
+                with self._lock:  # it beat again, or a claim went: look again
+                    self._facts.dirty_owners.update(keys)
+
     def _my_claims(self) -> list[str]:
         """The keys whose claim the cache says this session holds."""
         session = self.coordinator.session_id
@@ -428,7 +509,7 @@ class VipManager:
                 claims = self._facts.owners.values()
                 held = any(c is not None and c.session == session for c in claims)
                 self._aside.lapsed(session, held)
-        elif state is LeaseState.VALID:
+        elif state is LeaseState.VALID and self._owning_valid():
             with self._lock:
                 aside = self._aside.lease_back(session, time.monotonic())
             if aside:
@@ -480,7 +561,12 @@ class VipManager:
         mine = self._my_claims()
         # Our ephemerals while our session lives: nobody else's (see _handover).
         paths = [declared_path(k, self._me) for k in self._by_key]
-        self.coordinator.znodes.delete_all(paths + [owner_path(k) for k in mine])
+        z = self.coordinator.znodes
+        if self.beat is None:
+            z.delete_all(paths + [owner_path(k) for k in mine])
+        else:  # claims go with a beat (see _handover)
+            z.delete_all(paths)
+            self.beat.write_with(z, [Delete(owner_path(k), 0) for k in mine])
         with self._lock:
             for key in mine:
                 self._facts.know(key, None)
@@ -523,6 +609,8 @@ class VipManager:
         assert self._loop is not None
         kick = self._loop.kick
         self._watch_claims()
+        if self._beats is not None:
+            self._beats.start(z)
         for key in self._by_key:
 
             def on_target(node: Znode | None, key: str = key) -> None:
@@ -647,6 +735,8 @@ class VipManager:
         with self._lock:
             departed = self._departed
         live = frozenset(self.membership.view.names) - departed
+        if self._beats is not None:  # silent or fenced: out until it beats again
+            live -= frozenset(self._beats.overdue(time.monotonic()))
         with self._lock:
             vips: dict[str, Vip] = {}
             declared_by: dict[str, frozenset[str]] = {}
@@ -689,6 +779,8 @@ class VipManager:
             if not aside:
                 self._declare()  # the watches on declaration lists need them to exist
             self._watch_claims()
+            if self._beats is not None:
+                self._beats.start(self.coordinator.znodes)
         if not full:
             self._read_dirty()
             return [], []
@@ -713,6 +805,7 @@ class VipManager:
         self._stand_aside(now)
         full = self._full_read_due or now - self._last_full >= self.reconcile_interval
         readded, stray = self._refresh(full)
+        self._fence_overdue(now)
         read_at = time.monotonic()
         inp, contested = self._snapshot()
         stable_for = now - self._view_changed
@@ -821,7 +914,7 @@ class VipManager:
         session = self.coordinator.session_id
         if self._stopping or self._kernel is None or self._fence_failed is not None:
             return None
-        if session is None or not self.coordinator.lease_valid():
+        if session is None or not self._owning_valid():
             return None
         if self.fence is not None and not self.fence.healthy():
             return None
@@ -891,7 +984,7 @@ class VipManager:
     def _claim(self, vips: list[Vip]) -> list[Vip]:
         """Create the claims of ``vips`` (pipelined); return the ones this node now holds."""
         session = self.coordinator.session_id
-        if not vips or session is None or not self.coordinator.lease_valid():
+        if not vips or session is None or not self._owning_valid():
             return []
         if self.fence is not None and not self.fence.healthy():
             return []  # no VIP without a working fence
@@ -935,7 +1028,13 @@ class VipManager:
         with self._lock:
             cached = self._facts.owners.get(vip.key)
         z = self._bounded(end)
-        if cached is not None and cached.session == session:
+        if self.beat is not None:
+            # With beats a claim goes with a beat (see _beat): a survivor's
+            # fence prepared before it then fails instead of deleting a
+            # claim someone else made since.
+            if not self.beat.write_with(z, [Delete(owner_path(vip.key), 0)]):
+                logger.warning("%s: the claim of %s was not ours to delete", self._me, vip.key)
+        elif cached is not None and cached.session == session:
             # An ephemeral znode of our live session cannot belong to anyone
             # else while it exists, and claims are never rewritten (version 0):
             # one round trip instead of a read and a delete.

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fakecluster import cluster, network  # noqa: F401 - fixtures shared by the in-process tests
 from netlab import TIMEOUT, Lab
 
 from mhafail.testing import NetnsLab, ZooKeeperServer

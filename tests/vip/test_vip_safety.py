@@ -18,18 +18,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from netlab import V4, Lab, wait_for
+from netlab import V4, Lab, cut_from_zookeeper, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.zookeeper, pytest.mark.slow]
-
-ZK = "198.18.0.1"
-
-
-def cut_from_zookeeper(lab: Lab, name: str) -> Callable[[], None]:
-    """Blackhole ZooKeeper for ``name`` (clients still reach it); returns the undo."""
-    host = lab.lab[name]
-    host.run(["ip", "route", "add", "blackhole", f"{ZK}/32"])
-    return lambda: host.run(["ip", "route", "del", "blackhole", f"{ZK}/32"], check=False)
 
 
 def test_partitioned_owner_respects_the_negotiated_timeout(lab_factory: Callable[..., Lab]) -> None:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mhafail.testing import EventProcess, Host, NetnsLab, ZooKeeperServer
@@ -26,6 +27,7 @@ V4 = "198.18.0.200"
 V6 = "2001:db8::200"
 PORT = 2525
 TIMEOUT = 1.0  # session timeout (s)
+ZK = "198.18.0.1"  # the ZooKeeper on the bridge
 HELPERS = Path(__file__).parent
 
 
@@ -150,3 +152,10 @@ class Lab:
         """Stop the monitor and the observer."""
         self.observer.close()
         self.monitor.close()
+
+
+def cut_from_zookeeper(lab: Lab, name: str) -> Callable[[], None]:
+    """Blackhole ZooKeeper for ``name`` (clients still reach it); returns the undo."""
+    host = lab.lab[name]
+    host.run(["ip", "route", "add", "blackhole", f"{ZK}/32"])
+    return lambda: host.run(["ip", "route", "del", "blackhole", f"{ZK}/32"], check=False)

@@ -1,0 +1,475 @@
+"""Beats: a failure detector for DuraVIP that need not wait for ZooKeeper's session expiry.
+
+Without beats, survivors take a crashed owner's VIPs when ZooKeeper expires
+its session: ``T`` after its last request, and its requests are frequent, so
+about ``T`` after the crash. With beats (``VipManager(beat=Beat(...))``) a
+node proves it is alive by rewriting its beat znode ``beats/<node>`` every
+``budget / per_budget`` seconds, each write conditional on the version it
+wrote last. Its *beat lease* runs ``budget - margin`` from the send time of
+its latest answered write; its addresses are valid only while both its
+session lease and its beat lease are (the kernel, the announcements, the
+kernel lifetimes and the fence process all use the earlier deadline).
+
+A survivor that has seen no new version of ``beats/<n>`` for
+``budget x (1 + DRIFT) + SLACK`` since it saw the last one (``n``'s budget,
+read from its beat) *fences* ``n`` in one transaction: check that the beat
+is still at the version it saw, overwrite it with a fence marker (which
+bumps its version), and delete ``n``'s claims. Each VIP's planned successor
+claims it on the deletion notice, as after an expiry. Until ``n`` beats
+again, every survivor leaves it out of placement.
+
+Why that keeps one owner per VIP (safety rule 1 still holds, beats only add
+a second lease the owner must hold):
+
+* The survivor saw version ``v`` after ``n`` wrote it, so after ``n`` sent
+  it. ``n``'s lease from ``v`` ends ``budget - margin`` after the send on
+  ``n``'s clock; the survivor acts ``budget x (1 + DRIFT) + SLACK`` after a
+  later instant on its own clock: the lease is over (clock rates differ by
+  less than ``DRIFT``).
+* The check fails if ``n`` wrote any later beat (its lease may be newer);
+  the survivor then waits for that one to run out.
+* A later beat of ``n`` still in flight meets the bumped version and fails,
+  so ``n``'s lease never extends past the fence. That failure is how ``n``
+  learns it was fenced: it forgets every claim it cached and removes its
+  addresses before it beats again.
+* ``n`` deletes its own claims (handover, standing aside) in a transaction
+  that also rewrites its beat, so a survivor whose cache still shows such a
+  claim as ``n``'s cannot delete the claim another node made since: its
+  check fails.
+* ``n``'s beat is ephemeral: the end of its session deletes it with its
+  claims, and a fence prepared against it fails.
+
+A node without a beat (beats off, or an older version) is never fenced:
+its session expiry is its detector, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from mhafail._json import decode_object
+from mhafail.coordination import (
+    Coordinator,
+    Delete,
+    LeaseState,
+    Op,
+    SetData,
+    Watch,
+    Znode,
+    Znodes,
+    default_margin,
+)
+from mhafail.errors import CoordinationError, InvalidArgument, InvalidVipSpec
+
+logger = logging.getLogger(__name__)
+
+BEATS = "beats"
+DRIFT = 0.001
+"""The largest difference of clock rates between two nodes (1000 ppm; NTP keeps it far lower)."""
+SLACK = 0.02
+"""Seconds a survivor adds to every wait, for the read that told it of a beat."""
+MIN_BUDGET = 0.1
+MAX_BUDGET = 600.0
+
+
+def beat_path(node: str | None = None) -> str:
+    """The beats folder, or one node's beat znode."""
+    return BEATS if node is None else f"{BEATS}/{node}"
+
+
+def overdue_after(budget: float) -> float:
+    """Seconds of silence after which a survivor may fence a node of ``budget``."""
+    return budget * (1 + DRIFT) + SLACK
+
+
+@attrs.define(eq=False)
+class Beat:
+    """This node's beat and its beat lease (the owner's side).
+
+    Attributes:
+        coordinator: a started coordinator.
+        node: this node's name.
+        budget: the detection budget in seconds: survivors fence this node
+            once they have seen no beat of it for this long (plus drift).
+        per_budget: beats written per budget (2: one late write is tolerated;
+            ZooKeeper loses no write, it only delays one).
+        margin: seconds the lease ends before the budget (default:
+            :func:`mhafail.coordination.default_margin` of the budget); it
+            covers the fence process and the kernel acting on the deadline.
+    """
+
+    coordinator: Coordinator
+    node: str
+    budget: float
+    per_budget: int = 2
+    margin: float | None = None
+
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _write: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _version: int | None = attrs.field(init=False, default=None)
+    _proof: float | None = attrs.field(init=False, default=None)
+    _announced: LeaseState = attrs.field(init=False, default=LeaseState.EXPIRED)
+    _listeners: list[Callable[[LeaseState], None]] = attrs.field(init=False, factory=list)
+    _fenced: list[Callable[[], None]] = attrs.field(init=False, factory=list)
+    _stop: threading.Event = attrs.field(init=False, factory=threading.Event)
+    _thread: threading.Thread | None = attrs.field(init=False, default=None)
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two beats."""
+        return self.budget / self.per_budget
+
+    @property
+    def lease_margin(self) -> float:
+        """The margin in force."""
+        return default_margin(self.budget) if self.margin is None else self.margin
+
+    def add_listener(self, listener: Callable[[LeaseState], None]) -> None:
+        """Call ``listener(LeaseState)`` when the beat lease expires or is valid again."""
+        self._listeners.append(listener)
+
+    def on_fenced(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` when a survivor fenced this node (before it beats again)."""
+        self._fenced.append(listener)
+
+    def start(self) -> Beat:
+        """Validate and start beating (a thread).
+
+        Raises:
+            InvalidVipSpec: the budget, beats per budget or margin are refused.
+        """
+        if not MIN_BUDGET <= self.budget <= MAX_BUDGET or not math.isfinite(self.budget):
+            raise InvalidVipSpec(
+                f"beat budget must be {MIN_BUDGET} to {MAX_BUDGET} s, not {self.budget}"
+            )
+        if not 2 <= self.per_budget <= 10:
+            raise InvalidVipSpec(f"beats per budget must be 2 to 10, not {self.per_budget}")
+        if not 0 <= self.lease_margin < self.budget / 2:
+            raise InvalidVipSpec(f"beat margin must be 0 to half the budget, not {self.margin}")
+        self._thread = threading.Thread(target=self._run, name=f"mhafail-beat-{self.node}")
+        self._thread.daemon = True
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop beating and delete the beat (bounded by ``timeout``; else it goes with
+        the session). Survivors then neither wait for it nor fence it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._set_proof(None)
+        with self._write:
+            version, self._version = self._version, None
+        if version is not None:
+            z = self.coordinator.znodes.bounded(timeout)
+            with contextlib.suppress(CoordinationError):  # else its session's end deletes it
+                z.delete(beat_path(self.node), version=version)
+
+    def deadline(self) -> float | None:
+        """Monotonic time the beat lease runs out, or None before any beat."""
+        with self._lock:
+            if self._proof is None:
+                return None
+            return self._proof + self.budget - self.lease_margin
+
+    def valid(self) -> bool:
+        """True while the beat lease runs."""
+        deadline = self.deadline()
+        return deadline is not None and time.monotonic() < deadline
+
+    def write_with(self, znodes: Znodes, ops: Sequence[Op]) -> bool:
+        """Run ``ops`` together with a beat, in one transaction (the owner's claim deletions).
+
+        Returns:
+            True when done. False when this node's beat was fenced (or is
+            not written yet): nothing happened, and the fence is handled.
+        """
+        with self._write:
+            version = self._version
+            if version is None:
+                return False
+            sent = time.monotonic()
+            done = znodes.transact([*ops, SetData(beat_path(self.node), self._data(), version)])
+            if done:
+                self._wrote(version + 1, sent)
+                return True
+            # Failed on our beat (fenced), or on one of ``ops`` (a claim gone already)?
+            found = znodes.get(beat_path(self.node))
+            moved = found is None or found.version != version
+            if moved and not self._adopt_own(znodes):
+                self._was_fenced()
+            return False
+
+    # --- the beat thread ---------------------------------------------------------
+
+    def _data(self) -> bytes:
+        return json.dumps({"node": self.node, "budget": self.budget}).encode()
+
+    def _run(self) -> None:
+        next_beat = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + self.interval
+                # Bounded by the lease: a write that hangs (ZooKeeper cut off)
+                # must not keep this thread from announcing the expiry.
+                deadline = self.deadline()
+                limit = self.interval if deadline is None else min(self.interval, deadline - now)
+                try:
+                    self._beat_once(max(0.01, limit))
+                except CoordinationError as exc:
+                    logger.warning("%s: beat failed: %s", self.node, exc)
+            deadline = self.deadline()
+            if deadline is not None and time.monotonic() >= deadline:
+                self._set_proof(None)  # announces EXPIRED
+                deadline = None
+            waits = [next_beat - time.monotonic()]
+            if deadline is not None:
+                waits.append(deadline - time.monotonic())
+            self._stop.wait(max(0.0, min(waits)))
+
+    def _beat_once(self, limit: float) -> None:
+        z = self.coordinator.znodes.bounded(limit)
+        if not self._write.acquire(timeout=limit):
+            return  # a claim deletion is writing the beat right now
+        try:
+            if self._version is None and not self._establish(z):
+                return
+            assert self._version is not None
+            sent = time.monotonic()
+            node = z.set(beat_path(self.node), self._data(), version=self._version)
+            if node is not None:
+                self._wrote(node.version, sent)
+            elif not self._adopt_own(z):
+                self._was_fenced()
+        finally:
+            self._write.release()
+
+    def _adopt_own(self, z: Znodes) -> bool:
+        """After a failed write: True when the beat is still ours (an earlier write that
+        timed out was carried out later); its version is taken, without a proof."""
+        found = z.get(beat_path(self.node))
+        if (
+            found is None
+            or found.ephemeral_owner != self.coordinator.session_id
+            or beat_budget(found.data, self.node) is None
+        ):
+            return False
+        self._version = found.version
+        return True
+
+    def _establish(self, z: Znodes) -> bool:
+        """Find or create this session's beat znode (write lock held); True when ready."""
+        session = self.coordinator.session_id
+        if session is None:
+            return False
+        path = beat_path(self.node)
+        found = z.get(path)
+        if found is not None and found.ephemeral_owner != session:
+            # Ours by name, from an old session that has not ended yet.
+            z.delete(path, version=found.version)
+            found = None
+        if found is None:
+            if z.create(path, self._data(), ephemeral=True, makepath=True) is None:
+                return False  # someone was faster: look again next time
+            found = z.get(path)
+            if found is None or found.ephemeral_owner != session:
+                return False
+        self._version = found.version
+        return True
+
+    def _wrote(self, version: int, sent: float) -> None:
+        self._version = version
+        self._set_proof(sent)
+
+    def _was_fenced(self) -> None:
+        """A write met another version, or no beat: fenced (or the session changed)."""
+        self._version = None
+        self._set_proof(None)
+        logger.warning("%s: the beat was fenced (or its session ended): claims are gone", self.node)
+        for listener in list(self._fenced):
+            try:
+                listener()
+            except Exception:
+                logger.exception("beat fenced listener failed")
+
+    def _set_proof(self, sent: float | None) -> None:
+        with self._lock:
+            if sent is not None and self._proof is not None and sent <= self._proof:
+                return
+            self._proof = sent
+            state = LeaseState.VALID if sent is not None else LeaseState.EXPIRED
+            if state is self._announced:
+                return
+            self._announced = state
+        for listener in list(self._listeners):
+            try:
+                listener(state)
+            except Exception:
+                logger.exception("beat lease listener failed")
+
+
+@attrs.frozen
+class Seen:
+    """One node's beat as a survivor last saw it change.
+
+    Attributes:
+        version: the beat's version.
+        at: monotonic time it was seen (after the write: later is safer).
+        budget: the node's budget; None when the beat is unreadable (the
+            node is then never fenced, as a node without a beat).
+        fenced: the beat holds a fence marker: the node is fenced until it
+            beats again.
+    """
+
+    version: int
+    at: float
+    budget: float | None
+    fenced: bool = False
+
+
+@attrs.define(eq=False)
+class BeatWatch:
+    """What this node has seen of the other nodes' beats (the survivors' side).
+
+    Attributes:
+        me: this node's name (its own beat is not watched).
+        changed: called with the seconds after which some node may be
+            overdue (the caller kicks its loop then).
+    """
+
+    me: str
+    changed: Callable[[float], None]
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _seen: dict[str, Seen] = attrs.field(init=False, factory=dict)
+    _watches: dict[str, Watch] = attrs.field(init=False, factory=dict)
+    _list: Watch | None = attrs.field(init=False, default=None)
+
+    def start(self, znodes: Znodes) -> None:
+        """Watch ``beats/`` and every other node's beat (again after a new session)."""
+        self.stop()
+        znodes.ensure(BEATS)
+        self._list = znodes.watch_children(BEATS, lambda names: self._on_list(znodes, names))
+
+    def stop(self) -> None:
+        """Cancel every watch."""
+        with self._lock:
+            watches = [*self._watches.values(), *([self._list] if self._list else [])]
+            self._watches.clear()
+            self._list = None
+        for watch in watches:
+            watch.cancel()
+
+    def _on_list(self, znodes: Znodes, names: list[str]) -> None:
+        with self._lock:
+            gone = [n for n in self._watches if n not in names]
+            new = [n for n in names if n != self.me and n not in self._watches]
+            for name in gone:
+                self._watches.pop(name).cancel()
+                self._seen.pop(name, None)
+        for name in new:
+            watch = znodes.watch_data(beat_path(name), functools.partial(self._on_beat, name))
+            with self._lock:
+                self._watches[name] = watch
+
+    def _on_beat(self, node: str, znode: Znode | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if znode is None:
+                self._seen.pop(node, None)
+                return
+            old = self._seen.get(node)
+            if old is not None and old.version == znode.version:
+                return  # seen already: keep the earlier time (a re-armed watch)
+            budget = beat_budget(znode.data, node)
+            fenced = budget is None and is_fence_marker(znode.data)
+            self._seen[node] = Seen(znode.version, now, budget, fenced)
+        if budget is not None:
+            self.changed(overdue_after(budget))
+
+    def next_due(self, now: float) -> float | None:
+        """Seconds until the next node becomes overdue (None: no node is pending)."""
+        with self._lock:
+            seen = list(self._seen.values())
+        waits = [
+            s.at + overdue_after(s.budget) - now
+            for s in seen
+            if not s.fenced and s.budget is not None and s.at + overdue_after(s.budget) > now
+        ]
+        return min(waits) if waits else None
+
+    def overdue(self, now: float) -> dict[str, int | None]:
+        """Nodes with no beat for their budget: name -> version to fence (None: fenced already)."""
+        with self._lock:
+            seen = dict(self._seen)
+        out: dict[str, int | None] = {}
+        for node, s in seen.items():
+            if s.fenced:
+                out[node] = None
+            elif s.budget is not None and now - s.at >= overdue_after(s.budget):
+                out[node] = s.version
+        return out
+
+
+def beat_budget(data: bytes, node: str) -> float | None:
+    """The budget a node's beat declares, or None (a fence marker, or malformed)."""
+    try:
+        raw = decode_object(data, what="beat", max_bytes=512)
+    except InvalidArgument:
+        return None
+    budget = raw.get("budget")
+    if raw.get("node") != node or isinstance(budget, bool) or not isinstance(budget, int | float):
+        return None
+    value = float(budget)
+    return value if MIN_BUDGET <= value <= MAX_BUDGET else None
+
+
+def fence_marker(by: str) -> bytes:
+    """What a survivor writes into a beat it fences."""
+    return json.dumps({"fenced_by": by, "time": time.time()}).encode()
+
+
+def is_fence_marker(data: bytes) -> bool:
+    """Whether a beat holds a fence marker (written by :func:`fence_marker`)."""
+    try:
+        raw = decode_object(data, what="beat", max_bytes=512)
+    except InvalidArgument:
+        return False
+    return isinstance(raw.get("fenced_by"), str)
+
+
+def fence(znodes: Znodes, me: str, node: str, version: int, claims: Sequence[str]) -> bool:
+    """Fence ``node``: bump its beat from ``version`` and delete its ``claims``, all at once.
+
+    Returns:
+        True when done; False when its beat changed (it beat again, or its
+        session ended) or a claim was gone: nothing happened then.
+    """
+    ops: list[Op] = [SetData(beat_path(node), fence_marker(me), version)]
+    ops += [Delete(path, 0) for path in claims]  # claims are never rewritten: version 0
+    return znodes.transact(ops)
+
+
+def earliest(*deadlines: Callable[[], float | None]) -> Callable[[], float | None]:
+    """A deadline function giving the earliest of ``deadlines`` (None if any is None).
+
+    For the fence process and the kernel: a node owns its VIPs while both
+    its session lease and its beat lease run.
+    """
+
+    def deadline() -> float | None:
+        values = [d() for d in deadlines]
+        if any(v is None for v in values):
+            return None
+        return min(v for v in values if v is not None)
+
+    return deadline

@@ -1,0 +1,182 @@
+"""Beats: survivors fence a silent owner after its budget, long before its session expires."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fakecluster import A, Node, holder, wait_for
+from zk_attack import NODE, OPERATOR, refused
+
+from mhafail.coordination import Coordinator, Delete, LeaseState, Znode
+from mhafail.errors import InvalidVipSpec
+from mhafail.testing import FakeNetwork, ZooKeeperServer
+from mhafail.vip import Beat
+from mhafail.vip._beat import BeatWatch, beat_path, earliest, fence, fence_marker
+from mhafail.vip._paths import owner_path
+
+pytestmark = pytest.mark.zookeeper
+
+SESSION = 2.0  # the test server's largest (20 ticks of 100 ms)
+BUDGET = 0.6
+
+
+def owner_and_survivors(
+    cluster: Callable[..., Node], network: FakeNetwork, names: tuple[str, ...] = ("n1", "n2", "n3")
+) -> tuple[dict[str, Node], str]:
+    nodes = {n: cluster(n, session_timeout=SESSION, beat_budget=BUDGET) for n in names}
+    wait_for(lambda: holder(network, A) is not None)
+    old = holder(network, A)
+    assert old is not None
+    return nodes, old
+
+
+def test_a_cut_off_owner_is_fenced_after_its_budget_not_its_session(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """Cut from ZooKeeper, the owner drops the VIP at its beat deadline; a survivor fences it
+    and takes the VIP while the old owner's session still lives (it keeps it after)."""
+    nodes, old = owner_and_survivors(cluster, network)
+    session = nodes[old].coordinator.session_id
+    fenced: list[str] = []
+
+    def note(name: str) -> Callable[[str, float, int], None]:
+        return lambda step, _at, _n: fenced.append(name) if step == "silenced" else None
+
+    for name, node in nodes.items():
+        node.manager.on_step(note(name))
+    nodes[old].proxy.cut()
+    wait_for(lambda: holder(network, A) not in (None, old), SESSION)
+    assert len(fenced) == 1 and fenced[0] != old, fenced
+    spans = sorted(network.spans(A))
+    old_end = max(end for start, end, h in spans if h == old)
+    new_start = min(start for start, end, h in spans if h != old and end >= old_end)
+    assert old_end <= new_start  # the old owner let go first
+    # Back before its session expired: it learns it was fenced, and one owner remains.
+    nodes[old].proxy.restore()
+    beat = nodes[old].manager.beat
+    assert beat is not None
+    wait_for(beat.valid, SESSION)
+    assert nodes[old].coordinator.session_id == session
+    time.sleep(2 * BUDGET)
+    assert network.max_holders(A) == 1
+    assert len(network.holders(A)) == 1
+
+
+def test_a_survivor_whose_cache_is_stale_cannot_delete_a_newer_claim(
+    zookeeper: ZooKeeperServer, zk_cluster: str
+) -> None:
+    """Attack by timing: n let go of a claim (with a beat) and c claimed it; a fence prepared
+    against n's older beat fails and deletes nothing."""
+    with (
+        Coordinator(hosts=zookeeper.address, cluster=zk_cluster, open_acl=True) as cn,
+        Coordinator(hosts=zookeeper.address, cluster=zk_cluster, open_acl=True) as cc,
+    ):
+        beat = Beat(cn, "n", 5.0).start()
+        try:
+            wait_for(beat.valid, 5)
+            seen = cn.znodes.get(beat_path("n"))
+            assert seen is not None
+            cn.znodes.create(owner_path(A), b"{}", ephemeral=True, makepath=True)
+            assert beat.write_with(cn.znodes, [Delete(owner_path(A), 0)])  # n lets go
+            cc.znodes.create(owner_path(A), b"{}", ephemeral=True)  # c claims
+            assert not fence(cc.znodes, "c", "n", seen.version, [owner_path(A)])
+            claim = cc.znodes.get(owner_path(A))
+            assert claim is not None and claim.ephemeral_owner == cc.session_id
+        finally:
+            beat.stop()
+
+
+def test_a_fenced_beat_loses_its_lease_and_says_so(
+    zookeeper: ZooKeeperServer, zk_cluster: str
+) -> None:
+    """A fence bumps the beat: the owner's next beat fails, it hears 'fenced' before its lease
+    is valid again, and it beats again on the fenced version."""
+    with (
+        Coordinator(hosts=zookeeper.address, cluster=zk_cluster, open_acl=True) as cn,
+        Coordinator(hosts=zookeeper.address, cluster=zk_cluster, open_acl=True) as cs,
+    ):
+        beat = Beat(cn, "n", 0.4)
+        events: list[str] = []
+        beat.on_fenced(lambda: events.append("fenced"))
+        beat.add_listener(lambda state: events.append(state.value))
+        beat.start()
+        try:
+            wait_for(beat.valid, 5)
+            seen = cs.znodes.get(beat_path("n"))
+            assert seen is not None
+            if fence(cs.znodes, "s", "n", seen.version, []):
+                wait_for(lambda: "fenced" in events, 5)
+                wait_for(beat.valid, 5)
+                fenced_at = events.index("fenced")
+                assert LeaseState.VALID.value in events[fenced_at:]
+            else:  # it beat in between: the fence was refused, which is the other half
+                assert cs.znodes.get(beat_path("n")).version != seen.version  # type: ignore[union-attr]
+        finally:
+            beat.stop()
+
+
+@pytest.mark.parametrize(
+    ("budget", "per_budget", "match"),
+    [
+        (0.01, 2, "budget"),
+        (float("nan"), 2, "budget"),
+        (1.0, 1, "per budget"),
+        (1.0, 11, "per budget"),
+    ],
+)
+def test_bad_beat_settings_are_refused(
+    zookeeper: ZooKeeperServer, zk_cluster: str, budget: float, per_budget: int, match: str
+) -> None:
+    """A budget out of range or too few or many beats per budget is refused at start."""
+    with Coordinator(hosts=zookeeper.address, cluster=zk_cluster, open_acl=True) as c:
+        with pytest.raises(InvalidVipSpec, match=match):
+            Beat(c, "n", budget, per_budget=per_budget).start()
+        assert c.znodes.get(beat_path("n")) is None
+
+
+def test_with_acls_nodes_beat_and_fence_and_strangers_cannot(
+    coordinator_factory: Callable[..., Coordinator], zk_cluster: str, raw: Callable[..., Any]
+) -> None:
+    """Under the cluster's ACLs a node beats in beats/ (made by init) and another node may
+    fence it; a client without credentials can neither read nor overwrite a beat."""
+    coordinator_factory(credentials=OPERATOR)  # initialises the cluster, beats/ included
+    n, s = coordinator_factory(credentials=NODE), coordinator_factory(credentials=NODE)
+    beat = Beat(n, "n", 1.0).start()
+    try:
+        wait_for(beat.valid, 5)
+        seen = s.znodes.get(beat_path("n"))
+        assert seen is not None
+        stranger = raw()
+        path = f"/mhafail/{zk_cluster}/{beat_path('n')}"
+        assert refused(lambda: stranger.get(path))
+        assert refused(lambda: stranger.set(path, b'{"fenced_by": "evil"}'))
+        fenced = fence(s.znodes, "s", "n", seen.version, [])
+        assert fenced or s.znodes.get(beat_path("n")).version != seen.version  # type: ignore[union-attr]
+    finally:
+        beat.stop()
+
+
+def test_overdue_follows_each_nodes_own_budget_and_fence_markers() -> None:
+    """A node is overdue after its own budget (plus drift) without a new version; a fence
+    marker makes it out at once; an unreadable beat is never fenced (as no beat at all)."""
+    watch = BeatWatch("me", lambda _s: None)
+    now = time.monotonic()
+    for name, budget in (("slow", 3.0), ("fast", 0.5)):
+        data = json.dumps({"node": name, "budget": budget}).encode()
+        watch._on_beat(name, Znode(beat_path(name), data, 1, 7, 0, 0))
+    watch._on_beat("odd", Znode(beat_path("odd"), b"not json", 1, 7, 0, 0))
+    assert watch.overdue(now) == {}
+    assert watch.overdue(now + 0.6) == {"fast": 1}
+    assert watch.overdue(now + 3.1) == {"fast": 1, "slow": 1}
+    watch._on_beat("slow", Znode(beat_path("slow"), fence_marker("x"), 2, 7, 0, 0))
+    assert watch.overdue(now) == {"slow": None}
+
+
+def test_earliest_deadline_is_none_when_either_lease_is_gone() -> None:
+    """Owning needs both leases: the earlier deadline, or none when either has none."""
+    assert earliest(lambda: 5.0, lambda: 3.0)() == 3.0
+    assert earliest(lambda: 5.0, lambda: None)() is None
