@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fakecluster import A, Node, holder, wait_for
+from fakecluster import A, Node, elected, holder, wait_for
 from zk_attack import NODE, OPERATOR, refused
 
 from mhafail.coordination import Coordinator, Delete, LeaseState, Znode
@@ -24,22 +24,12 @@ SESSION = 2.0  # the test server's largest (20 ticks of 100 ms)
 BUDGET = 0.6
 
 
-def owner_and_survivors(
-    cluster: Callable[..., Node], network: FakeNetwork, names: tuple[str, ...] = ("n1", "n2", "n3")
-) -> tuple[dict[str, Node], str]:
-    nodes = {n: cluster(n, session_timeout=SESSION, beat_budget=BUDGET) for n in names}
-    wait_for(lambda: holder(network, A) is not None)
-    old = holder(network, A)
-    assert old is not None
-    return nodes, old
-
-
 def test_a_cut_off_owner_is_fenced_after_its_budget_not_its_session(
     cluster: Callable[..., Node], network: FakeNetwork
 ) -> None:
     """Cut from ZooKeeper, the owner drops the VIP at its beat deadline; a survivor fences it
     and takes the VIP while the old owner's session still lives (it keeps it after)."""
-    nodes, old = owner_and_survivors(cluster, network)
+    nodes, old = elected(cluster, network, session_timeout=SESSION, beat_budget=BUDGET)
     session = nodes[old].coordinator.session_id
     fenced: list[str] = []
 

@@ -5,7 +5,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from fakecluster import A, B, Node, holder, wait_for
+from fakecluster import A, B, Node, elected, holder, wait_for
 
 from mhafail.coordination import LeaseState
 from mhafail.errors import InvalidVipSpec
@@ -33,10 +33,7 @@ def test_cut_off_owner_drops_the_vip_before_a_survivor_takes_it(
     cluster: Callable[..., Node], network: FakeNetwork
 ) -> None:
     """An owner cut off from ZooKeeper removes its VIP before anyone else adds it."""
-    nodes = {n: cluster(n) for n in ("n1", "n2", "n3")}
-    wait_for(lambda: holder(network, A) is not None)
-    old = holder(network, A)
-    assert old is not None
+    nodes, old = elected(cluster, network)
     nodes[old].proxy.cut()
     wait_for(lambda: holder(network, A) not in (None, old))
     assert network.max_holders(A) == 1
@@ -278,10 +275,7 @@ def test_planned_successor_claims_on_the_release_notice(
     cluster: Callable[..., Node], network: FakeNetwork
 ) -> None:
     """A graceful stop is taken over by the planned successor straight from the deletion notice."""
-    nodes = {n: cluster(n) for n in ("n1", "n2", "n3")}
-    wait_for(lambda: holder(network, A) is not None)
-    old = holder(network, A)
-    assert old is not None
+    nodes, old = elected(cluster, network)
     steps: dict[str, list[tuple[float, str]]] = {n: [] for n in nodes}
     for name, node in nodes.items():
         node.manager.on_step(lambda step, at, _n, name=name: steps[name].append((at, step)))

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import attrs
 import pytest
+from fakecluster import wait_for
 
 from mhafail.coordination import Coordinator, Membership, NodeInfo
 from mhafail.testing import FakeNetwork, FakePlumber
@@ -63,14 +64,6 @@ def make_node(
     yield make
     for node in made:
         node.crash()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 def holder(network: FakeNetwork) -> str | None:

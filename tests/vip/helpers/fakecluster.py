@@ -103,3 +103,17 @@ def holder(network: FakeNetwork, address: str) -> str | None:
     holders = network.holders(address)
     assert len(holders) <= 1, f"two owners of {address}: {holders}"
     return next(iter(holders), None)
+
+
+def elected(
+    cluster: Callable[..., Node],
+    network: FakeNetwork,
+    names: tuple[str, ...] = ("n1", "n2", "n3"),
+    **kw: object,
+) -> tuple[dict[str, Node], str]:
+    """Start ``names`` (with ``kw``) declaring A; return them and the node elected its owner."""
+    nodes = {n: cluster(n, **kw) for n in names}
+    wait_for(lambda: holder(network, A) is not None)
+    old = holder(network, A)
+    assert old is not None
+    return nodes, old
