@@ -77,7 +77,7 @@ def bench(session: nox.Session) -> None:
 def soak(session: nox.Session) -> None:
     """Run the nemesis for a while (root, ZooKeeper): ``nox -s soak -- --minutes 10 --seed 1``.
 
-    Other options: ``--faults all`` (default: the kinds the CI round uses),
+    Other options: ``--faults all`` (default: the kinds the CI round uses), ``--beat SECONDS``,
     ``--json PATH``, ``--keep DIR`` (agent and ZooKeeper logs). Exits 1 on a finding.
     """
     session.install(".[test]")

@@ -162,8 +162,10 @@ def test_observer_flags_two_macs_answering_one_probe(
 
 @pytest.mark.zookeeper
 @pytest.mark.slow
-def test_fixed_seed_nemesis_round_keeps_one_owner() -> None:
-    """A seeded round of faults on real agents: no overlap, no two MACs, every VIP settles."""
+@pytest.mark.parametrize("beat", [None, 0.8], ids=["sessions", "beats"])
+def test_fixed_seed_nemesis_round_keeps_one_owner(beat: float | None) -> None:
+    """A seeded round of faults on real agents, detecting by session expiry or by beats:
+    no overlap, no two MACs, every VIP settles."""
     seed = int(os.environ.get("MHAFAIL_NEMESIS_SEED", "10"))
     # The default mix leaves out pause-both: a host frozen as a whole may thaw
     # in the middle of the fence's lifetime renewal, which re-creates the
@@ -171,7 +173,8 @@ def test_fixed_seed_nemesis_round_keeps_one_owner() -> None:
     kinds = parse_kinds(os.environ.get("MHAFAIL_NEMESIS_FAULTS") or ",".join(SAFE_KINDS))
     seconds = float(os.environ.get("MHAFAIL_NEMESIS_SECONDS", "40"))
     # 2 s sessions: every fault kind of the mix must keep one owner.
-    with NemesisLab(session_timeout=2.0) as lab:
+    agent_args = () if beat is None else ("--beat", str(beat))
+    with NemesisLab(session_timeout=2.0, agent_args=agent_args) as lab:
         nemesis = lab.nemesis(settle_timeout=10.0)
         try:
             report = nemesis.run(lab.schedule(seed, kinds), seconds=seconds, seed=seed, kinds=kinds)

@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated kinds or 'all' (known: {', '.join(ALL_KINDS)})",
     )
     parser.add_argument("--session-timeout", type=float, default=1.0)
+    parser.add_argument(
+        "--beat", type=float, metavar="SECONDS", help="agents run with beats of this budget"
+    )
     parser.add_argument("--zk-servers", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     parser.add_argument("--keep", type=Path, help="keep agent and ZooKeeper logs in this directory")
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         lab = NemesisLab(
             session_timeout=args.session_timeout,
             zk_servers=args.zk_servers,
+            agent_args=() if args.beat is None else ("--beat", str(args.beat)),
             workdir=args.keep,
             keep=args.keep is not None,
         )
