@@ -717,13 +717,23 @@ class VipManager:
         inp, contested = self._snapshot()
         stable_for = now - self._view_changed
         rankings = rank(inp)
+        # No rebalancing while claims are vanishing (a takeover): the standby's
+        # wins come before the member list says their owner died, and a pass
+        # that still counted it as live (a third each, not half) shed them
+        # again: moves between the survivors in the middle of the takeover.
+        with self._lock:
+            last_gone = max(self._facts.vanished.values(), default=now - self.claim_step)
+        settled_at = last_gone + self.claim_step
         decisions = decide(
             self._me,
             inp,
             rankings,
-            rebalance_allowed=self.rebalance.allows(stable_for),
+            rebalance_allowed=self.rebalance.allows(stable_for) and now >= settled_at,
             claim_step=self.claim_step,
         )
+        if now < settled_at:
+            assert self._loop is not None
+            self._loop.kick_after(settled_at - now)
         wait = self.rebalance.wait_left(stable_for)
         if wait is not None and any(r and r[0] != inp.owners.get(a) for a, r in rankings.items()):
             assert self._loop is not None
