@@ -19,8 +19,8 @@ declares the connection dropped (SUSPENDED) when a ping is unanswered
 after another ``T / 3``; its pings also keep the session alive on the
 server, but their send times are private to kazoo. The coordinator
 therefore sends its own cheap requests (``sync`` heartbeats, in rounds
-every ``T / 8`` to ``T / 4``, sparser for short sessions) and renews the lease only from their replies: the lease
-rests on public facts.
+every ``T / 8`` to ``T / 4``, sparser for short sessions) and renews the
+lease only from their replies: the lease rests on public facts.
 
 This module is pure: it only computes; the coordinator feeds it readings.
 """
