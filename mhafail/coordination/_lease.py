@@ -172,7 +172,7 @@ def round_interval(timeout: float, margin: float = 0.0, report_lag: float = 0.0)
     leaves a third of the lease (``margin`` the lease margin, ``report_lag``
     the chain's). Denser rounds made every request come just before a crash:
     at ``T = 0.35 s`` the last one was 9 ms old on average (keepalived's last
-    advertisement at ``advert_int 0.1``: 50 ms), now about 60 ms.
+    advertisement at ``advert_int 0.1``: 50 ms), now about 57 ms.
     """
     spread = max(0.02, timeout / 8, min(timeout / 4, timeout / 3 - _KAZOO_PING_JITTER - 0.05))
     if timeout / 3 > _KAZOO_PING_JITTER:
