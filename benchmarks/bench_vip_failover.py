@@ -7,7 +7,7 @@ Part 1 drives the peers' harness (``../shared/peers/failover_bench.py`` by
 default: network namespaces, a client probing the VIP every 10 ms) over, in
 one run: keepalived (advert_int 1) vs ``mhafail agent`` with a 3 s session
 (equal detection budgets: 3 x 1 s), keepalived-fast (advert_int 0.1) vs a
-0.5 s session and vs a 0.35 s session on a 50 ms tick (its master-down
+0.5 s session and vs a 0.35 s session on a 20 ms tick (its master-down
 interval), each for a crash and a graceful stop, and mhafail under a
 paused owner and a partitioned owner. The agents run with ``--events``:
 after the table, the step trace of the first trial of each fault. Part 2
@@ -133,14 +133,14 @@ def row(label: str, result: dict[str, object]) -> str:
 # Every row of the side-by-side table: (id, label, peer, faults, harness flags).
 # Equal detection budgets: keepalived's master-down interval (3 x advert_int
 # plus skew) against mhafail's session timeout; "mh035" is the sub-second
-# budget of keepalived-fast (3 x 0.1 s + skew ~ 0.35 s) on a 50 ms tick.
+# budget of keepalived-fast (3 x 0.1 s + skew ~ 0.35 s) on a 20 ms tick.
 RUNS_TABLE = [
     ("ka1", "keepalived advert_int 1", "keepalived", "crash,graceful", []),
     ("mh3", "mhafail session 3 s", "custom", "crash,graceful", mhafail_args(3)),
     ("kafast", "keepalived-fast advert_int 0.1", "keepalived-fast", "crash,graceful", []),
     ("mh05", "mhafail session 0.5 s", "custom", "crash,graceful", mhafail_args(0.5)),
-    ("mh035", "mhafail session 0.35 s (tick 50 ms)", "custom", "crash,graceful,pause,partition",
-     [*mhafail_args(0.35, 50), "--pause-seconds", "2", "--partition-seconds", "2"]),
+    ("mh035", "mhafail session 0.35 s (tick 20 ms)", "custom", "crash,graceful,pause,partition",
+     [*mhafail_args(0.35, 20), "--pause-seconds", "2", "--partition-seconds", "2"]),
     ("mh3faults", "mhafail session 3 s", "custom", "pause,partition",
      [*mhafail_args(3), "--pause-seconds", "7", "--partition-seconds", "7"]),
     ("mhbeat3", "mhafail beats 3 s (session 3 s)", "custom", "crash,graceful,pause,partition",

@@ -543,7 +543,9 @@ class Coordinator:
                         self._apply_state(event)
                 # As sparse as kazoo's own pings allow (round_interval): a
                 # crashed session expires T after its last request.
-                interval = round_interval(self._lease.timeout)
+                interval = round_interval(
+                    self._lease.timeout, self._lease.margin, self._chain.report_lag
+                )
                 if round_epoch != self._epoch:
                     round_epoch = self._epoch
                     rounds.restart(now)

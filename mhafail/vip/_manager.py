@@ -165,6 +165,7 @@ class VipManager:
     _steps: list[StepCallback] = attrs.field(init=False, factory=list)
     _members: frozenset[str] = attrs.field(init=False, default=frozenset())
     _departed: frozenset[str] = attrs.field(init=False, default=frozenset())
+    _claim_gone_at: float = attrs.field(init=False, default=float("-inf"))
     _last: PassResult = attrs.field(init=False, factory=PassResult)
     _last_full_result: PassResult = attrs.field(init=False, factory=PassResult)
     _full_passes: int = attrs.field(init=False, default=0)
@@ -647,9 +648,15 @@ class VipManager:
             me=self._me,
             session=lambda: self.coordinator.session_id,
             changed=self._loop.kick,
-            gone=self._standby.gone,
+            gone=self._claim_gone,
             members=self._note_members,
         )
+
+    def _claim_gone(self, key: str) -> None:
+        """A claim's deletion was notified (kazoo's event thread): note when; tell the standby."""
+        self._claim_gone_at = time.monotonic()
+        assert self._standby is not None
+        self._standby.gone(key)
 
     def _read_dirty(self) -> None:
         """Read what the watch events could not tell (see :mod:`mhafail.vip._facts`)."""
@@ -810,13 +817,25 @@ class VipManager:
         inp, contested = self._snapshot()
         stable_for = now - self._view_changed
         rankings = rank(inp)
+        # No rebalancing while claims are vanishing (a takeover): the standby's
+        # wins come before the member list says their owner died, and a pass
+        # that still counted it as live (a third each, not half) shed them
+        # again: moves between the survivors in the middle of the takeover.
+        # The notices count too: a re-arming read that already shows the
+        # standby's new claim records no vanished claim at all.
+        with self._lock:
+            last_gone = max(self._facts.vanished.values(), default=self._claim_gone_at)
+        settled_at = max(last_gone, self._claim_gone_at) + self.claim_step
         decisions = decide(
             self._me,
             inp,
             rankings,
-            rebalance_allowed=self.rebalance.allows(stable_for),
+            rebalance_allowed=self.rebalance.allows(stable_for) and now >= settled_at,
             claim_step=self.claim_step,
         )
+        if now < settled_at:
+            assert self._loop is not None
+            self._loop.kick_after(settled_at - now)
         wait = self.rebalance.wait_left(stable_for)
         if wait is not None and any(r and r[0] != inp.owners.get(a) for a, r in rankings.items()):
             assert self._loop is not None

@@ -196,7 +196,16 @@ def test_round_interval_leaves_kazoo_no_room_to_ping_between_rounds() -> None:
     assert round_interval(3.0) < 3.0 / 3 - 0.4
     assert round_interval(10.0) == pytest.approx(2.5)  # T/4: kazoo waits over 2.9 s
     assert round_interval(2.0) == pytest.approx(0.25)  # T/8: kazoo's jitter wins anyway
-    assert round_interval(0.1) == pytest.approx(0.02)
+    assert round_interval(0.1, 0.025, 0.035) == pytest.approx(0.02)  # no lease to spare
+
+
+def test_short_sessions_pace_rounds_by_the_lease() -> None:
+    """Below T = 1.2 s (kazoo pings anyway) a round's proof still leaves a third of the lease."""
+    interval = round_interval(0.35, 0.05, 0.02)  # the sub-second configuration, tick 20 ms
+    assert interval == pytest.approx(0.18)
+    assert 0.35 - 0.05 - (interval + 0.02) == pytest.approx((0.35 - 0.05) / 3)
+    assert round_interval(1.2, 0.06, 0.06) == pytest.approx(0.7)
+    assert round_interval(1.3, 0.065, 0.06) == pytest.approx(1.3 / 8)  # kazoo's own pace above
 
 
 def test_short_sessions_chain_evenly_spaced_syncs() -> None:

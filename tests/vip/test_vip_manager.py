@@ -139,6 +139,22 @@ def test_rebalance_after_a_stable_period(
     assert moved_at - joined >= 1.0
 
 
+def test_no_rebalancing_right_after_a_claims_deletion_notice(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """A claim's deletion notice holds rebalancing off for claim_step (a takeover may be on)."""
+    n2 = cluster("n2", [A, B], claim_step=1.0)
+    wait_for(lambda: holder(network, A) == holder(network, B) == "n2")
+    time.sleep(0.3)
+    noticed = time.monotonic()
+    n2.manager._claim_gone(A)  # what kazoo's event thread calls on a deletion notice
+    cluster("n1", [A, B])
+    wait_for(lambda: {holder(network, A), holder(network, B)} == {"n1", "n2"})
+    moved_at = max(t for t, h, op, _ in network.history if h == "n1" and op == "add")
+    assert moved_at - noticed >= 1.0  # without the hold-off: a few round trips after the join
+    assert network.max_holders(A) == network.max_holders(B) == 1
+
+
 def test_move_and_drain(cluster: Callable[..., Node], network: FakeNetwork) -> None:
     """An explicit move and a drain hand the VIP over safely; undrain lets the node back."""
     nodes = {n: cluster(n) for n in ("n1", "n2", "n3")}

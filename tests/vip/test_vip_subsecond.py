@@ -1,4 +1,4 @@
-"""The sub-second budget as a supported configuration (root): tick 50 ms, session 0.35 s.
+"""The sub-second budget as a supported configuration (root): tick 20 ms, session 0.35 s.
 
 Real agents with their real fences in network namespaces, the monitor of
 every node's address notifications and the ARP observer (``helpers/netlab.py``):
@@ -16,7 +16,7 @@ from netlab import V4, Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.zookeeper, pytest.mark.slow]
 
-TICK_MS = 50
+TICK_MS = 20
 SESSION = 0.35
 
 

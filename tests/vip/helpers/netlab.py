@@ -116,8 +116,11 @@ class Lab:
 
         def child() -> int | None:
             for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    kids = f.read().split()
+                try:
+                    with open(f"/proc/{pid}/task/{task}/children") as f:
+                        kids = f.read().split()
+                except FileNotFoundError:
+                    continue  # the thread ended after the listing
                 if kids:
                     return int(kids[0])
             return None
