@@ -2,6 +2,7 @@
 
     python benchmarks/bench_vip_failover.py [--trials 5] [--quick] [--harness DIR]
         [--skip-peers] [--rows ka1,mh3,...] [--skip-scale] [--vips 300] [--scale-trials 1]
+        [--scale-beat SECONDS]
 
 Part 1 drives the peers' harness (``../shared/peers/failover_bench.py`` by
 default: network namespaces, a client probing the VIP every 10 ms) over, in
@@ -192,8 +193,10 @@ def side_by_side(path: Path, trials: int, rows: set[str] | None) -> None:
         print("\n".join(traces), flush=True)
 
 
-def scale(vips: int, session: float) -> None:
+def scale(vips: int, session: float, beat: float | None = None) -> None:
     """Three agents, ``vips`` VIPs; crash the owner of a third; time until all answer.
+
+    With ``beat`` the agents detect the crash by beats of that budget.
 
     Prints the takeover time and a trace of one takeover: per survivor, each
     step's time after the crash (from the agents' ``--events`` step events,
@@ -227,6 +230,7 @@ def scale(vips: int, session: float) -> None:
                     "--zk", zk.address, "--cluster", "scale", "--node", name,
                     "--session-timeout", str(session), "--rebalance", "immediate", "--zk-open",
                     "--zk-tick", "0.15", "--events",
+                    *(() if beat is None else ("--beat", str(beat))),
                 ], stdout=events)  # fmt: skip
                 events.close()
             client = lab["c1"].netns
@@ -252,7 +256,8 @@ def scale(vips: int, session: float) -> None:
             survivors = sorted({n for n, _ in after.values()})
             print(f"{vips}-VIP takeover: {len(mine)} VIPs of {victim} answered from survivors "
                   f"({survivors}) {took * 1000:.0f} ms after the crash "
-                  f"(session timeout {session:g} s)")  # fmt: skip
+                  f"(session timeout {session:g} s"
+                  f"{'' if beat is None else f', beats {beat:g} s'})")  # fmt: skip
             time.sleep(0.5)  # let the survivors' event threads write their last steps
             print(f"trace (ms after the SIGKILL of {victim}'s agent):")
             for name in survivors:
@@ -374,6 +379,9 @@ def main() -> None:
     parser.add_argument("--skip-scale", action="store_true", help="no part 2")
     parser.add_argument("--vips", type=int, help="VIPs in part 2 (default 300, 30 with --quick)")
     parser.add_argument("--scale-trials", type=int, default=1, help="takeovers in part 2")
+    parser.add_argument(
+        "--scale-beat", type=float, metavar="SECONDS", help="part 2 with beats of this budget"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_vip_failover needs root (network namespaces)")
@@ -387,7 +395,7 @@ def main() -> None:
     vips = args.vips or (30 if args.quick else 300)
     plumbing(vips // 3)
     for _ in range(args.scale_trials):
-        scale(vips, 3.0)
+        scale(vips, 3.0, args.scale_beat)
 
 
 if __name__ == "__main__":
