@@ -104,13 +104,14 @@ class Node:
         n = 0
         while True:
             n += 1
+            started = time.monotonic()  # a freeze may fall between the put and its event
             try:
                 mid = self.spool.put(env, f"produced {n}\r\n".encode())
             except MhafailError as exc:
                 emit("refused", error=type(exc).__name__)
                 time.sleep(0.05)
                 continue
-            emit("acked", id=mid)
+            emit("acked", id=mid, started=started)
             time.sleep(0.005)
 
     def deliver_loop(self) -> None:
