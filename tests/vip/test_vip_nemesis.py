@@ -8,7 +8,7 @@ against a 3-server ZooKeeper ensemble under a seeded fault schedule.
 
 Environment: ``MHAFAIL_NEMESIS_SEED`` (default 10), ``MHAFAIL_NEMESIS_FAULTS``
 (default :data:`SAFE_KINDS`, with 2 s sessions),
-``MHAFAIL_NEMESIS_SECONDS`` (default 40).
+``MHAFAIL_NEMESIS_SECONDS`` (default 30).
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def test_fixed_seed_nemesis_round_keeps_one_owner(beat: float | None) -> None:
     # in the middle of the fence's lifetime renewal, which re-creates the
     # address for about a millisecond (docs/vip.md, residual windows).
     kinds = parse_kinds(os.environ.get("MHAFAIL_NEMESIS_FAULTS") or ",".join(SAFE_KINDS))
-    seconds = float(os.environ.get("MHAFAIL_NEMESIS_SECONDS", "40"))
+    seconds = float(os.environ.get("MHAFAIL_NEMESIS_SECONDS", "30"))
     # 2 s sessions: every fault kind of the mix must keep one owner.
     agent_args = () if beat is None else ("--beat", str(beat))
     with NemesisLab(session_timeout=2.0, agent_args=agent_args) as lab:
