@@ -29,13 +29,11 @@ from mhafail.coordination._store import Seen as Seen
 from mhafail.coordination._store import Watch as Watch
 from mhafail.coordination._store import Znode as Znode
 from mhafail.coordination._store import Znodes as Znodes
-from mhafail.coordination._tx import Check as Check
 from mhafail.coordination._tx import Delete as Delete
 from mhafail.coordination._tx import Op as Op
 from mhafail.coordination._tx import SetData as SetData
 
 __all__ = [
-    "Check",
     "ClusterView",
     "ConnectionState",
     "ConvergeLoop",

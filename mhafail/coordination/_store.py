@@ -22,7 +22,7 @@ from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from mhafail.coordination._acl import AclPolicy
 from mhafail.coordination._dispatch import Dispatcher
 from mhafail.coordination._kazoo import translated
-from mhafail.coordination._tx import Check, Op, SetData
+from mhafail.coordination._tx import Op, SetData
 from mhafail.errors import AccessDenied, InvalidArgument
 
 logger = logging.getLogger(__name__)
@@ -461,9 +461,7 @@ class Znodes:
         with translated(f"transaction of {len(ops)}"):
             tx = self._client.transaction()
             for op in ops:
-                if isinstance(op, Check):
-                    tx.check(self._abs(op.path), op.version)
-                elif isinstance(op, SetData):
+                if isinstance(op, SetData):
                     tx.set_data(self._abs(op.path), op.data, version=op.version)
                 else:
                     tx.delete(self._abs(op.path), version=op.version)
@@ -542,10 +540,7 @@ class Znodes:
         def arm() -> None:
             if watch.cancelled:
                 return
-            if children:
-                answer = self._client.get_children_async(abs_path, watch=on_event)
-            else:
-                answer = self._client.exists_async(abs_path, watch=on_event)
+            answer = self._read_armed(abs_path, children, on_event)
             # A missing parent for a children watch is fine: the periodic
             # re-read covers it; errors only mean the session is going away.
             answer.rawlink(lambda _: None)
@@ -596,6 +591,12 @@ class Znodes:
         with translated(f"watch list {path}"):
             arm()
         return watch
+
+    def _read_armed(self, abs_path: str, children: bool, on_event: Callable[[Any], None]) -> Any:
+        """Send the read that (re-)arms a light watch: ``get_children`` or ``exists``."""
+        if children:
+            return self._client.get_children_async(abs_path, watch=on_event)
+        return self._client.exists_async(abs_path, watch=on_event)
 
     def watch_seen(
         self,
@@ -650,11 +651,7 @@ class Znodes:
         def arm() -> None:
             if watch.cancelled:
                 return
-            if children:
-                answer = self._client.get_children_async(abs_path, watch=on_event)
-            else:
-                answer = self._client.exists_async(abs_path, watch=on_event)
-            answer.rawlink(seen)
+            self._read_armed(abs_path, children, on_event).rawlink(seen)
 
         def on_event(event: Any) -> None:
             # kazoo's event thread: never wait here.

@@ -6,14 +6,6 @@ import attrs
 
 
 @attrs.frozen
-class Check:
-    """Go on only if ``path`` is at ``version``."""
-
-    path: str
-    version: int
-
-
-@attrs.frozen
 class SetData:
     """Replace the data of ``path`` if it is at ``version`` (-1: any)."""
 
@@ -30,4 +22,4 @@ class Delete:
     version: int = -1
 
 
-Op = Check | SetData | Delete
+Op = SetData | Delete
