@@ -40,6 +40,7 @@ def test_a_cut_off_owner_is_fenced_after_its_budget_not_its_session(
         node.manager.on_step(note(name))
     nodes[old].proxy.cut()
     wait_for(lambda: holder(network, A) not in (None, old), SESSION)
+    wait_for(lambda: bool(fenced), 5)  # steps reach callbacks on the event thread
     assert len(fenced) == 1 and fenced[0] != old, fenced
     spans = sorted(network.spans(A))
     old_end = max(end for start, end, h in spans if h == old)
