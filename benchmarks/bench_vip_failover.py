@@ -75,17 +75,17 @@ def mhafail_args(session: float, tick_ms: int = 150, beat: float | None = None) 
     ]  # fmt: skip
 
 
-def trace(result: dict[str, Any]) -> str | None:
-    """The agents' step events of the first trial, in ms after the fault (None: no events).
+def trace(result: dict[str, Any], index: int = 0) -> str | None:
+    """The agents' step events of one trial, in ms after the fault (None: no events).
 
     Read from the node logs of the harness run (``--events`` lines); the
     client's view comes from the harness's own per-trial figures.
     """
     trials = result.get("per_trial") or []
     run_dir = RUNS.parent / str(result.get("run_dir", ""))
-    if not trials or not (run_dir / "prober.log").exists():
+    if len(trials) <= index or not (run_dir / "prober.log").exists():
         return None
-    first = trials[0]
+    first = trials[index]
     start = _fault_time(run_dir / "prober.log", first)
     if start is None:
         return None
@@ -174,14 +174,21 @@ def _fault_time(prober: Path, trial: dict[str, Any]) -> float | None:
     return None
 
 
-def side_by_side(path: Path, trials: int, rows: set[str] | None) -> None:
+def side_by_side(
+    path: Path, trials: int, rows: set[str] | None, only: set[str] | None = None
+) -> None:
     print("| peer | fault | trials ok | window ms min / median / max | fault -> new answers ms "
           "(median) | dual owner (trials, max ms) |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     traces = []
-    for key, label, peer, faults, extra in RUNS_TABLE:
+    for key, label, peer, row_faults, extra in RUNS_TABLE:
         if rows is not None and key not in rows:
             continue
+        faults = row_faults
+        if only is not None:
+            faults = ",".join(f for f in row_faults.split(",") if f in only)
+            if not faults:
+                continue
         for result in harness(path, peer, faults, trials, extra):
             print(row(label, result), flush=True)
             if (steps := trace(result)) is not None:
@@ -376,6 +383,9 @@ def main() -> None:
         help="comma-separated rows of part 1 (default all): "
         + ", ".join(key for key, *_ in RUNS_TABLE),
     )
+    parser.add_argument(
+        "--faults", help="comma-separated faults of part 1 to run (default: each row's own)"
+    )
     parser.add_argument("--skip-scale", action="store_true", help="no part 2")
     parser.add_argument("--vips", type=int, help="VIPs in part 2 (default 300, 30 with --quick)")
     parser.add_argument("--scale-trials", type=int, default=1, help="takeovers in part 2")
@@ -389,7 +399,9 @@ def main() -> None:
     if not args.skip_peers:
         if not (args.harness / "failover_bench.py").exists():
             raise SystemExit(f"no harness at {args.harness} (use --harness or --skip-peers)")
-        side_by_side(args.harness, trials, set(args.rows.split(",")) if args.rows else None)
+        rows = set(args.rows.split(",")) if args.rows else None
+        only = set(args.faults.split(",")) if args.faults else None
+        side_by_side(args.harness, trials, rows, only)
     if args.skip_scale:
         return
     vips = args.vips or (30 if args.quick else 300)

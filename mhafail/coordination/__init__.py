@@ -29,15 +29,20 @@ from mhafail.coordination._store import Seen as Seen
 from mhafail.coordination._store import Watch as Watch
 from mhafail.coordination._store import Znode as Znode
 from mhafail.coordination._store import Znodes as Znodes
+from mhafail.coordination._tx import Check as Check
+from mhafail.coordination._tx import Create as Create
 from mhafail.coordination._tx import Delete as Delete
 from mhafail.coordination._tx import Op as Op
 from mhafail.coordination._tx import SetData as SetData
+from mhafail.coordination._tx import absent as absent
 
 __all__ = [
+    "Check",
     "ClusterView",
     "ConnectionState",
     "ConvergeLoop",
     "Coordinator",
+    "Create",
     "Credentials",
     "Delete",
     "Dispatcher",
@@ -55,6 +60,7 @@ __all__ = [
     "Watch",
     "Znode",
     "Znodes",
+    "absent",
     "check_name",
     "default_margin",
     "expire_session",

@@ -15,6 +15,7 @@ members/*                      read                nobody rewrites a member
 vips                           read create         first declaration of a VIP
 vips/*                         read create delete  claim and release
 vips/*/owner                   read                claims are never rewritten
+vips/*/next                    read                nor are reservations
 vips/*/declared                read create delete  declare and withdraw
 vips/*/declared/*              read
 targets, targets/*             read                ``vip move``: operators
@@ -67,6 +68,7 @@ _NODE_PERMS: dict[tuple[str, ...], int] = {
     ("vips",): READ | CREATE,
     ("vips", "*"): READ | CREATE | DELETE,
     ("vips", "*", "owner"): READ,
+    ("vips", "*", "next"): READ,
     ("vips", "*", "declared"): READ | CREATE | DELETE,
     ("vips", "*", "declared", "*"): READ,
     # A node writes its own beat; WRITE on the others' lets a survivor fence

@@ -10,6 +10,7 @@ are :class:`~mhafail.errors.CoordinationUnavailable`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,7 +23,7 @@ from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from mhafail.coordination._acl import AclPolicy
 from mhafail.coordination._dispatch import Dispatcher
 from mhafail.coordination._kazoo import translated
-from mhafail.coordination._tx import Op, SetData
+from mhafail.coordination._tx import Check, Create, Op, SetData
 from mhafail.errors import AccessDenied, InvalidArgument
 
 logger = logging.getLogger(__name__)
@@ -88,24 +89,30 @@ class Seen:
 
 
 class Pending:
-    """A request sent by :meth:`Znodes.create_soon`, answered later."""
+    """A request sent by :meth:`Znodes.create_soon` or :meth:`Znodes.transact_soon`,
+    answered later."""
 
-    def __init__(self, request: Any) -> None:
+    def __init__(self, request: Any, *, transaction: bool = False) -> None:
         self._request = request
+        self._transaction = transaction
 
     def outcome(self, timeout: float) -> bool | None:
-        """Wait up to ``timeout`` s: True created, False it existed, None failed or no answer.
+        """Wait up to ``timeout`` s: True done, False refused (a create met an existing
+        znode; in a transaction also a missing znode or another version), None failed
+        or no answer.
 
         The waiting thread is woken by kazoo's reader directly (no hand-over).
         """
         if self._request is None:
             return None
         try:
-            self._request.get(timeout=timeout)
+            answer = self._request.get(timeout=timeout)
         except kex.NodeExistsError:
             return False
         except Exception:  # any failure or no answer yet: unknown, the caller reads again
             return None
+        if self._transaction:
+            return _tx_outcome(answer)
         return True
 
 
@@ -449,7 +456,8 @@ class Znodes:
 
         Returns:
             True when every operation happened; False when one found its
-            znode absent or at another version (then none happened).
+            znode absent, at another version, or (a create) present: then
+            none happened.
 
         Raises:
             CoordinationUnavailable: ZooKeeper could not be asked (the
@@ -459,18 +467,63 @@ class Znodes:
         if not ops:
             return True
         with translated(f"transaction of {len(ops)}"):
-            tx = self._client.transaction()
-            for op in ops:
-                if isinstance(op, SetData):
-                    tx.set_data(self._abs(op.path), op.data, version=op.version)
-                else:
-                    tx.delete(self._abs(op.path), version=op.version)
-            failure = _first_failure(tx.commit_async().get(timeout=self._timeout))
-            if failure is None:
-                return True
-            if isinstance(failure[1], (kex.NoNodeError, kex.BadVersionError)):
-                return False
-            raise failure[1]
+            results = self._send_tx(ops).get(timeout=self._timeout)
+            outcome = _tx_outcome(results)
+            if outcome is None:
+                failure = _first_failure(results)
+                assert failure is not None
+                raise failure[1]
+            return outcome
+
+    def transact_many(self, transactions: Sequence[Sequence[Op]]) -> list[bool]:
+        """Run each of ``transactions`` on its own, pipelined (one round trip for all).
+
+        Returns:
+            One outcome per transaction, as :meth:`transact` gives it.
+
+        Raises:
+            as :meth:`transact` (the first transaction that raised; the
+            others may or may not have happened).
+        """
+        with translated(f"{len(transactions)} transactions"):
+            end = time.monotonic() + self._timeout
+            sent = [self._send_tx(ops) for ops in transactions]
+            outcomes = []
+            for answer in sent:
+                results = answer.get(timeout=self._left(end))
+                outcome = _tx_outcome(results)
+                if outcome is None:
+                    failure = _first_failure(results)
+                    assert failure is not None
+                    raise failure[1]
+                outcomes.append(outcome)
+            return outcomes
+
+    def transact_soon(self, ops: Sequence[Op]) -> Pending:
+        """Send a transaction without waiting for it; :meth:`Pending.outcome` waits.
+
+        Like :meth:`create_soon`: never blocks, never raises (safe on
+        kazoo's own threads).
+        """
+        try:
+            request = self._send_tx(ops)
+        except Exception:  # not even sent (closed client, bad path): unknown
+            request = None
+        return Pending(request, transaction=True)
+
+    def _send_tx(self, ops: Sequence[Op]) -> Any:
+        tx = self._client.transaction()
+        for op in ops:
+            if isinstance(op, Create):
+                acl = self._acls.acl_for(op.path)
+                tx.create(self._abs(op.path), op.data, acl=acl, ephemeral=op.ephemeral)
+            elif isinstance(op, Check):
+                tx.check(self._abs(op.path), op.version)
+            elif isinstance(op, SetData):
+                tx.set_data(self._abs(op.path), op.data, version=op.version)
+            else:
+                tx.delete(self._abs(op.path), version=op.version)
+        return tx.commit_async()
 
     def delete_all(self, paths: Sequence[str]) -> int:
         """Delete the znodes of ``paths`` that exist, in as few transactions as possible.
@@ -666,6 +719,54 @@ class Znodes:
             arm()
         return watch
 
+    def watch_gone(self, path: str, callback: Callable[[], None]) -> Watch:
+        """Call ``callback()`` once, when ``path`` is first seen absent *after* this call.
+
+        An ``exists`` read is sent now and arms a watch; the callback runs
+        when that read finds no znode, or on the deletion the watch reports
+        (re-armed after any other event). Either one is ZooKeeper's word
+        that the znode was absent at a point after every request this
+        session sent before the call, never a deletion from before it.
+        The callback runs on one of kazoo's threads: it must be quick and
+        must not wait for ZooKeeper; its exceptions are logged and dropped.
+        Cancel the watch to stop it; it does not survive a new session.
+        """
+        watch = Watch()
+        abs_path = self._abs(path)
+        fired = threading.Event()
+
+        def fire() -> None:
+            if watch.cancelled or fired.is_set():
+                return
+            fired.set()
+            try:
+                callback()
+            except Exception:
+                logger.exception("watch_gone callback for %s failed", path)
+
+        def seen(answer: Any) -> None:
+            try:
+                value = answer.get_nowait()
+            except Exception:  # a failed read means nothing (the session is going)
+                return
+            if value is None:
+                fire()
+
+        def arm() -> None:
+            if not watch.cancelled and not fired.is_set():
+                self._client.exists_async(abs_path, watch=on_event).rawlink(seen)
+
+        def on_event(event: Any) -> None:
+            if event.type == EventType.DELETED:
+                fire()
+            elif event.type in (EventType.CREATED, EventType.CHANGED):
+                arm()  # still there: wait for the next change
+            # Other events (the session lost): nothing more will come.
+
+        with translated(f"watch {path} for its deletion"):
+            arm()
+        return watch
+
     def create_soon(self, path: str, data: bytes, *, ephemeral: bool = False) -> Pending:
         """Send a create without waiting for it; :meth:`Pending.outcome` waits.
 
@@ -720,6 +821,15 @@ class Znodes:
         with translated(f"watch data {path}"):
             DataWatch(self._client, self._abs(path), on_data)
         return watch
+
+
+def _tx_outcome(results: Sequence[Any]) -> bool | None:
+    """True: a transaction happened; False: refused by the state of a znode; None: an error."""
+    failure = _first_failure(results)
+    if failure is None:
+        return True
+    refused = (kex.NoNodeError, kex.BadVersionError, kex.NodeExistsError)
+    return False if isinstance(failure[1], refused) else None
 
 
 def _first_failure(results: Sequence[Any]) -> tuple[int, Exception] | None:

@@ -38,6 +38,11 @@ a second lease the owner must hold):
   check fails.
 * ``n``'s beat is ephemeral: the end of its session deletes it with its
   claims, and a fence prepared against it fails.
+* ``n``'s beat lists its reservations (:mod:`mhafail.vip._reserve`): it
+  makes and drops each in a transaction that rewrites its beat, so the
+  list at a version is exactly the reservations ``n`` held then, and the
+  fence deletes them with its claims. A reservation is a claim in waiting:
+  a silent node must not keep one.
 
 A node without a beat (beats off, or an older version) is never fenced:
 its session expiry is its detector, as before.
@@ -47,12 +52,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import json
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
@@ -79,6 +85,8 @@ SLACK = 0.02
 """Seconds a survivor adds to every wait, for the read that told it of a beat."""
 MIN_BUDGET = 0.1
 MAX_BUDGET = 600.0
+MAX_BEAT_BYTES = 64 * 1024
+"""A beat with 1,500 reservations of IPv6 addresses still fits."""
 
 
 def beat_path(node: str | None = None) -> str:
@@ -116,6 +124,8 @@ class Beat:
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _write: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _version: int | None = attrs.field(init=False, default=None)
+    _reserved: frozenset[str] = attrs.field(init=False, default=frozenset())
+    _reserved_in: int | None = attrs.field(init=False, default=None)  # their session
     _proof: float | None = attrs.field(init=False, default=None)
     _announced: LeaseState = attrs.field(init=False, default=LeaseState.EXPIRED)
     _listeners: list[Callable[[LeaseState], None]] = attrs.field(init=False, factory=list)
@@ -186,20 +196,47 @@ class Beat:
         deadline = self.deadline()
         return deadline is not None and time.monotonic() < deadline
 
-    def write_with(self, znodes: Znodes, ops: Sequence[Op]) -> bool:
-        """Run ``ops`` together with a beat, in one transaction (the owner's claim deletions).
+    def reserved(self) -> frozenset[str]:
+        """The reservations the beat lists now (see :mod:`mhafail.vip._reserve`)."""
+        # Reservations are ephemerals: a new session means they are gone.
+        if self._reserved_in != self.coordinator.session_id:
+            return frozenset()
+        return self._reserved
+
+    def _carry(self, reserved: frozenset[str], session: int | None) -> None:
+        """Record the reservation list the beat now carries, made in ``session`` (read
+        before the write was sent: a session that changed since reads as gone)."""
+        self._reserved = reserved
+        self._reserved_in = session
+
+    def write_with(
+        self,
+        znodes: Znodes,
+        ops: Sequence[Op],
+        *,
+        reserve: Iterable[str] = (),
+        unreserve: Iterable[str] = (),
+    ) -> bool:
+        """Run ``ops`` together with a beat, in one transaction: the owner's claim
+        deletions, and reservations made (listed in ``reserve``) and dropped or
+        claimed (``unreserve``); the beat's list changes with them.
 
         Returns:
             True when done. False when this node's beat was fenced (or is
-            not written yet): nothing happened, and the fence is handled.
+            not written yet), or one of ``ops`` was refused: nothing
+            happened, and a fence is handled.
         """
         with self._write:
             version = self._version
             if version is None:
                 return False
             sent = time.monotonic()
-            done = znodes.transact([*ops, SetData(beat_path(self.node), self._data(), version)])
+            session = self.coordinator.session_id
+            listed = (self.reserved() | frozenset(reserve)) - frozenset(unreserve)
+            data = self._data(listed)
+            done = znodes.transact([*ops, SetData(beat_path(self.node), data, version)])
             if done:
+                self._carry(listed, session)
                 self._wrote(version + 1, sent)
                 return True
             # Failed on our beat (fenced), or on one of ``ops`` (a claim gone already)?
@@ -211,8 +248,12 @@ class Beat:
 
     # --- the beat thread ---------------------------------------------------------
 
-    def _data(self) -> bytes:
-        return json.dumps({"node": self.node, "budget": self.budget}).encode()
+    def _data(self, reserved: frozenset[str] | None = None) -> bytes:
+        doc: dict[str, object] = {"node": self.node, "budget": self.budget}
+        listed = self.reserved() if reserved is None else reserved
+        if listed:
+            doc["reserved"] = sorted(listed)
+        return json.dumps(doc).encode()
 
     def _run(self) -> None:
         next_beat = time.monotonic()
@@ -265,6 +306,7 @@ class Beat:
         ):
             return False
         self._version = found.version
+        self._carry(beat_reserved(found.data) or frozenset(), found.ephemeral_owner)
         return True
 
     def _establish(self, z: Znodes) -> bool:
@@ -285,6 +327,8 @@ class Beat:
             if found is None or found.ephemeral_owner != session:
                 return False
         self._version = found.version
+        # A fence marker lists nothing: the fence deleted them.
+        self._carry(beat_reserved(found.data) or frozenset(), found.ephemeral_owner)
         return True
 
     def _wrote(self, version: int, sent: float) -> None:
@@ -294,6 +338,7 @@ class Beat:
     def _was_fenced(self) -> None:
         """A write met another version, or no beat: fenced (or the session changed)."""
         self._version = None
+        self._carry(frozenset(), None)  # the fence deleted them with the claims
         self._set_proof(None)
         logger.warning("%s: the beat was fenced (or its session ended): claims are gone", self.node)
         for listener in list(self._fenced):
@@ -329,12 +374,14 @@ class Seen:
             node is then never fenced, as a node without a beat).
         fenced: the beat holds a fence marker: the node is fenced until it
             beats again.
+        reserved: the reservations the beat lists.
     """
 
     version: int
     at: float
     budget: float | None
     fenced: bool = False
+    reserved: frozenset[str] = frozenset()
 
 
 @attrs.define(eq=False)
@@ -392,7 +439,8 @@ class BeatWatch:
                 return  # seen already: keep the earlier time (a re-armed watch)
             budget = beat_budget(znode.data, node)
             fenced = budget is None and is_fence_marker(znode.data)
-            self._seen[node] = Seen(znode.version, now, budget, fenced)
+            reserved = beat_reserved(znode.data) or frozenset()
+            self._seen[node] = Seen(znode.version, now, budget, fenced, reserved)
         if budget is not None:
             self.changed(overdue_after(budget))
 
@@ -406,6 +454,12 @@ class BeatWatch:
             if not s.fenced and s.budget is not None and s.at + overdue_after(s.budget) > now
         ]
         return min(waits) if waits else None
+
+    def reserved(self, node: str, version: int) -> frozenset[str] | None:
+        """The reservations ``node``'s beat listed at ``version`` (None: not that version)."""
+        with self._lock:
+            seen = self._seen.get(node)
+        return seen.reserved if seen is not None and seen.version == version else None
 
     def overdue(self, now: float) -> dict[str, int | None]:
         """Nodes with no beat for their budget: name -> version to fence (None: fenced already)."""
@@ -421,16 +475,49 @@ class BeatWatch:
 
 
 def beat_budget(data: bytes, node: str) -> float | None:
-    """The budget a node's beat declares, or None (a fence marker, or malformed)."""
+    """The budget a node's beat declares, or None (a fence marker, or malformed).
+
+    A beat whose reservation list is malformed reads as malformed as a
+    whole: its node is then never fenced, since its reservations could not
+    be deleted with its claims (as a node without a beat).
+    """
     try:
-        raw = decode_object(data, what="beat", max_bytes=512)
+        raw = decode_object(data, what="beat", max_bytes=MAX_BEAT_BYTES)
     except InvalidArgument:
         return None
     budget = raw.get("budget")
     if raw.get("node") != node or isinstance(budget, bool) or not isinstance(budget, int | float):
         return None
+    if _reserved_field(raw) is None:
+        return None
     value = float(budget)
     return value if MIN_BUDGET <= value <= MAX_BUDGET else None
+
+
+def beat_reserved(data: bytes) -> frozenset[str] | None:
+    """The reservations a beat lists (empty for a fence marker), or None when malformed."""
+    try:
+        raw = decode_object(data, what="beat", max_bytes=MAX_BEAT_BYTES)
+    except InvalidArgument:
+        return None
+    return _reserved_field(raw)
+
+
+def _reserved_field(raw: dict[str, object]) -> frozenset[str] | None:
+    listed = raw.get("reserved", [])
+    if not isinstance(listed, list):
+        return None
+    out = set()
+    for item in listed:
+        if not isinstance(item, str) or len(item) > 64:
+            return None
+        try:
+            if str(ipaddress.ip_address(item)) != item:
+                return None  # VIP keys are canonical addresses
+        except ValueError:
+            return None
+        out.add(item)
+    return frozenset(out)
 
 
 def fence_marker(by: str) -> bytes:
@@ -447,15 +534,26 @@ def is_fence_marker(data: bytes) -> bool:
     return isinstance(raw.get("fenced_by"), str)
 
 
-def fence(znodes: Znodes, me: str, node: str, version: int, claims: Sequence[str]) -> bool:
-    """Fence ``node``: bump its beat from ``version`` and delete its ``claims``, all at once.
+def fence(
+    znodes: Znodes,
+    me: str,
+    node: str,
+    version: int,
+    claims: Sequence[str],
+    *,
+    reservations: Sequence[str] = (),
+) -> bool:
+    """Fence ``node``: bump its beat from ``version`` and delete its ``claims`` and
+    ``reservations`` (znode paths; the latter as its beat listed them at
+    ``version``), all at once.
 
     Returns:
         True when done; False when its beat changed (it beat again, or its
         session ended) or a claim was gone: nothing happened then.
     """
     ops: list[Op] = [SetData(beat_path(node), fence_marker(me), version)]
-    ops += [Delete(path, 0) for path in claims]  # claims are never rewritten: version 0
+    # Claims and reservations are never rewritten: version 0.
+    ops += [Delete(path, 0) for path in [*claims, *reservations]]
     return znodes.transact(ops)
 
 

@@ -53,6 +53,9 @@ class Facts:
         declared_event: address -> ``events`` when its list watch last applied.
         vanished: address -> monotonic time its claim was last seen to go
             (the planned successor's turn: see ``VipManager._carry_out``).
+        taking: addresses this node owns by its reservation and is turning
+            into a claim (see :mod:`mhafail.vip._reserve`): no read showing
+            the old owner's claim gone may take them from the cache.
     """
 
     owners: dict[str, Claim | None] = attrs.field(factory=dict)
@@ -64,9 +67,12 @@ class Facts:
     owner_event: dict[str, int] = attrs.field(factory=dict)
     declared_event: dict[str, int] = attrs.field(factory=dict)
     vanished: dict[str, float] = attrs.field(factory=dict)
+    taking: set[str] = attrs.field(factory=set)
 
     def drop(self, key: str) -> None:
         """A claim is gone (its deletion seen, or its node departed)."""
+        if key in self.taking:
+            return  # the old owner's claim: ours by the reservation now
         if self.owners.get(key) is not None:
             self.vanished[key] = time.monotonic()
         self.owners[key] = None
@@ -91,6 +97,8 @@ class Facts:
 
     def learn(self, key: str, claim: Claim | None) -> None:
         """Record a claim for ``key`` (callers check it is not older than the cache)."""
+        if claim is None and key in self.taking:
+            return  # see ``taking``
         self.owners[key] = claim
         if claim is not None:
             if len(self.sessions) > 4096:

@@ -3,8 +3,10 @@
 Safety (safety rule 1), in the order things happen:
 
 * claim before plumb: an address is added only after this node created its
-  ephemeral claim ``vips/<address>/owner`` in the current session, and only
-  while the fencing lease is valid (checked under the kernel lock);
+  ephemeral claim ``vips/<address>/owner`` in the current session, or (with
+  beats) saw the claim go while it held the VIP's reservation
+  ``vips/<address>/next`` (see ``_reserve``), and only while the fencing
+  lease is valid (checked under the kernel lock);
 * unplumb before release: a handover runs the ``pre_release`` hook, removes
   the address, and only then deletes the claim;
 * the lease rules all: when it expires every address goes at once, before
@@ -42,6 +44,7 @@ from mhafail.coordination import (
     Dispatcher,
     LeaseState,
     Membership,
+    Op,
     Znode,
     Znodes,
 )
@@ -61,6 +64,7 @@ from mhafail.vip._paths import (
     Claim,
     declared_path,
     drained_path,
+    next_path,
     node_from_json,
     owner_path,
     target_path,
@@ -68,6 +72,7 @@ from mhafail.vip._paths import (
 from mhafail.vip._placement import Action, Decision, PlacementInput, decide, rank, successions
 from mhafail.vip._plumber import Plumber
 from mhafail.vip._policy import RebalancePolicy
+from mhafail.vip._reserve import Reserver, claim_ops
 from mhafail.vip._spec import Vip, VipKind, validate_vips
 from mhafail.vip._standby import Standby
 
@@ -173,6 +178,7 @@ class VipManager:
     _fence_failed: str | None = attrs.field(init=False, default=None)
     _standby: Standby | None = attrs.field(init=False, default=None)
     _beats: BeatWatch | None = attrs.field(init=False, default=None)
+    _reserver: Reserver | None = attrs.field(init=False, default=None)
     _aside: Aside = attrs.field(
         init=False, default=attrs.Factory(lambda self: Aside(self.lapse_holddown), takes_self=True)
     )
@@ -283,6 +289,13 @@ class VipManager:
             self.beat.add_listener(self._on_lease)
             self.beat.on_fenced(self._on_fenced)
             self._beats = BeatWatch(self._me, self._kick_after)
+            self._reserver = Reserver(
+                lambda: self.coordinator.znodes,
+                self.beat,
+                self._standby_ready,
+                self._reserve_won,
+                name=f"mhafail-vip-reserver-{self._me}",
+            )
             self.beat.start()
         self.coordinator.add_state_listener(self._on_state)
         self.coordinator.add_session_listener(self._on_session)
@@ -306,6 +319,8 @@ class VipManager:
         self._stopping = True
         if self._standby is not None:
             self._standby.stop()
+        if self._reserver is not None:
+            self._reserver.stop()  # its znodes go with the beat and the session
         # A pass blocked in a ZooKeeper call is not waited for: the kernel is
         # closed first, so whatever it does next cannot plumb anything.
         self._loop.stop(timeout=0.5)
@@ -429,6 +444,8 @@ class VipManager:
             logger.warning("%s: fenced: removed %s", self._me, vip.key)
             self._emit(self._release, vip)
         mine = self._my_claims()
+        if self._reserver is not None:
+            self._reserver.forget()  # the fence deleted them with the claims
         with self._lock:
             for key in mine:
                 self._facts.know(key, None)
@@ -451,10 +468,20 @@ class VipManager:
             with self._lock:
                 owners = self._facts.owners.items()
                 keys = [k for k, c in owners if c is not None and c.node == node]
-            if not keys:
+            reserved = sorted(self._beats.reserved(node, version) or ())
+            if not keys and not reserved:
                 continue
             paths = [owner_path(k) for k in keys]
-            if fence(self.coordinator.znodes, self._me, node, version, paths):
+            nexts = [next_path(a) for a in reserved]
+            z = self.coordinator.znodes
+            done = fence(z, self._me, node, version, paths, reservations=nexts)
+            if not done and nexts:
+                # Only a reservation deleted by hand can be listed and gone: fence
+                # with those that exist, or the node could never be fenced.
+                found = z.get_many(nexts)
+                nexts = [p for p in nexts if found[p] is not None]
+                done = fence(z, self._me, node, version, paths, reservations=nexts)
+            if done:
                 logger.warning(
                     "%s: fenced %s at beat version %d (silent for its budget): %s",
                     self._me,
@@ -565,9 +592,19 @@ class VipManager:
         z = self.coordinator.znodes
         if self.beat is None:
             z.delete_all(paths + [owner_path(k) for k in mine])
-        else:  # claims go with a beat (see _handover)
+        else:  # claims and reservations go with a beat (see _handover, _reserve)
             z.delete_all(paths)
-            self.beat.write_with(z, [Delete(owner_path(k), 0) for k in mine])
+            held = self.beat.reserved()
+            claims = [Delete(owner_path(k), 0) for k in mine]
+            nexts = [Delete(next_path(a), 0) for a in sorted(held)]
+            if self.beat.write_with(z, claims + nexts, unreserve=held):
+                if self._reserver is not None:
+                    self._reserver.forget()
+            elif self.beat.write_with(z, claims) and self._reserver is not None:
+                # A reservation was not there (deleted by hand?): claims first,
+                # then each reservation on its own.
+                for address in held:
+                    self._reserver.drop({address})
         with self._lock:
             for key in mine:
                 self._facts.know(key, None)
@@ -656,6 +693,8 @@ class VipManager:
         """A claim's deletion was notified (kazoo's event thread): note when; tell the standby."""
         self._claim_gone_at = time.monotonic()
         assert self._standby is not None
+        if self._reserver is not None and key in self._reserver.held():
+            return  # ours by the reservation: the reserver's own watch has it
         self._standby.gone(key)
 
     def _read_dirty(self) -> None:
@@ -842,7 +881,11 @@ class VipManager:
             self._loop.kick_after(wait)
         tally = _Tally(plumbed=list(readded))
         assert self._standby is not None
-        planned = self._standby.plan(successions(self._me, inp, rankings))
+        successor_of = successions(self._me, inp, rankings)
+        planned = self._standby.plan(successor_of)
+        if self._reserver is not None:
+            held_by_others = {a for a in successor_of if inp.owners.get(a) not in (None, self._me)}
+            self._reserver.sync(frozenset(held_by_others), self.coordinator.session_id)
         to_claim, to_plumb = self._carry_out(decisions, now, tally, planned)
         decided_at = time.monotonic()
         won = self._claim(to_claim)
@@ -959,6 +1002,36 @@ class VipManager:
             if self._loop is not None:
                 self._loop.kick()
 
+    def _reserve_won(self, keys: list[str], claim: Claim, gone_at: float) -> None:
+        """Plumb the VIPs this node owns by its reservations, then claim them (the
+        reserver's thread; see _reserve)."""
+        assert self._reserver is not None and self._kernel is not None
+        with self._lock:
+            for key in keys:
+                self._facts.taking.add(key)
+                self._facts.know(key, claim)
+        converted: list[str] = []
+        try:
+            self._plumb_many([self._by_key[k] for k in keys])
+            converted = self._reserver.convert(keys, claim)
+        finally:
+            with self._lock:
+                for key in keys:
+                    self._facts.taking.discard(key)
+                    self._facts.know(key, claim if key in converted else None)
+            for key in keys:
+                if key not in converted and self._kernel.remove(self._by_key[key]):
+                    # Our reservation went meanwhile (fenced): not ours after all.
+                    logger.warning("%s: removed %s: its reservation was gone", self._me, key)
+                    self._emit(self._release, self._by_key[key])
+            self._step("gone", gone_at, len(keys))
+            if converted:
+                self._step("claimed", time.monotonic(), len(converted))
+            for key in converted:
+                logger.info("%s: took %s by its reservation (its owner let go)", self._me, key)
+            if self._loop is not None:
+                self._loop.kick()
+
     def _plumb_many(self, vips: list[Vip]) -> list[str]:
         """Plumb the owned ones of ``vips`` in one batch; return the addresses newly added."""
         assert self._kernel is not None
@@ -1011,9 +1084,8 @@ class VipManager:
         claim = Claim(node=self._me, session=session, since=time.time())
         with self._lock:
             since = self._facts.events
-        created = z.create_many(
-            [(owner_path(v.key), claim.to_json()) for v in vips], ephemeral=True, makepath=True
-        )
+        outcomes = self._create_claims(z, vips, claim)
+        created = {owner_path(v.key): done for v, done in zip(vips, outcomes, strict=True)}
         lost = [v for v in vips if not created[owner_path(v.key)]]
         existing = z.get_many([owner_path(v.key) for v in lost]) if lost else {}
         won = []
@@ -1034,6 +1106,27 @@ class VipManager:
                     self._facts.learn_read(vip.key, found, since)
         return won
 
+    def _create_claims(self, z: Znodes, vips: list[Vip], claim: Claim) -> list[bool]:
+        """Create the claims of ``vips``, pipelined, each only while nobody holds its
+        reservation (see _reserve); True for each one created."""
+
+        def tx(key: str) -> list[Op]:
+            return claim_ops(key, claim)
+
+        keys = [v.key for v in vips]
+        created = dict(zip(keys, z.transact_many([tx(k) for k in keys]), strict=True))
+        refused = [k for k in keys if not created[k]]
+        if refused:
+            # A claim or a reservation exists, or (the first time only) the
+            # VIP's folder does not: create the missing folders, try again.
+            folders = z.get_many([_folder(k) for k in refused])
+            missing = [k for k in refused if folders[_folder(k)] is None]
+            for key in missing:
+                z.ensure(_folder(key))
+            if missing:
+                created.update(zip(missing, z.transact_many([tx(k) for k in missing]), strict=True))
+        return [created[k] for k in keys]
+
     def _handover(
         self, vip: Vip, reason: str, *, run_hooks: bool, end: float | None = None
     ) -> None:
@@ -1041,8 +1134,23 @@ class VipManager:
         logger.info("%s: releasing %s: %s", self._me, vip.key, reason)
         if run_hooks and vip.key in self._kernel.plumbed():
             self._run_pre_release(vip)
-        removed = self._kernel.remove(vip)
+        removed = self._kernel.remove(vip, tell_fence=False)
         removed_at = time.monotonic()
+        try:
+            self._release_claim(vip, end)
+        finally:
+            self._kernel.fence_forget(vip)
+        released_at = time.monotonic()
+        with self._lock:
+            self._facts.know(vip.key, None)
+        # Told only now: waking the event thread earlier would delay the release.
+        if removed:
+            self._step("removed", removed_at, 1)
+            self._emit(self._release, vip)
+        self._step("released", released_at, 1)
+
+    def _release_claim(self, vip: Vip, end: float | None) -> None:
+        """Delete this session's claim of ``vip`` (its address is gone already)."""
         session = self.coordinator.session_id
         with self._lock:
             cached = self._facts.owners.get(vip.key)
@@ -1051,7 +1159,11 @@ class VipManager:
             # With beats a claim goes with a beat (see _beat): a survivor's
             # fence prepared before it then fails instead of deleting a
             # claim someone else made since.
-            if not self.beat.write_with(z, [Delete(owner_path(vip.key), 0)]):
+            ops = [Delete(owner_path(vip.key), 0)]
+            held = self.beat.reserved()
+            if vip.key in held:  # ours twice (a stale plan): it must not come back here
+                ops.append(Delete(next_path(vip.key), 0))
+            if not self.beat.write_with(z, ops, unreserve=[vip.key]):
                 logger.warning("%s: the claim of %s was not ours to delete", self._me, vip.key)
         elif cached is not None and cached.session == session:
             # An ephemeral znode of our live session cannot belong to anyone
@@ -1062,14 +1174,6 @@ class VipManager:
             node = z.get(owner_path(vip.key))
             if node is not None and node.ephemeral_owner == session:
                 z.delete(owner_path(vip.key), version=node.version)
-        released_at = time.monotonic()
-        with self._lock:
-            self._facts.know(vip.key, None)
-        # Told only now: waking the event thread earlier would delay the release.
-        if removed:
-            self._step("removed", removed_at, 1)
-            self._emit(self._release, vip)
-        self._step("released", released_at, 1)
 
     def _run_pre_release(self, vip: Vip) -> None:
         for hook in list(self._pre_release):
@@ -1087,6 +1191,11 @@ def _guarded(hook: VipCallback, vip: Vip) -> None:
         hook(vip)
     except Exception:
         logger.exception("pre_release hook failed for %s", vip.key)
+
+
+def _folder(key: str) -> str:
+    """``vips/<address>``: the parent of a VIP's claim and reservation."""
+    return owner_path(key).rpartition("/")[0]
 
 
 def _key(address: str) -> str:

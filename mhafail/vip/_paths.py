@@ -3,6 +3,7 @@
 ::
 
     vips/<address>/owner            ephemeral   {"node", "session", "since"}: the claim
+    vips/<address>/next             ephemeral   the same: the planned successor's reservation
     vips/<address>/declared/<node>  ephemeral   the node's Vip declaration
     targets/<address>               persistent  {"node", "time"}: an explicit move
     drained/<node>                  persistent  {"node", "time"}: the node gives up its VIPs
@@ -39,6 +40,11 @@ MAX_DOC_BYTES = 4096
 def owner_path(address: str) -> str:
     """The claim znode of ``address``."""
     return f"{VIPS}/{address}/owner"
+
+
+def next_path(address: str) -> str:
+    """The reservation znode of ``address`` (see :mod:`mhafail.vip._reserve`)."""
+    return f"{VIPS}/{address}/next"
 
 
 def declared_path(address: str, node: str | None = None) -> str:

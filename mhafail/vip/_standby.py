@@ -29,7 +29,8 @@ import time
 from collections.abc import Callable
 
 from mhafail.coordination import Pending, Znodes
-from mhafail.vip._paths import Claim, owner_path
+from mhafail.vip._paths import Claim
+from mhafail.vip._reserve import claim_ops
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ class Standby:
                 return
             self._in_flight.add(address)
             self._gap, self._last_sent = at - self._last_sent, at
-        pending = self._znodes().create_soon(owner_path(address), claim.to_json(), ephemeral=True)
+        # Refused while somebody holds the VIP's reservation (see _reserve).
+        pending = self._znodes().transact_soon(claim_ops(address, claim))
         self._sent_queue.put((address, claim, pending, at))
 
     def stop(self) -> None:

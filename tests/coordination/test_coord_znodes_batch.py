@@ -65,3 +65,69 @@ def test_watch_list_delivers_each_new_child_list(coordinator_factory: Factory) -
     watch.cancel()
     assert z.watch_list("absent", seen.put) is not None
     assert seen.get(timeout=5) is None
+
+
+def test_transaction_ops_create_check_and_absent(coordinator_factory: Factory) -> None:
+    """Create, Check and absent() in one transaction: all happen, or nothing when one is refused."""
+    from mhafail.coordination import Check, Create, Delete, absent
+
+    z = coordinator_factory().znodes
+    z.ensure("x")
+    # absent() passes on a missing znode and leaves no trace.
+    assert z.transact([Create("x/owner", b"me", ephemeral=True), *absent("x/next")])
+    assert z.get("x/next") is None and z.get("x/owner").data == b"me"  # type: ignore[union-attr]
+    # Check needs the znode to exist (any version with -1).
+    assert z.transact([Create("x/next", b"r", ephemeral=True), Check("x/owner")])
+    assert not z.transact([Create("x/other"), Check("x/missing")])
+    assert z.get("x/other") is None
+    # absent() refuses once the znode exists: nothing of the transaction happens.
+    assert not z.transact([Delete("x/owner", 0), Create("x/owner2"), *absent("x/next")])
+    assert z.get("x/owner") is not None and z.get("x/owner2") is None
+    # Pipelined and sent-now forms agree with transact.
+    assert z.transact_many([[Check("x/owner")], [Check("x/gone")], [*absent("x/free")]]) == [
+        True,
+        False,
+        True,
+    ]
+    assert z.transact_soon([Check("x/next", 0)]).outcome(5.0) is True
+    assert z.transact_soon([Check("x/next", 3)]).outcome(5.0) is False
+
+
+def test_transaction_with_a_bad_path_raises_and_changes_nothing(
+    coordinator_factory: Factory,
+) -> None:
+    """A transaction naming a bad path raises a documented error and creates nothing."""
+    from mhafail.coordination import Create
+
+    z = coordinator_factory().znodes
+    z.ensure("bad")
+    with pytest.raises((CoordinationError, ValueError)):
+        z.transact([Create("bad/ok"), Create("bad/../x")])
+    assert z.get("bad/ok") is None
+
+
+def test_watch_gone_fires_for_a_later_deletion_only(coordinator_factory: Factory) -> None:
+    """watch_gone fires once for a deletion after the call, at once when absent, never for an
+    earlier deletion, and not after cancel."""
+    z = coordinator_factory().znodes
+    z.ensure("g")
+    fired: queue.SimpleQueue[str] = queue.SimpleQueue()
+    z.create("g/a", b"")
+    watch = z.watch_gone("g/a", lambda: fired.put("a"))
+    z.set("g/a", b"changed")  # a change is not a deletion: re-armed
+    z.delete("g/a")
+    assert fired.get(timeout=5) == "a"
+    z.create("g/a", b"")
+    z.delete("g/a")
+    with pytest.raises(queue.Empty):
+        fired.get(timeout=0.3)  # once only
+    watch.cancel()
+    # Absent already: fires from the read.
+    z.watch_gone("g/none", lambda: fired.put("none"))
+    assert fired.get(timeout=5) == "none"
+    # Cancelled before the deletion: silent.
+    z.create("g/b", b"")
+    z.watch_gone("g/b", lambda: fired.put("b")).cancel()
+    z.delete("g/b")
+    with pytest.raises(queue.Empty):
+        fired.get(timeout=0.3)

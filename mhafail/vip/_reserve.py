@@ -1,0 +1,269 @@
+"""Reservations: the planned successor owns a VIP the instant its owner's claim goes.
+
+With beats on, a node reserves each VIP it is the planned successor of
+(``_placement.successions``) by creating ``vips/<address>/next``, an
+ephemeral znode of its session, next to the owner's claim. The rule of
+ownership becomes: the holder of ``owner`` if it exists, else the holder of
+``next``. So when the owner lets go (a graceful handover, a fence, the end
+of its session) the reserver owns the VIP on the deletion notice alone, and
+plumbs it without first writing a claim: one ZooKeeper write fewer between
+the old owner's address removal and the new owner's announcement. It then
+turns the reservation into a claim (``owner`` created, ``next`` deleted, in
+one transaction) so that every reader sees an ordinary claim again.
+
+Why there is still at most one owner (safety rule 1):
+
+* A reservation is only made while ``owner`` exists (the same transaction
+  checks it), and only one ``next`` can exist.
+* Everybody else creates ``owner`` in a transaction that also requires
+  ``next`` to be absent (:func:`mhafail.coordination.absent`): while the
+  reservation lives, only its holder can become the owner.
+* The reserver counts a deletion only when a read it sent *after* its
+  reservation was made sees ``owner`` absent, or the watch that read armed
+  reports the deletion (:meth:`~mhafail.coordination.Znodes.watch_gone`):
+  never a deletion from before, after which somebody else may have claimed.
+* It plumbs through the kernel, which checks both leases first, exactly as
+  for a claim; reservations exist only with beats, so a silent reserver is
+  fenced like a silent owner: its beat lists its reservations (it makes and
+  drops them with a beat, see :mod:`mhafail.vip._beat`) and the fence deletes
+  them with its claims. A reserver that cannot use a VIP it was given
+  (stopping, standing aside, no working fence) drops the reservation so the
+  others can claim.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from mhafail.coordination import Check, Create, Delete, Op, Watch, Znodes, absent
+from mhafail.errors import CoordinationError
+from mhafail.vip._beat import Beat
+from mhafail.vip._paths import Claim, next_path, owner_path
+
+logger = logging.getLogger(__name__)
+
+OwnedCallback = Callable[[list[str], Claim, float], None]
+
+_Gone = tuple[str, int, float]  # address, session of the reservation, when its owner let go
+
+
+def claim_ops(address: str, claim: Claim) -> list[Op]:
+    """The transaction that claims ``address``: create its claim, only while nobody
+    holds its reservation (every claim but a reserver's own is made so)."""
+    return [
+        Create(owner_path(address), claim.to_json(), ephemeral=True),
+        *absent(next_path(address)),
+    ]
+
+
+class Reserver:
+    """Makes, watches and drops this node's reservations (see the module docstring).
+
+    Args:
+        znodes: the cluster's znodes.
+        beat: this node's beat; its reservation list is the source of truth.
+        ready: the claim to use when this node may own a VIP now (live
+            session, valid leases, working fence, not stopping nor standing
+            aside), else None.
+        on_owned: ``on_owned(addresses, claim, first_gone_at)`` on the
+            reserver's thread, for reservations whose owner let go: plumb
+            them, then :meth:`convert`. An exception drops the reservations.
+    """
+
+    def __init__(
+        self,
+        znodes: Callable[[], Znodes],
+        beat: Beat,
+        ready: Callable[[], Claim | None],
+        on_owned: OwnedCallback,
+        name: str = "mhafail-vip-reserver",
+    ) -> None:
+        self._znodes = znodes
+        self._beat = beat
+        self._ready = ready
+        self._on_owned = on_owned
+        self._lock = threading.Lock()
+        self._watches: dict[str, tuple[int, Watch]] = {}  # address -> (session, watch)
+        # Given to this node by their owner's release, not yet claimed or
+        # dropped: a pass whose snapshot already shows them ours must not drop them.
+        self._taking: set[str] = set()
+        self._gone: queue.SimpleQueue[_Gone | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def held(self) -> frozenset[str]:
+        """The addresses this node holds a reservation of."""
+        return self._beat.reserved()
+
+    def sync(self, wanted: frozenset[str], session: int | None) -> None:
+        """Hold reservations for exactly ``wanted`` (the converge thread).
+
+        ``wanted``: the VIPs another node holds that this node is the planned
+        successor of. Drops the others in one transaction and makes the new
+        ones in another (one at a time when that one is refused: an owner
+        went meanwhile, or somebody else reserved first).
+
+        Raises:
+            CoordinationUnavailable: ZooKeeper could not be asked.
+        """
+        self._drop_stale_watches(session)
+        held = self._beat.reserved()
+        z = self._znodes()
+        with self._lock:
+            drop = held - wanted - self._taking
+        if drop:
+            self.drop(drop)
+            held = self._beat.reserved()
+        claim = self._ready()
+        add = sorted(wanted - held)
+        ready = add and claim is not None and claim.session == session
+        if ready and claim is not None and not self._make(z, add, claim):
+            for address in add[:20]:  # the rest next pass: bounded work per pass
+                self._make(z, [address], claim)
+        for address in self._beat.reserved():
+            self._arm(z, address, session)
+
+    def drop(self, addresses: frozenset[str] | set[str]) -> bool:
+        """Delete these reservations of ours (with a beat); True when done or none held."""
+        held = self._beat.reserved()
+        drop = held & addresses
+        if not drop:
+            return True
+        ops: list[Op] = [Delete(next_path(a), 0) for a in sorted(drop)]
+        done = self._beat.write_with(self._znodes(), ops, unreserve=drop)
+        if done:
+            self._cancel(drop)
+        return done
+
+    def convert(self, addresses: list[str], claim: Claim) -> list[str]:
+        """Turn these reservations into claims; return the addresses converted.
+
+        One transaction for all, else one each (a reservation gone meanwhile:
+        fenced, or dropped). The caller removes the addresses not converted.
+        """
+        z = self._znodes()
+        done: list[str] = []
+        groups = [addresses] if len(addresses) > 1 else []
+        groups += [[a] for a in addresses]
+        for candidates in groups:
+            group = [a for a in candidates if a not in done and a in self._beat.reserved()]
+            if not group:
+                continue
+            ops: list[Op] = []
+            for address in group:
+                ops += [
+                    Create(owner_path(address), claim.to_json(), ephemeral=True),
+                    Delete(next_path(address), 0),
+                ]
+            if self._beat.write_with(z, ops, unreserve=group):
+                self._cancel(set(group))
+                done += group
+        return done
+
+    def forget(self) -> None:
+        """Cancel every watch (the reservations are gone: fenced, or a new session)."""
+        self._cancel(None)
+
+    def stop(self) -> None:
+        """Cancel the watches and end the thread (the session's end deletes the znodes)."""
+        self.forget()
+        self._gone.put(None)
+        self._thread.join(2.0)
+
+    # --- internals ---------------------------------------------------------------
+
+    def _make(self, z: Znodes, addresses: list[str], claim: Claim) -> bool:
+        ops: list[Op] = []
+        for address in addresses:
+            ops += [
+                Create(next_path(address), claim.to_json(), ephemeral=True),
+                Check(owner_path(address)),  # only behind a live claim
+            ]
+        done = self._beat.write_with(z, ops, reserve=addresses)
+        if done:
+            logger.debug("%s: reserved %s", claim.node, ", ".join(addresses))
+        return done
+
+    def _arm(self, z: Znodes, address: str, session: int | None) -> None:
+        if session is None:
+            return
+        with self._lock:
+            if address in self._watches:
+                return
+        # Armed after the reservation was made: only a later deletion counts.
+        watch = z.watch_gone(
+            owner_path(address), functools.partial(self._on_gone, address, session)
+        )
+        with self._lock:
+            if address in self._watches:
+                watch.cancel()
+            else:
+                self._watches[address] = (session, watch)
+
+    def _on_gone(self, address: str, session: int) -> None:
+        """kazoo's thread: the owner of a reserved VIP let go; hand it over, never wait."""
+        at = time.monotonic()
+        with self._lock:
+            entry = self._watches.get(address)
+            if entry is None or entry[0] != session:
+                return
+            self._taking.add(address)
+        self._gone.put((address, session, at))
+
+    def _drop_stale_watches(self, session: int | None) -> None:
+        with self._lock:
+            stale = [a for a, (s, _) in self._watches.items() if s != session]
+        if stale:
+            self._cancel(set(stale))
+
+    def _cancel(self, addresses: set[str] | frozenset[str] | None) -> None:
+        with self._lock:
+            keys = list(self._watches) if addresses is None else list(addresses)
+            watches = [self._watches.pop(a) for a in keys if a in self._watches]
+        for _, watch in watches:
+            watch.cancel()
+
+    def _run(self) -> None:
+        while (first := self._gone.get()) is not None:
+            batch = [first]
+            while True:  # whatever came meanwhile goes in the same batch
+                try:
+                    entry = self._gone.get_nowait()
+                except queue.Empty:
+                    break
+                if entry is None:
+                    self._gone.put(None)
+                    break
+                batch.append(entry)
+            try:
+                self._owned(batch)
+            finally:
+                with self._lock:
+                    self._taking.difference_update(a for a, _, _ in batch)
+
+    def _owned(self, batch: list[_Gone]) -> None:
+        held = self._beat.reserved()
+        claim = self._ready()
+        if claim is None:
+            # Given a VIP this node cannot use now: let the others claim it.
+            try:
+                self.drop({a for a, _, _ in batch})
+            except CoordinationError as exc:
+                logger.warning("could not drop reservations: %s", exc)
+            return
+        addresses = sorted({a for a, s, _ in batch if a in held and s == claim.session})
+        if not addresses:
+            return
+        try:
+            self._on_owned(addresses, claim, min(at for _, _, at in batch))
+        except Exception:
+            logger.exception("%s: could not take reserved %s", claim.node, addresses)
+            try:
+                self.drop(set(addresses))  # let the others claim
+            except CoordinationError as exc:
+                logger.warning("%s: could not drop reservations: %s", claim.node, exc)
