@@ -51,6 +51,9 @@ OwnedCallback = Callable[[list[str], Claim, float], None]
 
 _Gone = tuple[str, int, float]  # address, session of the reservation, when its owner let go
 
+RETRY_AFTER = 1.0
+"""Seconds before a refused reservation is tried again (somebody else's, or no owner)."""
+
 
 def claim_ops(address: str, claim: Claim) -> list[Op]:
     """The transaction that claims ``address``: create its claim, only while nobody
@@ -92,6 +95,7 @@ class Reserver:
         # Given to this node by their owner's release, not yet claimed or
         # dropped: a pass whose snapshot already shows them ours must not drop them.
         self._taking: set[str] = set()
+        self._refused: dict[str, float] = {}  # address -> when to try reserving it again
         self._gone: queue.SimpleQueue[_Gone | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -120,11 +124,17 @@ class Reserver:
             self.drop(drop)
             held = self._beat.reserved()
         claim = self._ready()
-        add = sorted(wanted - held)
+        now = time.monotonic()
+        add = sorted(a for a in wanted - held if self._refused.get(a, 0.0) <= now)
         ready = add and claim is not None and claim.session == session
         if ready and claim is not None and not self._make(z, add, claim):
-            for address in add[:20]:  # the rest next pass: bounded work per pass
-                self._make(z, [address], claim)
+            # One at a time; a refused one waits RETRY_AFTER (the work per
+            # pass stays bounded while caches disagree on the successor).
+            for address in add:
+                if not self._make(z, [address], claim):
+                    self._refused[address] = now + RETRY_AFTER
+        for address in [a for a in self._refused if a not in wanted]:
+            del self._refused[address]
         for address in self._beat.reserved():
             self._arm(z, address, session)
 
