@@ -885,7 +885,12 @@ class VipManager:
         planned = self._standby.plan(successor_of)
         if self._reserver is not None:
             held_by_others = {a for a in successor_of if inp.owners.get(a) not in (None, self._me)}
-            self._reserver.sync(frozenset(held_by_others), self.coordinator.session_id)
+            # A reservation of a VIP the cache shows unowned is about to make
+            # this node its owner (the deletion notice may still be on its
+            # way, e.g. right after this node fenced the owner): keep it.
+            unowned = {a for a in self._reserver.held() if inp.owners.get(a) is None}
+            wanted = frozenset(held_by_others | unowned)
+            self._reserver.sync(wanted, self.coordinator.session_id, frozenset(unowned))
         to_claim, to_plumb = self._carry_out(decisions, now, tally, planned)
         decided_at = time.monotonic()
         won = self._claim(to_claim)
@@ -922,6 +927,10 @@ class VipManager:
         """
         assert self._standby is not None
         in_flight = self._standby.in_flight()  # the standby's claims, answered soon
+        if self._reserver is not None:
+            # Ours by reservation once unowned: the reserver takes those (a
+            # claim would only meet our own reservation).
+            in_flight |= self._reserver.held()
         with self._lock:
             vanished = dict(self._facts.vanished)
         to_claim, to_plumb = [], []

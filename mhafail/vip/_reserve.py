@@ -53,6 +53,9 @@ _Gone = tuple[str, int, float]  # address, session of the reservation, when its 
 
 RETRY_AFTER = 1.0
 """Seconds before a refused reservation is tried again (somebody else's, or no owner)."""
+RECHECK_AFTER = 0.5
+"""Seconds a reserved VIP may look unowned before its watch is armed again (a read
+that failed with the connection arms nothing)."""
 
 
 def claim_ops(address: str, claim: Claim) -> list[Op]:
@@ -91,7 +94,8 @@ class Reserver:
         self._ready = ready
         self._on_owned = on_owned
         self._lock = threading.Lock()
-        self._watches: dict[str, tuple[int, Watch]] = {}  # address -> (session, watch)
+        # address -> (session, watch, when armed)
+        self._watches: dict[str, tuple[int, Watch, float]] = {}
         # Given to this node by their owner's release, not yet claimed or
         # dropped: a pass whose snapshot already shows them ours must not drop them.
         self._taking: set[str] = set()
@@ -104,13 +108,17 @@ class Reserver:
         """The addresses this node holds a reservation of."""
         return self._beat.reserved()
 
-    def sync(self, wanted: frozenset[str], session: int | None) -> None:
+    def sync(
+        self, wanted: frozenset[str], session: int | None, unowned: frozenset[str] = frozenset()
+    ) -> None:
         """Hold reservations for exactly ``wanted`` (the converge thread).
 
         ``wanted``: the VIPs another node holds that this node is the planned
         successor of. Drops the others in one transaction and makes the new
         ones in another (one at a time when that one is refused: an owner
-        went meanwhile, or somebody else reserved first).
+        went meanwhile, or somebody else reserved first). ``unowned``:
+        reserved VIPs the cache shows without an owner; their watches are
+        armed again when older than ``RECHECK_AFTER``.
 
         Raises:
             CoordinationUnavailable: ZooKeeper could not be asked.
@@ -135,6 +143,13 @@ class Reserver:
                     self._refused[address] = now + RETRY_AFTER
         for address in [a for a in self._refused if a not in wanted]:
             del self._refused[address]
+        with self._lock:
+            stale = [
+                a
+                for a in unowned
+                if a in self._watches and now - self._watches[a][2] > RECHECK_AFTER
+            ]
+        self._cancel(set(stale))
         for address in self._beat.reserved():
             self._arm(z, address, session)
 
@@ -213,7 +228,7 @@ class Reserver:
             if address in self._watches:
                 watch.cancel()
             else:
-                self._watches[address] = (session, watch)
+                self._watches[address] = (session, watch, time.monotonic())
 
     def _on_gone(self, address: str, session: int) -> None:
         """kazoo's thread: the owner of a reserved VIP let go; hand it over, never wait."""
@@ -227,7 +242,7 @@ class Reserver:
 
     def _drop_stale_watches(self, session: int | None) -> None:
         with self._lock:
-            stale = [a for a, (s, _) in self._watches.items() if s != session]
+            stale = [a for a, (s, _, _) in self._watches.items() if s != session]
         if stale:
             self._cancel(set(stale))
 
@@ -235,7 +250,7 @@ class Reserver:
         with self._lock:
             keys = list(self._watches) if addresses is None else list(addresses)
             watches = [self._watches.pop(a) for a in keys if a in self._watches]
-        for _, watch in watches:
+        for _, watch, _ in watches:
             watch.cancel()
 
     def _run(self) -> None:
