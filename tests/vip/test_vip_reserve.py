@@ -174,3 +174,29 @@ def test_reservations_of_an_ended_session_are_never_counted(
         time.sleep(0.01)
     assert saw_new  # it reserved again in its new session
     assert network.max_holders(A) == 1
+
+
+def test_after_a_fence_each_reserver_keeps_what_it_took(
+    cluster: Callable[..., Node], network: FakeNetwork
+) -> None:
+    """When survivors fence a silent owner of several VIPs, each VIP goes to one survivor and
+    stays there: no survivor drops a reservation it is taking and removes the address again."""
+    vips = [A, "198.18.0.202", "198.18.0.203", "198.18.0.204", "198.18.0.205", "198.18.0.206"]
+    nodes = {
+        n: cluster(n, vips=vips, session_timeout=SESSION, beat_budget=BUDGET)
+        for n in ("n1", "n2", "n3")
+    }
+    wait_for(lambda: all(holder(network, v) is not None for v in vips), 10)
+    counts = {n: sum(holder(network, v) == n for v in vips) for n in nodes}
+    victim = max(counts, key=lambda n: counts[n])
+    theirs = [v for v in vips if holder(network, v) == victim]
+    wait_for(lambda: all(reserver_of(nodes, v) not in (None, victim) for v in theirs), 5)
+    cut_at = time.monotonic()
+    nodes[victim].proxy.cut()
+    wait_for(lambda: all(holder(network, v) not in (None, victim) for v in theirs), SESSION)
+    time.sleep(0.5)  # long enough for a pass to drop a reservation and remove the address
+    for address in theirs:
+        taken = [(s, e, h) for s, e, h in network.spans(address) if h != victim and s >= cut_at]
+        assert len(taken) == 1, (address, taken)  # taken once, never removed again
+        assert taken[0][1] > time.monotonic(), (address, taken)
+        assert network.max_holders(address) == 1
