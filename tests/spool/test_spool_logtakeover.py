@@ -129,3 +129,33 @@ def test_a_log_taken_over_twice_nests_and_still_replays_once(
         assert message_files(third.paths.spool) == set(came)
     finally:
         reopened.close()
+
+
+def test_adopted_messages_filed_by_our_checkpointer_before_indexing_are_still_indexed(
+    local_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint filing the adopted log before it is indexed drops nothing from the index."""
+    dead = local_factory(node="d", group=True)
+    survivor = local_factory(node="s", group=True)
+    ids = [dead.spool.put(ENV, f"m{i}".encode()) for i in range(25)]
+    dead.spool.defer(ids[3], 1e12, "later")
+    fence = take(dead, "s", 20)
+    log = survivor.spool._committer.log
+    real_adopt = log.adopt
+
+    def adopt_then_file(source: Path, name: str) -> list[str]:
+        came = real_adopt(source, name)
+        # The survivor's checkpointer runs on its own when puts pause: here,
+        # at the worst moment, between the rename of the log and the index.
+        log.checkpoint(survivor.spool._section, everything=True)
+        return came
+
+    monkeypatch.setattr(log, "adopt", adopt_then_file)
+    came = survivor.spool.adopt_log(dead.paths.spool, fence, "d.14")
+    assert set(came) == set(ids)
+    assert set(ids) <= message_files(survivor.paths.spool)  # filed by the checkpoint
+    assert survivor.spool.problems == []
+    assert set(ids) <= set(survivor.spool.ids())
+    assert survivor.spool.read(ids[7]) == b"m7"
+    assert survivor.spool.get(ids[3]).attempts == 1
+    fence.close()
