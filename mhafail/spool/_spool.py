@@ -216,6 +216,11 @@ class Spool:
         """
         return self._running().checkpoint()
 
+    def importing(self) -> contextlib.AbstractContextManager[None]:
+        """Hold idle checkpoints off while a takeover moves messages in (see ``_commit``)."""
+        committer = self._running()
+        return committer.importing() if committer.group else contextlib.nullcontext()
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._index)

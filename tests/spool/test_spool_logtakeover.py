@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mhafail.spool import Envelope, FileFence, Spool
+from mhafail.spool import Envelope, FileFence, Spool, _commit
 from mhafail.spool._wal import WAL, logged, pending
 
 ENV = Envelope(sender="a@example.org", recipients=("b@example.net",))
@@ -158,4 +159,26 @@ def test_adopted_messages_filed_by_our_checkpointer_before_indexing_are_still_in
     assert set(ids) <= set(survivor.spool.ids())
     assert survivor.spool.read(ids[7]) == b"m7"
     assert survivor.spool.get(ids[3]).attempts == 1
+    fence.close()
+
+
+def test_idle_checkpoints_wait_while_a_takeover_moves_messages_in(
+    local_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside importing() an idle spool files nothing of an adopted log; after it, it does."""
+    monkeypatch.setattr(_commit, "IDLE", 0.05)
+    dead = local_factory(node="d", group=True)
+    survivor = local_factory(node="s", group=True)
+    ids = [dead.spool.put(ENV, f"m{i}".encode()) for i in range(20)]
+    fence = take(dead, "s", 20)
+    with survivor.spool.importing():
+        survivor.spool.adopt_log(dead.paths.spool, fence, "d.14")
+        time.sleep(0.5)  # ten idle periods: the checkpointer ran, filed nothing
+        assert not message_files(survivor.paths.spool) & set(ids)
+        assert survivor.spool.read(ids[4]) == b"m4"  # read from the log meanwhile
+    deadline = time.monotonic() + 10
+    while not set(ids) <= message_files(survivor.paths.spool):
+        assert time.monotonic() < deadline, "the idle checkpoint never filed the adopted log"
+        time.sleep(0.02)
+    assert sorted(survivor.spool.ids()) == sorted(ids)
     fence.close()
