@@ -182,3 +182,24 @@ def test_idle_checkpoints_wait_while_a_takeover_moves_messages_in(
         time.sleep(0.02)
     assert sorted(survivor.spool.ids()) == sorted(ids)
     fence.close()
+
+
+def test_adopting_a_log_removes_the_filed_copies_left_in_the_dead_spool(
+    local_factory: Callable[..., Any],
+) -> None:
+    """Filed copies of logged messages, and a dropped one's state file, do not stay behind."""
+    dead = local_factory(node="d", group=True)
+    survivor = local_factory(node="s", group=True)
+    ids = [dead.spool.put(ENV, f"m{i}".encode()) for i in range(10)]
+    dead.spool.done(ids[0])  # a drop record in the log
+    msg = dead.paths.spool / "msg"
+    # As a checkpoint that filed them without retiring the segment would leave them:
+    (msg / ids[1]).write_bytes(dead.spool._committer.log.read(ids[1]) or b"")
+    (msg / ids[0]).write_bytes(b"a stale copy of a dropped message")
+    (msg / (ids[0] + ".state")).write_bytes(b"{}")
+    fence = take(dead, "s", 20)
+    came = survivor.spool.adopt_log(dead.paths.spool, fence, "d.14")
+    assert set(came) == set(ids[1:])
+    assert os.listdir(msg) == []
+    assert survivor.spool.read(ids[1]) == b"m1"
+    fence.close()
