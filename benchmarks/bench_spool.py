@@ -44,7 +44,21 @@ was the benchmark's, not the writer's).
 spool in it: ``--clients`` threads each doing some Python work per put,
 then blocking on a lock of their own that one committer thread releases
 after one ``pwrite`` and one ``fdatasync`` per batch. What CPython threads
-allow on this machine, for the threaded put rows.
+allow on this machine, for the threaded put rows. Beside it, two other
+designs with the same work per put: (a) each caller ``pwrite``s its own
+record under the lock and waits on a condition that the committer
+notifies once per ``fdatasync``; and no committer at all, each caller
+writing then calling ``fdatasync`` itself.
+
+``--procs N`` (alone): the durable maildir writer and the group-commit
+spool with the ``--clients`` threads split over N processes (spawned),
+the spool as one node per process (its own directory, lock and session):
+a spool shard per process. Same threads in all, same disk, same messages.
+
+Fairness, every put row: the same number of client threads for the
+maildir writer and the spool, the same messages (``--size`` random bytes,
+one envelope), one temporary directory on the same file system, and the
+same durability when a put returns (the message survives a power loss).
 """
 
 from __future__ import annotations
@@ -53,6 +67,7 @@ import _thread
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import secrets
@@ -154,25 +169,23 @@ def bench_bound(work: Path, *, count: int, size: int, clients: int, runs: int) -
     segment = 8 * 1024 * 1024
     os.write(fd, bytes(segment))
     os.fsync(fd)
-    print(f"\nbound: {clients} threads, {count} puts of {size} bytes, a bare committer (msg/s)")
+    print(f"\nbound: {clients} threads, {count} puts of {size} bytes, no spool (msg/s)")
     try:
         for units in (0, 1, 3, 5):
-            rates = [
-                _bound_run(
-                    fd,
-                    segment=segment,
-                    header=header,
-                    units=units,
-                    count=count,
-                    size=size,
-                    clients=clients,
-                )
-                for _ in range(runs)
-            ]
-            print(
-                f"{units:>2} units of Python per put            "
-                + " ".join(f"{r:>9.0f}" for r in rates)
-            )
+            for design, run in BOUND_DESIGNS.items():
+                rates = [
+                    run(
+                        fd,
+                        segment=segment,
+                        header=header,
+                        units=units,
+                        count=count,
+                        size=size,
+                        clients=clients,
+                    )
+                    for _ in range(runs)
+                ]
+                print(f"{units:>2} units, {design:<36} " + " ".join(f"{r:>9.0f}" for r in rates))
     finally:
         os.close(fd)
 
@@ -229,6 +242,108 @@ def _bound_run(
     finally:
         stop.set()
         thread.join()
+
+
+def _bound_callers_write(
+    fd: int,
+    *,
+    segment: int,
+    header: dict[str, object],
+    units: int,
+    count: int,
+    size: int,
+    clients: int,
+) -> float:
+    """Design (a): each caller writes its own record under the lock, one flush per group.
+
+    The caller ``pwrite``s its record into the shared file under the lock
+    and waits on a condition; the committer does one ``fdatasync`` for all
+    written so far and wakes the waiters with one ``notify_all``.
+    """
+    cond = threading.Condition(threading.Lock())
+    state = {"offset": 0, "written": 0, "durable": 0}
+    record = bytes(size + 64)
+    step = len(record) + (-len(record) % 4096)
+    kick = threading.Event()
+    stop = threading.Event()
+
+    def committer() -> None:
+        while not stop.is_set():
+            kick.wait(0.01)
+            kick.clear()
+            while True:
+                with cond:
+                    target = state["written"]
+                if target == state["durable"]:
+                    break
+                os.fdatasync(fd)
+                with cond:
+                    state["durable"] = target
+                    cond.notify_all()
+
+    def put() -> None:
+        for _ in range(units):
+            json.dumps(header, separators=(",", ":"))
+            json.dumps(header)
+        with cond:
+            if state["offset"] + step > segment:
+                state["offset"] = 0
+            os.pwrite(fd, record, state["offset"])
+            state["offset"] += step
+            state["written"] += 1
+            mine = state["written"]
+            kick.set()
+            while state["durable"] < mine:
+                cond.wait()
+
+    thread = threading.Thread(target=committer, daemon=True)
+    thread.start()
+    try:
+        return rate(put, count, clients)
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _bound_callers_sync(
+    fd: int,
+    *,
+    segment: int,
+    header: dict[str, object],
+    units: int,
+    count: int,
+    size: int,
+    clients: int,
+) -> float:
+    """No committer: each caller writes its record under a lock, then ``fdatasync``s itself.
+
+    (The kernel merges concurrent flushes; a caller blocks in the system
+    call instead of on a lock.)
+    """
+    mu = threading.Lock()
+    state = {"offset": 0}
+    record = bytes(size + 64)
+    step = len(record) + (-len(record) % 4096)
+
+    def put() -> None:
+        for _ in range(units):
+            json.dumps(header, separators=(",", ":"))
+            json.dumps(header)
+        with mu:
+            if state["offset"] + step > segment:
+                state["offset"] = 0
+            os.pwrite(fd, record, state["offset"])
+            state["offset"] += step
+        os.fdatasync(fd)
+
+    return rate(put, count, clients)
+
+
+BOUND_DESIGNS = {
+    "committer thread (the spool's)": _bound_run,
+    "(a) callers write, one notify_all": _bound_callers_write,
+    "callers write and fdatasync": _bound_callers_sync,
+}
 
 
 def coordinator(zk: ZooKeeperServer, cluster: str) -> Coordinator:
@@ -383,7 +498,10 @@ def bench_puts(
                         table.setdefault((closing, threads), []).append(with_close)
     finally:
         c.stop()
-    print(f"\nput of {size}-byte messages, {count} per row, same disk ({work}), {runs} runs")
+    print(
+        f"\nput of {size}-byte messages, {count} per row, same disk ({work}), {runs} runs;"
+        " every row: the same client threads, messages and durability"
+    )
     head = " ".join(f"{'run ' + str(n):>9}" for n in range(1, runs + 1))
     print(f"{'writer':<42} {'clients':>7} {head}  (msg/s)")
     for (label, threads), rates in sorted(table.items(), key=lambda kv: kv[0][1]):
@@ -397,6 +515,110 @@ def bench_puts(
             ratios = [r / b for r, b in zip(rates, table[(against, threads)], strict=True)]
             cells = " ".join(f"{x:>8.1f}x" for x in ratios)
             print(f"{label:<42} {threads:>7} {cells}")
+
+
+def _proc_client(
+    kind: str,
+    zk_address: str,
+    root: str,
+    cluster: str,
+    node: str,
+    *,
+    size: int,
+    count: int,
+    threads: int,
+    barrier: Any,
+    out: Any,
+) -> None:
+    """One process of ``bench_procs``: ``threads`` threads put ``count`` messages; send times."""
+    data = os.urandom(size)
+    stop: Callable[[], None] = lambda: None  # noqa: E731
+    if kind == "maildir":
+        md = Path(root) / node
+        for sub in ("tmp", "new", "cur"):
+            (md / sub).mkdir(parents=True, exist_ok=True)
+
+        def put() -> None:
+            maildir_put(md, data, dir_fsync=True)
+    else:
+        c = Coordinator(
+            hosts=zk_address, cluster=cluster, session_timeout=2.0, server_tick=0.1, open_acl=True
+        ).start()
+        paths = NodePaths(Path(root), cluster, node).create()
+        lock = SpoolLock(coordinator=c, paths=paths)
+        lock.acquire(10)
+        spool = Spool(directory=paths.spool, node=node, fence=lock).open()
+
+        def put() -> None:
+            spool.put(ENV, data)
+
+        def stop() -> None:
+            spool.close()
+            lock.release()
+            c.stop()
+
+    barrier.wait()
+    start = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
+    rate(put, count, threads)
+    out.put((start, time.perf_counter()))
+    stop()
+
+
+def bench_procs(
+    work: Path, zk: ZooKeeperServer, *, procs: int, count: int, size: int, clients: int, runs: int
+) -> None:
+    """Print put rates with the ``clients`` threads split over ``procs`` processes.
+
+    Maildir: ``procs`` processes writing one maildir each. Spool: ``procs``
+    processes, each a node of its own (its own spool directory, lock and
+    ZooKeeper session: a node name per process, taken over one by one like
+    any node). Same threads in total, same disk, same messages: the rate
+    is all messages over the span from the first start to the last end.
+    """
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process with ZooKeeper threads
+    shares = [count // procs + (i < count % procs) for i in range(procs)]
+    threads = [clients // procs + (i < clients % procs) for i in range(procs)]
+    rows: dict[str, list[float]] = {}
+    for run in range(1, runs + 1):
+        for kind in ("maildir", "spool"):
+            root = work / f"procs-{kind}-{run}"
+            root.mkdir()
+            barrier, out = ctx.Barrier(procs), ctx.Queue()
+            workers = [
+                ctx.Process(
+                    target=_proc_client,
+                    args=(kind, zk.address, str(root), "benchprocs", f"p{run}x{i}"),
+                    kwargs={
+                        "size": size,
+                        "count": shares[i],
+                        "threads": threads[i],
+                        "barrier": barrier,
+                        "out": out,
+                    },
+                )
+                for i in range(procs)
+            ]
+            for worker in workers:
+                worker.start()
+            spans = [out.get(timeout=300) for _ in workers]
+            for worker in workers:
+                worker.join(60)
+                if worker.exitcode != 0:
+                    raise RuntimeError(f"a {kind} process failed: exit code {worker.exitcode}")
+            elapsed = max(e for _, e in spans) - min(s for s, _ in spans)
+            rows.setdefault(kind, []).append(count / elapsed)
+    print(
+        f"\n{procs} processes, {clients} threads in all, {count} puts of {size} bytes per row, "
+        f"{runs} runs (msg/s)"
+    )
+    labels = {
+        "maildir": "maildir + fsync dir, a maildir each",
+        "spool": "spool, group commit, a node each",
+    }
+    for kind, rates in rows.items():
+        print(f"{labels[kind]:<42} " + " ".join(f"{r:>9.0f}" for r in rates))
+    ratios = [r / b for r, b in zip(rows["spool"], rows["maildir"], strict=True)]
+    print(f"{'ratio':<42} " + " ".join(f"{x:>8.1f}x" for x in ratios))
 
 
 PHASES = (
@@ -532,6 +754,12 @@ def main() -> None:
     parser.add_argument(
         "--bound", action="store_true", help="only the bare thread pattern (what threads allow)"
     )
+    parser.add_argument(
+        "--procs",
+        type=int,
+        default=0,
+        help="only the put rates with the clients split over this many processes",
+    )
     args = parser.parse_args()
     if args.quick:
         args.count, args.takeover, args.runs = 200, 1000, 1
@@ -545,6 +773,17 @@ def main() -> None:
     zk = ZooKeeperServer(tick_time=100).start()
     try:
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
+            if args.procs:
+                bench_procs(
+                    Path(tmp),
+                    zk,
+                    procs=args.procs,
+                    count=args.count,
+                    size=args.size,
+                    clients=args.clients,
+                    runs=args.runs,
+                )
+                return
             if not args.only_takeover:
                 bench_puts(
                     Path(tmp),

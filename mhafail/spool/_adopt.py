@@ -25,7 +25,7 @@ from mhafail.errors import MalformedData
 from mhafail.spool._fence import Fence
 from mhafail.spool._files import MSG, STATE_SUFFIX, TMP, write_failed, write_tmp
 from mhafail.spool._message import Message, apply_state, check_id, decode_header
-from mhafail.spool._wal import recover
+from mhafail.spool._wal import CommitLog, recover
 
 if TYPE_CHECKING:
     from mhafail.spool._spool import Spool
@@ -67,16 +67,21 @@ def adopt_log(spool: Spool, source: Path, source_fence: Fence, name: str) -> lis
             raise write_failed("cannot take over the commit log", exc) from exc
         loaded: dict[str, Message] = {}
         for mid in ids:
-            message = _decode_logged(spool, log.read(mid) or b"", mid, mid in states)
+            message = _decode_logged(spool, log, mid, mid in states)
             if message is not None:
                 loaded[mid] = message
     spool._indexed(loaded.items())
     return ids
 
 
-def _decode_logged(spool: Spool, raw: bytes, mid: str, has_state: bool) -> Message | None:
+def _decode_logged(spool: Spool, log: CommitLog, mid: str, has_state: bool) -> Message | None:
     state = spool.msg_dir / (mid + STATE_SUFFIX)
     try:
+        # Our checkpointer may have filed it since the adoption (it runs
+        # on its own when puts pause): then its file is the copy to read.
+        raw = log.read(mid)
+        if raw is None:
+            raw = (spool.msg_dir / mid).read_bytes()
         message, _ = decode_header(raw, what=f"logged message {mid}")
         if message.id != mid:
             raise MalformedData(f"logged message {mid}: its header names {message.id}")

@@ -39,7 +39,7 @@ import queue
 import threading
 import time
 from _thread import allocate_lock as _allocate_lock
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +196,7 @@ class Committer:
     _threads: list[threading.Thread] = attrs.field(init=False, factory=list)
     _wake: threading.Event = attrs.field(init=False, factory=threading.Event)
     _stopping: threading.Event = attrs.field(init=False, factory=threading.Event)
+    _importing: int = attrs.field(init=False, default=0)  # takeovers moving into this spool
 
     @property
     def msg_dir(self) -> Path:
@@ -292,6 +293,26 @@ class Committer:
                 raise write_failed(
                     f"cannot replay the commit log of {self.directory}", exc
                 ) from exc
+
+    @contextlib.contextmanager
+    def importing(self) -> Iterator[None]:
+        """While inside, puts pausing do not make the checkpointer file anything.
+
+        For a takeover moving messages in: filing the log it adopted (a new
+        file each, about 1 ms of disk here) would compete with its renames
+        for the disk and the GIL (benchmarked: the move phase of 10,000
+        messages 0.35-0.6 s without, 0.9-1.4 s with). The adopted messages
+        are durable in the log meanwhile; filing under pressure (our own
+        segments, which bound the log and replay) goes on as before.
+        """
+        with self._mu:
+            self._importing += 1
+        try:
+            yield
+        finally:
+            with self._mu:
+                self._importing -= 1
+            self._wake.set()  # file what waited, if puts are still paused
 
     # --- puts ---------------------------------------------------------------
 
@@ -618,7 +639,7 @@ class Committer:
             try:
                 log.checkpoint(self.section, file=False)
                 pressed = log.sealed() >= FILE_AT
-                idle = time.monotonic() - log.last_put >= IDLE
+                idle = time.monotonic() - log.last_put >= IDLE and not self._importing
                 if log.waiting() and (pressed or idle):
                     log.checkpoint(self.section)
             except SpoolFenced as exc:

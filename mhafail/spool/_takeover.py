@@ -38,6 +38,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 
@@ -348,35 +349,45 @@ class Takeover:
             fence.close()
 
     def _move_all(self, source: NodePaths, fence: FileFence, token: int) -> int:
-        me = self.paths.node
         journal = Journal(source.spool)
-        moved = 0
         try:
-            journal.append("begin", by=me, token=token)
-            # What the node acknowledged last may be in its commit log only:
-            # the log comes over whole, by one rename (no file per message).
-            logged = self.spool.adopt_log(source.spool, fence, f"{source.node}.{token:x}")
-            journal.append("log", to=me, count=len(logged))
-            if logged:
-                moved += len(logged)
-                self._emit(
-                    TakeoverEvent(EventKind.BATCH, source.node, token, moved, detail="commit log")
-                )
-                self._hook(logged)
-            ids = _ids(source.spool)
-            for number, start in enumerate(range(0, len(ids), self.batch), 1):
-                if self._stopping.is_set():
-                    raise SpoolFenced("stopping: the takeover is left for another node")
-                chunk = ids[start : start + self.batch]
-                journal.append("batch", n=number, to=me, ids=chunk)
-                adopted = self.spool.adopt(source.spool, fence, chunk)
-                journal.append("moved", n=number, count=len(adopted))
-                moved += len(adopted)
-                self._emit(TakeoverEvent(EventKind.BATCH, source.node, token, moved))
-                self._hook(adopted)
-            journal.append("complete", by=me, token=token, moved=moved)
+            # Our checkpointer files nothing on its own until the moves are done.
+            with self.spool.importing():
+                return self._move_journalled(source, fence, token, journal)
         finally:
             journal.close()
+
+    def _move_journalled(
+        self, source: NodePaths, fence: FileFence, token: int, journal: Journal
+    ) -> int:
+        me = self.paths.node
+        moved = 0
+        journal.append("begin", by=me, token=token)
+        # What the node acknowledged last may be in its commit log only:
+        # the log comes over whole, by one rename (no file per message).
+        logged = self.spool.adopt_log(source.spool, fence, f"{source.node}.{token:x}")
+        # Each step's record goes out with the next step's announcement:
+        # one fsync per batch, not two (see Journal.extend).
+        done: list[tuple[str, dict[str, Any]]] = [("log", {"to": me, "count": len(logged)})]
+        if logged:
+            moved += len(logged)
+            self._emit(
+                TakeoverEvent(EventKind.BATCH, source.node, token, moved, detail="commit log")
+            )
+            self._hook(logged)
+        ids = _ids(source.spool)
+        for number, start in enumerate(range(0, len(ids), self.batch), 1):
+            if self._stopping.is_set():
+                journal.extend(done)
+                raise SpoolFenced("stopping: the takeover is left for another node")
+            chunk = ids[start : start + self.batch]
+            journal.extend([*done, ("batch", {"n": number, "to": me, "ids": chunk})])
+            adopted = self.spool.adopt(source.spool, fence, chunk)
+            done = [("moved", {"n": number, "count": len(adopted)})]
+            moved += len(adopted)
+            self._emit(TakeoverEvent(EventKind.BATCH, source.node, token, moved))
+            self._hook(adopted)
+        journal.extend([*done, ("complete", {"by": me, "token": token, "moved": moved})])
         return moved
 
     def _hook(self, ids: list[str]) -> None:

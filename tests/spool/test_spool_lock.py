@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from mhafail.cli import main
 from mhafail.coordination import Coordinator, Membership, NodeInfo
-from mhafail.errors import SpoolFenced
+from mhafail.errors import SpoolFenced, SpoolWriteFailed
 from mhafail.spool import (
     Envelope,
     EventKind,
@@ -24,6 +25,7 @@ from mhafail.spool import (
     Takeover,
     TakeoverEvent,
 )
+from mhafail.spool._journal import read_journal
 from mhafail.testing import TcpProxy, ZooKeeperServer, expire_session
 
 pytestmark = pytest.mark.zookeeper
@@ -289,3 +291,38 @@ def test_import_orders_a_dead_nodes_spool_in_without_grace(
     assert n1.spool.ids() == [mid]
     assert n2.spool.ids() == []
     assert n1.spool.read(mid) == b"queued"
+
+
+def test_a_takeover_failing_after_announcing_a_batch_is_resumed_once(
+    stacks: Callable[..., Stack], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A move failing after its combined journal write is resumed: each message once, none lost."""
+    survivor = stacks("n1", grace=0.0, refresh=0.2)
+    survivor.takeover.batch = 5
+    dead = stacks("n2", grace=600.0)
+    mids = {dead.spool.put(ENV, f"m{i}".encode()) for i in range(12)}
+    dead.takeover.stop()
+    dead.spool.close()  # every message filed: three batches of moves
+    real_adopt = Spool.adopt
+    calls: list[int] = []
+
+    def adopt(self: Spool, source: Path, fence: Any, ids: Any) -> list[str]:
+        calls.append(1)
+        if len(calls) == 2:  # batch 2 is announced ("moved 1" with it), nothing moved
+            raise SpoolWriteFailed("injected: the importer died here")
+        return real_adopt(self, source, fence, ids)
+
+    monkeypatch.setattr(Spool, "adopt", adopt)  # only the survivor imports
+    dead.membership.stop()
+    dead.coordinator.stop()
+    wait(lambda: any(e.kind is EventKind.COMPLETE for e in survivor.events), timeout=30.0)
+    kinds = [e.kind for e in survivor.events]
+    assert EventKind.FAILED in kinds and kinds[-1] is EventKind.COMPLETE
+    assert sorted(survivor.spool.ids()) == sorted(mids)
+    assert not [n for n in os.listdir(dead.lock.paths.spool / "msg") if not n.endswith(".state")]
+    entries = read_journal(dead.lock.paths.spool).entries
+    ops = [(e["op"], e.get("n")) for e in entries]
+    assert ops[:5] == [("begin", None), ("log", None), ("batch", 1), ("moved", 1), ("batch", 2)]
+    assert ("resolved", 2) in ops and ops[-1] == ("complete", None)
+    # One write per step: a step's record and the next one's announcement together.
+    assert entries[1]["t"] == entries[2]["t"] and entries[3]["t"] == entries[4]["t"]

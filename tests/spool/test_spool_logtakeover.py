@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mhafail.spool import Envelope, FileFence, Spool
+from mhafail.spool import Envelope, FileFence, Spool, _commit
 from mhafail.spool._wal import WAL, logged, pending
 
 ENV = Envelope(sender="a@example.org", recipients=("b@example.net",))
@@ -129,3 +130,76 @@ def test_a_log_taken_over_twice_nests_and_still_replays_once(
         assert message_files(third.paths.spool) == set(came)
     finally:
         reopened.close()
+
+
+def test_adopted_messages_filed_by_our_checkpointer_before_indexing_are_still_indexed(
+    local_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint filing the adopted log before it is indexed drops nothing from the index."""
+    dead = local_factory(node="d", group=True)
+    survivor = local_factory(node="s", group=True)
+    ids = [dead.spool.put(ENV, f"m{i}".encode()) for i in range(25)]
+    dead.spool.defer(ids[3], 1e12, "later")
+    fence = take(dead, "s", 20)
+    log = survivor.spool._committer.log
+    real_adopt = log.adopt
+
+    def adopt_then_file(source: Path, name: str) -> list[str]:
+        came = real_adopt(source, name)
+        # The survivor's checkpointer runs on its own when puts pause: here,
+        # at the worst moment, between the rename of the log and the index.
+        log.checkpoint(survivor.spool._section, everything=True)
+        return came
+
+    monkeypatch.setattr(log, "adopt", adopt_then_file)
+    came = survivor.spool.adopt_log(dead.paths.spool, fence, "d.14")
+    assert set(came) == set(ids)
+    assert set(ids) <= message_files(survivor.paths.spool)  # filed by the checkpoint
+    assert survivor.spool.problems == []
+    assert set(ids) <= set(survivor.spool.ids())
+    assert survivor.spool.read(ids[7]) == b"m7"
+    assert survivor.spool.get(ids[3]).attempts == 1
+    fence.close()
+
+
+def test_idle_checkpoints_wait_while_a_takeover_moves_messages_in(
+    local_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside importing() an idle spool files nothing of an adopted log; after it, it does."""
+    monkeypatch.setattr(_commit, "IDLE", 0.05)
+    dead = local_factory(node="d", group=True)
+    survivor = local_factory(node="s", group=True)
+    ids = [dead.spool.put(ENV, f"m{i}".encode()) for i in range(20)]
+    fence = take(dead, "s", 20)
+    with survivor.spool.importing():
+        survivor.spool.adopt_log(dead.paths.spool, fence, "d.14")
+        time.sleep(0.5)  # ten idle periods: the checkpointer ran, filed nothing
+        assert not message_files(survivor.paths.spool) & set(ids)
+        assert survivor.spool.read(ids[4]) == b"m4"  # read from the log meanwhile
+    deadline = time.monotonic() + 10
+    while not set(ids) <= message_files(survivor.paths.spool):
+        assert time.monotonic() < deadline, "the idle checkpoint never filed the adopted log"
+        time.sleep(0.02)
+    assert sorted(survivor.spool.ids()) == sorted(ids)
+    fence.close()
+
+
+def test_adopting_a_log_removes_the_filed_copies_left_in_the_dead_spool(
+    local_factory: Callable[..., Any],
+) -> None:
+    """Filed copies of logged messages, and a dropped one's state file, do not stay behind."""
+    dead = local_factory(node="d", group=True)
+    survivor = local_factory(node="s", group=True)
+    ids = [dead.spool.put(ENV, f"m{i}".encode()) for i in range(10)]
+    dead.spool.done(ids[0])  # a drop record in the log
+    msg = dead.paths.spool / "msg"
+    # As a checkpoint that filed them without retiring the segment would leave them:
+    (msg / ids[1]).write_bytes(dead.spool._committer.log.read(ids[1]) or b"")
+    (msg / ids[0]).write_bytes(b"a stale copy of a dropped message")
+    (msg / (ids[0] + ".state")).write_bytes(b"{}")
+    fence = take(dead, "s", 20)
+    came = survivor.spool.adopt_log(dead.paths.spool, fence, "d.14")
+    assert set(came) == set(ids[1:])
+    assert os.listdir(msg) == []
+    assert survivor.spool.read(ids[1]) == b"m1"
+    fence.close()

@@ -262,3 +262,24 @@ def test_bad_names_are_refused(tmp_path: Path) -> None:
     for name in ("../x", "", "a/b", ".hidden"):
         with pytest.raises(SpoolInvalidArgument):
             NodePaths(tmp_path, "c1", name)
+
+
+def test_a_header_over_64_kib_is_read_whole_when_the_spool_loads(local: Any) -> None:
+    """A message whose header line is longer than the first read loads with every recipient."""
+    many = tuple(f"{'r' * 150}{i}@example.net" for i in range(600))  # about 100 KB of header
+    mid = local.spool.put(Envelope(sender="a@example.org", recipients=many), b"body")
+    assert (local.paths.spool / "msg" / mid).stat().st_size > 65536
+    reopened = Spool(directory=local.paths.spool, node="n1", fence=local.fence).open()
+    assert [r.address for r in reopened.get(mid).recipients] == list(many)
+    assert reopened.read(mid) == b"body"
+
+
+def test_a_header_without_its_end_is_quarantined_at_load(local: Any) -> None:
+    """A file that is only a long header with no end of line is reported and moved to bad/."""
+    good = local.spool.put(ENV, b"good")
+    bad = local.spool.put(ENV, b"soon damaged")
+    (local.paths.spool / "msg" / bad).write_bytes(b"MHAFAIL-SPOOL/1\n{" + b"x" * 200_000)
+    reopened = Spool(directory=local.paths.spool, node="n1", fence=local.fence).open()
+    assert reopened.ids() == [good]
+    assert len(reopened.problems) == 1
+    assert (local.paths.spool / "bad" / bad).exists()
