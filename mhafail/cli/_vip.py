@@ -261,7 +261,7 @@ def _agent(args: argparse.Namespace) -> int:
     # The agent is a dedicated daemon whose threads hand events to each other
     # on the failover path; a 1 ms GIL switch interval (default 5 ms) keeps
     # each hand-off short. Libraries leave this to their application.
-    sys.setswitchinterval(0.001)
+    sys.setswitchinterval(0.0002)
     topology = parse_topology(s["topology"])
     vips = [parse_vip(text, topology=topology) for text in s["vips"]]
     policy = RebalancePolicy.parse(str(s.get("rebalance", "after:30")))

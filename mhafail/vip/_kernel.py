@@ -184,27 +184,19 @@ class Kernel:
             self._fence.unmanage_many(vips)
         logger.warning("%d VIP(s): the lease ended while plumbing; removed again", len(vips))
 
-    def remove(self, vip: Vip, *, tell_fence: bool = True) -> bool:
+    def remove(self, vip: Vip) -> bool:
         """Unplumb ``vip`` (idempotent); return True if it was plumbed by us.
 
-        With ``tell_fence`` False the fence is told later, by
-        :meth:`fence_forget`: a handover sends its release first, because
-        waking the fence (a real-time process) can take the CPU from it.
-        Until then the fence would only remove an address already gone.
+        The fence is told at once, under the lock: while it manages an
+        address it renews the address's kernel lifetime with a netlink
+        *replace*, which would add the address back.
         """
         with self._lock:
             was = self._plumbed.pop(vip.key, None) is not None
             self.plumber.ensure_absent(vip)
-            if self._fence is not None and tell_fence:
+            if self._fence is not None:
                 self._fence.unmanage(vip)
         return was
-
-    def fence_forget(self, vip: Vip) -> None:
-        """Tell the fence ``vip`` is gone, after ``remove(tell_fence=False)``, unless it
-        was plumbed again meanwhile (the fence must then keep it)."""
-        with self._lock:
-            if self._fence is not None and vip.key not in self._plumbed:
-                self._fence.unmanage(vip)
 
     def remove_all(self) -> list[Vip]:
         """Unplumb everything in one batch (lease expiry, shutdown); return what was plumbed."""

@@ -78,6 +78,8 @@ from mhafail.vip._standby import Standby
 
 logger = logging.getLogger(__name__)
 
+HANDOVER_SETTLE = 0.05
+"""Seconds a graceful stop waits after its withdrawal, and after its handovers."""
 MEMBERS = "members"  # Membership's folder (mhafail.coordination), read with the claims
 
 VipCallback = Callable[[Vip], None]
@@ -293,7 +295,8 @@ class VipManager:
                 lambda: self.coordinator.znodes,
                 self.beat,
                 self._standby_ready,
-                self._reserve_won,
+                plumb=self._reserve_plumb,
+                done=self._reserve_done,
                 name=f"mhafail-vip-reserver-{self._me}",
             )
             self.beat.start()
@@ -331,15 +334,7 @@ class VipManager:
         # (the session's end removes them) instead of waiting for kazoo.
         end = time.monotonic() + self.stop_timeout
         if release and self._zk_usable():
-            # Withdraw first, so that no survivor ranks this node first and
-            # waits for it to claim again.
-            self._withdraw(end)
-            for vip in sorted(self.owned(), key=lambda v: v.key):
-                try:
-                    self._handover(vip, "shutting down", run_hooks=True, end=end)
-                except (CoordinationError, VipError):
-                    logger.warning("release of %s failed; the session's end will do it", vip.key)
-                    self._kernel.remove(vip)
+            self._hand_over_all(end)
         for vip in self._kernel.remove_all():
             self._emit(self._release, vip)
         if self._zk_usable():
@@ -353,6 +348,36 @@ class VipManager:
             self.fence.close()
         if self._events is not None:
             self._events.stop()
+
+    def _hand_over_all(self, end: float) -> None:
+        """A graceful stop's releases: withdraw, drop reservations, hand every VIP over."""
+        assert self._kernel is not None
+        # Withdraw first, so that no survivor ranks this node first and
+        # waits for it to claim again; reservations go too, or a VIP whose
+        # owner lets go meanwhile would wait for this session's end.
+        self._withdraw(end)
+        if self._reserver is not None:
+            try:
+                self._reserver.drop(self._reserver.held())
+            except CoordinationError:
+                logger.warning("%s: reservations go with the session's end", self._me)
+        if self.owned():
+            # Let the survivors' passes on the withdrawal run now, not
+            # during the handover: on a busy host they would hold the CPU
+            # while the clients wait for the successor's announcement.
+            time.sleep(min(HANDOVER_SETTLE, max(0.0, end - time.monotonic())))
+        handed = sorted(self.owned(), key=lambda v: v.key)
+        for vip in handed:
+            try:
+                self._handover(vip, "shutting down", run_hooks=True, end=end)
+            except (CoordinationError, VipError):
+                logger.warning("release of %s failed; the session's end will do it", vip.key)
+                self._kernel.remove(vip)
+        if handed:
+            # The teardown that follows is heavy (the fence's exit frees its
+            # locked memory, the session's close notifies every node): on a
+            # host shared with the successors, let them announce first.
+            time.sleep(min(HANDOVER_SETTLE, max(0.0, end - time.monotonic())))
 
     def _zk_usable(self) -> bool:
         return self.coordinator.state is ConnectionState.CONNECTED and (
@@ -1011,35 +1036,37 @@ class VipManager:
             if self._loop is not None:
                 self._loop.kick()
 
-    def _reserve_won(self, keys: list[str], claim: Claim, gone_at: float) -> None:
-        """Plumb the VIPs this node owns by its reservations, then claim them (the
-        reserver's thread; see _reserve)."""
-        assert self._reserver is not None and self._kernel is not None
+    def _reserve_plumb(self, keys: list[str], claim: Claim) -> None:
+        """Plumb the VIPs this node owns by its reservations (kazoo's thread for a lone
+        one, else the reserver's; see _reserve). The claims follow in _reserve_done."""
         with self._lock:
             for key in keys:
                 self._facts.taking.add(key)
                 self._facts.know(key, claim)
-        converted: list[str] = []
-        try:
-            self._plumb_many([self._by_key[k] for k in keys])
-            converted = self._reserver.convert(keys, claim)
-        finally:
-            with self._lock:
-                for key in keys:
-                    self._facts.taking.discard(key)
-                    self._facts.know(key, claim if key in converted else None)
+        self._plumb_many([self._by_key[k] for k in keys])
+
+    def _reserve_done(
+        self, keys: list[str], claim: Claim, gone_at: float, claimed: list[str]
+    ) -> None:
+        """The reservations of ``keys`` became ``claimed`` claims; remove the rest (the
+        reserver's thread)."""
+        assert self._kernel is not None
+        with self._lock:
             for key in keys:
-                if key not in converted and self._kernel.remove(self._by_key[key]):
-                    # Our reservation went meanwhile (fenced): not ours after all.
-                    logger.warning("%s: removed %s: its reservation was gone", self._me, key)
-                    self._emit(self._release, self._by_key[key])
-            self._step("gone", gone_at, len(keys))
-            if converted:
-                self._step("claimed", time.monotonic(), len(converted))
-            for key in converted:
-                logger.info("%s: took %s by its reservation (its owner let go)", self._me, key)
-            if self._loop is not None:
-                self._loop.kick()
+                self._facts.taking.discard(key)
+                self._facts.know(key, claim if key in claimed else None)
+        for key in keys:
+            if key not in claimed and self._kernel.remove(self._by_key[key]):
+                # Our reservation went meanwhile (fenced): not ours after all.
+                logger.warning("%s: removed %s: its reservation was gone", self._me, key)
+                self._emit(self._release, self._by_key[key])
+        self._step("gone", gone_at, len(keys))
+        if claimed:
+            self._step("claimed", time.monotonic(), len(claimed))
+        for key in claimed:
+            logger.info("%s: took %s by its reservation (its owner let go)", self._me, key)
+        if self._loop is not None:
+            self._loop.kick()
 
     def _plumb_many(self, vips: list[Vip]) -> list[str]:
         """Plumb the owned ones of ``vips`` in one batch; return the addresses newly added."""
@@ -1143,12 +1170,9 @@ class VipManager:
         logger.info("%s: releasing %s: %s", self._me, vip.key, reason)
         if run_hooks and vip.key in self._kernel.plumbed():
             self._run_pre_release(vip)
-        removed = self._kernel.remove(vip, tell_fence=False)
+        removed = self._kernel.remove(vip)
         removed_at = time.monotonic()
-        try:
-            self._release_claim(vip, end)
-        finally:
-            self._kernel.fence_forget(vip)
+        self._release_claim(vip, end)
         released_at = time.monotonic()
         with self._lock:
             self._facts.know(vip.key, None)

@@ -47,9 +47,15 @@ from mhafail.vip._paths import Claim, next_path, owner_path
 
 logger = logging.getLogger(__name__)
 
-OwnedCallback = Callable[[list[str], Claim, float], None]
+PlumbCallback = Callable[[list[str], Claim], None]
+DoneCallback = Callable[[list[str], Claim, float, list[str]], None]
 
 _Gone = tuple[str, int, float]  # address, session of the reservation, when its owner let go
+_Plumbed = tuple[list[str], Claim, float, bool]  # addresses, claim, gone at, plumbed?
+
+BURST_GAP = 0.01
+"""Releases closer together than this are a burst (a dead node's claims): taken in
+batches on the reserver's thread. A lone one is plumbed on kazoo's thread at once."""
 
 RETRY_AFTER = 1.0
 """Seconds before a refused reservation is tried again (somebody else's, or no owner)."""
@@ -76,9 +82,13 @@ class Reserver:
         ready: the claim to use when this node may own a VIP now (live
             session, valid leases, working fence, not stopping nor standing
             aside), else None.
-        on_owned: ``on_owned(addresses, claim, first_gone_at)`` on the
-            reserver's thread, for reservations whose owner let go: plumb
-            them, then :meth:`convert`. An exception drops the reservations.
+        plumb: ``plumb(addresses, claim)`` plumbs the VIPs this node owns by
+            its reservations (their owner let go); it must not wait for
+            ZooKeeper: a lone release is plumbed on kazoo's thread, a burst
+            on the reserver's. An exception drops the reservations.
+        done: ``done(addresses, claim, first_gone_at, claimed)`` on the
+            reserver's thread once the reservations were turned into claims
+            (``claimed``) or not: the caller removes the others.
     """
 
     def __init__(
@@ -86,13 +96,17 @@ class Reserver:
         znodes: Callable[[], Znodes],
         beat: Beat,
         ready: Callable[[], Claim | None],
-        on_owned: OwnedCallback,
+        *,
+        plumb: PlumbCallback,
+        done: DoneCallback,
         name: str = "mhafail-vip-reserver",
     ) -> None:
         self._znodes = znodes
         self._beat = beat
         self._ready = ready
-        self._on_owned = on_owned
+        self._plumb = plumb
+        self._done = done
+        self._last_gone = -1.0
         self._lock = threading.Lock()
         # address -> (session, watch, when armed)
         self._watches: dict[str, tuple[int, Watch, float]] = {}
@@ -100,7 +114,7 @@ class Reserver:
         # dropped: a pass whose snapshot already shows them ours must not drop them.
         self._taking: set[str] = set()
         self._refused: dict[str, float] = {}  # address -> when to try reserving it again
-        self._gone: queue.SimpleQueue[_Gone | None] = queue.SimpleQueue()
+        self._gone: queue.SimpleQueue[_Gone | _Plumbed | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -231,14 +245,25 @@ class Reserver:
                 self._watches[address] = (session, watch, time.monotonic())
 
     def _on_gone(self, address: str, session: int) -> None:
-        """kazoo's thread: the owner of a reserved VIP let go; hand it over, never wait."""
+        """kazoo's thread: the owner of a reserved VIP let go.
+
+        A lone release is plumbed here at once (a thread hand-off costs the
+        clients up to a GIL switch interval); the claim write goes to the
+        reserver's thread. A burst is handed over whole, to be batched.
+        """
         at = time.monotonic()
         with self._lock:
             entry = self._watches.get(address)
             if entry is None or entry[0] != session:
                 return
+            lone = not self._taking and at - self._last_gone > BURST_GAP
             self._taking.add(address)
-        self._gone.put((address, session, at))
+            self._last_gone = at
+        claim = self._ready() if lone else None
+        if claim is None or claim.session != session or address not in self._beat.reserved():
+            self._gone.put((address, session, at))  # batched, or dropped, over there
+            return
+        self._gone.put(([address], claim, at, self._plumb_safely([address], claim)))
 
     def _drop_stale_watches(self, session: int | None) -> None:
         with self._lock:
@@ -255,40 +280,60 @@ class Reserver:
 
     def _run(self) -> None:
         while (first := self._gone.get()) is not None:
+            if len(first) == 4:
+                self._settle(*first)
+                continue
             batch = [first]
-            while True:  # whatever came meanwhile goes in the same batch
+            while True:  # releases that came meanwhile go in the same batch
                 try:
                     entry = self._gone.get_nowait()
                 except queue.Empty:
                     break
-                if entry is None:
-                    self._gone.put(None)
+                if entry is None or len(entry) == 4:
+                    self._gone.put(entry)  # after this batch
                     break
                 batch.append(entry)
-            try:
-                self._owned(batch)
-            finally:
-                with self._lock:
-                    self._taking.difference_update(a for a, _, _ in batch)
+            self._owned(batch)
 
     def _owned(self, batch: list[_Gone]) -> None:
-        held = self._beat.reserved()
+        """Plumb and claim a batch of released VIPs, or drop their reservations."""
+        addresses = sorted({a for a, _, _ in batch})
         claim = self._ready()
-        if claim is None:
-            # Given a VIP this node cannot use now: let the others claim it.
+        held = self._beat.reserved()
+        mine = [a for a, s, _ in batch if claim is not None and s == claim.session and a in held]
+        if claim is None or not mine:
+            # Given VIPs this node cannot use now: let the others claim them.
             try:
-                self.drop({a for a, _, _ in batch})
+                self.drop(set(addresses))
             except CoordinationError as exc:
                 logger.warning("could not drop reservations: %s", exc)
+            finally:
+                with self._lock:
+                    self._taking.difference_update(addresses)
             return
-        addresses = sorted({a for a, s, _ in batch if a in held and s == claim.session})
-        if not addresses:
-            return
+        mine = sorted(set(mine))
+        at = min(at for _, _, at in batch)
+        self._settle(mine, claim, at, self._plumb_safely(mine, claim))
+
+    def _plumb_safely(self, addresses: list[str], claim: Claim) -> bool:
         try:
-            self._on_owned(addresses, claim, min(at for _, _, at in batch))
+            self._plumb(addresses, claim)
         except Exception:
             logger.exception("%s: could not take reserved %s", claim.node, addresses)
-            try:
+            return False
+        return True
+
+    def _settle(self, addresses: list[str], claim: Claim, at: float, plumbed: bool) -> None:
+        """Turn plumbed reservations into claims; drop the others (the reserver's thread)."""
+        claimed: list[str] = []
+        try:
+            if plumbed:
+                claimed = self.convert(addresses, claim)
+            else:
                 self.drop(set(addresses))  # let the others claim
-            except CoordinationError as exc:
-                logger.warning("%s: could not drop reservations: %s", claim.node, exc)
+        except CoordinationError as exc:
+            logger.warning("%s: reservations of %s: %s", claim.node, addresses, exc)
+        finally:
+            with self._lock:
+                self._taking.difference_update(addresses)
+            self._done(addresses, claim, at, claimed)
