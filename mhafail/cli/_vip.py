@@ -259,7 +259,7 @@ def _agent(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     # The agent is a dedicated daemon whose threads hand events to each other
-    # on the failover path; a 1 ms GIL switch interval (default 5 ms) keeps
+    # on the failover path; a 0.2 ms GIL switch interval (default 5 ms) keeps
     # each hand-off short. Libraries leave this to their application.
     sys.setswitchinterval(0.0002)
     topology = parse_topology(s["topology"])

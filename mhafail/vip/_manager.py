@@ -358,7 +358,7 @@ class VipManager:
         self._withdraw(end)
         if self._reserver is not None:
             try:
-                self._reserver.drop(self._reserver.held())
+                self._reserver.drop(self._reserver.held(), self._bounded(end))
             except CoordinationError:
                 logger.warning("%s: reservations go with the session's end", self._me)
         if self.owned():

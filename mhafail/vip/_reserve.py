@@ -167,14 +167,15 @@ class Reserver:
         for address in self._beat.reserved():
             self._arm(z, address, session)
 
-    def drop(self, addresses: frozenset[str] | set[str]) -> bool:
-        """Delete these reservations of ours (with a beat); True when done or none held."""
+    def drop(self, addresses: frozenset[str] | set[str], znodes: Znodes | None = None) -> bool:
+        """Delete these reservations of ours (with a beat, through ``znodes`` when given:
+        a bounded view); True when done or none held."""
         held = self._beat.reserved()
         drop = held & addresses
         if not drop:
             return True
         ops: list[Op] = [Delete(next_path(a), 0) for a in sorted(drop)]
-        done = self._beat.write_with(self._znodes(), ops, unreserve=drop)
+        done = self._beat.write_with(znodes or self._znodes(), ops, unreserve=drop)
         if done:
             self._cancel(drop)
         return done
