@@ -31,12 +31,13 @@ class AuditNode(EventProcess):
         listen: bool,
         logs: Path,
         timeout: str = "2",
+        session_timeout: str = "1",
         args: tuple[str, ...] = (),
     ) -> None:
         argv = [
             sys.executable, "-m", "mhafail", "audit", "node", "--zk", zk, "--cluster", cluster,
             "--node", name, "--series", "conn:ipv4:60:6", "--interval", "0.1",
-            "--timeout", timeout, "--session-timeout", "2",
+            "--timeout", timeout, "--session-timeout", session_timeout,
             "--role", "manager" if listen else "mta",
         ]  # fmt: skip
         secret = logs.parent / "audit-secret"
@@ -226,8 +227,13 @@ def test_a_paused_receiver_gets_every_batch_once(
 ) -> None:
     """Pushes that time out while the manager is stopped arrive after it resumes, once."""
     snapshots = tmp_path / "snapshots"
-    m = nodes("m", listen=True, args=("--log-dir", str(snapshots), "--log-interval", "0.2"))
-    a = nodes("a", timeout="0.3")
+    # 2 s sessions: the 1.2 s pause must stay inside m's session, so that a keeps
+    # m as a peer and its pushes time out (a shorter session would drop m instead).
+    m = nodes(
+        "m", listen=True, session_timeout="2",
+        args=("--log-dir", str(snapshots), "--log-interval", "0.2"),
+    )  # fmt: skip
+    a = nodes("a", timeout="0.3", session_timeout="2")
     m.start()
     a.start()
     m.wait_ready()

@@ -24,6 +24,30 @@ def test_python_dash_m_works_like_the_script() -> None:
     assert "members" in out and "zk" in out
 
 
+def test_building_the_command_line_loads_no_component() -> None:
+    """Parsing ``mhafail`` arguments imports no component package (every command starts fast)."""
+    code = (
+        "import sys\n"
+        "from mhafail.cli import build_parser\n"
+        "build_parser()\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    heavy = ("console", "vip", "config", "commands", "audit", "spool", "jlog", "logs", "node")
+    assert [m for m in loaded if m.split(".")[:2] in (["mhafail", h] for h in heavy)] == []
+    assert [m for m in loaded if m.split(".")[0] in ("pyroute2", "git")] == []
+
+
+def test_console_cli_default_port_is_the_consoles() -> None:
+    """The console command's default port (kept in the CLI to stay light) is the console's own."""
+    from mhafail.cli import _console
+    from mhafail.console import DEFAULT_PORT
+
+    assert _console.DEFAULT_PORT == DEFAULT_PORT
+
+
 def test_bad_hosts_string_exits_2_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
     """A malformed --zk gives exit status 2 and one line naming the problem."""
     assert main(["members", "--zk", "a:b:c:d", "--cluster", "c"]) == 2

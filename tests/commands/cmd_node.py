@@ -33,7 +33,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     for flag in ("--zk", "--cluster", "--node", "--state-dir", "--count-file"):
         parser.add_argument(flag, required=True)
-    parser.add_argument("--session-timeout", type=float, default=2.0)
+    parser.add_argument("--session-timeout", type=float, default=1.0)
     parser.add_argument("--secret-file")
     parser.add_argument("--channel-listen", default="127.0.0.1:0")
     args = parser.parse_args()

@@ -134,7 +134,9 @@ def test_sigterm_ends_a_node_within_5s_with_zookeeper_unreachable(
 ) -> None:
     """With a command running and ZooKeeper cut off, SIGTERM ends the node in under 5 s."""
     proxy = tcp_proxy_factory(zookeeper.address)
-    node = node_factory("n1", zk=proxy.address)
+    # 2 s sessions, as before the other tests went to 1 s: a longer session is the
+    # harder case for a bounded stop.
+    node = node_factory("n1", zk=proxy.address, extra=["--session-timeout", "2"])
     rid = client.unicast("n1", "test.slow", {"seconds": 60})
     node.wait_event(event("started", id=rid), 10)
     proxy.cut()
