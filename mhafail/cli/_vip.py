@@ -113,7 +113,9 @@ def _show(args: argparse.Namespace) -> int:
 def _show_text(data: dict[str, Any]) -> str:
     if not data["vips"]:
         return f"cluster {data['cluster']}: no VIPs declared"
-    lines = [f"{'VIP':<28} {'STATE':<9} {'OWNER':<12} {'SINCE':<20} {'PREFERRED':<10} LIVE"]
+    lines = [
+        f"{'VIP':<28} {'STATE':<9} {'OWNER':<12} {'SINCE':<20} {'PREFERRED':<10} {'NEXT':<12} LIVE"
+    ]
     for v in data["vips"]:
         since = (
             datetime.datetime.fromtimestamp(v["since"]).strftime("%Y-%m-%d %H:%M:%S")
@@ -122,7 +124,8 @@ def _show_text(data: dict[str, Any]) -> str:
         )
         lines.append(
             f"{v['address']:<28} {v['state']:<9} {v['owner'] or '-':<12} {since:<20} "
-            f"{v['preferred'] or '-':<10} {','.join(v['declared_by']) or '-'}"
+            f"{v['preferred'] or '-':<10} {v.get('next_in_line') or '-':<12} "
+            f"{','.join(v['declared_by']) or '-'}"
         )
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ from mhafail.vip._paths import (
     Claim,
     declared_path,
     drained_path,
+    next_path,
     node_from_json,
     node_json,
     owner_path,
@@ -42,6 +43,8 @@ class VipStatus:
         target: the node named by ``vip move``, if any.
         declared_by: live nodes that declared the VIP.
         kind: listener or binding.
+        next_in_line: the node holding the VIP's reservation (with beats:
+            it owns the VIP the moment the owner lets go), or None.
     """
 
     address: str
@@ -52,6 +55,7 @@ class VipStatus:
     target: str | None
     declared_by: tuple[str, ...]
     kind: str
+    next_in_line: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
@@ -77,6 +81,8 @@ def show(coordinator: Coordinator) -> list[VipStatus]:
                 continue
         owner_node = z.get(owner_path(address))
         claim = None if owner_node is None else Claim.from_json(owner_node.data, 0)
+        reserved = z.get(next_path(address))
+        successor = None if reserved is None else node_from_json(reserved.data)
         target_node = z.get(target_path(address))
         target = None if target_node is None else node_from_json(target_node.data)
         prefs = {d.preference for d in decls.values() if d.preference}
@@ -102,6 +108,7 @@ def show(coordinator: Coordinator) -> list[VipStatus]:
                 target=target,
                 declared_by=tuple(sorted(set(decls) & live)),
                 kind=kinds.pop() if len(kinds) == 1 else "mixed",
+                next_in_line=successor,
             )
         )
     return sorted(result, key=lambda s: s.address)

@@ -11,7 +11,7 @@ from fakecluster import A, Node, elected, holder, wait_for
 
 from mhafail.coordination import Coordinator, Create
 from mhafail.testing import FakeNetwork
-from mhafail.vip import RebalancePolicy
+from mhafail.vip import RebalancePolicy, show
 from mhafail.vip._beat import beat_budget, beat_path, beat_reserved
 from mhafail.vip._paths import Claim, next_path, owner_path
 from mhafail.vip._reserve import claim_ops
@@ -44,9 +44,11 @@ def test_the_reserver_plumbs_before_it_writes_a_claim_and_keeps_one_owner(
     reservation = z.get(next_path(A))
     assert reservation is not None
     assert reservation.ephemeral_owner == nodes[heir].coordinator.session_id
-    # Its beat lists it, so a fence would delete it.
+    # Its beat lists it, so a fence would delete it; `vip show` names it.
     beat = z.get(beat_path(heir))
     assert beat is not None and beat_reserved(beat.data) == {A}
+    (status,) = show(nodes[old].coordinator)
+    assert status.owner == old and status.next_in_line == heir
     steps: list[tuple[str, float]] = []
     nodes[heir].manager.on_step(lambda step, at, _n: steps.append((step, at)))
     nodes[old].stop(release=True)
