@@ -114,6 +114,8 @@ class Fence:
         # Per managed address, a time before which its kernel lifetime
         # cannot end (a lower bound: renewing early is only extra work).
         self.kernel_end: dict[str, float] = {}
+        # Unmanaged in the batch being read: removed once more after it (see settle).
+        self.dropped: dict[str, Vip] = {}
 
     def handle(self, line: str) -> bool:
         """Apply one message; return False when the fence should exit."""
@@ -128,6 +130,7 @@ class Fence:
             elif parts[0] == "manage" and len(parts) == 4:
                 vip = Vip(address=ipaddress.ip_address(parts[2]), interface=parts[1])
                 self.managed[vip.key] = vip
+                self.dropped.pop(vip.key, None)  # plumbed again: not to be removed
                 # The agent plumbs after this notice, with a lifetime of at
                 # least a second: the first renewal can wait that long.
                 self.kernel_end[vip.key] = self.clock() + MIN_LIFETIME
@@ -136,13 +139,31 @@ class Fence:
                     self.enforce()  # told after the deadline: remove at once
             elif parts[0] == "unmanage" and len(parts) == 3:
                 key = str(ipaddress.ip_address(parts[2]))
-                self.managed.pop(key, None)
+                if (gone := self.managed.pop(key, None)) is not None and self.renew is not None:
+                    self.dropped[key] = gone
                 self.kernel_end.pop(key, None)
             else:
                 _log(f"ignoring malformed message {line.strip()[:200]!r}")
         except ValueError:
             _log(f"ignoring malformed message {line.strip()[:200]!r}")
         return True
+
+    def settle(self) -> None:
+        """After a batch of messages: remove the addresses it unmanaged, once more.
+
+        A renewal checks that an address is present and then *replaces* it,
+        which adds it back if the agent removed it in between; the agent's
+        ``unmanage`` follows its removal, so removing the address again here
+        undoes such a renewal (an address unmanaged and managed again in the
+        same batch is left alone: the agent plumbs it again).
+        """
+        vips, self.dropped = list(self.dropped.values()), {}
+        for vip in vips:
+            try:
+                if self.remove(vip):
+                    _log(f"removed {vip.key} again: a renewal had added it back")
+            except PlumbingError as exc:
+                _log(f"could not remove {vip.key}: {exc}")
 
     def _extend(self, deadline: float) -> None:
         if self.deadline is None or deadline > self.deadline:
@@ -295,6 +316,7 @@ def run(fence: Fence, stdin: int, stdout: int) -> int:
             line, buffer = buffer.split(b"\n", 1)
             if not fence.handle(line.decode(errors="replace")):
                 return 0
+        fence.settle()
         if len(buffer) > 4096:
             _log("dropping an over-long message")
             buffer = b""

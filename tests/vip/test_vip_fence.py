@@ -399,3 +399,43 @@ def test_fence_renews_only_lifetimes_that_may_end_soon() -> None:
     # ...but renewed each address only when its 2 s lifetime neared its end.
     per_address = sum(len(c) for c in calls) / 100
     assert 2 <= per_address <= 5, per_address
+
+
+def test_an_address_a_renewal_added_back_is_removed_once_unmanaged() -> None:
+    """A renewal that checked an address present and replaced it after the agent removed it
+    (adding it back) is undone when the agent's unmanage arrives; an address unmanaged and
+    managed again in the same batch is left alone."""
+    from mhafail.vip import fence as fence_module
+
+    kernel: set[str] = set()
+
+    def remove(vip: Vip) -> bool:
+        present = vip.key in kernel
+        kernel.discard(vip.key)
+        return present
+
+    def renew(vips: list[Vip], deadline: float) -> dict[str, float]:
+        kernel.update(v.key for v in vips)  # a replace: adds what is missing
+        return {v.key: 1.0 for v in vips}
+
+    clock = [100.0]
+    state = fence_module.Fence(remove, clock=lambda: clock[0], renew=renew)
+    for address in ("198.18.1.1", "198.18.1.2"):
+        state.handle(f"manage eth0 {address} 102.000000")
+        kernel.add(address)
+    clock[0] += 0.5  # their first lifetimes near their end: renewal due
+    kernel.clear()  # the agent removed both ...
+    state.renew_lifetimes()  # ... while a renewal that had seen them present replaced them
+    assert kernel == {"198.18.1.1", "198.18.1.2"}
+    # The agent's messages arrive: one address let go, the other plumbed again at once.
+    for line in (
+        "unmanage eth0 198.18.1.1",
+        "unmanage eth0 198.18.1.2",
+        "manage eth0 198.18.1.2 102.000000",
+    ):
+        state.handle(line)
+    state.settle()
+    assert kernel == {"198.18.1.2"}
+    state.handle("unmanage eth0 bad-address")  # malformed: ignored, nothing removed
+    state.settle()
+    assert kernel == {"198.18.1.2"}
