@@ -146,6 +146,13 @@ RUNS_TABLE = [
      [*mhafail_args(3), "--pause-seconds", "7", "--partition-seconds", "7"]),
     ("mhbeat3", "mhafail beats 3 s (session 3 s)", "custom", "crash,graceful,pause,partition",
      [*mhafail_args(3, beat=3.0), "--pause-seconds", "7", "--partition-seconds", "7"]),
+    # With beats the session is only the fallback detector: a session
+    # longer than the budget keeps the session lease from ending before the
+    # beat lease (docs/vip.md, Beats), so the pause and partition gap is the
+    # beat margin alone.
+    ("mhbeat3s4", "mhafail beats 3 s (session 4 s, tick 200 ms)", "custom",
+     "crash,graceful,pause,partition",
+     [*mhafail_args(4, 200, beat=3.0), "--pause-seconds", "7", "--partition-seconds", "7"]),
     ("mhbeat035", "mhafail beats 0.35 s (session 1 s, tick 50 ms)", "custom",
      "crash,graceful,pause,partition",
      [*mhafail_args(1, 50, beat=0.35), "--pause-seconds", "2", "--partition-seconds", "2"]),
