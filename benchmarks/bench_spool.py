@@ -235,6 +235,17 @@ def _bound_run(
         kick.set()
         waiter.acquire()
 
+    return _with_committer(committer, stop, put, count, clients)
+
+
+def _with_committer(
+    committer: Callable[[], None],
+    stop: threading.Event,
+    put: Callable[[], None],
+    count: int,
+    clients: int,
+) -> float:
+    """The put rate of ``put`` while ``committer`` runs on its own thread (stopped after)."""
     thread = threading.Thread(target=committer, daemon=True)
     thread.start()
     try:
@@ -296,13 +307,7 @@ def _bound_callers_write(
             while state["durable"] < mine:
                 cond.wait()
 
-    thread = threading.Thread(target=committer, daemon=True)
-    thread.start()
-    try:
-        return rate(put, count, clients)
-    finally:
-        stop.set()
-        thread.join()
+    return _with_committer(committer, stop, put, count, clients)
 
 
 def _bound_callers_sync(
