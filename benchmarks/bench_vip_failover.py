@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 ZK_CMD = "{py} -m mhafail zk serve --host {bridge_addr} --port 2181 --tick-time %d"
 AGENT = (
     "{py} -m mhafail agent --zk {dcs} --cluster bench --node {node} "
-    "--vip {vip}/{prefix}@{iface} --session-timeout %s --rebalance never --zk-open --zk-tick %s "
+    "--vip {vip}/{prefix}@{iface}%s --rebalance never --zk-open --zk-tick %s "
     "--events"
 )
 RUNS = Path(tempfile.gettempdir()) / "pb-bench"  # the harness's RUN_ROOT: each run's logs
@@ -61,13 +61,15 @@ def harness(
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
-def mhafail_args(session: float, tick_ms: int = 150, beat: float | None = None) -> list[str]:
+def mhafail_args(session: float | None, tick_ms: int = 150, beat: float | None = None) -> list[str]:
     """Harness flags: ``mhafail agent``, ``session`` s, on a ZooKeeper ticking ``tick_ms``.
 
     With ``beat``, the agents detect a silent owner by its beats within
-    that budget (``--beat``) instead of by its session expiry.
+    that budget (``--beat``) instead of by its session expiry. Session
+    None: the agent's default (with beats, what the budget needs).
     """
-    node_cmd = AGENT % (session, tick_ms / 1000) + ("" if beat is None else f" --beat {beat}")
+    timeout = "" if session is None else f" --session-timeout {session}"
+    node_cmd = AGENT % (timeout, tick_ms / 1000) + ("" if beat is None else f" --beat {beat}")
     return [
         "--node-cmd", node_cmd, "--dcs", "cmd",
         "--dcs-cmd", ZK_CMD % tick_ms, "--dcs-url", "198.18.0.1:2181", "--dcs-wait", "3",
@@ -153,10 +155,19 @@ RUNS_TABLE = [
     ("mhbeat3s4", "mhafail beats 3 s (session 4 s, tick 200 ms)", "custom",
      "crash,graceful,pause,partition",
      [*mhafail_args(4, 200, beat=3.0), "--pause-seconds", "7", "--partition-seconds", "7"]),
+    # The agent's own choice: no --session-timeout, so with --beat 3 it asks
+    # for session_for(3, 0.25) = 4.2 s (a 250 ms tick allows up to 5 s).
+    ("mhbeat3auto", "mhafail beats 3 s (session chosen: 4.2 s, tick 250 ms)", "custom",
+     "crash,graceful,pause,partition",
+     [*mhafail_args(None, 250, beat=3.0), "--pause-seconds", "7", "--partition-seconds", "7"]),
     ("mhbeat035", "mhafail beats 0.35 s (session 1 s, tick 50 ms)", "custom",
      "crash,graceful,pause,partition",
      [*mhafail_args(1, 50, beat=0.35), "--pause-seconds", "2", "--partition-seconds", "2"]),
 ]  # fmt: skip
+
+
+# Issue 18's table in one run: keepalived at both budgets beside beats at both.
+HEADLINE = "ka1,kafast,mhbeat3auto,mhbeat035"
 
 
 def _fault_time(prober: Path, trial: dict[str, Any]) -> float | None:
@@ -388,7 +399,8 @@ def main() -> None:
     parser.add_argument(
         "--rows",
         help="comma-separated rows of part 1 (default all): "
-        + ", ".join(key for key, *_ in RUNS_TABLE),
+        + ", ".join(key for key, *_ in RUNS_TABLE)
+        + f"; 'headline' stands for {HEADLINE} (issue 18's table)",
     )
     parser.add_argument(
         "--faults", help="comma-separated faults of part 1 to run (default: each row's own)"
@@ -406,7 +418,7 @@ def main() -> None:
     if not args.skip_peers:
         if not (args.harness / "failover_bench.py").exists():
             raise SystemExit(f"no harness at {args.harness} (use --harness or --skip-peers)")
-        rows = set(args.rows.split(",")) if args.rows else None
+        rows = set(args.rows.replace("headline", HEADLINE).split(",")) if args.rows else None
         only = set(args.faults.split(",")) if args.faults else None
         side_by_side(args.harness, trials, rows, only)
     if args.skip_scale:

@@ -62,7 +62,11 @@ def register(subparsers: Any) -> None:
         help="ADDRESS[/PREFIX][@IFACE][,prefer=NODE][,binding=NAME][,follow=NAME]",
     )
     agent.add_argument("--topology", action="append", default=[], metavar="CIDR=IFACE")
-    agent.add_argument("--session-timeout", type=float)
+    agent.add_argument(
+        "--session-timeout",
+        type=float,
+        help="seconds (default 3; with --beat, at least what the budget needs)",
+    )
     agent.add_argument(
         "--zk-tick",
         type=float,
@@ -78,7 +82,8 @@ def register(subparsers: Any) -> None:
         type=float,
         metavar="SECONDS",
         help="detect a silent owner by its beats within this budget instead of by its "
-        "session expiry (docs/vip.md, Beats); off by default",
+        "session expiry (docs/vip.md, Beats); off by default. Without "
+        "--session-timeout the session is then made long enough to outlast the budget",
     )
     agent.add_argument(
         "--lapse-holddown",
@@ -248,6 +253,19 @@ def _plumber(spec: str, node: str, vips: list[Any]) -> Any:
     raise InvalidArgument(f"--plumber {spec!r}: use netlink or fake:PATH")
 
 
+def _session_timeout(s: dict[str, Any]) -> float:
+    """The session timeout: as given, else 3 s, or with beats the shortest that
+    outlasts the beat budget (``session_for``) if that is longer."""
+    if s.get("session_timeout") is not None:
+        return float(s["session_timeout"])
+    if s.get("beat") is None:
+        return 3.0
+    from mhafail.vip import session_for
+
+    tick = float(s["zk_tick"]) if s.get("zk_tick") is not None else None
+    return max(3.0, session_for(float(s["beat"]), tick))
+
+
 def _agent(args: argparse.Namespace) -> int:
     from mhafail.coordination import Coordinator, Membership, NodeInfo
     from mhafail.vip import (
@@ -285,7 +303,7 @@ def _agent(args: argparse.Namespace) -> int:
     coordinator = Coordinator(
         hosts=s["zk"],
         cluster=s["cluster"],
-        session_timeout=float(s.get("session_timeout", 3.0)),
+        session_timeout=_session_timeout(s),
         server_tick=float(s["zk_tick"]) if s.get("zk_tick") is not None else None,
         close_timeout=STOP_CLOSE,
         **zk_security(args),

@@ -16,6 +16,7 @@ from mhafail.coordination._faults import expire_session as expire_session
 from mhafail.coordination._lease import Lease as Lease
 from mhafail.coordination._lease import ProofChain as ProofChain
 from mhafail.coordination._lease import default_margin as default_margin
+from mhafail.coordination._lease import oldest_proof as oldest_proof
 from mhafail.coordination._loop import ConvergeLoop as ConvergeLoop
 from mhafail.coordination._members import ClusterView as ClusterView
 from mhafail.coordination._members import NodeInfo as NodeInfo
@@ -65,6 +66,7 @@ __all__ = [
     "default_margin",
     "expire_session",
     "in_loop",
+    "oldest_proof",
     "parse_hosts",
     "write_credentials_pair",
 ]

@@ -41,6 +41,7 @@ from mhafail.coordination._lease import (
     Lease,
     ProofChain,
     default_margin,
+    report_lag,
     round_interval,
 )
 from mhafail.coordination._names import check_name, format_hosts, parse_hosts
@@ -515,8 +516,7 @@ class Coordinator:
 
     def _report_lag(self, timeout: float) -> float:
         """Upper bound on the leader's ping interval (``tickTime / 2``), with slack."""
-        tick = self.server_tick if self.server_tick is not None else timeout / 2
-        return tick / 2 + 0.01
+        return report_lag(timeout, self.server_tick)
 
     def _keep(self) -> None:
         """The keeper thread: state, session id, heartbeats and lease expiry.

@@ -180,6 +180,32 @@ def round_interval(timeout: float, margin: float = 0.0, report_lag: float = 0.0)
     return max(spread, (timeout - margin) * 2 / 3 - report_lag)
 
 
+ROUND_TRIP = 0.01
+"""Seconds allowed for one heartbeat's round trip when bounding a proof's age."""
+
+
+def report_lag(timeout: float, tick: float | None = None) -> float:
+    """Upper bound on the leader's ping interval (``tickTime / 2``), plus 10 ms.
+
+    Without a known ``tick`` the largest ZooKeeper allows for a session of
+    ``timeout`` is assumed (it grants at least two ticks: ``timeout / 2``).
+    """
+    largest = tick if tick is not None else timeout / 2
+    return largest / 2 + 0.01
+
+
+def oldest_proof(timeout: float, tick: float | None = None) -> float:
+    """How old the session lease's proof can be right before a round renews it.
+
+    A round starts every :func:`round_interval`; its proof is the send time
+    of its first heartbeat, proven by the third, ``report_lag`` plus three
+    round trips later. The lease therefore runs at least ``timeout - margin
+    - oldest_proof`` ahead of any instant while heartbeats are answered.
+    """
+    lag = report_lag(timeout, tick)
+    return round_interval(timeout, default_margin(timeout), lag) + lag + 3 * ROUND_TRIP
+
+
 @attrs.define
 class HeartbeatRounds:
     """When to send the next ``sync``: rounds of three, one in flight at a time.

@@ -10,6 +10,7 @@ See docs/vip.md for the safety rules, placement and operations.
 
 from mhafail.vip._beat import Beat as Beat
 from mhafail.vip._beat import earliest as earliest
+from mhafail.vip._beat import session_for as session_for
 from mhafail.vip._fence import FenceProcess as FenceProcess
 from mhafail.vip._manager import PassResult as PassResult
 from mhafail.vip._manager import VipManager as VipManager
@@ -64,6 +65,7 @@ __all__ = [
     "parse_topology",
     "parse_vip",
     "rank",
+    "session_for",
     "show",
     "undrain",
     "validate_vips",

@@ -36,6 +36,14 @@ a second lease the owner must hold):
   that also rewrites its beat, so a survivor whose cache still shows such a
   claim as ``n``'s cannot delete the claim another node made since: its
   check fails.
+* The other way round too: ``n`` reads a claim it is about to delete once
+  it knows the beat version its transaction checks, and deletes it only if
+  it is still an ephemeral of its session; a reservation it deletes only
+  if its beat lists it at that version. A belief that a claim is its own
+  may predate a fence ``n`` has only just heard of; once ``n`` has beaten
+  again after that fence the version check passes, and claims are all at
+  version 0, so without the read ``n`` would delete the claim the new
+  owner made (found by the namespace lab: two owners).
 * ``n``'s beat is ephemeral: the end of its session deletes it with its
   claims, and a fence prepared against it fails.
 * ``n``'s beat lists its reservations (:mod:`mhafail.vip._reserve`): it
@@ -73,6 +81,7 @@ from mhafail.coordination import (
     Znode,
     Znodes,
     default_margin,
+    oldest_proof,
 )
 from mhafail.errors import CoordinationError, InvalidArgument, InvalidVipSpec
 
@@ -81,12 +90,45 @@ logger = logging.getLogger(__name__)
 BEATS = "beats"
 DRIFT = 0.001
 """The largest difference of clock rates between two nodes (1000 ppm; NTP keeps it far lower)."""
-SLACK = 0.02
-"""Seconds a survivor adds to every wait, for the read that told it of a beat."""
+SLACK = 0.005
+"""Seconds a survivor adds to every wait: timer granularity only.
+
+Safety does not rest on it: the survivor measures from when it saw a beat,
+which is after the owner sent it, and the owner's lease ends ``margin``
+before the budget from that send; the margin is what covers the owner's
+fence process acting on its deadline. (It was 20 ms; every millisecond of
+it is a millisecond of every failover.)"""
 MIN_BUDGET = 0.1
 MAX_BUDGET = 600.0
 MAX_BEAT_BYTES = 64 * 1024
 """A beat with 1,500 reservations of IPv6 addresses still fits."""
+
+
+def session_for(budget: float, tick: float | None = None) -> float:
+    """The shortest session timeout (to 0.1 s) that never ends a lease before beats do.
+
+    The session lease rests on heartbeat rounds, so it runs from a proof up
+    to :func:`mhafail.coordination.oldest_proof` old; the beat lease runs
+    ``budget - margin`` from the latest beat. With a session at least this
+    long, an owner that is paused or cut off keeps its addresses until its
+    beat deadline, the beat margin before survivors fence it; with a shorter
+    one it may let go up to a heartbeat round earlier, and clients wait
+    that much longer (safety is the same either way).
+
+    Args:
+        budget: the beat budget in seconds.
+        tick: the ZooKeeper servers' tickTime in seconds, if known (else
+            the largest a session allows is assumed, as the lease does).
+    """
+    if not MIN_BUDGET <= budget <= MAX_BUDGET or not math.isfinite(budget):
+        raise InvalidVipSpec(f"beat budget must be {MIN_BUDGET} to {MAX_BUDGET} s, not {budget}")
+    if tick is not None and not 0 < tick <= MAX_BUDGET:
+        raise InvalidVipSpec(f"tickTime must be positive seconds, not {tick}")
+    need = budget - default_margin(budget)
+    timeout = round(budget, 1)
+    while timeout - default_margin(timeout) - oldest_proof(timeout, tick) < need:
+        timeout = round(timeout + 0.1, 1)
+    return timeout
 
 
 def beat_path(node: str | None = None) -> str:
@@ -165,6 +207,18 @@ class Beat:
             raise InvalidVipSpec(f"beats per budget must be 2 to 10, not {self.per_budget}")
         if not 0 <= self.lease_margin < self.budget / 2:
             raise InvalidVipSpec(f"beat margin must be 0 to half the budget, not {self.margin}")
+        if self.coordinator.effective_timeout < (
+            needed := session_for(self.budget, self.coordinator.server_tick)
+        ):
+            logger.warning(
+                "%s: session timeout %.2f s is below %.1f s, the shortest that outlasts "
+                "a beat budget of %.2f s: a paused or cut-off owner may let go up to a "
+                "heartbeat round before survivors fence it (docs/vip.md, Beats)",
+                self.node,
+                self.coordinator.effective_timeout,
+                needed,
+                self.budget,
+            )
         self._thread = threading.Thread(target=self._run, name=f"mhafail-beat-{self.node}")
         self._thread.daemon = True
         self._thread.start()
@@ -212,29 +266,73 @@ class Beat:
     def write_with(
         self,
         znodes: Znodes,
-        ops: Sequence[Op],
+        ops: Sequence[Op] | Callable[[frozenset[str]], Sequence[Op] | None],
         *,
         reserve: Iterable[str] = (),
         unreserve: Iterable[str] = (),
+        own: Sequence[str] = (),
+        before: Callable[[], object] | None = None,
     ) -> bool:
         """Run ``ops`` together with a beat, in one transaction: the owner's claim
         deletions, and reservations made (listed in ``reserve``) and dropped or
         claimed (``unreserve``); the beat's list changes with them.
 
+        Args:
+            znodes: where to write.
+            ops: the operations to run with the beat, or a function of the
+                reservations the beat lists now (exactly this node's at the
+                version the transaction checks: a fence empties the list)
+                giving them, None to write nothing. A reservation deletion
+                must be built from that list: a list read before the write
+                lock may predate a fence, after which somebody else may
+                have reserved the VIP again.
+            reserve: reservations ``ops`` make.
+            unreserve: reservations ``ops`` drop or claim.
+            own: claims ``ops`` delete as this node's own. They are read once
+                the beat version this write checks is known, and a ``Delete``
+                of one that is not an ephemeral of this session is left out.
+                A node's belief that a claim is its own may predate a fence
+                it has only just heard of, after which somebody else may have
+                claimed again (claims are all at version 0): the version
+                check alone cannot tell once the beat was written again after
+                the fence. Read after the version, the claims are seen after
+                any fence that version follows; a later fence fails the
+                transaction.
+            before: called after that read, right before the transaction (a
+                handover removes the address here, so the read is not part
+                of the clients' outage).
+
         Returns:
             True when done. False when this node's beat was fenced (or is
-            not written yet), or one of ``ops`` was refused: nothing
-            happened, and a fence is handled.
+            not written yet), one of ``ops`` was refused, or there was
+            nothing of ours to change: nothing happened, and a fence is
+            handled.
         """
         with self._write:
             version = self._version
             if version is None:
                 return False
-            sent = time.monotonic()
             session = self.coordinator.session_id
-            listed = (self.reserved() | frozenset(reserve)) - frozenset(unreserve)
+            held = self.reserved()
+            todo = ops(held) if callable(ops) else list(ops)
+            if todo is None:
+                return False
+            if own:
+                read = znodes.get_many(list(own))
+                foreign = {
+                    path
+                    for path in own
+                    if (znode := read.get(path)) is None or znode.ephemeral_owner != session
+                }
+                todo = [op for op in todo if not (isinstance(op, Delete) and op.path in foreign)]
+            if before is not None:
+                before()
+            listed = (held | frozenset(reserve)) - frozenset(unreserve)
+            if not todo and listed == held:
+                return False  # nothing of ours to change
+            sent = time.monotonic()
             data = self._data(listed)
-            done = znodes.transact([*ops, SetData(beat_path(self.node), data, version)])
+            done = znodes.transact([*todo, SetData(beat_path(self.node), data, version)])
             if done:
                 self._carry(listed, session)
                 self._wrote(version + 1, sent)

@@ -620,16 +620,15 @@ class VipManager:
         else:  # claims and reservations go with a beat (see _handover, _reserve)
             z.delete_all(paths)
             held = self.beat.reserved()
-            claims = [Delete(owner_path(k), 0) for k in mine]
-            nexts = [Delete(next_path(a), 0) for a in sorted(held)]
-            if self.beat.write_with(z, claims + nexts, unreserve=held):
-                if self._reserver is not None:
-                    self._reserver.forget()
-            elif self.beat.write_with(z, claims) and self._reserver is not None:
-                # A reservation was not there (deleted by hand?): claims first,
-                # then each reservation on its own.
-                for address in held:
-                    self._reserver.drop({address})
+            own = [owner_path(k) for k in mine]  # read: the cache may predate a fence
+
+            def ops(listed: frozenset[str]) -> list[Op]:
+                claims: list[Op] = [Delete(path, 0) for path in own]
+                return claims + [Delete(next_path(a), 0) for a in sorted(listed)]
+
+            done = self.beat.write_with(z, ops, unreserve=held, own=own)
+            if done and self._reserver is not None:
+                self._reserver.forget()
         with self._lock:
             for key in mine:
                 self._facts.know(key, None)
@@ -1170,9 +1169,20 @@ class VipManager:
         logger.info("%s: releasing %s: %s", self._me, vip.key, reason)
         if run_hooks and vip.key in self._kernel.plumbed():
             self._run_pre_release(vip)
-        removed = self._kernel.remove(vip)
-        removed_at = time.monotonic()
-        self._release_claim(vip, end)
+        kernel = self._kernel
+        removal: list[tuple[bool, float]] = []
+
+        def remove() -> None:
+            removal.append((kernel.remove(vip), time.monotonic()))
+
+        try:
+            # With beats the address goes inside the release, after the read
+            # that proves the claim ours (_release_claim): off the outage.
+            self._release_claim(vip, end, before=remove)
+        finally:
+            if not removal:
+                remove()
+        removed, removed_at = removal[0]
         released_at = time.monotonic()
         with self._lock:
             self._facts.know(vip.key, None)
@@ -1182,8 +1192,13 @@ class VipManager:
             self._emit(self._release, vip)
         self._step("released", released_at, 1)
 
-    def _release_claim(self, vip: Vip, end: float | None) -> None:
-        """Delete this session's claim of ``vip`` (its address is gone already)."""
+    def _release_claim(
+        self, vip: Vip, end: float | None, before: Callable[[], None] | None = None
+    ) -> None:
+        """Delete this session's claim of ``vip``; ``before()`` removes its address first
+        (called once the claim is known to be ours, or before anything else)."""
+        if before is not None and self.beat is None:
+            before()
         session = self.coordinator.session_id
         with self._lock:
             cached = self._facts.owners.get(vip.key)
@@ -1191,12 +1206,18 @@ class VipManager:
         if self.beat is not None:
             # With beats a claim goes with a beat (see _beat): a survivor's
             # fence prepared before it then fails instead of deleting a
-            # claim someone else made since.
-            ops = [Delete(owner_path(vip.key), 0)]
-            held = self.beat.reserved()
-            if vip.key in held:  # ours twice (a stale plan): it must not come back here
-                ops.append(Delete(next_path(vip.key), 0))
-            if not self.beat.write_with(z, ops, unreserve=[vip.key]):
+            # claim someone else made since. The claim is read first
+            # (``own``): our cache may predate a fence we have just heard
+            # of, and the claim may be somebody else's by now.
+
+            def ops(listed: frozenset[str]) -> list[Op]:
+                out: list[Op] = [Delete(owner_path(vip.key), 0)]
+                if vip.key in listed:  # ours twice (a stale plan): it must not come back
+                    out.append(Delete(next_path(vip.key), 0))
+                return out
+
+            own = [owner_path(vip.key)]
+            if not self.beat.write_with(z, ops, unreserve=[vip.key], own=own, before=before):
                 logger.warning("%s: the claim of %s was not ours to delete", self._me, vip.key)
         elif cached is not None and cached.session == session:
             # An ephemeral znode of our live session cannot belong to anyone

@@ -174,7 +174,10 @@ class Reserver:
         drop = held & addresses
         if not drop:
             return True
-        ops: list[Op] = [Delete(next_path(a), 0) for a in sorted(drop)]
+
+        def ops(listed: frozenset[str]) -> list[Op]:  # only those still ours
+            return [Delete(next_path(a), 0) for a in sorted(drop & listed)]
+
         done = self._beat.write_with(znodes or self._znodes(), ops, unreserve=drop)
         if done:
             self._cancel(drop)
@@ -194,12 +197,18 @@ class Reserver:
             group = [a for a in candidates if a not in done and a in self._beat.reserved()]
             if not group:
                 continue
-            ops: list[Op] = []
-            for address in group:
-                ops += [
-                    Create(owner_path(address), claim.to_json(), ephemeral=True),
-                    Delete(next_path(address), 0),
-                ]
+
+            def ops(listed: frozenset[str], group: list[str] = group) -> list[Op] | None:
+                if not set(group) <= listed:
+                    return None  # fenced meanwhile: somebody else may have reserved since
+                out: list[Op] = []
+                for address in group:
+                    out += [
+                        Create(owner_path(address), claim.to_json(), ephemeral=True),
+                        Delete(next_path(address), 0),
+                    ]
+                return out
+
             if self._beat.write_with(z, ops, unreserve=group):
                 self._cancel(set(group))
                 done += group

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mhafail.cli import main
+from mhafail.cli._vip import _session_timeout
 from mhafail.coordination import Coordinator, Membership, NodeInfo
 from mhafail.testing import (
     EventProcess,
@@ -139,6 +140,13 @@ def test_vip_survives_the_loss_of_the_zookeeper_leader(
         ),
         (
             [
+                *("agent", "--zk", "127.0.0.1:1", "--cluster", "c", "--node", "n"),
+                *("--vip", A + "@eth0", "--plumber", "fake:/dev/null", "--beat", "0.01"),
+            ],
+            "beat budget must be",
+        ),
+        (
+            [
                 "agent",
                 "--zk",
                 "h:1",
@@ -177,6 +185,25 @@ def test_agent_refuses_bad_flags(
     """Bad agent flags exit 2 with a message naming the problem, before anything starts."""
     assert main(argv) == 2
     assert fragment in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("settings", "timeout"),
+    [
+        ({}, 3.0),
+        ({"session_timeout": 1.5}, 1.5),
+        ({"beat": 0.35}, 3.0),
+        ({"beat": 3.0, "zk_tick": 0.2}, 4.2),
+        ({"beat": 3.0}, 6.5),
+        ({"beat": 3.0, "session_timeout": 3.0}, 3.0),
+    ],
+)
+def test_with_beats_the_agent_picks_a_session_that_outlasts_them(
+    settings: dict[str, float], timeout: float
+) -> None:
+    """Without --session-timeout the agent's session is 3 s, or with --beat the shortest that
+    outlasts the budget when that is longer (session_for); a given timeout is kept."""
+    assert _session_timeout(settings) == timeout
 
 
 def test_agent_refuses_a_bad_config_file(
