@@ -12,7 +12,6 @@ from mhafail.vip._beat import Beat as Beat
 from mhafail.vip._beat import earliest as earliest
 from mhafail.vip._beat import session_for as session_for
 from mhafail.vip._fence import FenceProcess as FenceProcess
-from mhafail.vip._manager import PassResult as PassResult
 from mhafail.vip._manager import VipManager as VipManager
 from mhafail.vip._ops import VipStatus as VipStatus
 from mhafail.vip._ops import clear_move as clear_move
@@ -38,6 +37,7 @@ from mhafail.vip._spec import VipKind as VipKind
 from mhafail.vip._spec import parse_topology as parse_topology
 from mhafail.vip._spec import parse_vip as parse_vip
 from mhafail.vip._spec import validate_vips as validate_vips
+from mhafail.vip._state import PassResult as PassResult
 
 __all__ = [
     "Action",

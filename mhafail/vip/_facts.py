@@ -52,7 +52,7 @@ class Facts:
         owner_event: address -> ``events`` when its claim watch last applied.
         declared_event: address -> ``events`` when its list watch last applied.
         vanished: address -> monotonic time its claim was last seen to go
-            (the planned successor's turn: see ``VipManager._carry_out``).
+            (the planned successor's turn: see ``ConvergePass._carry_out``).
         taking: addresses this node owns by its reservation and is turning
             into a claim (see :mod:`mhafail.vip._reserve`): no read showing
             the old owner's claim gone may take them from the cache.

@@ -362,8 +362,8 @@ def test_a_lapse_that_ended_the_session_does_not_stand_aside(
     """A lease that comes back in a new session has no old claims to give up: no hold-down."""
     node = lone_owner(cluster, network)
     node.manager._on_lease(LeaseState.EXPIRED)
-    node.manager._aside.lease_back(12345, time.monotonic())  # another session's
-    assert not node.manager._aside.active(time.monotonic())
+    node.manager._state.aside.lease_back(12345, time.monotonic())  # another session's
+    assert not node.manager._state.aside.active(time.monotonic())
     wait_for(lambda: holder(network, A) == "n1", 5)
 
 
