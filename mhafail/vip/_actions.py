@@ -1,8 +1,9 @@
 """What the VIP manager does to ZooKeeper and the kernel: claim, plumb, let go.
 
-The converge pass (:mod:`mhafail.vip._converge`) decides; these carry the
-decisions out, and so do the standby's and the reserver's callbacks and a
-stop. Each keeps the safety rules' order (see :mod:`mhafail.vip._manager`):
+The converge pass (:mod:`mhafail.vip._converge`) decides and these carry
+its decisions out; the standby's and the reserver's callbacks, the lease
+events and a graceful stop use them too. Each keeps the safety rules'
+order (see :mod:`mhafail.vip._manager`):
 
 * :meth:`Actions.claim` creates claims only in a live session, while the
   leases are valid and the fence works; :meth:`Actions.plumb_many` adds
@@ -12,10 +13,11 @@ stop. Each keeps the safety rules' order (see :mod:`mhafail.vip._manager`):
   address, and only then deletes the claim (:meth:`Actions.give_up_all`
   and :meth:`Actions.recover_fence` likewise remove every address before
   any claim goes);
-* the standby's and the reserver's callbacks (:meth:`Actions.standby_ready`,
-  :meth:`Actions.standby_won`, :meth:`Actions.reserve_plumb`,
-  :meth:`Actions.reserve_done`) give a claim only under the same conditions
-  as :meth:`Actions.claim`.
+* :meth:`Actions.standby_ready` gives the standby and the reserver a claim
+  only under the conditions :meth:`Actions.claim` checks, and only while
+  the node is not stopping nor standing aside; what they win is plumbed by
+  :meth:`Actions.standby_won` and :meth:`Actions.reserve_plumb` through
+  :meth:`Actions.plumb_many` like any other claim.
 
 Threads: the converge thread calls most of these; :meth:`Actions.hand_over_all`
 runs in :meth:`VipManager.stop`; the callbacks run on kazoo's, the

@@ -23,6 +23,14 @@ Liveness (rule 2): watch events only update caches and kick the converge
 loop; every pass recomputes placement from the caches; a full re-read of
 ZooKeeper and a check of the kernel happen after every reconnect, every new
 session and every ``reconcile_interval`` seconds.
+
+Where the code is: this module holds :class:`VipManager`, the public face
+(life cycle, callbacks, and the handlers of the ZooKeeper, lease, beat and
+fence events); the placement pass is in
+:mod:`mhafail.vip._converge`; what is done to ZooKeeper and the kernel
+(claim, plumb, hand over, give up, stand aside) in
+:mod:`mhafail.vip._actions`; the state the three share in
+:mod:`mhafail.vip._state`.
 """
 
 from __future__ import annotations
@@ -94,9 +102,10 @@ class VipManager:
     event thread; wrap them with ``mhafail.coordination.in_loop`` for asyncio.
 
     Inside, three parts share one :class:`~mhafail.vip._state.ManagerState`:
-    this class (life cycle, and the ZooKeeper and lease events, which only
-    update the caches and kick the loop), the converge pass
-    (:class:`~mhafail.vip._converge.ConvergePass`) and the actions it and
+    this class (life cycle, and the event handlers: watches only update the
+    caches and kick the loop; a lapsed lease, a fence by a survivor or a
+    failed fence process remove every address at once), the converge pass
+    (:class:`~mhafail.vip._converge.ConvergePass`) and the actions that it,
     the standby, the reserver and :meth:`stop` take
     (:class:`~mhafail.vip._actions.Actions`).
     """
