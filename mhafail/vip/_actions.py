@@ -295,7 +295,11 @@ class Actions:
 
     def handover(self, vip: Vip, reason: str, *, run_hooks: bool, end: float | None = None) -> None:
         """Hand ``vip`` over: run the hooks (``run_hooks``), remove the address, then
-        delete the claim (every ZooKeeper call bounded by ``end`` when given)."""
+        delete the claim (every ZooKeeper call bounded by ``end`` when given).
+
+        With beats the address goes inside the release, after the read that
+        proves the claim ours and right before the transaction that deletes it.
+        """
         st = self.state
         assert st.kernel is not None
         logger.info("%s: releasing %s: %s", st.me, vip.key, reason)
