@@ -170,6 +170,12 @@ RUNS_TABLE = [
 HEADLINE = "ka1,kafast,mhbeat3auto,mhbeat035"
 
 
+def _each(call: Callable[[Any], object], items: list[Any]) -> None:
+    """``call`` each item in turn (for timing calls that return nothing)."""
+    for item in items:
+        call(item)
+
+
 def _fault_time(prober: Path, trial: dict[str, Any]) -> float | None:
     """When the harness applied ``trial``'s fault (its per-trial figures omit it).
 
@@ -178,7 +184,7 @@ def _fault_time(prober: Path, trial: dict[str, Any]) -> float | None:
     """
     old, new = trial.get("old_owner"), trial.get("new_owner")
     window, to_new = trial.get("window_ms"), trial.get("fault_to_new_ms")
-    if None in (old, new, window, to_new):
+    if old is None or new is None or window is None or to_new is None:
         return None
     answers = []
     for line in prober.read_text(errors="replace").splitlines():
@@ -188,7 +194,7 @@ def _fault_time(prober: Path, trial: dict[str, Any]) -> float | None:
     answers.sort()
     for (t_old, n_old), (t_new, n_new) in itertools.pairwise(answers):
         if n_old == old and n_new == new and abs((t_new - t_old) * 1000 - window) < 0.2:
-            return t_new - to_new / 1000
+            return t_new - float(to_new) / 1000
     return None
 
 
@@ -320,7 +326,7 @@ def plumbing(count: int, rounds: int = 5) -> None:
         try:
             for _ in range(rounds):
                 timed("add one by one", lambda: [plumber.ensure_present(v, 3.0) for v in vips])
-                timed("announce one by one", lambda: [plumber.announce(v) for v in vips])
+                timed("announce one by one", lambda: _each(plumber.announce, vips))
                 timed("remove one by one", lambda: [plumber.ensure_absent(v) for v in vips])
                 if hasattr(plumber, "ensure_present_many"):
                     timed("add batch", lambda: plumber.ensure_present_many(vips, 3.0))
@@ -370,8 +376,9 @@ def _sweep(addresses: list[str], timeout: float, exclude: set[str]) -> dict[str,
         deadline = time.monotonic() + 0.02
         while sel.get_map() and time.monotonic() < deadline:
             for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
+                sock = ready
                 try:
                     node = sock.recv(16).decode()
                 except OSError:
