@@ -104,6 +104,16 @@ MAX_BEAT_BYTES = 64 * 1024
 """A beat with 1,500 reservations of IPv6 addresses still fits."""
 
 
+def check_budget(budget: float) -> None:
+    """Refuse a beat budget out of range.
+
+    Raises:
+        InvalidVipSpec: not ``MIN_BUDGET`` to ``MAX_BUDGET`` seconds.
+    """
+    if not MIN_BUDGET <= budget <= MAX_BUDGET or not math.isfinite(budget):
+        raise InvalidVipSpec(f"beat budget must be {MIN_BUDGET} to {MAX_BUDGET} s, not {budget}")
+
+
 def session_for(budget: float, tick: float | None = None) -> float:
     """The shortest session timeout (to 0.1 s) that never ends a lease before beats do.
 
@@ -120,8 +130,7 @@ def session_for(budget: float, tick: float | None = None) -> float:
         tick: the ZooKeeper servers' tickTime in seconds, if known (else
             the largest a session allows is assumed, as the lease does).
     """
-    if not MIN_BUDGET <= budget <= MAX_BUDGET or not math.isfinite(budget):
-        raise InvalidVipSpec(f"beat budget must be {MIN_BUDGET} to {MAX_BUDGET} s, not {budget}")
+    check_budget(budget)
     if tick is not None and not 0 < tick <= MAX_BUDGET:
         raise InvalidVipSpec(f"tickTime must be positive seconds, not {tick}")
     need = budget - default_margin(budget)
@@ -199,10 +208,7 @@ class Beat:
         Raises:
             InvalidVipSpec: the budget, beats per budget or margin are refused.
         """
-        if not MIN_BUDGET <= self.budget <= MAX_BUDGET or not math.isfinite(self.budget):
-            raise InvalidVipSpec(
-                f"beat budget must be {MIN_BUDGET} to {MAX_BUDGET} s, not {self.budget}"
-            )
+        check_budget(self.budget)
         if not 2 <= self.per_budget <= 10:
             raise InvalidVipSpec(f"beats per budget must be 2 to 10, not {self.per_budget}")
         if not 0 <= self.lease_margin < self.budget / 2:
