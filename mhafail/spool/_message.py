@@ -13,12 +13,14 @@ from __future__ import annotations
 import enum
 import itertools
 import json
+import math
 import os
 import re
 import secrets
 import time
 import zlib
 from collections.abc import Iterable, Mapping
+from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any
 
 import attrs
@@ -222,16 +224,29 @@ def encode_header(
 ) -> tuple[bytes, Message]:
     """The header bytes of a new message file, and the message they describe."""
     crc = zlib.crc32(data)
-    header = {
-        "id": message_id,
-        "sender": envelope.sender,
-        "recipients": list(envelope.recipients),
-        "origin": origin,
-        "created": created,
-        "size": len(data),
-        "crc32": crc,
-    }
-    raw = MAGIC + _COMPACT.encode(header).encode() + b"\n"
+    if type(created) is float and math.isfinite(created):
+        # The line json's compact encoder writes for the dict below, byte
+        # for byte (a test compares them), in a third of its time: this is
+        # on every put's path. Strings go through json's own C escaper.
+        recipients = ",".join(map(_json_string, envelope.recipients))
+        line = (
+            f'{{"id":{_json_string(message_id)},"sender":{_json_string(envelope.sender)},'
+            f'"recipients":[{recipients}],"origin":{_json_string(origin)},'
+            f'"created":{created!r},"size":{len(data)},"crc32":{crc}}}'
+        )
+    else:  # an unusual clock (an int, or not finite): let json decide
+        line = _COMPACT.encode(
+            {
+                "id": message_id,
+                "sender": envelope.sender,
+                "recipients": list(envelope.recipients),
+                "origin": origin,
+                "created": created,
+                "size": len(data),
+                "crc32": crc,
+            }
+        )
+    raw = MAGIC + line.encode() + b"\n"
     message = Message(
         id=message_id,
         sender=envelope.sender,

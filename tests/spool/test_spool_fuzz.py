@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import tempfile
+import zlib
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -76,3 +78,39 @@ def test_import_journal(lines: list[bytes]) -> None:
     view.open_batch()
     assert view.moved() >= 0
     assert isinstance(view.complete, bool)
+
+
+addresses = st.text(
+    st.characters(blacklist_characters="<>", min_codepoint=33).filter(lambda c: ord(c) != 127),
+    min_size=1,
+    max_size=12,
+)
+
+
+@FAST
+@given(
+    sender=st.one_of(st.just(""), addresses),
+    recipients=st.lists(addresses, min_size=1, max_size=4, unique=True),
+    created=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 2**40)),
+    data=st.binary(max_size=64),
+)
+def test_a_header_is_the_line_json_would_write(
+    sender: str, recipients: list[str], created: float, data: bytes
+) -> None:
+    """The hand-built header line is byte for byte json's compact encoding, and reads back."""
+    envelope = Envelope(sender=sender, recipients=tuple(recipients))
+    raw, message = encode_header("0" * 26, envelope, origin="n-1.a", created=created, data=data)
+    expected = {
+        "id": "0" * 26,
+        "sender": sender,
+        "recipients": recipients,
+        "origin": "n-1.a",
+        "created": created,
+        "size": len(data),
+        "crc32": zlib.crc32(data),
+    }
+    assert raw == MAGIC + json.dumps(expected, separators=(",", ":")).encode() + b"\n"
+    if math.isfinite(created) and created >= 0:  # what a reader accepts
+        decoded, start = decode_header(raw + data, what="header")
+        assert decoded == message
+        assert start == len(raw)
