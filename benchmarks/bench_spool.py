@@ -24,7 +24,11 @@ threads, each into a fresh directory):
 
 Asyncio (an aiosmtpd server's shape): ``--clients`` tasks on one event
 loop; the spool's ``aput`` against the durable maildir writer run in a
-thread pool of as many threads.
+thread pool of as many threads, and against the same writer from as many
+plain threads (its best rate), measured in each run one after the other.
+
+Every put row is run ``--warmup`` times (default 1) before the counted
+runs: a process's first run pays for memory touched for the first time.
 
 Takeover: a node holds ``--takeover`` messages; it leaves the membership,
 then its session is closed (the server drops its ephemerals at once) and a
