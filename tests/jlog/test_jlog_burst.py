@@ -103,6 +103,9 @@ def test_a_continuous_burst_writer_lets_libjlog_style_locks_in(tmp_path: Path) -
     assert [i for _, i in pairs] == list(range(len(pairs)))
 
 
+_SECOND = 20_000  # records of the second writer
+
+
 def test_two_burst_writer_processes_interleave_whole_records_and_lose_nothing(
     tmp_path: Path,
 ) -> None:
@@ -112,7 +115,9 @@ def test_two_burst_writer_processes_interleave_whole_records_and_lose_nothing(
     try:
         assert spinner.stdout is not None
         assert spinner.stdout.readline().strip() == "started"
-        second = _run("write", str(path), "second", "3000")
+        # Long enough (about half a second) that the spinner, however the
+        # machine's scheduler treats it, has many chances to take the lock.
+        second = _run("write", str(path), "second", str(_SECOND))
         _, err = second.communicate(timeout=60)
         assert second.returncode == 0, err
         time.sleep(0.05)
@@ -122,7 +127,7 @@ def test_two_burst_writer_processes_interleave_whole_records_and_lose_nothing(
     sequences: dict[str, list[int]] = {}
     for writer, i in pairs:
         sequences.setdefault(writer, []).append(i)
-    assert sequences["second"] == list(range(3000))
+    assert sequences["second"] == list(range(_SECOND))
     assert sequences["spin"] == list(range(len(sequences["spin"])))
     # The spinner kept writing between the second writer's records.
     first = next(k for k, (w, _) in enumerate(pairs) if w == "second")
