@@ -446,7 +446,7 @@ class Committer:
             SpoolError: the batch failed (its callers are told by the caller).
         """
         drops = [item for item in batch if isinstance(item, Drop)]
-        sealed = log.sealed()
+        sealed, active = log.sealed(), log.active
         todo = self._admit(log, batch)
         if not todo and not drops:
             return
@@ -477,8 +477,12 @@ class Committer:
         self.committed(todo)
         for item in todo:
             item.settle()
-        if log.sealed() != sealed or (drops and sealed):
-            self._wake.set()  # a sealed segment may be retirable (or need filing)
+        if log.sealed() != sealed or log.active != active or (drops and sealed):
+            # A sealed segment may be retirable (or need filing); a new
+            # active one used the spare: the checkpointer makes the next
+            # one now, so that the put filling this segment does not wait
+            # for 8 MiB of zeros (it did at the first switch after open).
+            self._wake.set()
 
     def _admit(self, log: CommitLog, batch: list[Put | Drop]) -> list[Put]:
         """The puts of ``batch`` with ids not taken; the others are failed."""

@@ -330,6 +330,11 @@ class CommitLog:
             self._fd = -1  # stays open in _fds for reads until retired
             self._sealed.append(self._seq)
 
+    @property
+    def active(self) -> int:
+        """The number of the segment puts go to (-1 while none is open; a hint, no mutex)."""
+        return self._seq if self._fd >= 0 else -1
+
     # --- checkpoints -----------------------------------------------------------
 
     def sealed(self) -> int:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from mhafail.errors import SpoolFenced
-from mhafail.spool import Envelope, FileFence, Spool
-from mhafail.spool._wal import DROP, PUT, WAL, encode, padded, pending, scan, segments
+from mhafail.spool import Envelope, FileFence, Spool, _commit
+from mhafail.spool._wal import DROP, PUT, WAL, CommitLog, encode, padded, pending, scan, segments
 
 ENV = Envelope(sender="a@example.org", recipients=("b@example.net",))
 
@@ -234,6 +234,52 @@ def test_group_commit_acks_after_one_shared_log_flush_with_no_file_created(
     assert log.index(("acked", ids[0])) > flushes[0]
     for mid in ids:
         assert made.spool.read(mid) == b"x" * ids.index(mid)  # read back from the log
+
+
+def test_the_put_that_fills_the_first_segment_finds_a_spare_ready(
+    local_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Using the spare wakes the checkpointer: the next spare is made at once, off the put path.
+
+    (It was made only at the next switch or idle pass, so the put filling
+    the first segment after open zero-filled a segment itself: 8 MiB by
+    default, with every other put of the batch waiting.)
+    """
+    made = local_factory(group=True)
+    spool_dir = made.paths.spool
+    made.spool.close()
+    monkeypatch.setattr(_commit, "IDLE", 60.0)  # no idle pass during the test
+    zero_filled_by: list[str] = []
+    real = CommitLog._zero_fill
+
+    def zero_fill(self: CommitLog, tmp: Path, path: Path | None) -> None:
+        zero_filled_by.append(threading.current_thread().name)
+        real(self, tmp, path)
+
+    monkeypatch.setattr(CommitLog, "_zero_fill", zero_fill)
+    spool = Spool(directory=spool_dir, node="n1", fence=made.fence, segment_size=64 * 1024).open()
+    try:
+
+        def spare_within(seconds: float) -> bool:
+            end = time.monotonic() + seconds
+            while not segments(spool_dir)[1]:
+                if time.monotonic() > end:
+                    return False
+                time.sleep(0.005)
+            return True
+
+        assert spare_within(10)  # the one made at open
+        spool.put(ENV, b"first")  # the first segment: that spare
+        assert spare_within(10), "the spare used was not replaced before the segment filled"
+        zero_filled_by.clear()
+        log = spool._committer.log if spool._committer else None
+        assert log is not None
+        first = log.active
+        while log.active == first:
+            spool.put(ENV, b"y" * 9000)
+        assert not [name for name in zero_filled_by if "commit" in name]
+    finally:
+        spool.close()
 
 
 def test_checkpoint_makes_msg_durable_before_retiring_segments(
