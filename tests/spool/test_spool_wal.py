@@ -282,6 +282,72 @@ def test_the_put_that_fills_the_first_segment_finds_a_spare_ready(
         spool.close()
 
 
+def test_back_to_back_puts_share_a_fence_section(
+    local_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The committer waits a moment in its section for the next put instead of leaving it."""
+    made = local_factory(group=True)
+    made.spool.close()
+    entered: list[str] = []
+    real = FileFence.section
+
+    def section(self: FileFence) -> Any:
+        entered.append(threading.current_thread().name)
+        return real(self)
+
+    monkeypatch.setattr(FileFence, "section", section)  # before the spool binds it
+    spool = Spool(directory=made.paths.spool, node="n1", fence=made.fence).open()
+    try:
+        for i in range(10):
+            spool.put(ENV, b"z" * i)  # one caller: each put waits for its flush
+    finally:
+        spool.close()
+    by_committer = [name for name in entered if "commit" in name]
+    assert 1 <= len(by_committer) <= 5  # a section per put before
+
+
+def test_a_takeover_claim_gets_in_soon_after_the_lease_of_a_streaming_writer_ends(
+    local_factory: Callable[..., Any],
+) -> None:
+    """Sections that span batches end with the lease: the claim waits at most about HOLD.
+
+    A survivor claims only once the holder's lease has run out (its
+    session expired after it); from then on the holder starts no section
+    and the one it is in ends after its batch.
+    """
+    made = local_factory(group=True)
+    stop = threading.Event()
+    outcomes: list[str] = []
+
+    def writer() -> None:
+        while not stop.is_set():
+            try:
+                made.spool.put(ENV, b"w" * 100)
+            except SpoolFenced:
+                outcomes.append("fenced")
+                return
+        outcomes.append("stopped")
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.3)  # puts streaming: the committer is in a section most of the time
+        made.lease.ok = False
+        survivor = FileFence(made.paths.spool, holder="n2", token=11, lease_valid=lambda: True)
+        start = time.monotonic()
+        survivor.claim(timeout=5)
+        waited = time.monotonic() - start
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    survivor.close()
+    # HOLD (20 ms) plus a batch's flush, with room for a loaded machine.
+    assert waited < 0.5
+    assert outcomes.count("fenced") == len(threads)
+
+
 def test_checkpoint_makes_msg_durable_before_retiring_segments(
     local_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
