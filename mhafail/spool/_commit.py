@@ -11,9 +11,8 @@ its record is durable (``aput`` awaits a future instead). The committer
 takes everything waiting (up to ``max_batch``) and, inside one fence
 section, logs the batch in the commit log with one write and one
 ``fdatasync`` (``_wal.py``), re-checks the lease and only then answers
-each caller of the batch; it goes on with what queued meanwhile, or
-queues within ``GAP``, for up to ``HOLD`` seconds in the same section,
-then starts a new one. One wake-up
+each caller of the batch; it goes on with what queued meanwhile for up to
+``HOLD`` seconds in the same section, then starts a new one. One wake-up
 per caller: the CPU per put, and with threads how fast CPython hands the
 GIL from one woken caller to the next, bound the rate here. (Callers
 leading for each other, leader/follower, was about 25% slower with 32
@@ -56,7 +55,6 @@ FILE_AT = 2  # sealed segments from which a checkpoint files their messages
 MAX_SEALED = 3  # sealed segments at which puts wait for the checkpoint (bounds a replay)
 IDLE = 0.5  # seconds without a put after which a checkpoint files what is left
 HOLD = 0.02  # seconds one fence section may span consecutive batches
-GAP = 0.002  # seconds a section waits for the next batch before it ends
 
 logger = logging.getLogger(__name__)
 
@@ -384,21 +382,6 @@ class Committer:
                 self._leader = False
             return batch
 
-    def _next_batch(self, end: float) -> list[Put | Drop]:
-        """What queued meanwhile, else what queues within ``GAP`` (empty: the lead ended)."""
-        batch = self._take()
-        if batch:
-            return batch
-        # _take ended the lead: the next put kicks the committer again.
-        try:
-            kicked = self._kick.get(timeout=max(0.0, min(GAP, end - time.monotonic())))
-        except queue.Empty:
-            return []
-        if not kicked:  # stop(): _lead_loop must see it
-            self._kick.put(False)
-            return []
-        return self._take()
-
     def _hand_off(self) -> None:
         """End this section of commits: go on in a new one if more is queued."""
         with self._mu:
@@ -415,14 +398,8 @@ class Committer:
         """Commit batches while there are any, for up to ``HOLD`` seconds; then hand off.
 
         One section spans consecutive batches (entering one costs three
-        system calls, each a chance to wait for the GIL) and the short gap
-        between them while the callers just answered queue their next puts
-        (``GAP``); ``HOLD`` bounds how long a takeover's claim waits for
-        it. Measured with 32 callers: ``aput`` and threaded puts 10-20%
-        faster than a section per batch (docs/benchmarks.md, "Spool").
-        ``GAP`` is short so that a node frozen while its puts are sparse is
-        rarely inside a section (which would hold a takeover's claim off
-        until it resumes or dies: docs/spool.md).
+        system calls, each a chance to wait for the GIL); ``HOLD`` bounds
+        how long a takeover's claim waits for it.
         """
         log = self.log
         batch = self._take()
@@ -448,7 +425,7 @@ class Committer:
                     batch = []
                     if time.monotonic() >= end or log.sealed() >= MAX_SEALED:
                         break
-                    batch = self._next_batch(end)
+                    batch = self._take()
                     if not batch:
                         return  # the lead ended in _take
         except SpoolError as exc:
@@ -470,7 +447,8 @@ class Committer:
         """
         if not self.valid():
             # A section spanning batches checked the lease at its start:
-            # write nothing once it has run out.
+            # write nothing once it has run out (the check after the
+            # flush would undo it).
             raise SpoolFenced("the lease ran out; nothing was written")
         drops = [item for item in batch if isinstance(item, Drop)]
         sealed, active = log.sealed(), log.active

@@ -282,34 +282,10 @@ def test_the_put_that_fills_the_first_segment_finds_a_spare_ready(
         spool.close()
 
 
-def test_back_to_back_puts_share_a_fence_section(
-    local_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The committer waits a moment in its section for the next put instead of leaving it."""
-    made = local_factory(group=True)
-    made.spool.close()
-    entered: list[str] = []
-    real = FileFence.section
-
-    def section(self: FileFence) -> Any:
-        entered.append(threading.current_thread().name)
-        return real(self)
-
-    monkeypatch.setattr(FileFence, "section", section)  # before the spool binds it
-    spool = Spool(directory=made.paths.spool, node="n1", fence=made.fence).open()
-    try:
-        for i in range(10):
-            spool.put(ENV, b"z" * i)  # one caller: each put waits for its flush
-    finally:
-        spool.close()
-    by_committer = [name for name in entered if "commit" in name]
-    assert 1 <= len(by_committer) <= 5  # a section per put before
-
-
 def test_a_takeover_claim_gets_in_soon_after_the_lease_of_a_streaming_writer_ends(
     local_factory: Callable[..., Any],
 ) -> None:
-    """Sections that span batches end with the lease: the claim waits at most about HOLD.
+    """Sections spanning batches end with the lease: the claim waits at most about HOLD.
 
     A survivor claims only once the holder's lease has run out (its
     session expired after it); from then on the holder starts no section
