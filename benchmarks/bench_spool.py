@@ -119,6 +119,13 @@ def maildir_put(root: Path, data: bytes, *, dir_fsync: bool) -> Path:
     return root / "new" / name
 
 
+def new_maildir(path: Path) -> Path:
+    """Make the maildir ``path`` (``tmp/``, ``new/``, ``cur/``) and return it."""
+    for sub in ("tmp", "new", "cur"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def rate(put: Callable[[], object], count: int, clients: int) -> float:
     """Messages per second for ``count`` calls of ``put()`` from ``clients`` threads.
 
@@ -412,9 +419,7 @@ def bench_asyncio(
     try:
         for run in range(1 - warmup, runs + 1):
             measured: dict[str, float] = {}
-            md = work / f"aio-maildir-{run}"
-            for sub in ("tmp", "new", "cur"):
-                (md / sub).mkdir(parents=True)
+            md = new_maildir(work / f"aio-maildir-{run}")
             with ThreadPoolExecutor(tasks) as pool:
 
                 async def put_md(md: Path = md, pool: ThreadPoolExecutor = pool) -> None:
@@ -422,9 +427,7 @@ def bench_asyncio(
                     await loop.run_in_executor(pool, lambda: maildir_put(md, data, dir_fsync=True))
 
                 measured[pool_row] = async_rate(put_md, count, tasks)
-            md = work / f"aio-maildir-threads-{run}"
-            for sub in ("tmp", "new", "cur"):
-                (md / sub).mkdir(parents=True)
+            md = new_maildir(work / f"aio-maildir-threads-{run}")
 
             def put_md_thread(md: Path = md) -> None:
                 maildir_put(md, data, dir_fsync=True)
@@ -533,9 +536,7 @@ def bench_puts(
                 for threads in sorted({1, clients}):
                     where = f"{tag}-{threads}-{run}"
                     if tag.startswith("md"):
-                        md = work / f"maildir-{where}"
-                        for sub in ("tmp", "new", "cur"):
-                            (md / sub).mkdir(parents=True)
+                        md = new_maildir(work / f"maildir-{where}")
 
                         def put(md: Path = md, d: bool = flag, x: bool = tag == "mdx") -> None:
                             path = maildir_put(md, data, dir_fsync=d)
@@ -598,9 +599,7 @@ def _proc_client(
     data = os.urandom(size)
     stop: Callable[[], None] = lambda: None  # noqa: E731
     if kind == "maildir":
-        md = Path(root) / node
-        for sub in ("tmp", "new", "cur"):
-            (md / sub).mkdir(parents=True, exist_ok=True)
+        md = new_maildir(Path(root) / node)
 
         def put() -> None:
             maildir_put(md, data, dir_fsync=True)
