@@ -827,6 +827,8 @@ def main() -> None:
         help="only the put rates with the clients split over this many processes",
     )
     args = parser.parse_args()
+    if args.warmup < 0 or args.runs < 1 or args.clients < 1 or args.count < 1:
+        parser.error("--warmup must be >= 0; --runs, --clients and --count >= 1")
     if args.quick:
         args.count, args.takeover, args.runs, args.warmup = 200, 1000, 1, 0
     print(f"python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPUs")
